@@ -1,0 +1,490 @@
+"""The operator's bundle.yaml, validated strictly into frozen dataclasses.
+
+Everything that could make the Temporal server reject or misread our output is caught here, before
+anything touches the disk: unknown keys, bad durations, invalid namespace names, permissions the
+default claim mapper cannot parse, and roles the default authorizer would deny everything.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .durations import parse_duration
+from .errors import BundleError
+
+SYSTEM_NAMESPACE = "temporal-system"
+NAMESPACE_ROLES = ("worker", "read", "write", "admin")
+KEY_ALGORITHMS = ("ecdsa-p256", "rsa-2048", "rsa-3072", "rsa-4096")
+JWT_ALGORITHMS = ("ES256", "RS256")
+PERSISTENCE_DRIVERS = ("postgres", "sqlite")
+# Roles the codec server may require for decrypting: a bare <ns>:worker grants nothing (see below).
+CODEC_DECRYPT_ROLES = ("read", "write", "admin")
+# Temporal accepts almost anything, but ':' would break the "<ns>:<role>" claim format and names
+# that are not DNS-ish break CLI quoting and metrics labels, so we hold the line here.
+NAMESPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+ROLE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+DNS_NAME = re.compile(r"^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str
+    retention: timedelta
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    permissions: tuple[str, ...]
+    token_lifetime: timedelta
+
+
+@dataclass(frozen=True)
+class PKIConfig:
+    key_algorithm: str = "ecdsa-p256"
+    ca_common_name: str = "Temporal Bundle CA"
+    organization: str = "Temporal Bundle"
+    ca_lifetime: timedelta = timedelta(days=3650)
+    leaf_lifetime: timedelta = timedelta(days=90)
+    renew_before: timedelta = timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class JWTConfig:
+    algorithm: str = "ES256"
+    issuer: str = "temporal-bundle"
+    audience: str = "temporal"
+    refresh_interval: timedelta = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    frontend_host: str = "temporal"
+    frontend_sans: tuple[str, ...] = ()
+    internode_server_name: str = "internode.temporal.internal"
+    bind_ip: str = "0.0.0.0"
+    broadcast_address: str = "127.0.0.1"
+    frontend_port: int = 7233
+    frontend_http_port: int = 7243
+    internal_frontend_port: int = 7236
+    internal_frontend_http_port: int = 7246
+    history_port: int = 7234
+    matching_port: int = 7235
+    worker_port: int = 7239
+    membership_port_offset: int = -300
+    metrics_port: int = 8000
+    jwks_host: str = "jwks"
+    jwks_port: int = 8443
+    jwks_sans: tuple[str, ...] = ()
+    ui_host: str = "temporal-ui"
+    ui_port: int = 8080
+
+
+@dataclass(frozen=True)
+class PersistenceConfig:
+    driver: str = "postgres"
+    host: str = "postgresql"
+    port: int = 5432
+    user: str = "temporal"
+    database: str = "temporal"
+    visibility_database: str = "temporal_visibility"
+    sqlite_path: str = ""
+    postgres_sans: tuple[str, ...] = ()
+    num_history_shards: int = 4
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """The codec server: decrypts payloads for the Web UI and CLI, only for authorized tokens."""
+
+    host: str = "codec-server"
+    port: int = 8888
+    sans: tuple[str, ...] = ()
+    # A token must hold at least this role on the request's namespace (or temporal-system) to
+    # see plaintext; any other valid token gets the payloads back still encrypted.
+    decrypt_role: str = "admin"
+    # Browser origins of the Web UI allowed by CORS. Empty: http://localhost|127.0.0.1:<ui_port>.
+    ui_origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    cluster_name: str
+    namespaces: tuple[Namespace, ...]
+    roles: tuple[Role, ...]
+    pki: PKIConfig = field(default_factory=PKIConfig)
+    jwt: JWTConfig = field(default_factory=JWTConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    persistence: PersistenceConfig = field(default_factory=PersistenceConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    # Where the bundle directory is mounted as the Temporal server sees it (/bundle in compose).
+    bundle_dir: str = "/bundle"
+    source: str = "<defaults>"
+
+    @property
+    def tls_refresh_interval(self) -> timedelta:
+        """How often the server re-reads cert files: rotation waits this long between phases."""
+        return min(self.jwt.refresh_interval, timedelta(minutes=1))
+
+    @property
+    def jwks_url(self) -> str:
+        return f"https://{self.network.jwks_host}:{self.network.jwks_port}/jwks.json"
+
+    def role(self, name: str) -> Role:
+        for role in self.roles:
+            if role.name == name:
+                return role
+        known = ", ".join(r.name for r in self.roles)
+        raise BundleError(f"unknown role {name!r} (configured roles: {known})")
+
+    def frontend_sans(self) -> tuple[str, ...]:
+        return _unique((self.network.frontend_host, *self.network.frontend_sans, "localhost", "127.0.0.1"))
+
+    def internode_sans(self) -> tuple[str, ...]:
+        return _unique((self.network.internode_server_name, self.network.frontend_host, "localhost", "127.0.0.1"))
+
+    def postgres_sans(self) -> tuple[str, ...]:
+        return _unique((self.persistence.host, *self.persistence.postgres_sans, "localhost", "127.0.0.1"))
+
+    def jwks_sans(self) -> tuple[str, ...]:
+        return _unique((self.network.jwks_host, *self.network.jwks_sans, "localhost", "127.0.0.1"))
+
+    def codec_sans(self) -> tuple[str, ...]:
+        return _unique((self.codec.host, *self.codec.sans, "localhost", "127.0.0.1"))
+
+
+def _unique(items) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path) -> BundleConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise BundleError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise BundleError(f"config {path}: invalid YAML{where}") from None
+    return parse_config(data, source=str(path))
+
+
+def parse_config(data: Any, source: str = "<config>") -> BundleConfig:
+    top = _Section(data if data is not None else {}, source)
+    cluster = top.section("cluster")
+    namespaces = _parse_namespaces(top.list("namespaces"), source)
+    config = BundleConfig(
+        cluster_name=cluster.string("name", "temporal"),
+        namespaces=namespaces,
+        roles=(),
+        pki=_parse_pki(top.section("pki")),
+        jwt=_parse_jwt(top.section("jwt")),
+        network=_parse_network(top.section("network"), cluster),
+        persistence=_parse_persistence(top.section("persistence")),
+        bundle_dir=top.string("bundle_dir", "/bundle"),
+        source=source,
+    )
+    cluster.done()
+    roles = _parse_roles(top.section("roles"), namespaces, source)
+    codec = _parse_codec(top.section("codec"), config.network)
+    top.done()
+    if not config.bundle_dir.startswith("/"):
+        raise BundleError(f"{source}: bundle_dir must be an absolute path, got {config.bundle_dir!r}")
+    return replace(config, roles=roles, codec=codec)
+
+
+class _Section:
+    """A mapping read key by key; `done()` rejects whatever was not read (unknown keys)."""
+
+    def __init__(self, data: Any, where: str):
+        if not isinstance(data, dict):
+            raise BundleError(f"{where}: expected a mapping, got {type(data).__name__}")
+        self.data, self.where, self.seen = data, where, set()
+
+    def _get(self, key: str, default: Any) -> Any:
+        self.seen.add(key)
+        value = self.data.get(key, default)
+        return default if value is None else value
+
+    def section(self, key: str) -> "_Section":
+        return _Section(self._get(key, {}), f"{self.where}: {key}")
+
+    def list(self, key: str) -> list:
+        value = self._get(key, [])
+        if not isinstance(value, list):
+            raise BundleError(f"{self.where}: {key} must be a list")
+        return value
+
+    def string(self, key: str, default: str) -> str:
+        value = self._get(key, default)
+        if not isinstance(value, str):
+            raise BundleError(f"{self.where}: {key} must be a string, got {value!r}")
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.string(key, default)
+        if value not in choices:
+            raise BundleError(f"{self.where}: {key} must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def duration(self, key: str, default: timedelta) -> timedelta:
+        self.seen.add(key)
+        if self.data.get(key) is None:
+            return default
+        return parse_duration(self.data[key], f"{self.where}: {key}")
+
+    def port(self, key: str, default: int) -> int:
+        value = self._get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+            raise BundleError(f"{self.where}: {key} must be a port number 1-65535, got {value!r}")
+        return value
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        value = self._get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise BundleError(f"{self.where}: {key} must be an integer {low}..{high}, got {value!r}")
+        return value
+
+    def names(self, key: str) -> tuple[str, ...]:
+        values = self.list(key)
+        for value in values:
+            _check_host(value, f"{self.where}: {key}")
+        return tuple(values)
+
+    def host(self, key: str, default: str) -> str:
+        value = self.string(key, default)
+        _check_host(value, f"{self.where}: {key}")
+        return value
+
+    def done(self) -> None:
+        unknown = sorted(str(k) for k in self.data if k not in self.seen)
+        if unknown:
+            raise BundleError(f"{self.where}: unknown key {unknown[0]!r}")
+
+
+def _check_host(value: Any, where: str) -> None:
+    if not isinstance(value, str):
+        raise BundleError(f"{where}: expected a host name or IP address, got {value!r}")
+    try:
+        ipaddress.ip_address(value)
+        return
+    except ValueError:
+        pass
+    if not DNS_NAME.match(value) or len(value) > 253:
+        raise BundleError(f"{where}: {value!r} is not a valid DNS name or IP address")
+
+
+def _parse_pki(sec: _Section) -> PKIConfig:
+    pki = PKIConfig(
+        key_algorithm=sec.choice("key_algorithm", PKIConfig.key_algorithm, KEY_ALGORITHMS),
+        ca_common_name=sec.string("ca_common_name", PKIConfig.ca_common_name),
+        organization=sec.string("organization", PKIConfig.organization),
+        ca_lifetime=sec.duration("ca_lifetime", PKIConfig.ca_lifetime),
+        leaf_lifetime=sec.duration("leaf_lifetime", PKIConfig.leaf_lifetime),
+        renew_before=sec.duration("renew_before", PKIConfig.renew_before),
+    )
+    sec.done()
+    if pki.leaf_lifetime > pki.ca_lifetime:
+        raise BundleError(f"{sec.where}: leaf_lifetime must not exceed ca_lifetime")
+    if pki.renew_before >= pki.leaf_lifetime:
+        raise BundleError(f"{sec.where}: renew_before must be shorter than leaf_lifetime")
+    return pki
+
+
+def _parse_jwt(sec: _Section) -> JWTConfig:
+    jwt = JWTConfig(
+        algorithm=sec.choice("algorithm", JWTConfig.algorithm, JWT_ALGORITHMS),
+        issuer=sec.string("issuer", JWTConfig.issuer),
+        audience=sec.string("audience", JWTConfig.audience),
+        refresh_interval=sec.duration("refresh_interval", JWTConfig.refresh_interval),
+    )
+    sec.done()
+    return jwt
+
+
+def _parse_network(sec: _Section, cluster: _Section) -> NetworkConfig:
+    d = NetworkConfig
+    net = NetworkConfig(
+        frontend_host=cluster.host("frontend_host", d.frontend_host),
+        frontend_sans=cluster.names("frontend_sans"),
+        internode_server_name=sec.host("internode_server_name", d.internode_server_name),
+        bind_ip=sec.host("bind_ip", d.bind_ip),
+        broadcast_address=sec.host("broadcast_address", d.broadcast_address),
+        frontend_port=sec.port("frontend_port", d.frontend_port),
+        frontend_http_port=sec.port("frontend_http_port", d.frontend_http_port),
+        internal_frontend_port=sec.port("internal_frontend_port", d.internal_frontend_port),
+        internal_frontend_http_port=sec.port("internal_frontend_http_port", d.internal_frontend_http_port),
+        history_port=sec.port("history_port", d.history_port),
+        matching_port=sec.port("matching_port", d.matching_port),
+        worker_port=sec.port("worker_port", d.worker_port),
+        membership_port_offset=sec.integer("membership_port_offset", d.membership_port_offset, -5000, 5000),
+        metrics_port=sec.port("metrics_port", d.metrics_port),
+        jwks_host=sec.host("jwks_host", d.jwks_host),
+        jwks_port=sec.port("jwks_port", d.jwks_port),
+        jwks_sans=sec.names("jwks_sans"),
+        ui_host=sec.host("ui_host", d.ui_host),
+        ui_port=sec.port("ui_port", d.ui_port),
+    )
+    sec.done()
+    _check_ports(net, sec.where)
+    return net
+
+
+def _check_ports(net: NetworkConfig, where: str) -> None:
+    grpc = [net.frontend_port, net.internal_frontend_port, net.history_port, net.matching_port, net.worker_port]
+    ports = grpc + [p + net.membership_port_offset for p in grpc]
+    ports += [net.frontend_http_port, net.internal_frontend_http_port, net.metrics_port]
+    if any(not 1 <= p <= 65535 for p in ports):
+        raise BundleError(f"{where}: membership_port_offset moves a membership port out of 1-65535")
+    duplicates = sorted({p for p in ports if ports.count(p) > 1})
+    if duplicates:
+        raise BundleError(f"{where}: port {duplicates[0]} is used by two Temporal listeners")
+
+
+def _parse_persistence(sec: _Section) -> PersistenceConfig:
+    d = PersistenceConfig
+    p = PersistenceConfig(
+        driver=sec.choice("driver", d.driver, PERSISTENCE_DRIVERS),
+        host=sec.host("host", d.host),
+        port=sec.port("port", d.port),
+        user=sec.string("user", d.user),
+        database=sec.string("database", d.database),
+        visibility_database=sec.string("visibility_database", d.visibility_database),
+        sqlite_path=sec.string("sqlite_path", d.sqlite_path),
+        postgres_sans=sec.names("postgres_sans"),
+        num_history_shards=sec.integer("num_history_shards", d.num_history_shards, 1, 16384),
+    )
+    sec.done()
+    if p.driver == "sqlite" and not p.sqlite_path:
+        raise BundleError(f"{sec.where}: driver sqlite needs sqlite_path")
+    for name in (p.database, p.visibility_database, p.user):
+        if not re.match(r"^[a-z_][a-z0-9_]{0,62}$", name):
+            raise BundleError(f"{sec.where}: {name!r} is not a valid PostgreSQL identifier")
+    return p
+
+
+def _parse_codec(sec: _Section, net: NetworkConfig) -> CodecConfig:
+    d = CodecConfig
+    codec = CodecConfig(
+        host=sec.host("host", d.host),
+        port=sec.port("port", d.port),
+        sans=sec.names("sans"),
+        decrypt_role=sec.choice("decrypt_role", d.decrypt_role, CODEC_DECRYPT_ROLES),
+        ui_origins=tuple(check_origin(o, f"{sec.where}: ui_origins") for o in sec.list("ui_origins"))
+        or (f"http://localhost:{net.ui_port}", f"http://127.0.0.1:{net.ui_port}"),
+    )
+    sec.done()
+    return codec
+
+
+def check_origin(value: Any, where: str) -> str:
+    """A browser origin exactly as the Origin header carries it: scheme://host[:port], nothing else.
+    https, or http for a loopback UI only (the browser then still talks https to the codec server)."""
+    if not isinstance(value, str) or value != value.strip() or value.endswith("/"):
+        raise BundleError(f"{where}: {value!r} is not an origin like https://temporal-ui.example.com")
+    match = re.match(r"^(https?)://(\[[0-9a-fA-F:]+\]|[^/:@?#\[\]]+)(?::([0-9]{1,5}))?$", value)
+    if not match:
+        raise BundleError(f"{where}: {value!r} is not an origin like https://temporal-ui.example.com")
+    scheme, host, port = match.groups()
+    if "*" in host:
+        raise BundleError(f"{where}: {value!r}: wildcards are not allowed; list each origin")
+    _check_host(host.strip("[]"), where)
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise BundleError(f"{where}: {value!r}: port must be 1-65535")
+    if port is not None and int(port) == {"http": 80, "https": 443}[scheme]:
+        raise BundleError(f"{where}: {value!r}: drop the default port, browsers omit it from Origin")
+    if value != value.lower():
+        raise BundleError(f"{where}: {value!r}: write origins in lower case, as browsers send them")
+    if scheme == "http" and host not in ("localhost", "127.0.0.1", "[::1]"):
+        raise BundleError(f"{where}: {value!r}: only a loopback UI may use http; use https")
+    return value
+
+
+def _parse_namespaces(items: list, source: str) -> tuple[Namespace, ...]:
+    if not items:
+        items = [{"name": "default"}]
+    namespaces, seen = [], set()
+    for index, item in enumerate(items):
+        sec = _Section(item, f"{source}: namespaces[{index}]")
+        name = sec.string("name", "")
+        if not NAMESPACE_NAME.match(name) or name == SYSTEM_NAMESPACE:
+            raise BundleError(
+                f"{sec.where}: invalid namespace name {name!r} "
+                "(letters, digits, '.', '_', '-'; at most 63; not 'temporal-system')"
+            )
+        if name in seen:
+            raise BundleError(f"{sec.where}: namespace {name!r} is listed twice")
+        seen.add(name)
+        retention = sec.duration("retention", timedelta(days=7))
+        if retention < timedelta(days=1):
+            raise BundleError(f"{sec.where}: retention must be at least 1d (server minimum)")
+        namespaces.append(Namespace(name, retention, sec.string("description", "")))
+        sec.done()
+    return tuple(namespaces)
+
+
+def default_roles(namespaces: tuple[Namespace, ...]) -> dict[str, dict]:
+    # Workers need <ns>:write: the default authorizer compares role bit flags and worker(1) is the
+    # lowest, so a bare <ns>:worker grant is denied every API a worker calls.
+    writes = [f"{ns.name}:write" for ns in namespaces]
+    return {
+        "system": {"permissions": [f"{SYSTEM_NAMESPACE}:admin"], "token_lifetime": "1h"},
+        "worker": {"permissions": writes, "token_lifetime": "24h"},
+        "client": {"permissions": writes, "token_lifetime": "24h"},
+    }
+
+
+def _parse_roles(sec: _Section, namespaces: tuple[Namespace, ...], source: str) -> tuple[Role, ...]:
+    raw = sec.data or default_roles(namespaces)
+    sec.seen.update(raw)
+    known = {ns.name for ns in namespaces} | {SYSTEM_NAMESPACE}
+    roles = []
+    for name, body in raw.items():
+        where = f"{source}: roles: {name}"
+        if not isinstance(name, str) or not ROLE_NAME.match(name):
+            raise BundleError(f"{where}: invalid role name (lower-case letters, digits, '-')")
+        body_sec = _Section(body, where)
+        permissions = tuple(_check_permission(p, known, where) for p in body_sec.list("permissions"))
+        if not permissions:
+            raise BundleError(f"{where}: permissions must not be empty")
+        if all(p.endswith(":worker") for p in permissions):
+            raise BundleError(
+                f"{where}: only '<ns>:worker' permissions, which the default authorizer denies for "
+                "every API; grant '<ns>:write' to workers"
+            )
+        lifetime = body_sec.duration("token_lifetime", timedelta(hours=24))
+        body_sec.done()
+        roles.append(Role(name, permissions, lifetime))
+    for required in ("system", "worker", "client"):
+        if required not in raw:
+            raise BundleError(f"{source}: roles: the {required!r} role is required")
+    if f"{SYSTEM_NAMESPACE}:admin" not in roles[[r.name for r in roles].index("system")].permissions:
+        raise BundleError(f"{source}: roles: system: must include '{SYSTEM_NAMESPACE}:admin'")
+    return tuple(roles)
+
+
+def _check_permission(permission: Any, known: set[str], where: str) -> str:
+    if not isinstance(permission, str) or permission.count(":") != 1:
+        raise BundleError(f"{where}: permission {permission!r} is not '<namespace>:<role>'")
+    namespace, role = permission.split(":")
+    if role not in NAMESPACE_ROLES:
+        raise BundleError(f"{where}: permission {permission!r}: role must be one of {', '.join(NAMESPACE_ROLES)}")
+    if namespace == "system":
+        raise BundleError(f"{where}: permission {permission!r}: the cluster scope is 'temporal-system', not 'system'")
+    if namespace not in known:
+        raise BundleError(f"{where}: permission {permission!r} names namespace {namespace!r}, which is not configured")
+    return permission

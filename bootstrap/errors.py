@@ -1,0 +1,2 @@
+class BundleError(Exception):
+    """An operator-facing failure: printed once by the CLI as `error: <message>`, exit 1."""
