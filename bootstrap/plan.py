@@ -1,0 +1,348 @@
+"""Decide what a bootstrap step must write, from the config and what is already on disk.
+
+Planning reads and validates everything first and returns a list of actions; only then does the
+store carry them out. So a corrupt key or a bad config fails before a single byte is written.
+
+The rule for existing files: a file we can recognise as ours and that is still right is kept
+("already exists, skipped"); one that is ours but stale (SANs changed, issued by another CA,
+expired) is replaced with the reason said; one we cannot read as ours (garbage, a foreign file, a
+key that does not match its cert) is never replaced without --force. The CA and the signing key are
+never replaced without --force, whatever their state.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography import x509
+
+from . import pki
+from .config import BundleConfig
+from .errors import BundleError
+from .pki import CA, LeafCert
+from .store import CA_KEY_MODE, CERT_MODE, KEY_MODE, Action, Delete, Layout, Skip, Write, read_optional
+from .tokens import SigningKey, Token, decode_unverified, jwks_bytes, mint_token
+
+FORCE_HINT = "refusing to replace it without --force"
+
+
+@dataclass(frozen=True)
+class LeafSpec:
+    directory: str
+    name: str
+    common_name: str
+    sans: tuple[str, ...]
+    usage: str
+
+
+def leaf_specs(config: BundleConfig) -> list[LeafSpec]:
+    net, db = config.network, config.persistence
+    specs = [
+        LeafSpec("server", "frontend", net.frontend_host, config.frontend_sans(), "server"),
+        LeafSpec("server", "internode", net.internode_server_name, config.internode_sans(), "both"),
+        LeafSpec("jwks", "server", net.jwks_host, config.jwks_sans(), "server"),
+        LeafSpec("ui", "client", "temporal-ui", (), "client"),
+        LeafSpec("codec", "server", config.codec.host, config.codec_sans(), "server"),
+    ]
+    if db.driver == "postgres":
+        specs += [
+            LeafSpec("postgres", "server", db.host, config.postgres_sans(), "server"),
+            # PostgreSQL `cert` auth maps the client certificate's CN to the database user.
+            LeafSpec("dbclient", db.user, db.user, (), "client"),
+        ]
+    specs += [LeafSpec("clients", role.name, f"temporal-bundle:{role.name}", (), "client") for role in config.roles]
+    return specs
+
+
+# --------------------------------------------------------------------------- CA
+
+
+@dataclass
+class PKIState:
+    ca: CA
+    trusted: list[x509.Certificate]
+    actions: list[Action]
+
+
+def plan_ca(config: BundleConfig, layout: Layout, force: bool, now: datetime) -> PKIState:
+    cert_pem, key_pem = read_optional(layout.ca_cert), read_optional(layout.ca_key)
+    if force or (cert_pem is None and key_pem is None):
+        reason = "created" if cert_pem is None and key_pem is None else "replaced (--force)"
+        ca = _new_ca(config, now)
+        actions: list[Action] = [
+            Write(layout.ca_cert, ca.cert_pem(), CERT_MODE, reason),
+            Write(layout.ca_key, ca.key_pem(), CA_KEY_MODE, reason),
+        ]
+    else:
+        ca = load_ca(layout)
+        actions = [Skip(layout.ca_cert), Skip(layout.ca_key)]
+    trusted, trust_actions = _plan_trust_bundle(layout, ca, replace=force)
+    return PKIState(ca, trusted, actions + trust_actions)
+
+
+def load_ca(layout: Layout) -> CA:
+    cert_pem, key_pem = read_optional(layout.ca_cert), read_optional(layout.ca_key)
+    if cert_pem is None or key_pem is None:
+        missing = layout.ca_cert if cert_pem is None else layout.ca_key
+        raise BundleError(f"{missing} is missing; {FORCE_HINT.replace('it', 'the CA')}")
+    try:
+        return CA.from_pem(cert_pem, key_pem)
+    except BundleError as exc:
+        raise BundleError(f"{layout.ca_cert.parent}: {exc}; {FORCE_HINT.replace('it', 'the CA')}") from None
+
+
+def _new_ca(config: BundleConfig, now: datetime) -> CA:
+    return CA.create(
+        config.pki.ca_common_name,
+        organization=config.pki.organization,
+        key_algorithm=config.pki.key_algorithm,
+        lifetime=config.pki.ca_lifetime,
+        now=now,
+    )
+
+
+def _plan_trust_bundle(layout: Layout, ca: CA, replace: bool) -> tuple[list[x509.Certificate], list[Action]]:
+    existing = read_optional(layout.trust_bundle)
+    if existing is None or replace:
+        reason = "created" if existing is None else "replaced (--force)"
+        return [ca.cert], [Write(p, ca.cert_pem(), CERT_MODE, reason) for p in _trust_files(layout)]
+    try:
+        trusted = pki.load_certs(existing, str(layout.trust_bundle))
+    except BundleError as exc:
+        raise BundleError(f"{exc}; {FORCE_HINT}") from None
+    actions: list[Action] = []
+    if any(c == ca.cert for c in trusted):
+        actions.append(Skip(layout.trust_bundle))
+    else:
+        trusted = trusted + [ca.cert]
+        actions.append(Write(layout.trust_bundle, existing + ca.cert_pem(), CERT_MODE, "added the issuing CA"))
+    for path in (layout.trust_current, layout.trust_next):
+        # Missing only in bundles made before the per-CA files existed, or after a crash.
+        actions.append(Skip(path) if path.exists() else Write(path, ca.cert_pem(), CERT_MODE, "created"))
+    return trusted, actions
+
+
+def _trust_files(layout: Layout) -> tuple:
+    return layout.trust_bundle, layout.trust_current, layout.trust_next
+
+
+# --------------------------------------------------------------------------- leaf certificates
+
+
+def plan_leaves(
+    config: BundleConfig, layout: Layout, ca: CA, force: bool, now: datetime, renew_before: timedelta | None = None
+) -> list[Action]:
+    actions: list[Action] = []
+    for spec in leaf_specs(config):
+        actions += plan_leaf(config, layout, ca, spec, force, now, renew_before)
+    return actions
+
+
+def plan_leaf(
+    config: BundleConfig,
+    layout: Layout,
+    ca: CA,
+    spec: LeafSpec,
+    force: bool,
+    now: datetime,
+    renew_before: timedelta | None = None,
+) -> list[Action]:
+    cert_path, key_path = layout.leaf(spec.directory, spec.name)
+    cert_pem, key_pem = read_optional(cert_path), read_optional(key_path)
+    if cert_pem is None and key_pem is None:
+        return _issue(config, ca, spec, cert_path, key_path, now, "created")
+    if force:
+        return _issue(config, ca, spec, cert_path, key_path, now, "replaced (--force)")
+    if cert_pem is None or key_pem is None:
+        missing = cert_path if cert_pem is None else key_path
+        raise BundleError(f"{missing} is missing but its partner exists; {FORCE_HINT}")
+    try:
+        cert = pki.load_cert(cert_pem, str(cert_path))
+        key = pki.load_private_key(key_pem, str(key_path))
+    except BundleError as exc:
+        raise BundleError(f"{exc}; {FORCE_HINT}") from None
+    if not pki.keys_match(cert, key):
+        if not any(pki.signed_by(cert, issuer) for issuer in _trusted_cas(layout, ca)):
+            raise BundleError(f"{cert_path} and {key_path} do not belong together; {FORCE_HINT}")
+        # Both files are ours, written one after the other, and a crash fell between them.
+        return _issue(config, ca, spec, cert_path, key_path, now, "re-issued: key and cert did not match (interrupted write)")
+    stale = _stale_reason(cert, ca, spec, now, renew_before)
+    if stale:
+        return _issue(config, ca, spec, cert_path, key_path, now, f"re-issued: {stale}")
+    return [Skip(cert_path), Skip(key_path)]
+
+
+def _trusted_cas(layout: Layout, ca: CA) -> list[x509.Certificate]:
+    try:
+        return [ca.cert, *pki.load_certs(read_optional(layout.trust_bundle) or b"", "trust bundle")]
+    except BundleError:
+        return [ca.cert]
+
+
+def _stale_reason(cert: x509.Certificate, ca: CA, spec: LeafSpec, now: datetime, renew_before) -> str | None:
+    if not pki.signed_by(cert, ca.cert):
+        return "issued by another CA"
+    if set(pki.sans_of(cert)) != set(spec.sans):
+        return "SANs differ from the config"
+    if pki.extended_key_usages(cert) != set(pki.USAGES[spec.usage]):
+        return "extended key usage differs"
+    left = cert.not_valid_after_utc - now
+    if left <= timedelta(0):
+        return "expired"
+    if renew_before is not None and left <= renew_before:
+        return f"expires in {left.days}d (renew_before {renew_before.days}d)"
+    return None
+
+
+def _issue(config, ca: CA, spec: LeafSpec, cert_path, key_path, now, reason) -> list[Action]:
+    leaf: LeafCert = ca.issue_cert(
+        *spec.sans,
+        common_name=spec.common_name,
+        usage=spec.usage,
+        lifetime=config.pki.leaf_lifetime,
+        key_algorithm=config.pki.key_algorithm,
+        organization=config.pki.organization,
+        now=now,
+    )
+    # Key first: a reader that sees the new cert must never find the old key beside it. The
+    # server's hot reload re-reads both files, and the lock keeps our own runs from interleaving.
+    return [Write(key_path, leaf.key_pem(), KEY_MODE, reason), Write(cert_path, leaf.cert_pem(), CERT_MODE, reason)]
+
+
+# --------------------------------------------------------------------------- signing keys and JWKS
+
+
+@dataclass
+class SigningState:
+    active: SigningKey
+    published: list[SigningKey]
+    actions: list[Action]
+
+
+def load_signing_keys(layout: Layout) -> dict[str, SigningKey]:
+    keys = {}
+    if not layout.signing_keys.is_dir():
+        return keys
+    for path in sorted(layout.signing_keys.glob("*.key")):
+        key = SigningKey.from_pem(read_optional(path) or b"", str(path))
+        if key.kid != path.stem:
+            raise BundleError(f"{path}: file name does not match the key's kid {key.kid}; {FORCE_HINT}")
+        keys[key.kid] = key
+    return keys
+
+
+def plan_signing_key(config: BundleConfig, layout: Layout, force: bool) -> SigningState:
+    active_raw = read_optional(layout.active_kid)
+    if force or active_raw is None:
+        on_disk = sorted(layout.signing_keys.glob("*.key")) if layout.signing_keys.is_dir() else []
+        if on_disk and not force:
+            raise BundleError(f"{layout.active_kid} is missing but signing keys exist; {FORCE_HINT}")
+        key = SigningKey.generate(config.jwt.algorithm)
+        reason = "created" if active_raw is None and not on_disk else "replaced (--force)"
+        actions: list[Action] = [Delete(p, "dropped (--force)") for p in on_disk if p.stem != key.kid]
+        actions += [
+            Write(layout.signing_key(key.kid), key.private_pem(), KEY_MODE, reason),
+            Write(layout.active_kid, (key.kid + "\n").encode(), CERT_MODE, reason),
+        ]
+        published = [key]
+    else:
+        keys = load_published_keys(layout)
+        key = active_signing_key(layout, keys)
+        actions = [Skip(layout.signing_key(key.kid)), Skip(layout.active_kid)]
+        published = list(keys.values())
+    actions.append(plan_jwks(layout, published, force))
+    return SigningState(key, published, actions)
+
+
+def load_published_keys(layout: Layout) -> dict[str, SigningKey]:
+    try:
+        return load_signing_keys(layout)
+    except BundleError as exc:
+        message = str(exc)
+        raise BundleError(message if FORCE_HINT in message else f"{message}; {FORCE_HINT}") from None
+
+
+def active_signing_key(layout: Layout, keys: dict[str, SigningKey]) -> SigningKey:
+    raw = read_optional(layout.active_kid)
+    kid = (raw or b"").decode(errors="replace").strip()
+    if kid not in keys:
+        raise BundleError(f"{layout.active_kid} names kid {kid!r}, which has no key in {layout.signing_keys}")
+    return keys[kid]
+
+
+def plan_jwks(layout: Layout, published: list[SigningKey], force: bool) -> Action:
+    wanted = jwks_bytes(published)
+    existing = read_optional(layout.jwks)
+    if existing == wanted:
+        return Skip(layout.jwks)
+    if existing is not None and not force and not _is_jwks(existing):
+        raise BundleError(f"{layout.jwks} is not a JWKS document we wrote; {FORCE_HINT}")
+    return Write(layout.jwks, wanted, CERT_MODE, "created" if existing is None else "updated: published keys changed")
+
+
+def _is_jwks(data: bytes) -> bool:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("keys"), list)
+
+
+# --------------------------------------------------------------------------- role tokens
+
+
+def token_needs_refresh(token_text: str, config: BundleConfig, role, active_kid: str, now: datetime) -> str | None:
+    """Why a token on disk must be re-minted, or None if it is still good."""
+    header, claims = decode_unverified(token_text)
+    if header.get("kid") != active_kid:
+        return "signed by a retired or other key"
+    if claims.get("permissions") != list(role.permissions):
+        return "permissions differ from the config"
+    if claims.get("aud") != config.jwt.audience or claims.get("iss") != config.jwt.issuer:
+        return "issuer or audience differs from the config"
+    issued, expires = claims.get("iat"), claims.get("exp")
+    if not isinstance(issued, int) or not isinstance(expires, int):
+        return "no iat/exp"
+    if expires - issued != int(role.token_lifetime.total_seconds()):
+        return "lifetime differs from the config"
+    # Refresh at two thirds of the lifetime, so a client re-reading the file never holds an
+    # expired token even if a refresh run is missed.
+    if now.timestamp() >= issued + (expires - issued) * 2 / 3:
+        return "past two thirds of its lifetime"
+    return None
+
+
+def plan_tokens(
+    config: BundleConfig, layout: Layout, key: SigningKey, force: bool, now: datetime, roles=None
+) -> tuple[list[Action], list[Token]]:
+    actions: list[Action] = []
+    minted: list[Token] = []
+    for role in roles or config.roles:
+        path = layout.token(role.name)
+        existing = read_optional(path)
+        reason = "created"
+        if existing is not None:
+            try:
+                reason = token_needs_refresh(existing.decode("ascii").strip(), config, role, key.kid, now)
+            except (BundleError, UnicodeDecodeError):
+                if not force:
+                    raise BundleError(f"{path} is not a readable JWT; {FORCE_HINT}") from None
+                reason = "replaced (--force)"
+            if reason is None and not force:
+                actions.append(Skip(path))
+                continue
+            reason = f"re-minted: {reason}" if reason else "re-minted (--force)"
+        token = mint_token(
+            key,
+            role=role.name,
+            permissions=role.permissions,
+            issuer=config.jwt.issuer,
+            audience=config.jwt.audience,
+            lifetime=role.token_lifetime,
+            now=now,
+        )
+        minted.append(token)
+        actions.append(Write(path, (token.encoded + "\n").encode(), KEY_MODE, reason))
+    return actions, minted

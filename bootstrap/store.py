@@ -1,0 +1,237 @@
+"""The one module that writes files: atomic writes with explicit modes, a directory lock, and the
+bundle directory layout (one sub-directory per consumer, so each container mounts only what it
+needs)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BundleError
+
+CERT_MODE = 0o644
+KEY_MODE = 0o600
+CA_KEY_MODE = 0o400
+PUBLIC_DIR_MODE = 0o755
+PRIVATE_DIR_MODE = 0o700
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+    # Top-level directory -> (uid, gid) of the container that reads it, e.g. {"postgres": (999, 999)}.
+    # Lets each service run as its own non-root user and still read its 0600 key.
+    owners: tuple[tuple[str, tuple[int, int]], ...] = ()
+
+    def owner_of(self, path: Path) -> tuple[int, int] | None:
+        try:
+            top = path.relative_to(self.root).parts[0]
+        except (ValueError, IndexError):
+            return None
+        return dict(self.owners).get(top)
+
+    # private/: CA key and JWT signing keys. Only the bootstrap ever mounts it.
+    @property
+    def private(self) -> Path:
+        return self.root / "private"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.private / "ca.pem"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.private / "ca.key"
+
+    @property
+    def signing_keys(self) -> Path:
+        return self.private / "jwt"
+
+    @property
+    def active_kid(self) -> Path:
+        return self.signing_keys / "active"
+
+    def signing_key(self, kid: str) -> Path:
+        return self.signing_keys / f"{kid}.key"
+
+    @property
+    def rotation_state(self) -> Path:
+        return self.private / "rotation.json"
+
+    # trust/: ca.pem bundles every CA currently trusted (two during a CA rollover), for clients.
+    # The server gets one CA per file instead (current.pem, next.pem): its hot reload notices a
+    # change only in the FIRST certificate of each listed file, so a CA appended to a bundle
+    # would go unseen until something else changed.
+    @property
+    def trust_bundle(self) -> Path:
+        return self.root / "trust" / "ca.pem"
+
+    @property
+    def trust_current(self) -> Path:
+        return self.root / "trust" / "current.pem"
+
+    @property
+    def trust_next(self) -> Path:
+        return self.root / "trust" / "next.pem"
+
+    @property
+    def jwks(self) -> Path:
+        return self.root / "jwks" / "jwks.json"
+
+    # codec-keys/: the payload data keys, for workers, clients and the codec server. Its own
+    # directory, so an application mounting it gets no TLS key (codec/ holds the codec server's).
+    @property
+    def codec_keys(self) -> Path:
+        return self.root / "codec-keys" / "keys.json"
+
+    def leaf(self, directory: str, name: str) -> tuple[Path, Path]:
+        base = self.root / directory
+        return base / f"{name}.pem", base / f"{name}.key"
+
+    def token(self, role: str) -> Path:
+        return self.root / "tokens" / f"{role}.jwt"
+
+    @property
+    def config_dir(self) -> Path:
+        return self.root / "config"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".bundle.lock"
+
+    def relative(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+
+def read_optional(path: Path) -> bytes | None:
+    """The file's bytes, None if it does not exist; unreadable files are an error, not 'missing'."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BundleError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _ensure_dir(directory: Path, root: Path) -> None:
+    if directory.is_dir():
+        return
+    parent = directory.parent
+    if parent != directory and not parent.is_dir():
+        _ensure_dir(parent, root)
+    private = directory == root / "private" or root / "private" in directory.parents
+    mode = PRIVATE_DIR_MODE if private else PUBLIC_DIR_MODE
+    directory.mkdir(mode=mode, exist_ok=True)
+    os.chmod(directory, mode)  # mkdir's mode is narrowed by the umask; 077 would hide certs from consumers
+
+
+def write_atomic(path: Path, data: bytes, mode: int, root: Path | None = None, owner: tuple[int, int] | None = None) -> None:
+    """temp file in the same directory + fsync + rename + fsync(dir): readers see old or new."""
+    _ensure_dir(path.parent, root or path.parent)
+    if owner is not None:
+        os.chown(path.parent, *owner)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, mode)  # the umask must not widen or narrow what we asked for
+        os.write(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def locked(layout: Layout):
+    """Serialise bootstrap runs on one directory, so two never interleave a key and its cert."""
+    try:
+        layout.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(layout.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise BundleError(f"cannot use output directory {layout.root}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Write:
+    path: Path
+    data: bytes
+    mode: int
+    reason: str  # "created", "re-issued: SANs changed", ...
+
+
+@dataclass(frozen=True)
+class Skip:
+    path: Path
+    reason: str = "already exists, skipped"
+
+
+@dataclass(frozen=True)
+class Delete:
+    path: Path
+    reason: str
+
+
+Action = Write | Skip | Delete
+
+
+def parse_owners(specs: list[str]) -> tuple[tuple[str, tuple[int, int]], ...]:
+    """["postgres=999:999", "server=1000"] -> (("postgres", (999, 999)), ("server", (1000, 1000)))."""
+    owners = []
+    for spec in specs:
+        directory, _, ids = spec.partition("=")
+        uid, _, gid = ids.partition(":")
+        if not directory or "/" in directory or not uid.isdigit() or (gid and not gid.isdigit()):
+            raise BundleError(f"invalid --owner {spec!r} (expected DIR=UID[:GID], e.g. postgres=999:999)")
+        owners.append((directory, (int(uid), int(gid or uid))))
+    return tuple(owners)
+
+
+def apply(layout: Layout, actions: list[Action]) -> list[Action]:
+    """Carry out a plan. Every decision was made (and every input validated) before this runs."""
+    for action in actions:
+        if isinstance(action, Write):
+            write_atomic(action.path, action.data, action.mode, layout.root, layout.owner_of(action.path))
+        elif isinstance(action, Delete):
+            remove(action.path)
+    return actions
+
+
+def describe(layout: Layout, action: Action) -> str:
+    verb = {Write: "wrote", Skip: "kept", Delete: "removed"}[type(action)]
+    return f"{verb} {layout.relative(action.path)}: {action.reason}"
