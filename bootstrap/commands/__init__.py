@@ -1,0 +1,14 @@
+from . import check_expiry, generate_certs, init, mint_tokens, register_namespaces, render_config, rotate, serve_jwks
+from . import serve_codec
+
+COMMANDS = {
+    "init": init,
+    "generate-certs": generate_certs,
+    "mint-tokens": mint_tokens,
+    "render-config": render_config,
+    "serve-jwks": serve_jwks,
+    "register-namespaces": register_namespaces,
+    "check-expiry": check_expiry,
+    "rotate": rotate,
+    "serve-codec": serve_codec,
+}

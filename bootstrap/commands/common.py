@@ -1,0 +1,77 @@
+"""Options and helpers shared by the bootstrap commands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ..config import BundleConfig, load_config
+from ..store import Action, Layout, Skip, describe, parse_owners
+
+FORCE_HELP = "replace existing files, including the CA and the signing key (every client must then be re-issued)"
+
+
+def add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        default=os.environ.get("BUNDLE_CONFIG", "bundle.yaml"),
+        help="bundle config file (env BUNDLE_CONFIG; default: ./bundle.yaml)",
+    )
+
+
+def add_out(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out",
+        default=os.environ.get("BUNDLE_DIR", "certs"),
+        help="bundle directory for keys, certs, tokens and rendered config (env BUNDLE_DIR; default: ./certs)",
+    )
+
+
+def add_owner(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--owner",
+        action="append",
+        default=os.environ.get("BUNDLE_OWNERS", "").split(),
+        metavar="DIR=UID[:GID]",
+        help="owner of files written under a top-level directory, for containers running as "
+        "another user (repeatable; env BUNDLE_OWNERS, space-separated), e.g. postgres=999:999",
+    )
+
+
+def add_force(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true", help=FORCE_HELP)
+
+
+def standard(parser: argparse.ArgumentParser, force: bool = True) -> None:
+    add_config(parser)
+    add_out(parser)
+    if force:
+        add_force(parser)
+    add_owner(parser)
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only what changed")
+
+
+def load(args) -> tuple[BundleConfig, Layout]:
+    return load_config(args.config), Layout(Path(args.out).resolve(), parse_owners(getattr(args, "owner", [])))
+
+
+def report(layout: Layout, actions: list[Action], quiet: bool = False) -> None:
+    for action in actions:
+        if quiet and isinstance(action, Skip):
+            continue
+        if isinstance(action, Skip):
+            print(f"{layout.relative(action.path)}: {action.reason}")
+        else:
+            print(describe(layout, action))
+
+
+def serve_until_interrupted(server) -> int:
+    """Run an HTTP(S) server until SIGINT/SIGTERM-as-KeyboardInterrupt, then close its socket."""
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0

@@ -1,0 +1,53 @@
+"""generate-certs: the CA, every leaf certificate, the JWT signing key and the JWKS document."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from ..codec_keys import plan_codec_keys
+from ..config import BundleConfig
+from ..errors import BundleError
+from ..pki import BACKDATE, utcnow
+from ..plan import plan_ca, plan_leaves, plan_signing_key
+from ..store import Action, Layout, apply, locked
+from ..tokens import SigningKey
+from .common import load, report, standard
+
+HELP = "create the CA, mTLS certificates, JWT signing key, jwks.json and payload data keys (existing ones are kept)"
+
+
+def add_parser(sub, name):
+    parser = sub.add_parser(name, help=HELP, description=HELP + ". Re-running with nothing to do changes nothing.")
+    standard(parser)
+    parser.set_defaults(run=run)
+
+
+def plan(config: BundleConfig, layout: Layout, force: bool, now: datetime) -> list[Action]:
+    actions, _ = plan_with_key(config, layout, force, now)
+    return actions
+
+
+def plan_with_key(config: BundleConfig, layout: Layout, force: bool, now: datetime) -> tuple[list[Action], SigningKey]:
+    """The plan, plus the signing key that will be active once it is applied."""
+    state = plan_ca(config, layout, force, now)
+    check_clock(state.ca.cert.not_valid_before_utc, now)
+    signing = plan_signing_key(config, layout, force)
+    leaves = plan_leaves(config, layout, state.ca, force, now)
+    return state.actions + leaves + signing.actions + plan_codec_keys(layout, force, now), signing.active
+
+
+def check_clock(ca_not_before: datetime, now: datetime) -> None:
+    # Everything we issue is back-dated by BACKDATE; a CA that starts later than that means the
+    # clock jumped backwards, and certificates issued now would be rejected by every peer.
+    if ca_not_before > now + BACKDATE:
+        raise BundleError(
+            f"clock skew: the CA is valid only from {ca_not_before:%Y-%m-%d %H:%M:%SZ} but the clock says "
+            f"{now:%Y-%m-%d %H:%M:%SZ}; fix the system clock"
+        )
+
+
+def run(args) -> int:
+    config, layout = load(args)
+    with locked(layout):
+        report(layout, apply(layout, plan(config, layout, args.force, utcnow())), args.quiet)
+    return 0

@@ -1,0 +1,34 @@
+"""init: everything a fresh cluster needs, in one idempotent step (what the compose bootstrap runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..pki import utcnow
+from ..store import apply, locked
+from ..plan import plan_tokens
+from . import generate_certs, render_config
+from .common import load, report, standard
+
+HELP = "generate-certs + mint-tokens + render-config, in one idempotent run"
+
+
+def add_parser(sub, name):
+    parser = sub.add_parser(name, help=HELP, description=HELP + ".")
+    standard(parser)
+    parser.add_argument("--templates", type=Path, help="templates directory (env BUNDLE_TEMPLATES_DIR)")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    config, layout = load(args)
+    now = utcnow()
+    with locked(layout):
+        # Everything is planned before anything is written: a corrupt token or a hand-edited
+        # config file stops the run with the disk untouched.
+        pki_actions, key = generate_certs.plan_with_key(config, layout, args.force, now)
+        token_actions, _ = plan_tokens(config, layout, key, args.force, now)
+        rendered = render_config.plan(config, layout, args.force, args.templates)
+        actions = apply(layout, pki_actions + token_actions + rendered)
+    report(layout, actions, args.quiet)
+    return 0
