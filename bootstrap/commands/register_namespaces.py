@@ -1,0 +1,44 @@
+"""register-namespaces: wait for the frontend, then register the configured namespaces."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..client import RoleCredentials
+from ..namespaces import register_all
+from .common import add_config, add_out, load
+
+HELP = "wait for the frontend (mTLS health check) and register the configured namespaces"
+EPILOG = """exit codes:
+  0  every namespace exists (registered now or before); retention drift is reported, not fatal
+  1  the frontend did not become ready in time, or TLS / authorization / the server refused
+"""
+
+
+def add_parser(sub, name):
+    import argparse
+
+    parser = sub.add_parser(
+        name, help=HELP, description=HELP + ".", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_config(parser)
+    add_out(parser)
+    parser.add_argument("--address", help="frontend host:port (default: <frontend_host>:<frontend_port> from config)")
+    parser.add_argument("--server-name", help="TLS server name (default: frontend_host from config)")
+    parser.add_argument("--role", default="system", help="role whose cert and token are used (default: system)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the frontend (default: 120)")
+    parser.add_argument("--update-retention", action="store_true", help="apply retention drift to the server")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    config, layout = load(args)
+    config.role(args.role)  # unknown role: clear error before any network traffic
+    creds = RoleCredentials.load(layout.root, args.role)
+    net = config.network
+    target = args.address or f"{net.frontend_host}:{net.frontend_port}"
+    server_name = args.server_name or net.frontend_host
+    outcomes = asyncio.run(register_all(config, creds, target, server_name, args.timeout, args.update_retention))
+    for outcome in outcomes:
+        print(f"namespace {outcome.namespace}: {outcome.action}: {outcome.detail}".rstrip(": "))
+    return 0

@@ -1,0 +1,76 @@
+"""rotate: certificates, the JWT signing key or the CA, without downtime, in resumable phases."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from ..pki import utcnow
+from ..rotation import KINDS, current_kind, step
+from ..store import apply, locked
+from .common import load, report, standard
+
+HELP = "rotate leaf certs, the JWT signing key, the CA or the payload data key without downtime"
+DESCRIPTION = """Rotate without downtime. Each run advances the rotation as far as it can and says
+which phase it is in and what it waits for; run it again (or pass --wait) to finish. A run killed
+at any point is completed by the next one.
+
+  --kind certs        re-issue leaf certs due within pki.renew_before (all with --all) from the
+                      current CA; the server re-reads them (tls refreshInterval), no restart.
+  --kind signing-key  publish a new key beside the old in jwks.json; after jwt.refresh_interval
+                      make it active and re-mint tokens; after the longest token lifetime retire
+                      the old key.
+  --kind ca           trust old+new CA; then re-issue every leaf from the new CA; then drop the
+                      old CA from the trust bundle.
+  --kind codec-key    add a new payload data key to codec-keys/keys.json and make it the one that
+                      encrypts; old keys stay for decoding. Codecs re-read the file, no restart.
+"""
+EPILOG = """exit codes:
+  0  the rotation finished, or advanced and is waiting (the output says until when)
+  1  bad input or state (corrupt files, another kind of rotation in progress)
+"""
+
+
+def add_parser(sub, name):
+    parser = sub.add_parser(
+        name, help=HELP, description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    standard(parser, force=False)
+    parser.add_argument("--kind", choices=KINDS, help="what to rotate (default: the rotation in progress)")
+    parser.add_argument("--all", action="store_true", help="with --kind certs: re-issue every leaf, due or not")
+    parser.add_argument("--wait", action="store_true", help="sleep through the waits until the rotation is done")
+    parser.add_argument(
+        "--probe-address",
+        metavar="HOST:PORT",
+        help="before activating a new signing key, prove the frontend at HOST:PORT accepts it "
+        "(mTLS with the system cert, a short-lived token signed by the new key)",
+    )
+    parser.add_argument("--server-name", help="TLS server name for --probe-address (default: frontend_host)")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    config, layout = load(args)
+    while True:
+        with locked(layout):
+            kind = current_kind(layout, args.kind)
+            result = step(config, layout, kind, utcnow(), args.all, _probe(args, config, layout))
+            report(layout, apply(layout, result.actions), args.quiet)
+        print(f"rotation {result.kind}: {result.message}")
+        if result.done:
+            return 0
+        print(f"rotation {result.kind}: phase {result.phase}, waiting for {result.waiting_for}", flush=True)
+        if not args.wait:
+            print(f"rotation {result.kind}: run `rotate` again after that to continue")
+            return 0
+        args.kind = kind
+        time.sleep(max(1.0, (result.due - utcnow()).total_seconds()))
+
+
+def _probe(args, config, layout):
+    if not args.probe_address:
+        return None
+    from ..namespaces import server_accepts_key
+
+    server_name = args.server_name or config.network.frontend_host
+    return lambda key: server_accepts_key(config, layout.root, key, args.probe_address, server_name)

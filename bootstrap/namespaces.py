@@ -1,0 +1,160 @@
+"""Register the configured namespaces on a running cluster, with the system role's cert + token.
+
+Idempotent: an existing namespace is fine; a retention that drifted from the config is reported,
+and updated only when asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from .client import RoleCredentials
+from .config import BundleConfig, Namespace
+from .errors import BundleError
+
+AUTH_CODES = ("PERMISSION_DENIED", "UNAUTHENTICATED")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    namespace: str
+    action: str  # registered | exists | drift | updated
+    detail: str = ""
+
+
+async def wait_for_frontend(target: str, creds: RoleCredentials, server_name: str, timeout: float):
+    """Connect (mTLS; GetSystemInfo needs no token) and pass a gRPC health check, with bounded
+    exponential backoff. Returns the connected client."""
+    from temporalio.client import Client
+
+    deadline, delay, last = time.monotonic() + timeout, 0.5, "no attempt made"
+    while True:
+        try:
+            client = await Client.connect(
+                target, tls=creds.tls_config(server_name), api_key=creds.token, connect_timeout=timedelta(seconds=5)
+            )
+            if await client.service_client.check_health():
+                return client
+            last = "health check reported NOT_SERVING"
+        except Exception as exc:  # the SDK raises plain RuntimeError for transport/TLS failures
+            last = _one_line(exc)
+        if time.monotonic() + delay > deadline:
+            raise BundleError(f"frontend {target} not ready after {timeout:.0f}s: {last}")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    status = re.search(r'code: (\w+), message: "([^"]*)"', text)
+    if status:  # the SDK's Rust core wraps gRPC statuses in a long debug dump
+        return f"{status.group(1)}: {status.group(2)}"
+    return text[:300]
+
+
+async def ensure_namespace(client, ns: Namespace, update_retention: bool) -> Outcome:
+    from google.protobuf.duration_pb2 import Duration
+    from temporalio.api.namespace.v1 import NamespaceConfig, UpdateNamespaceInfo
+    from temporalio.api.workflowservice.v1 import (
+        DescribeNamespaceRequest,
+        RegisterNamespaceRequest,
+        UpdateNamespaceRequest,
+    )
+    from temporalio.service import RPCError, RPCStatusCode
+
+    service = client.workflow_service
+    retention = Duration(seconds=int(ns.retention.total_seconds()))
+    try:
+        described = await service.describe_namespace(DescribeNamespaceRequest(namespace=ns.name))
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+        try:
+            await service.register_namespace(
+                RegisterNamespaceRequest(
+                    namespace=ns.name, description=ns.description, workflow_execution_retention_period=retention
+                )
+            )
+        except RPCError as exc2:
+            if exc2.status != RPCStatusCode.ALREADY_EXISTS:  # a concurrent run won the race
+                raise
+        return Outcome(ns.name, "registered", f"retention {ns.retention.days}d")
+    current = described.config.workflow_execution_retention_ttl.ToTimedelta()
+    if current == ns.retention:
+        return Outcome(ns.name, "exists", "already exists, skipped")
+    drift = f"retention is {current.days}d on the server, {ns.retention.days}d in the config"
+    if not update_retention:
+        return Outcome(ns.name, "drift", drift + " (use --update-retention to apply)")
+    await service.update_namespace(
+        UpdateNamespaceRequest(
+            namespace=ns.name,
+            config=NamespaceConfig(workflow_execution_retention_ttl=retention),
+            update_info=UpdateNamespaceInfo(description=ns.description),
+        )
+    )
+    return Outcome(ns.name, "updated", drift + "; updated")
+
+
+async def register_all(
+    config: BundleConfig, creds: RoleCredentials, target: str, server_name: str, timeout: float, update_retention: bool
+) -> list[Outcome]:
+    from temporalio.service import RPCError
+
+    deadline = time.monotonic() + timeout
+    client = await wait_for_frontend(target, creds, server_name, timeout)
+    outcomes = []
+    for ns in config.namespaces:
+        try:
+            outcomes.append(await ensure_namespace(client, ns, update_retention))
+            await wait_until_usable(client, ns.name, deadline)
+        except RPCError as exc:
+            hint = " (the system token needs temporal-system:admin)" if exc.status.name in AUTH_CODES else ""
+            raise BundleError(f"namespace {ns.name}: {exc.status.name}: {_one_line(exc)}{hint}") from None
+    return outcomes
+
+
+async def wait_until_usable(client, namespace: str, deadline: float) -> None:
+    """A new namespace reaches the frontend's namespace cache some seconds after registration;
+    until then every call on it is 'not found'. Return once workflow APIs see it, so that a
+    completed registration job means the namespace can be used right away."""
+    from temporalio.api.workflowservice.v1 import ListWorkflowExecutionsRequest
+    from temporalio.service import RPCError, RPCStatusCode
+
+    while True:
+        try:
+            await client.workflow_service.list_workflow_executions(
+                ListWorkflowExecutionsRequest(namespace=namespace, page_size=1)
+            )
+            return
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.5)
+
+
+def server_accepts_key(config: BundleConfig, bundle_dir, key, target: str, server_name: str) -> bool:
+    """True when the frontend validates a token signed by `key` (GetSystemInfo, which any valid
+    token may call). False when it answers 'unauthorized', i.e. it has not fetched the key yet."""
+    from temporalio.client import Client
+
+    from .tokens import mint_token
+
+    token = mint_token(key, role="rotation-probe", permissions=[], issuer=config.jwt.issuer,
+                       audience=config.jwt.audience, lifetime=timedelta(minutes=1))
+    creds = RoleCredentials.load(bundle_dir, "system", with_token=False)
+
+    async def attempt() -> bool:
+        try:
+            await Client.connect(target, tls=creds.tls_config(server_name), api_key=token.encoded,
+                                 connect_timeout=timedelta(seconds=5))
+            return True
+        except RuntimeError as exc:
+            if "PermissionDenied" in str(exc) or "unauthorized" in str(exc):
+                return False
+            raise BundleError(f"probe of {target} failed: {_one_line(exc)}") from None
+
+    return asyncio.run(attempt())

@@ -1,0 +1,295 @@
+"""Zero-downtime rotation, as explicit resumable phases.
+
+Each call to `step()` reads the disk (and private/rotation.json), decides the next phase, and
+returns the actions for it with the new state written LAST. Every action is an atomic file write,
+and every phase is idempotent, so a crash (kill -9) at any point leaves a state from which the
+next `rotate` finishes the job.
+
+signing-key:  (none) --publish new key beside the old in the JWKS--> published
+              --after jwt.refresh_interval: mint tokens with the new key, make it active--> activated
+              --after the longest token lifetime: drop the old key from disk and JWKS--> done
+ca:           (none) --new CA in private/ca-next.*, trust bundle = old + new--> trusted
+              --after the TLS refresh interval: leaves re-issued from the new CA, CA swapped--> reissued
+              --after the TLS refresh interval: trust bundle = new CA only--> done
+certs:        one step: leaves due for renewal (or all, with --all) re-issued from the current CA.
+codec-key:    one step: a new payload data key made active; every old key kept for decoding.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from cryptography.hazmat.primitives import serialization
+
+from . import pki
+from .codec_keys import plan_rotation as plan_codec_key_rotation
+from .config import BundleConfig
+from .errors import BundleError
+from .pki import CA
+from .plan import (
+    active_signing_key,
+    load_ca,
+    load_published_keys,
+    plan_jwks,
+    plan_leaves,
+    plan_tokens,
+)
+from .store import CA_KEY_MODE, CERT_MODE, KEY_MODE, Action, Delete, Layout, Write, read_optional
+from .tokens import SigningKey
+
+KINDS = ("certs", "signing-key", "ca", "codec-key")
+# Slack on top of the server's refresh intervals, for timer jitter and clock drift.
+MAX_MARGIN = timedelta(seconds=10)
+
+
+def margin(config: BundleConfig) -> timedelta:
+    return max(timedelta(seconds=1), min(MAX_MARGIN, config.tls_refresh_interval))
+
+
+@dataclass
+class Step:
+    kind: str
+    phase: str
+    message: str
+    actions: list[Action] = field(default_factory=list)
+    due: datetime | None = None  # when the next phase may run; None when finished
+    waiting_for: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.phase == "done"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=pki.utcnow().tzinfo)
+
+
+def read_state(layout: Layout) -> dict | None:
+    raw = read_optional(layout.rotation_state)
+    if raw is None:
+        return None
+    try:
+        state = json.loads(raw)
+        if state.get("kind") not in KINDS or not isinstance(state.get("phase"), str):
+            raise ValueError("missing kind or phase")
+        return state
+    except ValueError as exc:
+        raise BundleError(f"{layout.rotation_state} is corrupt ({exc}); inspect it, then remove it to start over") from None
+
+
+def _state_write(layout: Layout, state: dict) -> Write:
+    data = (json.dumps(state, indent=2, sort_keys=True) + "\n").encode()
+    return Write(layout.rotation_state, data, KEY_MODE, f"rotation {state['kind']}: phase {state['phase']}")
+
+
+def _state_delete(layout: Layout, kind: str) -> list[Action]:
+    if layout.rotation_state.exists():
+        return [Delete(layout.rotation_state, f"rotation {kind}: finished")]
+    return []
+
+
+def current_kind(layout: Layout, requested: str | None) -> str:
+    state = read_state(layout)
+    if requested in ("certs", "codec-key"):
+        return requested  # re-issuing leaves, or adding a data key, is safe at any phase of the others
+    in_progress = state["kind"] if state else _unrecorded_rotation(layout)
+    if in_progress is not None:
+        phase = state["phase"] if state else "started (not yet recorded)"
+        if requested and requested != in_progress:
+            raise BundleError(f"a {in_progress} rotation is in phase {phase}; finish it first (rotate --kind {in_progress})")
+        return in_progress
+    if requested is None:
+        raise BundleError("no rotation in progress; choose one with --kind certs|signing-key|ca|codec-key")
+    return requested
+
+
+def _unrecorded_rotation(layout: Layout) -> str | None:
+    """A rotation killed before it recorded its first phase leaves only its new files behind."""
+    if any(p.exists() for p in _next_paths(layout)):
+        return "ca"
+    active = (read_optional(layout.active_kid) or b"").decode(errors="replace").strip()
+    if layout.signing_keys.is_dir() and any(p.stem != active for p in layout.signing_keys.glob("*.key")):
+        return "signing-key"
+    return None
+
+
+def step(config: BundleConfig, layout: Layout, kind: str, now: datetime, all_certs: bool = False, probe=None) -> Step:
+    """`probe(key) -> bool`, if given, asks the live server whether it accepts tokens signed by
+    `key`; the signing-key rollover then activates the new key only once the server knows it."""
+    if kind == "certs":
+        return _step_certs(config, layout, now, all_certs)
+    if kind == "codec-key":
+        action, message = plan_codec_key_rotation(layout, now)
+        return Step("codec-key", "done", message, [action])
+    if kind == "signing-key":
+        return _step_signing_key(config, layout, now, probe)
+    return _step_ca(config, layout, now)
+
+
+def _waiting(kind: str, phase: str, due: datetime, what: str) -> Step:
+    return Step(kind, phase, f"phase {phase}", due=due, waiting_for=f"{what} (until {_iso(due)})")
+
+
+# --------------------------------------------------------------------------- leaf certificates
+
+
+def _step_certs(config: BundleConfig, layout: Layout, now: datetime, all_certs: bool) -> Step:
+    ca = load_ca(layout)
+    actions = plan_leaves(config, layout, ca, all_certs, now, renew_before=config.pki.renew_before)
+    changed = sum(isinstance(a, Write) for a in actions) // 2
+    return Step("certs", "done", f"{changed} certificate(s) re-issued from the current CA", actions)
+
+
+# --------------------------------------------------------------------------- JWT signing key
+
+
+def _step_signing_key(config: BundleConfig, layout: Layout, now: datetime, probe=None) -> Step:
+    state = read_state(layout)
+    keys = load_published_keys(layout)
+    active = active_signing_key(layout, keys)
+    if state is None:
+        return _publish_new_key(config, layout, keys, active, now)
+    due = _parse_time(state["due"])
+    if now < due:
+        what = "the server to refetch the JWKS" if state["phase"] == "published" else "tokens signed by the old key to expire"
+        return _waiting("signing-key", state["phase"], due, what)
+    if state["phase"] == "published":
+        if probe is not None and state["new_kid"] in keys and not probe(keys[state["new_kid"]]):
+            retry = now + margin(config)
+            return _waiting(
+                "signing-key", "published", retry,
+                "the server to accept the new key (it refetches the JWKS every jwt.refresh_interval; if it "
+                "cannot reach the JWKS URL, check the jwks service and that the server trusts its CA)",
+            )
+        return _activate_new_key(config, layout, keys, state, now)
+    if state["phase"] == "activated":
+        return _retire_old_keys(layout, keys, active)
+    raise BundleError(f"{layout.rotation_state}: unknown signing-key phase {state['phase']!r}")
+
+
+def _publish_new_key(config, layout, keys, active, now) -> Step:
+    pending = [k for kid, k in keys.items() if kid != active.kid]
+    actions: list[Action] = []
+    if pending:  # a crash after writing the key but before recording the phase: adopt it
+        new = pending[0]
+        note = f"resuming: published key {new.kid} was not recorded"
+    else:
+        new = SigningKey.generate(config.jwt.algorithm)
+        keys = {**keys, new.kid: new}
+        actions.append(Write(layout.signing_key(new.kid), new.private_pem(), KEY_MODE, "new signing key"))
+        note = f"new key {new.kid} published beside {active.kid}"
+    actions.append(plan_jwks(layout, list(keys.values()), force=False))
+    due = now + config.jwt.refresh_interval + margin(config)
+    actions.append(_state_write(layout, {"kind": "signing-key", "phase": "published", "new_kid": new.kid,
+                                         "old_kid": active.kid, "due": _iso(due)}))
+    return Step("signing-key", "published", note, actions, due, f"the server to refetch the JWKS (until {_iso(due)})")
+
+
+def _activate_new_key(config, layout, keys, state, now) -> Step:
+    new = keys.get(state["new_kid"])
+    if new is None:
+        raise BundleError(f"{layout.rotation_state}: new key {state['new_kid']} is missing from {layout.signing_keys}")
+    tokens, _ = plan_tokens(config, layout, new, force=False, now=now)
+    longest = max(role.token_lifetime for role in config.roles)
+    due = now + longest + margin(config)
+    actions = tokens + [
+        Write(layout.active_kid, (new.kid + "\n").encode(), CERT_MODE, "activated the new signing key"),
+        _state_write(layout, {**state, "phase": "activated", "due": _iso(due)}),
+    ]
+    return Step("signing-key", "activated", f"tokens now signed by {new.kid}", actions, due,
+                f"tokens signed by the old key to expire (until {_iso(due)})")
+
+
+def _retire_old_keys(layout, keys, active) -> Step:
+    retired = [kid for kid in keys if kid != active.kid]
+    actions: list[Action] = [Delete(layout.signing_key(kid), "retired signing key") for kid in retired]
+    actions.append(plan_jwks(layout, [active], force=False))
+    actions += _state_delete(layout, "signing-key")
+    return Step("signing-key", "done", f"retired {', '.join(retired) or 'nothing'}; JWKS publishes {active.kid} only", actions)
+
+
+# --------------------------------------------------------------------------- CA
+
+
+def _next_paths(layout: Layout):
+    return layout.private / "ca-next.pem", layout.private / "ca-next.key"
+
+
+def _load_next_ca(layout: Layout) -> CA | None:
+    cert_path, key_path = _next_paths(layout)
+    cert_pem, key_pem = read_optional(cert_path), read_optional(key_path)
+    if cert_pem is None or key_pem is None:
+        return None
+    return CA.from_pem(cert_pem, key_pem)
+
+
+def _step_ca(config: BundleConfig, layout: Layout, now: datetime) -> Step:
+    state = read_state(layout)
+    if state is None:
+        return _trust_both(config, layout, now)
+    due = _parse_time(state["due"])
+    if now < due:
+        what = "servers to reload the trust bundle" if state["phase"] == "trusted" else "servers to reload the new certificates"
+        return _waiting("ca", state["phase"], due, what)
+    if state["phase"] == "trusted":
+        return _reissue_from_new_ca(config, layout, state, now)
+    if state["phase"] == "reissued":
+        return _drop_old_ca(layout)
+    raise BundleError(f"{layout.rotation_state}: unknown ca phase {state['phase']!r}")
+
+
+def _trust_both(config, layout, now) -> Step:
+    current = load_ca(layout)
+    new = _load_next_ca(layout)
+    actions: list[Action] = []
+    if new is None:
+        new = CA.create(config.pki.ca_common_name, organization=config.pki.organization,
+                        key_algorithm=config.pki.key_algorithm, lifetime=config.pki.ca_lifetime, now=now)
+        cert_path, key_path = _next_paths(layout)
+        actions += [Write(key_path, new.key_pem(), CA_KEY_MODE, "next CA"), Write(cert_path, new.cert_pem(), CERT_MODE, "next CA")]
+    actions.append(_trust_write(layout.trust_next, [new.cert], "trust the new CA beside the old"))
+    actions.append(_trust_write(layout.trust_bundle, [current.cert, new.cert], "trust old and new CA"))
+    due = now + config.tls_refresh_interval + margin(config)
+    actions.append(_state_write(layout, {"kind": "ca", "phase": "trusted", "old_ca": pki.fingerprint(current.cert),
+                                         "new_ca": pki.fingerprint(new.cert), "due": _iso(due)}))
+    return Step("ca", "trusted", "new CA generated; trust bundle holds old and new", actions, due,
+                f"servers to reload the trust bundle (until {_iso(due)})")
+
+
+def _trust_write(path, certs, reason: str) -> Write:
+    data = b"".join(cert.public_bytes(serialization.Encoding.PEM) for cert in certs)
+    return Write(path, data, CERT_MODE, reason)
+
+
+def _reissue_from_new_ca(config, layout, state, now) -> Step:
+    on_disk = pki.load_cert(read_optional(layout.ca_cert) or b"", str(layout.ca_cert))
+    swapped = pki.fingerprint(on_disk) != state["old_ca"]
+    new = load_ca(layout) if swapped else _load_next_ca(layout)
+    if new is None or pki.fingerprint(new.cert) != state["new_ca"]:
+        raise BundleError(f"{layout.rotation_state}: the new CA {state['new_ca'][:16]} is neither pending nor active")
+    actions = plan_leaves(config, layout, new, force=False, now=now)
+    if not swapped:
+        # Key before cert: the cert's fingerprint is what tells a resumed run the swap happened.
+        actions += [Write(layout.ca_key, new.key_pem(), CA_KEY_MODE, "new CA is now issuing"),
+                    Write(layout.ca_cert, new.cert_pem(), CERT_MODE, "new CA is now issuing")]
+    actions += [Delete(p, "next CA promoted") for p in _next_paths(layout) if p.exists()]
+    due = now + config.tls_refresh_interval + margin(config)
+    actions.append(_state_write(layout, {**state, "phase": "reissued", "due": _iso(due)}))
+    return Step("ca", "reissued", "leaves re-issued from the new CA; the old CA key is gone", actions, due,
+                f"servers to reload the new certificates (until {_iso(due)})")
+
+
+def _drop_old_ca(layout) -> Step:
+    issuing = load_ca(layout)
+    actions: list[Action] = [
+        _trust_write(path, [issuing.cert], "trust the new CA only")
+        for path in (layout.trust_current, layout.trust_next, layout.trust_bundle)
+    ]
+    actions += _state_delete(layout, "ca")
+    return Step("ca", "done", "old CA dropped from the trust bundle", actions)
