@@ -1,0 +1,160 @@
+"""Payload encryption for the Python SDK: AES-256-GCM with the bundle's data keys.
+
+    from bootstrap.client import connect
+    from bootstrap.codec import data_converter
+    client = await connect("temporal:7233", bundle_dir="/bundle", role="worker",
+                           data_converter=data_converter("/bundle/codec-keys/keys.json"))
+
+Every payload the SDK sends (workflow and activity inputs and results, signals, queries, updates,
+memos, failure details, and with data_converter() also error messages and stack traces) is replaced by one whose data is nonce || AES-GCM(whole original Payload
+proto) and whose metadata says `encoding: binary/encrypted` and `encryption-key-id: <id>`. The
+server, its database and anyone reading history without the keys see only that. The key id is
+bound into the ciphertext as associated data, so relabelling a payload with another key id fails.
+
+Encoding uses the keyring's active key; decoding uses whichever key the payload names, so after
+`rotate --kind codec-key` old history still decodes. A payload that is not encrypted passes
+through decode unchanged. The keyring file is re-read when it changes, so a running worker picks
+up a rotation without a restart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import temporalio.converter
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.protobuf.message import DecodeError
+from temporalio.api.common.v1 import Payload
+
+from .codec_keys import Keyring, load_keyring
+from .errors import BundleError
+
+ENCODING = b"binary/encrypted"
+KEY_ID_HEADER = "encryption-key-id"
+NONCE_BYTES = 12  # 96-bit random nonce, the size GCM is specified for
+TAG_BYTES = 16
+
+
+class CodecError(BundleError):
+    """A payload that claims to be ours cannot be decrypted (unknown key, tampered, truncated)."""
+
+
+def _aad(key_id: str) -> bytes:
+    return ENCODING + b"\x00" + key_id.encode()
+
+
+def is_encrypted(payload: Payload) -> bool:
+    return payload.metadata.get("encoding") == ENCODING
+
+
+def encrypt(payload: Payload, keyring: Keyring) -> Payload:
+    key_id = keyring.active
+    nonce = os.urandom(NONCE_BYTES)
+    sealed = AESGCM(keyring.keys[key_id]).encrypt(nonce, payload.SerializeToString(), _aad(key_id))
+    return Payload(metadata={"encoding": ENCODING, KEY_ID_HEADER: key_id.encode()}, data=nonce + sealed)
+
+
+def decrypt(payload: Payload, keyring: Keyring) -> Payload:
+    """The original payload; one that is not encrypted is returned as it is."""
+    if not is_encrypted(payload):
+        return payload
+    raw_id = payload.metadata.get(KEY_ID_HEADER)
+    if raw_id is None:
+        raise CodecError(f"encrypted payload has no {KEY_ID_HEADER} metadata")
+    key_id = raw_id.decode(errors="replace")
+    key = keyring.keys.get(key_id)
+    if key is None:
+        known = ", ".join(sorted(keyring.keys))
+        raise CodecError(
+            f"payload was encrypted with unknown key id {key_id!r} (known: {known}); "
+            "this keyring is older than the writer's or from another bundle"
+        )
+    if len(payload.data) < NONCE_BYTES + TAG_BYTES:
+        raise CodecError(f"encrypted payload (key {key_id!r}) is truncated")
+    nonce, sealed = payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:]
+    try:
+        plain = AESGCM(key).decrypt(nonce, sealed, _aad(key_id))
+    except InvalidTag:
+        raise CodecError(f"encrypted payload (key {key_id!r}) failed authentication: tampered or corrupt") from None
+    try:
+        return Payload.FromString(plain)
+    except DecodeError:
+        raise CodecError(f"encrypted payload (key {key_id!r}) does not hold a payload") from None
+
+
+class KeyringFile:
+    """The keyring at `path`, re-read whenever the file changes (mtime, size, inode).
+
+    The bootstrap replaces the file atomically, so a reader never sees half of it; should it
+    become unreadable anyway, the last good keyring stays in use and `error` says why."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._stamp, self._keyring, self._lock = None, None, threading.Lock()
+        self.error: str | None = None
+
+    def current(self) -> Keyring:
+        with self._lock:
+            try:
+                st = os.stat(self.path)
+                stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            except OSError:
+                stamp = None
+            if self._keyring is None or stamp != self._stamp:
+                try:
+                    self._keyring, self._stamp, self.error = load_keyring(self.path), stamp, None
+                except BundleError as exc:
+                    if self._keyring is None:
+                        raise
+                    self.error = str(exc)
+            return self._keyring
+
+
+class EncryptionCodec(temporalio.converter.PayloadCodec):
+    """AES-256-GCM payload codec over a Keyring, or a KeyringFile that follows rotations."""
+
+    def __init__(self, keys: Keyring | KeyringFile | str | Path):
+        if isinstance(keys, (str, Path)):
+            keys = KeyringFile(keys)
+        self._keys = keys
+        self.keyring()  # fail at construction, not on the first workflow, if the file is bad
+
+    def keyring(self) -> Keyring:
+        return self._keys if isinstance(self._keys, Keyring) else self._keys.current()
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        keyring = self.keyring()
+        return [encrypt(p, keyring) for p in payloads]
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        keyring = self.keyring()
+        return [decrypt(p, keyring) for p in payloads]
+
+
+def data_converter(
+    keys: Keyring | KeyringFile | str | Path,
+    base: temporalio.converter.DataConverter | None = None,
+    encrypt_failures: bool = True,
+) -> temporalio.converter.DataConverter:
+    """The SDK's default data converter (or `base`) with payloads encrypted by EncryptionCodec.
+
+    With `encrypt_failures` (the default) error messages and stack traces are moved into the
+    failure's encoded attributes, so they are encrypted too; the SDK's default leaves them in
+    plain text in history, where an exception message can easily carry the very data at stake."""
+    changes: dict = {"payload_codec": EncryptionCodec(keys)}
+    if encrypt_failures:
+        changes["failure_converter_class"] = temporalio.converter.DefaultFailureConverterWithEncodedAttributes
+    return dataclasses.replace(base or temporalio.converter.default(), **changes)
+
+
+def decrypt_all(payloads: Iterable[Payload], keyring: Keyring) -> list[Payload]:
+    return [decrypt(p, keyring) for p in payloads]
+
+
+def encrypt_all(payloads: Iterable[Payload], keyring: Keyring) -> list[Payload]:
+    return [encrypt(p, keyring) for p in payloads]

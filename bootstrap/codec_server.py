@@ -1,0 +1,386 @@
+"""The codec server: Temporal's remote codec protocol over HTTPS, decrypting only for callers
+whose token grants the namespace.
+
+    POST .../decode   {"payloads": [{"metadata": {"encoding": "<b64>", ...}, "data": "<b64>"}]}
+    POST .../encode   the same shape both ways (proto3 JSON of temporal.api.common.v1.Payloads)
+    GET  /healthz     200 while the data keys and the JWKS load
+    OPTIONS ...       CORS preflight, answered only for the configured Web UI origins
+
+Only the last path segment selects the endpoint, so `https://codec:8888/{namespace}/decode` (the
+CLI's endpoint templating) works too. The namespace comes from the X-Namespace header, which the
+Web UI and the `temporal` CLI both send, else from the path segment before the endpoint.
+
+Every POST needs `Authorization: Bearer <jwt>`, verified like Temporal's default claim mapper does
+(kid lookup in the JWKS, RS256/ES256 only, exp/nbf/iat, audience): missing or invalid -> 401.
+Then Temporal's own role lattice decides, with the same bit flags (worker=1 < read=2 < write=4 <
+admin=8, OR-ed over the token's "<ns>:<role>" permissions, `have >= required`, and
+`temporal-system:<role>` counting for every namespace):
+  - decode: a token holding `decrypt_role` (admin by default) gets plaintext; any other valid
+    token gets its payloads back unchanged, still encrypted (200), as if no codec were set;
+  - encode: needs at least write on the namespace, else 403.
+The JWKS is the bundle's jwks.json (re-read on change) or one or more JWKS URLs (re-fetched every
+minute, and at once for a kid not seen yet). The data keys are re-read when `rotate --kind codec-key`
+replaces the file, and the TLS certificate when it is re-issued.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import jwt
+from google.protobuf import json_format
+from temporalio.api.common.v1 import Payloads
+
+from .codec import CodecError, KeyringFile, decrypt_all, encrypt_all
+from .errors import BundleError
+from .jwks_server import JWKSSource, ReloadingTLS
+from .tokens import verify_token
+
+ROLE_BITS = {"worker": 1, "read": 2, "write": 4, "admin": 8}
+SYSTEM_NAMESPACE = "temporal-system"
+PERMISSIONS_CLAIM = "permissions"
+ENCODE_ROLE = "write"
+MAX_BODY = 16 * 1024 * 1024  # a history page of payloads; Temporal's own blob limit is 2 MiB each
+NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+ALLOW_HEADERS = "Authorization, Content-Type, X-Namespace"
+ALLOW_METHODS = "POST, OPTIONS"
+
+
+# --------------------------------------------------------------------------- authorization
+
+
+def role_for(claims: dict, namespace: str) -> int:
+    """The role bits a token holds on `namespace`, as Temporal's default claim mapper and
+    authorizer compute them: namespace grants and system grants OR-ed separately, the better wins."""
+    namespace_bits = system_bits = 0
+    permissions = claims.get(PERMISSIONS_CLAIM)
+    for permission in permissions if isinstance(permissions, list) else []:
+        if not isinstance(permission, str) or permission.count(":") != 1:
+            continue
+        scope, role = permission.split(":")
+        bits = ROLE_BITS.get(role.lower(), 0)
+        if scope == SYSTEM_NAMESPACE:
+            system_bits |= bits
+        elif scope == namespace:
+            namespace_bits |= bits
+    return max(namespace_bits, system_bits)
+
+
+def grants(claims: dict, namespace: str, required: str) -> bool:
+    return role_for(claims, namespace) >= ROLE_BITS[required]
+
+
+# --------------------------------------------------------------------------- key sources
+
+
+class FileJWKS:
+    """The bundle's jwks.json, re-read when it changes."""
+
+    def __init__(self, path: Path):
+        self.source, self.description = JWKSSource(path), str(path)
+        self._raw, self._doc, self._lock = None, None, threading.Lock()
+
+    def document(self, kid: str | None = None) -> dict:
+        raw = self.source.current()  # raises OSError/ValueError if missing or not a JWKS
+        with self._lock:
+            if raw is not self._raw:
+                self._doc, self._raw = json.loads(raw), raw
+            return self._doc
+
+
+class URLJWKS:
+    """A JWKS URL, fetched every `ttl` seconds, and again (at most every 5s) for an unknown kid.
+    https is verified against the system CAs plus `cafile` (re-read each fetch: CA rotations)."""
+
+    def __init__(self, url: str, cafile: Path | None, ttl: float = 60.0, timeout: float = 10.0):
+        self.url, self.cafile, self.ttl, self.timeout, self.description = url, cafile, ttl, timeout, url
+        self._doc, self._fetched, self._lock = None, 0.0, threading.Lock()
+
+    def document(self, kid: str | None = None) -> dict:
+        with self._lock:
+            age = time.monotonic() - self._fetched
+            stale = self._doc is None or age >= self.ttl
+            unknown = kid is not None and self._doc is not None and kid not in _kids(self._doc) and age >= 5
+            if stale or unknown:
+                try:
+                    self._doc, self._fetched = self._fetch(), time.monotonic()
+                except (OSError, ValueError):
+                    if self._doc is None:
+                        raise
+            return self._doc
+
+    def _fetch(self) -> dict:
+        context = ssl.create_default_context()
+        if self.cafile is not None and Path(self.cafile).exists():
+            context.load_verify_locations(cafile=str(self.cafile))
+        with urllib.request.urlopen(self.url, context=context, timeout=self.timeout) as response:
+            doc = json.loads(response.read(1024 * 1024))
+        if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+            raise ValueError("not a JWKS document")
+        return doc
+
+
+def _kids(doc: dict) -> set:
+    return {k.get("kid") for k in doc.get("keys", []) if isinstance(k, dict)}
+
+
+class CombinedJWKS:
+    """Several JWKS URLs as one key set: the bundle's own (for CLI users with bundle tokens) and an
+    OIDC provider's (for Web UI users, whose access token the UI passes on)."""
+
+    def __init__(self, sources: list):
+        self.sources = sources
+        self.description = ", ".join(s.description for s in sources)
+
+    def document(self, kid: str | None = None) -> dict:
+        return {"keys": [k for source in self.sources for k in source.document(kid).get("keys", [])]}
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+@dataclass(frozen=True)
+class Policy:
+    audience: str
+    decrypt_role: str = "admin"
+    ui_origins: tuple[str, ...] = ()
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "temporal-bundle-codec"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+
+    # ---- CORS
+
+    def _origin(self) -> str | None:
+        return self.headers.get("Origin")
+
+    def _origin_allowed(self) -> bool:
+        return self._origin() in self.server.policy.ui_origins
+
+    def _cors_headers(self) -> None:
+        self.send_header("Vary", "Origin")
+        if self._origin_allowed():
+            self.send_header("Access-Control-Allow-Origin", self._origin())
+            # The UI's "include cross-origin credentials" setting sends fetch(credentials: include),
+            # which the browser only completes when this is true; the origin is never "*".
+            self.send_header("Access-Control-Allow-Credentials", "true")
+
+    def do_OPTIONS(self):  # noqa: N802
+        if not self._origin_allowed():
+            return self._send(403, {"error": "origin not allowed"})
+        self.send_response(204)
+        self._cors_headers()
+        self.send_header("Access-Control-Allow-Methods", ALLOW_METHODS)
+        self.send_header("Access-Control-Allow-Headers", ALLOW_HEADERS)
+        self.send_header("Access-Control-Max-Age", "600")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    # ---- routes
+
+    def do_GET(self):  # noqa: N802
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            return self._health()
+        if _action(path):
+            return self._send(405, {"error": "use POST"}, allow="POST, OPTIONS")
+        return self._send(404, {"error": "not found"})
+
+    def do_POST(self):  # noqa: N802
+        self._body_read = False  # one handler serves every request of a keep-alive connection
+        path = self.path.split("?", 1)[0]
+        action = _action(path)
+        if action is None:
+            self._drain()
+            return self._send(404, {"error": "not found"})
+        namespace = subject = None
+        try:
+            if self._origin() is not None and not self._origin_allowed():
+                raise _Refusal(403, "origin not allowed")
+            claims = self._authenticate()
+            subject = claims.get("sub")
+            namespace = self._namespace(path)
+            payloads = self._payloads()
+            if action == "decode":
+                if grants(claims, namespace, self.server.policy.decrypt_role):
+                    result, outcome = decrypt_all(payloads, self.server.keys.current()), "decrypted"
+                else:
+                    result, outcome = payloads, "kept encrypted (role too low)"
+            else:
+                if not grants(claims, namespace, ENCODE_ROLE):
+                    raise _Refusal(403, f"encode needs at least {ENCODE_ROLE} on namespace {namespace!r}")
+                result, outcome = encrypt_all(payloads, self.server.keys.current()), "encrypted"
+        except _Refusal as refusal:
+            self._audit(action, namespace, subject, f"refused {refusal.status}: {refusal.message}")
+            self._drain()
+            return self._send(refusal.status, {"error": refusal.message}, bearer=refusal.status == 401)
+        except CodecError as exc:
+            self._audit(action, namespace, subject, f"failed: {exc}")
+            return self._send(400, {"error": str(exc)})
+        except BundleError as exc:  # the keyring file is missing or unreadable
+            self._audit(action, namespace, subject, f"failed: {exc}")
+            return self._send(503, {"error": f"data keys unavailable: {exc}"})
+        self._audit(action, namespace, subject, f"{outcome} {len(result)} payload(s)")
+        body = json_format.MessageToJson(Payloads(payloads=result), indent=None).encode()
+        self._send_raw(200, body)
+
+    # ---- request parts
+
+    def _authenticate(self) -> dict:
+        header = self.headers.get("Authorization") or ""
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _Refusal(401, "missing bearer token")
+        token = token.strip()
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+            jwks = self.server.jwks.document(kid if isinstance(kid, str) else None)
+        except jwt.PyJWTError as exc:
+            raise _Refusal(401, f"invalid token: {exc}") from None
+        except (OSError, ValueError) as exc:
+            raise _Refusal(503, f"JWKS unavailable: {exc}") from None
+        try:
+            return verify_token(token, jwks, audience=self.server.policy.audience)
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            raise _Refusal(401, f"invalid token: {exc}") from None
+
+    def _namespace(self, path: str) -> str:
+        namespace = self.headers.get("X-Namespace")
+        if namespace is None:
+            parts = [p for p in path.split("/") if p]
+            namespace = parts[-2] if len(parts) >= 2 else ""
+        if not NAMESPACE.match(namespace):
+            raise _Refusal(400, "missing or invalid X-Namespace header")
+        return namespace
+
+    def _payloads(self) -> list:
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise _Refusal(411, "Content-Length required")
+        if int(length) > MAX_BODY:
+            raise _Refusal(413, f"body larger than {MAX_BODY} bytes")
+        body = self.rfile.read(int(length))
+        self._body_read = True
+        try:
+            message = json_format.Parse(body, Payloads(), ignore_unknown_fields=True)
+        except (json_format.ParseError, ValueError, UnicodeDecodeError) as exc:
+            raise _Refusal(400, f"body is not proto3 JSON of Payloads: {exc}") from None
+        return list(message.payloads)
+
+    def _drain(self) -> None:
+        """Read an unread body so the connection stays usable (or is closed if it cannot be)."""
+        if self._body_read:
+            return
+        length = self.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) <= MAX_BODY:
+            self.rfile.read(int(length))
+        else:
+            self.close_connection = True
+
+    def _health(self) -> None:
+        try:
+            self.server.keys.current()
+            problem = self.server.keys.error
+            self.server.jwks.document()
+        except (BundleError, OSError, ValueError) as exc:
+            return self._send(503, {"status": "unavailable", "error": str(exc)})
+        if problem:
+            return self._send(503, {"status": "degraded", "error": problem})
+        self._send(200, {"status": "ok"})
+
+    # ---- responses
+
+    def _send(self, status: int, doc: dict, bearer: bool = False, allow: str | None = None) -> None:
+        extra = {}
+        if bearer:
+            extra["WWW-Authenticate"] = 'Bearer realm="temporal-codec"'
+        if allow:
+            extra["Allow"] = allow
+        self._send_raw(status, (json.dumps(doc) + "\n").encode(), extra)
+
+    def _send_raw(self, status: int, body: bytes, extra: dict | None = None) -> None:
+        self.send_response(status)
+        self._cors_headers()
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")  # decrypted data must never be cached
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _audit(self, action, namespace, subject, outcome) -> None:
+        if self.server.audit:
+            print(f"codec {action} namespace={namespace!r} sub={subject!r}: {outcome}", file=sys.stderr, flush=True)
+
+    def log_message(self, fmt, *args):
+        pass  # the audit line above says what matters; tokens and payloads are never logged
+
+
+def _action(path: str) -> str | None:
+    last = path.rstrip("/").rsplit("/", 1)[-1]
+    return last if last in ("encode", "decode") else None
+
+
+class CodecServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address, keys: KeyringFile, jwks, tls: ReloadingTLS | None, policy: Policy, audit: bool = True):
+        self.keys, self.jwks, self.tls, self.policy, self.audit = keys, jwks, tls, policy, audit
+        super().__init__(address, _Handler)
+
+    def get_request(self):
+        sock, addr = super().get_request()
+        sock.settimeout(30)
+        if self.tls is not None:
+            # Handshake lazily in the handler thread: a slow client cannot stall accept().
+            sock = self.tls.context().wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+    def handle_error(self, request, client_address):
+        pass  # failed handshakes and dropped connections are the client's problem
+
+
+def make_server(
+    host: str,
+    port: int,
+    *,
+    keys_path: Path,
+    policy: Policy,
+    jwks_path: Path | None = None,
+    jwks_urls: tuple[str, ...] = (),
+    jwks_cafile: Path | None = None,
+    cert: Path | None = None,
+    key: Path | None = None,
+    audit: bool = True,
+) -> CodecServer:
+    """Fails at start (BundleError, OSError, ssl.SSLError) if the keys or the cert are unusable."""
+    keys = KeyringFile(keys_path)
+    keys.current()
+    if jwks_urls:
+        jwks = CombinedJWKS([URLJWKS(url, jwks_cafile) for url in jwks_urls])
+    elif jwks_path is not None:
+        jwks = FileJWKS(jwks_path)
+    else:
+        raise BundleError("the codec server needs a JWKS file or URL")
+    tls = ReloadingTLS(cert, key) if cert and key else None
+    if tls is not None:
+        tls.context()
+    return CodecServer((host, port), keys, jwks, tls, policy, audit)

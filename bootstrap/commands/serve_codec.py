@@ -1,0 +1,71 @@
+"""serve-codec: Temporal's remote codec endpoints over HTTPS, decrypting only for authorized tokens."""
+
+from __future__ import annotations
+
+import argparse
+import ssl
+from pathlib import Path
+
+from ..config import check_origin, load_config
+from ..errors import BundleError
+from ..store import Layout
+from .common import add_config, add_out, serve_until_interrupted
+
+HELP = "serve /encode and /decode (Temporal's codec protocol) over HTTPS for the Web UI and CLI"
+DESCRIPTION = """Serve Temporal's remote codec protocol (POST /encode, POST /decode, GET /healthz)
+over HTTPS with the codec/server certificate, using the data keys in codec-keys/keys.json.
+
+Every request needs a bearer JWT the bundle's JWKS verifies (else 401). /decode returns plaintext
+only when the token holds codec.decrypt_role (default admin) on the X-Namespace namespace, or on
+temporal-system; other valid tokens get the payloads back still encrypted. /encode needs write.
+CORS preflights are answered for codec.ui_origins only. Keys, JWKS and certificate are re-read
+when they change: rotations need no restart."""
+
+
+def add_parser(sub, name):
+    parser = sub.add_parser(
+        name, help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_config(parser)
+    add_out(parser)
+    option = parser.add_argument
+    option("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
+    option("--port", type=int, help="port (default: codec.port from the config, 8888)")
+    option("--jwks-url", action="append", metavar="URL",
+           help="verify tokens against this JWKS URL instead of jwks/jwks.json (repeatable: e.g. the bundle's "
+           "https://jwks:8443/jwks.json and your OIDC provider's, for Web UI users); https is verified against "
+           "the system CAs plus trust/ca.pem. Lets the container run without jwks/, which holds "
+           "the JWKS server's private key")
+    option("--ui-origin", action="append", metavar="ORIGIN",
+           help="allowed CORS origin (repeatable; default: codec.ui_origins from the config)")
+    option("--insecure-http", action="store_true",
+           help="plain HTTP (local debugging only: the Web UI refuses to send tokens to http endpoints)")
+    option("--quiet-audit", action="store_true", help="do not log one line per encode/decode request")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..codec_server import Policy, make_server  # needs the Temporal SDK; other commands do not
+
+    config = load_config(args.config)
+    layout = Layout(Path(args.out).resolve())
+    origins = tuple(check_origin(o, "--ui-origin") for o in args.ui_origin) if args.ui_origin else config.codec.ui_origins
+    policy = Policy(audience=config.jwt.audience, decrypt_role=config.codec.decrypt_role, ui_origins=origins)
+    port = args.port or config.codec.port
+    cert, key = (None, None) if args.insecure_http else layout.leaf("codec", "server")
+    if not args.jwks_url and not layout.jwks.exists():
+        raise BundleError(f"{layout.jwks} not found; run generate-certs first, or pass --jwks-url")
+    try:
+        server = make_server(
+            args.host, port, keys_path=layout.codec_keys, policy=policy, jwks_path=layout.jwks,
+            jwks_urls=tuple(args.jwks_url or ()), jwks_cafile=layout.trust_bundle, cert=cert, key=key, audit=not args.quiet_audit,
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise BundleError(f"cannot start the codec server on {args.host}:{port}: {exc}") from None
+    scheme = "http" if args.insecure_http else "https"
+    print(
+        f"serving the codec at {scheme}://{args.host}:{port} (decrypts for {policy.decrypt_role}; "
+        f"CORS origins: {', '.join(origins)}; JWKS: {server.jwks.description})",
+        flush=True,
+    )
+    return serve_until_interrupted(server)
