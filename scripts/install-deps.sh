@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Everything the tests need on a fresh Debian machine: system packages, the Python package with
+# its test extras, the temporal-server build (cached by version) and the compose v2 plugin.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+for pkg in docker.io iptables debootstrap postgresql openssl curl; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if ((${#need_apt[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${need_apt[@]}"
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e ".[test]"
+bash scripts/build-temporal.sh >/dev/null
+if [[ -f scripts/install-compose.sh ]]; then
+  bash scripts/install-compose.sh
+fi
