@@ -1,0 +1,266 @@
+"""Every bad input stops the run with exit 1, exactly one `error: ` line on stderr, nothing on
+stdout, and nothing written: the output directory does not appear, or an existing bundle stays
+byte-identical (contents, modes, mtimes)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from bootstrap.config import parse_config
+from bootstrap.errors import BundleError
+from bootstrap.pki import CA, utcnow
+
+NS = "namespaces: [{name: default}, {name: other}]\n"
+
+
+def roles(system="[temporal-system:admin]", worker="[default:write]", client="[default:write]") -> str:
+    return (
+        "roles:\n"
+        f"  system: {{permissions: {system}}}\n"
+        f"  worker: {{permissions: {worker}}}\n"
+        f"  client: {{permissions: {client}}}\n"
+    )
+
+
+BAD_CONFIGS = {
+    "unknown-top-level-key": (NS + "bogus: 1\n", ["unknown key 'bogus'"]),
+    "unknown-nested-key-pki": (NS + "pki: {key_algoritm: rsa-3072}\n", ["pki", "unknown key 'key_algoritm'"]),
+    "unknown-nested-key-cluster": (NS + "cluster: {frontend_hots: x}\n", ["cluster", "unknown key 'frontend_hots'"]),
+    "unknown-nested-key-namespace": ("namespaces: [{name: default, retension: 3d}]\n", ["namespaces[0]", "retension"]),
+    "unknown-nested-key-role": (
+        NS + "roles:\n  system: {permissions: [temporal-system:admin], lifetime: 1h}\n"
+        "  worker: {permissions: [default:write]}\n  client: {permissions: [default:write]}\n",
+        ["roles: system", "unknown key 'lifetime'"],
+    ),
+    "bad-duration-words": (NS + "pki: {leaf_lifetime: 90 days}\n", ["leaf_lifetime", "invalid duration"]),
+    "bad-duration-no-unit": (NS + "jwt: {refresh_interval: 60}\n", ["refresh_interval", "invalid duration"]),
+    "bad-duration-zero": (NS + "pki: {renew_before: 0d}\n", ["renew_before"]),
+    "bad-duration-role": (
+        NS + "roles:\n  system: {permissions: [temporal-system:admin], token_lifetime: soon}\n"
+        "  worker: {permissions: [default:write]}\n  client: {permissions: [default:write]}\n",
+        ["token_lifetime", "invalid duration"],
+    ),
+    "namespace-with-space": ("namespaces: [{name: bad name}]\n", ["invalid namespace name 'bad name'"]),
+    "namespace-with-colon": ("namespaces: [{name: 'a:b'}]\n", ["invalid namespace name 'a:b'"]),
+    "namespace-temporal-system": ("namespaces: [{name: temporal-system}]\n", ["invalid namespace name 'temporal-system'"]),
+    "namespace-twice": ("namespaces: [{name: default}, {name: default}]\n", ["listed twice"]),
+    "namespace-retention-too-short": ("namespaces: [{name: default, retention: 1h}]\n", ["retention"]),
+    "worker-role-only-worker": (NS + roles(worker="[default:worker, other:worker]"), ["roles: worker", "<ns>:write"]),
+    "system-admin-instead-of-temporal-system": (
+        NS + roles(system="['system:admin']"),
+        ["'system:admin'", "temporal-system"],
+    ),
+    "system-role-without-cluster-admin": (NS + roles(system="[default:admin]"), ["temporal-system:admin"]),
+    "unknown-namespace-in-permission": (NS + roles(client="[nope:write]"), ["'nope:write'", "not configured"]),
+    "unknown-role-in-permission": (NS + roles(client="[default:owner]"), ["'default:owner'", "role must be one of"]),
+    "permission-not-ns-role": (NS + roles(client="[default]"), ["'default'", "<namespace>:<role>"]),
+    "required-role-missing": (
+        NS + "roles:\n  system: {permissions: [temporal-system:admin]}\n  worker: {permissions: [default:write]}\n",
+        ["'client' role is required"],
+    ),
+    "invalid-yaml": (NS + "pki: {key_algorithm: [\n", ["invalid YAML"]),
+    "yaml-not-a-mapping": ("- just\n- a list\n", ["expected a mapping"]),
+    "unsupported-key-algorithm": (NS + "pki: {key_algorithm: ed25519}\n", ["key_algorithm", "'ed25519'"]),
+    "rs384-jwt-algorithm": (NS + "jwt: {algorithm: RS384}\n", ["algorithm", "'RS384'", "ES256, RS256"]),
+    "hs256-jwt-algorithm": (NS + "jwt: {algorithm: HS256}\n", ["'HS256'"]),
+    "leaf-outlives-ca": (NS + "pki: {leaf_lifetime: 400d, ca_lifetime: 365d}\n", ["leaf_lifetime must not exceed ca_lifetime"]),
+    "bad-san": (NS + "cluster: {frontend_sans: ['not a host']}\n", ["'not a host'"]),
+    "bad-port": (NS + "network: {frontend_port: 70000}\n", ["frontend_port"]),
+    "duplicate-port": (NS + "network: {history_port: 7233}\n", ["is used by two Temporal listeners"]),
+    "sqlite-without-path": (NS + "persistence: {driver: sqlite}\n", ["sqlite_path"]),
+    "relative-bundle-dir": (NS + "bundle_dir: bundle\n", ["bundle_dir must be an absolute path"]),
+}
+
+COMMANDS = ["init", "generate-certs", "mint-tokens", "render-config"]
+
+
+@pytest.mark.parametrize("text, fragments", BAD_CONFIGS.values(), ids=BAD_CONFIGS.keys())
+def test_bad_config_is_one_error_line_and_writes_nothing(text, fragments, write_config, tmp_path, cli):
+    config = write_config(text)
+    out = tmp_path / "out"
+    line = cli("init", "--config", config, "--out", out).assert_one_error(*fragments)
+    assert not out.exists(), "a failed run must not create the output directory"
+    if "invalid YAML" not in fragments:
+        assert str(config) in line, "the error names the config file"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_validates_before_writing(command, write_config, tmp_path, cli):
+    config = write_config(NS + "bogus: 1\n")
+    out = tmp_path / "out"
+    cli(command, "--config", config, "--out", out).assert_one_error("unknown key 'bogus'")
+    assert not out.exists()
+
+
+def test_bad_config_leaves_an_existing_bundle_byte_identical(fresh_bundle, snap, cli):
+    before = snap(fresh_bundle.root)
+    fresh_bundle.config_path.write_text(NS + roles(system="['system:admin']"))
+    for command in COMMANDS:
+        cli(command, "--config", fresh_bundle.config_path, "--out", fresh_bundle.root).assert_one_error("system:admin")
+    assert snap(fresh_bundle.root) == before
+
+
+def test_missing_config_file(tmp_path, cli):
+    out = tmp_path / "out"
+    cli("init", "--config", tmp_path / "nope.yaml", "--out", out).assert_one_error("cannot read config", "nope.yaml")
+    assert not out.exists()
+
+
+def test_config_file_that_is_a_directory(tmp_path, cli):
+    out = tmp_path / "out"
+    cli("init", "--config", tmp_path, "--out", out).assert_one_error("cannot read config")
+    assert not out.exists()
+
+
+def test_invalid_yaml_names_the_line(write_config, tmp_path, cli):
+    config = write_config("namespaces:\n  - {name: default}\n  - {name: [\n")
+    line = cli("init", "--config", config, "--out", tmp_path / "out").assert_one_error("invalid YAML at line")
+    assert "Traceback" not in line
+
+
+def test_empty_config_means_defaults(write_config, tmp_path, cli):
+    config = write_config("")
+    result = cli("generate-certs", "--config", config, "--out", tmp_path / "out")
+    assert result.code == 0, result.err
+
+
+# --------------------------------------------------------------------------- mint-tokens --role
+
+
+def test_unknown_role_on_a_fresh_directory_writes_nothing(config_file, tmp_path, cli):
+    out = tmp_path / "out"
+    cli("mint-tokens", "--config", config_file, "--out", out, "--role", "nope").assert_one_error(
+        "unknown role 'nope'", "system, worker, client"
+    )
+    assert not out.exists()
+
+
+def test_unknown_role_leaves_the_bundle_untouched(fresh_bundle, snap):
+    before = snap(fresh_bundle.root)
+    fresh_bundle.run("mint-tokens", "--role", "worker", "--role", "nope").assert_one_error("unknown role 'nope'")
+    assert snap(fresh_bundle.root) == before
+
+
+# --------------------------------------------------------------------------- corrupt state on disk
+
+
+@pytest.mark.parametrize("command", ["init", "generate-certs"])
+@pytest.mark.parametrize(
+    "what, garbage",
+    [
+        ("ca_key", b"-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n"),
+        ("ca_key", b"\x00\x01binary"),
+        ("ca_key", b""),
+        ("ca_cert", b"not a certificate\n"),
+    ],
+    ids=["ca-key-bad-pem", "ca-key-binary", "ca-key-empty", "ca-cert-garbage"],
+)
+def test_corrupt_ca_is_an_error_and_changes_nothing(fresh_bundle, snap, plant_file, command, what, garbage):
+    plant_file(getattr(fresh_bundle.layout, what), garbage)
+    before = snap(fresh_bundle.root)
+    fresh_bundle.run(command).assert_one_error("--force")
+    assert snap(fresh_bundle.root) == before
+
+
+def test_ca_key_of_another_ca_is_an_error(fresh_bundle, snap, plant_file):
+    plant_file(fresh_bundle.layout.ca_key, CA.create().key_pem())
+    before = snap(fresh_bundle.root)
+    fresh_bundle.run("generate-certs").assert_one_error("do not belong together")
+    assert snap(fresh_bundle.root) == before
+
+
+def test_missing_ca_key_is_an_error(fresh_bundle, snap):
+    fresh_bundle.layout.ca_key.unlink()
+    before = snap(fresh_bundle.root)
+    fresh_bundle.run("init").assert_one_error("ca.key is missing")
+    assert snap(fresh_bundle.root) == before
+
+
+@pytest.mark.parametrize("command", ["init", "generate-certs", "mint-tokens"])
+def test_corrupt_signing_key_is_an_error_and_changes_nothing(fresh_bundle, snap, plant_file, command):
+    kid = fresh_bundle.layout.active_kid.read_text().strip()
+    plant_file(fresh_bundle.layout.signing_key(kid), b"garbage\n")
+    before = snap(fresh_bundle.root)
+    fresh_bundle.run(command).assert_one_error(kid, "--force")
+    assert snap(fresh_bundle.root) == before
+
+
+def test_active_kid_without_its_key_is_an_error(fresh_bundle, snap, plant_file):
+    plant_file(fresh_bundle.layout.active_kid, b"no-such-kid\n")
+    before = snap(fresh_bundle.root)
+    fresh_bundle.run("mint-tokens").assert_one_error("no-such-kid")
+    assert snap(fresh_bundle.root) == before
+
+
+@pytest.mark.parametrize("command", ["init", "generate-certs"])
+def test_clock_skew_ca_from_the_future_is_an_error(fresh_bundle, snap, plant_file, command):
+    """A CA valid only from tomorrow means our clock went backwards: refuse to issue anything."""
+    future = CA.create(now=utcnow() + timedelta(days=1))
+    layout = fresh_bundle.layout
+    plant_file(layout.ca_cert, future.cert_pem())
+    plant_file(layout.ca_key, future.key_pem())
+    plant_file(layout.trust_bundle, future.cert_pem())
+    before = snap(fresh_bundle.root)
+    fresh_bundle.run(command).assert_one_error("clock skew", "fix the system clock")
+    assert snap(fresh_bundle.root) == before
+
+
+def test_clock_skew_on_a_directory_holding_only_the_ca(tmp_path, config_file, snap, cli):
+    """The brief's setup: only private/ca.pem, private/ca.key and trust/ca.pem exist."""
+    future = CA.create(now=utcnow() + timedelta(hours=2))
+    out = tmp_path / "out"
+    (out / "private").mkdir(parents=True, mode=0o700)
+    (out / "trust").mkdir()
+    (out / "private" / "ca.pem").write_bytes(future.cert_pem())
+    (out / "private" / "ca.key").write_bytes(future.key_pem())
+    (out / "trust" / "ca.pem").write_bytes(future.cert_pem())
+    before = snap(out)
+    cli("generate-certs", "--config", config_file, "--out", out).assert_one_error("clock skew")
+    after = snap(out)
+    after.pop(".bundle.lock", None)  # the run lock is the one file a run may leave behind
+    assert after == before
+
+
+def test_ca_a_few_minutes_ahead_is_tolerated(fresh_bundle, plant_file):
+    """Within the back-dating window a slightly fast CA clock is not skew."""
+    ahead = CA.create(now=utcnow() + timedelta(minutes=2))
+    layout = fresh_bundle.layout
+    plant_file(layout.ca_cert, ahead.cert_pem())
+    plant_file(layout.ca_key, ahead.key_pem())
+    result = fresh_bundle.run("generate-certs")
+    assert result.code == 0, result.err
+
+
+# --------------------------------------------------------------------------- parse_config directly
+
+
+def test_parse_config_defaults():
+    config = parse_config({"namespaces": [{"name": "default"}, {"name": "other"}]})
+    assert [r.name for r in config.roles] == ["system", "worker", "client"]
+    assert config.role("system").permissions == ("temporal-system:admin",)
+    assert config.role("worker").permissions == ("default:write", "other:write")
+    assert config.role("client").permissions == ("default:write", "other:write")
+    assert config.role("system").token_lifetime == timedelta(hours=1)
+    assert config.pki.key_algorithm == "ecdsa-p256" and config.jwt.algorithm == "ES256"
+    assert config.jwks_url.startswith("https://")
+
+
+def test_parse_config_accepts_worker_plus_write():
+    config = parse_config(
+        {
+            "namespaces": [{"name": "default"}],
+            "roles": {
+                "system": {"permissions": ["temporal-system:admin"]},
+                "worker": {"permissions": ["default:worker", "default:write"]},
+                "client": {"permissions": ["default:read"]},
+            },
+        }
+    )
+    assert config.role("worker").permissions == ("default:worker", "default:write")
+
+
+def test_unknown_role_lookup_is_a_bundle_error():
+    with pytest.raises(BundleError, match="unknown role 'nope'"):
+        parse_config({}).role("nope")

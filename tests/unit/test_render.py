@@ -1,0 +1,180 @@
+"""The rendered Temporal server config: valid YAML with mTLS everywhere, JWT authorization against
+an https JWKS, internal-frontend, hot reload and expiry checks; template mistakes are one-line
+errors, never silently empty strings."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import yaml
+
+from bootstrap.config import parse_config
+from bootstrap.errors import BundleError
+from bootstrap.render import GENERATED_MARK, default_templates_dir, render_all
+
+
+@pytest.fixture(scope="module")
+def server_config(ec_bundle) -> dict:
+    return yaml.safe_load((ec_bundle.layout.config_dir / "temporal.yaml").read_text())
+
+
+def test_every_output_has_the_generated_header(ec_bundle):
+    for name in ("temporal.yaml", "dynamic_config.yaml", "compose.env"):
+        first = (ec_bundle.layout.config_dir / name).read_text().splitlines()[0]
+        assert first.startswith("# " + GENERATED_MARK), name
+        assert "bundle.yaml" in first
+
+
+def test_temporal_yaml_parses(server_config):
+    assert isinstance(server_config, dict)
+    assert {"persistence", "global", "services", "clusterMetadata"} <= set(server_config)
+
+
+def test_authorization_block(server_config):
+    auth = server_config["global"]["authorization"]
+    uris = auth["jwtKeyProvider"]["keySourceURIs"]
+    assert uris == ["https://jwks:8443/jwks.json"]
+    assert all(uri.startswith("https://") for uri in uris)
+    assert auth["jwtKeyProvider"]["refreshInterval"] == "1m"
+    assert auth["permissionsClaimName"] == "permissions"
+    assert auth["authorizer"] == "default"
+    assert auth["claimMapper"] == "default"
+    assert auth["audience"] == "temporal"
+
+
+def test_internal_frontend_service_and_no_public_client(server_config):
+    services = server_config["services"]
+    assert {"frontend", "internal-frontend", "history", "matching", "worker"} <= set(services)
+    rpc = services["internal-frontend"]["rpc"]
+    assert rpc["grpcPort"] == 7236 and rpc["httpPort"] == 7246 and rpc["membershipPort"] == 6936
+    assert services["frontend"]["rpc"]["grpcPort"] == 7233
+    # With internal-frontend the system worker must not be pointed at the public frontend.
+    assert not server_config.get("publicClient")
+
+
+def test_tls_block(server_config):
+    tls = server_config["global"]["tls"]
+    assert tls["refreshInterval"] == "1m"
+    checks = tls["expirationChecks"]
+    assert set(checks) == {"warningWindow", "errorWindow", "checkInterval"}
+    assert checks["warningWindow"] == "720h"  # renew_before 30d, in Go syntax
+    for group in ("internode", "frontend"):
+        server = tls[group]["server"]
+        assert server["requireClientAuth"] is True, group
+        assert server["clientCaFiles"] == ["/bundle/trust/current.pem", "/bundle/trust/next.pem"]
+        assert tls[group]["client"]["rootCaFiles"] == ["/bundle/trust/current.pem", "/bundle/trust/next.pem"]
+    assert tls["frontend"]["server"]["certFile"] == "/bundle/server/frontend.pem"
+    assert tls["internode"]["server"]["certFile"] == "/bundle/server/internode.pem"
+    assert tls["internode"]["client"]["serverName"] == "internode.temporal.internal"
+    assert tls["frontend"]["client"]["serverName"] == "temporal"
+    assert tls["systemWorker"]["certFile"] == "/bundle/server/internode.pem"
+    assert tls["systemWorker"]["client"]["serverName"] == "internode.temporal.internal"
+
+
+def test_postgres_persistence_uses_tls_and_cert_auth(server_config):
+    stores = server_config["persistence"]["datastores"]
+    for name, database in (("default", "temporal"), ("visibility", "temporal_visibility")):
+        sql = stores[name]["sql"]
+        assert sql["pluginName"] == "postgres12" and sql["databaseName"] == database
+        assert sql["tls"]["enabled"] is True and sql["tls"]["enableHostVerification"] is True
+        assert sql["tls"]["certFile"] == "/bundle/dbclient/temporal.pem"
+
+
+def test_dynamic_config_and_compose_env_parse(ec_bundle):
+    dynamic = yaml.safe_load((ec_bundle.layout.config_dir / "dynamic_config.yaml").read_text())
+    assert isinstance(dynamic, dict)
+    for key, entries in dynamic.items():
+        assert isinstance(entries, list) and all("value" in e for e in entries), key
+    assert "system.enableNexus" not in dynamic  # removed in 1.31
+    for line in (ec_bundle.layout.config_dir / "compose.env").read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, sep, _ = line.partition("=")
+            assert sep and key.replace("_", "").isalnum(), line
+
+
+def test_values_follow_the_config():
+    config = parse_config(
+        {
+            "namespaces": [{"name": "default"}],
+            "cluster": {"name": "prod", "frontend_host": "temporal.example.com"},
+            "jwt": {"refresh_interval": "5m", "audience": "my-aud"},
+            "network": {"jwks_host": "keys.internal", "jwks_port": 9443},
+            "persistence": {"driver": "sqlite", "sqlite_path": "/data/temporal.db"},
+            "bundle_dir": "/etc/temporal-bundle",
+        },
+        source="/x/prod.yaml",
+    )
+    rendered = yaml.safe_load(render_all(config)["temporal.yaml"])
+    auth = rendered["global"]["authorization"]
+    assert auth["jwtKeyProvider"]["keySourceURIs"] == ["https://keys.internal:9443/jwks.json"]
+    assert auth["jwtKeyProvider"]["refreshInterval"] == "5m"
+    assert auth["audience"] == "my-aud"
+    assert rendered["clusterMetadata"]["currentClusterName"] == "prod"
+    assert rendered["global"]["tls"]["frontend"]["client"]["serverName"] == "temporal.example.com"
+    assert rendered["global"]["tls"]["frontend"]["server"]["certFile"] == "/etc/temporal-bundle/server/frontend.pem"
+    assert rendered["persistence"]["datastores"]["default"]["sql"]["pluginName"] == "sqlite"
+
+
+def test_rendering_is_deterministic(ec_bundle):
+    assert render_all(ec_bundle.config) == render_all(ec_bundle.config)
+    assert render_all(ec_bundle.config)["temporal.yaml"] == (ec_bundle.layout.config_dir / "temporal.yaml").read_text()
+
+
+# --------------------------------------------------------------------------- template errors
+
+
+@pytest.fixture
+def templates(tmp_path):
+    directory = tmp_path / "templates"
+    shutil.copytree(default_templates_dir(), directory)
+    return directory
+
+
+@pytest.mark.parametrize(
+    "addition, fragment",
+    [
+        ("\nbroken: {{ no_such_variable }}\n", "'no_such_variable' is undefined"),
+        ("\nbroken: {{ net.no_such_field }}\n", "no_such_field"),
+        ("\n{% if %}\n", "temporal.yaml.j2"),
+    ],
+    ids=["undefined-variable", "undefined-attribute", "syntax-error"],
+)
+def test_template_error_is_one_line_and_writes_nothing(templates, addition, fragment, tmp_path, config_file, cli):
+    with open(templates / "temporal.yaml.j2", "a") as f:
+        f.write(addition)
+    out = tmp_path / "out"
+    for command in ("init", "render-config"):
+        cli(command, "--config", config_file, "--out", out, "--templates", templates).assert_one_error(
+            "template temporal.yaml.j2", fragment
+        )
+        # Nothing but the run lock: every template renders before any file is written.
+        assert [p.name for p in out.rglob("*")] == [".bundle.lock"]
+
+
+def test_template_error_from_render_all_is_a_one_line_bundle_error(templates, ec_bundle):
+    (templates / "dynamic_config.yaml.j2").write_text("{{ header }}\nx: {{ typo_here }}\n")
+    with pytest.raises(BundleError) as exc:
+        render_all(ec_bundle.config, templates)
+    assert "\n" not in str(exc.value)
+    assert "dynamic_config.yaml.j2" in str(exc.value) and "typo_here" in str(exc.value)
+
+
+def test_missing_templates_directory(tmp_path, config_file, cli):
+    cli("render-config", "--config", config_file, "--out", tmp_path / "out", "--templates", tmp_path / "nope").assert_one_error(
+        "templates directory", "not found"
+    )
+
+
+def test_templates_dir_from_the_environment(templates, monkeypatch, ec_bundle):
+    (templates / "compose.env.j2").write_text("{{ header }}\nFROM_ENV_TEMPLATES=1\n")
+    monkeypatch.setenv("BUNDLE_TEMPLATES_DIR", str(templates))
+    assert "FROM_ENV_TEMPLATES=1" in render_all(ec_bundle.config)["compose.env"]
+
+
+def test_config_change_updates_the_generated_files(fresh_bundle):
+    fresh_bundle.config_path.write_text(fresh_bundle.config_path.read_text() + "jwt: {refresh_interval: 5m}\n")
+    result = fresh_bundle.run("render-config")
+    assert result.code == 0, result.err
+    assert "wrote config/temporal.yaml: updated: config changed" in result.out
+    assert "refreshInterval: 5m" in (fresh_bundle.layout.config_dir / "temporal.yaml").read_text()
