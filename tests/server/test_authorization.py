@@ -1,0 +1,344 @@
+"""The security claims, each proven against the real server: every way in without the right
+certificate or token is refused, and the right role gets exactly what it should."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import subprocess
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from google.protobuf.duration_pb2 import Duration
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import (
+    DescribeNamespaceRequest,
+    PollWorkflowTaskQueueRequest,
+    RegisterNamespaceRequest,
+)
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode, TLSConfig
+
+from bootstrap.pki import CA, utcnow
+from bootstrap.tokens import SigningKey, mint_token
+from tests.server.workflows import GreetingWorkflow
+
+
+@dataclass(frozen=True)
+class Identity:
+    cert: bytes | None
+    key: bytes | None
+    token: str | None
+    ca: bytes
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def read(cluster, rel: str) -> bytes:
+    return (cluster.bundle / rel).read_bytes()
+
+
+def active_key(cluster) -> SigningKey:
+    kid = read(cluster, "private/jwt/active").decode().strip()
+    return SigningKey.from_pem(read(cluster, f"private/jwt/{kid}.key"))
+
+
+def identity(cluster, role="client", token=..., cert_role=None) -> Identity:
+    cert_role = cert_role or role
+    return Identity(
+        cert=read(cluster, f"clients/{cert_role}.pem"),
+        key=read(cluster, f"clients/{cert_role}.key"),
+        token=cluster.token(role) if token is ... else token,
+        ca=read(cluster, "trust/ca.pem"),
+    )
+
+
+def claims_for(cluster, permissions, **overrides):
+    now = int(utcnow().timestamp())
+    claims = {"sub": "attacker", "iss": "temporal-bundle", "aud": "temporal", "iat": now, "nbf": now,
+              "exp": now + 3600, "jti": str(uuid.uuid4()), "permissions": permissions}
+    claims.update(overrides)
+    return claims
+
+
+def raw_token(header: dict, claims: dict, signature: bytes = b"") -> str:
+    def part(obj):
+        return b64(json.dumps(obj, separators=(",", ":")).encode())
+
+    return f"{part(header)}.{part(claims)}.{b64(signature)}"
+
+
+async def attempt(cluster, who: Identity, action: str, namespace: str = "default") -> str:
+    """'ok', 'denied' (authorization refused the call) or 'refused' (TLS refused the connection)."""
+    tls = TLSConfig(server_root_ca_cert=who.ca, client_cert=who.cert, client_private_key=who.key, domain="localhost")
+    try:
+        client = await Client.connect(
+            cluster.address, namespace=namespace, tls=tls, api_key=who.token, connect_timeout=timedelta(seconds=5)
+        )
+    except RuntimeError as exc:
+        text = str(exc)
+        return "denied" if "PermissionDenied" in text or "Request unauthorized" in text else "refused"
+    try:
+        await ACTIONS[action](client, namespace)
+        return "ok"
+    except RPCError as exc:
+        if exc.status in (RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.UNAUTHENTICATED):
+            return "denied"
+        raise
+
+
+async def _start(client, namespace):
+    for _ in range(40):  # a just-registered namespace reaches the frontend cache within ~10s
+        try:
+            await client.start_workflow(GreetingWorkflow.run, "x", id=f"authz-{uuid.uuid4()}", task_queue="authz")
+            return
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def _describe(client, namespace):
+    await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace=namespace))
+
+
+async def _register(client, namespace):
+    await client.workflow_service.register_namespace(
+        RegisterNamespaceRequest(namespace=f"authz-{uuid.uuid4().hex[:8]}",
+                                 workflow_execution_retention_period=Duration(seconds=86400))
+    )
+
+
+async def _poll(client, namespace):
+    await _start(client, namespace)  # only worker-capable tokens get here; leaves a task to poll
+    await client.workflow_service.poll_workflow_task_queue(
+        PollWorkflowTaskQueueRequest(namespace=namespace, task_queue=TaskQueue(name="authz"), identity="authz-test"),
+        timeout=timedelta(seconds=5),
+    )
+
+
+ACTIONS = {"start": _start, "describe": _describe, "register": _register, "poll": _poll}
+
+
+def run(cluster, who, action, namespace="default"):
+    return asyncio.run(attempt(cluster, who, action, namespace))
+
+
+# --------------------------------------------------------------------------- allowed
+
+
+@pytest.mark.parametrize(
+    "role,action,namespace",
+    [
+        ("system", "register", "default"),
+        ("client", "start", "default"),
+        ("client", "describe", "default"),
+        ("client", "start", "other"),
+        ("worker", "poll", "default"),
+        ("scoped", "start", "default"),
+        ("reader", "describe", "default"),
+    ],
+)
+def test_allowed(sqlite_cluster, role, action, namespace):
+    assert run(sqlite_cluster, identity(sqlite_cluster, role), action, namespace) == "ok"
+
+
+# --------------------------------------------------------------------------- mTLS refusals
+
+
+def test_no_client_certificate_is_refused(sqlite_cluster):
+    who = identity(sqlite_cluster)
+    assert run(sqlite_cluster, Identity(None, None, who.token, who.ca), "describe") == "refused"
+
+
+def test_certificate_from_a_foreign_ca_is_refused(sqlite_cluster):
+    foreign = CA.create("Evil CA").issue_cert(common_name="temporal-bundle:client", usage="client")
+    who = identity(sqlite_cluster)
+    assert run(sqlite_cluster, Identity(foreign.cert_pem(), foreign.key_pem(), who.token, who.ca), "describe") == "refused"
+
+
+def test_expired_client_certificate_is_refused(sqlite_cluster):
+    ca = CA.from_pem(read(sqlite_cluster, "private/ca.pem"), read(sqlite_cluster, "private/ca.key"))
+    expired = ca.issue_cert(common_name="temporal-bundle:client", usage="client",
+                            now=utcnow() - timedelta(days=10), lifetime=timedelta(days=1))
+    who = identity(sqlite_cluster)
+    assert run(sqlite_cluster, Identity(expired.cert_pem(), expired.key_pem(), who.token, who.ca), "describe") == "refused"
+
+
+def test_server_certificate_without_client_auth_is_refused(sqlite_cluster):
+    who = identity(sqlite_cluster)
+    who = Identity(read(sqlite_cluster, "server/frontend.pem"), read(sqlite_cluster, "server/frontend.key"), who.token, who.ca)
+    assert run(sqlite_cluster, who, "describe") == "refused"
+
+
+# --------------------------------------------------------------------------- token refusals
+
+
+def _with_token(cluster, token):
+    return identity(cluster, "client", token=token)
+
+
+def test_no_token_is_denied(sqlite_cluster):
+    assert run(sqlite_cluster, _with_token(sqlite_cluster, None), "start") == "denied"
+    assert run(sqlite_cluster, _with_token(sqlite_cluster, None), "describe") == "denied"
+
+
+def test_expired_token_is_denied(sqlite_cluster):
+    token = mint_token(active_key(sqlite_cluster), role="client", permissions=["default:write"], issuer="temporal-bundle",
+                       audience="temporal", lifetime=timedelta(hours=1), now=utcnow() - timedelta(hours=2))
+    assert run(sqlite_cluster, _with_token(sqlite_cluster, token.encoded), "start") == "denied"
+
+
+def test_token_signed_by_unknown_key_is_denied(sqlite_cluster):
+    token = mint_token(SigningKey.generate(), role="client", permissions=["default:write"], issuer="temporal-bundle",
+                       audience="temporal", lifetime=timedelta(hours=1))
+    assert run(sqlite_cluster, _with_token(sqlite_cluster, token.encoded), "start") == "denied"
+
+
+def test_token_with_known_kid_but_other_key_is_denied(sqlite_cluster):
+    kid = active_key(sqlite_cluster).kid
+    forged = jwt.encode(claims_for(sqlite_cluster, ["temporal-system:admin"]), SigningKey.generate().private_key,
+                        algorithm="ES256", headers={"kid": kid})
+    assert run(sqlite_cluster, _with_token(sqlite_cluster, forged), "start") == "denied"
+
+
+def test_token_without_kid_is_denied(sqlite_cluster):
+    token = jwt.encode(claims_for(sqlite_cluster, ["default:write"]), active_key(sqlite_cluster).private_key, algorithm="ES256")
+    assert "kid" not in jwt.get_unverified_header(token)
+    assert run(sqlite_cluster, _with_token(sqlite_cluster, token), "start") == "denied"
+
+
+def test_alg_none_is_denied(sqlite_cluster):
+    token = raw_token({"alg": "none", "typ": "JWT", "kid": active_key(sqlite_cluster).kid},
+                      claims_for(sqlite_cluster, ["temporal-system:admin"]))
+    assert run(sqlite_cluster, _with_token(sqlite_cluster, token), "start") == "denied"
+
+
+def test_tampered_payload_is_denied(sqlite_cluster):
+    header, payload, signature = sqlite_cluster.token("reader").split(".")
+    claims = json.loads(unb64(payload))
+    claims["permissions"] = ["temporal-system:admin"]
+    tampered = ".".join([header, b64(json.dumps(claims).encode()), signature])
+    assert run(sqlite_cluster, _with_token(sqlite_cluster, tampered), "register") == "denied"
+    # The untampered reader token is valid: the denial above is the signature check, not the role.
+    assert run(sqlite_cluster, _with_token(sqlite_cluster, sqlite_cluster.token("reader")), "describe") == "ok"
+
+
+def test_algorithm_confusion_is_denied(sqlite_cluster):
+    key = active_key(sqlite_cluster)
+    public_pem = key.private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    claims = claims_for(sqlite_cluster, ["temporal-system:admin"])
+    # HS256 keyed with the public key: the classic confusion attack.
+    unsigned = raw_token({"alg": "HS256", "typ": "JWT", "kid": key.kid}, claims)[:-1]
+    hs = unsigned + "." + b64(hmac.new(public_pem, unsigned.encode(), hashlib.sha256).digest())
+    assert run(sqlite_cluster, _with_token(sqlite_cluster, hs), "register") == "denied"
+    # A genuine ES256 signature relabelled RS256.
+    es = jwt.encode(claims, key.private_key, algorithm="ES256", headers={"kid": key.kid})
+    header, payload, signature = es.split(".")
+    relabelled = raw_token({"alg": "RS256", "typ": "JWT", "kid": key.kid}, claims).rsplit(".", 2)[0]
+    assert run(sqlite_cluster, _with_token(sqlite_cluster, f"{relabelled}.{payload}.{signature}"), "register") == "denied"
+
+
+def test_wrong_audience_is_denied(sqlite_cluster):
+    token = mint_token(active_key(sqlite_cluster), role="client", permissions=["default:write"], issuer="temporal-bundle",
+                       audience="some-other-service", lifetime=timedelta(hours=1))
+    assert run(sqlite_cluster, _with_token(sqlite_cluster, token.encoded), "start") == "denied"
+
+
+# --------------------------------------------------------------------------- role refusals
+
+
+def test_client_token_cannot_register_namespaces(sqlite_cluster):
+    assert run(sqlite_cluster, identity(sqlite_cluster, "client"), "register") == "denied"
+
+
+def test_worker_and_client_tokens_are_scoped_to_their_namespaces(sqlite_cluster):
+    assert run(sqlite_cluster, identity(sqlite_cluster, "scoped"), "start", "other") == "denied"
+    assert run(sqlite_cluster, identity(sqlite_cluster, "scoped"), "describe", "other") == "denied"
+
+
+def test_read_only_token_cannot_start_workflows(sqlite_cluster):
+    assert run(sqlite_cluster, identity(sqlite_cluster, "reader"), "start") == "denied"
+
+
+def test_bare_worker_permission_is_denied_everything(sqlite_cluster):
+    # Why the config refuses roles with only <ns>:worker: the server denies them every API.
+    token = mint_token(active_key(sqlite_cluster), role="w", permissions=["default:worker"], issuer="temporal-bundle",
+                       audience="temporal", lifetime=timedelta(hours=1))
+    assert run(sqlite_cluster, _with_token(sqlite_cluster, token.encoded), "describe") == "denied"
+    assert run(sqlite_cluster, _with_token(sqlite_cluster, token.encoded), "start") == "denied"
+
+
+# --------------------------------------------------------------------------- the same through the temporal CLI
+
+
+def cli(cluster, *args, role="client", cert_role=None, token=...):
+    argv = cluster.cli_base(None, cert_role=cert_role or role)
+    if cert_role == "":
+        argv = _drop_option_values(argv, ("--tls-cert-path", "--tls-key-path"))
+    if token is ...:
+        token = cluster.token(role)
+    if token:
+        argv += ["--api-key", token]
+    return subprocess.run([*argv, *args], capture_output=True, text=True, timeout=60)
+
+
+def _drop_option_values(argv, options):
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        if item in options:
+            skip = True
+            continue
+        out.append(item)
+    return out
+
+
+def test_cli_client_token_lists_workflows(sqlite_cluster):
+    result = cli(sqlite_cluster, "workflow", "list", "-n", "default")
+    assert result.returncode == 0, result.stderr
+
+
+def test_cli_without_token_is_unauthorized(sqlite_cluster):
+    result = cli(sqlite_cluster, "workflow", "list", "-n", "default", token=None)
+    assert result.returncode != 0 and "Request unauthorized" in result.stderr
+
+
+def test_cli_client_token_cannot_create_namespace(sqlite_cluster):
+    result = cli(sqlite_cluster, "operator", "namespace", "create", "-n", f"cli-{uuid.uuid4().hex[:6]}")
+    assert result.returncode != 0 and "Request unauthorized" in result.stderr
+
+
+def test_cli_system_token_creates_namespace(sqlite_cluster):
+    result = cli(sqlite_cluster, "operator", "namespace", "create", "-n", f"cli-{uuid.uuid4().hex[:6]}", role="system")
+    assert result.returncode == 0, result.stderr
+
+
+def test_cli_without_client_cert_is_refused(sqlite_cluster):
+    result = cli(sqlite_cluster, "workflow", "list", "-n", "default", cert_role="")
+    assert result.returncode != 0
+    assert "Request unauthorized" not in result.stderr  # refused by TLS, before authorization
+
+
+def test_cli_alg_none_token_is_refused(sqlite_cluster):
+    token = raw_token({"alg": "none", "typ": "JWT", "kid": active_key(sqlite_cluster).kid},
+                      claims_for(sqlite_cluster, ["temporal-system:admin"]))
+    result = cli(sqlite_cluster, "operator", "namespace", "create", "-n", "cli-none", token=token)
+    assert result.returncode != 0
