@@ -1,0 +1,138 @@
+"""The codec server on a bundle made by `init`, without a Temporal server: it follows signing-key
+and data-key rotations without a restart, and refuses malformed requests."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import textwrap
+import threading
+import urllib.error
+import urllib.request
+from datetime import timedelta
+
+import pytest
+from google.protobuf import json_format
+from temporalio.api.common.v1 import Payload, Payloads
+
+from bootstrap.cli import main
+from bootstrap.codec import KEY_ID_HEADER, encrypt
+from bootstrap.codec_keys import Keyring
+from bootstrap.codec_server import Policy, make_server
+from bootstrap.pki import utcnow
+from bootstrap.tokens import SigningKey, mint_token
+
+CONFIG = textwrap.dedent("""\
+    namespaces: [{name: default}]
+    jwt: {refresh_interval: 1s}
+    roles:
+      system: {permissions: ["temporal-system:admin"]}
+      worker: {permissions: ["default:write"]}
+      client: {permissions: ["default:write"]}
+    codec: {ui_origins: ["https://ui.example.com"]}
+    persistence: {driver: sqlite, sqlite_path: /tmp/unused-codec-server.db}
+    """)
+PLAIN = Payload(metadata={"encoding": b"json/plain"}, data=b'"secret"')
+
+
+@pytest.fixture
+def served(tmp_path):
+    config, out = tmp_path / "bundle.yaml", tmp_path / "out"
+    config.write_text(CONFIG)
+    assert main(["init", "--config", str(config), "--out", str(out), "-q"]) == 0
+    server = make_server(
+        "127.0.0.1", 0, keys_path=out / "codec-keys/keys.json", jwks_path=out / "jwks/jwks.json",
+        policy=Policy("temporal", "admin", ("https://ui.example.com",)),
+        cert=out / "codec/server.pem", key=out / "codec/server.key", audit=False,
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield config, out, f"https://localhost:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def post(out, url, data: bytes, headers: dict):
+    ctx = ssl.create_default_context(cafile=str(out / "trust/ca.pem"))
+    req = urllib.request.Request(url, data=data, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def body(*payloads) -> bytes:
+    return json_format.MessageToJson(Payloads(payloads=list(payloads))).encode()
+
+
+def admin_token(out, kid=None) -> str:
+    kid = kid or (out / "private/jwt/active").read_text().strip()
+    key = SigningKey.from_pem((out / f"private/jwt/{kid}.key").read_bytes())
+    return mint_token(key, role="t", permissions=["default:admin"], issuer="temporal-bundle", audience="temporal",
+                      lifetime=timedelta(hours=1)).encoded
+
+
+def headers(out, kid=None) -> dict:
+    return {"Authorization": f"Bearer {admin_token(out, kid)}", "X-Namespace": "default",
+            "Content-Type": "application/json"}
+
+
+def test_follows_a_signing_key_rotation(served):
+    config, out, url = served
+    old = set((out / "private/jwt").glob("*.key"))
+    assert main(["rotate", "--config", str(config), "--out", str(out), "--kind", "signing-key", "-q"]) == 0
+    [new] = set((out / "private/jwt").glob("*.key")) - old
+    status, data = post(out, url + "/encode", body(PLAIN), headers(out, kid=new.stem))
+    assert status == 200, data
+
+
+def test_follows_a_data_key_rotation(served):
+    config, out, url = served
+    status, data = post(out, url + "/encode", body(PLAIN), headers(out))
+    [before] = json_format.Parse(data, Payloads()).payloads
+    assert main(["rotate", "--config", str(config), "--out", str(out), "--kind", "codec-key", "-q"]) == 0
+    active = Keyring.parse((out / "codec-keys/keys.json").read_bytes()).active
+    status, data = post(out, url + "/encode", body(PLAIN), headers(out))
+    [after] = json_format.Parse(data, Payloads()).payloads
+    assert after.metadata[KEY_ID_HEADER] == active.encode() != before.metadata[KEY_ID_HEADER]
+    status, data = post(out, url + "/decode", body(before, after), headers(out))
+    assert status == 200
+    assert list(json_format.Parse(data, Payloads()).payloads) == [PLAIN, PLAIN]
+
+
+def test_unknown_data_key_is_a_clear_400(served):
+    _, out, url = served
+    foreign = Keyring.generate(utcnow())
+    status, data = post(out, url + "/decode", body(encrypt(PLAIN, foreign)), headers(out))
+    assert status == 400 and "unknown key id" in json.loads(data)["error"]
+
+
+@pytest.mark.parametrize(
+    "data,drop,status,message",
+    [
+        (b"not json", None, 400, "not proto3 JSON"),
+        (b'{"payloads": [{"metadata": {"encoding": 5}}]}', None, 400, "not proto3 JSON"),
+        (b'{"payloads": {"data": ""}}', None, 400, "not proto3 JSON"),
+        (body(PLAIN), "X-Namespace", 400, "X-Namespace"),
+    ],
+)
+def test_malformed_requests(served, data, drop, status, message):
+    _, out, url = served
+    sent = headers(out)
+    if drop:
+        del sent[drop]
+    got, response = post(out, url + "/decode", data, sent)
+    assert got == status and message in json.loads(response)["error"]
+
+
+def test_wire_format_accepts_what_the_ui_sends(served):
+    """proto3 JSON: every bytes field base64, standard or URL-safe alphabet, padding optional;
+    unknown fields ignored; an empty list is fine."""
+    _, out, url = served
+    doc = {"payloads": [{"metadata": {"encoding": "anNvbi9wbGFpbg"}, "data": "InNlY3JldCI", "externalPayloads": []}]}
+    status, data = post(out, url + "/encode", json.dumps(doc).encode(), headers(out))
+    assert status == 200, data
+    status, data = post(out, url + "/decode", data, headers(out))
+    assert list(json_format.Parse(data, Payloads()).payloads) == [PLAIN]
+    status, data = post(out, url + "/decode", b'{"payloads": []}', headers(out))
+    assert status == 200 and json.loads(data) == {}

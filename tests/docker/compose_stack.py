@@ -1,0 +1,210 @@
+"""Drive docker-compose.prod.yml on a real Docker engine, the way an operator does (`make up`),
+for the docker test tier and benchmarks/bench_make_up.py.
+
+Nothing here skips: no engine, a failed image build or a stack that never gets healthy raises.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+STANDIN_ENV = REPO / "build" / "standin-images.env"
+IMAGE_VARS = ("TEMPORAL_SERVER_IMAGE", "TEMPORAL_ADMINTOOLS_IMAGE", "POSTGRES_IMAGE", "TEMPORAL_UI_IMAGE", "BUNDLE_IMAGE")
+LONG_RUNNING = ("token-refresher", "jwks", "postgresql", "temporal", "temporal-ui", "codec-server")
+ONE_SHOT = ("bootstrap", "temporal-schema", "temporal-register-namespaces")
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def run(argv, *, env=None, timeout=600, check=True, cwd=REPO, input=None) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False, input=input
+    )
+    if check and result.returncode != 0:
+        raise StackError(
+            f"{' '.join(map(str, argv))} exited {result.returncode}\n"
+            f"--- stdout ---\n{result.stdout[-6000:]}\n--- stderr ---\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+def start_engine() -> None:
+    """scripts/docker-engine.sh start: the engine must answer, or the caller fails (never skips)."""
+    run(["bash", "scripts/docker-engine.sh", "start"], timeout=180)
+
+
+def build_standin_images() -> dict[str, str]:
+    """Every image the compose file names, built locally (stand-ins + our image); VAR -> image."""
+    start_engine()
+    run(["bash", "scripts/build-images.sh", "standins"], timeout=1800)
+    images = {}
+    for line in STANDIN_ENV.read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            images[key.strip()] = value.strip()
+    missing = [v for v in IMAGE_VARS if v not in images]
+    if missing:
+        raise StackError(f"{STANDIN_ENV} lacks {missing}")
+    return images
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def unique_project(prefix: str) -> str:
+    return f"{prefix}{os.getpid()}{secrets.token_hex(3)}"
+
+
+@dataclass
+class ComposeStack:
+    project: str
+    workdir: Path
+    images: dict[str, str]
+    compose_files: tuple[str, ...] = ("docker-compose.prod.yml",)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    config_source: Path = REPO / "bundle.example.yaml"
+
+    def __post_init__(self):
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config = self.workdir / "bundle.yaml"
+        if not self.config.exists():
+            shutil.copy(self.config_source, self.config)
+        self.frontend_port = free_port()
+        self.ui_port = free_port()
+        self.codec_port = free_port()
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "TEMPORAL_", "BUNDLE_"))}
+        env.update(self.images)
+        env.update(
+            COMPOSE_PROJECT_NAME=self.project,
+            COMPOSE_FILE=os.pathsep.join(self.compose_files),
+            BUNDLE_CONFIG_FILE=str(self.config),
+            TEMPORAL_FRONTEND_PORT=str(self.frontend_port),
+            TEMPORAL_UI_PORT=str(self.ui_port),
+            CODEC_PORT=str(self.codec_port),
+            IMAGES_ENV="",
+            UP_TIMEOUT="300",
+            HEALTHCHECK_INTERVAL="2s",  # operators run with 5s; a faster `make up` for the tests
+        )
+        env.update(self.extra_env)
+        return env
+
+    # ------------------------------------------------------------------ operator commands
+    def make(self, *targets: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
+        compose_file = self.compose_files[0] if len(self.compose_files) == 1 else None
+        extra = [f"COMPOSE_FILE_PATH={compose_file}"] if compose_file else [
+            "COMPOSE=docker compose " + " ".join(f"-f {f}" for f in self.compose_files)
+        ]
+        return run(["make", "--no-print-directory", *extra, *targets], env=self.env, timeout=timeout, check=check)
+
+    def compose(self, *args: str, timeout: float = 600, check: bool = True, input=None) -> subprocess.CompletedProcess:
+        argv = ["docker", "compose"]
+        for f in self.compose_files:
+            argv += ["-f", f]
+        return run([*argv, *args], env=self.env, timeout=timeout, check=check, input=input)
+
+    def up(self) -> float:
+        """`make up`; seconds until it returned (everything healthy, namespaces registered)."""
+        started = time.monotonic()
+        result = self.make("up", check=False)
+        elapsed = time.monotonic() - started
+        if result.returncode != 0:
+            raise StackError(f"make up failed after {elapsed:.0f}s\n{result.stdout[-8000:]}\n{result.stderr[-8000:]}")
+        self.last_up_output = result.stdout
+        return elapsed
+
+    def down(self, volumes: bool = False) -> None:
+        self.compose("down", "--remove-orphans", *(["--volumes"] if volumes else []), timeout=300)
+
+    def logs(self, *services: str) -> str:
+        return self.compose("logs", "--no-color", "--timestamps", *services, check=False, timeout=120).stdout
+
+    def teardown(self, log_name: str = "compose.log") -> Path:
+        """Dump every log to workdir/log_name, then remove containers, networks and volumes."""
+        path = self.workdir / log_name
+        try:
+            ps = self.compose("ps", "--all", check=False).stdout
+            path.write_text(ps + "\n" + self.logs())
+        finally:
+            self.compose("down", "--volumes", "--remove-orphans", check=False, timeout=300)
+        return path
+
+    # ------------------------------------------------------------------ inspection
+    def containers(self) -> list[dict]:
+        out = self.compose("ps", "--all", "--format", "json").stdout.strip()
+        if not out:
+            return []
+        if out.startswith("["):
+            return json.loads(out)
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def container_id(self, service: str) -> str:
+        ids = self.compose("ps", "--all", "--quiet", service).stdout.split()
+        if not ids:
+            raise StackError(f"no container for service {service}")
+        return ids[0]
+
+    def inspect(self, service: str) -> dict:
+        return json.loads(run(["docker", "inspect", self.container_id(service)]).stdout)[0]
+
+    def volume(self, name: str) -> str:
+        return f"{self.project}_{name}"
+
+    def network(self, name: str) -> str:
+        return f"{self.project}_{name}"
+
+    def read_bundle_file(self, relative: str) -> bytes:
+        """A file from the bundle volumes, read through a fresh bootstrap container."""
+        result = subprocess.run(
+            ["docker", "compose", *sum((["-f", f] for f in self.compose_files), []), "run", "--rm", "--no-deps",
+             "--entrypoint", "cat", "bootstrap", f"/bundle/{relative}"],
+            cwd=REPO, env=self.env, capture_output=True, timeout=120,
+        )
+        if result.returncode != 0:
+            raise StackError(f"cannot read {relative}: {result.stderr.decode(errors='replace')}")
+        return result.stdout
+
+    def bundle_digests(self) -> dict[str, str]:
+        """sha256 of every file under /bundle (all bundle volumes), as the bootstrap sees them."""
+        out = self.compose(
+            "run", "--rm", "--no-deps", "--entrypoint", "sh", "bootstrap", "-c",
+            "cd /bundle && find . -type f ! -name '.*.tmp' -exec sha256sum {} + | sort -k2",
+        ).stdout
+        return {line.split()[1]: line.split()[0] for line in out.splitlines() if line.strip()}
+
+    def run_client(self, *args: str, network: str = "edge", timeout: float = 180) -> dict:
+        """tests/docker/e2e_client.py in the bundle image on the compose network, with the client
+        volumes read-only; its JSON result (raises if it printed none)."""
+        argv = [
+            "docker", "run", "--rm", "--network", self.network(network), "--read-only", "--cap-drop", "ALL",
+            "--security-opt", "no-new-privileges:true",
+            "-v", f"{self.volume('bundle-trust')}:/bundle/trust:ro",
+            "-v", f"{self.volume('bundle-clients')}:/bundle/clients:ro",
+            "-v", f"{self.volume('bundle-tokens')}:/bundle/tokens:ro",
+            "-v", f"{REPO / 'tests' / 'docker'}:/e2e:ro",
+            self.images["BUNDLE_IMAGE"], "python3", "/e2e/e2e_client.py", *args,
+        ]
+        result = run(argv, timeout=timeout, check=False)
+        lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
+        if not lines:
+            raise StackError(f"e2e_client {' '.join(args)} printed no result (exit {result.returncode})\n"
+                             f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+        out = json.loads(lines[-1])
+        out["exit_code"] = result.returncode
+        return out

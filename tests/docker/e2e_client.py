@@ -1,0 +1,212 @@
+"""Runs INSIDE a container on the compose network (the bundle image: Python SDK + bootstrap.client),
+with the bundle's trust/, clients/ and tokens/ volumes mounted read-only under /bundle.
+
+    python3 e2e_client.py run WORKFLOW_ID     worker (worker cert + token) and starter (client
+                                              cert + token) to a completed workflow
+    python3 e2e_client.py describe WORKFLOW_ID  the workflow's status and result, as the client role
+    python3 e2e_client.py refused             a call without a token and a connection without a
+                                              client certificate must both be refused
+    python3 e2e_client.py ui WORKFLOW_ID      the Web UI (mTLS to the frontend) answers with the
+                                              forwarded token and refuses without one
+    python3 e2e_client.py peer-cert HOST PORT [postgres]  fingerprint of the cert a service presents
+    python3 e2e_client.py codec               the codec server refuses no token, serves a valid one,
+                                              and answers CORS preflight only for the UI origin
+
+Prints one JSON object on stdout; exit 0 when every expectation held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from datetime import timedelta
+
+from temporalio import activity, workflow
+from temporalio.client import Client
+from temporalio.service import RPCError, TLSConfig
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+from bootstrap.client import RoleCredentials, connect
+
+BUNDLE = "/bundle"
+ADDRESS = os.environ.get("E2E_ADDRESS", "temporal:7233")
+SERVER_NAME = os.environ.get("E2E_SERVER_NAME", "temporal")
+NAMESPACE = os.environ.get("E2E_NAMESPACE", "default")
+UI_URL = os.environ.get("E2E_UI_URL", "http://temporal-ui:8080")
+
+
+@activity.defn
+async def greet(name: str) -> str:
+    return f"hello, {name}"
+
+
+@workflow.defn
+class GreetingWorkflow:
+    @workflow.run
+    async def run(self, name: str) -> str:
+        return await workflow.execute_activity(greet, name, start_to_close_timeout=timedelta(seconds=30))
+
+
+async def run_workflow(workflow_id: str) -> dict:
+    worker_client = await connect(ADDRESS, bundle_dir=BUNDLE, role="worker", namespace=NAMESPACE, server_name=SERVER_NAME)
+    starter = await connect(ADDRESS, bundle_dir=BUNDLE, role="client", namespace=NAMESPACE, server_name=SERVER_NAME)
+    queue = f"e2e-{uuid.uuid4().hex[:8]}"
+    async with Worker(
+        worker_client,
+        task_queue=queue,
+        workflows=[GreetingWorkflow],
+        activities=[greet],
+        workflow_runner=UnsandboxedWorkflowRunner(),
+    ):
+        result = await asyncio.wait_for(
+            starter.execute_workflow(GreetingWorkflow.run, "compose", id=workflow_id, task_queue=queue), 60
+        )
+    return {"ok": result == "hello, compose", "result": result, "workflow_id": workflow_id}
+
+
+async def describe(workflow_id: str) -> dict:
+    client = await connect(ADDRESS, bundle_dir=BUNDLE, role="client", namespace=NAMESPACE, server_name=SERVER_NAME)
+    handle = client.get_workflow_handle(workflow_id)
+    info = await handle.describe()
+    result = await handle.result()
+    status = info.status.name if info.status else None
+    return {"ok": status == "COMPLETED" and result == "hello, compose", "status": status, "result": result}
+
+
+async def refused() -> dict:
+    creds = RoleCredentials.load(BUNDLE, "client")
+    out: dict = {}
+    # 1. A valid client certificate but no token: the connection works (GetSystemInfo is exempt),
+    #    every namespace call is denied by the authorizer.
+    no_token = await Client.connect(ADDRESS, namespace=NAMESPACE, tls=creds.tls_config(SERVER_NAME))
+    try:
+        await no_token.get_workflow_handle("does-not-matter").describe()
+        out["no_token"] = "ALLOWED"
+    except RPCError as exc:
+        out["no_token"] = f"{exc.status.name}: {exc.message}"
+    # 2. A valid token but no client certificate: the TLS handshake is refused.
+    no_cert_tls = TLSConfig(server_root_ca_cert=creds.ca, domain=SERVER_NAME)
+    try:
+        client = await Client.connect(ADDRESS, namespace=NAMESPACE, tls=no_cert_tls, api_key=creds.token)
+        await client.get_workflow_handle("does-not-matter").describe()
+        out["no_cert"] = "ALLOWED"
+    except Exception as exc:  # connect fails with a RuntimeError carrying the transport error
+        out["no_cert"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    # 3. A plaintext connection (no TLS at all; the SDK would turn TLS on for an api_key) is refused.
+    try:
+        client = await asyncio.wait_for(Client.connect(ADDRESS, namespace=NAMESPACE, api_key=creds.token, tls=False), 20)
+        await client.get_workflow_handle("does-not-matter").describe()
+        out["plaintext"] = "ALLOWED"
+    except Exception as exc:
+        out["plaintext"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    out["ok"] = (
+        out["no_token"].startswith("PERMISSION_DENIED")
+        and "unauthorized" in out["no_token"].lower()
+        and out["no_cert"] != "ALLOWED"
+        and out["plaintext"] != "ALLOWED"
+    )
+    return out
+
+
+def ui(workflow_id: str) -> dict:
+    token = RoleCredentials.load(BUNDLE, "client").token
+    url = f"{UI_URL}/api/v1/namespaces/{NAMESPACE}/workflows/{workflow_id}"
+
+    def get(headers: dict) -> tuple[int, str]:
+        request = urllib.request.Request(url, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=20) as response:
+                return response.status, response.read().decode(errors="replace")
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace")
+
+    with_token, body = get({"Authorization": f"Bearer {token}"})
+    without_token, denied = get({})
+    return {
+        "ok": with_token == 200 and workflow_id in body and without_token in (401, 403),
+        "with_token": with_token,
+        "without_token": without_token,
+        "denied_body": denied[:200],
+    }
+
+
+def codec() -> dict:
+    """The codec server on the compose network: 401 without a token, serves the system token,
+    and answers CORS preflight only for the UI origin."""
+    import base64
+    import ssl
+
+    context = ssl.create_default_context(cafile=f"{BUNDLE}/trust/ca.pem")
+    token = RoleCredentials.load(BUNDLE, "system").token
+    plain = {"metadata": {"encoding": base64.b64encode(b"json/plain").decode()}, "data": base64.b64encode(b'"hi"').decode()}
+    body = json.dumps({"payloads": [plain]}).encode()
+
+    def call(method: str, headers: dict, data: bytes | None = None) -> int:
+        request = urllib.request.Request("https://codec-server:8888/decode", data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=20, context=context) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    json_headers = {"Content-Type": "application/json", "X-Namespace": NAMESPACE}
+    out = {
+        "no_token": call("POST", json_headers, body),
+        "system_token": call("POST", {**json_headers, "Authorization": f"Bearer {token}"}, body),
+        "preflight_ui": call("OPTIONS", {"Origin": "http://localhost:8080", "Access-Control-Request-Method": "POST"}),
+        "preflight_other": call("OPTIONS", {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}),
+    }
+    out["ok"] = out["no_token"] == 401 and out["system_token"] == 200 and out["preflight_ui"] in (200, 204) \
+        and out["preflight_other"] == 403
+    return out
+
+
+def peer_cert(host: str, port: str, protocol: str = "tls") -> dict:
+    """SHA-256 fingerprint of the certificate a service presents now (PostgreSQL: after its
+    SSLRequest), to prove a rotated certificate is served without a restart."""
+    import hashlib
+    import socket
+    import ssl
+    import struct
+
+    context = ssl.create_default_context(cafile=f"{BUNDLE}/trust/ca.pem")
+    context.load_cert_chain(f"{BUNDLE}/clients/client.pem", f"{BUNDLE}/clients/client.key")
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        if protocol == "postgres":
+            raw.sendall(struct.pack("!ii", 8, 80877103))  # SSLRequest
+            if raw.recv(1) != b"S":
+                return {"ok": False, "error": "server refused TLS"}
+        with context.wrap_socket(raw, server_hostname=host) as tls:
+            der = tls.getpeercert(binary_form=True)
+    return {"ok": True, "sha256": hashlib.sha256(der).hexdigest()}
+
+
+def main() -> int:
+    command, *args = sys.argv[1:]
+    if command == "run":
+        out = asyncio.run(run_workflow(args[0]))
+    elif command == "describe":
+        out = asyncio.run(describe(args[0]))
+    elif command == "refused":
+        out = asyncio.run(refused())
+    elif command == "ui":
+        out = ui(args[0])
+    elif command == "codec":
+        out = codec()
+    elif command == "peer-cert":
+        out = peer_cert(*args)
+    else:
+        raise SystemExit(f"unknown command {command}")
+    print(json.dumps(out))
+    sys.stdout.flush()
+    # The SDK's Rust runtime can abort a finalising interpreter; every result is printed already.
+    os._exit(0 if out.get("ok") else 1)
+
+
+if __name__ == "__main__":
+    main()
