@@ -173,18 +173,73 @@ def _fsync_dir(directory: Path) -> None:
 
 @contextlib.contextmanager
 def locked(layout: Layout):
-    """Serialise bootstrap runs on one directory, so two never interleave a key and its cert."""
+    """Serialise bootstrap runs on one directory, so two never interleave a key and its cert.
+
+    A run that fails takes back what the lock itself added (the lock file, directories it had to
+    create, if still empty): bad input changes nothing on disk."""
+    new_dirs = _missing_dirs(layout.root)
+    fd, created_lock = _acquire_lock(layout)
     try:
-        layout.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(layout.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise BundleError(f"cannot use output directory {layout.root}: {exc.strerror or exc}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
+    except BaseException:
+        if created_lock:
+            _undo_lock(layout, new_dirs)
+        raise
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _missing_dirs(directory: Path) -> list[Path]:
+    """The directories that do not exist yet on the way to `directory`, innermost first."""
+    missing = []
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    return missing
+
+
+def _acquire_lock(layout: Layout) -> tuple[int, bool]:
+    """(fd holding the lock, whether this run created the lock file). A failed run may unlink the
+    lock file while another run waits on it, so after flock the waiter checks that the path
+    still names its file, and starts over if not."""
+    while True:
+        try:
+            layout.root.mkdir(parents=True, exist_ok=True)
+            fd, created = _open_lock_file(layout.lock_file)
+        except OSError as exc:
+            raise BundleError(f"cannot use output directory {layout.root}: {exc.strerror or exc}") from None
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _same_file(fd, layout.lock_file):
+            return fd, created
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _open_lock_file(path: Path) -> tuple[int, bool]:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600), True
+    except FileExistsError:
+        return os.open(path, os.O_RDWR), False
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        on_disk = path.stat()
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
+
+
+def _undo_lock(layout: Layout, new_dirs: list[Path]) -> None:
+    with contextlib.suppress(OSError):
+        layout.lock_file.unlink()
+    for directory in new_dirs:
+        try:
+            directory.rmdir()
+        except OSError:
+            return  # not empty: the run wrote something there, keep it
 
 
 @dataclass(frozen=True)

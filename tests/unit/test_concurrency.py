@@ -3,14 +3,21 @@ bootstrap twice) must leave one consistent bundle: the directory lock serialises
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import subprocess
 import sys
+import threading
+import time
+
+import pytest
 
 from bootstrap.config import load_config
 from bootstrap.pki import keys_match, load_cert, load_private_key, signed_by
 from bootstrap.plan import leaf_specs
-from bootstrap.store import Layout
+from bootstrap.store import Layout, locked
 from bootstrap.tokens import verify_token
 
 RUNS = 4
@@ -55,3 +62,69 @@ def test_concurrent_inits_leave_one_consistent_bundle(tmp_path, small_config_tex
         verify_token(layout.token(role.name).read_text().strip(), jwks, audience=cfg.jwt.audience)
     leftovers = [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
+
+
+# --------------------------------------------------------------------------- the lock on failure
+
+
+def test_failed_run_takes_back_the_lock_and_the_directories_it_created(tmp_path):
+    layout = Layout(tmp_path / "a" / "b" / "out")
+    with pytest.raises(RuntimeError):
+        with locked(layout):
+            assert layout.lock_file.exists()
+            raise RuntimeError("planning failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_run_keeps_a_lock_file_it_did_not_create(tmp_path):
+    layout = Layout(tmp_path)
+    layout.lock_file.write_bytes(b"")  # pre-created with its owner by the image's entrypoint
+    with pytest.raises(RuntimeError):
+        with locked(layout):
+            raise RuntimeError("planning failed")
+    assert layout.lock_file.exists()
+
+
+def test_failed_run_keeps_directories_that_received_files(tmp_path):
+    layout = Layout(tmp_path / "out")
+    with pytest.raises(RuntimeError):
+        with locked(layout):
+            (layout.root / "trust").mkdir()
+            raise RuntimeError("failed half-way")
+    assert [p.name for p in layout.root.iterdir()] == ["trust"]
+
+
+def test_a_waiter_on_a_lock_file_taken_back_relocks_the_real_path(tmp_path):
+    """Run A fails on a fresh directory while run B waits on A's lock file: B must not end up
+    holding the unlinked file while a third run locks a new one."""
+    layout = Layout(tmp_path / "out")
+    a_holds, b_started = threading.Event(), threading.Event()
+    seen = {}
+
+    def run_a():
+        with contextlib.suppress(RuntimeError), locked(layout):
+            a_holds.set()
+            b_started.wait(10)
+            time.sleep(0.2)  # B is blocked in flock on A's file by now
+            raise RuntimeError("A fails")
+
+    def run_b():
+        a_holds.wait(10)
+        b_started.set()
+        with locked(layout):
+            seen["lock_exists"] = layout.lock_file.exists()
+            probe = os.open(layout.lock_file, os.O_RDWR)
+            try:
+                # A third run: must find the path locked (by B), not free.
+                with pytest.raises(BlockingIOError):
+                    fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen["third_blocked"] = True
+            finally:
+                os.close(probe)
+
+    threads = [threading.Thread(target=run_a), threading.Thread(target=run_b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert seen == {"lock_exists": True, "third_blocked": True}
