@@ -122,9 +122,8 @@ def _general_name(san: str) -> x509.GeneralName:
         return x509.DNSName(san)
 
 
-@dataclass(frozen=True)
-class LeafCert:
-    """An issued certificate and its private key."""
+class _CertWithKey:
+    """PEM views shared by a leaf and the CA: both hold `cert` and its `key`."""
 
     cert: x509.Certificate
     key: PrivateKey
@@ -140,7 +139,15 @@ class LeafCert:
         return self.cert.not_valid_after_utc
 
 
-class CA:
+@dataclass(frozen=True)
+class LeafCert(_CertWithKey):
+    """An issued certificate and its private key."""
+
+    cert: x509.Certificate
+    key: PrivateKey
+
+
+class CA(_CertWithKey):
     """A certificate authority: a self-signed CA certificate plus its key."""
 
     def __init__(self, cert: x509.Certificate, key: PrivateKey):
@@ -183,21 +190,7 @@ class CA:
 
     @classmethod
     def from_pem(cls, cert_pem: bytes, key_pem: bytes) -> "CA":
-        cert = load_cert(cert_pem, "CA certificate")
-        key = load_private_key(key_pem, "CA key")
-        if not keys_match(cert, key):
-            raise BundleError("CA certificate and CA key do not belong together")
-        return cls(cert, key)
-
-    def cert_pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
-
-    def key_pem(self) -> bytes:
-        return private_key_pem(self.key)
-
-    @property
-    def not_after(self) -> datetime:
-        return self.cert.not_valid_after_utc
+        return cls(load_cert(cert_pem, "CA certificate"), load_private_key(key_pem, "CA key"))
 
     def issue_cert(
         self,
