@@ -189,7 +189,7 @@ class ComposeStack:
         return {line.split()[1]: line.split()[0] for line in out.splitlines() if line.strip()}
 
     def run_client(self, *args: str, network: str = "edge", timeout: float = 180) -> dict:
-        """tests/docker/e2e_client.py in the bundle image on the compose network, with the client
+        """tests/docker/e2e_client.py (as a module of the tests package) in the bundle image on the compose network, with the client
         volumes read-only; its JSON result (raises if it printed none)."""
         argv = [
             "docker", "run", "--rm", "--network", self.network(network), "--read-only", "--cap-drop", "ALL",
@@ -197,8 +197,9 @@ class ComposeStack:
             "-v", f"{self.volume('bundle-trust')}:/bundle/trust:ro",
             "-v", f"{self.volume('bundle-clients')}:/bundle/clients:ro",
             "-v", f"{self.volume('bundle-tokens')}:/bundle/tokens:ro",
-            "-v", f"{REPO / 'tests' / 'docker'}:/e2e:ro",
-            self.images["BUNDLE_IMAGE"], "python3", "/e2e/e2e_client.py", *args,
+            # The whole tests package, so the client runs the server tier's own workflow.
+            "-v", f"{REPO / 'tests'}:/opt/e2e/tests:ro", "--workdir", "/opt/e2e",
+            self.images["BUNDLE_IMAGE"], "python3", "-m", "tests.docker.e2e_client", *args,
         ]
         result = run(argv, timeout=timeout, check=False)
         lines = [l for l in result.stdout.splitlines() if l.startswith("{")]

@@ -1,5 +1,6 @@
 """Runs INSIDE a container on the compose network (the bundle image: Python SDK + bootstrap.client),
-with the bundle's trust/, clients/ and tokens/ volumes mounted read-only under /bundle.
+with the bundle's trust/, clients/ and tokens/ volumes mounted read-only under /bundle and this
+tests package importable (python3 -m tests.docker.e2e_client ...).
 
     python3 e2e_client.py run WORKFLOW_ID     worker (worker cert + token) and starter (client
                                               cert + token) to a completed workflow
@@ -24,32 +25,19 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
-from datetime import timedelta
 
-from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.service import RPCError, TLSConfig
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from bootstrap.client import RoleCredentials, connect
+from tests.server.workflows import GreetingWorkflow, greet
 
 BUNDLE = "/bundle"
 ADDRESS = os.environ.get("E2E_ADDRESS", "temporal:7233")
 SERVER_NAME = os.environ.get("E2E_SERVER_NAME", "temporal")
 NAMESPACE = os.environ.get("E2E_NAMESPACE", "default")
 UI_URL = os.environ.get("E2E_UI_URL", "http://temporal-ui:8080")
-
-
-@activity.defn
-async def greet(name: str) -> str:
-    return f"hello, {name}"
-
-
-@workflow.defn
-class GreetingWorkflow:
-    @workflow.run
-    async def run(self, name: str) -> str:
-        return await workflow.execute_activity(greet, name, start_to_close_timeout=timedelta(seconds=30))
 
 
 async def run_workflow(workflow_id: str) -> dict:
