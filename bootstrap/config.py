@@ -70,7 +70,10 @@ class NetworkConfig:
     frontend_host: str = "temporal"
     frontend_sans: tuple[str, ...] = ()
     internode_server_name: str = "internode.temporal.internal"
-    bind_ip: str = "0.0.0.0"
+    bind_ip: str = "0.0.0.0"  # the frontend (gRPC, HTTP, its membership port)
+    # Every other listener (internal-frontend, history, matching, worker, their membership ports,
+    # metrics) binds here: loopback, since one container runs every service.
+    internal_bind_ip: str = "127.0.0.1"
     broadcast_address: str = "127.0.0.1"
     frontend_port: int = 7233
     frontend_http_port: int = 7243
@@ -323,6 +326,7 @@ def _parse_network(sec: _Section, cluster: _Section) -> NetworkConfig:
         frontend_sans=cluster.names("frontend_sans"),
         internode_server_name=sec.host("internode_server_name", d.internode_server_name),
         bind_ip=sec.host("bind_ip", d.bind_ip),
+        internal_bind_ip=sec.host("internal_bind_ip", d.internal_bind_ip),
         broadcast_address=sec.host("broadcast_address", d.broadcast_address),
         frontend_port=sec.port("frontend_port", d.frontend_port),
         frontend_http_port=sec.port("frontend_http_port", d.frontend_http_port),

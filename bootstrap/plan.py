@@ -28,6 +28,19 @@ from .tokens import SigningKey, Token, decode_unverified, jwks_bytes, mint_token
 FORCE_HINT = "refusing to replace it without --force"
 
 
+# Trust domains, each with its own CA (the way Kubernetes keeps etcd, API-server clients and the
+# front proxy apart):
+#   server     certificates that servers present (frontend, JWKS, codec, PostgreSQL); the root
+#              every client verifies with. Signs no client certificate, so it opens no listener.
+#   client     what calls the frontend: each role's client cert, the UI's, the health check's.
+#              The frontend trusts only this CA, and a token is still needed for every call.
+#   internode  the one internode certificate (history, matching, worker, internal-frontend,
+#              membership). The internal-frontend gives system admin WITHOUT a token to whoever
+#              this CA vouches for, so it signs nothing else.
+#   database   the PostgreSQL client certificate; PostgreSQL trusts only this CA.
+DOMAINS = ("server", "client", "internode", "database")
+
+
 @dataclass(frozen=True)
 class LeafSpec:
     directory: str
@@ -35,67 +48,142 @@ class LeafSpec:
     common_name: str
     sans: tuple[str, ...]
     usage: str
+    domain: str
 
 
 def leaf_specs(config: BundleConfig) -> list[LeafSpec]:
     net, db = config.network, config.persistence
     specs = [
-        LeafSpec("server", "frontend", net.frontend_host, config.frontend_sans(), "server"),
-        LeafSpec("server", "internode", net.internode_server_name, config.internode_sans(), "both"),
-        LeafSpec("jwks", "server", net.jwks_host, config.jwks_sans(), "server"),
-        LeafSpec("ui", "client", "temporal-ui", (), "client"),
-        LeafSpec("codec", "server", config.codec.host, config.codec_sans(), "server"),
+        LeafSpec("server", "frontend", net.frontend_host, config.frontend_sans(), "server", "server"),
+        LeafSpec("server", "internode", net.internode_server_name, config.internode_sans(), "both", "internode"),
+        # The server container's health check calls the frontend's gRPC health (no token needed).
+        LeafSpec("server", "health", "temporal-healthcheck", (), "client", "client"),
+        LeafSpec("jwks", "server", net.jwks_host, config.jwks_sans(), "server", "server"),
+        LeafSpec("ui", "client", "temporal-ui", (), "client", "client"),
+        LeafSpec("codec", "server", config.codec.host, config.codec_sans(), "server", "server"),
+        LeafSpec("registrar", "system", "temporal-bundle:system", (), "client", "client"),
     ]
     if db.driver == "postgres":
         specs += [
-            LeafSpec("postgres", "server", db.host, config.postgres_sans(), "server"),
+            LeafSpec("postgres", "server", db.host, config.postgres_sans(), "server", "server"),
             # PostgreSQL `cert` auth maps the client certificate's CN to the database user.
-            LeafSpec("dbclient", db.user, db.user, (), "client"),
+            LeafSpec("dbclient", db.user, db.user, (), "client", "database"),
         ]
-    specs += [LeafSpec("clients", role.name, f"temporal-bundle:{role.name}", (), "client") for role in config.roles]
+    specs += [
+        LeafSpec("clients", role.name, f"temporal-bundle:{role.name}", (), "client", "client") for role in config.roles
+    ]
     return specs
 
 
-# --------------------------------------------------------------------------- CA
+# --------------------------------------------------------------------------- CAs, one per trust domain
 
 
 @dataclass
 class PKIState:
-    ca: CA
-    trusted: list[x509.Certificate]
+    cas: dict[str, CA]  # the issuing CA of each domain
+    # Domains of a bundle made before trust domains existed: they still share the server CA until
+    # `rotate --kind trust-domains` separates them. Never split silently: that would cut off
+    # every client holding a certificate from the shared CA.
+    shared: tuple[str, ...]
     actions: list[Action]
+
+    @property
+    def ca(self) -> CA:
+        return self.cas["server"]
 
 
 def plan_ca(config: BundleConfig, layout: Layout, force: bool, now: datetime) -> PKIState:
-    cert_pem, key_pem = read_optional(layout.ca_cert), read_optional(layout.ca_key)
-    if force or (cert_pem is None and key_pem is None):
-        reason = "created" if cert_pem is None and key_pem is None else "replaced (--force)"
-        ca = _new_ca(config, now)
-        actions: list[Action] = [
-            Write(layout.ca_cert, ca.cert_pem(), CERT_MODE, reason),
-            Write(layout.ca_key, ca.key_pem(), CA_KEY_MODE, reason),
-        ]
+    fresh = all(read_optional(p) is None for p in layout.domain_ca("server"))
+    if force or fresh:
+        reason = "created" if fresh else "replaced (--force)"
+        cas = {domain: new_ca(config, domain, now) for domain in DOMAINS}
+        actions: list[Action] = []
+        for domain, ca in cas.items():
+            cert_path, key_path = layout.domain_ca(domain)
+            actions += [Write(cert_path, ca.cert_pem(), CERT_MODE, reason), Write(key_path, ca.key_pem(), CA_KEY_MODE, reason)]
+        shared: tuple[str, ...] = ()
     else:
-        ca = load_ca(layout)
-        actions = [Skip(layout.ca_cert), Skip(layout.ca_key)]
-    trusted, trust_actions = _plan_trust_bundle(layout, ca, replace=force)
-    return PKIState(ca, trusted, actions + trust_actions)
+        cas, shared, actions = _load_or_create_cas(config, layout, now)
+    for domain in DOMAINS:
+        actions += _plan_trust_bundle(layout, domain, cas[domain], replace=force)
+    return PKIState(cas, shared, actions)
 
 
-def load_ca(layout: Layout) -> CA:
-    cert_pem, key_pem = read_optional(layout.ca_cert), read_optional(layout.ca_key)
+def _load_or_create_cas(config: BundleConfig, layout: Layout, now: datetime):
+    server = load_ca(layout)
+    cas, shared, actions = {"server": server}, [], [Skip(p) for p in layout.domain_ca("server")]
+    for domain in DOMAINS[1:]:
+        cert_path, key_path = layout.domain_ca(domain)
+        if cert_path.exists() or key_path.exists():
+            cas[domain] = load_ca(layout, domain)
+            actions += [Skip(cert_path), Skip(key_path)]
+        elif _issued_by_shared_ca(config, layout, domain, server):
+            cas[domain] = server
+            shared.append(domain)
+        else:  # no certificate of this domain exists yet: nothing depends on a CA for it
+            cas[domain] = new_ca(config, domain, now)
+            actions += [Write(cert_path, cas[domain].cert_pem(), CERT_MODE, "created"),
+                        Write(key_path, cas[domain].key_pem(), CA_KEY_MODE, "created")]
+    check_distinct(layout, {d: ca for d, ca in cas.items() if d not in shared})
+    return cas, tuple(shared), actions
+
+
+def _issued_by_shared_ca(config: BundleConfig, layout: Layout, domain: str, server: CA) -> bool:
+    """True for a bundle from before trust domains: this domain's certificates exist and the one
+    CA signed them. Certificates from any other issuer mean the domain's CA file went missing."""
+    found = [layout.leaf(s.directory, s.name)[0] for s in leaf_specs(config) if s.domain == domain]
+    found = [p for p in found if p.exists()]
+    if not found:
+        return False
+    for path in found:
+        cert = pki.load_cert(read_optional(path) or b"", str(path))
+        if not pki.signed_by(cert, server.cert):
+            missing = layout.domain_ca(domain)[0]
+            raise BundleError(f"{missing} (the {domain} CA) is missing but {path} exists; {FORCE_HINT.replace('it', 'the CA')}")
+    return True
+
+
+def check_distinct(layout: Layout, cas: dict[str, CA]) -> None:
+    seen: dict[bytes, str] = {}
+    for domain, ca in cas.items():
+        key = pki.public_key_bytes(ca.cert.public_key())
+        if key in seen:
+            raise BundleError(
+                f"{layout.domain_ca(domain)[0]} is the same CA as {layout.domain_ca(seen[key])[0]}: "
+                f"the {domain} and {seen[key]} trust domains need CAs of their own"
+            )
+        seen[key] = domain
+
+
+def load_ca(layout: Layout, domain: str = "server") -> CA:
+    cert_path, key_path = layout.domain_ca(domain)
+    cert_pem, key_pem = read_optional(cert_path), read_optional(key_path)
     if cert_pem is None or key_pem is None:
-        missing = layout.ca_cert if cert_pem is None else layout.ca_key
+        missing = cert_path if cert_pem is None else key_path
         raise BundleError(f"{missing} is missing; {FORCE_HINT.replace('it', 'the CA')}")
     try:
         return CA.from_pem(cert_pem, key_pem)
     except BundleError as exc:
-        raise BundleError(f"{layout.ca_cert.parent}: {exc}; {FORCE_HINT.replace('it', 'the CA')}") from None
+        raise BundleError(f"{cert_path}: {exc}; {FORCE_HINT.replace('it', 'the CA')}") from None
 
 
-def _new_ca(config: BundleConfig, now: datetime) -> CA:
+def load_cas(config: BundleConfig, layout: Layout) -> tuple[dict[str, CA], tuple[str, ...]]:
+    """The issuing CA of every domain, for commands that never create one (rotate)."""
+    server = load_ca(layout)
+    cas, shared = {"server": server}, []
+    for domain in DOMAINS[1:]:
+        if any(p.exists() for p in layout.domain_ca(domain)) or not _issued_by_shared_ca(config, layout, domain, server):
+            cas[domain] = load_ca(layout, domain)
+        else:
+            cas[domain], shared = server, shared + [domain]
+    check_distinct(layout, {d: ca for d, ca in cas.items() if d not in shared})
+    return cas, tuple(shared)
+
+
+def new_ca(config: BundleConfig, domain: str, now: datetime) -> CA:
+    name = config.pki.ca_common_name if domain == "server" else f"{config.pki.ca_common_name} ({domain})"
     return CA.create(
-        config.pki.ca_common_name,
+        name,
         organization=config.pki.organization,
         key_algorithm=config.pki.key_algorithm,
         lifetime=config.pki.ca_lifetime,
@@ -103,40 +191,38 @@ def _new_ca(config: BundleConfig, now: datetime) -> CA:
     )
 
 
-def _plan_trust_bundle(layout: Layout, ca: CA, replace: bool) -> tuple[list[x509.Certificate], list[Action]]:
-    existing = read_optional(layout.trust_bundle)
+def _plan_trust_bundle(layout: Layout, domain: str, ca: CA, replace: bool) -> list[Action]:
+    bundle, current, next_ = layout.trust_files(domain)
+    existing = read_optional(bundle)
     if existing is None or replace:
         reason = "created" if existing is None else "replaced (--force)"
-        return [ca.cert], [Write(p, ca.cert_pem(), CERT_MODE, reason) for p in _trust_files(layout)]
+        return [Write(p, ca.cert_pem(), CERT_MODE, reason) for p in (bundle, current, next_)]
     try:
-        trusted = pki.load_certs(existing, str(layout.trust_bundle))
+        trusted = pki.load_certs(existing, str(bundle))
     except BundleError as exc:
         raise BundleError(f"{exc}; {FORCE_HINT}") from None
     actions: list[Action] = []
     if any(c == ca.cert for c in trusted):
-        actions.append(Skip(layout.trust_bundle))
+        actions.append(Skip(bundle))
     else:
-        trusted = trusted + [ca.cert]
-        actions.append(Write(layout.trust_bundle, existing + ca.cert_pem(), CERT_MODE, "added the issuing CA"))
-    for path in (layout.trust_current, layout.trust_next):
+        actions.append(Write(bundle, existing + ca.cert_pem(), CERT_MODE, "added the issuing CA"))
+    for path in (current, next_):
         # Missing only in bundles made before the per-CA files existed, or after a crash.
         actions.append(Skip(path) if path.exists() else Write(path, ca.cert_pem(), CERT_MODE, "created"))
-    return trusted, actions
-
-
-def _trust_files(layout: Layout) -> tuple:
-    return layout.trust_bundle, layout.trust_current, layout.trust_next
+    return actions
 
 
 # --------------------------------------------------------------------------- leaf certificates
 
 
 def plan_leaves(
-    config: BundleConfig, layout: Layout, ca: CA, force: bool, now: datetime, renew_before: timedelta | None = None
+    config: BundleConfig, layout: Layout, cas: dict[str, CA], force: bool, now: datetime,
+    renew_before: timedelta | None = None, domains: tuple[str, ...] = DOMAINS,
 ) -> list[Action]:
     actions: list[Action] = []
     for spec in leaf_specs(config):
-        actions += plan_leaf(config, layout, ca, spec, force, now, renew_before)
+        if spec.domain in domains:
+            actions += plan_leaf(config, layout, cas[spec.domain], spec, force, now, renew_before)
     return actions
 
 
@@ -164,7 +250,7 @@ def plan_leaf(
     except BundleError as exc:
         raise BundleError(f"{exc}; {FORCE_HINT}") from None
     if not pki.keys_match(cert, key):
-        if not any(pki.signed_by(cert, issuer) for issuer in _trusted_cas(layout, ca)):
+        if not any(pki.signed_by(cert, issuer) for issuer in _trusted_cas(layout, spec.domain, ca)):
             raise BundleError(f"{cert_path} and {key_path} do not belong together; {FORCE_HINT}")
         # Both files are ours, written one after the other, and a crash fell between them.
         return _issue(config, ca, spec, cert_path, key_path, now, "re-issued: key and cert did not match (interrupted write)")
@@ -174,9 +260,9 @@ def plan_leaf(
     return [Skip(cert_path), Skip(key_path)]
 
 
-def _trusted_cas(layout: Layout, ca: CA) -> list[x509.Certificate]:
+def _trusted_cas(layout: Layout, domain: str, ca: CA) -> list[x509.Certificate]:
     try:
-        return [ca.cert, *pki.load_certs(read_optional(layout.trust_bundle) or b"", "trust bundle")]
+        return [ca.cert, *pki.load_certs(read_optional(layout.trust_files(domain)[0]) or b"", "trust bundle")]
     except BundleError:
         return [ca.cert]
 
@@ -320,29 +406,39 @@ def plan_tokens(
     actions: list[Action] = []
     minted: list[Token] = []
     for role in roles or config.roles:
-        path = layout.token(role.name)
-        existing = read_optional(path)
-        reason = "created"
-        if existing is not None:
-            try:
-                reason = token_needs_refresh(existing.decode("ascii").strip(), config, role, key.kid, now)
-            except (BundleError, UnicodeDecodeError):
-                if not force:
-                    raise BundleError(f"{path} is not a readable JWT; {FORCE_HINT}") from None
-                reason = "replaced (--force)"
-            if reason is None and not force:
-                actions.append(Skip(path))
-                continue
-            reason = f"re-minted: {reason}" if reason else "re-minted (--force)"
-        token = mint_token(
-            key,
-            role=role.name,
-            permissions=role.permissions,
-            issuer=config.jwt.issuer,
-            audience=config.jwt.audience,
-            lifetime=role.token_lifetime,
-            now=now,
-        )
-        minted.append(token)
-        actions.append(Write(path, (token.encoded + "\n").encode(), KEY_MODE, reason))
+        action, token = _plan_token(config, layout.token(role.name), role, key, force, now)
+        actions.append(action)
+        minted += [token] if token else []
     return actions, minted
+
+
+def plan_registrar_token(config: BundleConfig, layout: Layout, key: SigningKey, force: bool, now: datetime) -> list[Action]:
+    """The system token of the namespace-registration job, kept apart from tokens/ (the job
+    mounts registrar/ only). Fresh at every `init`, which runs before the job does."""
+    action, _ = _plan_token(config, layout.registrar_token, config.role("system"), key, force, now)
+    return [action]
+
+
+def _plan_token(config: BundleConfig, path, role, key: SigningKey, force: bool, now: datetime) -> tuple[Action, Token | None]:
+    existing = read_optional(path)
+    reason = "created"
+    if existing is not None:
+        try:
+            reason = token_needs_refresh(existing.decode("ascii").strip(), config, role, key.kid, now)
+        except (BundleError, UnicodeDecodeError):
+            if not force:
+                raise BundleError(f"{path} is not a readable JWT; {FORCE_HINT}") from None
+            reason = "replaced (--force)"
+        if reason is None and not force:
+            return Skip(path), None
+        reason = f"re-minted: {reason}" if reason else "re-minted (--force)"
+    token = mint_token(
+        key,
+        role=role.name,
+        permissions=role.permissions,
+        issuer=config.jwt.issuer,
+        audience=config.jwt.audience,
+        lifetime=role.token_lifetime,
+        now=now,
+    )
+    return Write(path, (token.encoded + "\n").encode(), KEY_MODE, reason), token

@@ -8,9 +8,12 @@ next `rotate` finishes the job.
 signing-key:  (none) --publish new key beside the old in the JWKS--> published
               --after jwt.refresh_interval: mint tokens with the new key, make it active--> activated
               --after the longest token lifetime: drop the old key from disk and JWKS--> done
-ca:           (none) --new CA in private/ca-next.*, trust bundle = old + new--> trusted
-              --after the TLS refresh interval: leaves re-issued from the new CA, CA swapped--> reissued
-              --after the TLS refresh interval: trust bundle = new CA only--> done
+ca:           (none) --a new CA per trust domain in private/ca[-<domain>]-next.*, each domain's
+              trust = old + new--> trusted
+              --after the TLS refresh interval: leaves re-issued from the new CAs, CAs swapped--> reissued
+              --after the TLS refresh interval: each domain trusts its new CA only--> done
+trust-domains: the same three phases for the domains a bundle made before trust domains still
+              shares with the server CA: each gets a CA of its own; the server CA stays.
 certs:        one step: leaves due for renewal (or all, with --all) re-issued from the current CA.
 codec-key:    one step: a new payload data key made active; every old key kept for decoding.
 """
@@ -29,8 +32,11 @@ from .config import BundleConfig
 from .errors import BundleError
 from .pki import CA
 from .plan import (
+    DOMAINS,
     active_signing_key,
     load_ca,
+    load_cas,
+    new_ca,
     load_published_keys,
     plan_jwks,
     plan_leaves,
@@ -39,7 +45,7 @@ from .plan import (
 from .store import CA_KEY_MODE, CERT_MODE, KEY_MODE, Action, Delete, Layout, Write, read_optional
 from .tokens import SigningKey
 
-KINDS = ("certs", "signing-key", "ca", "codec-key")
+KINDS = ("certs", "signing-key", "ca", "trust-domains", "codec-key")
 # Slack on top of the server's refresh intervals, for timer jitter and clock drift.
 MAX_MARGIN = timedelta(seconds=10)
 
@@ -111,8 +117,10 @@ def current_kind(layout: Layout, requested: str | None) -> str:
 
 def _unrecorded_rotation(layout: Layout) -> str | None:
     """A rotation killed before it recorded its first phase leaves only its new files behind."""
-    if any(p.exists() for p in _next_paths(layout)):
-        return "ca"
+    for domain in DOMAINS:
+        if any(p.exists() for p in layout.next_ca(domain)):
+            # A next CA for a domain without a CA of its own can only be a separation.
+            return "ca" if layout.domain_ca(domain)[0].exists() else "trust-domains"
     active = (read_optional(layout.active_kid) or b"").decode(errors="replace").strip()
     if layout.signing_keys.is_dir() and any(p.stem != active for p in layout.signing_keys.glob("*.key")):
         return "signing-key"
@@ -129,7 +137,7 @@ def step(config: BundleConfig, layout: Layout, kind: str, now: datetime, all_cer
         return Step("codec-key", "done", message, [action])
     if kind == "signing-key":
         return _step_signing_key(config, layout, now, probe)
-    return _step_ca(config, layout, now)
+    return _step_ca(config, layout, now, kind)
 
 
 def _waiting(kind: str, phase: str, due: datetime, what: str) -> Step:
@@ -140,8 +148,8 @@ def _waiting(kind: str, phase: str, due: datetime, what: str) -> Step:
 
 
 def _step_certs(config: BundleConfig, layout: Layout, now: datetime, all_certs: bool) -> Step:
-    ca = load_ca(layout)
-    actions = plan_leaves(config, layout, ca, all_certs, now, renew_before=config.pki.renew_before)
+    cas, _ = load_cas(config, layout)
+    actions = plan_leaves(config, layout, cas, all_certs, now, renew_before=config.pki.renew_before)
     changed = sum(isinstance(a, Write) for a in actions) // 2
     return Step("certs", "done", f"{changed} certificate(s) re-issued from the current CA", actions)
 
@@ -214,51 +222,76 @@ def _retire_old_keys(layout, keys, active) -> Step:
     return Step("signing-key", "done", f"retired {', '.join(retired) or 'nothing'}; JWKS publishes {active.kid} only", actions)
 
 
-# --------------------------------------------------------------------------- CA
+# --------------------------------------------------------------------------- CAs
+#
+# One mechanism serves `ca` (every trust domain gets a new CA) and `trust-domains` (the domains a
+# bundle made before trust domains still shares with the server CA get CAs of their own): per
+# domain, an old CA is replaced by a new one in three phases. The state names each domain's old
+# and new CA by fingerprint.
 
 
-def _next_paths(layout: Layout):
-    return layout.private / "ca-next.pem", layout.private / "ca-next.key"
-
-
-def _load_next_ca(layout: Layout) -> CA | None:
-    cert_path, key_path = _next_paths(layout)
+def _load_next_ca(layout: Layout, domain: str) -> CA | None:
+    cert_path, key_path = layout.next_ca(domain)
     cert_pem, key_pem = read_optional(cert_path), read_optional(key_path)
     if cert_pem is None or key_pem is None:
         return None
     return CA.from_pem(cert_pem, key_pem)
 
 
-def _step_ca(config: BundleConfig, layout: Layout, now: datetime) -> Step:
+def _state_domains(state: dict) -> dict[str, dict]:
+    if "domains" in state:
+        return state["domains"]
+    # A CA rotation started before trust domains existed rotated the one (server) CA.
+    return {"server": {"old": state["old_ca"], "new": state["new_ca"]}}
+
+
+def _step_ca(config: BundleConfig, layout: Layout, now: datetime, kind: str) -> Step:
     state = read_state(layout)
     if state is None:
-        return _trust_both(config, layout, now)
+        return _trust_both(config, layout, now, kind)
     due = _parse_time(state["due"])
     if now < due:
         what = "servers to reload the trust bundle" if state["phase"] == "trusted" else "servers to reload the new certificates"
-        return _waiting("ca", state["phase"], due, what)
+        return _waiting(kind, state["phase"], due, what)
     if state["phase"] == "trusted":
         return _reissue_from_new_ca(config, layout, state, now)
     if state["phase"] == "reissued":
-        return _drop_old_ca(layout)
-    raise BundleError(f"{layout.rotation_state}: unknown ca phase {state['phase']!r}")
+        return _drop_old_ca(config, layout, state)
+    raise BundleError(f"{layout.rotation_state}: unknown {kind} phase {state['phase']!r}")
 
 
-def _trust_both(config, layout, now) -> Step:
-    current = load_ca(layout)
-    new = _load_next_ca(layout)
+def _domains_to_rotate(config: BundleConfig, layout: Layout, kind: str) -> tuple[dict[str, CA], tuple[str, ...]]:
+    cas, shared = load_cas(config, layout)
+    if kind == "trust-domains":
+        if not shared:
+            raise BundleError("the trust domains are already separate: every domain has its own CA")
+        return cas, shared
+    if shared:
+        raise BundleError(
+            f"trust domains {', '.join(shared)} still share the server CA; separate them first "
+            "(rotate --kind trust-domains), then rotate the CAs"
+        )
+    return cas, DOMAINS
+
+
+def _trust_both(config, layout, now, kind) -> Step:
+    cas, domains = _domains_to_rotate(config, layout, kind)
     actions: list[Action] = []
-    if new is None:
-        new = CA.create(config.pki.ca_common_name, organization=config.pki.organization,
-                        key_algorithm=config.pki.key_algorithm, lifetime=config.pki.ca_lifetime, now=now)
-        cert_path, key_path = _next_paths(layout)
-        actions += [Write(key_path, new.key_pem(), CA_KEY_MODE, "next CA"), Write(cert_path, new.cert_pem(), CERT_MODE, "next CA")]
-    actions.append(_trust_write(layout.trust_next, [new.cert], "trust the new CA beside the old"))
-    actions.append(_trust_write(layout.trust_bundle, [current.cert, new.cert], "trust old and new CA"))
+    record = {}
+    for domain in domains:
+        new = _load_next_ca(layout, domain)
+        if new is None:
+            new = new_ca(config, domain, now)
+            cert_path, key_path = layout.next_ca(domain)
+            actions += [Write(key_path, new.key_pem(), CA_KEY_MODE, f"next {domain} CA"),
+                        Write(cert_path, new.cert_pem(), CERT_MODE, f"next {domain} CA")]
+        bundle, _, next_ = layout.trust_files(domain)
+        actions.append(_trust_write(next_, [new.cert], f"trust the new {domain} CA beside the old"))
+        actions.append(_trust_write(bundle, [cas[domain].cert, new.cert], f"trust old and new {domain} CA"))
+        record[domain] = {"old": pki.fingerprint(cas[domain].cert), "new": pki.fingerprint(new.cert)}
     due = now + config.tls_refresh_interval + margin(config)
-    actions.append(_state_write(layout, {"kind": "ca", "phase": "trusted", "old_ca": pki.fingerprint(current.cert),
-                                         "new_ca": pki.fingerprint(new.cert), "due": _iso(due)}))
-    return Step("ca", "trusted", "new CA generated; trust bundle holds old and new", actions, due,
+    actions.append(_state_write(layout, {"kind": kind, "phase": "trusted", "domains": record, "due": _iso(due)}))
+    return Step(kind, "trusted", f"new CA for {', '.join(domains)}; each trusts old and new", actions, due,
                 f"servers to reload the trust bundle (until {_iso(due)})")
 
 
@@ -267,29 +300,43 @@ def _trust_write(path, certs, reason: str) -> Write:
     return Write(path, data, CERT_MODE, reason)
 
 
+def _promoted_ca(layout: Layout, domain: str, fingerprints: dict) -> CA | None:
+    """The domain's own CA files, if they already hold the new CA (a resumed run after the swap)."""
+    cert_pem = read_optional(layout.domain_ca(domain)[0])
+    if cert_pem is None or pki.fingerprint(pki.load_cert(cert_pem, str(layout.domain_ca(domain)[0]))) != fingerprints["new"]:
+        return None
+    return load_ca(layout, domain)
+
+
 def _reissue_from_new_ca(config, layout, state, now) -> Step:
-    on_disk = pki.load_cert(read_optional(layout.ca_cert) or b"", str(layout.ca_cert))
-    swapped = pki.fingerprint(on_disk) != state["old_ca"]
-    new = load_ca(layout) if swapped else _load_next_ca(layout)
-    if new is None or pki.fingerprint(new.cert) != state["new_ca"]:
-        raise BundleError(f"{layout.rotation_state}: the new CA {state['new_ca'][:16]} is neither pending nor active")
-    actions = plan_leaves(config, layout, new, force=False, now=now)
-    if not swapped:
-        # Key before cert: the cert's fingerprint is what tells a resumed run the swap happened.
-        actions += [Write(layout.ca_key, new.key_pem(), CA_KEY_MODE, "new CA is now issuing"),
-                    Write(layout.ca_cert, new.cert_pem(), CERT_MODE, "new CA is now issuing")]
-    actions += [Delete(p, "next CA promoted") for p in _next_paths(layout) if p.exists()]
+    domains = _state_domains(state)
+    cas: dict[str, CA] = {}
+    actions: list[Action] = []
+    for domain, fingerprints in domains.items():
+        promoted = _promoted_ca(layout, domain, fingerprints)
+        new = promoted or _load_next_ca(layout, domain)
+        if new is None or pki.fingerprint(new.cert) != fingerprints["new"]:
+            raise BundleError(f"{layout.rotation_state}: the new {domain} CA {fingerprints['new'][:16]} is neither pending nor active")
+        cas[domain] = new
+        if promoted is None:
+            # Key before cert: the cert's fingerprint is what tells a resumed run the swap happened.
+            cert_path, key_path = layout.domain_ca(domain)
+            actions += [Write(key_path, new.key_pem(), CA_KEY_MODE, f"new {domain} CA is now issuing"),
+                        Write(cert_path, new.cert_pem(), CERT_MODE, f"new {domain} CA is now issuing")]
+        actions += [Delete(p, f"next {domain} CA promoted") for p in layout.next_ca(domain) if p.exists()]
+    # Leaves first, then the CA files: a crash in between leaves the old CA issuing and the
+    # re-issue is simply done again.
+    leaves = plan_leaves(config, layout, cas, force=False, now=now, domains=tuple(domains))
     due = now + config.tls_refresh_interval + margin(config)
-    actions.append(_state_write(layout, {**state, "phase": "reissued", "due": _iso(due)}))
-    return Step("ca", "reissued", "leaves re-issued from the new CA; the old CA key is gone", actions, due,
-                f"servers to reload the new certificates (until {_iso(due)})")
+    actions = leaves + actions + [_state_write(layout, {**state, "phase": "reissued", "due": _iso(due)})]
+    return Step(state["kind"], "reissued", f"leaves of {', '.join(domains)} re-issued from the new CA; the old CA key is gone",
+                actions, due, f"servers to reload the new certificates (until {_iso(due)})")
 
 
-def _drop_old_ca(layout) -> Step:
-    issuing = load_ca(layout)
-    actions: list[Action] = [
-        _trust_write(path, [issuing.cert], "trust the new CA only")
-        for path in (layout.trust_current, layout.trust_next, layout.trust_bundle)
-    ]
-    actions += _state_delete(layout, "ca")
-    return Step("ca", "done", "old CA dropped from the trust bundle", actions)
+def _drop_old_ca(config, layout, state) -> Step:
+    actions: list[Action] = []
+    for domain in _state_domains(state):
+        issuing = load_ca(layout, domain)
+        actions += [_trust_write(path, [issuing.cert], f"trust the new {domain} CA only") for path in layout.trust_files(domain)]
+    actions += _state_delete(layout, state["kind"])
+    return Step(state["kind"], "done", "old CA dropped from the trust bundle", actions)

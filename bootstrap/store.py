@@ -78,6 +78,25 @@ class Layout:
     def trust_next(self) -> Path:
         return self.root / "trust" / "next.pem"
 
+    # Trust domains: each has its own CA, so a certificate from one domain never passes a listener
+    # of another. The server domain keeps the names bundles had before domains existed
+    # (private/ca.*, trust/ca.pem), so applications keep the root they already verify with.
+    def domain_ca(self, domain: str) -> tuple[Path, Path]:
+        if domain == "server":
+            return self.ca_cert, self.ca_key
+        return self.private / f"ca-{domain}.pem", self.private / f"ca-{domain}.key"
+
+    def next_ca(self, domain: str) -> tuple[Path, Path]:
+        """Where a rotation keeps the domain's next CA until it starts issuing."""
+        suffix = "" if domain == "server" else f"-{domain}"
+        return self.private / f"ca{suffix}-next.pem", self.private / f"ca{suffix}-next.key"
+
+    def trust_files(self, domain: str) -> tuple[Path, Path, Path]:
+        """(bundle of every trusted CA, current CA, next CA): the bundle for OpenSSL-style readers
+        (PostgreSQL, clients), one CA per file for Temporal's hot reload."""
+        base = self.root / "trust" if domain == "server" else self.root / "trust" / domain
+        return base / "ca.pem", base / "current.pem", base / "next.pem"
+
     @property
     def jwks(self) -> Path:
         return self.root / "jwks" / "jwks.json"
@@ -94,6 +113,12 @@ class Layout:
 
     def token(self, role: str) -> Path:
         return self.root / "tokens" / f"{role}.jwt"
+
+    # registrar/: the system role's own cert, key and token for the namespace-registration job,
+    # so that job mounts no other role's key or token.
+    @property
+    def registrar_token(self) -> Path:
+        return self.root / "registrar" / "system.jwt"
 
     @property
     def config_dir(self) -> Path:

@@ -144,7 +144,7 @@ class PostgresServer:
         self._as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust"])
         tls = self.workdir / "tls"
         tls.mkdir(exist_ok=True)
-        for src, dst in (("postgres/server.pem", "server.pem"), ("postgres/server.key", "server.key"), ("trust/ca.pem", "ca.pem")):
+        for src, dst in (("postgres/server.pem", "server.pem"), ("postgres/server.key", "server.key"), ("trust/database/ca.pem", "ca.pem")):
             shutil.copy(self.bundle_dir / src, tls / dst)
             shutil.chown(tls / dst, "postgres", "postgres")
         os.chmod(tls / "server.key", 0o600)

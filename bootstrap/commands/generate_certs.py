@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
 from datetime import datetime
 
 from ..codec_keys import plan_codec_keys
@@ -22,18 +24,31 @@ def add_parser(sub, name):
     parser.set_defaults(run=run)
 
 
-def plan(config: BundleConfig, layout: Layout, force: bool, now: datetime) -> list[Action]:
-    actions, _ = plan_with_key(config, layout, force, now)
-    return actions
+@dataclass
+class Plan:
+    actions: list[Action]
+    signing_key: SigningKey  # active once the actions are applied
+    shared_domains: tuple[str, ...]  # trust domains still on the server CA (bundles made before domains)
 
 
-def plan_with_key(config: BundleConfig, layout: Layout, force: bool, now: datetime) -> tuple[list[Action], SigningKey]:
-    """The plan, plus the signing key that will be active once it is applied."""
+def plan(config: BundleConfig, layout: Layout, force: bool, now: datetime) -> Plan:
     state = plan_ca(config, layout, force, now)
-    check_clock(state.ca.cert.not_valid_before_utc, now)
+    for ca in state.cas.values():
+        check_clock(ca.cert.not_valid_before_utc, now)
     signing = plan_signing_key(config, layout, force)
-    leaves = plan_leaves(config, layout, state.ca, force, now)
-    return state.actions + leaves + signing.actions + plan_codec_keys(layout, force, now), signing.active
+    leaves = plan_leaves(config, layout, state.cas, force, now)
+    actions = state.actions + leaves + signing.actions + plan_codec_keys(layout, force, now)
+    return Plan(actions, signing.active, state.shared)
+
+
+def warn_shared(shared: tuple[str, ...]) -> None:
+    if shared:
+        print(
+            f"warning: trust domains {', '.join(shared)} still share the server CA (a bundle made before trust "
+            "domains): any client certificate opens the internode listeners. Separate them without downtime "
+            "with `rotate --kind trust-domains --wait`.",
+            file=sys.stderr,
+        )
 
 
 def check_clock(ca_not_before: datetime, now: datetime) -> None:
@@ -49,5 +64,7 @@ def check_clock(ca_not_before: datetime, now: datetime) -> None:
 def run(args) -> int:
     config, layout = load(args)
     with locked(layout):
-        report(layout, apply(layout, plan(config, layout, args.force, utcnow())), args.quiet)
+        result = plan(config, layout, args.force, utcnow())
+        report(layout, apply(layout, result.actions), args.quiet)
+    warn_shared(result.shared_domains)
     return 0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..pki import utcnow
 from ..store import apply, locked
-from ..plan import plan_tokens
+from ..plan import plan_registrar_token, plan_tokens
 from . import generate_certs, render_config
 from .common import load, report, standard
 
@@ -26,9 +26,11 @@ def run(args) -> int:
     with locked(layout):
         # Everything is planned before anything is written: a corrupt token or a hand-edited
         # config file stops the run with the disk untouched.
-        pki_actions, key = generate_certs.plan_with_key(config, layout, args.force, now)
-        token_actions, _ = plan_tokens(config, layout, key, args.force, now)
+        pki = generate_certs.plan(config, layout, args.force, now)
+        token_actions, _ = plan_tokens(config, layout, pki.signing_key, args.force, now)
+        registrar = plan_registrar_token(config, layout, pki.signing_key, args.force, now)
         rendered = render_config.plan(config, layout, args.force, args.templates)
-        actions = apply(layout, pki_actions + token_actions + rendered)
+        actions = apply(layout, pki.actions + token_actions + registrar + rendered)
     report(layout, actions, args.quiet)
+    generate_certs.warn_shared(pki.shared_domains)
     return 0

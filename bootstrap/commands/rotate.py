@@ -20,8 +20,13 @@ at any point is completed by the next one.
   --kind signing-key  publish a new key beside the old in jwks.json; after jwt.refresh_interval
                       make it active and re-mint tokens; after the longest token lifetime retire
                       the old key.
-  --kind ca           trust old+new CA; then re-issue every leaf from the new CA; then drop the
-                      old CA from the trust bundle.
+  --kind ca           every trust domain (server, client, internode, database) at once: trust
+                      old+new CA; then re-issue the leaves from the new CAs; then drop the old.
+  --kind trust-domains  a bundle made before trust domains, where one CA signs everything: the
+                      client, internode and database domains get CAs of their own in the same
+                      three phases (the server CA, which clients verify with, stays). Run it
+                      under load: nothing fails; restart `temporal` once afterwards (it keeps
+                      the database client certificate it started with).
   --kind codec-key    add a new payload data key to codec-keys/keys.json and make it the one that
                       encrypts; old keys stay for decoding. Codecs re-read the file, no restart.
 """

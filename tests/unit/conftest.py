@@ -26,6 +26,8 @@ RSA_CONFIG = SMALL_CONFIG + "pki: {key_algorithm: rsa-3072}\njwt: {algorithm: RS
 EXPECTED_LEAVES = {
     ("server", "frontend"): "server",
     ("server", "internode"): "both",
+    ("server", "health"): "client",
+    ("registrar", "system"): "client",
     ("jwks", "server"): "server",
     ("ui", "client"): "client",
     ("codec", "server"): "server",
@@ -102,6 +104,13 @@ class Bundle:
     @property
     def ca_file(self) -> Path:
         return self.layout.trust_bundle
+
+    def ca_of(self, domain: str) -> CA:
+        """The CA of one trust domain (server is `ca`)."""
+        return self._memo(("ca", domain), lambda: CA.from_pem(*(p.read_bytes() for p in self.layout.domain_ca(domain))))
+
+    def ca_file_of(self, domain: str) -> Path:
+        return self.layout.trust_files(domain)[0]
 
     def leaf_paths(self, directory: str, name: str) -> tuple[Path, Path]:
         return self.layout.leaf(directory, name)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bootstrap.plan import DOMAINS
+from bootstrap.store import Layout
 from bootstrap.pki import keys_match, load_cert, sans_of, signed_by
 from bootstrap.render import GENERATED_MARK
 
@@ -125,10 +127,9 @@ def test_force_init_replaces_everything_including_the_ca(fresh_bundle):
     assert fresh_bundle.layout.active_kid.read_text() != old_kid
     assert "removed private/jwt/" in result.out  # the old signing key is dropped
     assert not fresh_bundle.layout.signing_key(old_kid.strip()).exists()
-    ca = fresh_bundle.ca.cert
     for spec in fresh_bundle.specs():
         cert, key = fresh_bundle.leaf(spec.directory, spec.name)
-        assert signed_by(cert, ca) and keys_match(cert, key)
+        assert signed_by(cert, fresh_bundle.ca_of(spec.domain).cert) and keys_match(cert, key)
 
 
 def test_our_cert_beside_a_mismatched_key_is_reissued_as_an_interrupted_write(fresh_bundle, plant_file):
@@ -225,13 +226,14 @@ def test_changed_permissions_remint_the_token(fresh_bundle):
 def assert_modes(root: Path) -> None:
     assert mode(root / "private") == 0o700
     assert mode(root / "private" / "jwt") == 0o700
-    for directory in ("server", "clients", "trust", "jwks", "tokens", "config", "ui", "postgres", "dbclient"):
+    for directory in ("server", "clients", "trust", "jwks", "tokens", "config", "ui", "postgres", "dbclient", "registrar"):
         # Consumers running as another uid mount these: the umask must not close them.
         assert mode(root / directory) == 0o755, directory
-    assert mode(root / "private" / "ca.key") == 0o400
+    for domain in DOMAINS:
+        assert mode(Layout(root).domain_ca(domain)[1]) == 0o400, domain
     for path in files_under(root):
         rel = path.relative_to(root)
-        if path.name == "ca.key" and rel.parts[0] == "private":
+        if rel.parts[0] == "private" and path.name.startswith("ca") and path.suffix == ".key":
             continue
         if path.suffix == ".key":
             assert mode(path) == 0o600, rel

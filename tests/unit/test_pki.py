@@ -16,7 +16,8 @@ from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyB
 
 from bootstrap import pki
 from bootstrap.errors import BundleError
-from bootstrap.pki import BACKDATE, CA, keys_match, signed_by, utcnow
+from bootstrap.pki import BACKDATE, CA, fingerprint, keys_match, signed_by, utcnow
+from bootstrap.plan import DOMAINS
 
 SERVER_AUTH, CLIENT_AUTH = ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
 EKUS = {"server": {SERVER_AUTH}, "client": {CLIENT_AUTH}, "both": {SERVER_AUTH, CLIENT_AUTH}}
@@ -69,7 +70,7 @@ def test_bundle_holds_exactly_the_expected_leaves(ec_bundle, expected_leaves):
     on_disk = {
         (p.parent.name, p.stem)
         for p in ec_bundle.root.rglob("*.pem")
-        if p.parent.name not in ("private", "trust")
+        if p.parent.name not in ("private", "trust") and p.parent.parent.name != "trust"
     }
     assert on_disk == set(expected_leaves)
 
@@ -77,17 +78,18 @@ def test_bundle_holds_exactly_the_expected_leaves(ec_bundle, expected_leaves):
 @pytest.mark.parametrize("bundle_name", ["ec_bundle", "rsa_bundle"])
 def test_every_leaf_verifies_with_cryptography(bundle_name, request):
     bundle = request.getfixturevalue(bundle_name)
-    store = Store([bundle.ca.cert])
     for spec in bundle.specs():
+        issuer = bundle.ca_of(spec.domain).cert
+        store = Store([issuer])
         cert, key = bundle.leaf(spec.directory, spec.name)
         assert keys_match(cert, key), spec
         if spec.usage in ("server", "both"):
             for san in spec.sans:  # every SAN, DNS and IP alike
                 chain = server_verifier(store, san).verify(cert, [])
-                assert chain[-1] == bundle.ca.cert
+                assert chain[-1] == issuer
         if spec.usage in ("client", "both"):
             verified = client_verifier(store).verify(cert, [])
-            assert verified.chain[-1] == bundle.ca.cert
+            assert verified.chain[-1] == issuer
 
 
 @pytest.mark.parametrize("bundle_name", ["ec_bundle", "rsa_bundle"])
@@ -96,7 +98,7 @@ def test_every_leaf_verifies_with_openssl(bundle_name, request):
     for spec in bundle.specs():
         cert_path, _ = bundle.leaf_paths(spec.directory, spec.name)
         for purpose in OPENSSL_PURPOSE[spec.usage]:
-            result = openssl_verify(bundle.ca_file, cert_path, purpose)
+            result = openssl_verify(bundle.ca_file_of(spec.domain), cert_path, purpose)
             assert result.returncode == 0 and result.stdout.strip().endswith(": OK"), (spec, result.stderr)
 
 
@@ -107,8 +109,8 @@ def test_openssl_checks_the_hostname_of_server_certs(ec_bundle):
         cert_path, _ = ec_bundle.leaf_paths(spec.directory, spec.name)
         for san in spec.sans:
             flag = "-verify_ip" if san[0].isdigit() else "-verify_hostname"
-            assert openssl_verify(ec_bundle.ca_file, cert_path, "sslserver", flag, san).returncode == 0
-        wrong = openssl_verify(ec_bundle.ca_file, cert_path, "sslserver", "-verify_hostname", "evil.example")
+            assert openssl_verify(ec_bundle.ca_file_of(spec.domain), cert_path, "sslserver", flag, san).returncode == 0
+        wrong = openssl_verify(ec_bundle.ca_file_of(spec.domain), cert_path, "sslserver", "-verify_hostname", "evil.example")
         assert wrong.returncode != 0 and "hostname mismatch" in (wrong.stdout + wrong.stderr)
 
 
@@ -127,17 +129,34 @@ def test_leaves_are_rejected_under_a_foreign_ca(ec_bundle, foreign_ca, tmp_path)
 
 def test_purposes_are_enforced_by_both_verifiers(ec_bundle):
     """The frontend cert is server-only and a client cert is client-only: each verifier says no."""
-    store = Store([ec_bundle.ca.cert])
     frontend, _ = ec_bundle.leaf("server", "frontend")
     client, _ = ec_bundle.leaf("clients", "worker")
     with pytest.raises(VerificationError, match="EKU"):
-        client_verifier(store).verify(frontend, [])
+        client_verifier(Store([ec_bundle.ca.cert])).verify(frontend, [])
     with pytest.raises(VerificationError):
-        server_verifier(store, "localhost").verify(client, [])
+        server_verifier(Store([ec_bundle.ca_of("client").cert]), "localhost").verify(client, [])
     frontend_path, _ = ec_bundle.leaf_paths("server", "frontend")
     client_path, _ = ec_bundle.leaf_paths("clients", "worker")
     assert openssl_verify(ec_bundle.ca_file, frontend_path, "sslclient").returncode != 0
-    assert openssl_verify(ec_bundle.ca_file, client_path, "sslserver").returncode != 0
+    assert openssl_verify(ec_bundle.ca_file_of("client"), client_path, "sslserver").returncode != 0
+
+
+@pytest.mark.parametrize("bundle_name", ["ec_bundle", "rsa_bundle"])
+def test_each_trust_domain_has_its_own_ca_and_no_leaf_crosses_domains(bundle_name, request):
+    bundle = request.getfixturevalue(bundle_name)
+    cas = {domain: bundle.ca_of(domain).cert for domain in DOMAINS}
+    assert len({fingerprint(c) for c in cas.values()}) == len(DOMAINS)
+    for spec in bundle.specs():
+        cert, _ = bundle.leaf(spec.directory, spec.name)
+        signers = [domain for domain, ca in cas.items() if signed_by(cert, ca)]
+        assert signers == [spec.domain], spec
+        cert_path, _ = bundle.leaf_paths(spec.directory, spec.name)
+        for domain in DOMAINS:
+            if domain != spec.domain:
+                for purpose in OPENSSL_PURPOSE[spec.usage]:
+                    assert openssl_verify(bundle.ca_file_of(domain), cert_path, purpose).returncode != 0, (spec, domain)
+    internode = [s for s in bundle.specs() if s.domain == "internode"]
+    assert [(s.directory, s.name) for s in internode] == [("server", "internode")]
 
 
 def test_server_verifier_rejects_a_name_not_in_the_sans(ec_bundle):
@@ -169,10 +188,10 @@ def test_ca_extensions(ec_bundle):
 @pytest.mark.parametrize("bundle_name", ["ec_bundle", "rsa_bundle"])
 def test_leaf_extensions(bundle_name, request):
     bundle = request.getfixturevalue(bundle_name)
-    ca = bundle.ca.cert
-    ca_ski = ext(ca, x509.SubjectKeyIdentifier).value.digest
     is_rsa = bundle.config.pki.key_algorithm.startswith("rsa")
     for spec in bundle.specs():
+        ca = bundle.ca_of(spec.domain).cert
+        ca_ski = ext(ca, x509.SubjectKeyIdentifier).value.digest
         cert, _ = bundle.leaf(spec.directory, spec.name)
         bc = ext(cert, x509.BasicConstraints)
         assert bc.critical and bc.value.ca is False and bc.value.path_length is None, spec
@@ -261,7 +280,7 @@ def test_leaves_from_an_ageing_ca_on_disk_are_capped(fresh_bundle, plant_file):
     result = fresh_bundle.run("generate-certs")
     assert result.code == 0, result.err
     assert "re-issued: issued by another CA" in result.out
-    for spec in fresh_bundle.specs():
+    for spec in (s for s in fresh_bundle.specs() if s.domain == "server"):
         cert, key = fresh_bundle.leaf(spec.directory, spec.name)
         assert cert.not_valid_after_utc == old.cert.not_valid_after_utc
         assert signed_by(cert, old.cert) and keys_match(cert, key)

@@ -47,8 +47,15 @@ def test_internal_frontend_service_and_no_public_client(server_config):
     services = server_config["services"]
     assert {"frontend", "internal-frontend", "history", "matching", "worker"} <= set(services)
     rpc = services["internal-frontend"]["rpc"]
-    assert rpc["grpcPort"] == 7236 and rpc["httpPort"] == 7246 and rpc["membershipPort"] == 6936
+    # No HTTP API on the internal-frontend: it would take the frontend's TLS settings (client CA)
+    # and hand system admin to any client certificate.
+    assert rpc["grpcPort"] == 7236 and rpc["httpPort"] == 0 and rpc["membershipPort"] == 6936
     assert services["frontend"]["rpc"]["grpcPort"] == 7233
+    # Only the frontend listens beyond loopback; everything internal stays in the container.
+    assert services["frontend"]["rpc"]["bindOnIP"] == "0.0.0.0"
+    for name in ("internal-frontend", "history", "matching", "worker"):
+        assert services[name]["rpc"]["bindOnIP"] == "127.0.0.1", name
+    assert server_config["global"]["metrics"]["prometheus"]["listenAddress"].startswith("127.0.0.1:")
     # With internal-frontend the system worker must not be pointed at the public frontend.
     assert not server_config.get("publicClient")
 
@@ -59,11 +66,15 @@ def test_tls_block(server_config):
     checks = tls["expirationChecks"]
     assert set(checks) == {"warningWindow", "errorWindow", "checkInterval"}
     assert checks["warningWindow"] == "720h"  # renew_before 30d, in Go syntax
+    internode = ["/bundle/trust/internode/current.pem", "/bundle/trust/internode/next.pem"]
     for group in ("internode", "frontend"):
-        server = tls[group]["server"]
-        assert server["requireClientAuth"] is True, group
-        assert server["clientCaFiles"] == ["/bundle/trust/current.pem", "/bundle/trust/next.pem"]
-        assert tls[group]["client"]["rootCaFiles"] == ["/bundle/trust/current.pem", "/bundle/trust/next.pem"]
+        assert tls[group]["server"]["requireClientAuth"] is True, group
+    # Per TLS group only the roots that group needs (one trust domain each).
+    assert tls["internode"]["server"]["clientCaFiles"] == internode
+    assert tls["internode"]["client"]["rootCaFiles"] == internode
+    assert tls["systemWorker"]["client"]["rootCaFiles"] == internode
+    assert tls["frontend"]["server"]["clientCaFiles"] == ["/bundle/trust/client/current.pem", "/bundle/trust/client/next.pem"]
+    assert tls["frontend"]["client"]["rootCaFiles"] == ["/bundle/trust/current.pem", "/bundle/trust/next.pem"]
     assert tls["frontend"]["server"]["certFile"] == "/bundle/server/frontend.pem"
     assert tls["internode"]["server"]["certFile"] == "/bundle/server/internode.pem"
     assert tls["internode"]["client"]["serverName"] == "internode.temporal.internal"
@@ -79,6 +90,7 @@ def test_postgres_persistence_uses_tls_and_cert_auth(server_config):
         assert sql["pluginName"] == "postgres12" and sql["databaseName"] == database
         assert sql["tls"]["enabled"] is True and sql["tls"]["enableHostVerification"] is True
         assert sql["tls"]["certFile"] == "/bundle/dbclient/temporal.pem"
+        assert sql["tls"]["caFile"] == "/bundle/trust/ca.pem"  # PostgreSQL's server cert: server domain
 
 
 def test_dynamic_config_and_compose_env_parse(ec_bundle):

@@ -132,7 +132,9 @@ def assert_alerted(error: BaseException | None) -> None:
 def files(ec_bundle):
     layout = ec_bundle.layout
     return {
-        "ca": layout.trust_bundle,
+        "ca": layout.trust_bundle,  # the server domain: what clients verify servers with
+        "client_ca": layout.trust_files("client")[0],  # what the frontend accepts client certs from
+        "internode_ca": layout.trust_files("internode")[0],
         "frontend": layout.leaf("server", "frontend"),
         "internode": layout.leaf("server", "internode"),
         "client": layout.leaf("clients", "client"),
@@ -147,7 +149,7 @@ def files(ec_bundle):
 @pytest.mark.parametrize("hostname", ["temporal", "localhost", "127.0.0.1"])
 def test_right_ca_and_client_cert_succeeds(files, version, hostname):
     outcome = handshake(
-        server_context(*files["frontend"], files["ca"], version),
+        server_context(*files["frontend"], files["client_ca"], version),
         client_context(files["ca"], *files["client"], version=version),
         hostname,
     )
@@ -157,8 +159,8 @@ def test_right_ca_and_client_cert_succeeds(files, version, hostname):
 
 def test_internode_cert_is_both_server_and_client(files):
     outcome = handshake(
-        server_context(*files["internode"], files["ca"]),
-        client_context(files["ca"], *files["internode"]),
+        server_context(*files["internode"], files["internode_ca"]),
+        client_context(files["internode_ca"], *files["internode"]),
         "internode.temporal.internal",
     )
     assert outcome.ok, outcome
@@ -167,8 +169,9 @@ def test_internode_cert_is_both_server_and_client(files):
 
 def test_trust_current_pem_works_like_the_bundle(ec_bundle, files):
     current = ec_bundle.layout.trust_current
+    client_current = ec_bundle.layout.trust_files("client")[1]
     outcome = handshake(
-        server_context(*files["frontend"], current), client_context(current, *files["system"]), "temporal"
+        server_context(*files["frontend"], client_current), client_context(current, *files["system"]), "temporal"
     )
     assert outcome.ok, outcome
 
@@ -180,7 +183,7 @@ def test_client_trusting_a_foreign_ca_rejects_the_server(files, foreign_ca, tmp_
     foreign = tmp_path / "foreign-ca.pem"
     foreign.write_bytes(foreign_ca.cert_pem())
     outcome = handshake(
-        server_context(*files["frontend"], files["ca"]), client_context(foreign, *files["client"]), "temporal"
+        server_context(*files["frontend"], files["client_ca"]), client_context(foreign, *files["client"]), "temporal"
     )
     assert_verify_error(outcome.client_error, UNTRUSTED)
     assert_alerted(outcome.server_error)
@@ -190,7 +193,7 @@ def test_client_trusting_a_foreign_ca_rejects_the_server(files, foreign_ca, tmp_
 def test_server_rejects_a_client_cert_from_a_foreign_ca(files, foreign_ca, tmp_path, version):
     cert, key = write_leaf(tmp_path, "intruder", foreign_ca.issue_cert(common_name="temporal-bundle:system", usage="client"))
     outcome = handshake(
-        server_context(*files["frontend"], files["ca"], version),
+        server_context(*files["frontend"], files["client_ca"], version),
         client_context(files["ca"], cert, key, version),
         "temporal",
     )
@@ -201,7 +204,7 @@ def test_server_rejects_a_client_cert_from_a_foreign_ca(files, foreign_ca, tmp_p
 @pytest.mark.parametrize("version", TLS_VERSIONS, ids=["tls1.2", "tls1.3"])
 def test_server_rejects_a_missing_client_cert(files, version):
     outcome = handshake(
-        server_context(*files["frontend"], files["ca"], version), client_context(files["ca"], None, None, version), "temporal"
+        server_context(*files["frontend"], files["client_ca"], version), client_context(files["ca"], None, None, version), "temporal"
     )
     assert isinstance(outcome.server_error, ssl.SSLError), repr(outcome.server_error)
     assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in str(outcome.server_error).upper()
@@ -210,7 +213,7 @@ def test_server_rejects_a_missing_client_cert(files, version):
 
 def test_wrong_hostname_is_rejected_by_the_client(files):
     outcome = handshake(
-        server_context(*files["frontend"], files["ca"]),
+        server_context(*files["frontend"], files["client_ca"]),
         client_context(files["ca"], *files["client"]),
         "internode.temporal.internal",  # a name only the internode cert carries
     )
@@ -223,19 +226,19 @@ def test_expired_server_cert_is_rejected_by_the_client(ec_bundle, files, tmp_pat
         "temporal", "localhost", usage="server", now=utcnow() - timedelta(days=10), lifetime=timedelta(days=1)
     )
     cert, key = write_leaf(tmp_path, "expired-server", expired)
-    outcome = handshake(server_context(cert, key, files["ca"]), client_context(files["ca"], *files["client"]), "temporal")
+    outcome = handshake(server_context(cert, key, files["client_ca"]), client_context(files["ca"], *files["client"]), "temporal")
     assert_verify_error(outcome.client_error, CERT_HAS_EXPIRED)
     assert_alerted(outcome.server_error)
 
 
 @pytest.mark.parametrize("version", TLS_VERSIONS, ids=["tls1.2", "tls1.3"])
 def test_expired_client_cert_is_rejected_by_the_server(ec_bundle, files, tmp_path, version):
-    expired = ec_bundle.ca.issue_cert(
+    expired = ec_bundle.ca_of("client").issue_cert(
         common_name="temporal-bundle:client", usage="client", now=utcnow() - timedelta(days=10), lifetime=timedelta(days=1)
     )
     cert, key = write_leaf(tmp_path, "expired-client", expired)
     outcome = handshake(
-        server_context(*files["frontend"], files["ca"], version), client_context(files["ca"], cert, key, version), "temporal"
+        server_context(*files["frontend"], files["client_ca"], version), client_context(files["ca"], cert, key, version), "temporal"
     )
     assert_verify_error(outcome.server_error, CERT_HAS_EXPIRED)
     assert_alerted(outcome.client_error)
@@ -245,8 +248,9 @@ def test_expired_client_cert_is_rejected_by_the_server(ec_bundle, files, tmp_pat
 def test_server_cert_used_as_client_cert_is_rejected(files, version):
     """The frontend cert has serverAuth only: presenting it as a client cert must fail."""
     outcome = handshake(
+        # The server trusts the frontend cert's issuer here, so only the EKU can refuse it.
         server_context(*files["internode"], files["ca"], version),
-        client_context(files["ca"], *files["frontend"], version),
+        client_context(files["internode_ca"], *files["frontend"], version),
         "internode.temporal.internal",
     )
     assert_verify_error(outcome.server_error, INVALID_PURPOSE)
@@ -257,7 +261,7 @@ def test_client_cert_used_as_server_cert_is_rejected(files, ec_bundle, tmp_path)
     """A clientAuth-only cert, even one carrying the right name, cannot serve."""
     leaf = ec_bundle.ca.issue_cert("temporal", usage="client")
     cert, key = write_leaf(tmp_path, "client-as-server", leaf)
-    outcome = handshake(server_context(cert, key, files["ca"]), client_context(files["ca"], *files["client"]), "temporal")
+    outcome = handshake(server_context(cert, key, files["client_ca"]), client_context(files["ca"], *files["client"]), "temporal")
     assert_verify_error(outcome.client_error, INVALID_PURPOSE)
     assert_alerted(outcome.server_error)
 
@@ -268,5 +272,21 @@ def test_two_ca_trust_file_accepts_a_server_on_the_new_ca(files, tmp_path):
     cert, key = write_leaf(tmp_path, "next-frontend", new_ca.issue_cert("temporal", usage="server"))
     both = tmp_path / "both.pem"
     both.write_bytes(files["ca"].read_bytes() + new_ca.cert_pem())
-    outcome = handshake(server_context(cert, key, both), client_context(both, *files["client"]), "temporal")
+    outcome = handshake(server_context(cert, key, files["client_ca"]), client_context(both, *files["client"]), "temporal")
     assert outcome.ok, outcome
+
+
+@pytest.mark.parametrize("version", TLS_VERSIONS, ids=["tls1.2", "tls1.3"])
+def test_no_certificate_of_another_domain_passes_an_internode_server(ec_bundle, files, version):
+    """The internode server trusts the internode CA only: every client-usage leaf of the bundle
+    (roles, UI, health check, database client, registrar) is refused by the server itself."""
+    for spec in ec_bundle.specs():
+        if spec.domain == "internode" or spec.usage == "server":
+            continue
+        outcome = handshake(
+            server_context(*files["internode"], files["internode_ca"], version),
+            client_context(files["internode_ca"], *ec_bundle.leaf_paths(spec.directory, spec.name), version),
+            "internode.temporal.internal",
+        )
+        assert_verify_error(outcome.server_error, UNTRUSTED)
+        assert_alerted(outcome.client_error)
