@@ -29,10 +29,12 @@ class RoleCredentials:
     token: str | None
 
     @classmethod
-    def load(cls, bundle_dir: str | Path, role: str, cert_dir: str = "clients", with_token: bool = True):
+    def load(
+        cls, bundle_dir: str | Path, role: str, cert_dir: str = "clients", with_token: bool = True, token_dir: str = "tokens"
+    ):
         root = Path(bundle_dir)
         cert, key = _read_matching_pair(root / cert_dir / f"{role}.pem", root / cert_dir / f"{role}.key")
-        token = read_token(root / "tokens" / f"{role}.jwt") if with_token else None
+        token = read_token(root / token_dir / f"{role}.jwt") if with_token else None
         return cls(_read(root / "trust" / "ca.pem"), cert, key, token)
 
     def tls_config(self, server_name: str):

@@ -26,6 +26,12 @@ def add_parser(sub, name):
     parser.add_argument("--address", help="frontend host:port (default: <frontend_host>:<frontend_port> from config)")
     parser.add_argument("--server-name", help="TLS server name (default: frontend_host from config)")
     parser.add_argument("--role", default="system", help="role whose cert and token are used (default: system)")
+    parser.add_argument(
+        "--registrar",
+        action="store_true",
+        help="use registrar/system.{pem,key,jwt}, the system credentials kept for this job alone "
+        "(what the compose job mounts: no other role's key or token)",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the frontend (default: 120)")
     parser.add_argument("--update-retention", action="store_true", help="apply retention drift to the server")
     parser.set_defaults(run=run)
@@ -34,7 +40,10 @@ def add_parser(sub, name):
 def run(args) -> int:
     config, layout = load(args)
     config.role(args.role)  # unknown role: clear error before any network traffic
-    creds = RoleCredentials.load(layout.root, args.role)
+    if args.registrar:
+        creds = RoleCredentials.load(layout.root, "system", cert_dir="registrar", token_dir="registrar")
+    else:
+        creds = RoleCredentials.load(layout.root, args.role)
     net = config.network
     target = args.address or f"{net.frontend_host}:{net.frontend_port}"
     server_name = args.server_name or net.frontend_host

@@ -93,6 +93,29 @@ def test_secrets_are_mounted_only_where_needed(resolved):
     assert resolved["networks"]["backend"].get("internal") is True
 
 
+# Least privilege: every bundle volume each service mounts, and nothing more. A new mount must be
+# argued for here. Only the bootstrap sees CA keys; only the refresher sees signing keys; only
+# applications' own containers (not in this file) mount clients/ and tokens/.
+BUNDLE_MOUNTS = {
+    "token-refresher": {"bundle-root", "bundle-signing", "bundle-tokens"},
+    "jwks": {"bundle-jwks", "bundle-trust"},
+    "postgresql": {"bundle-postgres", "bundle-trust"},
+    "temporal-schema": {"bundle-trust", "bundle-dbclient"},
+    "temporal": {"bundle-config", "bundle-trust", "bundle-server", "bundle-dbclient", "bundle-tools"},
+    "temporal-register-namespaces": {"bundle-trust", "bundle-registrar"},
+    "codec-server": {"bundle-codec", "bundle-codec-keys", "bundle-trust"},
+    "temporal-ui": {"bundle-trust", "bundle-ui"},
+}
+
+
+def test_each_service_mounts_only_the_bundle_volumes_it_uses(resolved):
+    for name, service in resolved["services"].items():
+        if name == "bootstrap":
+            continue
+        mounted = {v["source"] for v in service.get("volumes", []) if v.get("type") == "volume" and v["source"].startswith("bundle-")}
+        assert mounted == BUNDLE_MOUNTS[name], name
+
+
 def test_startup_order_waits_for_health_and_jobs(resolved):
     deps = {name: s.get("depends_on", {}) for name, s in resolved["services"].items()}
     assert deps["temporal"]["temporal-schema"]["condition"] == "service_completed_successfully"
