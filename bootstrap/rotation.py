@@ -257,6 +257,8 @@ def _step_ca(config: BundleConfig, layout: Layout, now: datetime, kind: str) -> 
         return _reissue_from_new_ca(config, layout, state, now)
     if state["phase"] == "reissued":
         return _drop_old_ca(config, layout, state)
+    if state["phase"] == "restart-pending":
+        return _drop_old_ca(config, layout, state, only=("database",))
     raise BundleError(f"{layout.rotation_state}: unknown {kind} phase {state['phase']!r}")
 
 
@@ -333,10 +335,25 @@ def _reissue_from_new_ca(config, layout, state, now) -> Step:
                 actions, due, f"servers to reload the new certificates (until {_iso(due)})")
 
 
-def _drop_old_ca(config, layout, state) -> Step:
+# Temporal loads its PostgreSQL client certificate once, at start: PostgreSQL may stop trusting the
+# old database CA only after the server restarted with the re-issued certificate.
+RESTART_NOTE = ("a restart of the temporal server (it keeps the PostgreSQL client certificate it started with); "
+                "then run rotate again to drop the old CA from PostgreSQL's trust")
+
+
+def _drop_old_ca(config, layout, state, only: tuple[str, ...] | None = None) -> Step:
+    domains = [d for d in _state_domains(state) if only is None or d in only]
+    on_postgres = config.persistence.driver == "postgres"
+    deferred = [d for d in domains if d == "database" and only is None and on_postgres]
     actions: list[Action] = []
-    for domain in _state_domains(state):
+    for domain in domains:
+        if domain in deferred:
+            continue
         issuing = load_ca(layout, domain)
         actions += [_trust_write(path, [issuing.cert], f"trust the new {domain} CA only") for path in layout.trust_files(domain)]
+    if deferred:
+        actions.append(_state_write(layout, {**state, "phase": "restart-pending", "due": _iso(pki.utcnow())}))
+        return Step(state["kind"], "restart-pending", "old CA dropped except from PostgreSQL's trust", actions,
+                    None, RESTART_NOTE)
     actions += _state_delete(layout, state["kind"])
     return Step(state["kind"], "done", "old CA dropped from the trust bundle", actions)

@@ -65,6 +65,8 @@ def run(args) -> int:
         if result.done:
             return 0
         print(f"rotation {result.kind}: phase {result.phase}, waiting for {result.waiting_for}", flush=True)
+        if result.due is None:  # waits for the operator, not for a clock
+            return 0
         if not args.wait:
             print(f"rotation {result.kind}: run `rotate` again after that to continue")
             return 0

@@ -171,11 +171,21 @@ def test_certificate_from_a_foreign_ca_is_refused(sqlite_cluster):
 
 
 def test_expired_client_certificate_is_refused(sqlite_cluster):
-    ca = CA.from_pem(read(sqlite_cluster, "private/ca.pem"), read(sqlite_cluster, "private/ca.key"))
+    # From the right CA (the client domain's), so only the expiry can refuse it.
+    ca = CA.from_pem(read(sqlite_cluster, "private/ca-client.pem"), read(sqlite_cluster, "private/ca-client.key"))
     expired = ca.issue_cert(common_name="temporal-bundle:client", usage="client",
                             now=utcnow() - timedelta(days=10), lifetime=timedelta(days=1))
     who = identity(sqlite_cluster)
     assert run(sqlite_cluster, Identity(expired.cert_pem(), expired.key_pem(), who.token, who.ca), "describe") == "refused"
+
+
+def test_valid_certificates_of_other_trust_domains_are_refused(sqlite_cluster):
+    """The internode and database client certs are valid client certs, just not from the client
+    domain: the frontend refuses them even with a valid token."""
+    who = identity(sqlite_cluster)
+    for cert in ("server/internode", "dbclient/temporal") if sqlite_cluster.driver == "postgres" else ("server/internode",):
+        stranger = Identity(read(sqlite_cluster, f"{cert}.pem"), read(sqlite_cluster, f"{cert}.key"), who.token, who.ca)
+        assert run(sqlite_cluster, stranger, "describe") == "refused", cert
 
 
 def test_server_certificate_without_client_auth_is_refused(sqlite_cluster):

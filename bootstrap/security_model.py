@@ -1,0 +1,83 @@
+"""Who may connect to which listener: the one statement of the bundle's security model.
+
+The README's "Security model" table is rendered from LISTENERS (a test keeps them equal), and the
+attack-matrix tests take their expectations from the same entries, so the table cannot drift from
+what the real server does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import NetworkConfig
+
+
+@dataclass(frozen=True)
+class Listener:
+    name: str
+    port: str  # a NetworkConfig attribute, or a literal port for services outside the server
+    # What TLS admits: a trust domain whose client certificates pass ("client", "internode",
+    # "database"), "any" (TLS without client certificates), or "plaintext".
+    admits: str
+    token: str  # what a caller needs beyond the TLS layer
+    # Where it is reachable in the compose stack: "published" (host loopback and the edge
+    # network), "edge", "backend" (no application container joins it), "container" (loopback
+    # inside its own container only).
+    reach: str
+    service: str = "temporal"
+
+    def port_number(self, net: NetworkConfig) -> int:
+        if self.port.isdigit():
+            return int(self.port)
+        if self.port.endswith("+membership"):
+            return getattr(net, self.port.removesuffix("+membership")) + net.membership_port_offset
+        return getattr(net, self.port)
+
+
+TOKEN_NEEDED = "a role token for every call (health and GetSystemInfo excepted)"
+
+LISTENERS = (
+    Listener("frontend gRPC", "frontend_port", "client", TOKEN_NEEDED, "published"),
+    Listener("frontend HTTP API", "frontend_http_port", "client", TOKEN_NEEDED, "edge"),
+    Listener("frontend membership", "frontend_port+membership", "internode", "none (ringpop over internode TLS)", "edge"),
+    Listener("internal-frontend", "internal_frontend_port", "internode", "NONE: every caller is system admin", "container"),
+    Listener("internal-frontend membership", "internal_frontend_port+membership", "internode", "none", "container"),
+    Listener("history", "history_port", "internode", "none", "container"),
+    Listener("history membership", "history_port+membership", "internode", "none", "container"),
+    Listener("matching", "matching_port", "internode", "none", "container"),
+    Listener("matching membership", "matching_port+membership", "internode", "none", "container"),
+    Listener("worker", "worker_port", "internode", "none", "container"),
+    Listener("worker membership", "worker_port+membership", "internode", "none", "container"),
+    Listener("metrics", "metrics_port", "plaintext", "none (read-only metrics)", "container"),
+    Listener("JWKS", "jwks_port", "any", "none (public keys)", "backend", service="jwks"),
+    Listener("codec server", "8888", "any", "a role token; plaintext only for codec.decrypt_role", "published",
+             service="codec-server"),
+    Listener("Web UI", "ui_port", "plaintext", "an OIDC login (the frontend checks the user's token)", "published",
+             service="temporal-ui"),
+    Listener("PostgreSQL", "5432", "database", "certificate auth: CN = database user", "backend", service="postgresql"),
+)
+
+ADMITS = {
+    "client": "client-domain certs (roles, UI, health check)",
+    "internode": "the internode cert only",
+    "database": "the database client cert only",
+    "any": "TLS, no client cert asked",
+    "plaintext": "no TLS",
+}
+REACH = {
+    "published": "host (127.0.0.1) and the edge network",
+    "edge": "edge network (not published)",
+    "backend": "backend network only (no application joins it)",
+    "container": "loopback inside its container only",
+}
+
+
+def markdown_table(net: NetworkConfig | None = None) -> str:
+    net = net or NetworkConfig()
+    rows = ["| listener | port | TLS admits | beyond TLS | reachable from |", "| --- | --- | --- | --- | --- |"]
+    for item in LISTENERS:
+        rows.append(
+            f"| {item.name} | {item.port_number(net)} | {ADMITS[item.admits]} | {item.token} | {REACH[item.reach]} |"
+        )
+    rows.append("| internal-frontend HTTP API | off | - | - | not listening (it would take the frontend's client CA) |")
+    return "\n".join(rows) + "\n"
