@@ -229,6 +229,9 @@ class LocalCluster:
     jwks_refresh: str = "1m"
     processes: list = field(default_factory=list)
     postgres: PostgresServer | None = None
+    # Called with the cluster after `init`, before anything starts: lets a test reshape the
+    # bundle (e.g. into the one-CA layout of bundles made before trust domains).
+    after_init: object = None
 
     @property
     def bundle(self) -> Path:
@@ -288,6 +291,8 @@ class LocalCluster:
             self.postgres = PostgresServer(Path(tempfile.mkdtemp(prefix="bundle-pg-")), self.bundle)
         self.write_config()
         run_cli("init", "--config", str(self.config_path), "--out", str(self.bundle))
+        if self.after_init:
+            self.after_init(self)
         if self.postgres:
             self.postgres.start()
             self.postgres.setup_schema(bins / "temporal-sql-tool", ("temporal", "temporal_visibility"))

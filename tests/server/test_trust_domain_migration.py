@@ -1,0 +1,117 @@
+"""A cluster made by the one-CA bundle is separated into trust domains under load: zero failed
+calls, and afterwards the attack matrix passes on the migrated cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+
+import pytest
+from temporalio.worker import Worker
+
+from bootstrap.config import load_config
+from bootstrap.pki import CA
+from bootstrap.plan import DOMAINS, leaf_specs
+from bootstrap.store import Layout
+from bootstrap.client import TokenFileWatcher, connect
+from tests.harness import LocalCluster, run_cli
+from tests.server.test_rotation_under_load import Load
+from tests.server.test_trust_domains import Credential, client_context, probe_tls, run_matrix
+from tests.server.workflows import GreetingWorkflow, greet
+
+
+def into_one_ca_layout(cluster: LocalCluster) -> None:
+    """What a bundle of the previous release looks like after upgrading the code: every leaf
+    signed by the one CA, no domain CA files, every domain's trust files holding that CA."""
+    config, layout = load_config(cluster.config_path), Layout(cluster.bundle)
+    shared = CA.from_pem(*(p.read_bytes() for p in layout.domain_ca("server")))
+    for spec in leaf_specs(config):
+        if spec.domain == "server":
+            continue
+        leaf = shared.issue_cert(*spec.sans, common_name=spec.common_name, usage=spec.usage)
+        cert_path, key_path = layout.leaf(spec.directory, spec.name)
+        key_path.write_bytes(leaf.key_pem())
+        cert_path.write_bytes(leaf.cert_pem())
+    for domain in DOMAINS[1:]:
+        for path in layout.domain_ca(domain):
+            path.unlink()
+        for path in layout.trust_files(domain):
+            path.write_bytes(shared.cert_pem())
+
+
+@pytest.fixture(scope="module")
+def legacy_cluster(tmp_path_factory):
+    cluster = LocalCluster(tmp_path_factory.mktemp("legacy"), namespaces=("default",), token_lifetime="15s",
+                           jwks_refresh="2s", after_init=into_one_ca_layout)
+    yield cluster.start_registered()
+    cluster.stop()
+
+
+def client_cert_opens_history(cluster) -> bool:
+    layout, net = Layout(cluster.bundle), load_config(cluster.config_path).network
+    client = Credential("client", *layout.leaf("clients", "client"), "client")
+    context = client_context(layout.trust_files("internode")[0], client)
+    return probe_tls(net.history_port, net.internode_server_name, context) == "admitted"
+
+
+async def rotate_trust_domains(cluster: LocalCluster) -> str:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bootstrap", "rotate", "--config", str(cluster.config_path), "--out", str(cluster.bundle),
+        "--kind", "trust-domains", "--wait", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 180)
+    assert process.returncode == 0, err.decode()
+    return out.decode()
+
+
+def test_one_ca_bundle_is_separated_under_load_with_no_failed_call(legacy_cluster, tmp_path):
+    cluster = legacy_cluster
+    # The hole this closes, on the cluster as it was: any client cert opens internode listeners.
+    assert client_cert_opens_history(cluster)
+    again = run_cli("init", "--config", str(cluster.config_path), "--out", str(cluster.bundle))
+    assert "still share the server CA" in again.stderr and "rotate --kind trust-domains" in again.stderr
+    assert not Layout(cluster.bundle).domain_ca("client")[0].exists(), "init must never split domains by itself"
+
+    async def scenario():
+        refresher = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bootstrap", "mint-tokens", "--config", str(cluster.config_path), "--out",
+            str(cluster.bundle), "--watch", "1", stdout=asyncio.subprocess.DEVNULL)
+        worker_client = await connect(cluster.address, bundle_dir=cluster.bundle, role="worker", server_name="localhost")
+        starter = await connect(cluster.address, bundle_dir=cluster.bundle, role="client", server_name="localhost")
+        watchers = [TokenFileWatcher(worker_client, cluster.bundle / "tokens/worker.jwt", 0.5),
+                    TokenFileWatcher(starter, cluster.bundle / "tokens/client.jwt", 0.5)]
+        background = [asyncio.create_task(w.run()) for w in watchers]
+        load, queue = Load(cluster), f"migrate-{uuid.uuid4()}"
+        try:
+            async with Worker(worker_client, task_queue=queue, workflows=[GreetingWorkflow], activities=[greet]):
+                loops = [asyncio.create_task(load.starts(starter, queue)), asyncio.create_task(load.fresh_connections())]
+                await asyncio.sleep(3)
+                log = await rotate_trust_domains(cluster)
+                await asyncio.sleep(5)  # past one more TLS reload
+                load.stop.set()
+                await asyncio.gather(*loops)
+                results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in load.handles)), 120)
+        finally:
+            for task in background:
+                task.cancel()
+            refresher.terminate()
+            await refresher.wait()
+        return load, results, log
+
+    load, results, log = asyncio.run(scenario())
+    assert not load.start_failures, load.start_failures[:5]
+    assert not load.fresh_failures, (load.fresh_failures[:5], log)
+    assert len(results) > 50 and all(r == "hello, load" for r in results)
+    assert load.fresh_ok > 20
+    assert "old CA dropped" in log
+    layout = Layout(cluster.bundle)
+    assert all(layout.domain_ca(d)[0].exists() for d in DOMAINS)
+    assert not client_cert_opens_history(cluster)
+    tried, wrong = run_matrix(cluster, tmp_path)
+    print(f"\nmigrated cluster: {tried} pairs tried, {len(wrong)} wrong")
+    assert not wrong, "\n".join(wrong)
+    # A second run has nothing left to separate.
+    again = run_cli("rotate", "--config", str(cluster.config_path), "--out", str(cluster.bundle),
+                    "--kind", "trust-domains", check=False)
+    assert again.returncode == 1 and "already separate" in again.stderr
