@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import contextlib
 import os
 import ssl
 import urllib.error
@@ -30,8 +31,9 @@ from .tokens import decode_unverified, jwk_algorithm
 OK, WARNING, CRITICAL, EXPIRED, UNREADABLE = "ok", "warning", "critical", "expired", "unreadable"
 STATUSES = (OK, WARNING, CRITICAL, EXPIRED, UNREADABLE)  # in rising severity
 CERT_SUFFIX, TOKEN_SUFFIX = ".pem", ".jwt"
-# Only the CA certificate is read from private/; the keys there are never opened.
-PRIVATE_DIR, PRIVATE_CA = "private", Path("private") / "ca.pem"
+# Only the CA certificates (one per trust domain, plus a rotation's next CAs) are read from
+# private/; the keys there are never opened.
+PRIVATE_DIR, PRIVATE_CA_GLOB = "private", "ca*.pem"
 # A threshold never exceeds this share of an item's own lifetime, so short-lived tokens (the
 # bundle refreshes them at two thirds of their life, step's default too) are judged by their own
 # clock instead of being permanently "critical" under a 1d threshold.
@@ -159,8 +161,9 @@ def candidate_files(directory: Path, items: list[Item]) -> list[Path]:
         here = Path(root)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (here == directory and d == PRIVATE_DIR))
         found += [here / f for f in files if not f.startswith(".") and f.endswith((CERT_SUFFIX, TOKEN_SUFFIX))]
-    if os.path.isfile(directory / PRIVATE_CA):
-        found.append(directory / PRIVATE_CA)
+    private = directory / PRIVATE_DIR
+    with contextlib.suppress(OSError):
+        found += [p for p in private.glob(PRIVATE_CA_GLOB) if p.is_file()]
     return sorted(found)
 
 

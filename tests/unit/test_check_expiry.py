@@ -116,8 +116,11 @@ def test_reads_only_certs_and_tokens_never_private_keys_or_dotfiles(bundle, caps
     code, document = json_report(capsys, "--out", bundle)
     names = set(rows_by_name(document))
     assert code == 0
-    assert "private/ca.pem" in names
-    assert not [n for n in names if n.startswith("private/") and n != "private/ca.pem"]
+    # Every trust domain's CA certificate, and nothing else from private/.
+    cas = {"private/ca.pem", "private/ca-client.pem", "private/ca-internode.pem", "private/ca-database.pem"}
+    assert cas <= names
+    assert not [n for n in names if n.startswith("private/") and n not in cas]
+    assert {"trust/client/ca.pem", "trust/internode/ca.pem", "trust/database/ca.pem"} <= names
     assert not [n for n in names if n.endswith(".key") or "/." in n]
 
 

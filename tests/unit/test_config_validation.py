@@ -164,6 +164,35 @@ def test_corrupt_ca_is_an_error_and_changes_nothing(fresh_bundle, snap, plant_fi
     assert snap(fresh_bundle.root) == before
 
 
+# --------------------------------------------------------------------------- trust-domain CAs
+
+
+@pytest.mark.parametrize("command", ["init", "generate-certs", "rotate"])
+@pytest.mark.parametrize("problem", ["missing", "corrupt", "equal-to-client-ca", "key-of-another-ca"])
+def test_bad_internode_ca_is_one_clear_error_and_changes_nothing(fresh_bundle, snap, plant_file, command, problem):
+    layout = fresh_bundle.layout
+    cert_path, key_path = layout.domain_ca("internode")
+    client_cert, client_key = layout.domain_ca("client")
+    if problem == "missing":
+        cert_path.unlink()
+        key_path.unlink()
+        expected = "the internode CA) is missing but"
+    elif problem == "corrupt":
+        plant_file(cert_path, b"-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n")
+        expected = "not a readable PEM certificate"
+    elif problem == "equal-to-client-ca":
+        plant_file(cert_path, client_cert.read_bytes())
+        plant_file(key_path, client_key.read_bytes())
+        expected = "trust domains need CAs of their own"
+    else:
+        plant_file(key_path, CA.create().key_pem())
+        expected = "do not belong together"
+    before = snap(fresh_bundle.root)
+    extra = ("--kind", "certs") if command == "rotate" else ()
+    fresh_bundle.run(command, *extra).assert_one_error(expected)
+    assert snap(fresh_bundle.root) == before
+
+
 def test_ca_key_of_another_ca_is_an_error(fresh_bundle, snap, plant_file):
     plant_file(fresh_bundle.layout.ca_key, CA.create().key_pem())
     before = snap(fresh_bundle.root)

@@ -190,3 +190,20 @@ def test_config_change_updates_the_generated_files(fresh_bundle):
     assert result.code == 0, result.err
     assert "wrote config/temporal.yaml: updated: config changed" in result.out
     assert "refreshInterval: 5m" in (fresh_bundle.layout.config_dir / "temporal.yaml").read_text()
+
+
+def test_readme_security_model_table_is_the_generated_one():
+    """The README's listener table is bootstrap/security_model.py rendered, never edited by hand."""
+    from pathlib import Path
+
+    from bootstrap.security_model import markdown_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start, end = "<!-- security-model:start -->\n", "<!-- security-model:end -->"
+    assert start in readme and end in readme
+    assert readme.split(start, 1)[1].split(end, 1)[0] == markdown_table()
+
+
+def test_membership_runs_over_internode_tls(ec_bundle):
+    dynamic = yaml.safe_load((ec_bundle.layout.config_dir / "dynamic_config.yaml").read_text())
+    assert dynamic["system.enableRingpopTLS"] == [{"value": True}]
