@@ -6,6 +6,7 @@ Nothing here skips: no engine, a failed image build or a stack that never gets h
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -21,6 +22,7 @@ STANDIN_ENV = REPO / "build" / "standin-images.env"
 IMAGE_VARS = ("TEMPORAL_SERVER_IMAGE", "TEMPORAL_ADMINTOOLS_IMAGE", "POSTGRES_IMAGE", "TEMPORAL_UI_IMAGE", "BUNDLE_IMAGE")
 LONG_RUNNING = ("token-refresher", "jwks", "postgresql", "temporal", "temporal-ui", "codec-server")
 ONE_SHOT = ("bootstrap", "temporal-schema", "temporal-register-namespaces")
+TIMINGS: dict[str, float] = {}  # seconds per phase of the docker tier, printed at teardown
 
 
 class StackError(RuntimeError):
@@ -180,6 +182,22 @@ class ComposeStack:
             raise StackError(f"cannot read {relative}: {result.stderr.decode(errors='replace')}")
         return result.stdout
 
+    def read_bundle_files(self, *relative: str) -> dict[str, bytes]:
+        """Several files from the bundle volumes (private/ included), through one bootstrap container."""
+        script = (
+            "import base64, json, sys\n"
+            "print(json.dumps({p: base64.b64encode(open('/bundle/' + p, 'rb').read()).decode() for p in sys.argv[1:]}))"
+        )
+        result = subprocess.run(
+            ["docker", "compose", *sum((["-f", f] for f in self.compose_files), []), "run", "--rm", "--no-deps",
+             "--entrypoint", "python3", "bootstrap", "-c", script, *relative],
+            cwd=REPO, env=self.env, capture_output=True, text=True, timeout=120,
+        )
+        if result.returncode != 0:
+            raise StackError(f"cannot read {relative}: {result.stderr}")
+        lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+        return {k: base64.b64decode(v) for k, v in json.loads(lines[-1]).items()}
+
     def bundle_digests(self) -> dict[str, str]:
         """sha256 of every file under /bundle (all bundle volumes), as the bootstrap sees them."""
         out = self.compose(
@@ -188,15 +206,18 @@ class ComposeStack:
         ).stdout
         return {line.split()[1]: line.split()[0] for line in out.splitlines() if line.strip()}
 
-    def run_client(self, *args: str, network: str = "edge", timeout: float = 180) -> dict:
+    def run_client(self, *args: str, network: str = "edge", timeout: float = 180, volumes: tuple[str, ...] = (),
+                   user: str | None = None) -> dict:
         """tests/docker/e2e_client.py (as a module of the tests package) in the bundle image on the compose network, with the client
-        volumes read-only; its JSON result (raises if it printed none)."""
+        volumes read-only (and `volumes`, more bundle directories, e.g. "dbclient"); its JSON result (raises if it
+        printed none). `user` for reading another service's 0600 key (e.g. "1000:1000" for dbclient/)."""
         argv = [
             "docker", "run", "--rm", "--network", self.network(network), "--read-only", "--cap-drop", "ALL",
-            "--security-opt", "no-new-privileges:true",
+            "--security-opt", "no-new-privileges:true", *(["--user", user] if user else []),
             "-v", f"{self.volume('bundle-trust')}:/bundle/trust:ro",
             "-v", f"{self.volume('bundle-clients')}:/bundle/clients:ro",
             "-v", f"{self.volume('bundle-tokens')}:/bundle/tokens:ro",
+            *sum((["-v", f"{self.volume('bundle-' + d)}:/bundle/{d}:ro"] for d in volumes), []),
             # The whole tests package, so the client runs the server tier's own workflow.
             "-v", f"{REPO / 'tests'}:/opt/e2e/tests:ro", "--workdir", "/opt/e2e",
             self.images["BUNDLE_IMAGE"], "python3", "-m", "tests.docker.e2e_client", *args,

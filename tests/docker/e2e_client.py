@@ -9,7 +9,8 @@ tests package importable (python3 -m tests.docker.e2e_client ...).
                                               client certificate must both be refused
     python3 e2e_client.py ui WORKFLOW_ID      the Web UI (mTLS to the frontend) answers with the
                                               forwarded token and refuses without one
-    python3 e2e_client.py peer-cert HOST PORT [postgres]  fingerprint of the cert a service presents
+    python3 e2e_client.py peer-cert HOST PORT [tls|postgres [CLIENT_CERT|-]]  fingerprint of the cert
+                                              a service presents
     python3 e2e_client.py codec               the codec server refuses no token, serves a valid one,
                                               and answers CORS preflight only for the UI origin
 
@@ -154,16 +155,19 @@ def codec() -> dict:
     return out
 
 
-def peer_cert(host: str, port: str, protocol: str = "tls") -> dict:
+def peer_cert(host: str, port: str, protocol: str = "tls", client_cert: str = "clients/client") -> dict:
     """SHA-256 fingerprint of the certificate a service presents now (PostgreSQL: after its
-    SSLRequest), to prove a rotated certificate is served without a restart."""
+    SSLRequest), to prove a rotated certificate is served without a restart. Every service here
+    presents a server-domain certificate (trust/ca.pem); client_cert is the bundle-relative cert
+    (without .pem) of the trust domain the service admits, or "-" for none (JWKS asks for none)."""
     import hashlib
     import socket
     import ssl
     import struct
 
     context = ssl.create_default_context(cafile=f"{BUNDLE}/trust/ca.pem")
-    context.load_cert_chain(f"{BUNDLE}/clients/client.pem", f"{BUNDLE}/clients/client.key")
+    if client_cert != "-":
+        context.load_cert_chain(f"{BUNDLE}/{client_cert}.pem", f"{BUNDLE}/{client_cert}.key")
     with socket.create_connection((host, int(port)), timeout=10) as raw:
         if protocol == "postgres":
             raw.sendall(struct.pack("!ii", 8, 80877103))  # SSLRequest

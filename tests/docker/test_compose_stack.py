@@ -7,8 +7,8 @@ connections without a client certificate are refused; the UI reaches the fronten
 `docker compose down` + `make up` keeps the CA, the data and the namespaces, and a bootstrap run
 with nothing to do changes nothing. The engine not answering is a failure, never a skip.
 
-The tests run in file order and share one stack (module fixture); teardown dumps every log and
-removes the volumes.
+The tests run in file order and share one stack (the session fixture in conftest.py, which
+test_trust_domains.py reuses); teardown dumps every log and removes the volumes.
 """
 
 from __future__ import annotations
@@ -17,36 +17,27 @@ import hashlib
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from .compose_stack import LONG_RUNNING, ONE_SHOT, ComposeStack, build_standin_images, run, unique_project
+from bootstrap.plan import DOMAINS
+from bootstrap.store import Layout
+
+from .compose_stack import LONG_RUNNING, ONE_SHOT, TIMINGS, ComposeStack, run
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
 WORKFLOW_ID = "compose-e2e-greeting"
-TIMINGS: dict[str, float] = {}
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    started = time.monotonic()
-    images = build_standin_images()
-    TIMINGS["build_images_s"] = time.monotonic() - started
-    s = ComposeStack(unique_project("tbe2e"), tmp_path_factory.mktemp("compose-stack"), images)
-    try:
-        yield s
-    finally:
-        log = s.teardown()
-        print(f"\ncompose logs: {log}\ntimings: {TIMINGS}")
-        print("\n".join(log.read_text().splitlines()[-150:]))
-
-
-def ca_fingerprint(stack: ComposeStack) -> str:
-    cert = x509.load_pem_x509_certificate(stack.read_bundle_file("private/ca.pem"))
-    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+def ca_fingerprint(stack: ComposeStack) -> dict[str, str]:
+    """SHA-256 of every trust domain's CA certificate (server, client, internode, database)."""
+    files = stack.read_bundle_files(*(str(Layout(Path(".")).domain_ca(d)[0]) for d in DOMAINS))
+    return {path: hashlib.sha256(x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)).hexdigest()
+            for path, pem in files.items()}
 
 
 def service_states(stack: ComposeStack) -> dict[str, dict]:
@@ -201,8 +192,11 @@ def _fingerprint(stack, relative: str) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def _served(stack, host: str, port: int, *protocol: str, network: str = "edge") -> str:
-    result = stack.run_client("peer-cert", host, str(port), *protocol, network=network)
+def _served(stack, host: str, port: int, protocol: str = "tls", client_cert: str = "clients/client",
+            network: str = "edge", **kwargs) -> str:
+    """The fingerprint of the cert a service presents, fetched with a client cert of the trust
+    domain the service admits (client for the frontend, database for PostgreSQL, none for JWKS)."""
+    result = stack.run_client("peer-cert", host, str(port), protocol, client_cert, network=network, **kwargs)
     assert result["ok"], result
     return result["sha256"]
 
@@ -220,8 +214,9 @@ def test_make_rotate_reissues_certs_that_services_serve_without_a_restart(stack)
     while _served(stack, "temporal", 7233) != new["server/frontend.pem"]:
         assert time.monotonic() < deadline, "the frontend still serves the old certificate"
         time.sleep(5)
-    assert _served(stack, "postgresql", 5432, "postgres", network="backend") == new["postgres/server.pem"]
-    assert _served(stack, "jwks", 8443, network="backend") == new["jwks/server.pem"]
+    assert _served(stack, "postgresql", 5432, "postgres", "dbclient/temporal", network="backend",
+                   volumes=("dbclient",), user="1000:1000") == new["postgres/server.pem"]
+    assert _served(stack, "jwks", 8443, client_cert="-", network="backend") == new["jwks/server.pem"]
     assert {s: stack.inspect(s)["State"]["StartedAt"] for s in started} == started, "a service was restarted"
     result = stack.run_client("run", WORKFLOW_ID + "-after-rotation")
     assert result["ok"], result

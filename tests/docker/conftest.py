@@ -1,0 +1,33 @@
+"""One compose stack for the whole docker tier (session scope): test_compose_stack.py brings it up
+with `make up` and drives it through restarts and rotation; test_trust_domains.py attacks the same
+stack from the edge network. Teardown dumps every log and removes the volumes."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from .compose_stack import TIMINGS, ComposeStack, build_standin_images, unique_project
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    started = time.monotonic()
+    images = build_standin_images()
+    TIMINGS["build_images_s"] = time.monotonic() - started
+    s = ComposeStack(unique_project("tbe2e"), tmp_path_factory.mktemp("compose-stack"), images)
+    try:
+        yield s
+    finally:
+        log = s.teardown()
+        print(f"\ncompose logs: {log}\ntimings: {TIMINGS}")
+        print("\n".join(log.read_text().splitlines()[-150:]))
+
+
+@pytest.fixture(scope="session")
+def running_stack(stack):
+    """The shared stack, brought up with `make up` if no test did it yet (a module run alone)."""
+    if getattr(stack, "last_up_output", None) is None:
+        TIMINGS["make_up_first_s"] = stack.up()
+    return stack
