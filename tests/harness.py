@@ -144,10 +144,7 @@ class PostgresServer:
         self._as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust"])
         tls = self.workdir / "tls"
         tls.mkdir(exist_ok=True)
-        for src, dst in (("postgres/server.pem", "server.pem"), ("postgres/server.key", "server.key"), ("trust/database/ca.pem", "ca.pem")):
-            shutil.copy(self.bundle_dir / src, tls / dst)
-            shutil.chown(tls / dst, "postgres", "postgres")
-        os.chmod(tls / "server.key", 0o600)
+        self._copy_tls()
         (data / "pg_hba.conf").write_text(
             textwrap.dedent(f"""\
                 local all postgres trust
@@ -177,6 +174,22 @@ class PostgresServer:
         wait_until(lambda: self.psql("select 1").returncode == 0, 30, "PostgreSQL to accept connections")
         self.psql(f"CREATE ROLE {self.user} LOGIN CREATEDB", check=True)
         return self
+
+    def reload_tls(self) -> None:
+        """Copy the bundle's current TLS files in again and SIGHUP the postmaster, as `make rotate`
+        does in compose: PostgreSQL re-reads its certificate and CA files on reload."""
+        self._copy_tls()
+        postmaster = int((self.workdir / "pgdata" / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGHUP)
+        time.sleep(1)
+
+    def _copy_tls(self) -> None:
+        # PostgreSQL (the postgres user) cannot enter pytest's 0700 tmp dirs: it reads copies.
+        tls = self.workdir / "tls"
+        for src, dst in (("postgres/server.pem", "server.pem"), ("postgres/server.key", "server.key"), ("trust/database/ca.pem", "ca.pem")):
+            shutil.copy(self.bundle_dir / src, tls / dst)
+            shutil.chown(tls / dst, "postgres", "postgres")
+        os.chmod(tls / "server.key", 0o600)
 
     def _as_postgres(self, argv: list[str]) -> None:
         subprocess.run(["runuser", "-u", "postgres", "--", *argv], check=True, capture_output=True)
@@ -305,10 +318,20 @@ class LocalCluster:
         for service in SERVICES:
             argv += ["--service", service]
         self.server_log = self.workdir / "temporal-server.log"
-        self._spawn(argv, self.server_log, env)
+        self._server_argv, self._server_env = argv, env
+        self.server_process = self._spawn(argv, self.server_log, env)
         wait_until(self.healthy, timeout, "temporal frontend health", interval=0.5)
         self.startup_log = self.server_log.read_text(errors="replace")
         return self
+
+    def restart_server(self, timeout: float = 120) -> None:
+        """Stop temporal-server (SIGTERM, as `docker compose restart` does) and start it again."""
+        old = self.server_process
+        os.killpg(old.pid, signal.SIGTERM)
+        old.wait(30)
+        self.processes.remove(old)
+        self.server_process = self._spawn(self._server_argv, self.server_log, self._server_env)
+        wait_until(self.healthy, timeout, "temporal frontend health after a restart", interval=0.5)
 
     def write_config(self) -> None:
         self.config_path.write_text(yaml.safe_dump(self.bundle_config(), sort_keys=False))

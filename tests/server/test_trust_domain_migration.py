@@ -17,7 +17,7 @@ from bootstrap.store import Layout
 from bootstrap.client import TokenFileWatcher, connect
 from tests.harness import LocalCluster, run_cli
 from tests.server.test_rotation_under_load import Load
-from tests.server.test_trust_domains import Credential, client_context, probe_tls, run_matrix
+from tests.server.test_trust_domains import Credential, client_context, postgres_login, probe_tls, run_matrix
 from tests.server.workflows import GreetingWorkflow, greet
 
 
@@ -115,3 +115,54 @@ def test_one_ca_bundle_is_separated_under_load_with_no_failed_call(legacy_cluste
     again = run_cli("rotate", "--config", str(cluster.config_path), "--out", str(cluster.bundle),
                     "--kind", "trust-domains", check=False)
     assert again.returncode == 1 and "already separate" in again.stderr
+
+
+@pytest.fixture(scope="module")
+def legacy_pg_cluster(tmp_path_factory):
+    cluster = LocalCluster(tmp_path_factory.mktemp("legacy-pg"), driver="postgres", namespaces=("default",),
+                           jwks_refresh="2s", after_init=into_one_ca_layout)
+    yield cluster.start_registered()
+    cluster.stop()
+
+
+def rotate_cli(cluster: LocalCluster, *extra: str) -> str:
+    return run_cli("rotate", "--config", str(cluster.config_path), "--out", str(cluster.bundle), *extra).stdout
+
+
+def test_on_postgres_the_shared_ca_leaves_postgres_trust_only_after_a_server_restart(legacy_pg_cluster, tmp_path):
+    """Temporal loads its database client certificate once: PostgreSQL must keep trusting the
+    shared CA until the server restarted with the re-issued one, then stop trusting it."""
+    cluster, layout = legacy_pg_cluster, Layout(legacy_pg_cluster.bundle)
+    user = load_config(cluster.config_path).persistence.user
+    old_dbclient = tmp_path / "old-dbclient"
+    old_dbclient.mkdir()
+    for suffix in ("pem", "key"):
+        (old_dbclient / f"{user}.{suffix}").write_bytes((cluster.bundle / f"dbclient/{user}.{suffix}").read_bytes())
+    old = Credential("old dbclient", old_dbclient / f"{user}.pem", old_dbclient / f"{user}.key", "server")
+    server_ca = layout.trust_files("server")[0]
+
+    first = rotate_cli(cluster, "--kind", "trust-domains", "--wait")
+    assert "phase restart-pending" in first and "restart of the temporal server" in first, first
+    cluster.postgres.reload_tls()
+    # Still trusted: the running server's pooled connections and new ones use the old cert.
+    assert postgres_login(cluster.postgres.port, server_ca, old, user) == "admitted"
+    cluster.restart_server()
+    second = rotate_cli(cluster)
+    assert "old CA dropped" in second and not layout.rotation_state.exists(), second
+    cluster.postgres.reload_tls()
+    assert postgres_login(cluster.postgres.port, server_ca, old, user) == "refused"
+    new = Credential("new dbclient", *layout.leaf("dbclient", user), "database")
+    assert postgres_login(cluster.postgres.port, server_ca, new, user) == "admitted"
+    # The restarted server works on the new certificate: a workflow runs end to end.
+    asyncio.run(run_one_workflow(cluster))
+    tried, wrong = run_matrix(cluster, tmp_path)
+    print(f"\nmigrated PostgreSQL cluster: {tried} pairs tried, {len(wrong)} wrong")
+    assert not wrong, "\n".join(wrong)
+
+
+async def run_one_workflow(cluster: LocalCluster) -> None:
+    client = await connect(cluster.address, bundle_dir=cluster.bundle, role="worker", server_name="localhost")
+    queue = f"after-migration-{uuid.uuid4()}"
+    async with Worker(client, task_queue=queue, workflows=[GreetingWorkflow], activities=[greet]):
+        result = await client.execute_workflow(GreetingWorkflow.run, "pg", id=f"wf-{uuid.uuid4()}", task_queue=queue)
+    assert result == "hello, pg"
