@@ -4,8 +4,9 @@
 #   scripts/docker-engine.sh status             exit 0 if the engine answers
 #   scripts/docker-engine.sh stop               stop the dockerd this script started
 # Env: DOCKER_DATA_ROOT (default /var/lib/docker), DOCKER_ENGINE_LOG, DOCKER_ENGINE_TIMEOUT (s).
-# Installs the engine from Debian's packages when dockerd is missing (root only), and the
-# compose v2 plugin (scripts/install-compose.sh) when `docker compose` is missing.
+# An engine `docker info` already reaches (Docker Desktop, rootless, DOCKER_HOST) is used as it is,
+# by any user. Only without one does it install Debian's engine and start dockerd (root only).
+# The compose v2 plugin (scripts/install-compose.sh, per user) is added when `docker compose` is missing.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 action="${1:-start}"
@@ -31,24 +32,29 @@ case "$action" in
   *) echo "usage: $0 [start|status|stop]" >&2; exit 2 ;;
 esac
 
+ensure_compose() {
+  docker compose version >/dev/null 2>&1 || bash "$here/install-compose.sh" >&2
+}
+
+# First any engine the docker CLI already reaches, as any user: Docker Desktop, rootless, a remote
+# DOCKER_HOST or context. Nothing is installed or started for it.
+if command -v docker >/dev/null && engine_up; then
+  ensure_compose
+  echo "docker engine: up (${DOCKER_HOST:-$(docker context show 2>/dev/null || echo default)})"
+  exit 0
+fi
+
+# Only now a local engine of our own: install Debian's (root only) and start dockerd.
 if ! command -v dockerd >/dev/null || ! command -v docker >/dev/null || ! command -v iptables >/dev/null; then
   if [[ "$(id -u)" != 0 ]]; then
-    echo "error: docker engine not installed and not root; install docker.io" >&2
+    echo "error: no docker engine reachable (docker info failed), and installing one needs root" >&2
     exit 1
   fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >&2
   apt-get install -y -q --no-install-recommends docker.io iptables >&2
 fi
-
-if ! docker compose version >/dev/null 2>&1; then
-  bash "$here/install-compose.sh" >&2
-fi
-
-if engine_up; then
-  echo "docker engine: up"
-  exit 0
-fi
+ensure_compose
 
 if [[ "$(id -u)" != 0 ]]; then
   echo "error: docker engine not reachable and only root can start dockerd here" >&2
