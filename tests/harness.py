@@ -350,12 +350,17 @@ class LocalCluster:
         return process
 
     def _plaintext_config(self, secure_config: Path) -> Path:
-        """Same server, TLS and authorization removed: the baseline for benchmarks only."""
+        """The baseline for benchmarks only: frontend and internode TLS and the authorizer removed.
+        The database connection stays exactly as in production (TLS + client certificate: the
+        PostgreSQL server admits nothing else), so only what the bundle adds is measured."""
         doc = yaml.safe_load(secure_config.read_text())
         doc["global"].pop("tls")
         doc["global"].pop("authorization")
-        for store in doc["persistence"]["datastores"].values():
-            store["sql"].pop("tls", None)
+        dynamic = Path(doc["dynamicConfigClient"]["filepath"])
+        plain_dynamic = yaml.safe_load(dynamic.read_text())
+        plain_dynamic.pop("system.enableRingpopTLS")  # there is no internode TLS to run it over
+        doc["dynamicConfigClient"]["filepath"] = str(dynamic.with_name("dynamic_config-plaintext.yaml"))
+        Path(doc["dynamicConfigClient"]["filepath"]).write_text(yaml.safe_dump(plain_dynamic))
         path = secure_config.with_name("temporal-plaintext.yaml")
         path.write_text(yaml.safe_dump(doc))
         return path
