@@ -1,5 +1,5 @@
 """One compose stack for the whole docker tier (session scope): test_compose_stack.py brings it up
-with `make up` and drives it through restarts and rotation; test_trust_domains.py attacks the same
+with `make up` and drives it through restarts and rotation; test_edge_attacks.py attacks the same
 stack from the edge network. Teardown dumps every log and removes the volumes."""
 
 from __future__ import annotations

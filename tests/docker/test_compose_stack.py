@@ -8,7 +8,7 @@ connections without a client certificate are refused; the UI reaches the fronten
 with nothing to do changes nothing. The engine not answering is a failure, never a skip.
 
 The tests run in file order and share one stack (the session fixture in conftest.py, which
-test_trust_domains.py reuses); teardown dumps every log and removes the volumes.
+test_edge_attacks.py reuses); teardown dumps every log and removes the volumes.
 """
 
 from __future__ import annotations

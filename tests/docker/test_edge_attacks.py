@@ -1,0 +1,314 @@
+"""The trust-domain attack matrix on the real engine, from the attacker's side.
+
+An attacker's container joins the compose `edge` network only (the application network: where
+applications, the UI and anything compromised on it sit) and holds EVERY credential the bundle
+issues: each leaf of leaf_specs (role, UI, health, registrar, database and internode client certs,
+and the server certs used as client certs), a certificate from a foreign CA, expired certificates
+from each domain's own CA (issued here with the CA key, which only the bootstrap's volume holds)
+and no certificate at all. It tries every listener of bootstrap.security_model.LISTENERS with
+every one of them. What must happen comes from LISTENERS alone:
+
+    reach container/backend  not reachable from edge (refused / no route / name does not resolve)
+    reach published/edge     reachable; TLS admits exactly the non-expired client certificates of
+                             the listener's `admits` domain ("any": TLS, no client cert asked;
+                             "plaintext": HTTP)
+
+The probe verifies each server with the roots it really presents (trust/ca.pem for server-domain
+listeners, trust/internode/ca.pem for internode ones), so a refusal is the server's, never a
+failed check on our side. Any pair wrongly admitted or wrongly refused fails.
+
+Then: the internal-frontend (system admin without a token for whoever it admits) cannot be used
+from edge to register a namespace, and the frontend refuses `temporal operator namespace create`
+with the internode certificate and no token.
+
+Reuses the docker tier's one stack (conftest.py); never starts another.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from bootstrap.config import load_config
+from bootstrap.pki import CA, utcnow
+from bootstrap.plan import DOMAINS, leaf_specs
+from bootstrap.security_model import LISTENERS, Listener
+from bootstrap.store import Layout
+
+from .compose_stack import REPO, TIMINGS, ComposeStack, run
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]
+
+BUNDLE = Path("/bundle")  # where the attacker mounts the bundle volumes (as the services do)
+FORGED = Path("/attack")  # the test's own certificates and plans, read-only
+# Every bundle volume but private/ and private/jwt (the CA and JWT signing keys: whoever holds
+# those needs no trust-domain mistake), so the attacker holds every issued key and token.
+ATTACKER_VOLUMES = ("root", "trust", "server", "dbclient", "postgres", "jwks", "ui", "clients", "tokens", "config",
+                    "codec", "codec-keys", "registrar", "tools")
+MAX_PAIRS = 1000  # bounds the matrix in count; the probe's deadline bounds it in time
+MATRIX_DEADLINE_S = 420
+UNREACHABLE_REACH = ("container", "backend")
+
+
+@dataclass(frozen=True)
+class Credential:
+    name: str
+    domain: str  # a trust domain of DOMAINS, "foreign", or "none"
+    usage: str  # "server", "client", "both", or "" (none)
+    expired: bool = False
+    cert: str | None = None  # path inside the attacker's container
+    key: str | None = None
+
+    def passes(self, admits: str) -> bool:
+        """What a listener that admits `admits` must do with this credential at the TLS layer."""
+        if admits in ("any", "plaintext"):
+            return True
+        return self.domain == admits and self.usage in ("client", "both") and not self.expired
+
+
+def expected(listener: Listener, credential: Credential, reachable: bool = False) -> str:
+    if listener.reach in UNREACHABLE_REACH and not reachable:
+        return "unreachable"
+    if listener.admits == "plaintext":
+        return "plaintext-http"
+    return "admitted" if credential.passes(listener.admits) else "refused"
+
+
+def probe_mode(listener: Listener) -> str:
+    if listener.admits == "plaintext":
+        return "plaintext"
+    if listener.service == "postgresql":
+        return "postgres"
+    if "membership" in listener.name:
+        return "membership"
+    if listener.service == "temporal" and "HTTP" not in listener.name:
+        return "grpc"  # frontend, internal-frontend, history, matching, worker
+    return "https"  # frontend HTTP API, JWKS, codec server
+
+
+def server_identity(listener: Listener, config) -> tuple[str, str]:
+    """(roots, server name) the listener's server certificate is verified with: internode
+    listeners present the internode cert (internode CA), every other one a server-domain cert."""
+    net = config.network
+    if listener.admits == "internode":
+        return str(BUNDLE / "trust" / "internode" / "ca.pem"), net.internode_server_name
+    host = net.frontend_host if listener.service == "temporal" else listener.service
+    return str(BUNDLE / "trust" / "ca.pem"), host
+
+
+def forge_credentials(stack: ComposeStack, config, workdir: Path) -> list[Credential]:
+    """A foreign CA's cert and an expired cert from each domain's CA, written to workdir."""
+    net = config.network
+    layout = Layout(Path("."))
+    ca_files = stack.read_bundle_files(*(str(p) for d in DOMAINS for p in layout.domain_ca(d)))
+    forged: list[Credential] = []
+
+    def write(name: str, leaf, domain: str, usage: str, expired: bool) -> None:
+        (workdir / f"{name}.pem").write_bytes(leaf.cert_pem())
+        key = workdir / f"{name}.key"
+        key.write_bytes(leaf.key_pem())
+        key.chmod(0o600)
+        forged.append(Credential(name, domain, usage, expired, str(FORGED / f"{name}.pem"), str(FORGED / f"{name}.key")))
+
+    # A foreign CA's cert that copies the names of the most powerful identities: the system role's
+    # CN and the internode SAN, usable as client and server.
+    foreign = CA.create("Temporal Bundle CA", organization="Temporal Bundle")
+    write("foreign-ca", foreign.issue_cert(net.internode_server_name, common_name="temporal-bundle:system",
+                                           usage="both"), "foreign", "both", False)
+    now = utcnow()
+    for domain in DOMAINS:
+        cert_path, key_path = (str(p) for p in layout.domain_ca(domain))
+        ca = CA.from_pem(ca_files[cert_path], ca_files[key_path])
+        usage = "both" if domain == "internode" else "client"
+        sans = (net.internode_server_name,) if domain == "internode" else ()
+        common_name = {"client": "temporal-bundle:system", "internode": net.internode_server_name,
+                       "database": config.persistence.user, "server": "temporal-bundle:system"}[domain]
+        leaf = ca.issue_cert(*sans, common_name=common_name, usage=usage,
+                             now=now - timedelta(days=3), lifetime=timedelta(days=1))
+        assert leaf.not_after < now
+        write(f"expired-{domain}", leaf, domain, usage, True)
+    return forged
+
+
+def all_credentials(stack: ComposeStack, config, workdir: Path) -> list[Credential]:
+    layout = Layout(BUNDLE)
+    issued = []
+    for spec in leaf_specs(config):
+        cert, key = layout.leaf(spec.directory, spec.name)
+        issued.append(Credential(f"{spec.directory}/{spec.name}", spec.domain, spec.usage, False, str(cert), str(key)))
+    return [*issued, *forge_credentials(stack, config, workdir), Credential("no-certificate", "none", "")]
+
+
+def run_attacker(stack: ComposeStack, workdir: Path, command: str, plan: dict, timeout: float,
+                 network: str | None = None) -> dict:
+    """tests/docker/attack_probe.py in the bundle image, on the edge network only (`network`: another
+    docker network for the controls, e.g. container:ID for a service's own loopback)."""
+    plan_name = f"{command}-{len(list(workdir.glob('*.json')))}.json"
+    (workdir / plan_name).write_text(json.dumps(plan))
+    volumes = []
+    for d in ATTACKER_VOLUMES:
+        target = {"root": BUNDLE, "tools": Path("/opt/bundle-tools")}.get(d, BUNDLE / d)  # as the services mount them
+        volumes += ["-v", f"{stack.volume('bundle-' + d)}:{target}:ro"]
+    argv = [
+        "docker", "run", "--rm", "--network", network or stack.network("edge"), "--read-only", "--tmpfs", "/tmp",
+        # Root with DAC_OVERRIDE only: every service's 0600 key is readable, nothing else allowed.
+        "--user", "0:0", "--cap-drop", "ALL", "--cap-add", "DAC_OVERRIDE", "--security-opt", "no-new-privileges:true",
+        *volumes, "-v", f"{workdir}:{FORGED}:ro",
+        "-v", f"{REPO / 'tests'}:/opt/e2e/tests:ro", "--workdir", "/opt/e2e",
+        stack.images["BUNDLE_IMAGE"], "python3", "-m", "tests.docker.attack_probe", command, str(FORGED / plan_name),
+    ]
+    result = run(argv, timeout=timeout, check=False)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"attack_probe {command} printed no result (exit {result.returncode})\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return json.loads(lines[-1])["results"]
+
+
+@pytest.fixture(scope="module")
+def attacker(running_stack, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("attacker")
+    workdir.chmod(0o755)
+    config = load_config(running_stack.config)
+    return running_stack, config, workdir
+
+
+@pytest.fixture(scope="module")
+def credentials(attacker) -> list[Credential]:
+    stack, config, workdir = attacker
+    creds = all_credentials(stack, config, workdir)
+    assert len(creds) == len(leaf_specs(config)) + 1 + len(DOMAINS) + 1
+    return creds
+
+
+def test_services_sit_on_the_networks_the_matrix_assumes(attacker):
+    stack, _, _ = attacker
+    # temporal on edge and backend, JWKS and PostgreSQL on backend only: what makes a "backend"
+    # listener unreachable from edge. (The attacker's `docker run --network` attaches edge only.)
+    networks = {s: set(stack.inspect(s)["NetworkSettings"]["Networks"]) for s in ("temporal", "jwks", "postgresql")}
+    assert networks["temporal"] == {stack.network("edge"), stack.network("backend")}, networks
+    assert networks["jwks"] == networks["postgresql"] == {stack.network("backend")}, networks
+
+
+def run_matrix(stack: ComposeStack, config, workdir: Path, listeners, credentials: list[Credential], *,
+               host_of=lambda listener: listener.service, network: str | None = None, reachable: bool = False):
+    """Every listener x every credential, probed from `network` (default: edge); prints every pair's
+    outcome and returns (pairs tried, wrong pairs)."""
+    net = config.network
+    probes, wanted = [], {}
+    for listener in listeners:
+        roots, server_name = server_identity(listener, config)
+        for credential in credentials:
+            pair = f"{listener.name} <- {credential.name}"
+            probes.append({
+                "id": pair, "host": host_of(listener), "port": listener.port_number(net), "mode": probe_mode(listener),
+                "verify_ca": roots, "server_name": server_name, "cert": credential.cert, "key": credential.key,
+                "db_user": config.persistence.user,
+            })
+            wanted[pair] = expected(listener, credential, reachable=reachable)
+    assert len(probes) <= MAX_PAIRS
+    started = time.monotonic()
+    results = run_attacker(stack, workdir, "matrix", {"probes": probes, "deadline_s": MATRIX_DEADLINE_S,
+                                                      "max_pairs": MAX_PAIRS}, timeout=MATRIX_DEADLINE_S + 120,
+                           network=network)
+    wrong, admitted = [], []
+    for pair, want in wanted.items():
+        got = results.get(pair, "not tried: no result")
+        verdict = got.split(":", 1)[0]
+        if verdict != want:
+            wrong.append(f"{pair}: expected {want}, got {got}")
+        if verdict == "admitted":
+            admitted.append(pair)
+    tried = sum(1 for pair in wanted if not results.get(pair, "not tried").startswith("not tried"))
+    print(f"\n{tried} pairs tried of {len(wanted)} ({len(listeners)} listeners x {len(credentials)} credentials) "
+          f"from {network or stack.network('edge')}: {len(wrong)} wrong, {time.monotonic() - started:.0f}s")
+    print("admitted: " + "; ".join(admitted))
+    for pair in wanted:
+        print(f"  {pair}: {results.get(pair)} ({results.get(pair + '#s')}s)")
+    assert tried == len(wanted), f"only {tried} of {len(wanted)} pairs tried in time"
+    # Every TLS listener that admits a trust domain must have been offered certs it takes and
+    # certs it refuses, or the matrix proves nothing about it.
+    for listener in listeners:
+        if listener.admits not in ("any", "plaintext") and (reachable or listener.reach not in UNREACHABLE_REACH):
+            outcomes = {wanted[f"{listener.name} <- {c.name}"] for c in credentials}
+            assert outcomes == {"admitted", "refused"}, (listener.name, outcomes)
+    return tried, wrong
+
+
+def test_every_listener_admits_exactly_its_trust_domain_from_edge(attacker, credentials):
+    stack, config, workdir = attacker
+    started = time.monotonic()
+    tried, wrong = run_matrix(stack, config, workdir, LISTENERS, credentials)
+    TIMINGS["attack_matrix_s"] = time.monotonic() - started
+    print(f"trust-domain attack matrix from edge: {tried} pairs tried, {len(wrong)} wrong")
+    assert not wrong, f"{len(wrong)} of {tried} pairs wrong:\n" + "\n".join(wrong)
+
+
+def test_listeners_out_of_reach_are_up_and_admit_exactly_their_domain_where_they_listen(attacker, credentials):
+    """Control for the edge matrix: "unreachable" must mean bound out of reach, not down. The
+    container-only listeners are probed on the temporal container's own loopback (sharing its
+    network namespace), the backend ones from the backend network; the same expectations hold
+    there, as if reachable."""
+    stack, config, workdir = attacker
+    temporal = stack.container_id("temporal")
+    local = [l for l in LISTENERS if l.reach == "container"]
+    backend = [l for l in LISTENERS if l.reach == "backend"]
+    assert {l.service for l in local} == {"temporal"}, "a container-only listener outside the temporal container"
+    tried_local, wrong_local = run_matrix(stack, config, workdir, local, credentials, host_of=lambda _: "127.0.0.1",
+                                          network=f"container:{temporal}", reachable=True)
+    tried_backend, wrong_backend = run_matrix(stack, config, workdir, backend, credentials,
+                                              network=stack.network("backend"), reachable=True)
+    print(f"control: {tried_local + tried_backend} pairs tried, {len(wrong_local) + len(wrong_backend)} wrong")
+    wrong = wrong_local + wrong_backend
+    assert not wrong, f"{len(wrong)} pairs wrong:\n" + "\n".join(wrong)
+
+
+def _cli(address: str, namespace: str, cert: str, ca: str, server_name: str, *extra: str) -> list[str]:
+    return [
+        "temporal", "operator", "namespace", *extra, "--namespace", namespace, "--address", address,
+        "--tls-cert-path", f"{cert}.pem", "--tls-key-path", f"{cert}.key", "--tls-ca-path", ca,
+        "--tls-server-name", server_name, "--command-timeout", "15s",
+    ]
+
+
+def test_no_namespace_can_be_registered_without_a_token_from_edge(attacker):
+    stack, config, workdir = attacker
+    net = config.network
+    frontend = f"{net.frontend_host}:{net.frontend_port}"
+    internal = f"{net.frontend_host}:{net.internal_frontend_port}"
+    internode, internode_ca = str(BUNDLE / "server" / "internode"), str(BUNDLE / "trust" / "internode" / "ca.pem")
+    server_ca = str(BUNDLE / "trust" / "ca.pem")
+    registrar = str(BUNDLE / "registrar" / "system")
+    token = str(BUNDLE / "registrar" / "system.jwt")
+    attempts = [
+        # The internal-frontend would make the internode cert a system admin without a token:
+        # from edge it must not even accept the connection.
+        {"id": "internal-frontend", "argv": _cli(internal, "attack-internal", internode, internode_ca,
+                                                 net.internode_server_name, "create")},
+        # The frontend, with the internode cert (valid, but another trust domain) and no token.
+        {"id": "frontend-internode", "argv": _cli(frontend, "attack-frontend", internode, server_ca,
+                                                  net.frontend_host, "create")},
+        # Control for the checks below: the registrar's system cert and token see namespaces.
+        {"id": "describe-default", "argv": _cli(frontend, "default", registrar, server_ca, net.frontend_host, "describe"),
+         "token_file": token},
+        {"id": "describe-attack-internal", "argv": _cli(frontend, "attack-internal", registrar, server_ca,
+                                                        net.frontend_host, "describe"), "token_file": token},
+        {"id": "describe-attack-frontend", "argv": _cli(frontend, "attack-frontend", registrar, server_ca,
+                                                        net.frontend_host, "describe"), "token_file": token},
+    ]
+    results = run_attacker(stack, workdir, "namespaces", {"attempts": attempts}, timeout=400)
+    print("\n" + json.dumps(results, indent=1))
+    internal_result = results["internal-frontend"]
+    assert internal_result["exit"] not in (0, None), internal_result
+    assert "connection refused" in internal_result["output"].lower(), internal_result
+    frontend_result = results["frontend-internode"]
+    assert frontend_result["exit"] not in (0, None), frontend_result
+    out = frontend_result["output"].lower()
+    assert "connection refused" not in out and "certificate" in out, frontend_result  # the TLS layer refused it
+    assert results["describe-default"]["exit"] == 0, results["describe-default"]
+    for namespace in ("attack-internal", "attack-frontend"):
+        described = results[f"describe-{namespace}"]
+        assert described["exit"] != 0 and "not found" in described["output"].lower(), described
