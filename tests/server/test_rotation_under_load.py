@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import uuid
 
 import pytest
-from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
-from temporalio.worker import Worker
 
 from bootstrap import pki
-from bootstrap.client import TokenFileWatcher, connect
 from tests.harness import LocalCluster
-from tests.server.workflows import GreetingWorkflow, greet
+from tests.server.load import under_load
 
 
 @pytest.fixture(scope="module")
@@ -24,33 +20,6 @@ def fast_cluster(tmp_path_factory):
     cluster = LocalCluster(tmp_path_factory.mktemp("rotation"), namespaces=("default",), token_lifetime="15s", jwks_refresh="2s")
     yield cluster.start_registered()
     cluster.stop()
-
-
-class Load:
-    def __init__(self, cluster: LocalCluster):
-        self.cluster, self.stop = cluster, asyncio.Event()
-        self.handles, self.start_failures, self.fresh_ok, self.fresh_failures = [], [], 0, []
-
-    async def starts(self, client, queue):
-        while not self.stop.is_set():
-            try:
-                self.handles.append(
-                    await client.start_workflow(GreetingWorkflow.run, "load", id=f"load-{uuid.uuid4()}", task_queue=queue)
-                )
-            except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
-                self.start_failures.append(f"{type(exc).__name__}: {exc}")
-            await asyncio.sleep(0.05)
-
-    async def fresh_connections(self):
-        # New connections read cert, key, trust bundle and token from disk, as a restarting app would.
-        while not self.stop.is_set():
-            try:
-                client = await connect(self.cluster.address, bundle_dir=self.cluster.bundle, role="client", server_name="localhost")
-                await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace="default"))
-                self.fresh_ok += 1
-            except Exception as exc:  # noqa: BLE001
-                self.fresh_failures.append(f"{pki.utcnow():%H:%M:%S.%f} {type(exc).__name__}: {exc}")
-            await asyncio.sleep(0.3)
 
 
 async def rotate(cluster: LocalCluster, *extra: str) -> str:
@@ -73,36 +42,14 @@ def test_rotations_under_load_fail_no_call(fast_cluster):
     before = {"ca": fingerprints(cluster, "private/ca.pem"), "frontend": fingerprints(cluster, "server/frontend.pem"),
               "kid": (cluster.bundle / "private/jwt/active").read_text()}
 
-    async def scenario():
-        refresher = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bootstrap", "mint-tokens", "--config", str(cluster.config_path), "--out",
-            str(cluster.bundle), "--watch", "1", stdout=asyncio.subprocess.DEVNULL)
-        worker_client = await connect(cluster.address, bundle_dir=cluster.bundle, role="worker", server_name="localhost")
-        starter = await connect(cluster.address, bundle_dir=cluster.bundle, role="client", server_name="localhost")
-        watchers = [TokenFileWatcher(worker_client, cluster.bundle / "tokens/worker.jwt", 0.5),
-                    TokenFileWatcher(starter, cluster.bundle / "tokens/client.jwt", 0.5)]
-        background = [asyncio.create_task(w.run()) for w in watchers]
-        load, queue = Load(cluster), f"load-{uuid.uuid4()}"
-        try:
-            async with Worker(worker_client, task_queue=queue, workflows=[GreetingWorkflow], activities=[greet]):
-                loops = [asyncio.create_task(load.starts(starter, queue)), asyncio.create_task(load.fresh_connections())]
-                await asyncio.sleep(3)
-                logs = [await rotate(cluster, "--kind", "certs", "--all")]
-                await asyncio.sleep(5)  # the server re-reads the files every 2s
-                logs.append(await rotate(cluster, "--kind", "signing-key"))
-                logs.append(await rotate(cluster, "--kind", "ca"))
-                await asyncio.sleep(5)
-                load.stop.set()
-                await asyncio.gather(*loops)
-                results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in load.handles)), 120)
-        finally:
-            for task in background:
-                task.cancel()
-            refresher.terminate()
-            await refresher.wait()
-        return load, results, logs
+    async def rotations():
+        logs = [await rotate(cluster, "--kind", "certs", "--all")]
+        await asyncio.sleep(5)  # the server re-reads the files every 2s
+        logs.append(await rotate(cluster, "--kind", "signing-key"))
+        logs.append(await rotate(cluster, "--kind", "ca"))
+        return logs
 
-    load, results, logs = asyncio.run(scenario())
+    load, results, logs = asyncio.run(under_load(cluster, rotations))
     assert not load.start_failures, load.start_failures[:5]
     assert not load.fresh_failures, (load.fresh_failures[:5], logs)
     assert len(results) > 100 and all(r == "hello, load" for r in results)

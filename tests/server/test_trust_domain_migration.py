@@ -14,9 +14,9 @@ from bootstrap.config import load_config
 from bootstrap.pki import CA
 from bootstrap.plan import DOMAINS, leaf_specs
 from bootstrap.store import Layout
-from bootstrap.client import TokenFileWatcher, connect
+from bootstrap.client import connect
 from tests.harness import LocalCluster, run_cli
-from tests.server.test_rotation_under_load import Load
+from tests.server.load import under_load
 from tests.server.test_trust_domains import Credential, client_context, postgres_login, probe_tls, run_matrix
 from tests.server.workflows import GreetingWorkflow, greet
 
@@ -73,33 +73,7 @@ def test_one_ca_bundle_is_separated_under_load_with_no_failed_call(legacy_cluste
     assert "still share the server CA" in again.stderr and "rotate --kind trust-domains" in again.stderr
     assert not Layout(cluster.bundle).domain_ca("client")[0].exists(), "init must never split domains by itself"
 
-    async def scenario():
-        refresher = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bootstrap", "mint-tokens", "--config", str(cluster.config_path), "--out",
-            str(cluster.bundle), "--watch", "1", stdout=asyncio.subprocess.DEVNULL)
-        worker_client = await connect(cluster.address, bundle_dir=cluster.bundle, role="worker", server_name="localhost")
-        starter = await connect(cluster.address, bundle_dir=cluster.bundle, role="client", server_name="localhost")
-        watchers = [TokenFileWatcher(worker_client, cluster.bundle / "tokens/worker.jwt", 0.5),
-                    TokenFileWatcher(starter, cluster.bundle / "tokens/client.jwt", 0.5)]
-        background = [asyncio.create_task(w.run()) for w in watchers]
-        load, queue = Load(cluster), f"migrate-{uuid.uuid4()}"
-        try:
-            async with Worker(worker_client, task_queue=queue, workflows=[GreetingWorkflow], activities=[greet]):
-                loops = [asyncio.create_task(load.starts(starter, queue)), asyncio.create_task(load.fresh_connections())]
-                await asyncio.sleep(3)
-                log = await rotate_trust_domains(cluster)
-                await asyncio.sleep(5)  # past one more TLS reload
-                load.stop.set()
-                await asyncio.gather(*loops)
-                results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in load.handles)), 120)
-        finally:
-            for task in background:
-                task.cancel()
-            refresher.terminate()
-            await refresher.wait()
-        return load, results, log
-
-    load, results, log = asyncio.run(scenario())
+    load, results, log = asyncio.run(under_load(cluster, lambda: rotate_trust_domains(cluster)))
     assert not load.start_failures, load.start_failures[:5]
     assert not load.fresh_failures, (load.fresh_failures[:5], log)
     assert len(results) > 50 and all(r == "hello, load" for r in results)
