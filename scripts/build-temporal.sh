@@ -2,8 +2,12 @@
 # Build temporal-server and temporal-sql-tool from the Go module at a pinned release and cache
 # them by version, so the second run is instant. No container registry is needed.
 # Usage: scripts/build-temporal.sh [VERSION]   -> prints the bin directory on stdout.
+# VERSION defaults to 1.32.2; the previous line stays buildable (e.g. 1.31.5) for upgrade tests.
 set -euo pipefail
-version="${1:-${TEMPORAL_VERSION:-1.31.2}}"
+version="${1:-${TEMPORAL_VERSION:-1.32.2}}"
+# 1.31.5+ and 1.32.x declare `go 1.26.10`: the go command fetches this toolchain through the
+# module proxy when the machine's Go is older. Override with GOTOOLCHAIN=local|goX.Y.Z.
+export GOTOOLCHAIN="${GOTOOLCHAIN:-go1.27.3}"
 cache="${TEMPORAL_BIN_CACHE:-$HOME/.cache/temporal-bundle}/temporal-$version"
 if [[ -x "$cache/temporal-server" && -x "$cache/temporal-sql-tool" ]]; then
   echo "$cache"

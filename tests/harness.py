@@ -57,7 +57,8 @@ def configcheck_bin() -> Path:
     binary = cache / f"configcheck-{digest}"
     if not binary.is_file():
         cache.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "CGO_ENABLED": "0"}
+        # Its go.mod follows the server's (`go 1.26.10`): a newer toolchain via the module proxy.
+        env = {"GOTOOLCHAIN": "go1.27.3", **os.environ, "CGO_ENABLED": "0"}
         result = subprocess.run(["go", "build", "-o", str(binary), "."], cwd=src, env=env, capture_output=True, text=True)
         if result.returncode != 0:
             raise HarnessError(f"building configcheck failed:\n{result.stderr[-3000:]}")
