@@ -20,6 +20,7 @@ from . import __version__
 from .config import BundleConfig, K8S_NAME
 from .durations import go_duration
 from .errors import BundleError
+from .kube_secrets import token_patches
 from .render import environment, default_templates_dir
 from .store import CERT_MODE, KEY_MODE, Layout, read_optional
 
@@ -99,6 +100,7 @@ def _check_shards(config: BundleConfig, layout: Layout) -> None:
 def names(config: BundleConfig) -> dict[str, str]:
     prefix = f"{config.kubernetes.release}-bundle"
     return {
+        "prefix": prefix,
         "fullname": _fullname(config.kubernetes.release),
         "frontend_tls": f"{prefix}-frontend-tls",
         "internode_tls": f"{prefix}-internode-tls",
@@ -243,6 +245,8 @@ def context(config: BundleConfig, all_secrets: list[Secret]) -> dict:
         "token_minting": k8s.token_minting,
         "role_secrets": [s for s in all_secrets if s.name.startswith(n["role"] + "-")],
         "bundle_yaml": _bundle_yaml(config),
+        # What the refresher patches (bootstrap/kube_secrets.py token_patches names them the same way).
+        "token_secrets": sorted(token_patches(n["prefix"], {r.name: b"" for r in config.roles})),
     }
 
 
