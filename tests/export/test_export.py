@@ -14,7 +14,7 @@ from bootstrap import pki
 from tests.export import chart
 from tests.export.conftest import export, private_keys_in, public_bytes, read_tree, secrets_of
 from tests.harness import configcheck_bin
-from tests.unit.conftest import make_bundle, snapshot
+from tests.unit.conftest import make_bundle, run_main, snapshot
 
 # A current Kubernetes version whose schemas kubernetes-validate ships (no download needed).
 KUBERNETES_VERSION = "1.37.0"
@@ -36,6 +36,13 @@ def test_every_manifest_and_secret_passes_strict_validation(exported):
     for name, doc in docs:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)  # raises on any error
         assert doc["metadata"]["namespace"] == "temporal-prod", name
+
+
+def test_the_kubernetes_validate_command_passes_every_file(exported):
+    files = sorted(str(p) for p in exported.rglob("*.yaml") if p.name != "values.yaml")
+    result = subprocess.run(["kubernetes-validate", "--strict", "-k", KUBERNETES_VERSION, *files], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count(" passed ") == len(documents(exported))
 
 
 def test_strict_validation_rejects_an_unknown_field(exported):
@@ -182,6 +189,37 @@ def test_minting_outside_puts_the_signing_key_in_no_secret(own_bundle, tmp_path)
     assert export(own_bundle, dest).code == 0
     assert _holders_of_signing_keys(dest, _signing_keys(own_bundle)) == set()
     assert not (dest / "manifests/token-refresher.yaml").exists()
+
+
+def test_switching_to_outside_minting_removes_the_refresher_files(own_bundle, tmp_path):
+    dest = tmp_path / "out"
+    assert export(own_bundle, dest).code == 0
+    assert (dest / "secrets/temporal-bundle-token-refresher.yaml").exists()
+    own_bundle.config_path.write_text(own_bundle.config_path.read_text() + "  token_minting: outside\n")
+    result = export(own_bundle, dest)
+    assert "removed secrets/temporal-bundle-token-refresher.yaml" in result.out
+    assert not (dest / "secrets/temporal-bundle-token-refresher.yaml").exists()
+    assert not (dest / "manifests/token-refresher.yaml").exists()
+
+
+def test_ingress_exposure(own_bundle, tmp_path):
+    own_bundle.config_path.write_text(own_bundle.config_path.read_text().replace("loadbalancer", "ingress"))
+    dest = tmp_path / "out"
+    assert export(own_bundle, dest).code == 0
+    values = yaml.safe_load((dest / "values.yaml").read_text())
+    frontend = values["server"]["frontend"]
+    assert frontend["ingress"] == {"enabled": True, "hosts": [own_bundle.config.network.frontend_host]}
+    assert frontend["service"]["type"] == "ClusterIP"
+    assert chart.unknown_paths(values) == []
+
+
+def test_export_before_generate_certs_is_one_error_and_nothing_written(tmp_path):
+    config = tmp_path / "bundle.yaml"
+    config.write_text("namespaces: [{name: default}]\n")
+    dest = tmp_path / "out"
+    result = run_main("export-helm", "--config", config, "--out", tmp_path / "bundle", "--dest", dest)
+    result.assert_one_error("is missing; run generate-certs")
+    assert not dest.exists() and not (tmp_path / "bundle").exists()
 
 
 def test_export_is_deterministic(bundle, exported, tmp_path):
