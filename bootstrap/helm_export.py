@@ -124,14 +124,23 @@ def _fullname(release: str) -> str:
 
 def secrets(config: BundleConfig, layout: Layout) -> list[Secret]:
     read, n = _Reader(layout), names(config)
+    server_ca = read.trust("server")[0]
+    result = _server_pod_secrets(config, read, n) + _workload_secrets(read, n, server_ca)
+    result += [_role_secret(read, f"{n['role']}-{role.name}", role.name, server_ca) for role in config.roles]
+    if config.kubernetes.token_minting == "in-cluster":
+        result.append(_refresher_secret(read, layout, n["refresher"]))
+    return result
+
+
+def _server_pod_secrets(config: BundleConfig, read: _Reader, n: dict[str, str]) -> list[Secret]:
+    """What the chart mounts into the Temporal server pods, and PostgreSQL's own certificate."""
     server_bundle, server_current, server_next = read.trust("server")
     client_bundle, client_current, client_next = read.trust("client")
     internode_bundle, internode_current, internode_next = read.trust("internode")
-    database_bundle = read.trust("database")[0]
-    tls = "kubernetes.io/tls"
     frontend_cert, frontend_key = read.leaf("server", "frontend")
     internode_cert, internode_key = read.leaf("server", "internode")
-    result = [
+    tls = "kubernetes.io/tls"
+    return [
         # The chart's layout (tls.crt, tls.key, ca.crt), plus one CA per file for the lists in
         # server.config.tls (Temporal's hot reload watches the first certificate of each file).
         Secret(n["frontend_tls"], "Temporal server pods (server.tls.frontend)", tls, (
@@ -143,34 +152,38 @@ def secrets(config: BundleConfig, layout: Layout) -> list[Secret]:
             ("tls.crt", internode_cert), ("tls.key", internode_key), ("ca.crt", internode_bundle),
             ("internode-current.crt", internode_current), ("internode-next.crt", internode_next),
         )),
-        _tls_secret(n["database"], "Temporal server pods (PostgreSQL client)", read.leaf("dbclient", config.persistence.user), server_bundle),
-        _tls_secret(n["postgres"], "PostgreSQL server (verifies clients with the database CA)", read.leaf("postgres", "server"), database_bundle),
-        _tls_secret(n["web"], "Web UI (web.tls)", read.leaf("ui", "client"), server_bundle),
-        _admintools_secret(config, read, n["admintools"], server_bundle),
+        _tls_secret(n["database"], "Temporal server pods (PostgreSQL client)",
+                    read.leaf("dbclient", config.persistence.user), server_bundle),
+        _tls_secret(n["postgres"], "PostgreSQL server (verifies clients with the database CA)",
+                    read.leaf("postgres", "server"), read.trust("database")[0]),
+    ]
+
+
+def _workload_secrets(read: _Reader, n: dict[str, str], server_ca: bytes) -> list[Secret]:
+    layout = read.layout
+    registrar, jwks, codec = read.leaf("registrar", "system"), read.leaf("jwks", "server"), read.leaf("codec", "server")
+    return [
+        _tls_secret(n["web"], "Web UI (web.tls)", read.leaf("ui", "client"), server_ca),
+        _admintools_secret(read, n["admintools"], server_ca),
         _bundle_secret(n["registrar"], "namespace registration Job", {
-            "registrar/system.pem": read.leaf("registrar", "system")[0], "registrar/system.key": read.leaf("registrar", "system")[1],
-            "registrar/system.jwt": read.file(layout.registrar_token), "trust/ca.pem": server_bundle,
+            "registrar/system.pem": registrar[0], "registrar/system.key": registrar[1],
+            "registrar/system.jwt": read.file(layout.registrar_token), "trust/ca.pem": server_ca,
         }),
         _bundle_secret(n["jwks"], "JWKS server", {
-            "jwks/server.pem": read.leaf("jwks", "server")[0], "jwks/server.key": read.leaf("jwks", "server")[1],
-            "jwks/jwks.json": read.file(layout.jwks),
+            "jwks/server.pem": jwks[0], "jwks/server.key": jwks[1], "jwks/jwks.json": read.file(layout.jwks),
         }),
         _bundle_secret(n["codec"], "codec server", {
-            "codec/server.pem": read.leaf("codec", "server")[0], "codec/server.key": read.leaf("codec", "server")[1],
-            "codec-keys/keys.json": read.file(layout.codec_keys), "trust/ca.pem": server_bundle,
+            "codec/server.pem": codec[0], "codec/server.key": codec[1],
+            "codec-keys/keys.json": read.file(layout.codec_keys), "trust/ca.pem": server_ca,
         }),
     ]
-    result += [_role_secret(read, f"{n['role']}-{role.name}", role.name, server_bundle) for role in config.roles]
-    if config.kubernetes.token_minting == "in-cluster":
-        result.append(_refresher_secret(read, layout, n["refresher"]))
-    return result
 
 
 def _tls_secret(name: str, consumer: str, pair: tuple[bytes, bytes], ca: bytes) -> Secret:
     return Secret(name, consumer, "kubernetes.io/tls", (("tls.crt", pair[0]), ("tls.key", pair[1]), ("ca.crt", ca)))
 
 
-def _admintools_secret(config: BundleConfig, read: _Reader, name: str, ca: bytes) -> Secret:
+def _admintools_secret(read: _Reader, name: str, ca: bytes) -> Secret:
     # A client-domain certificate and the system token: the frontend checks both. Never the
     # internode key, which would make admin-tools a system admin without a token.
     cert, key = read.leaf("clients", "system")
