@@ -20,6 +20,8 @@ KEY_PATHS = {
     "server.frontend.service.httpPort", "server.internal-frontend.service.httpPort", "server.internal-frontend.enabled",
     "admintools.image.repository", "admintools.image.tag", "admintools.useExternalFrontend",
     "admintools.temporalAddress",  # values.yaml (commented) and admintools-deployment.yaml
+    "admintools.securityContext.runAsNonRoot", "admintools.securityContext.runAsUser",
+    "admintools.securityContext.runAsGroup", "admintools.securityContext.fsGroup",
     "admintools.additionalVolumes", "admintools.additionalVolumeMounts", "admintools.additionalEnv",
     "web.replicaCount", "web.image.repository", "web.image.tag",
     "web.tls.enabled", "web.tls.secretName", "web.tls.serverName", "web.tls.enableHostVerification",
