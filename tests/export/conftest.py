@@ -59,6 +59,27 @@ def public_bytes(key) -> bytes:
     return pki.public_key_bytes(key.public_key())
 
 
+def materialize(exported: Path, workload: dict, root: Path) -> tuple[list[str], dict[str, str]]:
+    """Write what the workload's container mounts under root; return its args and environment."""
+    spec = workload["spec"]["template"]["spec"]
+    volumes, container = {v["name"]: v for v in spec["volumes"]}, spec["containers"][0]
+    secrets = secrets_of(exported)
+    config = yaml.safe_load((exported / "manifests/bundle-config.yaml").read_text())["data"]
+    for mount in container["volumeMounts"]:
+        target, volume = root / mount["mountPath"].lstrip("/"), volumes[mount["name"]]
+        target.mkdir(parents=True, exist_ok=True)
+        if "secret" in volume:
+            data = secrets[volume["secret"]["secretName"]]
+            for item in volume["secret"]["items"]:
+                (target / item["path"]).parent.mkdir(parents=True, exist_ok=True)
+                (target / item["path"]).write_bytes(data[item["key"]])
+        elif "configMap" in volume:
+            for key, text in config.items():
+                (target / key).write_text(text)
+    env = {e["name"]: str(root / e["value"].lstrip("/")) for e in container.get("env", [])}
+    return container["args"], env
+
+
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory):
     return make_bundle(tmp_path_factory.mktemp("export-bundle"), CONFIG)

@@ -17,34 +17,13 @@ import pytest
 import yaml
 
 from bootstrap.tokens import verify_token
-from tests.export.conftest import secrets_of
+from tests.export.conftest import materialize
 from tests.harness import REPO, free_port
 
 
 def _manifest(exported: Path, name: str, kind: str) -> dict:
     docs = yaml.safe_load_all((exported / "manifests" / name).read_text())
     return next(d for d in docs if d and d["kind"] == kind)
-
-
-def materialize(exported: Path, workload: dict, root: Path) -> tuple[list[str], dict[str, str]]:
-    """Write what the workload's container mounts under root; return its args and environment."""
-    spec = workload["spec"]["template"]["spec"]
-    volumes, container = {v["name"]: v for v in spec["volumes"]}, spec["containers"][0]
-    secrets = secrets_of(exported)
-    config = yaml.safe_load((exported / "manifests/bundle-config.yaml").read_text())["data"]
-    for mount in container["volumeMounts"]:
-        target, volume = root / mount["mountPath"].lstrip("/"), volumes[mount["name"]]
-        target.mkdir(parents=True, exist_ok=True)
-        if "secret" in volume:
-            data = secrets[volume["secret"]["secretName"]]
-            for item in volume["secret"]["items"]:
-                (target / item["path"]).parent.mkdir(parents=True, exist_ok=True)
-                (target / item["path"]).write_bytes(data[item["key"]])
-        elif "configMap" in volume:
-            for key, text in config.items():
-                (target / key).write_text(text)
-    env = {e["name"]: str(root / e["value"].lstrip("/")) for e in container.get("env", [])}
-    return container["args"], env
 
 
 def _spawn(args, env, log: Path) -> subprocess.Popen:
