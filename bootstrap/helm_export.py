@@ -21,7 +21,7 @@ from .config import BundleConfig, K8S_NAME
 from .durations import go_duration
 from .errors import BundleError
 from .kube_secrets import token_patches
-from .render import environment, default_templates_dir
+from .render import default_templates_dir, environment, render_all
 from .store import CERT_MODE, KEY_MODE, Layout, read_optional
 
 # The chart version whose values.yaml and templates these values were written against.
@@ -219,7 +219,7 @@ def bundle_items(secret: Secret) -> list[dict]:
 # --------------------------------------------------------------------------- rendering
 
 
-def context(config: BundleConfig, all_secrets: list[Secret]) -> dict:
+def context(config: BundleConfig, all_secrets: list[Secret], templates_dir: Path | None = None) -> dict:
     k8s, net = config.kubernetes, config.network
     offset = net.membership_port_offset
     ports = {
@@ -258,6 +258,8 @@ def context(config: BundleConfig, all_secrets: list[Secret]) -> dict:
         "token_minting": k8s.token_minting,
         "role_secrets": [s for s in all_secrets if s.name.startswith(n["role"] + "-")],
         "bundle_yaml": _bundle_yaml(config),
+        # The compose cluster's dynamic config, key for key: the same server policy in both.
+        "dynamic_config": yaml.safe_load(render_all(config, templates_dir)["dynamic_config.yaml"]),
         # What the refresher patches (bootstrap/kube_secrets.py token_patches names them the same way).
         "token_secrets": sorted(token_patches(n["prefix"], {r.name: b"" for r in config.roles})),
     }
@@ -284,7 +286,7 @@ def render_export(config: BundleConfig, layout: Layout, templates_dir: Path | No
     all_secrets = secrets(config, layout)
     env = environment(templates_dir or default_templates_dir())
     env.filters["q"] = json.dumps  # a JSON string is a YAML string, quoted and escaped
-    values = context(config, all_secrets)
+    values = context(config, all_secrets, templates_dir)
     outputs = {"values.yaml": ("helm/values.yaml.j2", CERT_MODE)}
     outputs.update({path: (template, CERT_MODE) for path, template in MANIFESTS.items()})
     if config.kubernetes.token_minting == "in-cluster":

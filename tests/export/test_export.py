@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from bootstrap import pki
+from bootstrap.render import render_all
 from tests.export import chart
 from tests.export.conftest import export, private_keys_in, public_bytes, read_tree, secrets_of
 from tests.harness import configcheck_bin
@@ -87,6 +88,12 @@ def test_values_carry_the_bundle(values, bundle):
 def _configcheck(config: dict, path: Path) -> subprocess.CompletedProcess:
     path.write_text(yaml.safe_dump(config))
     return subprocess.run([str(configcheck_bin()), str(path)], capture_output=True, text=True)
+
+
+def test_dynamic_config_is_the_compose_one(values, bundle):
+    compose = yaml.safe_load(render_all(bundle.config)["dynamic_config.yaml"])
+    assert values["server"]["dynamicConfig"] == compose
+    assert compose["system.enableRingpopTLS"] == [{"value": True}]
 
 
 def test_composed_server_config_passes_configcheck(values, tmp_path):
