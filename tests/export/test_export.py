@@ -284,3 +284,16 @@ def test_a_sqlite_bundle_is_refused(tmp_path):
     dest = tmp_path / "out"
     export(made, dest).assert_one_error("persistence.driver postgres")
     assert not dest.exists()
+
+
+def test_image_overrides_reach_values_and_manifests(own_bundle, tmp_path):
+    own_bundle.config_path.write_text(own_bundle.config_path.read_text() + (
+        "  images: {server: 'mirror.example.com:5000/temporal/server:1.31.2', bundle: 'mirror.example.com/tb:9'}\n"))
+    dest = tmp_path / "out"
+    assert export(own_bundle, dest).code == 0
+    values = yaml.safe_load((dest / "values.yaml").read_text())
+    assert values["server"]["image"] == {"repository": "mirror.example.com:5000/temporal/server", "tag": "1.31.2"}
+    assert values["admintools"]["image"]["repository"] == "temporalio/admin-tools"
+    images = {c["image"] for _, d in documents(dest) if d["kind"] in ("Deployment", "Job")
+              for c in d["spec"]["template"]["spec"]["containers"]}
+    assert images == {"mirror.example.com/tb:9"}
