@@ -6,6 +6,7 @@
 #   IMAGES_ENV            a file of image variables to use, e.g. build/standin-images.env
 #   UP_TIMEOUT            seconds `make up` waits for health (default: 300)
 #   KIND, ROTATE_ARGS     for `make rotate`;  ROLE, DEST for `make export`;  SERVICE for `make logs`
+#   DEST                  for `make export-helm` too (default there: ./helm-export)
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -138,6 +139,17 @@ export: $(BUNDLE_CONFIG_FILE) ## copy ROLE's client cert, key, token and the CA 
 	  cp /bundle/tokens/$(ROLE).jwt /export/$(ROLE).jwt; \
 	  chown $(shell id -u):$(shell id -g) /export/*; chmod 0600 /export/$(ROLE).key /export/$(ROLE).jwt'
 	@ls -l "$(DEST)"
+
+# DEST given on the command line or in the environment wins; the default is export's otherwise.
+HELM_DEST := $(if $(filter command line environment,$(origin DEST)),$(DEST),./helm-export)
+
+.PHONY: export-helm
+export-helm: $(BUNDLE_CONFIG_FILE) ## values.yaml for the Temporal Helm chart, Secrets and manifests, from this bundle, to DEST (default ./helm-export)
+	@mkdir -p "$(HELM_DEST)"
+	$(COMPOSE) run --rm --no-deps --volume "$(abspath $(HELM_DEST)):/export" bootstrap sh -ec '\
+	  temporal-bundle export-helm --dest /export; \
+	  chown -R $(shell id -u):$(shell id -g) /export'
+	@echo "next: kubectl apply -f $(HELM_DEST)/secrets -f $(HELM_DEST)/manifests; helm install with $(HELM_DEST)/values.yaml (README: Scaling out to Kubernetes)"
 
 .PHONY: test
 test: ## every test tier against real infrastructure (see scripts/run-tests.sh)

@@ -24,6 +24,15 @@ NAMESPACE_ROLES = ("worker", "read", "write", "admin")
 KEY_ALGORITHMS = ("ecdsa-p256", "rsa-2048", "rsa-3072", "rsa-4096")
 JWT_ALGORITHMS = ("ES256", "RS256")
 PERSISTENCE_DRIVERS = ("postgres", "sqlite")
+# Services the Helm chart runs as Deployments of their own, each with a replica count.
+KUBERNETES_SERVICES = ("frontend", "internal-frontend", "history", "matching", "worker", "web")
+FRONTEND_EXPOSURES = ("clusterip", "loadbalancer", "ingress")
+TOKEN_MINTING = ("in-cluster", "outside")
+# Image overrides: the chart's server, admin-tools and UI images, and ours (JWKS, codec, jobs).
+KUBERNETES_IMAGES = ("server", "admintools", "ui", "bundle")
+# A Kubernetes object name or namespace (RFC 1123 label).
+K8S_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(:[A-Za-z0-9_.-]+)?(@sha256:[0-9a-f]{64})?$")
 # Roles the codec server may require for decrypting: a bare <ns>:worker grants nothing (see below).
 CODEC_DECRYPT_ROLES = ("read", "write", "admin")
 # Temporal accepts almost anything, but ':' would break the "<ns>:<role>" claim format and names
@@ -119,6 +128,26 @@ class CodecConfig:
 
 
 @dataclass(frozen=True)
+class KubernetesConfig:
+    """Only export-helm reads this: where and how the cluster runs on Kubernetes."""
+
+    namespace: str = "temporal"
+    release: str = "temporal"  # the Helm release; the chart names its objects after it
+    replicas: tuple[tuple[str, int], ...] = tuple((s, 1) for s in KUBERNETES_SERVICES)
+    frontend_exposure: str = "clusterip"
+    # in-cluster: the JWT signing key goes into the token refresher's Secret (and nowhere else);
+    # outside: no Secret holds it, tokens are minted where the bundle lives and re-exported.
+    token_minting: str = "in-cluster"
+    images: tuple[tuple[str, str], ...] = ()
+
+    def replica_count(self, service: str) -> int:
+        return dict(self.replicas)[service]
+
+    def image(self, name: str, default: str) -> str:
+        return dict(self.images).get(name, default)
+
+
+@dataclass(frozen=True)
 class BundleConfig:
     cluster_name: str
     namespaces: tuple[Namespace, ...]
@@ -128,6 +157,7 @@ class BundleConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     persistence: PersistenceConfig = field(default_factory=PersistenceConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     # Where the bundle directory is mounted as the Temporal server sees it (/bundle in compose).
     bundle_dir: str = "/bundle"
     source: str = "<defaults>"
@@ -204,10 +234,11 @@ def parse_config(data: Any, source: str = "<config>") -> BundleConfig:
     cluster.done()
     roles = _parse_roles(top.section("roles"), namespaces, source)
     codec = _parse_codec(top.section("codec"), config.network)
+    kubernetes = _parse_kubernetes(top.section("kubernetes"))
     top.done()
     if not config.bundle_dir.startswith("/"):
         raise BundleError(f"{source}: bundle_dir must be an absolute path, got {config.bundle_dir!r}")
-    return replace(config, roles=roles, codec=codec)
+    return replace(config, roles=roles, codec=codec, kubernetes=kubernetes)
 
 
 class _Section:
@@ -393,6 +424,38 @@ def _parse_codec(sec: _Section, net: NetworkConfig) -> CodecConfig:
     )
     sec.done()
     return codec
+
+
+def _parse_kubernetes(sec: _Section) -> KubernetesConfig:
+    d = KubernetesConfig
+    replicas = sec.section("replicas")
+    images = sec.section("images")
+    k8s = KubernetesConfig(
+        namespace=_k8s_name(sec, "namespace", d.namespace),
+        release=_k8s_name(sec, "release", d.release),
+        replicas=tuple((name, replicas.integer(name, 1, 1, 100)) for name in KUBERNETES_SERVICES),
+        frontend_exposure=sec.choice("frontend_exposure", d.frontend_exposure, FRONTEND_EXPOSURES),
+        token_minting=sec.choice("token_minting", d.token_minting, TOKEN_MINTING),
+        images=tuple((name, _image(images, name)) for name in KUBERNETES_IMAGES if images.data.get(name) is not None),
+    )
+    replicas.done()
+    images.done()
+    sec.done()
+    return k8s
+
+
+def _k8s_name(sec: _Section, key: str, default: str) -> str:
+    value = sec.string(key, default)
+    if not K8S_NAME.match(value):
+        raise BundleError(f"{sec.where}: {key} {value!r} is not a Kubernetes name (lower-case letters, digits, '-'; at most 63)")
+    return value
+
+
+def _image(sec: _Section, key: str) -> str:
+    value = sec.string(key, "")
+    if not IMAGE_REF.match(value):
+        raise BundleError(f"{sec.where}: {key} {value!r} is not an image reference like registry/name:tag")
+    return value
 
 
 def check_origin(value: Any, where: str) -> str:

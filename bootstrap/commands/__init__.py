@@ -1,5 +1,5 @@
 from . import check_expiry, generate_certs, init, mint_tokens, register_namespaces, render_config, rotate, serve_jwks
-from . import serve_codec
+from . import export_helm, serve_codec
 
 COMMANDS = {
     "init": init,
@@ -11,4 +11,5 @@ COMMANDS = {
     "check-expiry": check_expiry,
     "rotate": rotate,
     "serve-codec": serve_codec,
+    "export-helm": export_helm,
 }

@@ -7,7 +7,8 @@ import time
 
 from ..pki import utcnow
 from ..plan import active_signing_key, load_published_keys, plan_tokens
-from ..store import apply, locked
+from ..kube_secrets import ApiServer, publish
+from ..store import Write, apply, locked
 from .common import load, report, standard
 
 HELP = "mint role tokens (system, worker, client, ...) signed with the active key"
@@ -29,6 +30,12 @@ def add_parser(sub, name):
         help="keep running as a token refresher: re-check every SECONDS and re-mint tokens past two "
         "thirds of their lifetime (clients re-read the files; see bootstrap.client.TokenFileWatcher)",
     )
+    parser.add_argument(
+        "--kubernetes-secrets",
+        metavar="PREFIX",
+        help="inside Kubernetes: also put each re-minted token into the Secrets export-helm made "
+        "(PREFIX-role-<role>, and PREFIX-admintools for system), with the pod's service account",
+    )
     parser.set_defaults(run=run)
 
 
@@ -43,10 +50,20 @@ def run(args) -> int:
     config, layout = load(args)
     for name in args.role or ():
         config.role(name)  # an unknown role fails before the lock creates the output directory
+    api = ApiServer.in_cluster() if args.kubernetes_secrets else None
     while True:
         with locked(layout):
-            report(layout, apply(layout, plan(config, layout, args.force, utcnow(), args.role)), args.quiet or bool(args.watch))
+            actions = apply(layout, plan(config, layout, args.force, utcnow(), args.role))
+        report(layout, actions, args.quiet or bool(args.watch))
+        if api is not None:
+            _publish(api, args.kubernetes_secrets, layout, actions)
         if not args.watch:
             return 0
         sys.stdout.flush()
         time.sleep(args.watch)
+
+
+def _publish(api: ApiServer, prefix: str, layout, actions) -> None:
+    minted = {a.path.stem: a.data for a in actions if isinstance(a, Write) and a.path == layout.token(a.path.stem)}
+    for name in publish(api, prefix, minted):
+        print(f"updated Secret {name}", flush=True)

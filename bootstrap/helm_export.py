@@ -1,0 +1,312 @@
+"""export-helm: the same PKI, tokens and policy as data for the official Temporal Helm chart.
+
+Pure apart from reading the bundle: returns {relative path: (bytes, mode)}. Every Secret holds what
+one consumer needs and nothing else; the templates in templates/helm/ shape the text. Output depends
+only on bundle.yaml and the files in the bundle, never on the clock, so a re-export is byte-equal.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import jinja2
+import yaml
+
+from . import __version__
+from .config import BundleConfig, K8S_NAME
+from .durations import go_duration
+from .errors import BundleError
+from .kube_secrets import token_patches
+from .render import default_templates_dir, environment, render_all
+from .store import CERT_MODE, KEY_MODE, Layout, read_optional
+
+# The chart version whose values.yaml and templates these values were written against.
+CHART_VERSION = "1.6.0"
+CHART_APP_VERSION = "1.31.2"
+DEFAULT_IMAGES = {
+    "server": f"temporalio/server:{CHART_APP_VERSION}",
+    "admintools": f"temporalio/admin-tools:{CHART_APP_VERSION}",
+    "ui": "temporalio/ui:2.55.0",
+    "bundle": f"temporal-bundle:{__version__}",
+}
+# Where the chart mounts server.tls.<section> (its defaults) and where we mount the rest.
+TLS_MOUNT = "/etc/temporal/tls"
+SERVER_SERVICES = ("frontend", "internal-frontend", "history", "matching", "worker")
+
+
+@dataclass(frozen=True)
+class Secret:
+    name: str
+    consumer: str  # what mounts it, said in an annotation
+    type: str
+    data: tuple[tuple[str, bytes], ...]
+    # key -> bundle-relative path, for Secrets our own commands read from BUNDLE_DIR
+    paths: tuple[tuple[str, str], ...] = ()
+
+    def encoded(self) -> list[tuple[str, str]]:
+        return [(key, base64.b64encode(value).decode()) for key, value in sorted(self.data)]
+
+
+class _Reader:
+    """Reads bundle files, failing with one clear error naming the first missing one."""
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+
+    def file(self, path: Path) -> bytes:
+        data = read_optional(path)
+        if data is None:
+            raise BundleError(f"{path} is missing; run generate-certs (and mint-tokens) before export-helm")
+        return data
+
+    def leaf(self, directory: str, name: str) -> tuple[bytes, bytes]:
+        cert, key = self.layout.leaf(directory, name)
+        return self.file(cert), self.file(key)
+
+    def trust(self, domain: str) -> tuple[bytes, bytes, bytes]:
+        return tuple(self.file(p) for p in self.layout.trust_files(domain))  # type: ignore[return-value]
+
+
+def check_exportable(config: BundleConfig, layout: Layout) -> None:
+    if config.persistence.driver != "postgres":
+        raise BundleError(f"{config.source}: export-helm needs persistence.driver postgres (the chart runs no SQLite)")
+    for key, host in (("network.jwks_host", config.network.jwks_host), ("codec.host", config.codec.host)):
+        if not K8S_NAME.match(host):
+            raise BundleError(f"{config.source}: {key} {host!r} must be a short name: it becomes a Kubernetes Service name")
+    _check_shards(config, layout)
+
+
+def _check_shards(config: BundleConfig, layout: Layout) -> None:
+    """The shard count cannot change once the database has data. The bundle does not record what
+    the database was created with; the closest record is the config the compose server runs."""
+    rendered = read_optional(layout.config_dir / "temporal.yaml")
+    if rendered is None:
+        return
+    try:
+        shards = yaml.safe_load(rendered)["persistence"]["numHistoryShards"]
+    except (yaml.YAMLError, KeyError, TypeError):
+        raise BundleError(f"{layout.config_dir / 'temporal.yaml'}: cannot read persistence.numHistoryShards") from None
+    if shards != config.persistence.num_history_shards:
+        raise BundleError(
+            f"{config.source}: persistence.num_history_shards is {config.persistence.num_history_shards} but the "
+            f"cluster's database was created with {shards} ({layout.config_dir / 'temporal.yaml'}); it cannot change"
+        )
+
+
+def names(config: BundleConfig) -> dict[str, str]:
+    prefix = f"{config.kubernetes.release}-bundle"
+    return {
+        "prefix": prefix,
+        "fullname": _fullname(config.kubernetes.release),
+        "frontend_tls": f"{prefix}-frontend-tls",
+        "internode_tls": f"{prefix}-internode-tls",
+        "database": f"{prefix}-database-client",
+        "postgres": f"{prefix}-postgres-server",
+        "web": f"{prefix}-web",
+        "admintools": f"{prefix}-admintools",
+        "registrar": f"{prefix}-registrar",
+        "jwks": f"{prefix}-jwks",
+        "codec": f"{prefix}-codec",
+        "refresher": f"{prefix}-token-refresher",
+        "config": f"{prefix}-config",
+        "role": f"{prefix}-role",
+    }
+
+
+def _fullname(release: str) -> str:
+    # The chart's temporal.fullname: the release name alone when it contains the chart name.
+    return release if "temporal" in release else f"{release}-temporal"
+
+
+def secrets(config: BundleConfig, layout: Layout) -> list[Secret]:
+    read, n = _Reader(layout), names(config)
+    server_ca = read.trust("server")[0]
+    result = _server_pod_secrets(config, read, n) + _workload_secrets(read, n, server_ca)
+    result += [_role_secret(read, f"{n['role']}-{role.name}", role.name, server_ca) for role in config.roles]
+    if config.kubernetes.token_minting == "in-cluster":
+        result.append(_refresher_secret(read, layout, n["refresher"]))
+    return result
+
+
+def _server_pod_secrets(config: BundleConfig, read: _Reader, n: dict[str, str]) -> list[Secret]:
+    """What the chart mounts into the Temporal server pods, and PostgreSQL's own certificate."""
+    server_bundle, server_current, server_next = read.trust("server")
+    client_bundle, client_current, client_next = read.trust("client")
+    internode_bundle, internode_current, internode_next = read.trust("internode")
+    frontend_cert, frontend_key = read.leaf("server", "frontend")
+    internode_cert, internode_key = read.leaf("server", "internode")
+    tls = "kubernetes.io/tls"
+    return [
+        # The chart's layout (tls.crt, tls.key, ca.crt), plus one CA per file for the lists in
+        # server.config.tls (Temporal's hot reload watches the first certificate of each file).
+        Secret(n["frontend_tls"], "Temporal server pods (server.tls.frontend)", tls, (
+            ("tls.crt", frontend_cert), ("tls.key", frontend_key), ("ca.crt", client_bundle),
+            ("client-current.crt", client_current), ("client-next.crt", client_next),
+            ("server-ca.crt", server_bundle), ("server-current.crt", server_current), ("server-next.crt", server_next),
+        )),
+        Secret(n["internode_tls"], "Temporal server pods (server.tls.internode)", tls, (
+            ("tls.crt", internode_cert), ("tls.key", internode_key), ("ca.crt", internode_bundle),
+            ("internode-current.crt", internode_current), ("internode-next.crt", internode_next),
+        )),
+        _tls_secret(n["database"], "Temporal server pods (PostgreSQL client)",
+                    read.leaf("dbclient", config.persistence.user), server_bundle),
+        _tls_secret(n["postgres"], "PostgreSQL server (verifies clients with the database CA)",
+                    read.leaf("postgres", "server"), read.trust("database")[0]),
+    ]
+
+
+def _workload_secrets(read: _Reader, n: dict[str, str], server_ca: bytes) -> list[Secret]:
+    layout = read.layout
+    registrar, jwks, codec = read.leaf("registrar", "system"), read.leaf("jwks", "server"), read.leaf("codec", "server")
+    return [
+        _tls_secret(n["web"], "Web UI (web.tls)", read.leaf("ui", "client"), server_ca),
+        _admintools_secret(read, n["admintools"], server_ca),
+        _bundle_secret(n["registrar"], "namespace registration Job", {
+            "registrar/system.pem": registrar[0], "registrar/system.key": registrar[1],
+            "registrar/system.jwt": read.file(layout.registrar_token), "trust/ca.pem": server_ca,
+        }),
+        _bundle_secret(n["jwks"], "JWKS server", {
+            "jwks/server.pem": jwks[0], "jwks/server.key": jwks[1], "jwks/jwks.json": read.file(layout.jwks),
+        }),
+        _bundle_secret(n["codec"], "codec server", {
+            "codec/server.pem": codec[0], "codec/server.key": codec[1],
+            "codec-keys/keys.json": read.file(layout.codec_keys), "trust/ca.pem": server_ca,
+        }),
+    ]
+
+
+def _tls_secret(name: str, consumer: str, pair: tuple[bytes, bytes], ca: bytes) -> Secret:
+    return Secret(name, consumer, "kubernetes.io/tls", (("tls.crt", pair[0]), ("tls.key", pair[1]), ("ca.crt", ca)))
+
+
+def _admintools_secret(read: _Reader, name: str, ca: bytes) -> Secret:
+    # A client-domain certificate and the system token: the frontend checks both. Never the
+    # internode key, which would make admin-tools a system admin without a token.
+    cert, key = read.leaf("clients", "system")
+    data = (("tls.crt", cert), ("tls.key", key), ("ca.crt", ca), ("token", read.file(read.layout.token("system")).strip()))
+    return Secret(name, "admin-tools (admintools.additionalVolumes)", "Opaque", data)
+
+
+def _role_secret(read: _Reader, name: str, role: str, ca: bytes) -> Secret:
+    cert, key = read.leaf("clients", role)
+    data = (("ca.pem", ca), (f"{role}.pem", cert), (f"{role}.key", key), (f"{role}.jwt", read.file(read.layout.token(role))))
+    return Secret(name, f"applications of role {role}", "Opaque", data)
+
+
+def _refresher_secret(read: _Reader, layout: Layout, name: str) -> Secret:
+    files = {"private/jwt/active": read.file(layout.active_kid), "jwks/jwks.json": read.file(layout.jwks)}
+    for path in sorted(layout.signing_keys.glob("*.key")):
+        files[f"private/jwt/{path.name}"] = read.file(path)
+    return _bundle_secret(name, "token refresher (the only holder of the JWT signing key)", files)
+
+
+def _bundle_secret(name: str, consumer: str, files: dict[str, bytes]) -> Secret:
+    """Mounted back with `items` at the bundle-relative paths, so our own commands find their
+    files where they always do (under BUNDLE_DIR)."""
+    keys = {path: path.replace("/", "-") for path in files}
+    return Secret(name, consumer, "Opaque", tuple((keys[p], d) for p, d in files.items()),
+                  tuple(sorted((keys[p], p) for p in files)))
+
+
+def bundle_items(secret: Secret) -> list[dict]:
+    return [{"key": key, "path": path} for key, path in secret.paths]
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def context(config: BundleConfig, all_secrets: list[Secret], templates_dir: Path | None = None) -> dict:
+    k8s, net = config.kubernetes, config.network
+    offset = net.membership_port_offset
+    ports = {
+        "frontend": (net.frontend_port, net.frontend_http_port),
+        "internal-frontend": (net.internal_frontend_port, net.internal_frontend_http_port),
+        "history": (net.history_port, None),
+        "matching": (net.matching_port, None),
+        "worker": (net.worker_port, None),
+    }
+    by_name = {s.name: s for s in all_secrets}
+    n = names(config)
+    return {
+        "chart_version": CHART_VERSION,
+        "config": config,
+        "k8s": k8s,
+        "net": net,
+        "db": config.persistence,
+        "jwt": config.jwt,
+        "codec": config.codec,
+        "names": n,
+        "ns": k8s.namespace,
+        "images": {key: _split_image(k8s.image(key, default)) for key, default in DEFAULT_IMAGES.items()},
+        "bundle_image": k8s.image("bundle", DEFAULT_IMAGES["bundle"]),
+        "services": [
+            {"name": s, "port": ports[s][0], "membership": ports[s][0] + offset, "http": ports[s][1],
+             "replicas": k8s.replica_count(s)}
+            for s in SERVER_SERVICES
+        ],
+        "tls_mount": TLS_MOUNT,
+        "jwks_url": config.jwks_url,
+        "jwks_refresh_interval": go_duration(config.jwt.refresh_interval),
+        "tls_refresh_interval": go_duration(config.tls_refresh_interval),
+        "expiry_warning_window": go_duration(config.pki.renew_before),
+        "expiry_error_window": go_duration(max(config.pki.renew_before / 4, timedelta(hours=1))),
+        "items": {name: bundle_items(secret) for name, secret in by_name.items()},
+        "token_minting": k8s.token_minting,
+        "role_secrets": [s for s in all_secrets if s.name.startswith(n["role"] + "-")],
+        "bundle_yaml": _bundle_yaml(config),
+        # The compose cluster's dynamic config, key for key: the same server policy in both.
+        "dynamic_config": yaml.safe_load(render_all(config, templates_dir)["dynamic_config.yaml"]),
+        # What the refresher patches (bootstrap/kube_secrets.py token_patches names them the same way).
+        "token_secrets": sorted(token_patches(n["prefix"], {r.name: b"" for r in config.roles})),
+    }
+
+
+def _split_image(ref: str) -> dict:
+    repository, _, tag = ref.rpartition(":")
+    if not repository or "/" in tag:
+        return {"repository": ref, "tag": "latest"}
+    return {"repository": repository, "tag": tag}
+
+
+MANIFESTS = {
+    "manifests/bundle-config.yaml": "helm/bundle-config.yaml.j2",
+    "manifests/jwks.yaml": "helm/jwks.yaml.j2",
+    "manifests/codec-server.yaml": "helm/codec-server.yaml.j2",
+    "manifests/register-namespaces-job.yaml": "helm/register-namespaces-job.yaml.j2",
+    "manifests/network-policies.yaml": "helm/network-policies.yaml.j2",
+}
+
+
+def render_export(config: BundleConfig, layout: Layout, templates_dir: Path | None = None) -> dict[str, tuple[bytes, int]]:
+    check_exportable(config, layout)
+    all_secrets = secrets(config, layout)
+    env = environment(templates_dir or default_templates_dir())
+    env.filters["q"] = json.dumps  # a JSON string is a YAML string, quoted and escaped
+    values = context(config, all_secrets, templates_dir)
+    outputs = {"values.yaml": ("helm/values.yaml.j2", CERT_MODE)}
+    outputs.update({path: (template, CERT_MODE) for path, template in MANIFESTS.items()})
+    if config.kubernetes.token_minting == "in-cluster":
+        outputs["manifests/token-refresher.yaml"] = ("helm/token-refresher.yaml.j2", CERT_MODE)
+    rendered = {path: (_render(env, template, values), mode) for path, (template, mode) in outputs.items()}
+    for secret in all_secrets:
+        rendered[f"secrets/{secret.name}.yaml"] = (
+            _render(env, "helm/secret.yaml.j2", {**values, "secret": secret}), KEY_MODE)
+    return rendered
+
+
+def _bundle_yaml(config: BundleConfig) -> str:
+    try:
+        return Path(config.source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise BundleError(f"cannot read config {config.source}: {exc.strerror or exc}") from None
+
+
+def _render(env: jinja2.Environment, template: str, values: dict) -> bytes:
+    try:
+        return env.get_template(template).render(values).encode()
+    except jinja2.TemplateError as exc:
+        raise BundleError(f"template {template}: {exc}") from None

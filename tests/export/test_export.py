@@ -1,0 +1,299 @@
+"""export-helm: valid manifests, chart key paths, a server config the server accepts, Secrets that
+hold only what their consumer needs, deterministic output, and bad input refused."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from bootstrap import pki
+from bootstrap.render import render_all
+from tests.export import chart
+from tests.export.conftest import export, private_keys_in, public_bytes, read_tree, secrets_of
+from tests.harness import configcheck_bin
+from tests.unit.conftest import make_bundle, run_main, snapshot
+
+# A current Kubernetes version whose schemas kubernetes-validate ships (no download needed).
+KUBERNETES_VERSION = "1.37.0"
+
+
+def documents(dest: Path) -> list[tuple[str, dict]]:
+    docs = []
+    for path in sorted(dest.rglob("*.yaml")):
+        if path.name == "values.yaml":
+            continue
+        docs += [(str(path.relative_to(dest)), d) for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    return docs
+
+
+def test_every_manifest_and_secret_passes_strict_validation(exported):
+    docs = documents(exported)
+    kinds = {d["kind"] for _, d in docs}
+    assert {"Secret", "Deployment", "Service", "Job", "NetworkPolicy", "ConfigMap"} <= kinds
+    for name, doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)  # raises on any error
+        assert doc["metadata"]["namespace"] == "temporal-prod", name
+
+
+def test_the_kubernetes_validate_command_passes_every_file(exported):
+    files = sorted(str(p) for p in exported.rglob("*.yaml") if p.name != "values.yaml")
+    result = subprocess.run(["kubernetes-validate", "--strict", "-k", KUBERNETES_VERSION, *files], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count(" passed ") == len(documents(exported))
+
+
+def test_strict_validation_rejects_an_unknown_field(exported):
+    # The validator must be able to fail: an unknown container field is an error under --strict.
+    _, deployment = next((n, d) for n, d in documents(exported) if d["kind"] == "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+def test_workloads_are_non_root_read_only_with_requests_and_probes(exported):
+    for name, doc in documents(exported):
+        if doc["kind"] not in ("Deployment", "Job"):
+            continue
+        spec = doc["spec"]["template"]["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        for container in spec["containers"]:
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True, name
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
+            assert container["resources"]["requests"], name
+            if doc["kind"] == "Deployment":
+                assert "readinessProbe" in container and "livenessProbe" in container, name
+
+
+def test_values_name_only_key_paths_of_the_chart(values):
+    assert chart.unknown_paths(values) == []
+    assert chart.unknown_paths({"server": {"frontend": {"replicas": 2}}}) == ["server.frontend.replicas"]
+
+
+def test_values_carry_the_bundle(values, bundle):
+    server = values["server"]
+    assert server["config"]["persistence"]["numHistoryShards"] == 8 == bundle.config.persistence.num_history_shards
+    assert [server[s]["replicaCount"] for s in chart.SERVER_SERVICES] == [1, 1, 3, 2, 1]
+    assert server["frontend"]["service"]["type"] == "LoadBalancer"
+    assert server["internal-frontend"]["enabled"] is True
+    assert server["tls"]["frontend"]["serverName"] == bundle.config.network.frontend_host
+    assert server["tls"]["internode"]["serverName"] == bundle.config.network.internode_server_name
+    assert server["config"]["authorization"]["jwtKeyProvider"]["keySourceURIs"] == [bundle.config.jwks_url]
+    assert server["config"]["clusterMetadata"]["currentClusterName"] == bundle.config.cluster_name
+
+
+def _configcheck(config: dict, path: Path) -> subprocess.CompletedProcess:
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run([str(configcheck_bin()), str(path)], capture_output=True, text=True)
+
+
+def test_dynamic_config_is_the_compose_one(values, bundle):
+    compose = yaml.safe_load(render_all(bundle.config)["dynamic_config.yaml"])
+    assert values["server"]["dynamicConfig"] == compose
+    assert compose["system.enableRingpopTLS"] == [{"value": True}]
+
+
+def test_composed_server_config_passes_configcheck(values, tmp_path):
+    path = tmp_path / "temporal.yaml"
+    composed = chart.server_config(values)
+    # Unknown to the strict decoder: exactly the chart's own fixed keys, nothing from our values.
+    complaints = [line for line in _configcheck(composed, path).stderr.splitlines() if "not found in type" in line]
+    assert len(complaints) == len(chart.CHART_FIXED_UNKNOWN), complaints
+    config = chart.without_chart_fixed_unknown(composed)
+    result = _configcheck(config, path)
+    assert result.returncode == 0, result.stderr
+    # The same checker refuses a misspelt key in the part we pass through.
+    config["global"]["tls"]["refreshIntervall"] = "1m"
+    assert _configcheck(config, path).returncode != 0
+
+
+def test_every_file_in_the_server_config_is_in_a_mounted_secret(values, exported, bundle):
+    """Each TLS and SQL file the composed config names resolves to a key of the Secret mounted
+    there, holding the right trust domain's material."""
+    config, mounts, secrets = chart.server_config(values), chart.server_mounts(values), secrets_of(exported)
+
+    def content(path: str) -> bytes:
+        directory, key = path.rsplit("/", 1)
+        return secrets[mounts[directory]][key]
+
+    tls = config["global"]["tls"]
+    ca_of = {d: bundle.ca_of(d).cert for d in ("client", "internode")} | {"server": bundle.ca.cert}
+    assert _issuers(content, tls["frontend"]["server"]["clientCaFiles"]) == {pki.fingerprint(ca_of["client"])}
+    assert _issuers(content, tls["frontend"]["client"]["rootCaFiles"]) == {pki.fingerprint(ca_of["server"])}
+    for files in (tls["internode"]["server"]["clientCaFiles"], tls["internode"]["client"]["rootCaFiles"],
+                  tls["systemWorker"]["client"]["rootCaFiles"]):
+        assert _issuers(content, files) == {pki.fingerprint(ca_of["internode"])}
+    for section, leaf in (("frontend", "frontend"), ("internode", "internode")):
+        assert content(tls[section]["server"]["certFile"]) == bundle.leaf_paths("server", leaf)[0].read_bytes()
+        assert content(tls[section]["server"]["keyFile"]) == bundle.leaf_paths("server", leaf)[1].read_bytes()
+    for store in config["persistence"]["datastores"].values():
+        sql_tls = store["sql"]["tls"]
+        cert = pki.load_cert(content(sql_tls["certFile"]), "db client")
+        assert pki.signed_by(cert, bundle.ca_of("database").cert)
+        assert pki.keys_match(cert, pki.load_private_key(content(sql_tls["keyFile"]), "db key"))
+        assert _issuers(content, [sql_tls["caFile"]]) == {pki.fingerprint(ca_of["server"])}
+
+
+def _issuers(content, files) -> set[str]:
+    return {pki.fingerprint(c) for f in files for c in pki.load_certs(content(f), f)}
+
+
+def test_admintools_get_a_client_cert_and_the_system_token_never_an_internode_key(values, exported, bundle):
+    admin = values["admintools"]
+    # An explicit address stops the chart from mounting server.tls secrets into admin-tools.
+    assert admin["temporalAddress"] and admin["useExternalFrontend"] is True
+    names = {v["secret"]["secretName"] for v in admin["additionalVolumes"]}
+    assert len(names) == 1
+    secret = secrets_of(exported)[names.pop()]
+    cert = pki.load_cert(secret["tls.crt"], "admintools")
+    assert pki.signed_by(cert, bundle.ca_of("client").cert)
+    assert secret["token"].decode() == bundle.token("system")
+    internode = public_bytes(bundle.leaf("server", "internode")[1])
+    assert all(public_bytes(k) != internode for k in private_keys_in(b"".join(secret.values())))
+
+
+def test_no_secret_holds_a_ca_private_key(exported, bundle):
+    ca_keys = {public_bytes(pki.load_private_key(p.read_bytes(), p.name)) for p in bundle.layout.private.glob("ca*.key")}
+    assert len(ca_keys) >= 4  # one per trust domain
+    found = 0
+    for name, data in secrets_of(exported).items():
+        for value in data.values():
+            for key in private_keys_in(value):
+                found += 1
+                assert public_bytes(key) not in ca_keys, name
+    assert found >= 10  # the check looked at real keys
+
+
+def test_the_key_check_finds_a_ca_key_under_any_name(bundle):
+    planted = b"junk\n" + bundle.layout.domain_ca("internode")[1].read_bytes()
+    ca_key = public_bytes(bundle.ca_of("internode").key)
+    assert [public_bytes(k) for k in private_keys_in(planted)] == [ca_key]
+
+
+def _signing_keys(bundle) -> set[bytes]:
+    return {public_bytes(pki.load_private_key(p.read_bytes(), p.name)) for p in bundle.layout.signing_keys.glob("*.key")}
+
+
+def _holders_of_signing_keys(dest: Path, signing: set[bytes]) -> set[str]:
+    return {name for name, data in secrets_of(dest).items() for value in data.values()
+            for key in private_keys_in(value) if public_bytes(key) in signing}
+
+
+def test_the_signing_key_is_only_in_the_refreshers_secret(exported, bundle):
+    assert _holders_of_signing_keys(exported, _signing_keys(bundle)) == {"temporal-bundle-token-refresher"}
+    mounts = [d for _, d in documents(exported) if d["kind"] in ("Deployment", "Job")
+              and any(v.get("secret", {}).get("secretName") == "temporal-bundle-token-refresher"
+                      for v in d["spec"]["template"]["spec"]["volumes"])]
+    assert [d["metadata"]["name"] for d in mounts] == ["temporal-token-refresher"]
+
+
+def test_minting_outside_puts_the_signing_key_in_no_secret(own_bundle, tmp_path):
+    own_bundle.config_path.write_text(own_bundle.config_path.read_text() + "  token_minting: outside\n")
+    dest = tmp_path / "out"
+    assert export(own_bundle, dest).code == 0
+    assert _holders_of_signing_keys(dest, _signing_keys(own_bundle)) == set()
+    assert not (dest / "manifests/token-refresher.yaml").exists()
+
+
+def test_switching_to_outside_minting_removes_the_refresher_files(own_bundle, tmp_path):
+    dest = tmp_path / "out"
+    assert export(own_bundle, dest).code == 0
+    assert (dest / "secrets/temporal-bundle-token-refresher.yaml").exists()
+    own_bundle.config_path.write_text(own_bundle.config_path.read_text() + "  token_minting: outside\n")
+    result = export(own_bundle, dest)
+    assert "removed secrets/temporal-bundle-token-refresher.yaml" in result.out
+    assert not (dest / "secrets/temporal-bundle-token-refresher.yaml").exists()
+    assert not (dest / "manifests/token-refresher.yaml").exists()
+
+
+def test_ingress_exposure(own_bundle, tmp_path):
+    own_bundle.config_path.write_text(own_bundle.config_path.read_text().replace("loadbalancer", "ingress"))
+    dest = tmp_path / "out"
+    assert export(own_bundle, dest).code == 0
+    values = yaml.safe_load((dest / "values.yaml").read_text())
+    frontend = values["server"]["frontend"]
+    assert frontend["ingress"] == {"enabled": True, "hosts": [own_bundle.config.network.frontend_host]}
+    assert frontend["service"]["type"] == "ClusterIP"
+    assert chart.unknown_paths(values) == []
+
+
+def test_export_before_generate_certs_is_one_error_and_nothing_written(tmp_path):
+    config = tmp_path / "bundle.yaml"
+    config.write_text("namespaces: [{name: default}]\n")
+    dest = tmp_path / "out"
+    result = run_main("export-helm", "--config", config, "--out", tmp_path / "bundle", "--dest", dest)
+    result.assert_one_error("is missing; run generate-certs")
+    assert not dest.exists() and not (tmp_path / "bundle").exists()
+
+
+def test_export_is_deterministic(bundle, exported, tmp_path):
+    again = tmp_path / "again"
+    assert export(bundle, again).code == 0
+    assert read_tree(again) == read_tree(exported)
+    before = snapshot(again)
+    result = export(bundle, again)
+    assert result.code == 0 and "wrote" not in result.out
+    assert snapshot(again) == before
+
+
+def test_secret_files_are_private(exported):
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (exported / "secrets").glob("*.yaml")}
+    assert modes and set(modes.values()) == {0o600}
+
+
+def test_reexport_after_cert_rotation_changes_only_the_certificate_secrets(own_bundle, tmp_path):
+    dest = tmp_path / "out"
+    assert export(own_bundle, dest).code == 0
+    before = read_tree(dest)
+    rotated = own_bundle.run("rotate", "--kind", "certs", "--all")
+    assert rotated.code == 0, rotated.err
+    assert export(own_bundle, dest).code == 0
+    after = read_tree(dest)
+    changed = {path for path in after if after[path] != before.get(path)}
+    expected = {p for p in before if p.startswith("secrets/") and "token-refresher" not in p}
+    assert changed == expected
+    assert set(after) == set(before)
+
+
+@pytest.mark.parametrize("section, fragment", [
+    ("kubernetes: {replicas: {history: 0}}\n", "replicas: history must be an integer 1..100"),
+    ("kubernetes: {replicas: {historyy: 2}}\n", "unknown key 'historyy'"),
+    ("kubernetes: {namespace: temporal, storage: fast}\n", "unknown key 'storage'"),
+])
+def test_bad_kubernetes_section_is_one_error_and_nothing_written(own_bundle, tmp_path, section, fragment):
+    text = own_bundle.config_path.read_text().split("kubernetes:")[0] + section
+    own_bundle.config_path.write_text(text)
+    dest = tmp_path / "out"
+    export(own_bundle, dest).assert_one_error(fragment)
+    assert not dest.exists()
+
+
+def test_shards_that_differ_from_the_database_are_refused(own_bundle, tmp_path):
+    text = own_bundle.config_path.read_text().replace("num_history_shards: 8", "num_history_shards: 512")
+    own_bundle.config_path.write_text(text)
+    dest = tmp_path / "out"
+    export(own_bundle, dest).assert_one_error("num_history_shards is 512", "created with 8")
+    assert not dest.exists()
+
+
+def test_a_sqlite_bundle_is_refused(tmp_path):
+    made = make_bundle(tmp_path / "b", f"persistence: {{driver: sqlite, sqlite_path: {tmp_path}/t.db}}\n")
+    dest = tmp_path / "out"
+    export(made, dest).assert_one_error("persistence.driver postgres")
+    assert not dest.exists()
+
+
+def test_image_overrides_reach_values_and_manifests(own_bundle, tmp_path):
+    own_bundle.config_path.write_text(own_bundle.config_path.read_text() + (
+        "  images: {server: 'mirror.example.com:5000/temporal/server:1.31.2', bundle: 'mirror.example.com/tb:9'}\n"))
+    dest = tmp_path / "out"
+    assert export(own_bundle, dest).code == 0
+    values = yaml.safe_load((dest / "values.yaml").read_text())
+    assert values["server"]["image"] == {"repository": "mirror.example.com:5000/temporal/server", "tag": "1.31.2"}
+    assert values["admintools"]["image"]["repository"] == "temporalio/admin-tools"
+    images = {c["image"] for _, d in documents(dest) if d["kind"] in ("Deployment", "Job")
+              for c in d["spec"]["template"]["spec"]["containers"]}
+    assert images == {"mirror.example.com/tb:9"}
