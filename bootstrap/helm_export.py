@@ -26,10 +26,12 @@ from .store import CERT_MODE, KEY_MODE, Layout, read_optional
 
 # The chart version whose values.yaml and templates these values were written against.
 CHART_VERSION = "1.6.0"
-CHART_APP_VERSION = "1.31.2"
+# The chart ships server 1.31.2; the cluster moved over runs the release compose pins
+# (docker-compose.prod.yml): moving must never downgrade the server under its database.
+TEMPORAL_VERSION = "1.32.2"
 DEFAULT_IMAGES = {
-    "server": f"temporalio/server:{CHART_APP_VERSION}",
-    "admintools": f"temporalio/admin-tools:{CHART_APP_VERSION}",
+    "server": f"temporalio/server:{TEMPORAL_VERSION}",
+    "admintools": f"temporalio/admin-tools:{TEMPORAL_VERSION}",
     "ui": "temporalio/ui:2.55.0",
     "bundle": f"temporal-bundle:{__version__}",
 }

@@ -34,6 +34,8 @@ bundle_image="${BUNDLE_IMAGE:-temporal-bundle:$project_version}"
 standin="temporal-bundle-standin"
 base_image="$standin/debian:bookworm"
 work="$repo/build/images"
+# Temporal 1.32 declares `go 1.26.10` (its schema files come from the module): see build-temporal.sh.
+export GOTOOLCHAIN="${GOTOOLCHAIN:-go1.27.3}"
 export DOCKER_BUILDKIT=0  # the classic builder: works with every engine, no buildx plugin needed
 
 log() { printf '%s\n' "$*" >&2; }
@@ -163,7 +165,12 @@ EOF
 }
 
 go_module_dir() {  # MODULE@VERSION -> its directory in the Go module cache (downloaded if needed)
-  go mod download -json "$1" | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])'
+  go mod download -json "$1" | python3 -c '
+import json, sys
+info = json.load(sys.stdin)
+if "Dir" not in info:
+    sys.exit("error: go mod download: " + info.get("Error", "no directory"))
+print(info["Dir"])'
 }
 
 ui_server_binary() {

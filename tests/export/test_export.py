@@ -297,3 +297,16 @@ def test_image_overrides_reach_values_and_manifests(own_bundle, tmp_path):
     images = {c["image"] for _, d in documents(dest) if d["kind"] in ("Deployment", "Job")
               for c in d["spec"]["template"]["spec"]["containers"]}
     assert images == {"mirror.example.com/tb:9"}
+
+
+def test_default_images_are_the_releases_compose_runs():
+    """Moving a compose cluster to Kubernetes must not change (or downgrade) the server release."""
+    import re
+    from pathlib import Path
+
+    from bootstrap.helm_export import DEFAULT_IMAGES
+
+    compose = (Path(__file__).resolve().parents[2] / "docker-compose.prod.yml").read_text()
+    for key, variable in (("server", "TEMPORAL_SERVER_IMAGE"), ("admintools", "TEMPORAL_ADMINTOOLS_IMAGE")):
+        pinned = re.search(r"\$\{" + variable + r":-([^}]+)\}", compose).group(1)
+        assert DEFAULT_IMAGES[key] == pinned, key
