@@ -45,7 +45,7 @@ def add_parser(sub, name):
 
 
 def run(args) -> int:
-    from ..codec_server import Policy, make_server  # needs the Temporal SDK; other commands do not
+    from ..servers.codec import Policy, make_server  # needs the Temporal SDK; other commands do not
 
     config = load_config(args.config)
     layout = Layout(Path(args.out).resolve())

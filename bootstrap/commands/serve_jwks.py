@@ -6,7 +6,7 @@ import ssl
 from pathlib import Path
 
 from ..errors import BundleError
-from ..jwks_server import make_server
+from ..servers.jwks import make_server
 from ..store import Layout
 from .common import add_out, serve_until_interrupted
 

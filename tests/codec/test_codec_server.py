@@ -18,7 +18,7 @@ from temporalio.api.common.v1 import Payload, Payloads
 from bootstrap.cli import main
 from bootstrap.codec import KEY_ID_HEADER, encrypt
 from bootstrap.codec_keys import Keyring
-from bootstrap.codec_server import Policy, make_server
+from bootstrap.servers.codec import Policy, make_server
 from bootstrap.pki import utcnow
 from bootstrap.tokens import SigningKey, mint_token
 

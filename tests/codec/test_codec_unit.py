@@ -27,7 +27,7 @@ from bootstrap.codec import (
     encrypt,
 )
 from bootstrap.codec_keys import Keyring, plan_codec_keys
-from bootstrap.codec_server import grants, role_for
+from bootstrap.servers.auth import grants, role_for
 from bootstrap.config import parse_config
 from bootstrap.errors import BundleError
 from bootstrap.store import Layout, Skip, Write

@@ -30,7 +30,7 @@ from temporalio.worker import Worker
 from bootstrap.client import connect
 from bootstrap.codec import ENCODING, KEY_ID_HEADER, data_converter, decrypt
 from bootstrap.codec_keys import Keyring
-from bootstrap.codec_server import Policy, make_server
+from bootstrap.servers.codec import Policy, make_server
 from bootstrap.config import load_config
 from bootstrap.pki import utcnow
 from bootstrap.tokens import SigningKey, mint_token

@@ -1,0 +1,1 @@
+"""The HTTPS services the bundle runs: the JWKS server and the codec server."""
