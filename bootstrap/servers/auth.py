@@ -1,22 +1,37 @@
-"""Who may use the codec: JWKS sources for token verification and Temporal's role lattice."""
+"""Who may use the codec: the JWKS sources tokens are verified against, the token check, and
+Temporal's role lattice.
+
+JWKS fetches never hold a lock: the event loop runs one fetch per source at a time (later callers
+wait for that one), a token whose kid is already known is verified against the cached set while a
+fetch for an unknown kid is in flight, and failed fetches back off (1 s doubling to 60 s).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
+import aiohttp
+import jwt
+
+from ..tokens import verify_token
+from .http import Refusal, clip
 from .jwks import JWKSSource
 
 ROLE_BITS = {"worker": 1, "read": 2, "write": 4, "admin": 8}
 SYSTEM_NAMESPACE = "temporal-system"
 PERMISSIONS_CLAIM = "permissions"
+MAX_JWKS_BYTES = 1024 * 1024
 
 
-# --------------------------------------------------------------------------- authorization
+class JWKSUnavailable(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- role lattice
 
 
 def role_for(claims: dict, namespace: str) -> int:
@@ -43,64 +58,143 @@ def grants(claims: dict, namespace: str, required: str) -> bool:
 # --------------------------------------------------------------------------- key sources
 
 
+def _kids(doc: dict | None) -> set:
+    return {k.get("kid") for k in (doc or {}).get("keys", []) if isinstance(k, dict)}
+
+
 class FileJWKS:
     """The bundle's jwks.json, re-read when it changes."""
 
     def __init__(self, path: Path):
         self.source, self.description = JWKSSource(path), str(path)
-        self._raw, self._doc, self._lock = None, None, threading.Lock()
+        self._raw, self._doc = None, None
 
-    def document(self, kid: str | None = None) -> dict:
-        raw = self.source.current()  # raises OSError/ValueError if missing or not a JWKS
-        with self._lock:
+    async def key_set(self, kid: str | None = None) -> dict:
+        try:
+            raw = self.source.current()
             if raw is not self._raw:
                 self._doc, self._raw = json.loads(raw), raw
-            return self._doc
+        except (OSError, ValueError) as exc:
+            raise JWKSUnavailable(f"{self.description}: {exc}") from None
+        return self._doc
+
+    async def close(self) -> None:
+        pass
 
 
 class URLJWKS:
-    """A JWKS URL, fetched every `ttl` seconds, and again (at most every 5s) for an unknown kid.
-    https is verified against the system CAs plus `cafile` (re-read each fetch: CA rotations)."""
+    """A JWKS URL, fetched every `ttl` seconds, and again (at most every `unknown_every` seconds)
+    for an unknown kid. https is verified against the system CAs plus `cafile`, re-read for each
+    fetch (CA rotations). A stale set keeps serving while its refresh runs."""
 
-    def __init__(self, url: str, cafile: Path | None, ttl: float = 60.0, timeout: float = 10.0):
+    def __init__(self, url: str, cafile: Path | None, ttl: float = 60.0, timeout: float = 10.0,
+                 unknown_every: float = 5.0):
         self.url, self.cafile, self.ttl, self.timeout, self.description = url, cafile, ttl, timeout, url
-        self._doc, self._fetched, self._lock = None, 0.0, threading.Lock()
+        self.unknown_every = unknown_every
+        self._doc, self._fetched, self._attempted, self._failures = None, 0.0, float("-inf"), 0
+        self._fetch_task: asyncio.Task | None = None
+        self._session: aiohttp.ClientSession | None = None
 
-    def document(self, kid: str | None = None) -> dict:
-        with self._lock:
-            age = time.monotonic() - self._fetched
-            stale = self._doc is None or age >= self.ttl
-            unknown = kid is not None and self._doc is not None and kid not in _kids(self._doc) and age >= 5
-            if stale or unknown:
-                try:
-                    self._doc, self._fetched = self._fetch(), time.monotonic()
-                except (OSError, ValueError):
-                    if self._doc is None:
-                        raise
+    async def key_set(self, kid: str | None = None) -> dict:
+        now = time.monotonic()
+        if self._doc is not None and (kid is None or kid in _kids(self._doc)):
+            if now - self._fetched >= self.ttl and self._may_fetch(now, self.unknown_every):
+                self._start_fetch()  # refresh in the background; this caller keeps the cached set
             return self._doc
+        if self._fetch_task is None and self._may_fetch(now, self.unknown_every if self._doc else 0):
+            self._start_fetch()
+        if self._fetch_task is not None:
+            await asyncio.shield(self._fetch_task)
+        if self._doc is None:
+            raise JWKSUnavailable(f"{self.url}: no key set fetched yet")
+        return self._doc
 
-    def _fetch(self) -> dict:
+    def _may_fetch(self, now: float, floor: float) -> bool:
+        backoff = min(60.0, 2.0 ** (self._failures - 1)) if self._failures else 0.0
+        return self._fetch_task is None and now - self._attempted >= max(floor, backoff)
+
+    def _start_fetch(self) -> None:
+        self._attempted = time.monotonic()
+        self._fetch_task = asyncio.ensure_future(self._refresh())
+
+    async def _refresh(self) -> None:
+        try:
+            self._doc, self._fetched, self._failures = await self._fetch(), time.monotonic(), 0
+        except (OSError, ValueError, aiohttp.ClientError, asyncio.TimeoutError):
+            self._failures += 1
+        finally:
+            self._fetch_task = None
+
+    async def _fetch(self) -> dict:
         context = ssl.create_default_context()
         if self.cafile is not None and Path(self.cafile).exists():
             context.load_verify_locations(cafile=str(self.cafile))
-        with urllib.request.urlopen(self.url, context=context, timeout=self.timeout) as response:
-            doc = json.loads(response.read(1024 * 1024))
+        self._session = self._session or aiohttp.ClientSession()
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        async with self._session.get(self.url, ssl=context, timeout=timeout) as response:
+            response.raise_for_status()
+            doc = json.loads(await response.content.read(MAX_JWKS_BYTES))
         if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
             raise ValueError("not a JWKS document")
         return doc
 
-
-def _kids(doc: dict) -> set:
-    return {k.get("kid") for k in doc.get("keys", []) if isinstance(k, dict)}
+    async def close(self) -> None:
+        if self._fetch_task is not None:
+            self._fetch_task.cancel()
+        if self._session is not None:
+            await self._session.close()
 
 
 class CombinedJWKS:
     """Several JWKS URLs as one key set: the bundle's own (for CLI users with bundle tokens) and an
-    OIDC provider's (for Web UI users, whose access token the UI passes on)."""
+    OIDC provider's (for Web UI users, whose access token the UI passes on). A slow or broken
+    source does not hold up tokens another source already knows."""
 
     def __init__(self, sources: list):
         self.sources = sources
         self.description = ", ".join(s.description for s in sources)
 
-    def document(self, kid: str | None = None) -> dict:
-        return {"keys": [k for source in self.sources for k in source.document(kid).get("keys", [])]}
+    async def key_set(self, kid: str | None = None) -> dict:
+        results = await asyncio.gather(*(s.key_set(kid) for s in self._asked(kid)), return_exceptions=True)
+        docs = [r for r in results if isinstance(r, dict)]
+        if not docs:
+            raise JWKSUnavailable("; ".join(str(r) for r in results))
+        return {"keys": [k for doc in docs for k in doc.get("keys", [])]}
+
+    def _asked(self, kid: str | None) -> list:
+        known = [s for s in self.sources if kid is not None and kid in _kids(getattr(s, "_doc", None))]
+        return known or self.sources
+
+    async def close(self) -> None:
+        for source in self.sources:
+            await source.close()
+
+
+# --------------------------------------------------------------------------- token check
+
+
+class Authenticator:
+    """Bearer token -> verified claims, or a Refusal (401, or 503 when no key set is at hand)."""
+
+    def __init__(self, jwks, audience: str, issuers: tuple[str, ...] = ()):
+        self.jwks, self.audience, self.issuers = jwks, audience, issuers
+
+    async def claims(self, authorization: str | None) -> dict:
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Refusal(401, "missing bearer token")
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError as exc:
+            raise Refusal(401, "invalid token", clip(exc)) from None
+        if not isinstance(kid, str):
+            raise Refusal(401, "invalid token", 'no "kid" header')
+        try:
+            key_set = await self.jwks.key_set(kid)
+        except JWKSUnavailable as exc:
+            raise Refusal(503, "token keys unavailable", clip(exc)) from None
+        try:
+            return verify_token(token, key_set, audience=self.audience, issuers=self.issuers)
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            raise Refusal(401, "invalid token", clip(exc)) from None

@@ -1,5 +1,5 @@
 """The codec server: Temporal's remote codec protocol over HTTPS, decrypting only for callers
-whose token grants the namespace.
+whose token grants the payload's own namespace.
 
     POST .../decode   {"payloads": [{"metadata": {"encoding": "<b64>", ...}, "data": "<b64>"}]}
     POST .../encode   the same shape both ways (proto3 JSON of temporal.api.common.v1.Payloads)
@@ -7,49 +7,53 @@ whose token grants the namespace.
     OPTIONS ...       CORS preflight, answered only for the configured Web UI origins
 
 Only the last path segment selects the endpoint, so `https://codec:8888/{namespace}/decode` (the
-CLI's endpoint templating) works too. The namespace comes from the X-Namespace header, which the
-Web UI and the `temporal` CLI both send, else from the path segment before the endpoint.
+CLI's endpoint templating) works too. The request's namespace comes from the X-Namespace header,
+which the Web UI and the `temporal` CLI both send, else from the path segment before the endpoint.
 
-Every POST needs `Authorization: Bearer <jwt>`, verified like Temporal's default claim mapper does
-(kid lookup in the JWKS, RS256/ES256 only, exp/nbf/iat, audience): missing or invalid -> 401.
-Then Temporal's own role lattice decides, with the same bit flags (worker=1 < read=2 < write=4 <
-admin=8, OR-ed over the token's "<ns>:<role>" permissions, `have >= required`, and
-`temporal-system:<role>` counting for every namespace):
-  - decode: a token holding `decrypt_role` (admin by default) gets plaintext; any other valid
-    token gets its payloads back unchanged, still encrypted (200), as if no codec were set;
-  - encode: needs at least write on the namespace, else 403.
-The JWKS is the bundle's jwks.json (re-read on change) or one or more JWKS URLs (re-fetched every
-minute, and at once for a kid not seen yet). The data keys are re-read when `rotate --kind codec-key`
-replaces the file, and the TLS certificate when it is re-issued.
+Everything about the caller is decided before a byte of the body is read: the origin, the bearer
+JWT (verified like Temporal's default claim mapper: kid in the JWKS, RS256/ES256, integer
+exp/nbf/iat, audience, issuer), and the role. Temporal's role lattice decides, with the same bit
+flags (worker=1 < read=2 < write=4 < admin=8, OR-ed over "<ns>:<role>" permissions, `have >=
+required`, `temporal-system:<role>` counting for every namespace):
+  - any request needs some role on the request's namespace, else 403;
+  - encode needs write there, and binds the payloads to that namespace;
+  - decode decrypts a payload only when the token holds `decrypt_role` (admin by default) on the
+    namespace the payload is bound to, whatever the request says; a payload written before
+    namespaces were bound is decrypted only for `temporal-system:<decrypt_role>`. Every other
+    payload comes back unchanged, still encrypted (200), as if no codec were set, and the audit
+    line says it was refused.
+Then the body: Content-Length required (411), at most `max_body` (413), read within the body
+deadline, while holding a share of a process-wide body budget. Each request writes one JSON audit
+line to stderr; tokens and payloads are never logged.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import re
-import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import jwt
-from google.protobuf import json_format
-from temporalio.api.common.v1 import Payloads
+from aiohttp import web
 
-from ..codec import CodecError, KeyringFile, decrypt_all, encrypt_all
+from ..codec import CodecError, KeyringFile, decrypt, encrypt_all, is_encrypted, payload_namespace
 from ..errors import BundleError
-from ..tokens import verify_token
-from .auth import ROLE_BITS, CombinedJWKS, FileJWKS, URLJWKS, grants, role_for  # noqa: F401
-from .jwks import ReloadingTLS
+from .auth import SYSTEM_NAMESPACE, Authenticator, CombinedJWKS, FileJWKS, JWKSUnavailable, URLJWKS, grants, role_for
+from .http import Budget, Limits, Refusal, ReloadingTLS, Service, clip, cors_headers, cors_middleware
+from .http import declared_length, log_event, read_body, refusal_reply, reply, stream_reply
+from .wire import parse_payloads, render_payloads
 
 ENCODE_ROLE = "write"
-MAX_BODY = 16 * 1024 * 1024  # a history page of payloads; Temporal's own blob limit is 2 MiB each
 NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 ALLOW_HEADERS = "Authorization, Content-Type, X-Namespace"
 ALLOW_METHODS = "POST, OPTIONS"
-
-
-# --------------------------------------------------------------------------- HTTP
+SMALL_BODY = 64 * 1024  # smaller bodies are handled on the event loop, larger ones in a thread
+# Bytes of bodies in flight at once. A request costs several times its body (JSON text, payload
+# bytes, base64 and JSON of the reply, TLS buffers): one 16 MiB body peaks near 100 MB, so large
+# bodies take turns; small ones (the Web UI's) have a pool of their own and never wait behind them.
+LARGE_BUDGET = 16 * 1024 * 1024
+SMALL_BUDGET = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -57,185 +61,23 @@ class Policy:
     audience: str
     decrypt_role: str = "admin"
     ui_origins: tuple[str, ...] = ()
+    issuers: tuple[str, ...] = ()
 
 
-class _Refusal(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
+@dataclass
+class _Audit:
+    """What one request's audit line says."""
 
+    action: str
+    remote: str | None
+    enabled: bool = True
+    namespace: str | None = None
+    sub: str | None = None
 
-class _Handler(BaseHTTPRequestHandler):
-    server_version = "temporal-bundle-codec"
-    sys_version = ""
-    protocol_version = "HTTP/1.1"
-
-    # ---- CORS
-
-    def _origin(self) -> str | None:
-        return self.headers.get("Origin")
-
-    def _origin_allowed(self) -> bool:
-        return self._origin() in self.server.policy.ui_origins
-
-    def _cors_headers(self) -> None:
-        self.send_header("Vary", "Origin")
-        if self._origin_allowed():
-            self.send_header("Access-Control-Allow-Origin", self._origin())
-            # The UI's "include cross-origin credentials" setting sends fetch(credentials: include),
-            # which the browser only completes when this is true; the origin is never "*".
-            self.send_header("Access-Control-Allow-Credentials", "true")
-
-    def do_OPTIONS(self):  # noqa: N802
-        if not self._origin_allowed():
-            return self._send(403, {"error": "origin not allowed"})
-        self.send_response(204)
-        self._cors_headers()
-        self.send_header("Access-Control-Allow-Methods", ALLOW_METHODS)
-        self.send_header("Access-Control-Allow-Headers", ALLOW_HEADERS)
-        self.send_header("Access-Control-Max-Age", "600")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    # ---- routes
-
-    def do_GET(self):  # noqa: N802
-        path = self.path.split("?", 1)[0]
-        if path == "/healthz":
-            return self._health()
-        if _action(path):
-            return self._send(405, {"error": "use POST"}, allow="POST, OPTIONS")
-        return self._send(404, {"error": "not found"})
-
-    def do_POST(self):  # noqa: N802
-        self._body_read = False  # one handler serves every request of a keep-alive connection
-        path = self.path.split("?", 1)[0]
-        action = _action(path)
-        if action is None:
-            self._drain()
-            return self._send(404, {"error": "not found"})
-        namespace = subject = None
-        try:
-            if self._origin() is not None and not self._origin_allowed():
-                raise _Refusal(403, "origin not allowed")
-            claims = self._authenticate()
-            subject = claims.get("sub")
-            namespace = self._namespace(path)
-            payloads = self._payloads()
-            if action == "decode":
-                if grants(claims, namespace, self.server.policy.decrypt_role):
-                    result, outcome = decrypt_all(payloads, self.server.keys.current()), "decrypted"
-                else:
-                    result, outcome = payloads, "kept encrypted (role too low)"
-            else:
-                if not grants(claims, namespace, ENCODE_ROLE):
-                    raise _Refusal(403, f"encode needs at least {ENCODE_ROLE} on namespace {namespace!r}")
-                result, outcome = encrypt_all(payloads, self.server.keys.current()), "encrypted"
-        except _Refusal as refusal:
-            self._audit(action, namespace, subject, f"refused {refusal.status}: {refusal.message}")
-            self._drain()
-            return self._send(refusal.status, {"error": refusal.message}, bearer=refusal.status == 401)
-        except CodecError as exc:
-            self._audit(action, namespace, subject, f"failed: {exc}")
-            return self._send(400, {"error": str(exc)})
-        except BundleError as exc:  # the keyring file is missing or unreadable
-            self._audit(action, namespace, subject, f"failed: {exc}")
-            return self._send(503, {"error": f"data keys unavailable: {exc}"})
-        self._audit(action, namespace, subject, f"{outcome} {len(result)} payload(s)")
-        body = json_format.MessageToJson(Payloads(payloads=result), indent=None).encode()
-        self._send_raw(200, body)
-
-    # ---- request parts
-
-    def _authenticate(self) -> dict:
-        header = self.headers.get("Authorization") or ""
-        scheme, _, token = header.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise _Refusal(401, "missing bearer token")
-        token = token.strip()
-        try:
-            kid = jwt.get_unverified_header(token).get("kid")
-            jwks = self.server.jwks.document(kid if isinstance(kid, str) else None)
-        except jwt.PyJWTError as exc:
-            raise _Refusal(401, f"invalid token: {exc}") from None
-        except (OSError, ValueError) as exc:
-            raise _Refusal(503, f"JWKS unavailable: {exc}") from None
-        try:
-            return verify_token(token, jwks, audience=self.server.policy.audience)
-        except (jwt.PyJWTError, ValueError, TypeError) as exc:
-            raise _Refusal(401, f"invalid token: {exc}") from None
-
-    def _namespace(self, path: str) -> str:
-        namespace = self.headers.get("X-Namespace")
-        if namespace is None:
-            parts = [p for p in path.split("/") if p]
-            namespace = parts[-2] if len(parts) >= 2 else ""
-        if not NAMESPACE.match(namespace):
-            raise _Refusal(400, "missing or invalid X-Namespace header")
-        return namespace
-
-    def _payloads(self) -> list:
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            raise _Refusal(411, "Content-Length required")
-        if int(length) > MAX_BODY:
-            raise _Refusal(413, f"body larger than {MAX_BODY} bytes")
-        body = self.rfile.read(int(length))
-        self._body_read = True
-        try:
-            message = json_format.Parse(body, Payloads(), ignore_unknown_fields=True)
-        except (json_format.ParseError, ValueError, UnicodeDecodeError) as exc:
-            raise _Refusal(400, f"body is not proto3 JSON of Payloads: {exc}") from None
-        return list(message.payloads)
-
-    def _drain(self) -> None:
-        """Read an unread body so the connection stays usable (or is closed if it cannot be)."""
-        if self._body_read:
-            return
-        length = self.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) <= MAX_BODY:
-            self.rfile.read(int(length))
-        else:
-            self.close_connection = True
-
-    def _health(self) -> None:
-        try:
-            self.server.keys.current()
-            problem = self.server.keys.error
-            self.server.jwks.document()
-        except (BundleError, OSError, ValueError) as exc:
-            return self._send(503, {"status": "unavailable", "error": str(exc)})
-        if problem:
-            return self._send(503, {"status": "degraded", "error": problem})
-        self._send(200, {"status": "ok"})
-
-    # ---- responses
-
-    def _send(self, status: int, doc: dict, bearer: bool = False, allow: str | None = None) -> None:
-        extra = {}
-        if bearer:
-            extra["WWW-Authenticate"] = 'Bearer realm="temporal-codec"'
-        if allow:
-            extra["Allow"] = allow
-        self._send_raw(status, (json.dumps(doc) + "\n").encode(), extra)
-
-    def _send_raw(self, status: int, body: bytes, extra: dict | None = None) -> None:
-        self.send_response(status)
-        self._cors_headers()
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")  # decrypted data must never be cached
-        for name, value in (extra or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _audit(self, action, namespace, subject, outcome) -> None:
-        if self.server.audit:
-            print(f"codec {action} namespace={namespace!r} sub={subject!r}: {outcome}", file=sys.stderr, flush=True)
-
-    def log_message(self, fmt, *args):
-        pass  # the audit line above says what matters; tokens and payloads are never logged
+    def write(self, status: int, outcome: str, **counts) -> None:
+        if self.enabled:
+            log_event("codec", action=self.action, namespace=clip(self.namespace), sub=clip(self.sub),
+                      remote=self.remote, status=status, outcome=outcome, **counts)
 
 
 def _action(path: str) -> str | None:
@@ -243,23 +85,141 @@ def _action(path: str) -> str | None:
     return last if last in ("encode", "decode") else None
 
 
-class CodecServer(ThreadingHTTPServer):
-    daemon_threads = True
+class CodecHandlers:
+    def __init__(self, keys: KeyringFile, auth: Authenticator, policy: Policy, limits: Limits, audit: bool):
+        self.keys, self.auth, self.policy, self.limits, self.audit = keys, auth, policy, limits, audit
+        self.small, self.large = Budget(SMALL_BUDGET), Budget(LARGE_BUDGET)
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="codec")
 
-    def __init__(self, address, keys: KeyringFile, jwks, tls: ReloadingTLS | None, policy: Policy, audit: bool = True):
-        self.keys, self.jwks, self.tls, self.policy, self.audit = keys, jwks, tls, policy, audit
-        super().__init__(address, _Handler)
+    # ---- routing
 
-    def get_request(self):
-        sock, addr = super().get_request()
-        sock.settimeout(30)
-        if self.tls is not None:
-            # Handshake lazily in the handler thread: a slow client cannot stall accept().
-            sock = self.tls.context().wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return sock, addr
+    async def route(self, request: web.Request) -> web.StreamResponse:
+        action = _action(request.path)
+        if request.method == "OPTIONS":
+            return self.preflight(request)
+        if request.method == "GET" and request.path == "/healthz":
+            return await self.health()
+        if request.method == "POST" and action:
+            return await self.codec(request, action)
+        if action:
+            return reply(405, {"error": "use POST"}, {"Allow": ALLOW_METHODS}, close=request.body_exists)
+        return reply(404, {"error": "not found"}, close=request.body_exists)
 
-    def handle_error(self, request, client_address):
-        pass  # failed handshakes and dropped connections are the client's problem
+    def preflight(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Origin") not in self.policy.ui_origins:
+            return reply(403, {"error": "origin not allowed"})
+        return web.Response(status=204, headers={
+            "Access-Control-Allow-Methods": ALLOW_METHODS, "Access-Control-Allow-Headers": ALLOW_HEADERS,
+            "Access-Control-Max-Age": "600"})
+
+    async def health(self) -> web.StreamResponse:
+        try:
+            self.keys.current()
+            await self.auth.jwks.key_set()
+        except (BundleError, JWKSUnavailable) as exc:
+            log_event("health", status=503, error=str(exc))  # details here, never in the reply
+            return reply(503, {"status": "unavailable"})
+        if self.keys.error:
+            log_event("health", status=503, error=self.keys.error)
+            return reply(503, {"status": "degraded", "error": "data keys file unreadable; using the last good keys"})
+        return reply(200, {"status": "ok"})
+
+    # ---- one codec request
+
+    async def codec(self, request: web.Request, action: str) -> web.StreamResponse:
+        audit = _Audit(action, request.remote, self.audit)
+        body_read = False
+        try:
+            claims = await self.admit(request, audit)
+            length = declared_length(request, self.limits)
+            budget = self.small if length <= SMALL_BODY else self.large
+            async with budget.hold(length):
+                body, body_read = await read_body(request, length, self.limits), True
+                status, result, outcome, counts = await self.transform(action, claims, audit.namespace, body)
+                del body
+                audit.write(status, outcome, **counts)
+                return await stream_reply(request, result, cors_headers(request, self.policy.ui_origins))
+        except Refusal as refusal:
+            audit.write(refusal.status, "refused", reason=refusal.message, detail=refusal.detail)
+            return refusal_reply(refusal, body_unread=not body_read)
+
+    async def admit(self, request: web.Request, audit: _Audit) -> dict:
+        """Origin, token and role; raises Refusal. Nothing of the body has been read yet."""
+        origin = request.headers.get("Origin")
+        if origin is not None and origin not in self.policy.ui_origins:
+            raise Refusal(403, "origin not allowed")
+        claims = await self.auth.claims(request.headers.get("Authorization"))
+        audit.sub = claims.get("sub")
+        audit.namespace = namespace = self.namespace(request)
+        if role_for(claims, namespace) == 0:
+            raise Refusal(403, f"no role on namespace {namespace!r}")
+        if audit.action == "encode" and not grants(claims, namespace, ENCODE_ROLE):
+            raise Refusal(403, f"encode needs at least {ENCODE_ROLE} on namespace {namespace!r}")
+        return claims
+
+    def namespace(self, request: web.Request) -> str:
+        namespace = request.headers.get("X-Namespace")
+        if namespace is None:
+            parts = [p for p in request.path.split("/") if p]
+            namespace = parts[-2] if len(parts) >= 2 else ""
+        if not NAMESPACE.match(namespace):
+            raise Refusal(400, "missing or invalid X-Namespace header")
+        return namespace
+
+    async def transform(self, action: str, claims: dict, namespace: str, body: bytes):
+        work = self.encode if action == "encode" else self.decode
+        if len(body) <= SMALL_BODY:
+            return work(claims, namespace, body)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, work, claims, namespace, body)
+
+    # ---- the codec itself (run on the loop or in the pool)
+
+    def keyring(self):
+        try:
+            return self.keys.current()
+        except BundleError as exc:
+            log_event("keys-unavailable", error=str(exc))
+            raise Refusal(503, "data keys unavailable") from None
+
+    def encode(self, claims: dict, namespace: str, body: bytes):
+        payloads = parse_payloads(body)
+        try:
+            result = encrypt_all(payloads, self.keyring(), namespace)
+        except CodecError as exc:
+            raise Refusal(400, str(exc)) from None
+        return 200, render_payloads(result), "encrypted", {"payloads": len(result)}
+
+    def decode(self, claims: dict, namespace: str, body: bytes):
+        payloads = parse_payloads(body)
+        keyring, role = self.keyring(), self.policy.decrypt_role
+        result, decrypted, refused = [], 0, {}
+        for payload in payloads:
+            if not is_encrypted(payload):
+                result.append(payload)
+                continue
+            try:
+                bound = payload_namespace(payload)
+                if grants(claims, bound or SYSTEM_NAMESPACE, role):
+                    result.append(decrypt(payload, keyring))
+                    decrypted += 1
+                    continue
+            except CodecError as exc:
+                raise Refusal(400, clip(str(exc))) from None
+            result.append(payload)
+            scope = bound if bound is not None else "unbound (needs temporal-system)"
+            refused[scope] = refused.get(scope, 0) + 1
+        outcome = "refused" if refused and not decrypted else "partly refused" if refused else "decrypted"
+        counts = {"decrypted": decrypted, "refused": sum(refused.values()) or None,
+                  "refused_namespaces": sorted(clip(ns) for ns in refused) or None, "payloads": len(result)}
+        return 200, render_payloads(result), outcome, counts
+
+
+def _jwks(jwks_path: Path | None, jwks_urls: tuple[str, ...], jwks_cafile: Path | None):
+    if jwks_urls:
+        return CombinedJWKS([URLJWKS(url, jwks_cafile) for url in jwks_urls])
+    if jwks_path is not None:
+        return FileJWKS(jwks_path)
+    raise BundleError("the codec server needs a JWKS file or URL")
 
 
 def make_server(
@@ -274,17 +234,17 @@ def make_server(
     cert: Path | None = None,
     key: Path | None = None,
     audit: bool = True,
-) -> CodecServer:
+    limits: Limits = Limits(),
+) -> Service:
     """Fails at start (BundleError, OSError, ssl.SSLError) if the keys or the cert are unusable."""
     keys = KeyringFile(keys_path)
     keys.current()
-    if jwks_urls:
-        jwks = CombinedJWKS([URLJWKS(url, jwks_cafile) for url in jwks_urls])
-    elif jwks_path is not None:
-        jwks = FileJWKS(jwks_path)
-    else:
-        raise BundleError("the codec server needs a JWKS file or URL")
+    jwks = _jwks(jwks_path, jwks_urls, jwks_cafile)
     tls = ReloadingTLS(cert, key) if cert and key else None
-    if tls is not None:
-        tls.context()
-    return CodecServer((host, port), keys, jwks, tls, policy, audit)
+    handlers = CodecHandlers(keys, Authenticator(jwks, policy.audience, policy.issuers), policy, limits, audit)
+    app = web.Application(middlewares=[cors_middleware(policy.ui_origins)], client_max_size=limits.max_body)
+    app.router.add_route("*", "/{tail:.*}", handlers.route)
+    app.on_cleanup.append(lambda _app: jwks.close())
+    service = Service(app, host, port, tls, limits)
+    service.jwks = jwks
+    return service

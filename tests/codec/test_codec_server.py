@@ -103,7 +103,7 @@ def test_follows_a_data_key_rotation(served):
 def test_unknown_data_key_is_a_clear_400(served):
     _, out, url = served
     foreign = Keyring.generate(utcnow())
-    status, data = post(out, url + "/decode", body(encrypt(PLAIN, foreign)), headers(out))
+    status, data = post(out, url + "/decode", body(encrypt(PLAIN, foreign, "default")), headers(out))
     assert status == 400 and "unknown key id" in json.loads(data)["error"]
 
 
@@ -136,3 +136,48 @@ def test_wire_format_accepts_what_the_ui_sends(served):
     assert list(json_format.Parse(data, Payloads()).payloads) == [PLAIN]
     status, data = post(out, url + "/decode", b'{"payloads": []}', headers(out))
     assert status == 200 and json.loads(data) == {}
+
+
+def get(out, url):
+    ctx = ssl.create_default_context(cafile=str(out / "trust/ca.pem"))
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_health_and_error_bodies_name_no_paths(served, tmp_path):
+    """Paths and resolver errors go to the server's log, never to the caller."""
+    _, out, url = served
+    assert get(out, url + "/healthz") == (200, b'{"status": "ok"}\n')
+    (out / "codec-keys/keys.json").write_text("{broken")
+    status, data = get(out, url + "/healthz")
+    assert status == 503 and json.loads(data)["status"] == "degraded"
+    (out / "jwks/jwks.json").unlink()
+    status, data = get(out, url + "/healthz")
+    assert status == 503 and json.loads(data) == {"status": "unavailable"}
+    status, data = post(out, url + "/decode", body(PLAIN), headers(out))
+    assert status == 503 and json.loads(data) == {"error": "token keys unavailable"}
+    assert str(tmp_path).encode() not in data
+
+
+def test_jwks_server_health_names_no_path(tmp_path):
+    from bootstrap.servers.jwks import make_server as make_jwks_server
+
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": []}')
+    server = make_jwks_server("127.0.0.1", 0, jwks, None, None)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with urllib.request.urlopen(base + "/jwks.json", timeout=10) as response:
+            assert json.loads(response.read()) == {"keys": []}
+        jwks.unlink()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(base + "/healthz", timeout=10)
+        data = refused.value.read()
+        assert refused.value.code == 503 and str(tmp_path).encode() not in data
+    finally:
+        server.shutdown()
+        server.server_close()
