@@ -100,7 +100,11 @@ def decrypt(payload: Payload, keyring: Keyring) -> Payload:
     raw_id = payload.metadata.get(KEY_ID_HEADER)
     if raw_id is None:
         raise CodecError(f"encrypted payload has no {KEY_ID_HEADER} metadata")
-    key_id = raw_id.decode(errors="replace")
+    return open_sealed(keyring, raw_id.decode(errors="replace"), payload_namespace(payload), payload.data)
+
+
+def open_sealed(keyring: Keyring, key_id: str, namespace: str | None, data: bytes) -> Payload:
+    """The payload inside an encrypted payload's parts (what decrypt() reads from its metadata)."""
     key = keyring.keys.get(key_id)
     if key is None:
         known = ", ".join(sorted(keyring.keys))
@@ -108,11 +112,11 @@ def decrypt(payload: Payload, keyring: Keyring) -> Payload:
             f"payload was encrypted with unknown key id {key_id!r} (known: {known}); "
             "this keyring is older than the writer's or from another bundle"
         )
-    if len(payload.data) < NONCE_BYTES + TAG_BYTES:
+    if len(data) < NONCE_BYTES + TAG_BYTES:
         raise CodecError(f"encrypted payload (key {key_id!r}) is truncated")
-    nonce, sealed = payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:]
+    nonce, sealed = data[:NONCE_BYTES], data[NONCE_BYTES:]
     try:
-        plain = _cipher(key).decrypt(nonce, sealed, _aad(key_id, payload_namespace(payload)))
+        plain = _cipher(key).decrypt(nonce, sealed, _aad(key_id, namespace))
     except InvalidTag:
         raise CodecError(f"encrypted payload (key {key_id!r}) failed authentication: tampered or corrupt") from None
     try:

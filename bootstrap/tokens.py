@@ -6,6 +6,7 @@ claim mapper reads: a `kid` header, a string `sub`, and a `permissions` array of
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import uuid
@@ -129,6 +130,13 @@ def jwk_algorithm(jwk: dict) -> str:
 
 
 ALGORITHMS = tuple(ALGORITHM_KEYS)
+
+
+@functools.lru_cache(maxsize=64)
+def _public_key(jwk_json: str, algorithm: str):
+    """Loading a key from its JWK costs more than the signature check; a server verifies with the
+    same few keys all day."""
+    return jwt.PyJWK(json.loads(jwk_json), algorithm).key
 NUMERIC_CLAIMS = ("exp", "nbf", "iat")
 
 
@@ -151,7 +159,7 @@ def verify_token(encoded: str, jwks: dict, *, audience: str, issuers: tuple[str,
     algorithm = jwk_algorithm(match[0])
     if algorithm not in ALGORITHM_KEYS:
         raise jwt.InvalidAlgorithmError(f"key {kid!r} is for {algorithm or 'an unknown algorithm'}, not ES256 or RS256")
-    public_key = jwt.PyJWK(match[0], algorithm).key
+    public_key = _public_key(json.dumps(match[0], sort_keys=True), algorithm)
     options = {"require": ["exp", "iat", "nbf", "sub", *(["iss"] if issuers else [])]}
     claims = jwt.decode(
         encoded, public_key, algorithms=[algorithm], audience=audience, options=options, leeway=leeway,

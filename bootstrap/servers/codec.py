@@ -37,12 +37,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..codec import CodecError, KeyringFile, decrypt, encrypt_all, is_encrypted, payload_namespace
+from ..codec import ENCODING, KEY_ID_HEADER, NAMESPACE_HEADER, CodecError, KeyringFile, encrypt_all, open_sealed
 from ..errors import BundleError
 from .auth import SYSTEM_NAMESPACE, Authenticator, CombinedJWKS, FileJWKS, JWKSUnavailable, URLJWKS, grants, role_for
 from .http import Budget, Limits, Refusal, ReloadingTLS, Service, clip, cors_headers, cors_middleware
 from .http import declared_length, log_event, read_body, refusal_reply, reply, stream_reply
-from .wire import parse_payloads, render_payloads
+from .wire import b64, parse_items, parse_payloads, payload_json, render, render_payloads
 
 ENCODE_ROLE = "write"
 NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
@@ -89,7 +89,8 @@ class CodecHandlers:
     def __init__(self, keys: KeyringFile, auth: Authenticator, policy: Policy, limits: Limits, audit: bool):
         self.keys, self.auth, self.policy, self.limits, self.audit = keys, auth, policy, limits, audit
         self.small, self.large = Budget(SMALL_BUDGET), Budget(LARGE_BUDGET)
-        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="codec")
+        # One thread: under the GIL a second one would only add switching; large bodies take turns anyway.
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codec")
 
     # ---- routing
 
@@ -190,28 +191,56 @@ class CodecHandlers:
         return 200, render_payloads(result), "encrypted", {"payloads": len(result)}
 
     def decode(self, claims: dict, namespace: str, body: bytes):
-        payloads = parse_payloads(body)
-        keyring, role = self.keyring(), self.policy.decrypt_role
-        result, decrypted, refused = [], 0, {}
-        for payload in payloads:
-            if not is_encrypted(payload):
-                result.append(payload)
-                continue
+        items = parse_items(body)
+        keyring, parts, decrypted, refused = self.keyring(), [], 0, {}
+        may_read = _memo(lambda bound: grants(claims, bound or SYSTEM_NAMESPACE, self.policy.decrypt_role))
+        for item in items:
             try:
-                bound = payload_namespace(payload)
-                if grants(claims, bound or SYSTEM_NAMESPACE, role):
-                    result.append(decrypt(payload, keyring))
+                if item.field("encoding") != ENCODING:
+                    item.check()
+                    parts.append(item.json())
+                    continue
+                bound = _text(item.field(NAMESPACE_HEADER))
+                if may_read(bound):
+                    parts.append(payload_json(self.open(keyring, item, bound)))
                     decrypted += 1
                     continue
             except CodecError as exc:
                 raise Refusal(400, clip(str(exc))) from None
-            result.append(payload)
+            item.check()
+            parts.append(item.json())
             scope = bound if bound is not None else "unbound (needs temporal-system)"
             refused[scope] = refused.get(scope, 0) + 1
         outcome = "refused" if refused and not decrypted else "partly refused" if refused else "decrypted"
         counts = {"decrypted": decrypted, "refused": sum(refused.values()) or None,
-                  "refused_namespaces": sorted(clip(ns) for ns in refused) or None, "payloads": len(result)}
-        return 200, render_payloads(result), outcome, counts
+                  "refused_namespaces": sorted(clip(ns) for ns in refused) or None, "payloads": len(parts)}
+        return 200, render(parts), outcome, counts
+
+    @staticmethod
+    def open(keyring, item, bound: str | None):
+        key_id = item.field(KEY_ID_HEADER)
+        if key_id is None:
+            raise CodecError(f"encrypted payload has no {KEY_ID_HEADER} metadata")
+        return open_sealed(keyring, key_id.decode(errors="replace"), bound, b64(item.data))
+
+
+def _text(raw: bytes | None) -> str | None:
+    try:
+        return None if raw is None else raw.decode()
+    except UnicodeDecodeError:
+        raise CodecError(f"encrypted payload has an undecodable {NAMESPACE_HEADER}") from None
+
+
+def _memo(decide):
+    """decide(namespace), computed once per namespace of a request: the role check is not free."""
+    seen = {}
+
+    def cached(namespace):
+        if namespace not in seen:
+            seen[namespace] = decide(namespace)
+        return seen[namespace]
+
+    return cached
 
 
 def _jwks(jwks_path: Path | None, jwks_urls: tuple[str, ...], jwks_cafile: Path | None):

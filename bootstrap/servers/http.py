@@ -352,6 +352,7 @@ class Service:
         self.app, self.tls, self.limits = app, tls, limits
         self.guard = ConnectionGuard(limits)
         app.middlewares.insert(0, self.guard.middleware())
+        app.on_response_prepare.append(_server_header)
         self.socket = listen(host, port, self.guard)
         self.server_address = self.socket.getsockname()[:2]
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -387,6 +388,10 @@ class Service:
 
     def server_close(self) -> None:
         self.socket.close()
+
+
+async def _server_header(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    response.headers["Server"] = "temporal-bundle"  # not the library and version
 
 
 def _loop_error(loop, context: dict) -> None:

@@ -4,6 +4,7 @@ and data-key rotations without a restart, and refuses malformed requests."""
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import textwrap
 import threading
@@ -181,3 +182,22 @@ def test_jwks_server_health_names_no_path(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_reissued_certificate_is_served_without_a_restart(served):
+    config, out, url = served
+    port = int(url.rsplit(":", 1)[1])
+
+    def served_cert() -> bytes:
+        ctx = ssl.create_default_context(cafile=str(out / "trust/ca.pem"))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                return tls.getpeercert(binary_form=True)
+
+    before = served_cert()
+    assert main(["rotate", "--config", str(config), "--out", str(out), "--kind", "certs", "--all", "-q"]) == 0
+    on_disk = ssl.PEM_cert_to_DER_cert((out / "codec/server.pem").read_text())
+    assert on_disk != before, "the rotation should have re-issued the codec server's certificate"
+    assert served_cert() == on_disk
+    status, _ = post(out, url + "/encode", body(PLAIN), headers(out))
+    assert status == 200
