@@ -134,7 +134,7 @@ class CodecHandlers:
             claims = await self.admit(request, audit)
             length = declared_length(request, self.limits)
             budget = self.small if length <= SMALL_BODY else self.large
-            async with budget.hold(length):
+            async with budget.hold(length, self.limits.body_timeout):
                 body, body_read = await read_body(request, length, self.limits), True
                 status, result, outcome, counts = await self.transform(action, claims, audit.namespace, body)
                 del body

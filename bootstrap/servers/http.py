@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import asyncio.sslproto
 import contextlib
+import gc
 import json
 import logging
 import resource
@@ -113,12 +114,15 @@ class Budget:
         self._changed: asyncio.Condition | None = None
 
     @contextlib.asynccontextmanager
-    async def hold(self, size: int):
+    async def hold(self, size: int, patience: float):
         size = min(size, self.total)
         self._changed = self._changed or asyncio.Condition()
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.free >= size)
-            self.free -= size
+        try:
+            async with asyncio.timeout(patience), self._changed:
+                await self._changed.wait_for(lambda: self.free >= size)
+                self.free -= size
+        except asyncio.TimeoutError:
+            raise Refusal(503, "server busy, try again") from None
         try:
             yield
         finally:
@@ -374,6 +378,9 @@ class Service:
         tls = {"ssl": self.tls.listener, "ssl_handshake_timeout": self.limits.header_timeout} if self.tls else {}
         server = await self._loop.create_server(runner.server, sock=self.socket, backlog=1024, **tls)
         reaper = asyncio.create_task(self.guard.reap_forever())
+        # Everything imported so far (protobuf, the SDK's modules) lives as long as the process; kept
+        # out of the collector, a full collection no longer walks it for every few batches decoded.
+        gc.freeze()
         try:
             await self._stop.wait()
         finally:
