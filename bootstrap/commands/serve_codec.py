@@ -9,7 +9,7 @@ from pathlib import Path
 from ..config import check_origin, load_config
 from ..errors import BundleError
 from ..store import Layout
-from ..servers.http import Limits
+from ..servers import MAX_CONNECTIONS
 from .common import add_config, add_out, serve_until_interrupted
 
 HELP = "serve /encode and /decode (Temporal's codec protocol) over HTTPS for the Web UI and CLI"
@@ -45,14 +45,15 @@ def add_parser(sub, name):
            help="plain HTTP (local debugging only: the Web UI refuses to send tokens to http endpoints)")
     option("--issuer", action="append", default=[], metavar="ISS",
            help="also accept tokens with this `iss` (repeatable; e.g. your OIDC provider's, with its --jwks-url)")
-    option("--max-connections", type=int, default=Limits.max_connections,
-           help=f"open connections at most; the oldest idle one makes room (default: {Limits.max_connections})")
+    option("--max-connections", type=int, default=MAX_CONNECTIONS,
+           help=f"open connections at most; the oldest idle one makes room (default: {MAX_CONNECTIONS})")
     option("--quiet-audit", action="store_true", help="do not log one line per encode/decode request")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from ..servers.codec import Policy, make_server  # needs the Temporal SDK; other commands do not
+    from ..servers.codec import Policy, make_server  # needs the SDK and aiohttp; other commands do not
+    from ..servers.http import Limits
 
     config = load_config(args.config)
     layout = Layout(Path(args.out).resolve())

@@ -29,13 +29,15 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from . import MAX_CONNECTIONS
+
 CLIP = 200  # longest caller-supplied string we log or echo
 TLS_RECORD = 16 * 1024
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_connections: int = 1024
+    max_connections: int = MAX_CONNECTIONS
     header_timeout: float = 10.0  # accept (or end of the last response) to complete headers
     body_timeout: float = 30.0
     max_body: int = 16 * 1024 * 1024
