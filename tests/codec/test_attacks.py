@@ -169,6 +169,7 @@ def timed_decode(codec: Served, out: Path) -> float:
 
 def assert_within_memory(codec: Served) -> None:
     status = codec.status()
+    print(f"codec server: peak RSS {status['VmHWM']} kB, RSS {status['VmRSS']} kB, {status['Threads']} threads")
     assert int(status["VmHWM"]) < MEMORY_LIMIT_KB, f"peak RSS {status['VmHWM']} kB"
 
 
@@ -248,6 +249,7 @@ def test_16_mib_of_empty_payloads_from_the_lowest_token(bundle, codec):
     for sender in senders:
         sender.join(30)
     assert [status for status, _ in results] == [413] * 3, results
+    print(f"16 MiB of empty payloads x3: {len(latencies)} legitimate decodes, slowest {max(latencies) * 1000:.0f} ms")
     assert latencies and max(latencies) < 1.0, latencies
     assert_within_memory(codec)
 
@@ -289,6 +291,7 @@ def test_a_big_but_well_formed_body_is_bounded_too(bundle, codec):
     for sender in senders:
         sender.join(60)
     assert results == [200] * 4
+    print(f"15 MiB bodies x4: {len(latencies)} legitimate decodes, slowest {max(latencies) * 1000:.0f} ms")
     assert max(latencies) < 1.0, latencies
     assert_within_memory(codec)
 
@@ -346,6 +349,7 @@ def test_a_thousand_slow_connections(bundle, codec):
     finally:
         stop_probe.set()
         prober.join(10)
+    print(f"1200 slow connections: {len(latencies)} legitimate decodes, slowest {max(latencies) * 1000:.0f} ms")
     assert len(latencies) >= 5 and max(latencies) < 1.0, latencies
     assert threads < 16, f"{threads} threads: one per connection?"
     assert_within_memory(codec)
@@ -454,6 +458,7 @@ def test_a_stalled_jwks_does_not_delay_known_kids(bundle):
         wait_until(lambda: slow.fetches > fetched, 5, "the unknown-kid fetch")
         latencies = [timed_decode(codec, out) for _ in range(5)]
         assert asker.is_alive(), "the unknown kid's fetch should still be stalled"
+        print(f"stalled JWKS: known-kid decodes took at most {max(latencies) * 1000:.0f} ms")
         assert max(latencies) < 1.0, latencies
         asker.join(20)
         assert unknown["status"] == 401 and unknown["seconds"] > 5, unknown
