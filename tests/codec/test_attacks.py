@@ -167,9 +167,9 @@ def timed_decode(codec: Served, out: Path) -> float:
     return elapsed
 
 
-def assert_within_memory(codec: Served) -> None:
-    status = codec.status()
-    print(f"codec server: peak RSS {status['VmHWM']} kB, RSS {status['VmRSS']} kB, {status['Threads']} threads")
+def assert_within_memory(server: Served) -> None:
+    status = server.status()
+    print(f"{server.process.args[3]}: peak RSS {status['VmHWM']} kB, RSS {status['VmRSS']} kB, {status['Threads']} threads")
     assert int(status["VmHWM"]) < MEMORY_LIMIT_KB, f"peak RSS {status['VmHWM']} kB"
 
 
@@ -466,3 +466,32 @@ def test_a_stalled_jwks_does_not_delay_known_kids(bundle):
         slow.released.set()
         stop(codec)
         slow.shutdown()
+
+
+def test_the_jwks_server_under_slow_connections(jwks):
+    """The same listener serves the JWKS: slow clients neither add threads nor starve a fetch."""
+    fetches = []
+    stop_probe = threading.Event()
+
+    def probe():
+        while not stop_probe.is_set() and len(fetches) < 200:
+            started = time.monotonic()
+            conn = jwks.connection(5)
+            conn.request("GET", "/jwks.json")
+            assert conn.getresponse().status == 200
+            conn.close()
+            fetches.append(time.monotonic() - started)
+            stop_probe.wait(0.5)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        asyncio.run(_slow_clients(jwks, 1200, 4.0))
+        threads = int(jwks.status()["Threads"])
+    finally:
+        stop_probe.set()
+        prober.join(10)
+    print(f"JWKS server, 1200 slow connections: slowest fetch {max(fetches) * 1000:.0f} ms, {threads} threads")
+    assert len(fetches) >= 4 and max(fetches) < 1.0, fetches
+    assert threads < 16
+    assert_within_memory(jwks)
