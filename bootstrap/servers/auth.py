@@ -12,6 +12,7 @@ import asyncio
 import json
 import ssl
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import aiohttp
@@ -174,16 +175,47 @@ class CombinedJWKS:
 
 
 class Authenticator:
-    """Bearer token -> verified claims, or a Refusal (401, or 503 when no key set is at hand)."""
+    """Bearer token -> verified claims, or a Refusal (401, or 503 when no key set is at hand).
 
-    def __init__(self, jwks, audience: str, issuers: tuple[str, ...] = ()):
+    A verified token is remembered for `remember` seconds (never past its exp): the Web UI sends the
+    same token for every payload it shows, and parsing and checking it costs more than decrypting.
+    Temporal itself refreshes its key set only every jwt.refresh_interval, so a key withdrawn from
+    the JWKS stops working here no later than there."""
+
+    def __init__(self, jwks, audience: str, issuers: tuple[str, ...] = (), remember: float = 30.0,
+                 capacity: int = 1024):
         self.jwks, self.audience, self.issuers = jwks, audience, issuers
+        self.remember, self.capacity = remember, capacity
+        self._verified: OrderedDict[str, tuple[dict, float]] = OrderedDict()
 
     async def claims(self, authorization: str | None) -> dict:
         scheme, _, token = (authorization or "").strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Refusal(401, "missing bearer token")
+        claims = self._recall(token)
+        if claims is None:
+            claims = await self._verify(token)
+            self._keep(token, claims)
+        return claims
+
+    def _recall(self, token: str) -> dict | None:
+        entry = self._verified.get(token)
+        if entry is None:
+            return None
+        claims, until = entry
+        if time.monotonic() >= until or time.time() >= claims["exp"]:
+            del self._verified[token]
+            return None
+        self._verified.move_to_end(token)
+        return claims
+
+    def _keep(self, token: str, claims: dict) -> None:
+        self._verified[token] = (claims, time.monotonic() + self.remember)
+        while len(self._verified) > self.capacity:
+            self._verified.popitem(last=False)
+
+    async def _verify(self, token: str) -> dict:
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError as exc:

@@ -415,3 +415,69 @@ def test_role_lattice_matches_temporals_default_authorizer(permissions, namespac
 def test_missing_or_malformed_permissions_claim_grants_nothing():
     assert role_for({}, "default") == 0
     assert role_for({"permissions": "default:admin"}, "default") == 0
+
+
+# --------------------------------------------------------------------------- the token check's memory
+
+
+class _CountingJWKS:
+    def __init__(self, doc):
+        self.doc, self.calls = doc, 0
+
+    async def key_set(self, kid=None):
+        self.calls += 1
+        return self.doc
+
+
+def _token(key, lifetime_seconds=3600, now=None):
+    from datetime import timedelta
+
+    from bootstrap.tokens import mint_token
+
+    return mint_token(key, role="t", permissions=["default:admin"], issuer="temporal-bundle", audience="temporal",
+                      lifetime=timedelta(seconds=lifetime_seconds), now=now).encoded
+
+
+def test_a_verified_token_is_remembered_briefly_and_never_past_its_exp():
+    import time
+
+    from bootstrap.servers.auth import Authenticator
+    from bootstrap.servers.http import Refusal
+    from bootstrap.tokens import SigningKey, jwks_document
+
+    key = SigningKey.generate()
+    jwks = _CountingJWKS(jwks_document([key]))
+    auth = Authenticator(jwks, "temporal", ("temporal-bundle",), remember=0.3)
+    token = _token(key)
+    assert run(auth.claims(f"Bearer {token}"))["sub"] == "temporal-bundle:t"
+    assert run(auth.claims(f"Bearer {token}"))["sub"] == "temporal-bundle:t"
+    assert jwks.calls == 1, "the second request should not verify again"
+    time.sleep(0.35)
+    run(auth.claims(f"Bearer {token}"))
+    assert jwks.calls == 2, "after `remember` seconds the token is verified again"
+
+    auth = Authenticator(jwks, "temporal", ("temporal-bundle",), remember=60)
+    short = _token(key, lifetime_seconds=1)
+    run(auth.claims(f"Bearer {short}"))
+    exp = auth._verified[short][0]["exp"]
+    time.sleep(max(0.0, exp - time.time()) + 0.05)
+    with pytest.raises(Refusal) as refused:
+        run(auth.claims(f"Bearer {short}"))
+    assert refused.value.status == 401 and "expired" in refused.value.detail
+
+
+def test_forged_tokens_are_never_remembered():
+    from bootstrap.servers.auth import Authenticator
+    from bootstrap.servers.http import Refusal
+    from bootstrap.tokens import SigningKey, jwks_document
+
+    key, impostor = SigningKey.generate(), SigningKey.generate()
+    auth = Authenticator(_CountingJWKS(jwks_document([key])), "temporal", ("temporal-bundle",))
+    import jwt as pyjwt
+
+    forged = pyjwt.encode({"sub": "x", "aud": "temporal", "iss": "temporal-bundle", "iat": 1, "nbf": 1,
+                           "exp": 4102444800}, impostor.private_key, algorithm="ES256", headers={"kid": key.kid})
+    for _ in range(2):
+        with pytest.raises(Refusal):
+            run(auth.claims(f"Bearer {forged}"))
+    assert auth._verified == {}
