@@ -357,7 +357,7 @@ class Service:
         shrink_tls_buffers()
         self.app, self.tls, self.limits = app, tls, limits
         self.guard = ConnectionGuard(limits)
-        app.middlewares.insert(0, self.guard.middleware())
+        app.middlewares[0:0] = [self.guard.middleware(), _errors]
         app.on_response_prepare.append(_server_header)
         self.socket = listen(host, port, self.guard)
         self.server_address = self.socket.getsockname()[:2]
@@ -397,6 +397,19 @@ class Service:
 
     def server_close(self) -> None:
         self.socket.close()
+
+
+@web.middleware
+async def _errors(request: web.BaseRequest, handler):
+    """A bug answers 500 without internals and leaves one event in the log (aiohttp's own
+    logger, which would print the traceback, is quiet)."""
+    try:
+        return await handler(request)
+    except (web.HTTPException, ConnectionError, asyncio.CancelledError):
+        raise
+    except Exception as exc:  # noqa: BLE001 (the point is to catch what nothing else did)
+        log_event("internal-error", path=clip(request.path), error=type(exc).__name__, detail=clip(exc))
+        return reply(500, {"error": "internal error"}, close=True)
 
 
 async def _server_header(request: web.BaseRequest, response: web.StreamResponse) -> None:

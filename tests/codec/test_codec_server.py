@@ -201,3 +201,26 @@ def test_a_reissued_certificate_is_served_without_a_restart(served):
     assert served_cert() == on_disk
     status, _ = post(out, url + "/encode", body(PLAIN), headers(out))
     assert status == 200
+
+
+def test_a_bug_is_a_500_without_internals_and_one_log_event(capfd):
+    from aiohttp import web
+
+    from bootstrap.servers.http import Limits, Service
+
+    async def broken(request):
+        raise RuntimeError("cannot open /srv/secret/keys.json")
+
+    app = web.Application()
+    app.router.add_get("/boom", broken)
+    server = Service(app, "127.0.0.1", 0, None, Limits())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}/boom", timeout=10)
+        assert failed.value.code == 500 and json.loads(failed.value.read()) == {"error": "internal error"}
+    finally:
+        server.shutdown()
+        server.server_close()
+    [event] = [json.loads(line) for line in capfd.readouterr().err.splitlines() if "internal-error" in line]
+    assert event["error"] == "RuntimeError" and event["path"] == "/boom"
