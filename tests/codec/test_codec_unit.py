@@ -29,7 +29,7 @@ from bootstrap.codec import (
     payload_namespace,
 )
 from bootstrap.codec_keys import Keyring, plan_codec_keys
-from bootstrap.servers.auth import grants, role_for
+from bootstrap.servers.auth import URLJWKS, grants, role_for
 from bootstrap.config import parse_config
 from bootstrap.errors import BundleError
 from bootstrap.store import Layout, Skip, Write
@@ -481,3 +481,57 @@ def test_forged_tokens_are_never_remembered():
         with pytest.raises(Refusal):
             run(auth.claims(f"Bearer {forged}"))
     assert auth._verified == {}
+
+
+# --------------------------------------------------------------------------- JWKS URL fetching
+
+
+class _ScriptedJWKS(URLJWKS):
+    """A JWKS URL whose fetches are scripted: each returns the next document, raises, or waits."""
+
+    def __init__(self, script, **options):
+        super().__init__("https://jwks.invalid/jwks.json", None, **options)
+        self.script, self.fetches = script, 0
+
+    async def _fetch(self):
+        self.fetches += 1
+        step = self.script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        if isinstance(step, asyncio.Event):
+            await step.wait()
+            return {"keys": [{"kid": "late"}]}
+        return step
+
+
+def test_jwks_url_fetches_once_for_concurrent_unknown_kids_and_backs_off():
+    from bootstrap.servers.auth import JWKSUnavailable
+
+    async def scenario():
+        source = _ScriptedJWKS([OSError("down"), {"keys": [{"kid": "a"}]}], unknown_every=0)
+        with pytest.raises(JWKSUnavailable):
+            await source.key_set("a")
+        with pytest.raises(JWKSUnavailable):  # within the 1 s backoff: no second fetch
+            await source.key_set("a")
+        assert source.fetches == 1
+        source._attempted -= 1.1
+        results = await asyncio.gather(*(source.key_set("a") for _ in range(5)))
+        assert source.fetches == 2 and all(r == {"keys": [{"kid": "a"}]} for r in results)
+
+    run(scenario())
+
+
+def test_known_kids_do_not_wait_for_a_slow_fetch():
+    async def scenario():
+        release = asyncio.Event()
+        source = _ScriptedJWKS([{"keys": [{"kid": "a"}]}, release], unknown_every=0)
+        assert await source.key_set("a") == {"keys": [{"kid": "a"}]}
+        stranger = asyncio.ensure_future(source.key_set("late"))
+        await asyncio.sleep(0.01)
+        assert source.fetches == 2 and not stranger.done(), "the unknown kid's fetch is in flight"
+        known = await asyncio.wait_for(source.key_set("a"), 0.1)  # answered from the cached set
+        assert known == {"keys": [{"kid": "a"}]}
+        release.set()
+        assert await stranger == {"keys": [{"kid": "late"}]}
+
+    run(scenario())
