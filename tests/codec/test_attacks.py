@@ -44,7 +44,7 @@ CONFIG = textwrap.dedent("""\
       client: {permissions: ["orders:write"]}
       mixed: {permissions: ["orders:admin", "payments:read"]}
       lowest: {permissions: ["orders:read"]}
-    network: {jwks_host: localhost, jwks_port: %d}
+    network: {jwks_host: localhost, jwks_port: %d}  # certs name localhost and 127.0.0.1
     persistence: {driver: sqlite, sqlite_path: /tmp/unused-codec-attacks.db}
     """)
 
@@ -69,7 +69,7 @@ class Served:
         return [json.loads(line) for line in lines if line.startswith("{")]
 
     def connection(self, timeout: float = 10) -> http.client.HTTPSConnection:
-        return http.client.HTTPSConnection("localhost", self.port, context=self.context, timeout=timeout)
+        return http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context, timeout=timeout)
 
     def post(self, path: str, body: bytes, headers: dict, timeout: float = 10) -> tuple[int, bytes]:
         conn = self.connection(timeout)
@@ -129,7 +129,7 @@ def start_codec(bundle, jwks_url: str, log_name: str) -> Served:
 
 @pytest.fixture(scope="module")
 def codec(bundle, jwks):
-    served = start_codec(bundle, f"https://localhost:{jwks.port}/jwks.json", "codec.log")
+    served = start_codec(bundle, f"https://127.0.0.1:{jwks.port}/jwks.json", "codec.log")
     yield served
     stop(served)
 
@@ -437,7 +437,7 @@ def test_a_stalled_jwks_does_not_delay_known_kids(bundle):
     _, _, out, _ = bundle
     slow = _SlowJWKS(out / "jwks/jwks.json", out / "jwks/server.pem", out / "jwks/server.key", delay=8.0)
     threading.Thread(target=slow.serve_forever, daemon=True).start()
-    codec = start_codec(bundle, f"https://localhost:{slow.server_address[1]}/jwks.json", "codec-slow-jwks.log")
+    codec = start_codec(bundle, f"https://127.0.0.1:{slow.server_address[1]}/jwks.json", "codec-slow-jwks.log")
     try:
         timed_decode(codec, out)  # the key set is fetched once, quickly
         fetched = slow.fetches
