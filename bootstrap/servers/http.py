@@ -27,12 +27,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 
 from . import MAX_CONNECTIONS
 
 CLIP = 200  # longest caller-supplied string we log or echo
 TLS_RECORD = 16 * 1024
+SERVER = "temporal-bundle"
 
 
 @dataclass(frozen=True)
@@ -68,18 +68,20 @@ def log_event(event: str, **fields) -> None:
     print(json.dumps(doc, ensure_ascii=True, separators=(",", ":")), file=sys.stderr, flush=True)
 
 
-class _ParseErrorLog(AbstractAccessLogger):
-    """aiohttp answers requests it cannot parse (a bad Content-Length, say) itself, before any
-    handler runs; this access logger is the hook that still audits them."""
+class _Protocol(web.RequestHandler):
+    """aiohttp answers a request it cannot parse (a bad Content-Length, say) itself, before any
+    handler runs; here that answer is ours: audited, and without the parser's text (which echoes
+    the caller's bytes) or the library's name and version."""
 
-    @property
-    def enabled(self) -> bool:
-        return True
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        if request.method == "UNKNOWN" and response.status >= 400:
-            log_event("bad-request", status=response.status, remote=request.remote,
-                      outcome="refused: malformed HTTP request")
+    def handle_error(self, request, status=500, exc=None, message=None):
+        if request.writer.output_size > 0:
+            raise ConnectionError("the reply had already started")
+        bad = status < 500
+        log_event("bad-request" if bad else "internal-error", status=status, remote=request.remote,
+                  outcome="refused: malformed HTTP request" if bad else None, reason=clip(message))
+        response = reply(status, {"error": "malformed HTTP request" if bad else "internal error"}, close=True)
+        response.headers["Server"] = SERVER
+        return response
 
 
 def quiet_library_logs() -> None:
@@ -374,11 +376,12 @@ class Service:
     async def _serve(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         self._loop.set_exception_handler(_loop_error)
-        runner = web.AppRunner(self.app, handle_signals=False, access_log_class=_ParseErrorLog,
-                               keepalive_timeout=self.limits.header_timeout, lingering_time=0)
+        options = {"keepalive_timeout": self.limits.header_timeout, "lingering_time": 0, "access_log": None}
+        runner = web.AppRunner(self.app, handle_signals=False, **options)
         await runner.setup()
         tls = {"ssl": self.tls.listener, "ssl_handshake_timeout": self.limits.header_timeout} if self.tls else {}
-        server = await self._loop.create_server(runner.server, sock=self.socket, backlog=1024, **tls)
+        server = await self._loop.create_server(
+            lambda: _Protocol(runner.server, loop=self._loop, **options), sock=self.socket, backlog=1024, **tls)
         reaper = asyncio.create_task(self.guard.reap_forever())
         # Everything imported so far (protobuf, the SDK's modules) lives as long as the process; kept
         # out of the collector, a full collection no longer walks it for every few batches decoded.
@@ -413,7 +416,7 @@ async def _errors(request: web.BaseRequest, handler):
 
 
 async def _server_header(request: web.BaseRequest, response: web.StreamResponse) -> None:
-    response.headers["Server"] = "temporal-bundle"  # not the library and version
+    response.headers["Server"] = SERVER  # not the library and its version
 
 
 def _loop_error(loop, context: dict) -> None:
