@@ -19,7 +19,7 @@ import aiohttp
 import jwt
 
 from ..tokens import verify_token
-from .http import Refusal, clip
+from .http import Refusal, clip, log_event
 from .jwks import JWKSSource
 
 ROLE_BITS = {"worker": 1, "read": 2, "write": 4, "admin": 8}
@@ -121,8 +121,10 @@ class URLJWKS:
     async def _refresh(self) -> None:
         try:
             self._doc, self._fetched, self._failures = await self._fetch(), time.monotonic(), 0
-        except (OSError, ValueError, aiohttp.ClientError, asyncio.TimeoutError):
+        except (OSError, ValueError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
             self._failures += 1
+            log_event("jwks-fetch-failed", url=self.url, failures=self._failures,
+                      error=clip(str(exc) or type(exc).__name__))
         finally:
             self._fetch_task = None
 
