@@ -2,14 +2,23 @@
 
     from bootstrap.client import connect
     from bootstrap.codec import data_converter
-    client = await connect("temporal:7233", bundle_dir="/bundle", role="worker",
-                           data_converter=data_converter("/bundle/codec-keys/keys.json"))
+    client = await connect("temporal:7233", bundle_dir="/bundle", role="worker", namespace="orders",
+                           data_converter=data_converter("/bundle/codec-keys/keys.json", namespace="orders"))
 
 Every payload the SDK sends (workflow and activity inputs and results, signals, queries, updates,
-memos, failure details, and with data_converter() also error messages and stack traces) is replaced by one whose data is nonce || AES-GCM(whole original Payload
-proto) and whose metadata says `encoding: binary/encrypted` and `encryption-key-id: <id>`. The
-server, its database and anyone reading history without the keys see only that. The key id is
-bound into the ciphertext as associated data, so relabelling a payload with another key id fails.
+memos, failure details, and with data_converter() also error messages and stack traces) is
+replaced by one whose data is nonce || AES-GCM(whole original Payload proto) and whose metadata
+says `encoding: binary/encrypted`, `encryption-key-id: <id>` and `encryption-namespace: <ns>`.
+The server, its database and anyone reading history without the keys see only that. Key id and
+namespace are bound into the ciphertext as associated data, so relabelling a payload with another
+key id or another namespace fails authentication: the codec server can trust the namespace a
+payload names when it decides who may read it.
+
+The namespace comes from the SDK's serialization context (the namespace of the workflow or
+activity the payload belongs to), else from `namespace=`; with neither, encoding fails rather than
+write a payload no namespace owns. Payloads written before namespaces were bound (no
+`encryption-namespace`) still decrypt here; the codec server shows them only to cluster-wide
+readers (see servers/codec.py).
 
 Encoding uses the keyring's active key; decoding uses whichever key the payload names, so after
 `rotate --kind codec-key` old history still decodes. A payload that is not encrypted passes
@@ -19,7 +28,9 @@ up a rotation without a restart.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import os
 import threading
 from pathlib import Path
@@ -36,6 +47,7 @@ from .errors import BundleError
 
 ENCODING = b"binary/encrypted"
 KEY_ID_HEADER = "encryption-key-id"
+NAMESPACE_HEADER = "encryption-namespace"
 NONCE_BYTES = 12  # 96-bit random nonce, the size GCM is specified for
 TAG_BYTES = 16
 
@@ -44,19 +56,41 @@ class CodecError(BundleError):
     """A payload that claims to be ours cannot be decrypted (unknown key, tampered, truncated)."""
 
 
-def _aad(key_id: str) -> bytes:
-    return ENCODING + b"\x00" + key_id.encode()
+def _aad(key_id: str, namespace: str | None) -> bytes:
+    """Neither key ids nor namespace names can hold NUL, so the two forms never collide; the
+    unbound form is what payloads written before the namespace binding carry."""
+    legacy = ENCODING + b"\x00" + key_id.encode()
+    return legacy if namespace is None else legacy + b"\x00" + namespace.encode()
+
+
+@functools.lru_cache(maxsize=64)
+def _cipher(key: bytes) -> AESGCM:
+    return AESGCM(key)
 
 
 def is_encrypted(payload: Payload) -> bool:
     return payload.metadata.get("encoding") == ENCODING
 
 
-def encrypt(payload: Payload, keyring: Keyring) -> Payload:
+def payload_namespace(payload: Payload) -> str | None:
+    """The namespace an encrypted payload is bound to; None for one written before the binding."""
+    raw = payload.metadata.get(NAMESPACE_HEADER)
+    if raw is None:
+        return None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise CodecError(f"encrypted payload has an undecodable {NAMESPACE_HEADER}") from None
+
+
+def encrypt(payload: Payload, keyring: Keyring, namespace: str) -> Payload:
+    if not namespace or "\x00" in namespace:
+        raise CodecError("payloads are bound to a namespace: pass a namespace name")
     key_id = keyring.active
     nonce = os.urandom(NONCE_BYTES)
-    sealed = AESGCM(keyring.keys[key_id]).encrypt(nonce, payload.SerializeToString(), _aad(key_id))
-    return Payload(metadata={"encoding": ENCODING, KEY_ID_HEADER: key_id.encode()}, data=nonce + sealed)
+    sealed = _cipher(keyring.keys[key_id]).encrypt(nonce, payload.SerializeToString(), _aad(key_id, namespace))
+    metadata = {"encoding": ENCODING, KEY_ID_HEADER: key_id.encode(), NAMESPACE_HEADER: namespace.encode()}
+    return Payload(metadata=metadata, data=nonce + sealed)
 
 
 def decrypt(payload: Payload, keyring: Keyring) -> Payload:
@@ -66,7 +100,11 @@ def decrypt(payload: Payload, keyring: Keyring) -> Payload:
     raw_id = payload.metadata.get(KEY_ID_HEADER)
     if raw_id is None:
         raise CodecError(f"encrypted payload has no {KEY_ID_HEADER} metadata")
-    key_id = raw_id.decode(errors="replace")
+    return open_sealed(keyring, raw_id.decode(errors="replace"), payload_namespace(payload), payload.data)
+
+
+def open_sealed(keyring: Keyring, key_id: str, namespace: str | None, data: bytes) -> Payload:
+    """The payload inside an encrypted payload's parts (what decrypt() reads from its metadata)."""
     key = keyring.keys.get(key_id)
     if key is None:
         known = ", ".join(sorted(keyring.keys))
@@ -74,11 +112,11 @@ def decrypt(payload: Payload, keyring: Keyring) -> Payload:
             f"payload was encrypted with unknown key id {key_id!r} (known: {known}); "
             "this keyring is older than the writer's or from another bundle"
         )
-    if len(payload.data) < NONCE_BYTES + TAG_BYTES:
+    if len(data) < NONCE_BYTES + TAG_BYTES:
         raise CodecError(f"encrypted payload (key {key_id!r}) is truncated")
-    nonce, sealed = payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:]
+    nonce, sealed = data[:NONCE_BYTES], data[NONCE_BYTES:]
     try:
-        plain = AESGCM(key).decrypt(nonce, sealed, _aad(key_id))
+        plain = _cipher(key).decrypt(nonce, sealed, _aad(key_id, namespace))
     except InvalidTag:
         raise CodecError(f"encrypted payload (key {key_id!r}) failed authentication: tampered or corrupt") from None
     try:
@@ -115,21 +153,33 @@ class KeyringFile:
             return self._keyring
 
 
-class EncryptionCodec(temporalio.converter.PayloadCodec):
-    """AES-256-GCM payload codec over a Keyring, or a KeyringFile that follows rotations."""
+class EncryptionCodec(temporalio.converter.PayloadCodec, temporalio.converter.WithSerializationContext):
+    """AES-256-GCM payload codec over a Keyring, or a KeyringFile that follows rotations.
 
-    def __init__(self, keys: Keyring | KeyringFile | str | Path):
+    Encodes for the namespace of the SDK's serialization context, else for `namespace`."""
+
+    def __init__(self, keys: Keyring | KeyringFile | str | Path, namespace: str | None = None):
         if isinstance(keys, (str, Path)):
             keys = KeyringFile(keys)
-        self._keys = keys
+        self._keys, self.namespace = keys, namespace
         self.keyring()  # fail at construction, not on the first workflow, if the file is bad
+
+    def with_context(self, context: temporalio.converter.SerializationContext) -> "EncryptionCodec":
+        namespace = getattr(context, "namespace", None)
+        if not namespace or namespace == self.namespace:
+            return self
+        bound = copy.copy(self)
+        bound.namespace = namespace
+        return bound
 
     def keyring(self) -> Keyring:
         return self._keys if isinstance(self._keys, Keyring) else self._keys.current()
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        if self.namespace is None:
+            raise CodecError("no namespace to bind the payloads to: pass data_converter(keys, namespace=...)")
         keyring = self.keyring()
-        return [encrypt(p, keyring) for p in payloads]
+        return [encrypt(p, keyring, self.namespace) for p in payloads]
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
         keyring = self.keyring()
@@ -140,13 +190,14 @@ def data_converter(
     keys: Keyring | KeyringFile | str | Path,
     base: temporalio.converter.DataConverter | None = None,
     encrypt_failures: bool = True,
+    namespace: str | None = None,
 ) -> temporalio.converter.DataConverter:
     """The SDK's default data converter (or `base`) with payloads encrypted by EncryptionCodec.
 
     With `encrypt_failures` (the default) error messages and stack traces are moved into the
     failure's encoded attributes, so they are encrypted too; the SDK's default leaves them in
     plain text in history, where an exception message can easily carry the very data at stake."""
-    changes: dict = {"payload_codec": EncryptionCodec(keys)}
+    changes: dict = {"payload_codec": EncryptionCodec(keys, namespace)}
     if encrypt_failures:
         changes["failure_converter_class"] = temporalio.converter.DefaultFailureConverterWithEncodedAttributes
     return dataclasses.replace(base or temporalio.converter.default(), **changes)
@@ -156,5 +207,5 @@ def decrypt_all(payloads: Iterable[Payload], keyring: Keyring) -> list[Payload]:
     return [decrypt(p, keyring) for p in payloads]
 
 
-def encrypt_all(payloads: Iterable[Payload], keyring: Keyring) -> list[Payload]:
-    return [encrypt(p, keyring) for p in payloads]
+def encrypt_all(payloads: Iterable[Payload], keyring: Keyring, namespace: str) -> list[Payload]:
+    return [encrypt(p, keyring, namespace) for p in payloads]

@@ -6,6 +6,7 @@ claim mapper reads: a `kid` header, a string `sub`, and a `permissions` array of
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import uuid
@@ -128,8 +129,21 @@ def jwk_algorithm(jwk: dict) -> str:
     return jwk.get("alg") or {"EC": "ES256", "RSA": "RS256"}.get(jwk.get("kty"), "")
 
 
-def verify_token(encoded: str, jwks: dict, *, audience: str, leeway: int = 0) -> dict:
-    """Verify like Temporal does: kid lookup, RS256/ES256 only, exp/nbf/iat, audience.
+ALGORITHMS = tuple(ALGORITHM_KEYS)
+
+
+@functools.lru_cache(maxsize=64)
+def _public_key(jwk_json: str, algorithm: str):
+    """Loading a key from its JWK costs more than the signature check; a server verifies with the
+    same few keys all day."""
+    return jwt.PyJWK(json.loads(jwk_json), algorithm).key
+NUMERIC_CLAIMS = ("exp", "nbf", "iat")
+
+
+def verify_token(encoded: str, jwks: dict, *, audience: str, issuers: tuple[str, ...] = (), leeway: int = 0) -> dict:
+    """Verify like Temporal does: a `kid` found in the JWKS, RS256/ES256 only, whole-second
+    numeric exp/nbf/iat (PyJWT alone would take "123" or 1.5), audience, and the issuer when
+    `issuers` is given.
 
     Raises jwt.PyJWTError subclasses on any failure.
     """
@@ -137,17 +151,24 @@ def verify_token(encoded: str, jwks: dict, *, audience: str, leeway: int = 0) ->
     kid = header.get("kid")
     if not isinstance(kid, str):
         raise jwt.InvalidTokenError('malformed token - no "kid" header')
-    match = [k for k in jwks.get("keys", []) if k.get("kid") == kid]
+    if header.get("alg") not in ALGORITHMS:
+        raise jwt.InvalidAlgorithmError("only ES256 and RS256 tokens are accepted")
+    match = [k for k in jwks.get("keys", []) if isinstance(k, dict) and k.get("kid") == kid]
     if not match:
         raise jwt.InvalidTokenError(f"unknown kid {kid!r}")
     algorithm = jwk_algorithm(match[0])
     if algorithm not in ALGORITHM_KEYS:
         raise jwt.InvalidAlgorithmError(f"key {kid!r} is for {algorithm or 'an unknown algorithm'}, not ES256 or RS256")
-    public_key = jwt.PyJWK(match[0], algorithm).key
-    options = {"require": ["exp", "iat", "nbf", "sub"]}
-    return jwt.decode(
-        encoded, public_key, algorithms=[algorithm], audience=audience, options=options, leeway=leeway
+    public_key = _public_key(json.dumps(match[0], sort_keys=True), algorithm)
+    options = {"require": ["exp", "iat", "nbf", "sub", *(["iss"] if issuers else [])]}
+    claims = jwt.decode(
+        encoded, public_key, algorithms=[algorithm], audience=audience, options=options, leeway=leeway,
+        issuer=list(issuers) or None,
     )
+    for name in NUMERIC_CLAIMS:
+        if type(claims[name]) is not int:  # noqa: E721 (bool is an int subclass and not a time)
+            raise jwt.InvalidTokenError(f"{name} must be an integer NumericDate")
+    return claims
 
 
 def decode_unverified(encoded: str) -> tuple[dict, dict]:

@@ -9,17 +9,20 @@ from pathlib import Path
 from ..config import check_origin, load_config
 from ..errors import BundleError
 from ..store import Layout
+from ..servers import MAX_CONNECTIONS
 from .common import add_config, add_out, serve_until_interrupted
 
 HELP = "serve /encode and /decode (Temporal's codec protocol) over HTTPS for the Web UI and CLI"
 DESCRIPTION = """Serve Temporal's remote codec protocol (POST /encode, POST /decode, GET /healthz)
 over HTTPS with the codec/server certificate, using the data keys in codec-keys/keys.json.
 
-Every request needs a bearer JWT the bundle's JWKS verifies (else 401). /decode returns plaintext
-only when the token holds codec.decrypt_role (default admin) on the X-Namespace namespace, or on
-temporal-system; other valid tokens get the payloads back still encrypted. /encode needs write.
-CORS preflights are answered for codec.ui_origins only. Keys, JWKS and certificate are re-read
-when they change: rotations need no restart."""
+Every request needs a bearer JWT the bundle's JWKS verifies (else 401; issuer jwt.issuer, plus any
+--issuer) and some role on the X-Namespace namespace (else 403), checked before the body is read.
+/decode returns a payload's plaintext only when the token holds codec.decrypt_role (default admin)
+on the namespace the payload is bound to, or on temporal-system; payloads written before
+namespaces were bound need temporal-system. Other payloads come back still encrypted. /encode
+needs write. CORS preflights are answered for codec.ui_origins only. Keys, JWKS and certificate
+are re-read when they change: rotations need no restart. One JSON audit line per request."""
 
 
 def add_parser(sub, name):
@@ -40,17 +43,25 @@ def add_parser(sub, name):
            help="allowed CORS origin (repeatable; default: codec.ui_origins from the config)")
     option("--insecure-http", action="store_true",
            help="plain HTTP (local debugging only: the Web UI refuses to send tokens to http endpoints)")
+    option("--issuer", action="append", default=[], metavar="ISS",
+           help="also accept tokens with this `iss` (repeatable; e.g. your OIDC provider's, with its --jwks-url)")
+    option("--max-connections", type=int, default=MAX_CONNECTIONS,
+           help=f"open connections at most; the oldest idle one makes room (default: {MAX_CONNECTIONS})")
     option("--quiet-audit", action="store_true", help="do not log one line per encode/decode request")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from ..codec_server import Policy, make_server  # needs the Temporal SDK; other commands do not
+    from ..servers.codec import Policy, make_server  # needs the SDK and aiohttp; other commands do not
+    from ..servers.http import Limits
 
     config = load_config(args.config)
     layout = Layout(Path(args.out).resolve())
     origins = tuple(check_origin(o, "--ui-origin") for o in args.ui_origin) if args.ui_origin else config.codec.ui_origins
-    policy = Policy(audience=config.jwt.audience, decrypt_role=config.codec.decrypt_role, ui_origins=origins)
+    issuers = tuple(dict.fromkeys([config.jwt.issuer, *args.issuer]))
+    policy = Policy(config.jwt.audience, config.codec.decrypt_role, origins, issuers)
+    if args.max_connections < 1:
+        raise BundleError("--max-connections must be at least 1")
     port = args.port or config.codec.port
     cert, key = (None, None) if args.insecure_http else layout.leaf("codec", "server")
     if not args.jwks_url and not layout.jwks.exists():
@@ -58,7 +69,8 @@ def run(args) -> int:
     try:
         server = make_server(
             args.host, port, keys_path=layout.codec_keys, policy=policy, jwks_path=layout.jwks,
-            jwks_urls=tuple(args.jwks_url or ()), jwks_cafile=layout.trust_bundle, cert=cert, key=key, audit=not args.quiet_audit,
+            jwks_urls=tuple(args.jwks_url or ()), jwks_cafile=layout.trust_bundle, cert=cert, key=key,
+            audit=not args.quiet_audit, limits=Limits(max_connections=args.max_connections),
         )
     except (OSError, ssl.SSLError) as exc:
         raise BundleError(f"cannot start the codec server on {args.host}:{port}: {exc}") from None

@@ -4,6 +4,7 @@ and data-key rotations without a restart, and refuses malformed requests."""
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import textwrap
 import threading
@@ -18,7 +19,7 @@ from temporalio.api.common.v1 import Payload, Payloads
 from bootstrap.cli import main
 from bootstrap.codec import KEY_ID_HEADER, encrypt
 from bootstrap.codec_keys import Keyring
-from bootstrap.codec_server import Policy, make_server
+from bootstrap.servers.codec import Policy, make_server
 from bootstrap.pki import utcnow
 from bootstrap.tokens import SigningKey, mint_token
 
@@ -103,7 +104,7 @@ def test_follows_a_data_key_rotation(served):
 def test_unknown_data_key_is_a_clear_400(served):
     _, out, url = served
     foreign = Keyring.generate(utcnow())
-    status, data = post(out, url + "/decode", body(encrypt(PLAIN, foreign)), headers(out))
+    status, data = post(out, url + "/decode", body(encrypt(PLAIN, foreign, "default")), headers(out))
     assert status == 400 and "unknown key id" in json.loads(data)["error"]
 
 
@@ -136,3 +137,90 @@ def test_wire_format_accepts_what_the_ui_sends(served):
     assert list(json_format.Parse(data, Payloads()).payloads) == [PLAIN]
     status, data = post(out, url + "/decode", b'{"payloads": []}', headers(out))
     assert status == 200 and json.loads(data) == {}
+
+
+def get(out, url):
+    ctx = ssl.create_default_context(cafile=str(out / "trust/ca.pem"))
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_health_and_error_bodies_name_no_paths(served, tmp_path):
+    """Paths and resolver errors go to the server's log, never to the caller."""
+    _, out, url = served
+    assert get(out, url + "/healthz") == (200, b'{"status": "ok"}\n')
+    (out / "codec-keys/keys.json").write_text("{broken")
+    status, data = get(out, url + "/healthz")
+    assert status == 503 and json.loads(data)["status"] == "degraded"
+    (out / "jwks/jwks.json").unlink()
+    status, data = get(out, url + "/healthz")
+    assert status == 503 and json.loads(data) == {"status": "unavailable"}
+    status, data = post(out, url + "/decode", body(PLAIN), headers(out))
+    assert status == 503 and json.loads(data) == {"error": "token keys unavailable"}
+    assert str(tmp_path).encode() not in data
+
+
+def test_jwks_server_health_names_no_path(tmp_path):
+    from bootstrap.servers.jwks import make_server as make_jwks_server
+
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": []}')
+    server = make_jwks_server("127.0.0.1", 0, jwks, None, None)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with urllib.request.urlopen(base + "/jwks.json", timeout=10) as response:
+            assert json.loads(response.read()) == {"keys": []}
+        jwks.unlink()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(base + "/healthz", timeout=10)
+        data = refused.value.read()
+        assert refused.value.code == 503 and str(tmp_path).encode() not in data
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_reissued_certificate_is_served_without_a_restart(served):
+    config, out, url = served
+    port = int(url.rsplit(":", 1)[1])
+
+    def served_cert() -> bytes:
+        ctx = ssl.create_default_context(cafile=str(out / "trust/ca.pem"))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                return tls.getpeercert(binary_form=True)
+
+    before = served_cert()
+    assert main(["rotate", "--config", str(config), "--out", str(out), "--kind", "certs", "--all", "-q"]) == 0
+    on_disk = ssl.PEM_cert_to_DER_cert((out / "codec/server.pem").read_text())
+    assert on_disk != before, "the rotation should have re-issued the codec server's certificate"
+    assert served_cert() == on_disk
+    status, _ = post(out, url + "/encode", body(PLAIN), headers(out))
+    assert status == 200
+
+
+def test_a_bug_is_a_500_without_internals_and_one_log_event(capfd):
+    from aiohttp import web
+
+    from bootstrap.servers.http import Limits, Service
+
+    async def broken(request):
+        raise RuntimeError("cannot open /srv/secret/keys.json")
+
+    app = web.Application()
+    app.router.add_get("/boom", broken)
+    server = Service(app, "127.0.0.1", 0, None, Limits())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}/boom", timeout=10)
+        assert failed.value.code == 500 and json.loads(failed.value.read()) == {"error": "internal error"}
+    finally:
+        server.shutdown()
+        server.server_close()
+    [event] = [json.loads(line) for line in capfd.readouterr().err.splitlines() if "internal-error" in line]
+    assert event["error"] == "RuntimeError" and event["path"] == "/boom"

@@ -19,15 +19,17 @@ from bootstrap.cli import main
 from bootstrap.codec import (
     ENCODING,
     KEY_ID_HEADER,
+    NAMESPACE_HEADER,
     CodecError,
     EncryptionCodec,
     KeyringFile,
     data_converter,
     decrypt,
     encrypt,
+    payload_namespace,
 )
 from bootstrap.codec_keys import Keyring, plan_codec_keys
-from bootstrap.codec_server import grants, role_for
+from bootstrap.servers.auth import URLJWKS, grants, role_for
 from bootstrap.config import parse_config
 from bootstrap.errors import BundleError
 from bootstrap.store import Layout, Skip, Write
@@ -53,17 +55,18 @@ def run(coro):
 def test_round_trip_restores_the_whole_payload():
     keyring = Keyring.generate(NOW)
     original = Payload(metadata={"encoding": b"json/plain", "messageType": b"x.y"}, data=b'{"card": "4111"}')
-    sealed = encrypt(original, keyring)
+    sealed = encrypt(original, keyring, "default")
     assert sealed.metadata["encoding"] == ENCODING
     assert sealed.metadata[KEY_ID_HEADER] == keyring.active.encode()
-    assert set(sealed.metadata) == {"encoding", KEY_ID_HEADER}, "the original metadata must be inside the ciphertext"
+    assert sealed.metadata[NAMESPACE_HEADER] == b"default"
+    assert set(sealed.metadata) == {"encoding", KEY_ID_HEADER, NAMESPACE_HEADER}, "the original metadata must be inside the ciphertext"
     assert b"4111" not in sealed.data and b"x.y" not in sealed.data
     assert decrypt(sealed, keyring) == original
 
 
 def test_every_encryption_uses_a_fresh_nonce():
     keyring = Keyring.generate(NOW)
-    first, second = encrypt(plain(), keyring), encrypt(plain(), keyring)
+    first, second = encrypt(plain(), keyring, "default"), encrypt(plain(), keyring, "default")
     assert first.data[:12] != second.data[:12]
     assert first.data != second.data
 
@@ -75,7 +78,7 @@ def test_payloads_that_are_not_encrypted_pass_through_decode():
 
 
 def test_unknown_key_id_is_a_clear_error():
-    sealed = encrypt(plain(), Keyring.generate(NOW))
+    sealed = encrypt(plain(), Keyring.generate(NOW), "default")
     other = Keyring.generate(NOW)
     with pytest.raises(CodecError, match=r"unknown key id .*known: " + other.active):
         decrypt(sealed, other)
@@ -86,16 +89,73 @@ def test_the_key_id_is_bound_as_associated_data():
     label names the very key that encrypted it under a different id."""
     keyring = Keyring.generate(NOW)
     twin = Keyring(keyring.active, {**keyring.keys, "alias": keyring.keys[keyring.active]})
-    sealed = encrypt(plain(), twin)
+    sealed = encrypt(plain(), twin, "default")
     relabelled = Payload(metadata={**sealed.metadata, KEY_ID_HEADER: b"alias"}, data=sealed.data)
     with pytest.raises(CodecError, match="failed authentication"):
         decrypt(relabelled, twin)
 
 
+def legacy_encrypt(payload: Payload, keyring: Keyring) -> Payload:
+    """What encrypt() wrote before payloads were bound to a namespace (issue 11), verbatim."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    key_id, nonce = keyring.active, os.urandom(12)
+    sealed = AESGCM(keyring.keys[key_id]).encrypt(nonce, payload.SerializeToString(), ENCODING + b"\x00" + key_id.encode())
+    return Payload(metadata={"encoding": ENCODING, KEY_ID_HEADER: key_id.encode()}, data=nonce + sealed)
+
+
+@pytest.mark.parametrize("relabel", [b"payments", b"orders\x00", b"", None])
+def test_the_namespace_is_bound_as_associated_data(relabel):
+    """Moving a payload to another namespace, or dropping its namespace to pass it off as a
+    payload written before the binding, fails authentication."""
+    keyring = Keyring.generate(NOW)
+    sealed = encrypt(plain(), keyring, "orders")
+    assert payload_namespace(sealed) == "orders"
+    metadata = {k: v for k, v in sealed.metadata.items() if k != NAMESPACE_HEADER}
+    if relabel is not None:
+        metadata[NAMESPACE_HEADER] = relabel
+    with pytest.raises(CodecError, match="failed authentication"):
+        decrypt(Payload(metadata=metadata, data=sealed.data), keyring)
+
+
+def test_payloads_written_before_the_binding_still_decrypt():
+    keyring = Keyring.generate(NOW)
+    old = legacy_encrypt(plain("old"), keyring)
+    assert payload_namespace(old) is None
+    assert decrypt(old, keyring) == plain("old")
+    with_namespace = Payload(metadata={**old.metadata, NAMESPACE_HEADER: b"orders"}, data=old.data)
+    with pytest.raises(CodecError, match="failed authentication"):
+        decrypt(with_namespace, keyring)
+
+
+def test_codec_binds_the_sdk_contexts_namespace():
+    from temporalio.converter import ActivitySerializationContext, WorkflowSerializationContext
+
+    keyring = Keyring.generate(NOW)
+    codec = EncryptionCodec(keyring, "fallback")
+    workflow = codec.with_context(WorkflowSerializationContext(namespace="orders", workflow_id="w"))
+    activity = codec.with_context(ActivitySerializationContext(
+        namespace="payments", activity_id="a", activity_type="t", activity_task_queue="q", workflow_id="w",
+        workflow_type="W", is_local=False))
+    [a] = run(workflow.encode([plain()]))
+    [b] = run(activity.encode([plain()]))
+    [c] = run(codec.encode([plain()]))
+    assert [payload_namespace(p) for p in (a, b, c)] == ["orders", "payments", "fallback"]
+    assert run(codec.decode([a, b, c])) == [plain()] * 3
+
+
+def test_codec_without_a_namespace_refuses_to_write_unbound_payloads():
+    codec = EncryptionCodec(Keyring.generate(NOW))
+    with pytest.raises(CodecError, match="no namespace"):
+        run(codec.encode([plain()]))
+    with pytest.raises(CodecError):
+        encrypt(plain(), Keyring.generate(NOW), "")
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "no-key-id"])
 def test_tampered_or_truncated_payloads_are_refused(damage):
     keyring = Keyring.generate(NOW)
-    sealed = encrypt(plain(), keyring)
+    sealed = encrypt(plain(), keyring, "default")
     if damage == "flip":
         data = bytearray(sealed.data)
         data[-1] ^= 1
@@ -110,16 +170,16 @@ def test_tampered_or_truncated_payloads_are_refused(damage):
 
 def test_rotation_keeps_old_payloads_readable_and_encrypts_with_the_new_key():
     old = Keyring.generate(NOW)
-    written_before = encrypt(plain("before"), old)
+    written_before = encrypt(plain("before"), old, "default")
     new = old.rotated(NOW)
     assert new.active != old.active and set(old.keys) < set(new.keys)
     assert decrypt(written_before, new) == plain("before")
-    assert encrypt(plain(), new).metadata[KEY_ID_HEADER] == new.active.encode()
+    assert encrypt(plain(), new, "default").metadata[KEY_ID_HEADER] == new.active.encode()
 
 
 def test_codec_and_data_converter_round_trip_values():
     keyring = Keyring.generate(NOW)
-    converter = data_converter(keyring)
+    converter = data_converter(keyring, namespace="default")
     assert isinstance(converter.payload_codec, EncryptionCodec)
     payloads = run(converter.encode(["hello", {"n": 1}]))
     assert all(p.metadata["encoding"] == ENCODING for p in payloads)
@@ -131,7 +191,7 @@ def test_failure_messages_and_stack_traces_are_encrypted_too():
     from temporalio.api.failure.v1 import Failure
     from temporalio.exceptions import ApplicationError
 
-    converter = data_converter(Keyring.generate(NOW))
+    converter = data_converter(Keyring.generate(NOW), namespace="default")
     failure = Failure()
     run(converter.encode_failure(ApplicationError("card 4111 declined", "card 4111"), failure))
     assert "4111" not in failure.message and "4111" not in failure.stack_trace
@@ -139,7 +199,7 @@ def test_failure_messages_and_stack_traces_are_encrypted_too():
     assert failure.encoded_attributes.metadata["encoding"] == ENCODING
     restored = run(converter.decode_failure(failure))
     assert str(restored) == "card 4111 declined"
-    plain_failures = data_converter(Keyring.generate(NOW), encrypt_failures=False)
+    plain_failures = data_converter(Keyring.generate(NOW), encrypt_failures=False, namespace="default")
     failure = Failure()
     run(plain_failures.encode_failure(ApplicationError("visible"), failure))
     assert failure.message == "visible"
@@ -148,7 +208,7 @@ def test_failure_messages_and_stack_traces_are_encrypted_too():
 def test_codec_follows_the_keyring_file(tmp_path):
     path = tmp_path / "keys.json"
     path.write_bytes(Keyring.generate(NOW).to_bytes())
-    codec = EncryptionCodec(path)
+    codec = EncryptionCodec(path, "default")
     [before] = run(codec.encode([plain("before")]))
     rotated = Keyring.parse(path.read_bytes()).rotated(NOW)
     tmp = tmp_path / "keys.tmp"
@@ -355,3 +415,123 @@ def test_role_lattice_matches_temporals_default_authorizer(permissions, namespac
 def test_missing_or_malformed_permissions_claim_grants_nothing():
     assert role_for({}, "default") == 0
     assert role_for({"permissions": "default:admin"}, "default") == 0
+
+
+# --------------------------------------------------------------------------- the token check's memory
+
+
+class _CountingJWKS:
+    def __init__(self, doc):
+        self.doc, self.calls = doc, 0
+
+    async def key_set(self, kid=None):
+        self.calls += 1
+        return self.doc
+
+
+def _token(key, lifetime_seconds=3600, now=None):
+    from datetime import timedelta
+
+    from bootstrap.tokens import mint_token
+
+    return mint_token(key, role="t", permissions=["default:admin"], issuer="temporal-bundle", audience="temporal",
+                      lifetime=timedelta(seconds=lifetime_seconds), now=now).encoded
+
+
+def test_a_verified_token_is_remembered_briefly_and_never_past_its_exp():
+    import time
+
+    from bootstrap.servers.auth import Authenticator
+    from bootstrap.servers.http import Refusal
+    from bootstrap.tokens import SigningKey, jwks_document
+
+    key = SigningKey.generate()
+    jwks = _CountingJWKS(jwks_document([key]))
+    auth = Authenticator(jwks, "temporal", ("temporal-bundle",), remember=0.3)
+    token = _token(key)
+    assert run(auth.claims(f"Bearer {token}"))["sub"] == "temporal-bundle:t"
+    assert run(auth.claims(f"Bearer {token}"))["sub"] == "temporal-bundle:t"
+    assert jwks.calls == 1, "the second request should not verify again"
+    time.sleep(0.35)
+    run(auth.claims(f"Bearer {token}"))
+    assert jwks.calls == 2, "after `remember` seconds the token is verified again"
+
+    auth = Authenticator(jwks, "temporal", ("temporal-bundle",), remember=60)
+    short = _token(key, lifetime_seconds=1)
+    run(auth.claims(f"Bearer {short}"))
+    exp = auth._verified[short][0]["exp"]
+    time.sleep(max(0.0, exp - time.time()) + 0.05)
+    with pytest.raises(Refusal) as refused:
+        run(auth.claims(f"Bearer {short}"))
+    assert refused.value.status == 401 and "expired" in refused.value.detail
+
+
+def test_forged_tokens_are_never_remembered():
+    from bootstrap.servers.auth import Authenticator
+    from bootstrap.servers.http import Refusal
+    from bootstrap.tokens import SigningKey, jwks_document
+
+    key, impostor = SigningKey.generate(), SigningKey.generate()
+    auth = Authenticator(_CountingJWKS(jwks_document([key])), "temporal", ("temporal-bundle",))
+    import jwt as pyjwt
+
+    forged = pyjwt.encode({"sub": "x", "aud": "temporal", "iss": "temporal-bundle", "iat": 1, "nbf": 1,
+                           "exp": 4102444800}, impostor.private_key, algorithm="ES256", headers={"kid": key.kid})
+    for _ in range(2):
+        with pytest.raises(Refusal):
+            run(auth.claims(f"Bearer {forged}"))
+    assert auth._verified == {}
+
+
+# --------------------------------------------------------------------------- JWKS URL fetching
+
+
+class _ScriptedJWKS(URLJWKS):
+    """A JWKS URL whose fetches are scripted: each returns the next document, raises, or waits."""
+
+    def __init__(self, script, **options):
+        super().__init__("https://jwks.invalid/jwks.json", None, **options)
+        self.script, self.fetches = script, 0
+
+    async def _fetch(self):
+        self.fetches += 1
+        step = self.script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        if isinstance(step, asyncio.Event):
+            await step.wait()
+            return {"keys": [{"kid": "late"}]}
+        return step
+
+
+def test_jwks_url_fetches_once_for_concurrent_unknown_kids_and_backs_off():
+    from bootstrap.servers.auth import JWKSUnavailable
+
+    async def scenario():
+        source = _ScriptedJWKS([OSError("down"), {"keys": [{"kid": "a"}]}], unknown_every=0)
+        with pytest.raises(JWKSUnavailable):
+            await source.key_set("a")
+        with pytest.raises(JWKSUnavailable):  # within the 1 s backoff: no second fetch
+            await source.key_set("a")
+        assert source.fetches == 1
+        source._attempted -= 1.1
+        results = await asyncio.gather(*(source.key_set("a") for _ in range(5)))
+        assert source.fetches == 2 and all(r == {"keys": [{"kid": "a"}]} for r in results)
+
+    run(scenario())
+
+
+def test_known_kids_do_not_wait_for_a_slow_fetch():
+    async def scenario():
+        release = asyncio.Event()
+        source = _ScriptedJWKS([{"keys": [{"kid": "a"}]}, release], unknown_every=0)
+        assert await source.key_set("a") == {"keys": [{"kid": "a"}]}
+        stranger = asyncio.ensure_future(source.key_set("late"))
+        await asyncio.sleep(0.01)
+        assert source.fetches == 2 and not stranger.done(), "the unknown kid's fetch is in flight"
+        known = await asyncio.wait_for(source.key_set("a"), 0.1)  # answered from the cached set
+        assert known == {"keys": [{"kid": "a"}]}
+        release.set()
+        assert await stranger == {"keys": [{"kid": "late"}]}
+
+    run(scenario())

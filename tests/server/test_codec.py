@@ -28,9 +28,9 @@ from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.worker import Worker
 
 from bootstrap.client import connect
-from bootstrap.codec import ENCODING, KEY_ID_HEADER, data_converter, decrypt
+from bootstrap.codec import ENCODING, KEY_ID_HEADER, NAMESPACE_HEADER, data_converter, decrypt
 from bootstrap.codec_keys import Keyring
-from bootstrap.codec_server import Policy, make_server
+from bootstrap.servers.codec import Policy, make_server
 from bootstrap.config import load_config
 from bootstrap.pki import utcnow
 from bootstrap.tokens import SigningKey, mint_token
@@ -176,7 +176,9 @@ def test_history_holds_only_ciphertext(encrypted_run):
     for payload in payloads:
         assert payload.metadata["encoding"] == ENCODING
         assert payload.metadata[KEY_ID_HEADER] == key_id.encode()
-        assert set(payload.metadata) == {"encoding", KEY_ID_HEADER}
+        # Bound to its namespace by the SDK's serialization context: no namespace= was passed.
+        assert payload.metadata[NAMESPACE_HEADER] == b"default"
+        assert set(payload.metadata) == {"encoding", KEY_ID_HEADER, NAMESPACE_HEADER}
         assert b"4111" not in payload.data and b"json/plain" not in payload.data
 
 
@@ -200,20 +202,28 @@ def test_namespace_in_the_path_works_like_the_header(sqlite_cluster, codec_serve
     assert status == 200 and b"4111" in b"".join(p.data for p in parse(data))
 
 
-@pytest.mark.parametrize("who", ["reader", "writer", "admin-of-other-namespace", "admin-asking-for-other"])
+@pytest.mark.parametrize("who", ["reader", "writer"])
 def test_valid_tokens_without_the_grant_get_ciphertext_back(sqlite_cluster, codec_server, encrypted_run, who):
     cluster = sqlite_cluster
-    bearer, namespace = {
-        "reader": (cluster.token("reader"), "default"),
-        "writer": (cluster.token("client"), "default"),
-        "admin-of-other-namespace": (token(cluster, ["other:admin"]), "default"),
-        # A default admin claiming the payloads belong to `other` gets nothing either.
-        "admin-asking-for-other": (cluster.token("nsadmin"), "other"),
-    }[who]
+    bearer = {"reader": cluster.token("reader"), "writer": cluster.token("client")}[who]
     payloads = encrypted_run[2]
-    status, _, data = decode(cluster, codec_server, payloads, bearer, namespace=namespace)
+    status, _, data = decode(cluster, codec_server, payloads, bearer, namespace="default")
     assert status == 200, data
     assert parse(data) == payloads
+
+
+@pytest.mark.parametrize("who", ["admin-of-other-namespace", "admin-asking-for-other"])
+def test_tokens_without_any_role_on_the_namespace_get_403(sqlite_cluster, codec_server, encrypted_run, who):
+    """Issue 11: a caller with no role at all on the request's namespace is refused before its body
+    is read (these got 200 and their ciphertext back before)."""
+    cluster = sqlite_cluster
+    bearer, namespace = {
+        "admin-of-other-namespace": (token(cluster, ["other:admin"]), "default"),
+        # A default admin claiming the payloads belong to `other`.
+        "admin-asking-for-other": (cluster.token("nsadmin"), "other"),
+    }[who]
+    status, _, data = decode(cluster, codec_server, encrypted_run[2], bearer, namespace=namespace)
+    assert status == 403 and b"4111" not in data
 
 
 def test_read_and_worker_flags_do_not_add_up_to_admin(sqlite_cluster, codec_server, encrypted_run):
@@ -282,6 +292,7 @@ def test_encode_needs_write_and_encrypts_with_the_active_key(sqlite_cluster, cod
     [sealed] = parse(data)
     keys = keyring(cluster)
     assert sealed.metadata[KEY_ID_HEADER] == keys.active.encode() and b"4111" not in sealed.data
+    assert sealed.metadata[NAMESPACE_HEADER] == b"default"
     assert decrypt(sealed, keys) == plain[0]
 
 
@@ -390,8 +401,10 @@ def test_serve_codec_command(sqlite_cluster, encrypted_run):
         process.wait(10)
     audit = log.read_text()
     assert f"JWKS: https://localhost:{cluster.jwks_port}/jwks.json" in audit
-    assert "sub='temporal-bundle:nsadmin': decrypted 4 payload(s)" in audit
-    assert "refused 401" in audit
+    events = [json.loads(line) for line in audit.splitlines() if line.startswith("{")]
+    assert {"sub": "temporal-bundle:nsadmin", "outcome": "decrypted", "decrypted": 4} in [
+        {k: e.get(k) for k in ("sub", "outcome", "decrypted")} for e in events]
+    assert any(e.get("status") == 401 and e.get("outcome") == "refused" for e in events)
     assert cluster.token("nsadmin") not in audit, "tokens must never be logged"
 
 

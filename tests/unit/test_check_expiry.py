@@ -18,7 +18,7 @@ import pytest
 from bootstrap.cli import main
 from bootstrap.errors import BundleError
 from bootstrap.expiry import Thresholds, check
-from bootstrap.jwks_server import make_server
+from bootstrap.servers.jwks import make_server
 from bootstrap.pki import CA, utcnow
 from bootstrap.tokens import SigningKey, mint_token
 

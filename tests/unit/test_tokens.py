@@ -316,3 +316,39 @@ def test_check_expiry_reports_rsa_token_under_an_ec_kid_instead_of_crashing(sign
     assert problem and "does not verify" in problem
     good = sign(key, good_claims(), kid=key.kid)
     assert jwks_problem(Item("tokens/worker.jwt", "token", kid=key.kid, encoded=good), published) is None
+
+
+# --------------------------------------------------------------------------- aligned with Temporal (issue 11)
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("kind", ["string", "float", "bool"])
+def test_time_claims_must_be_integers(signing, claim, kind):
+    """PyJWT alone accepts "1767225600" and 1767225600.5; Temporal's verifier does not."""
+    key, jwks = signing
+    value = good_claims()[claim]
+    bad = {"string": str(value), "float": value + 0.5, "bool": True}[kind]
+    with pytest.raises(jwt.PyJWTError):
+        verify_token(sign(key, good_claims(**{claim: bad}), kid=key.kid), jwks, audience=AUDIENCE)
+    assert verify_token(sign(key, good_claims(), kid=key.kid), jwks, audience=AUDIENCE)["sub"]
+
+
+def test_issuer_is_checked_when_given(signing):
+    key, jwks = signing
+    foreign = sign(key, good_claims(iss="https://elsewhere.example"), kid=key.kid)
+    assert verify_token(foreign, jwks, audience=AUDIENCE)["iss"] == "https://elsewhere.example"
+    with pytest.raises(jwt.InvalidIssuerError):
+        verify_token(foreign, jwks, audience=AUDIENCE, issuers=("temporal-bundle",))
+    claims = good_claims()
+    del claims["iss"]
+    with pytest.raises(jwt.MissingRequiredClaimError):
+        verify_token(sign(key, claims, kid=key.kid), jwks, audience=AUDIENCE, issuers=("temporal-bundle",))
+    good = sign(key, good_claims(), kid=key.kid)
+    assert verify_token(good, jwks, audience=AUDIENCE, issuers=("other", "temporal-bundle"))["iss"] == "temporal-bundle"
+
+
+def test_only_es256_and_rs256_headers_are_accepted(signing):
+    key, jwks = signing
+    hs = jwt.encode(good_claims(), "secret-secret-secret-secret-32by", algorithm="HS256", headers={"kid": key.kid})
+    with pytest.raises(jwt.InvalidAlgorithmError):
+        verify_token(hs, jwks, audience=AUDIENCE)

@@ -1,0 +1,234 @@
+"""Who may use the codec: the JWKS sources tokens are verified against, the token check, and
+Temporal's role lattice.
+
+JWKS fetches never hold a lock: the event loop runs one fetch per source at a time (later callers
+wait for that one), a token whose kid is already known is verified against the cached set while a
+fetch for an unknown kid is in flight, and failed fetches back off (1 s doubling to 60 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import aiohttp
+import jwt
+
+from ..tokens import verify_token
+from .http import Refusal, clip, log_event
+from .jwks import JWKSSource
+
+ROLE_BITS = {"worker": 1, "read": 2, "write": 4, "admin": 8}
+SYSTEM_NAMESPACE = "temporal-system"
+PERMISSIONS_CLAIM = "permissions"
+MAX_JWKS_BYTES = 1024 * 1024
+
+
+class JWKSUnavailable(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- role lattice
+
+
+def role_for(claims: dict, namespace: str) -> int:
+    """The role bits a token holds on `namespace`, as Temporal's default claim mapper and
+    authorizer compute them: namespace grants and system grants OR-ed separately, the better wins."""
+    namespace_bits = system_bits = 0
+    permissions = claims.get(PERMISSIONS_CLAIM)
+    for permission in permissions if isinstance(permissions, list) else []:
+        if not isinstance(permission, str) or permission.count(":") != 1:
+            continue
+        scope, role = permission.split(":")
+        bits = ROLE_BITS.get(role.lower(), 0)
+        if scope == SYSTEM_NAMESPACE:
+            system_bits |= bits
+        elif scope == namespace:
+            namespace_bits |= bits
+    return max(namespace_bits, system_bits)
+
+
+def grants(claims: dict, namespace: str, required: str) -> bool:
+    return role_for(claims, namespace) >= ROLE_BITS[required]
+
+
+# --------------------------------------------------------------------------- key sources
+
+
+def _kids(doc: dict | None) -> set:
+    return {k.get("kid") for k in (doc or {}).get("keys", []) if isinstance(k, dict)}
+
+
+class FileJWKS:
+    """The bundle's jwks.json, re-read when it changes."""
+
+    def __init__(self, path: Path):
+        self.source, self.description = JWKSSource(path), str(path)
+        self._raw, self._doc = None, None
+
+    async def key_set(self, kid: str | None = None) -> dict:
+        try:
+            raw = self.source.current()
+            if raw is not self._raw:
+                self._doc, self._raw = json.loads(raw), raw
+        except (OSError, ValueError) as exc:
+            raise JWKSUnavailable(f"{self.description}: {exc}") from None
+        return self._doc
+
+    async def close(self) -> None:
+        pass
+
+
+class URLJWKS:
+    """A JWKS URL, fetched every `ttl` seconds, and again (at most every `unknown_every` seconds)
+    for an unknown kid. https is verified against the system CAs plus `cafile`, re-read for each
+    fetch (CA rotations). A stale set keeps serving while its refresh runs."""
+
+    def __init__(self, url: str, cafile: Path | None, ttl: float = 60.0, timeout: float = 10.0,
+                 unknown_every: float = 5.0):
+        self.url, self.cafile, self.ttl, self.timeout, self.description = url, cafile, ttl, timeout, url
+        self.unknown_every = unknown_every
+        self._doc, self._fetched, self._attempted, self._failures = None, 0.0, float("-inf"), 0
+        self._fetch_task: asyncio.Task | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def key_set(self, kid: str | None = None) -> dict:
+        now = time.monotonic()
+        if self._doc is not None and (kid is None or kid in _kids(self._doc)):
+            if now - self._fetched >= self.ttl and self._may_fetch(now, self.unknown_every):
+                self._start_fetch()  # refresh in the background; this caller keeps the cached set
+            return self._doc
+        if self._fetch_task is None and self._may_fetch(now, self.unknown_every if self._doc else 0):
+            self._start_fetch()
+        if self._fetch_task is not None:
+            await asyncio.shield(self._fetch_task)
+        if self._doc is None:
+            raise JWKSUnavailable(f"{self.url}: no key set fetched yet")
+        return self._doc
+
+    def _may_fetch(self, now: float, floor: float) -> bool:
+        backoff = min(60.0, 2.0 ** (self._failures - 1)) if self._failures else 0.0
+        return self._fetch_task is None and now - self._attempted >= max(floor, backoff)
+
+    def _start_fetch(self) -> None:
+        self._attempted = time.monotonic()
+        self._fetch_task = asyncio.ensure_future(self._refresh())
+
+    async def _refresh(self) -> None:
+        try:
+            self._doc, self._fetched, self._failures = await self._fetch(), time.monotonic(), 0
+        except (OSError, ValueError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            self._failures += 1
+            log_event("jwks-fetch-failed", url=self.url, failures=self._failures,
+                      error=clip(str(exc) or type(exc).__name__))
+        finally:
+            self._fetch_task = None
+
+    async def _fetch(self) -> dict:
+        context = ssl.create_default_context()
+        if self.cafile is not None and Path(self.cafile).exists():
+            context.load_verify_locations(cafile=str(self.cafile))
+        self._session = self._session or aiohttp.ClientSession()
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        async with self._session.get(self.url, ssl=context, timeout=timeout) as response:
+            response.raise_for_status()
+            doc = json.loads(await response.content.read(MAX_JWKS_BYTES))
+        if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+            raise ValueError("not a JWKS document")
+        return doc
+
+    async def close(self) -> None:
+        if self._fetch_task is not None:
+            self._fetch_task.cancel()
+        if self._session is not None:
+            await self._session.close()
+
+
+class CombinedJWKS:
+    """Several JWKS URLs as one key set: the bundle's own (for CLI users with bundle tokens) and an
+    OIDC provider's (for Web UI users, whose access token the UI passes on). A slow or broken
+    source does not hold up tokens another source already knows."""
+
+    def __init__(self, sources: list):
+        self.sources = sources
+        self.description = ", ".join(s.description for s in sources)
+
+    async def key_set(self, kid: str | None = None) -> dict:
+        results = await asyncio.gather(*(s.key_set(kid) for s in self._asked(kid)), return_exceptions=True)
+        docs = [r for r in results if isinstance(r, dict)]
+        if not docs:
+            raise JWKSUnavailable("; ".join(str(r) for r in results))
+        return {"keys": [k for doc in docs for k in doc.get("keys", [])]}
+
+    def _asked(self, kid: str | None) -> list:
+        known = [s for s in self.sources if kid is not None and kid in _kids(getattr(s, "_doc", None))]
+        return known or self.sources
+
+    async def close(self) -> None:
+        for source in self.sources:
+            await source.close()
+
+
+# --------------------------------------------------------------------------- token check
+
+
+class Authenticator:
+    """Bearer token -> verified claims, or a Refusal (401, or 503 when no key set is at hand).
+
+    A verified token is remembered for `remember` seconds (never past its exp): the Web UI sends the
+    same token for every payload it shows, and parsing and checking it costs more than decrypting.
+    Temporal itself refreshes its key set only every jwt.refresh_interval, so a key withdrawn from
+    the JWKS stops working here no later than there."""
+
+    def __init__(self, jwks, audience: str, issuers: tuple[str, ...] = (), remember: float = 30.0,
+                 capacity: int = 1024):
+        self.jwks, self.audience, self.issuers = jwks, audience, issuers
+        self.remember, self.capacity = remember, capacity
+        self._verified: OrderedDict[str, tuple[dict, float]] = OrderedDict()
+
+    async def claims(self, authorization: str | None) -> dict:
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Refusal(401, "missing bearer token")
+        claims = self._recall(token)
+        if claims is None:
+            claims = await self._verify(token)
+            self._keep(token, claims)
+        return claims
+
+    def _recall(self, token: str) -> dict | None:
+        entry = self._verified.get(token)
+        if entry is None:
+            return None
+        claims, until = entry
+        if time.monotonic() >= until or time.time() >= claims["exp"]:
+            del self._verified[token]
+            return None
+        self._verified.move_to_end(token)
+        return claims
+
+    def _keep(self, token: str, claims: dict) -> None:
+        self._verified[token] = (claims, time.monotonic() + self.remember)
+        while len(self._verified) > self.capacity:
+            self._verified.popitem(last=False)
+
+    async def _verify(self, token: str) -> dict:
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError as exc:
+            raise Refusal(401, "invalid token", clip(exc)) from None
+        if not isinstance(kid, str):
+            raise Refusal(401, "invalid token", 'no "kid" header')
+        try:
+            key_set = await self.jwks.key_set(kid)
+        except JWKSUnavailable as exc:
+            raise Refusal(503, "token keys unavailable", clip(exc)) from None
+        try:
+            return verify_token(token, key_set, audience=self.audience, issuers=self.issuers)
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            raise Refusal(401, "invalid token", clip(exc)) from None

@@ -1,0 +1,279 @@
+"""The codec server: Temporal's remote codec protocol over HTTPS, decrypting only for callers
+whose token grants the payload's own namespace.
+
+    POST .../decode   {"payloads": [{"metadata": {"encoding": "<b64>", ...}, "data": "<b64>"}]}
+    POST .../encode   the same shape both ways (proto3 JSON of temporal.api.common.v1.Payloads)
+    GET  /healthz     200 while the data keys and the JWKS load
+    OPTIONS ...       CORS preflight, answered only for the configured Web UI origins
+
+Only the last path segment selects the endpoint, so `https://codec:8888/{namespace}/decode` (the
+CLI's endpoint templating) works too. The request's namespace comes from the X-Namespace header,
+which the Web UI and the `temporal` CLI both send, else from the path segment before the endpoint.
+
+Everything about the caller is decided before a byte of the body is read: the origin, the bearer
+JWT (verified like Temporal's default claim mapper: kid in the JWKS, RS256/ES256, integer
+exp/nbf/iat, audience, issuer), and the role. Temporal's role lattice decides, with the same bit
+flags (worker=1 < read=2 < write=4 < admin=8, OR-ed over "<ns>:<role>" permissions, `have >=
+required`, `temporal-system:<role>` counting for every namespace):
+  - any request needs some role on the request's namespace, else 403;
+  - encode needs write there, and binds the payloads to that namespace;
+  - decode decrypts a payload only when the token holds `decrypt_role` (admin by default) on the
+    namespace the payload is bound to, whatever the request says; a payload written before
+    namespaces were bound is decrypted only for `temporal-system:<decrypt_role>`. Every other
+    payload comes back unchanged, still encrypted (200), as if no codec were set, and the audit
+    line says it was refused.
+Then the body: Content-Length required (411), at most `max_body` (413), read within the body
+deadline, while holding a share of a process-wide body budget. Each request writes one JSON audit
+line to stderr; tokens and payloads are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from ..codec import ENCODING, KEY_ID_HEADER, NAMESPACE_HEADER, CodecError, KeyringFile, encrypt_all, open_sealed
+from ..errors import BundleError
+from .auth import SYSTEM_NAMESPACE, Authenticator, CombinedJWKS, FileJWKS, JWKSUnavailable, URLJWKS, grants, role_for
+from .http import Budget, Limits, Refusal, ReloadingTLS, Service, clip, cors_headers, cors_middleware
+from .http import declared_length, log_event, read_body, refusal_reply, reply, stream_reply
+from .wire import b64, parse_items, parse_payloads, payload_json, render, render_payloads
+
+ENCODE_ROLE = "write"
+NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+ALLOW_HEADERS = "Authorization, Content-Type, X-Namespace"
+ALLOW_METHODS = "POST, OPTIONS"
+SMALL_BODY = 64 * 1024  # smaller bodies are handled on the event loop, larger ones in a thread
+# Bytes of bodies in flight at once. A request costs several times its body (JSON text, payload
+# bytes, base64 and JSON of the reply, TLS buffers): one 16 MiB body peaks near 100 MB, so large
+# bodies take turns; small ones (the Web UI's) have a pool of their own and never wait behind them.
+LARGE_BUDGET = 16 * 1024 * 1024
+SMALL_BUDGET = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Policy:
+    audience: str
+    decrypt_role: str = "admin"
+    ui_origins: tuple[str, ...] = ()
+    issuers: tuple[str, ...] = ()
+
+
+@dataclass
+class _Audit:
+    """What one request's audit line says."""
+
+    action: str
+    remote: str | None
+    enabled: bool = True
+    namespace: str | None = None
+    sub: str | None = None
+
+    def write(self, status: int, outcome: str, **counts) -> None:
+        if self.enabled:
+            log_event("codec", action=self.action, namespace=clip(self.namespace), sub=clip(self.sub),
+                      remote=self.remote, status=status, outcome=outcome, **counts)
+
+
+def _action(path: str) -> str | None:
+    last = path.rstrip("/").rsplit("/", 1)[-1]
+    return last if last in ("encode", "decode") else None
+
+
+class CodecHandlers:
+    def __init__(self, keys: KeyringFile, auth: Authenticator, policy: Policy, limits: Limits, audit: bool):
+        self.keys, self.auth, self.policy, self.limits, self.audit = keys, auth, policy, limits, audit
+        self.small, self.large = Budget(SMALL_BUDGET), Budget(LARGE_BUDGET)
+        # One thread: under the GIL a second one would only add switching; large bodies take turns anyway.
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codec")
+
+    # ---- routing
+
+    async def route(self, request: web.Request) -> web.StreamResponse:
+        action = _action(request.path)
+        if request.method == "OPTIONS":
+            return self.preflight(request)
+        if request.method == "GET" and request.path == "/healthz":
+            return await self.health()
+        if request.method == "POST" and action:
+            return await self.codec(request, action)
+        if action:
+            return reply(405, {"error": "use POST"}, {"Allow": ALLOW_METHODS}, close=request.body_exists)
+        return reply(404, {"error": "not found"}, close=request.body_exists)
+
+    def preflight(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Origin") not in self.policy.ui_origins:
+            return reply(403, {"error": "origin not allowed"})
+        return web.Response(status=204, headers={
+            "Access-Control-Allow-Methods": ALLOW_METHODS, "Access-Control-Allow-Headers": ALLOW_HEADERS,
+            "Access-Control-Max-Age": "600"})
+
+    async def health(self) -> web.StreamResponse:
+        try:
+            self.keys.current()
+            await self.auth.jwks.key_set()
+        except (BundleError, JWKSUnavailable) as exc:
+            log_event("health", status=503, error=str(exc))  # details here, never in the reply
+            return reply(503, {"status": "unavailable"})
+        if self.keys.error:
+            log_event("health", status=503, error=self.keys.error)
+            return reply(503, {"status": "degraded", "error": "data keys file unreadable; using the last good keys"})
+        return reply(200, {"status": "ok"})
+
+    # ---- one codec request
+
+    async def codec(self, request: web.Request, action: str) -> web.StreamResponse:
+        audit = _Audit(action, request.remote, self.audit)
+        body_read = False
+        try:
+            claims = await self.admit(request, audit)
+            length = declared_length(request, self.limits)
+            budget = self.small if length <= SMALL_BODY else self.large
+            async with budget.hold(length, self.limits.body_timeout):
+                body, body_read = await read_body(request, length, self.limits), True
+                status, result, outcome, counts = await self.transform(action, claims, audit.namespace, body)
+                del body
+                audit.write(status, outcome, **counts)
+                return await stream_reply(request, result, cors_headers(request, self.policy.ui_origins))
+        except Refusal as refusal:
+            audit.write(refusal.status, "refused", reason=refusal.message, detail=refusal.detail)
+            return refusal_reply(refusal, body_unread=not body_read)
+
+    async def admit(self, request: web.Request, audit: _Audit) -> dict:
+        """Origin, token and role; raises Refusal. Nothing of the body has been read yet."""
+        origin = request.headers.get("Origin")
+        if origin is not None and origin not in self.policy.ui_origins:
+            raise Refusal(403, "origin not allowed")
+        claims = await self.auth.claims(request.headers.get("Authorization"))
+        audit.sub = claims.get("sub")
+        audit.namespace = namespace = self.namespace(request)
+        if role_for(claims, namespace) == 0:
+            raise Refusal(403, f"no role on namespace {namespace!r}")
+        if audit.action == "encode" and not grants(claims, namespace, ENCODE_ROLE):
+            raise Refusal(403, f"encode needs at least {ENCODE_ROLE} on namespace {namespace!r}")
+        return claims
+
+    def namespace(self, request: web.Request) -> str:
+        namespace = request.headers.get("X-Namespace")
+        if namespace is None:
+            parts = [p for p in request.path.split("/") if p]
+            namespace = parts[-2] if len(parts) >= 2 else ""
+        if not NAMESPACE.match(namespace):
+            raise Refusal(400, "missing or invalid X-Namespace header")
+        return namespace
+
+    async def transform(self, action: str, claims: dict, namespace: str, body: bytes):
+        work = self.encode if action == "encode" else self.decode
+        if len(body) <= SMALL_BODY:
+            return work(claims, namespace, body)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, work, claims, namespace, body)
+
+    # ---- the codec itself (run on the loop or in the pool)
+
+    def keyring(self):
+        try:
+            return self.keys.current()
+        except BundleError as exc:
+            log_event("keys-unavailable", error=str(exc))
+            raise Refusal(503, "data keys unavailable") from None
+
+    def encode(self, claims: dict, namespace: str, body: bytes):
+        payloads = parse_payloads(body)
+        try:
+            result = encrypt_all(payloads, self.keyring(), namespace)
+        except CodecError as exc:
+            raise Refusal(400, str(exc)) from None
+        return 200, render_payloads(result), "encrypted", {"payloads": len(result)}
+
+    def decode(self, claims: dict, namespace: str, body: bytes):
+        items = parse_items(body)
+        keyring, parts, decrypted, refused = self.keyring(), [], 0, {}
+        may_read = _memo(lambda bound: grants(claims, bound or SYSTEM_NAMESPACE, self.policy.decrypt_role))
+        for item in items:
+            try:
+                if item.field("encoding") != ENCODING:
+                    item.check()
+                    parts.append(item.json())
+                    continue
+                bound = _text(item.field(NAMESPACE_HEADER))
+                if may_read(bound):
+                    parts.append(payload_json(self.open(keyring, item, bound)))
+                    decrypted += 1
+                    continue
+            except CodecError as exc:
+                raise Refusal(400, clip(str(exc))) from None
+            item.check()
+            parts.append(item.json())
+            scope = bound if bound is not None else "unbound (needs temporal-system)"
+            refused[scope] = refused.get(scope, 0) + 1
+        outcome = "refused" if refused and not decrypted else "partly refused" if refused else "decrypted"
+        counts = {"decrypted": decrypted, "refused": sum(refused.values()) or None,
+                  "refused_namespaces": sorted(clip(ns) for ns in refused) or None, "payloads": len(parts)}
+        return 200, render(parts), outcome, counts
+
+    @staticmethod
+    def open(keyring, item, bound: str | None):
+        key_id = item.field(KEY_ID_HEADER)
+        if key_id is None:
+            raise CodecError(f"encrypted payload has no {KEY_ID_HEADER} metadata")
+        return open_sealed(keyring, key_id.decode(errors="replace"), bound, b64(item.data))
+
+
+def _text(raw: bytes | None) -> str | None:
+    try:
+        return None if raw is None else raw.decode()
+    except UnicodeDecodeError:
+        raise CodecError(f"encrypted payload has an undecodable {NAMESPACE_HEADER}") from None
+
+
+def _memo(decide):
+    """decide(namespace), computed once per namespace of a request: the role check is not free."""
+    seen = {}
+
+    def cached(namespace):
+        if namespace not in seen:
+            seen[namespace] = decide(namespace)
+        return seen[namespace]
+
+    return cached
+
+
+def _jwks(jwks_path: Path | None, jwks_urls: tuple[str, ...], jwks_cafile: Path | None):
+    if jwks_urls:
+        return CombinedJWKS([URLJWKS(url, jwks_cafile) for url in jwks_urls])
+    if jwks_path is not None:
+        return FileJWKS(jwks_path)
+    raise BundleError("the codec server needs a JWKS file or URL")
+
+
+def make_server(
+    host: str,
+    port: int,
+    *,
+    keys_path: Path,
+    policy: Policy,
+    jwks_path: Path | None = None,
+    jwks_urls: tuple[str, ...] = (),
+    jwks_cafile: Path | None = None,
+    cert: Path | None = None,
+    key: Path | None = None,
+    audit: bool = True,
+    limits: Limits = Limits(),
+) -> Service:
+    """Fails at start (BundleError, OSError, ssl.SSLError) if the keys or the cert are unusable."""
+    keys = KeyringFile(keys_path)
+    keys.current()
+    jwks = _jwks(jwks_path, jwks_urls, jwks_cafile)
+    tls = ReloadingTLS(cert, key) if cert and key else None
+    handlers = CodecHandlers(keys, Authenticator(jwks, policy.audience, policy.issuers), policy, limits, audit)
+    app = web.Application(middlewares=[cors_middleware(policy.ui_origins)], client_max_size=limits.max_body)
+    app.router.add_route("*", "/{tail:.*}", handlers.route)
+    app.on_cleanup.append(lambda _app: jwks.close())
+    service = Service(app, host, port, tls, limits)
+    service.jwks = jwks
+    return service
