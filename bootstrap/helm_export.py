@@ -21,6 +21,7 @@ from .config import BundleConfig, K8S_NAME
 from .durations import go_duration
 from .errors import BundleError
 from .kube_secrets import token_patches
+from .plan import recorded_shards
 from .render import default_templates_dir, environment, render_all
 from .store import CERT_MODE, KEY_MODE, Layout, read_optional
 
@@ -83,19 +84,12 @@ def check_exportable(config: BundleConfig, layout: Layout) -> None:
 
 
 def _check_shards(config: BundleConfig, layout: Layout) -> None:
-    """The shard count cannot change once the database has data. The bundle does not record what
-    the database was created with; the closest record is the config the compose server runs."""
-    rendered = read_optional(layout.config_dir / "temporal.yaml")
-    if rendered is None:
-        return
-    try:
-        shards = yaml.safe_load(rendered)["persistence"]["numHistoryShards"]
-    except (yaml.YAMLError, KeyError, TypeError):
-        raise BundleError(f"{layout.config_dir / 'temporal.yaml'}: cannot read persistence.numHistoryShards") from None
-    if shards != config.persistence.num_history_shards:
+    """The shard count cannot change once the database has data (the chart's default is 512)."""
+    recorded = recorded_shards(layout)
+    if recorded is not None and recorded != config.persistence.num_history_shards:
         raise BundleError(
             f"{config.source}: persistence.num_history_shards is {config.persistence.num_history_shards} but the "
-            f"cluster's database was created with {shards} ({layout.config_dir / 'temporal.yaml'}); it cannot change"
+            f"cluster's database was created with {recorded}; it cannot change"
         )
 
 

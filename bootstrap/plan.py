@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import yaml
+
 from cryptography import x509
 
 from . import pki
@@ -374,6 +376,45 @@ def _is_jwks(data: bytes) -> bool:
     except ValueError:
         return False
     return isinstance(doc, dict) and isinstance(doc.get("keys"), list)
+
+
+# --------------------------------------------------------------------------- facts fixed at creation
+
+
+def recorded_shards(layout: Layout) -> int | None:
+    """The history shard count the cluster's database was created with, if the bundle knows it:
+    from its record, else (bundles made before the record) from the server config it rendered."""
+    raw = read_optional(layout.cluster_record)
+    if raw is not None:
+        try:
+            shards = json.loads(raw)["num_history_shards"]
+        except (ValueError, KeyError, TypeError):
+            raise BundleError(f"{layout.cluster_record} is corrupt; inspect it (it records the history shard count)") from None
+        if not isinstance(shards, int) or isinstance(shards, bool):
+            raise BundleError(f"{layout.cluster_record} is corrupt; inspect it (it records the history shard count)")
+        return shards
+    rendered = read_optional(layout.config_dir / "temporal.yaml")
+    if rendered is None:
+        return None
+    try:
+        return int(yaml.safe_load(rendered)["persistence"]["numHistoryShards"])
+    except (yaml.YAMLError, KeyError, TypeError, ValueError):
+        raise BundleError(f"{layout.config_dir / 'temporal.yaml'}: cannot read persistence.numHistoryShards") from None
+
+
+def plan_shards_record(config: BundleConfig, layout: Layout) -> Action:
+    """Refuse a shard count other than the one the database was created with: Temporal maps every
+    workflow to a shard by that count, so changing it later orphans existing histories."""
+    wanted, recorded = config.persistence.num_history_shards, recorded_shards(layout)
+    if recorded is not None and recorded != wanted:
+        raise BundleError(
+            f"{config.source}: persistence.num_history_shards is {wanted} but this cluster was created with "
+            f"{recorded}; the count can never change once the database has data (set it back to {recorded})"
+        )
+    if layout.cluster_record.exists():
+        return Skip(layout.cluster_record)
+    data = (json.dumps({"num_history_shards": wanted}, indent=2) + "\n").encode()
+    return Write(layout.cluster_record, data, CERT_MODE, "created")
 
 
 # --------------------------------------------------------------------------- role tokens

@@ -59,6 +59,11 @@ class Layout:
         return self.signing_keys / f"{kid}.key"
 
     @property
+    def cluster_record(self) -> Path:
+        """Facts fixed when the database was created (the history shard count)."""
+        return self.private / "cluster.json"
+
+    @property
     def rotation_state(self) -> Path:
         return self.private / "rotation.json"
 

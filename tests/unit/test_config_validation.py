@@ -4,6 +4,7 @@ byte-identical (contents, modes, mtimes)."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -291,3 +292,28 @@ def test_parse_config_accepts_worker_plus_write():
 def test_unknown_role_lookup_is_a_bundle_error():
     with pytest.raises(BundleError, match="unknown role 'nope'"):
         parse_config({}).role("nope")
+
+
+# --------------------------------------------------------------------------- history shards
+
+
+@pytest.mark.parametrize("command", ["init", "render-config"])
+def test_changing_the_history_shard_count_is_refused_and_changes_nothing(fresh_bundle, snap, command):
+    record = json.loads(fresh_bundle.layout.cluster_record.read_text())
+    assert record == {"num_history_shards": fresh_bundle.config.persistence.num_history_shards}
+    text = fresh_bundle.config_path.read_text()
+    changed = text + "\npersistence: {num_history_shards: 1024}\n" if "persistence:" not in text else None
+    assert changed, "the test config must not set persistence already"
+    fresh_bundle.config_path.write_text(changed)
+    before = snap(fresh_bundle.root)
+    fresh_bundle.run(command).assert_one_error("num_history_shards is 1024", "can never change")
+    assert snap(fresh_bundle.root) == before
+
+
+def test_bundles_from_before_the_record_adopt_the_rendered_count(fresh_bundle, snap):
+    """No record yet (an older bundle): the rendered server config says what the database got."""
+    fresh_bundle.layout.cluster_record.unlink()
+    fresh_bundle.config_path.write_text(fresh_bundle.config_path.read_text() + "\npersistence: {num_history_shards: 8}\n")
+    before = snap(fresh_bundle.root)
+    fresh_bundle.run("init").assert_one_error("created with 4")
+    assert snap(fresh_bundle.root) == before
