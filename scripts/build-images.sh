@@ -46,13 +46,47 @@ case "$(uname -m)" in
   *) log "error: unsupported architecture $(uname -m)"; exit 1 ;;
 esac
 
+# sha256sum where it exists (Linux), shasum -a 256 elsewhere (macOS): the same output format.
+if command -v sha256sum >/dev/null; then sha256=(sha256sum); else sha256=(shasum -a 256); fi
+
+# apt_mirror SUITE: the first URI this machine's own apt sources use for SUITE (deb822 *.sources
+# and one-line *.list files alike), so the stand-in images use the mirror the host is allowed to
+# reach. Override with DEBIAN_MIRROR / DEBIAN_SECURITY_MIRROR.
+apt_mirror() {
+  python3 - "$1" "${APT_ETC:-/etc/apt}" <<'PY'
+import glob, sys
+suite, etc = sys.argv[1], sys.argv[2]
+files = sorted(glob.glob(f"{etc}/sources.list.d/*.sources")) + [f"{etc}/sources.list"] + sorted(glob.glob(f"{etc}/sources.list.d/*.list"))
+for path in files:
+    try:
+        text = open(path).read()
+    except OSError:
+        continue
+    if path.endswith(".sources"):
+        for stanza in text.split("\n\n"):
+            fields = {}
+            for line in stanza.splitlines():
+                if ":" in line and not line.lstrip().startswith("#"):
+                    key, value = line.split(":", 1)
+                    fields[key.strip().lower()] = value.split()
+            if "deb" in fields.get("types", []) and suite in fields.get("suites", []) and fields.get("uris"):
+                print(fields["uris"][0]); sys.exit(0)
+    else:
+        for line in text.splitlines():
+            words = [w for w in line.split() if not w.startswith("[")]
+            if len(words) >= 3 and words[0] == "deb" and words[2] == suite:
+                print(words[1]); sys.exit(0)
+sys.exit(1)
+PY
+}
+
 # build_image TAG DOCKERFILE CONTEXT [--build-arg K=V ...]: skip when the inputs are unchanged.
 build_image() {
   local tag="$1" dockerfile="$2" context="$3"
   shift 3
   local digest have
-  digest="$( { sha256sum "$dockerfile"; printf '%s\n' "$@"; \
-    (cd "$context" && find . -type f -print0 | sort -z | xargs -0 sha256sum); } | sha256sum | cut -c1-32)"
+  digest="$( { "${sha256[@]}" "$dockerfile"; printf '%s\n' "$@"; \
+    (cd "$context" && find . -type f -print0 | sort -z | xargs -0 "${sha256[@]}"); } | "${sha256[@]}" | cut -c1-32)"
   have="$(docker image inspect -f '{{ index .Config.Labels "org.temporal-bundle.inputs" }}' "$tag" 2>/dev/null || true)"
   if [[ "$have" == "$digest" ]]; then
     log "image $tag: up to date"
@@ -86,14 +120,16 @@ build_base() {
     command -v debootstrap >/dev/null || { log "error: debootstrap not installed (apt-get install debootstrap)"; exit 1; }
     local rootfs
     rootfs="$(mktemp -d)"
-    log "debootstrap --variant=minbase bookworm (once; cached at $tarball)"
-    debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >"$rootfs.log" 2>&1 \
+    local mirror security
+    mirror="${DEBIAN_MIRROR:-$(apt_mirror bookworm)}" \
+      || { log "error: no bookworm mirror in this machine's apt sources; set DEBIAN_MIRROR"; exit 1; }
+    security="${DEBIAN_SECURITY_MIRROR:-$(apt_mirror bookworm-security)}" \
+      || { log "error: no bookworm-security mirror in this machine's apt sources; set DEBIAN_SECURITY_MIRROR"; exit 1; }
+    log "debootstrap --variant=minbase bookworm from $mirror (once; cached at $tarball)"
+    debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$rootfs.log" 2>&1 \
       || { tail -n 30 "$rootfs.log" >&2; exit 1; }
-    cat >"$rootfs/etc/apt/sources.list" <<'EOF'
-deb http://deb.debian.org/debian bookworm main
-deb http://deb.debian.org/debian bookworm-updates main
-deb http://deb.debian.org/debian-security bookworm-security main
-EOF
+    printf 'deb %s bookworm main\ndeb %s bookworm-updates main\ndeb %s bookworm-security main\n' \
+      "$mirror" "$mirror" "$security" >"$rootfs/etc/apt/sources.list"
     # Keep images small and apt quiet, as the official Debian images do.
     printf 'APT::Install-Recommends "false";\nAPT::Install-Suggests "false";\n' >"$rootfs/etc/apt/apt.conf.d/90container"
     rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/archives/*.deb
