@@ -89,10 +89,6 @@ class PKIState:
     shared: tuple[str, ...]
     actions: list[Action]
 
-    @property
-    def ca(self) -> CA:
-        return self.cas["server"]
-
 
 def plan_ca(config: BundleConfig, layout: Layout, force: bool, now: datetime) -> PKIState:
     fresh = all(read_optional(p) is None for p in layout.domain_ca("server"))
@@ -116,10 +112,11 @@ def _load_or_create_cas(config: BundleConfig, layout: Layout, now: datetime):
     cas, shared, actions = {"server": server}, [], [Skip(p) for p in layout.domain_ca("server")]
     for domain in DOMAINS[1:]:
         cert_path, key_path = layout.domain_ca(domain)
-        if cert_path.exists() or key_path.exists():
+        state = _domain_state(config, layout, domain, server)
+        if state == "own":
             cas[domain] = load_ca(layout, domain)
             actions += [Skip(cert_path), Skip(key_path)]
-        elif _issued_by_shared_ca(config, layout, domain, server):
+        elif state == "shared":
             cas[domain] = server
             shared.append(domain)
         else:  # no certificate of this domain exists yet: nothing depends on a CA for it
@@ -128,6 +125,14 @@ def _load_or_create_cas(config: BundleConfig, layout: Layout, now: datetime):
                         Write(key_path, cas[domain].key_pem(), CA_KEY_MODE, "created")]
     check_distinct(layout, {d: ca for d, ca in cas.items() if d not in shared})
     return cas, tuple(shared), actions
+
+
+def _domain_state(config: BundleConfig, layout: Layout, domain: str, server: CA) -> str:
+    """own (its CA files exist), shared (a bundle from before trust domains) or none (no CA and
+    no certificate yet)."""
+    if any(p.exists() for p in layout.domain_ca(domain)):
+        return "own"
+    return "shared" if _issued_by_shared_ca(config, layout, domain, server) else "none"
 
 
 def _issued_by_shared_ca(config: BundleConfig, layout: Layout, domain: str, server: CA) -> bool:
@@ -174,10 +179,10 @@ def load_cas(config: BundleConfig, layout: Layout) -> tuple[dict[str, CA], tuple
     server = load_ca(layout)
     cas, shared = {"server": server}, []
     for domain in DOMAINS[1:]:
-        if any(p.exists() for p in layout.domain_ca(domain)) or not _issued_by_shared_ca(config, layout, domain, server):
-            cas[domain] = load_ca(layout, domain)
-        else:
+        if _domain_state(config, layout, domain, server) == "shared":
             cas[domain], shared = server, shared + [domain]
+        else:
+            cas[domain] = load_ca(layout, domain)  # a missing CA is an error here
     check_distinct(layout, {d: ca for d, ca in cas.items() if d not in shared})
     return cas, tuple(shared)
 
