@@ -172,7 +172,7 @@ def restore(args, layout: Layout, archive: Archive) -> None:
         actions = plan_restore(layout, archive)
         config = plan_config(args.config_out, archive)
         apply(layout, actions)
-        if config is not None:
+        if isinstance(config, Write):
             write_atomic(config.path, config.data, config.mode, owner=parse_file_owner(args.file_owner))
     report(layout, actions + ([config] if config else []))
     print(f"restored {len(archive.bundle_files())} bundle files; server CA sha256 {archive.server_ca_sha256}")
