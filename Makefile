@@ -48,7 +48,13 @@ BOOTSTRAP := $(COMPOSE) run --rm --no-deps bootstrap
 # variable's name (-e NAME copies the value from this environment, it never appears in argv).
 PG_EXEC := $(COMPOSE) exec -T postgresql
 PG_SOCKET := --host=/var/run/postgresql --username=postgres
-BACKUP_RUN = $(COMPOSE) run --rm --no-deps -T $(if $(BACKUP_PASSPHRASE_FILE),--volume "$(abspath $(BACKUP_PASSPHRASE_FILE)):/run/backup-passphrase:ro" --env BACKUP_PASSPHRASE_FILE=/run/backup-passphrase,--env BACKUP_PASSPHRASE)
+BACKUP_PASSPHRASE_ARGS = $(if $(BACKUP_PASSPHRASE_FILE),--volume "$(abspath $(BACKUP_PASSPHRASE_FILE)):/run/backup-passphrase:ro" --env BACKUP_PASSPHRASE_FILE=/run/backup-passphrase,--env BACKUP_PASSPHRASE)
+BACKUP_RUN = $(COMPOSE) run --rm --no-deps -T $(BACKUP_PASSPHRASE_ARGS)
+# restore's check runs in a plain container, not `compose run`: that would create the project's
+# (empty) volumes and network even for an archive it then refuses. It sees private/ read-only,
+# if that volume exists, to refuse another cluster's archive.
+BACKUP_CHECK_RUN = docker run --rm --network none --read-only --cap-drop ALL --cap-add DAC_OVERRIDE \
+	--security-opt no-new-privileges:true --user 0:0 $(BACKUP_PASSPHRASE_ARGS)
 BACKUP_CHECK_PASSPHRASE = if [ -z "$${BACKUP_PASSPHRASE_FILE:-}$${BACKUP_PASSPHRASE:-}" ]; then \
 	  echo "error: set BACKUP_PASSPHRASE_FILE (a file holding the passphrase) or BACKUP_PASSPHRASE" >&2; exit 1; fi
 
@@ -188,7 +194,9 @@ restore: ## onto an empty engine (make clean, or a new host): BACKUP=path; files
 	config="$(abspath $(BUNDLE_CONFIG_FILE))"; bind="$$config"; [ -f "$$bind" ] || bind="$(abspath bundle.example.yaml)"; \
 	run() { BUNDLE_CONFIG_FILE="$$bind" $(BACKUP_RUN) --volume "$$dir:/backup:ro" "$$@"; }; \
 	echo "restore 1/5: verify $(BACKUP): passphrase, checksums, and the same cluster as any CA already here"; \
-	run bootstrap backup verify --archive "/backup/$$name"; \
+	private="$$($(COMPOSE) config 2>/dev/null | sed -n 's/^name: //p' | head -n1)_bundle-private"; \
+	if docker volume inspect "$$private" >/dev/null 2>&1; then mount=(--volume "$$private:/bundle/private:ro"); else mount=(); fi; \
+	$(BACKUP_CHECK_RUN) "$${mount[@]}" --volume "$$dir:/backup:ro" "$(BUNDLE_IMAGE)" backup verify --archive "/backup/$$name"; \
 	echo "restore 2/5: write back the CAs, signing keys, codec keys, and bundle.yaml to $$config"; \
 	run --volume "$$(dirname "$$config"):/restore-config" bootstrap backup restore --archive "/backup/$$name" \
 	  --config-out "/restore-config/$$(basename "$$config")" --file-owner "$$(id -u):$$(id -g)"; \

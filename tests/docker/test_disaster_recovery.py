@@ -1,7 +1,7 @@
 """Disaster recovery on a real Docker engine, on a stack of its own (it destroys everything, so it
 never shares the tier's `make up` stack): `make up`, a completed workflow, one still waiting for a
 worker, a schedule; `make backup`; `make clean` (containers AND volumes gone); a refused restore
-(wrong passphrase) that leaves the engine empty; `make restore` (which ends with `make up`).
+(wrong passphrase) that leaves the engine empty, without a container or a volume; `make restore` (which ends with `make up`).
 Afterwards: the same CA in all four trust domains, the same namespaces, the histories, the
 schedule, the waiting workflow completes, and a client with its pre-backup certificate and token,
 kept on the host, still connects."""
@@ -99,8 +99,8 @@ def test_backup_down_v_restore_up_brings_back_the_cluster(dr_stack):
     assert refused.returncode != 0
     errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "wrong passphrase" in errors[0], refused.stderr
-    assert stack.containers() == []
-    assert "restore 2/5" not in refused.stdout  # stopped at the check: nothing written
+    assert stack.containers() == [] and project_volumes(stack) == []  # not even an empty volume
+    assert "restore 2/5" not in refused.stdout
 
     restored = stack.make("restore", f"BACKUP={archive}", timeout=1200)
     for step in range(1, 6):
