@@ -4,7 +4,8 @@ worker, a schedule; `make backup`; `make clean` (containers AND volumes gone); a
 (wrong passphrase) that leaves the engine empty, without a container or a volume; `make restore` (which ends with `make up`).
 Afterwards: the same CA in all four trust domains, the same namespaces, the histories, the
 schedule, the waiting workflow completes, and a client with its pre-backup certificate and token,
-kept on the host, still connects."""
+kept on the host, still connects. Then `make restore` of that archive onto volumes that hold
+another cluster's CA is refused with one error line and every bundle file unchanged."""
 
 from __future__ import annotations
 
@@ -116,3 +117,21 @@ def test_backup_down_v_restore_up_brings_back_the_cluster(dr_stack):
     assert stack.run_client("finish", WAITING_ID, WAITING_QUEUE)["ok"]  # in flight before the disaster
     old = run_client_with(stack, held, "history", DONE_ID)
     assert old["ok"] and old["status"] == "COMPLETED", old
+
+
+def test_make_restore_refuses_another_clusters_archive_and_changes_nothing(dr_stack):
+    """Runs after the test above (file order), with its archive: an engine whose volumes hold
+    another cluster's CA (a fresh bootstrap) keeps every byte of them."""
+    stack = dr_stack
+    archive = stack.workdir / "backups" / "cluster.tbak"
+    assert archive.is_file(), "the disaster-recovery test above must run first"
+    stack.make("clean", "CONFIRM=yes")
+    stack.compose("run", "--rm", "--no-deps", "bootstrap")  # another cluster: new CAs in new volumes
+    before = stack.bundle_digests()
+    refused = stack.make("restore", f"BACKUP={archive}", check=False)
+    assert refused.returncode != 0
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "another cluster" in errors[0], refused.stderr
+    assert "restore 2/5" not in refused.stdout
+    assert stack.bundle_digests() == before
+    assert stack.containers() == []
