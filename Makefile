@@ -7,6 +7,10 @@
 #   UP_TIMEOUT            seconds `make up` waits for health (default: 300)
 #   KIND, ROTATE_ARGS     for `make rotate`;  ROLE, DEST for `make export`;  SERVICE for `make logs`
 #   DEST                  for `make export-helm` too (default there: ./helm-export)
+#   BACKUP                archive for `make backup` (default: ./backups/temporal-bundle-<UTC time>.tbak)
+#                         and `make restore` (required)
+#   BACKUP_PASSPHRASE_FILE, BACKUP_PASSPHRASE  the archive's passphrase: a file, or the variable's
+#                         value in the environment (never on a command line)
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -21,6 +25,8 @@ ROLE ?= client
 DEST ?= ./client-credentials/$(ROLE)
 SERVICE ?=
 EXPIRY_ARGS ?=
+BACKUP ?=
+DATABASES ?= temporal temporal_visibility
 
 export BUNDLE_CONFIG_FILE
 # Our image, tagged with the project version (the compose file's default is the same tag).
@@ -36,6 +42,21 @@ export BUNDLE_IMAGE
 COMPOSE := docker compose -f $(COMPOSE_FILE_PATH)
 # Maintenance commands run in a fresh bootstrap container: the only one that mounts private/.
 BOOTSTRAP := $(COMPOSE) run --rm --no-deps bootstrap
+# Backups: pg_dump/pg_restore run as the superuser over the postgresql container's unix socket
+# (the only way pg_hba.conf lets postgres in); the bootstrap (the only container with private/)
+# seals and opens the archive. The passphrase reaches it as a read-only file mount or by the
+# variable's name (-e NAME copies the value from this environment, it never appears in argv).
+PG_EXEC := $(COMPOSE) exec -T postgresql
+PG_SOCKET := --host=/var/run/postgresql --username=postgres
+BACKUP_PASSPHRASE_ARGS = $(if $(BACKUP_PASSPHRASE_FILE),--volume "$(abspath $(BACKUP_PASSPHRASE_FILE)):/run/backup-passphrase:ro" --env BACKUP_PASSPHRASE_FILE=/run/backup-passphrase,--env BACKUP_PASSPHRASE)
+BACKUP_RUN = $(COMPOSE) run --rm --no-deps -T $(BACKUP_PASSPHRASE_ARGS)
+# restore's check runs in a plain container, not `compose run`: that would create the project's
+# (empty) volumes and network even for an archive it then refuses. It sees private/ read-only,
+# if that volume exists, to refuse another cluster's archive.
+BACKUP_CHECK_RUN = docker run --rm --network none --read-only --cap-drop ALL --cap-add DAC_OVERRIDE \
+	--security-opt no-new-privileges:true --user 0:0 $(BACKUP_PASSPHRASE_ARGS)
+BACKUP_CHECK_PASSPHRASE = if [ -z "$${BACKUP_PASSPHRASE_FILE:-}$${BACKUP_PASSPHRASE:-}" ]; then \
+	  echo "error: set BACKUP_PASSPHRASE_FILE (a file holding the passphrase) or BACKUP_PASSPHRASE" >&2; exit 1; fi
 
 .PHONY: help
 help: ## this list
@@ -150,6 +171,46 @@ export-helm: $(BUNDLE_CONFIG_FILE) ## values.yaml for the Temporal Helm chart, S
 	  temporal-bundle export-helm --dest /export; \
 	  chown -R $(shell id -u):$(shell id -g) /export'
 	@echo "next: kubectl apply -f $(HELM_DEST)/secrets -f $(HELM_DEST)/manifests; helm install with $(HELM_DEST)/values.yaml (README: Scaling out to Kubernetes)"
+
+.PHONY: backup
+backup: $(BUNDLE_CONFIG_FILE) ## encrypted archive of every CA and key, codec keys, bundle.yaml and both databases (BACKUP=path)
+	@set -euo pipefail; $(BACKUP_CHECK_PASSPHRASE); \
+	if ! $(COMPOSE) ps --status running --services | grep -qx postgresql; then \
+	  echo "error: postgresql is not running (make up first): the backup needs its databases" >&2; exit 1; fi; \
+	archive="$(if $(BACKUP),$(BACKUP),backups/temporal-bundle-$$(date -u +%Y%m%dT%H%M%SZ).tbak)"; \
+	mkdir -p -m 0700 "$$(dirname "$$archive")"; dir="$$(cd "$$(dirname "$$archive")" && pwd)"; \
+	echo "backup 1/2: pg_dump $(DATABASES) in the postgresql container (unix socket, superuser postgres)"; \
+	echo "backup 2/2: the bootstrap seals private/ (CAs, signing keys), codec-keys/, bundle.yaml and the dumps into $$dir/$${archive##*/}"; \
+	$(PG_EXEC) bash -o pipefail -ec 'for db in $(DATABASES); do echo "dump $$db"; pg_dump $(PG_SOCKET) --format=custom "$$db" | base64; done; echo end' \
+	  | $(BACKUP_RUN) --volume "$$dir:/backup" bootstrap backup create --archive "/backup/$${archive##*/}" --dumps-stdin --file-owner "$$(id -u):$$(id -g)"
+
+.PHONY: restore
+restore: ## onto an empty engine (make clean, or a new host): BACKUP=path; files, then databases, then make up
+	@set -euo pipefail; $(BACKUP_CHECK_PASSPHRASE); \
+	if [ -z "$(BACKUP)" ] || [ ! -f "$(BACKUP)" ]; then echo "error: BACKUP=path must name an archive file (got '$(BACKUP)')" >&2; exit 1; fi; \
+	if [ -n "$$($(COMPOSE) ps --all --quiet)" ]; then \
+	  echo "error: project $${COMPOSE_PROJECT_NAME:-temporal-bundle} has containers: restore onto an empty engine (make clean first)" >&2; exit 1; fi; \
+	dir="$$(cd "$$(dirname "$(BACKUP)")" && pwd)"; name="$$(basename "$(BACKUP)")"; \
+	config="$(abspath $(BUNDLE_CONFIG_FILE))"; bind="$$config"; [ -f "$$bind" ] || bind="$(abspath bundle.example.yaml)"; \
+	run() { BUNDLE_CONFIG_FILE="$$bind" $(BACKUP_RUN) --volume "$$dir:/backup:ro" "$$@"; }; \
+	echo "restore 1/5: verify $(BACKUP): passphrase, checksums, and the same cluster as any CA already here"; \
+	private="$$($(COMPOSE) config 2>/dev/null | sed -n 's/^name: //p' | head -n1)_bundle-private"; \
+	if docker volume inspect "$$private" >/dev/null 2>&1; then mount=(--volume "$$private:/bundle/private:ro"); else mount=(); fi; \
+	$(BACKUP_CHECK_RUN) "$${mount[@]}" --volume "$$dir:/backup:ro" "$(BUNDLE_IMAGE)" backup verify --archive "/backup/$$name"; \
+	echo "restore 2/5: write back the CAs, signing keys, codec keys, and bundle.yaml to $$config"; \
+	run --volume "$$(dirname "$$config"):/restore-config" bootstrap backup restore --archive "/backup/$$name" \
+	  --config-out "/restore-config/$$(basename "$$config")" --file-owner "$$(id -u):$$(id -g)"; \
+	echo "restore 3/5: start postgresql (the bootstrap's init finds the CAs and keys and keeps them)"; \
+	$(COMPOSE) up --detach --wait --wait-timeout $(UP_TIMEOUT) postgresql; \
+	for db in $(DATABASES); do \
+	  if [ -n "$$($(PG_EXEC) psql $(PG_SOCKET) --no-psqlrc -tAc "SELECT 1 FROM pg_database WHERE datname = '$$db'")" ]; then \
+	    echo "error: database $$db already exists: restore needs an empty engine (make clean first)" >&2; exit 1; fi; \
+	  echo "restore 4/5: pg_restore $$db (before the temporal service starts)"; \
+	  run bootstrap backup dump --archive "/backup/$$name" --database "$$db" \
+	    | $(PG_EXEC) pg_restore $(PG_SOCKET) --dbname=postgres --create --exit-on-error; \
+	done; \
+	echo "restore 5/5: make up"; \
+	$(MAKE) --no-print-directory up
 
 .PHONY: test
 test: ## every test tier against real infrastructure (see scripts/run-tests.sh)

@@ -13,6 +13,11 @@ tests package importable (python3 -m tests.docker.e2e_client ...).
                                               a service presents
     python3 e2e_client.py codec               the codec server refuses no token, serves a valid one,
                                               and answers CORS preflight only for the UI origin
+    python3 e2e_client.py start WORKFLOW_ID QUEUE   start a workflow no worker serves yet (stays running)
+    python3 e2e_client.py finish WORKFLOW_ID QUEUE  a worker on QUEUE completes that workflow
+    python3 e2e_client.py history WORKFLOW_ID       status and event types of its history
+    python3 e2e_client.py schedule-create ID / schedule-describe ID   an hourly schedule (client role)
+    python3 e2e_client.py namespaces          the registered namespaces (system role)
 
 Prints one JSON object on stdout; exit 0 when every expectation held.
 """
@@ -65,6 +70,52 @@ async def describe(workflow_id: str) -> dict:
     result = await handle.result()
     status = info.status.name if info.status else None
     return {"ok": status == "COMPLETED" and result == "hello, compose", "status": status, "result": result}
+
+
+async def start(workflow_id: str, queue: str) -> dict:
+    client = await connect(ADDRESS, bundle_dir=BUNDLE, role="client", namespace=NAMESPACE, server_name=SERVER_NAME)
+    await client.start_workflow(GreetingWorkflow.run, "compose", id=workflow_id, task_queue=queue)
+    return {"ok": True, "workflow_id": workflow_id}
+
+
+async def finish(workflow_id: str, queue: str) -> dict:
+    worker_client = await connect(ADDRESS, bundle_dir=BUNDLE, role="worker", namespace=NAMESPACE, server_name=SERVER_NAME)
+    async with Worker(worker_client, task_queue=queue, workflows=[GreetingWorkflow], activities=[greet],
+                      workflow_runner=UnsandboxedWorkflowRunner()):
+        result = await asyncio.wait_for(worker_client.get_workflow_handle(workflow_id).result(), 60)
+    return {"ok": result == "hello, compose", "result": result}
+
+
+async def history(workflow_id: str) -> dict:
+    client = await connect(ADDRESS, bundle_dir=BUNDLE, role="client", namespace=NAMESPACE, server_name=SERVER_NAME)
+    handle = client.get_workflow_handle(workflow_id)
+    info = await handle.describe()
+    events = [event.event_type for event in (await handle.fetch_history()).events]
+    return {"ok": bool(events), "status": info.status.name if info.status else None, "events": events}
+
+
+async def schedule(action: str, schedule_id: str) -> dict:
+    from datetime import timedelta
+
+    from temporalio.client import Schedule, ScheduleActionStartWorkflow, ScheduleIntervalSpec, ScheduleSpec
+
+    client = await connect(ADDRESS, bundle_dir=BUNDLE, role="client", namespace=NAMESPACE, server_name=SERVER_NAME)
+    if action == "create":
+        await client.create_schedule(schedule_id, Schedule(
+            action=ScheduleActionStartWorkflow(GreetingWorkflow.run, "schedule", id=f"{schedule_id}-run", task_queue="dr-schedule"),
+            spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(hours=1))]),
+        ))
+    described = await client.get_schedule_handle(schedule_id).describe()
+    return {"ok": described.id == schedule_id, "id": described.id, "paused": described.schedule.state.paused}
+
+
+async def namespaces() -> dict:
+    from temporalio.api.workflowservice.v1 import ListNamespacesRequest
+
+    client = await connect(ADDRESS, bundle_dir=BUNDLE, role="system", namespace=NAMESPACE, server_name=SERVER_NAME)
+    response = await client.workflow_service.list_namespaces(ListNamespacesRequest(page_size=100))
+    names = sorted(ns.namespace_info.name for ns in response.namespaces)
+    return {"ok": bool(names), "namespaces": names}
 
 
 async def refused() -> dict:
@@ -190,6 +241,12 @@ def main() -> int:
         out = ui(args[0])
     elif command == "codec":
         out = codec()
+    elif command in ("start", "finish", "history"):
+        out = asyncio.run({"start": start, "finish": finish, "history": history}[command](*args))
+    elif command.startswith("schedule-"):
+        out = asyncio.run(schedule(command.removeprefix("schedule-"), args[0]))
+    elif command == "namespaces":
+        out = asyncio.run(namespaces())
     elif command == "peer-cert":
         out = peer_cert(*args)
     else:

@@ -1,0 +1,205 @@
+"""backup: seal the CAs, signing keys, codec keys, bundle.yaml and database dumps into one
+encrypted archive, check one, restore its files, or hand one database dump to pg_restore."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import sys
+from pathlib import Path
+
+from ..backup import CONFIG_NAME, DUMP_PREFIX, Archive, Entry, ca_fingerprint, check_dump, open_archive, parse_dump_stream, seal
+from ..errors import BundleError
+from ..store import Action, Layout, Skip, Write, apply, locked, parse_owners, read_optional, write_atomic
+from .common import add_config, add_out, add_owner, report
+
+HELP = "encrypted backup archive: create, verify, restore (bundle files), dump (one database)"
+DESCRIPTION = """The disaster-recovery archive (README: Backup and restore). The passphrase comes
+from the file named by --passphrase-file (env BACKUP_PASSPHRASE_FILE) or from the environment
+variable BACKUP_PASSPHRASE; never from the command line.
+
+  create   seal private/ (every CA and signing key, cluster.json), codec-keys/keys.json,
+           bundle.yaml and the database dumps (--dumps-stdin or --dump NAME=FILE) into --archive
+  verify   decrypt and check the archive (and that it belongs to this bundle's cluster)
+  restore  verify, then write the archive's private/ and codec-keys/ files into the bundle
+           (and bundle.yaml to --config-out); `init` then finds the CAs and keeps them
+  dump     verify, then write one database's pg_dump (custom format) to stdout
+"""
+ACTIONS = ("create", "verify", "restore", "dump")
+MIN_PASSPHRASE = 12
+ARCHIVE_MODE = 0o600
+CONFIG_MODE = 0o644
+
+
+def add_parser(sub, name):
+    parser = sub.add_parser(name, help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=ACTIONS)
+    add_config(parser)
+    add_out(parser)
+    add_owner(parser)
+    parser.add_argument("--archive", required=True, type=Path, help="the archive file")
+    parser.add_argument("--passphrase-file", type=Path, default=os.environ.get("BACKUP_PASSPHRASE_FILE") or None,
+                        help="file holding the passphrase (env BACKUP_PASSPHRASE_FILE; else env BACKUP_PASSPHRASE)")
+    parser.add_argument("--file-owner", metavar="UID:GID", help="owner of the archive (create) or --config-out (restore)")
+    parser.add_argument("--dumps-stdin", action="store_true", help="create: read the framed dumps `make backup` pipes")
+    parser.add_argument("--dump", action="append", default=[], metavar="NAME=FILE", help="create: a pg_dump -Fc file")
+    parser.add_argument("--config-out", type=Path, help="restore: write the archive's bundle.yaml here")
+    parser.add_argument("--database", help="dump: which database's dump to write to stdout")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    passphrase = read_passphrase(args.passphrase_file, minimum=MIN_PASSPHRASE if args.action == "create" else 1)
+    layout = Layout(Path(args.out).resolve(), parse_owners(args.owner))
+    if args.action == "create":
+        return create(args, layout, passphrase)
+    archive = load_archive(args.archive, passphrase)
+    check_same_cluster(layout, archive)
+    if args.action == "verify":
+        print(summary(args.archive, archive))
+    elif args.action == "restore":
+        restore(args, layout, archive)
+    else:
+        if not args.database:
+            raise BundleError("backup dump needs --database NAME")
+        data = archive.dump(args.database)
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    return 0
+
+
+def read_passphrase(path: Path | None, minimum: int) -> bytes:
+    if path is not None:
+        raw = read_optional(path)
+        if raw is None:
+            raise BundleError(f"passphrase file {path} does not exist")
+        passphrase, source = raw.rstrip(b"\r\n"), f"passphrase file {path}"
+    else:
+        passphrase, source = os.environb.get(b"BACKUP_PASSPHRASE", b""), "BACKUP_PASSPHRASE"
+        if not passphrase:
+            raise BundleError("no passphrase: set BACKUP_PASSPHRASE_FILE (a file) or BACKUP_PASSPHRASE")
+    if len(passphrase) < minimum:
+        raise BundleError(f"the passphrase from {source} is too short (at least {minimum} characters)")
+    return passphrase
+
+
+def parse_file_owner(spec: str | None) -> tuple[int, int] | None:
+    if spec is None:
+        return None
+    return parse_owners([f"x={spec}"])[0][1]
+
+
+# --------------------------------------------------------------------------- create
+
+
+def create(args, layout: Layout, passphrase: bytes) -> int:
+    archive_path = args.archive.resolve()
+    if archive_path.exists():
+        raise BundleError(f"{archive_path} already exists; a backup never replaces another, choose a new name")
+    owner = parse_file_owner(args.file_owner)
+    dumps = read_dumps(args)
+    with locked(layout):
+        entries = [config_entry(Path(args.config))] + bundle_entries(layout) + dump_entries(dumps)
+        data = seal(entries, passphrase)
+        write_atomic(archive_path, data, ARCHIVE_MODE, owner=owner)
+    print(summary(archive_path, open_archive(data, passphrase)))
+    return 0
+
+
+def read_dumps(args) -> dict[str, bytes]:
+    dumps: dict[str, bytes] = {}
+    if args.dumps_stdin:
+        dumps.update(parse_dump_stream(sys.stdin.read()))
+    for spec in args.dump:
+        name, _, path = spec.partition("=")
+        data = read_optional(Path(path)) if name and path else None
+        if data is None:
+            raise BundleError(f"--dump {spec!r}: expected NAME=FILE with an existing file")
+        check_dump(name, data)
+        dumps[name] = data
+    return dumps
+
+
+def config_entry(path: Path) -> Entry:
+    data = read_optional(path)
+    if data is None:
+        raise BundleError(f"{path} does not exist: the archive must hold the bundle config")
+    return Entry(CONFIG_NAME, data, CONFIG_MODE)
+
+
+def bundle_entries(layout: Layout) -> list[Entry]:
+    """Every file under private/ (CAs, signing keys, cluster.json, rotation state) and the codec
+    keys; temp and lock files (names starting with a dot) are not state."""
+    if read_optional(layout.ca_key) is None or read_optional(layout.ca_cert) is None:
+        raise BundleError(f"{layout.ca_cert} and {layout.ca_key} must exist: nothing to back up")
+    if read_optional(layout.codec_keys) is None:
+        raise BundleError(f"{layout.codec_keys} does not exist: run init first")
+    files = sorted(p for p in layout.private.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files.append(layout.codec_keys)
+    return [Entry(layout.relative(p), read_optional(p) or b"", stat.S_IMODE(p.stat().st_mode)) for p in files]
+
+
+def dump_entries(dumps: dict[str, bytes]) -> list[Entry]:
+    return [Entry(f"{DUMP_PREFIX}{name}.dump", data, ARCHIVE_MODE) for name, data in sorted(dumps.items())]
+
+
+# --------------------------------------------------------------------------- open, check, restore
+
+
+def load_archive(path: Path, passphrase: bytes) -> Archive:
+    data = read_optional(path)
+    if data is None:
+        raise BundleError(f"{path} does not exist")
+    return open_archive(data, passphrase, str(path))
+
+
+def check_same_cluster(layout: Layout, archive: Archive) -> None:
+    """A bundle that already has a server CA takes back only its own cluster's archive."""
+    existing = read_optional(layout.ca_cert)
+    if existing is None:
+        return
+    here = ca_fingerprint(existing, str(layout.ca_cert))
+    if here != archive.server_ca_sha256:
+        raise BundleError(
+            f"the archive is from another cluster: its server CA is sha256 {archive.server_ca_sha256[:16]}..., "
+            f"this bundle's ({layout.ca_cert}) is {here[:16]}...; refusing to mix them"
+        )
+
+
+def restore(args, layout: Layout, archive: Archive) -> None:
+    with locked(layout):
+        actions = plan_restore(layout, archive)
+        config = plan_config(args.config_out, archive)
+        apply(layout, actions)
+        if isinstance(config, Write):
+            write_atomic(config.path, config.data, config.mode, owner=parse_file_owner(args.file_owner))
+    report(layout, actions + ([config] if config else []))
+    print(f"restored {len(archive.bundle_files())} bundle files; server CA sha256 {archive.server_ca_sha256}")
+
+
+def plan_restore(layout: Layout, archive: Archive) -> list[Action]:
+    actions: list[Action] = []
+    for entry in archive.bundle_files():
+        path = layout.root / entry.name
+        same = read_optional(path) == entry.data and stat.S_IMODE(path.stat().st_mode) == entry.mode
+        actions.append(Skip(path, "already as in the archive") if same else Write(path, entry.data, entry.mode, "restored"))
+    return actions
+
+
+def plan_config(path: Path | None, archive: Archive) -> Action | None:
+    if path is None:
+        return None
+    data = archive.entries[CONFIG_NAME].data if CONFIG_NAME in archive.entries else None
+    if data is None:
+        raise BundleError("the archive holds no bundle.yaml")
+    if read_optional(path) == data:
+        return Skip(path, "already as in the archive")
+    return Write(path.resolve(), data, CONFIG_MODE, "restored")
+
+
+def summary(path: Path, archive: Archive) -> str:
+    m = archive.manifest
+    databases = ", ".join(archive.databases()) or "none"
+    return (f"{path}: ok; created {m.get('created')}, bundle {m.get('bundle_version')}, "
+            f"{len(archive.bundle_files())} bundle files, databases: {databases}; server CA sha256 {archive.server_ca_sha256}")
