@@ -46,18 +46,22 @@ def start_engine() -> None:
     run(["bash", "scripts/docker-engine.sh", "start"], timeout=180)
 
 
-def build_standin_images() -> dict[str, str]:
-    """Every image the compose file names, built locally (stand-ins + our image); VAR -> image."""
+def build_standin_images(temporal_version: str | None = None) -> dict[str, str]:
+    """Every image the compose file names, built locally (stand-ins + our image); VAR -> image.
+    temporal_version: stand-ins of another Temporal release than the default (their variables go
+    to build/standin-images-<version>.env, see scripts/build-images.sh)."""
     start_engine()
-    run(["bash", "scripts/build-images.sh", "standins"], timeout=1800)
+    env = dict(os.environ, **({"TEMPORAL_VERSION": temporal_version} if temporal_version else {}))
+    run(["bash", "scripts/build-images.sh", "standins"], env=env, timeout=1800)
+    env_file = STANDIN_ENV.with_name(f"standin-images-{temporal_version}.env") if temporal_version else STANDIN_ENV
     images = {}
-    for line in STANDIN_ENV.read_text().splitlines():
+    for line in env_file.read_text().splitlines():
         if "=" in line and not line.startswith("#"):
             key, value = line.split("=", 1)
             images[key.strip()] = value.strip()
     missing = [v for v in IMAGE_VARS if v not in images]
     if missing:
-        raise StackError(f"{STANDIN_ENV} lacks {missing}")
+        raise StackError(f"{env_file} lacks {missing}")
     return images
 
 
@@ -207,7 +211,7 @@ class ComposeStack:
         return {line.split()[1]: line.split()[0] for line in out.splitlines() if line.strip()}
 
     def run_client(self, *args: str, network: str = "edge", timeout: float = 180, volumes: tuple[str, ...] = (),
-                   user: str | None = None) -> dict:
+                   user: str | None = None, module: str = "tests.docker.e2e_client") -> dict:
         """tests/docker/e2e_client.py (as a module of the tests package) in the bundle image on the compose network, with the client
         volumes read-only (and `volumes`, more bundle directories, e.g. "dbclient"); its JSON result (raises if it
         printed none). `user` for reading another service's 0600 key (e.g. "1000:1000" for dbclient/)."""
@@ -220,12 +224,12 @@ class ComposeStack:
             *sum((["-v", f"{self.volume('bundle-' + d)}:/bundle/{d}:ro"] for d in volumes), []),
             # The whole tests package, so the client runs the server tier's own workflow.
             "-v", f"{REPO / 'tests'}:/opt/e2e/tests:ro", "--workdir", "/opt/e2e",
-            self.images["BUNDLE_IMAGE"], "python3", "-m", "tests.docker.e2e_client", *args,
+            self.images["BUNDLE_IMAGE"], "python3", "-m", module, *args,
         ]
         result = run(argv, timeout=timeout, check=False)
         lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
         if not lines:
-            raise StackError(f"e2e_client {' '.join(args)} printed no result (exit {result.returncode})\n"
+            raise StackError(f"{module} {' '.join(args)} printed no result (exit {result.returncode})\n"
                              f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
         out = json.loads(lines[-1])
         out["exit_code"] = result.returncode
