@@ -221,6 +221,9 @@ PINNED_TEMPORAL := $(shell sed -n 's/.*TEMPORAL_SERVER_IMAGE:-[^}]*:\([0-9][0-9.
 VERSION ?= $(PINNED_TEMPORAL)
 UPGRADE_SERVER_IMAGE = $(or $(TEMPORAL_SERVER_IMAGE),temporalio/server:$(VERSION))
 UPGRADE_ADMINTOOLS_IMAGE = $(or $(TEMPORAL_ADMINTOOLS_IMAGE),temporalio/admin-tools:$(VERSION))
+# make runs a recipe line that expands $(MAKE) even under `make -n`; upgrade's recipe is one line,
+# so it calls the sub-make through a copy: `make -n upgrade` then only prints, as it should.
+SUBMAKE := $(MAKE)
 
 .PHONY: upgrade
 upgrade: $(BUNDLE_CONFIG_FILE) ## Temporal to VERSION (default: the pinned release): one minor at a time; backup, schema job, new server
@@ -230,7 +233,7 @@ upgrade: $(BUNDLE_CONFIG_FILE) ## Temporal to VERSION (default: the pinned relea
 	  --server-image "$(UPGRADE_SERVER_IMAGE)" --admin-tools-image "$(UPGRADE_ADMINTOOLS_IMAGE)" || rc=$$?; \
 	if [ "$$rc" = 3 ]; then exit 0; elif [ "$$rc" != 0 ]; then exit "$$rc"; fi; \
 	echo "upgrade 1/3: make backup (the way back if anything goes wrong)"; \
-	$(MAKE) --no-print-directory backup; \
+	$(SUBMAKE) --no-print-directory backup; \
 	export TEMPORAL_SERVER_IMAGE="$(UPGRADE_SERVER_IMAGE)" TEMPORAL_ADMINTOOLS_IMAGE="$(UPGRADE_ADMINTOOLS_IMAGE)"; \
 	echo "upgrade 2/3: schema update of both databases with $(UPGRADE_ADMINTOOLS_IMAGE) (one-shot; no-op when nothing changed)"; \
 	$(COMPOSE) run --rm --no-deps -T temporal-schema; \

@@ -4,10 +4,13 @@ and refuse new images whose tag is not the target release; every refusal is one 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tomllib
 
 import pytest
+import yaml
 
 from bootstrap.errors import BundleError
 from bootstrap.upgrade import NOTHING_TO_DO, Version, check_step, image_version, main, parse_version
@@ -110,3 +113,38 @@ def test_module_runs_with_the_hosts_python():
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.strip() == "error: 1.31.5 -> 1.33.1 skips a minor version: refused (upgrade to the latest 1.32.x first)"
+
+
+def make_dry_run(*args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "BUNDLE_", "VERSION", "IMAGES_ENV"))}
+    env["BUNDLE_CONFIG_FILE"] = str(REPO / "bundle.example.yaml")  # exists: no bundle.yaml is created
+    result = subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60, check=True)
+    return result.stdout
+
+
+def compose_default(service: str) -> str:
+    """The image docker-compose.prod.yml falls back to: ${VAR:-image} -> image."""
+    spec = yaml.safe_load((REPO / "docker-compose.prod.yml").read_text())["services"][service]["image"]
+    return spec.split(":-", 1)[1].rstrip("}")
+
+
+def test_make_upgrade_defaults_to_the_release_the_compose_file_pins():
+    server, tools = compose_default("temporal"), compose_default("temporal-schema")
+    pinned = image_version(server, "compose default")
+    out = make_dry_run("upgrade")
+    assert f'--version "{pinned}"' in out
+    assert f'--server-image "{server}" --admin-tools-image "{tools}"' in out
+
+
+def test_make_upgrade_takes_images_from_the_image_variables():
+    out = make_dry_run("upgrade", "VERSION=1.32.3", "TEMPORAL_SERVER_IMAGE=mirror/server:1.32.3",
+                       "TEMPORAL_ADMINTOOLS_IMAGE=mirror/admin-tools:1.32.3")
+    assert '--version "1.32.3"' in out
+    assert '--server-image "mirror/server:1.32.3" --admin-tools-image "mirror/admin-tools:1.32.3"' in out
+
+
+def test_version_on_the_command_line_does_not_retag_our_image():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    out = make_dry_run("up", "VERSION=9.9.9")
+    assert f"temporal-bundle:{project}" in out and "temporal-bundle:9.9.9" not in out
