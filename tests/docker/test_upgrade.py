@@ -3,8 +3,9 @@ never shares the tier's `make up` stack): `make up` on the previous release's st
 completed workflow, one sleeping on a timer and one waiting for a signal; a skipped-minor request
 refused with nothing changed; `make upgrade` to the pinned release (backup, schema job, new
 server); then the histories are intact, the waiting workflows complete, a client token still
-starts workflows and a call without a token or a cert is still refused; a downgrade request and
-a request for the running release change nothing."""
+starts workflows, a reader token reads but cannot start one, and a call without a token or a
+cert is still refused; a downgrade request and a request for the running release change
+nothing."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import os
 import time
 
 import pytest
+import yaml
 
-from .compose_stack import TIMINGS, ComposeStack, build_standin_images, unique_project
+from .compose_stack import REPO, TIMINGS, ComposeStack, build_standin_images, unique_project
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(2400)]
 
@@ -38,6 +40,7 @@ def images():
 @pytest.fixture(scope="module")
 def stack(images, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("upgrade-stack")
+    write_config_with_reader(workdir / "bundle.yaml")
     secret = workdir / "passphrase"
     secret.write_text("upgrade test backup passphrase\n")
     secret.chmod(0o600)
@@ -46,6 +49,16 @@ def stack(images, tmp_path_factory):
         yield s
     finally:
         print(f"\ncompose logs: {s.teardown('upgrade-compose.log')}\ntimings: {TIMINGS}")
+
+
+def write_config_with_reader(path) -> None:
+    """bundle.example.yaml with its example `reader` role (default:read) switched on."""
+    lines = (REPO / "bundle.example.yaml").read_text().splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("# reader:"))
+    for i in range(start, start + 3):
+        lines[i] = lines[i].replace("# ", "", 1)
+    path.write_text("".join(lines))
+    assert yaml.safe_load(path.read_text())["roles"]["reader"]["permissions"] == ["default:read"]
 
 
 def use_images(stack: ComposeStack, images: dict[str, str]) -> None:
@@ -119,6 +132,8 @@ def test_upgrade_keeps_workflows_and_refuses_skips_and_downgrades(stack, images)
     assert stack.run_client("run", "up-after-upgrade")["ok"]  # a client token still starts workflows
     refused = stack.run_client("refused")  # no token, no client cert, plaintext: all still refused
     assert refused["ok"], refused
+    read_only = stack.run_client("reader", DONE_ID, module=CLIENT)  # reads, but cannot start
+    assert read_only["ok"] and read_only["described"] == "COMPLETED", read_only
 
     use_images(stack, old)
     assert_refused(stack, "is a downgrade", f"VERSION={OLD_RELEASE}")

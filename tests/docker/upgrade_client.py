@@ -6,6 +6,8 @@ environment it shares): workflows that wait across `make upgrade`.
         stops once both have a timer / a completed first workflow task (they then wait on the server)
     python3 -m tests.docker.upgrade_client finish QUEUE TIMER_ID SIGNAL_ID
         a worker on QUEUE; signal the waiting workflow; both must complete
+    python3 -m tests.docker.upgrade_client reader WORKFLOW_ID
+        the `reader` role (<ns>:read) can describe WORKFLOW_ID and is denied starting a workflow
     python3 -m tests.docker.upgrade_client history WORKFLOW_ID
         its status and event type names (EVENT_TYPE_TIMER_FIRED, ...), as the client role
 
@@ -100,9 +102,23 @@ async def history(workflow_id: str) -> dict:
     return {"ok": bool(events), "status": info.status.name if info.status else None, "events": events}
 
 
+async def reader(workflow_id: str) -> dict:
+    from temporalio.service import RPCError, RPCStatusCode
+
+    client = await connect(ADDRESS, bundle_dir=BUNDLE, role="reader", namespace=NAMESPACE, server_name=SERVER_NAME)
+    status = (await client.get_workflow_handle(workflow_id).describe()).status
+    try:
+        await client.start_workflow(SignalWorkflow.run, id=f"{workflow_id}-by-reader", task_queue="reader-denied")
+        start = "ALLOWED"
+    except RPCError as exc:
+        start = f"{exc.status.name}: {exc.message}"
+    denied = start.startswith(RPCStatusCode.PERMISSION_DENIED.name)
+    return {"ok": status is not None and denied, "described": status.name if status else None, "start": start}
+
+
 def main() -> None:
     command, *args = sys.argv[1:]
-    out = asyncio.run({"start": start, "finish": finish, "history": history}[command](*args))
+    out = asyncio.run({"start": start, "finish": finish, "history": history, "reader": reader}[command](*args))
     print(json.dumps(out))
     sys.stdout.flush()
     os._exit(0 if out.get("ok") else 1)  # as e2e_client: the SDK runtime can abort a finalising interpreter
