@@ -28,7 +28,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n1
 # Image variables from IMAGES_ENV (VAR=value lines) go to compose through the environment.
 ifneq ($(strip $(IMAGES_ENV)),)
 include $(IMAGES_ENV)
-export TEMPORAL_SERVER_IMAGE TEMPORAL_ADMINTOOLS_IMAGE POSTGRES_IMAGE TEMPORAL_UI_IMAGE BUNDLE_IMAGE
+export TEMPORAL_SERVER_IMAGE TEMPORAL_ADMINTOOLS_IMAGE POSTGRES_IMAGE TEMPORAL_UI_IMAGE DEX_IMAGE BUNDLE_IMAGE
 endif
 BUNDLE_IMAGE ?= temporal-bundle:$(VERSION)
 export BUNDLE_IMAGE
@@ -161,3 +161,7 @@ clean: ## remove containers AND volumes (the CA, keys, tokens and all workflow d
 	@if [ "$(CONFIRM)" = yes ]; then answer=yes; else read -r -p "Type 'yes' to continue: " answer; fi; \
 	if [ "$$answer" != yes ]; then echo "aborted"; exit 1; fi
 	$(COMPOSE) down --volumes --remove-orphans
+
+.PHONY: admin-password
+admin-password: $(BUNDLE_CONFIG_FILE) ## print the Web UI admin's first password, once (then it is deleted)
+	@$(BOOTSTRAP) show-admin-password

@@ -54,6 +54,8 @@ LISTENERS = (
              service="codec-server"),
     Listener("Web UI", "ui_port", "plaintext", "an OIDC login (the frontend checks the user's token)", "published",
              service="temporal-ui"),
+    Listener("Dex (OIDC issuer)", "5556", "any", "a user's password (or an upstream SSO login)", "published",
+             service="dex"),
     Listener("PostgreSQL", "5432", "database", "certificate auth: CN = database user", "backend", service="postgresql"),
 )
 

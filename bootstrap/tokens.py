@@ -20,6 +20,10 @@ from .errors import BundleError
 from .pki import generate_key, load_private_key, private_key_pem, utcnow
 
 ALGORITHM_KEYS = {"ES256": "ecdsa-p256", "RS256": "rsa-2048"}
+# The claim the server's claim mapper reads permissions from (permissionsClaimName). Dex puts a
+# user's groups there, so Web UI logins and role tokens share it; role tokens also keep
+# `permissions` for readers written before (and for humans reading a token).
+PERMISSIONS_CLAIM = "groups"
 # The members RFC 7638 hashes, per key type, in lexicographic order.
 THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n")}
 
@@ -118,6 +122,7 @@ def mint_token(
         "exp": issued + int(lifetime.total_seconds()),
         "jti": str(uuid.uuid4()),
         "permissions": list(permissions),
+        PERMISSIONS_CLAIM: list(permissions),
     }
     encoded = jwt.encode(claims, key.private_key, algorithm=key.algorithm, headers={"kid": key.kid, "typ": "JWT"})
     return Token(role, encoded, claims, key.kid)

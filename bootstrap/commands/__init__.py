@@ -1,5 +1,5 @@
 from . import check_expiry, generate_certs, init, mint_tokens, register_namespaces, render_config, rotate, serve_jwks
-from . import export_helm, serve_codec
+from . import export_helm, serve_codec, show_admin_password
 
 COMMANDS = {
     "init": init,
@@ -12,4 +12,5 @@ COMMANDS = {
     "rotate": rotate,
     "serve-codec": serve_codec,
     "export-helm": export_helm,
+    "show-admin-password": show_admin_password,
 }

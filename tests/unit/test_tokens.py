@@ -112,7 +112,9 @@ def test_token_headers_and_claims(bundle_name, alg, kty, request):
         assert uuid.UUID(claims["jti"]) and claims["jti"] not in jtis
         jtis.add(claims["jti"])
         assert claims["permissions"] == permissions
-        assert set(claims) == {"sub", "iss", "aud", "iat", "nbf", "exp", "jti", "permissions"}
+        # The server reads `groups` (shared with Dex's user tokens); `permissions` stays for readers.
+        assert claims["groups"] == permissions
+        assert set(claims) == {"sub", "iss", "aud", "iat", "nbf", "exp", "jti", "permissions", "groups"}
     assert bundle.jwks()["keys"][0]["kty"] == kty
 
 
