@@ -88,7 +88,9 @@ up: $(BUNDLE_CONFIG_FILE) ## bootstrap secrets, start everything, wait until hea
 connect-info:
 	@echo
 	@echo "Temporal frontend: $${TEMPORAL_BIND_ADDRESS:-127.0.0.1}:$${TEMPORAL_FRONTEND_PORT:-7233}  (mTLS + JWT; TLS server name: temporal)"
-	@echo "Web UI:            http://$${TEMPORAL_BIND_ADDRESS:-127.0.0.1}:$${TEMPORAL_UI_PORT:-8080}  (calls need a token: configure OIDC)"
+	@echo "Web UI:            https://$${UI_PUBLIC_HOST:-localhost}:$${TEMPORAL_UI_PORT:-8080}  (log in through Dex at https://$${OIDC_HOST:-auth.localhost}:$${OIDC_PORT:-5556}/dex)"
+	@echo "                   first login: make admin-password  (shows the admin's password once)"
+	@echo "                   the browser must trust the bundle's CA: make export ROLE=client gives ca.pem"
 	@echo
 	@echo "Client files for an application:  make export ROLE=client"
 	@echo "  -> client-credentials/client/{ca.pem,client.pem,client.key,client.jwt}"
