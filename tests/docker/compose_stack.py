@@ -241,6 +241,7 @@ class ComposeStack:
             "-v", f"{self.volume('bundle-clients')}:/bundle/clients:ro",
             "-v", f"{self.volume('bundle-tokens')}:/bundle/tokens:ro",
             *sum((["-v", f"{self.volume('bundle-' + d)}:/bundle/{d}:ro"] for d in volumes), []),
+            "-e", f"E2E_UI_ORIGIN=https://localhost:{self.ui_port}",
             # The whole tests package, so the client runs the server tier's own workflow.
             "-v", f"{REPO / 'tests'}:/opt/e2e/tests:ro", "--workdir", "/opt/e2e",
             self.images["BUNDLE_IMAGE"], "python3", "-m", "tests.docker.e2e_client", *args,
