@@ -105,6 +105,8 @@ class ComposeStack:
         doc.setdefault("network", {})["ui_port"] = self.ui_port
         doc["oidc"] = {
             "port": self.oidc_port,
+            # Short, so a test can watch a real Dex token expire; the UI refreshes its session.
+            "token_lifetime": "90s",
             "groups": {"admins": ["temporal-system:admin"], "default-readers": ["default:read"]},
             "users": [{"username": "reader", "email": "reader@example.com", "groups": ["default-readers"],
                        "password_hash": bcrypt.hashpw(self.reader_password.encode(), bcrypt.gensalt(10)).decode()}],

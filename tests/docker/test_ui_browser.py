@@ -25,6 +25,8 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 TIMEOUT_MS = 30_000
+# How chromium reports a navigation Docker's interface changes aborted (or a redirect racing it).
+NETWORK_CHANGED = ("ERR_NETWORK_CHANGED", "chrome-error://", "did not land after login")
 
 
 class UI:
@@ -114,7 +116,7 @@ def retried(action, attempts: int = 4):
         try:
             return action()
         except Exception as exc:  # playwright's Error and TimeoutError
-            if "ERR_NETWORK_CHANGED" not in str(exc) or attempt == attempts - 1:
+            if not any(m in str(exc) for m in NETWORK_CHANGED) or attempt == attempts - 1:
                 raise
 
 
@@ -123,7 +125,11 @@ def login(page, ui, email: str, password: str) -> None:
 
 
 def _login(page, ui, email: str, password: str) -> None:
-    page.goto(ui.url + "/auth/sso", wait_until="commit")
+    try:
+        page.goto(ui.url + "/auth/sso", wait_until="commit")
+    except Exception as exc:  # the UI's redirect to Dex can overtake the first commit
+        if f"interrupted by another navigation to \"{ui.dex}/auth" not in str(exc):
+            raise
     page.wait_for_url(re.compile(re.escape(ui.dex) + r"/auth/local/login"), wait_until="commit")
     page.fill("input[name=login]", email)
     page.fill("input[name=password]", password)
@@ -132,6 +138,10 @@ def _login(page, ui, email: str, password: str) -> None:
 
 
 def logged_in(page, ui, email: str, password: str) -> None:
+    retried(lambda: _logged_in(page, ui, email, password))
+
+
+def _logged_in(page, ui, email: str, password: str) -> None:
     login(page, ui, email, password)
     for _ in range(100):
         cookies = {c["name"]: c for c in page.context.cookies(ui.url)}
@@ -250,3 +260,89 @@ def test_https_endpoints_verify_with_the_bundle_ca(ui, tmp_path):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
             with context.wrap_socket(raw, server_hostname=name) as tls:
                 assert tls.version() in ("TLSv1.2", "TLSv1.3"), (name, port)
+
+
+# --------------------------------------------------------------------------- Dex tokens elsewhere
+
+
+def _frontend_answer(ui, token: str) -> str:
+    """ListNamespaces on the published frontend with the client role's mTLS cert and `token`."""
+    import asyncio
+
+    from temporalio.api.workflowservice.v1 import ListNamespacesRequest
+    from temporalio.client import Client
+    from temporalio.service import RPCError, TLSConfig
+
+    files = ui.client_files
+
+    async def call():
+        try:
+            # Connecting already calls GetSystemInfo, whose token the claim mapper checks.
+            client = await Client.connect(
+                f"127.0.0.1:{ui.stack.frontend_port}", api_key=token,
+                tls=TLSConfig(server_root_ca_cert=files["trust/ca.pem"], client_cert=files["clients/client.pem"],
+                              client_private_key=files["clients/client.key"], domain="temporal"),
+            )
+            await client.workflow_service.list_namespaces(ListNamespacesRequest())
+            return "ok"
+        except RPCError as exc:
+            return f"denied: {exc.message}"
+        except RuntimeError as exc:  # the SDK's connect wraps the refusal
+            if "PermissionDenied" not in str(exc):
+                raise
+            return f"denied: {exc}"
+
+    # Playwright's sync API owns this thread's event loop: the SDK runs on another thread.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, call()).result(timeout=60)
+
+
+def _codec_status(page, ui, token: str) -> int:
+    body = json.dumps({"payloads": []})
+    return page.request.post(ui.codec + "/decode", data=body, headers={
+        "Authorization": f"Bearer {token}", "X-Namespace": "default", "Content-Type": "application/json"}).status
+
+
+def _foreign(claims: dict, kid: str) -> str:
+    """The same claims signed by a key nobody trusts, under `kid`."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
+
+
+def test_dex_tokens_at_the_frontend_and_the_codec_server(page, ui):
+    """A real Dex token (what the UI sent) works at the frontend and the codec server; a token
+    from a foreign issuer, one claiming Dex's kid for another audience, and the same Dex token
+    once expired are refused by both; the role tokens still work."""
+    import jwt
+
+    ui.client_files = ui.stack.read_bundle_files("trust/ca.pem", "clients/client.pem", "clients/client.key",
+                                                 "tokens/system.jwt")
+    logged_in(page, ui, "admin@example.com", ui.password)
+    token = page.bearer["value"].removeprefix("Bearer ")
+    header, claims = jwt.get_unverified_header(token), jwt.decode(token, options={"verify_signature": False})
+    assert claims["iss"] == ui.dex and claims["aud"] == "temporal" and header["alg"] == "RS256"
+    assert claims["groups"] == ["temporal-system:admin"]
+    assert _frontend_answer(ui, token) == "ok"
+    assert _codec_status(page, ui, token) == 200
+
+    foreign_issuer = _foreign({**claims, "iss": "https://evil.example/dex"}, "foreign-kid")
+    other_audience = _foreign({**claims, "aud": "another-app"}, header["kid"])
+    for name, forged in (("foreign issuer", foreign_issuer), ("Dex kid, other audience", other_audience)):
+        assert _frontend_answer(ui, forged).startswith("denied"), name
+        assert _codec_status(page, ui, forged) == 401, name
+
+    system = ui.client_files["tokens/system.jwt"].decode().strip()
+    assert _frontend_answer(ui, system) == "ok", "a role token stopped working"
+    assert _codec_status(page, ui, system) == 200
+
+    # The test stack gives Dex tokens a short life (oidc.token_lifetime): wait it out.
+    import time
+
+    time.sleep(max(0, claims["exp"] - time.time() + 2))
+    assert _frontend_answer(ui, token).startswith("denied"), "an expired Dex token was accepted"
+    assert _codec_status(page, ui, token) == 401
