@@ -52,7 +52,7 @@ LISTENERS = (
     Listener("JWKS", "jwks_port", "any", "none (public keys)", "backend", service="jwks"),
     Listener("codec server", "8888", "any", "a role token; plaintext only for codec.decrypt_role", "published",
              service="codec-server"),
-    Listener("Web UI", "ui_port", "any", "an OIDC login (the frontend checks the user's token)", "published",
+    Listener("Web UI", "8080", "any", "an OIDC login (the frontend checks the user's token)", "published",
              service="temporal-ui"),
     Listener("Dex (OIDC issuer)", "5556", "any", "a user's password (or an upstream SSO login)", "published",
              service="dex"),
