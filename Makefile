@@ -36,7 +36,7 @@ BUNDLE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | h
 # Image variables from IMAGES_ENV (VAR=value lines) go to compose through the environment.
 ifneq ($(strip $(IMAGES_ENV)),)
 include $(IMAGES_ENV)
-export TEMPORAL_SERVER_IMAGE TEMPORAL_ADMINTOOLS_IMAGE POSTGRES_IMAGE TEMPORAL_UI_IMAGE BUNDLE_IMAGE
+export TEMPORAL_SERVER_IMAGE TEMPORAL_ADMINTOOLS_IMAGE POSTGRES_IMAGE TEMPORAL_UI_IMAGE DEX_IMAGE BUNDLE_IMAGE
 endif
 BUNDLE_IMAGE ?= temporal-bundle:$(BUNDLE_VERSION)
 export BUNDLE_IMAGE
@@ -111,7 +111,9 @@ up: $(BUNDLE_CONFIG_FILE) ## bootstrap secrets, start everything, wait until hea
 connect-info:
 	@echo
 	@echo "Temporal frontend: $${TEMPORAL_BIND_ADDRESS:-127.0.0.1}:$${TEMPORAL_FRONTEND_PORT:-7233}  (mTLS + JWT; TLS server name: temporal)"
-	@echo "Web UI:            http://$${TEMPORAL_BIND_ADDRESS:-127.0.0.1}:$${TEMPORAL_UI_PORT:-8080}  (calls need a token: configure OIDC)"
+	@echo "Web UI:            https://$${UI_PUBLIC_HOST:-localhost}:$${TEMPORAL_UI_PORT:-8080}  (log in through Dex at https://$${OIDC_HOST:-auth.localhost}:$${OIDC_PORT:-5556}/dex)"
+	@echo "                   first login: make admin-password  (shows the admin's password once)"
+	@echo "                   the browser must trust the bundle's CA: make export ROLE=client gives ca.pem"
 	@echo
 	@echo "Client files for an application:  make export ROLE=client"
 	@echo "  -> client-credentials/client/{ca.pem,client.pem,client.key,client.jwt}"
@@ -251,3 +253,7 @@ clean: ## remove containers AND volumes (the CA, keys, tokens and all workflow d
 	@if [ "$(CONFIRM)" = yes ]; then answer=yes; else read -r -p "Type 'yes' to continue: " answer; fi; \
 	if [ "$$answer" != yes ]; then echo "aborted"; exit 1; fi
 	$(COMPOSE) down --volumes --remove-orphans
+
+.PHONY: admin-password
+admin-password: $(BUNDLE_CONFIG_FILE) ## print the Web UI admin's first password, once (then it is deleted)
+	@$(BOOTSTRAP) show-admin-password

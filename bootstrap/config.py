@@ -20,6 +20,11 @@ from .durations import parse_duration
 from .errors import BundleError
 
 SYSTEM_NAMESPACE = "temporal-system"
+# Upstream identity providers Dex may federate (Dex's connector type names).
+OIDC_CONNECTOR_TYPES = ("github", "google", "oidc", "ldap")
+BCRYPT_HASH = re.compile(r"^\$2[aby]\$(1[0-9]|2[0-9]|3[01])\$[./A-Za-z0-9]{53}$")
+OIDC_USER_NAME = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 NAMESPACE_ROLES = ("worker", "read", "write", "admin")
 KEY_ALGORITHMS = ("ecdsa-p256", "rsa-2048", "rsa-3072", "rsa-4096")
 JWT_ALGORITHMS = ("ES256", "RS256")
@@ -123,8 +128,53 @@ class CodecConfig:
     # A token must hold at least this role on the request's namespace (or temporal-system) to
     # see plaintext; any other valid token gets the payloads back still encrypted.
     decrypt_role: str = "admin"
-    # Browser origins of the Web UI allowed by CORS. Empty: http://localhost|127.0.0.1:<ui_port>.
+    # Browser origins of the Web UI allowed by CORS. Empty: https://localhost:<ui_port>.
     ui_origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OIDCUser:
+    username: str
+    email: str
+    groups: tuple[str, ...]  # names from OIDCConfig.groups
+    password_hash: str = ""  # bcrypt; empty for the admin, whose hash the bootstrap generates
+
+
+@dataclass(frozen=True)
+class OIDCConnector:
+    """An upstream identity provider for Dex. `config` is passed to Dex as is, except that each
+    `<key>_file` entry is replaced by `<key>` with the file's content (secrets stay out of here)."""
+
+    type: str
+    id: str
+    name: str
+    config: tuple[tuple[str, Any], ...]
+    secret_files: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class OIDCConfig:
+    """Dex, the Web UI's OIDC provider. The UI's client id is jwt.audience: Temporal checks one
+    audience, and Dex sets `aud` to the client id, so role tokens and UI logins share it."""
+
+    enabled: bool = True
+    host: str = "auth.localhost"  # the issuer's host: the browser and the UI container both resolve it
+    port: int = 5556
+    ui_public_host: str = "localhost"  # where the browser opens the UI: https://<this>:<ui_port>
+    token_lifetime: timedelta = timedelta(hours=1)
+    admin: OIDCUser = OIDCUser("admin", "admin@example.com", ("admins",))
+    groups: tuple[tuple[str, tuple[str, ...]], ...] = (("admins", ("temporal-system:admin",)),)
+    users: tuple[OIDCUser, ...] = ()
+    connectors: tuple[OIDCConnector, ...] = ()
+    sans: tuple[str, ...] = ()
+
+    @property
+    def issuer(self) -> str:
+        return f"https://{self.host}:{self.port}/dex"
+
+    def permissions_of(self, user: OIDCUser) -> tuple[str, ...]:
+        mapping = dict(self.groups)
+        return tuple(dict.fromkeys(p for group in user.groups for p in mapping[group]))
 
 
 @dataclass(frozen=True)
@@ -157,6 +207,7 @@ class BundleConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     persistence: PersistenceConfig = field(default_factory=PersistenceConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
+    oidc: OIDCConfig = field(default_factory=OIDCConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     # Where the bundle directory is mounted as the Temporal server sees it (/bundle in compose).
     bundle_dir: str = "/bundle"
@@ -192,6 +243,21 @@ class BundleConfig:
 
     def codec_sans(self) -> tuple[str, ...]:
         return _unique((self.codec.host, *self.codec.sans, "localhost", "127.0.0.1"))
+
+    def dex_sans(self) -> tuple[str, ...]:
+        return _unique((self.oidc.host, "dex", *self.oidc.sans, "localhost", "127.0.0.1"))
+
+    def ui_sans(self) -> tuple[str, ...]:
+        return _unique((self.oidc.ui_public_host, self.network.ui_host, "localhost", "127.0.0.1"))
+
+    @property
+    def ui_url(self) -> str:
+        return f"https://{self.oidc.ui_public_host}:{self.network.ui_port}"
+
+    @property
+    def dex_jwks_url(self) -> str:
+        """Dex's keys as the server and the codec fetch them, inside the compose network."""
+        return f"https://{self.oidc.host}:{self.oidc.port}/dex/keys"
 
 
 def _unique(items) -> tuple[str, ...]:
@@ -234,11 +300,12 @@ def parse_config(data: Any, source: str = "<config>") -> BundleConfig:
     cluster.done()
     roles = _parse_roles(top.section("roles"), namespaces, source)
     codec = _parse_codec(top.section("codec"), config.network)
+    oidc = _parse_oidc(top.section("oidc"), {ns.name for ns in namespaces} | {SYSTEM_NAMESPACE}, config.network)
     kubernetes = _parse_kubernetes(top.section("kubernetes"))
     top.done()
     if not config.bundle_dir.startswith("/"):
         raise BundleError(f"{source}: bundle_dir must be an absolute path, got {config.bundle_dir!r}")
-    return replace(config, roles=roles, codec=codec, kubernetes=kubernetes)
+    return replace(config, roles=roles, codec=codec, oidc=oidc, kubernetes=kubernetes)
 
 
 class _Section:
@@ -420,7 +487,7 @@ def _parse_codec(sec: _Section, net: NetworkConfig) -> CodecConfig:
         sans=sec.names("sans"),
         decrypt_role=sec.choice("decrypt_role", d.decrypt_role, CODEC_DECRYPT_ROLES),
         ui_origins=tuple(check_origin(o, f"{sec.where}: ui_origins") for o in sec.list("ui_origins"))
-        or (f"http://localhost:{net.ui_port}", f"http://127.0.0.1:{net.ui_port}"),
+        or (f"https://localhost:{net.ui_port}",),
     )
     sec.done()
     return codec
@@ -555,3 +622,112 @@ def _check_permission(permission: Any, known: set[str], where: str) -> str:
     if namespace not in known:
         raise BundleError(f"{where}: permission {permission!r} names namespace {namespace!r}, which is not configured")
     return permission
+
+
+# --------------------------------------------------------------------------- oidc (Dex)
+
+
+def _parse_oidc(sec: _Section, namespaces: set[str], net: NetworkConfig) -> OIDCConfig:
+    d = OIDCConfig
+    enabled = sec._get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise BundleError(f"{sec.where}: enabled must be true or false")
+    groups = _parse_oidc_groups(sec.section("groups"), namespaces) if "groups" in sec.data else d.groups
+    oidc = OIDCConfig(
+        enabled=enabled,
+        host=sec.host("host", d.host),
+        port=sec.port("port", d.port),
+        ui_public_host=sec.host("ui_public_host", d.ui_public_host),
+        token_lifetime=sec.duration("token_lifetime", d.token_lifetime),
+        admin=_parse_oidc_user(sec.section("admin"), admin=True) if "admin" in sec.data else d.admin,
+        groups=groups,
+        users=tuple(_parse_oidc_user(_Section(u, f"{sec.where}: users[{i}]")) for i, u in enumerate(sec.list("users"))),
+        connectors=tuple(_parse_connector(_Section(c, f"{sec.where}: connectors[{i}]"))
+                         for i, c in enumerate(sec.list("connectors"))),
+        sans=sec.names("sans"),
+    )
+    sec.seen.add("groups")
+    sec.done()
+    _check_oidc(oidc, sec.where, net)
+    return oidc
+
+
+def _parse_oidc_groups(sec: _Section, namespaces: set[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    groups = []
+    for name, permissions in sec.data.items():
+        where = f"{sec.where}: {name}"
+        if not isinstance(name, str) or not ROLE_NAME.match(name):
+            raise BundleError(f"{where}: invalid group name (lower-case letters, digits, '-')")
+        if not isinstance(permissions, list) or not permissions:
+            raise BundleError(f"{where}: expected a non-empty list of '<namespace>:<role>' permissions")
+        groups.append((name, tuple(_check_permission(p, namespaces, where) for p in permissions)))
+        sec.seen.add(name)
+    return tuple(groups)
+
+
+def _parse_oidc_user(sec: _Section, admin: bool = False) -> OIDCUser:
+    user = OIDCUser(
+        username=sec.string("username", "admin" if admin else ""),
+        email=sec.string("email", "admin@example.com" if admin else ""),
+        groups=tuple(sec.list("groups") or (["admins"] if admin else [])),
+        password_hash="" if admin else sec.string("password_hash", ""),
+    )
+    sec.done()
+    if not OIDC_USER_NAME.match(user.username):
+        raise BundleError(f"{sec.where}: username {user.username!r}: lower-case letters, digits, '.', '_', '-'")
+    if not EMAIL.match(user.email):
+        raise BundleError(f"{sec.where}: email {user.email!r} is not an e-mail address (Dex logs users in by it)")
+    if not admin and not BCRYPT_HASH.match(user.password_hash):
+        raise BundleError(f"{sec.where}: password_hash must be a bcrypt hash ($2b$...), never a password")
+    return user
+
+
+def _parse_connector(sec: _Section) -> OIDCConnector:
+    kind = sec.choice("type", "", OIDC_CONNECTOR_TYPES)
+    ident, name = sec.string("id", kind), sec.string("name", kind)
+    body = sec.section("config")
+    sec.done()
+    config, files = [], []
+    for key, value in body.data.items():
+        if not isinstance(key, str):
+            raise BundleError(f"{body.where}: keys must be strings")
+        if key.endswith("_file"):
+            if not isinstance(value, str) or not value.startswith("/"):
+                raise BundleError(f"{body.where}: {key} must be an absolute path to a file holding the secret")
+            files.append((key.removesuffix("_file"), value))
+        elif re.search(r"secret|password", key, re.IGNORECASE):
+            raise BundleError(f"{body.where}: {key}: secrets are read from files; use {key}_file: /path")
+        else:
+            config.append((key, value))
+    if not OIDC_USER_NAME.match(ident):
+        raise BundleError(f"{sec.where}: id {ident!r}: lower-case letters, digits, '.', '_', '-'")
+    return OIDCConnector(kind, ident, name, tuple(config), tuple(files))
+
+
+def _check_oidc(oidc: OIDCConfig, where: str, net: NetworkConfig) -> None:
+    known = {name for name, _ in oidc.groups}
+    users = (oidc.admin, *oidc.users)
+    for user in users:
+        for group in user.groups:
+            if group not in known:
+                raise BundleError(f"{where}: user {user.username!r}: group {group!r} is not defined in oidc.groups")
+    for attr in ("username", "email"):
+        values = [getattr(u, attr) for u in users]
+        if len(set(values)) != len(values):
+            raise BundleError(f"{where}: two users share the {attr} {sorted(v for v in values if values.count(v) > 1)[0]!r}")
+    if f"{SYSTEM_NAMESPACE}:read" not in _implied(oidc.permissions_of(oidc.admin)):
+        raise BundleError(f"{where}: admin: needs a group granting '{SYSTEM_NAMESPACE}:admin' (the UI lists namespaces with it)")
+    ids = [c.id for c in oidc.connectors]
+    if len(set(ids)) != len(ids) or "local" in ids:
+        raise BundleError(f"{where}: connector ids must be unique and not 'local' (the built-in password login)")
+    if oidc.port in (net.ui_port, net.frontend_port):
+        raise BundleError(f"{where}: port {oidc.port} is already used by the UI or the frontend")
+
+
+def _implied(permissions: tuple[str, ...]) -> set[str]:
+    """A permission also grants the lower roles on its scope (the authorizer compares bit flags)."""
+    out = set()
+    for permission in permissions:
+        scope, role = permission.split(":")
+        out |= {f"{scope}:{r}" for r in NAMESPACE_ROLES[: NAMESPACE_ROLES.index(role) + 1]}
+    return out

@@ -25,7 +25,7 @@ from .config import BundleConfig
 from .errors import BundleError
 from .pki import CA, LeafCert
 from .store import CA_KEY_MODE, CERT_MODE, KEY_MODE, Action, Delete, Layout, Skip, Write, read_optional
-from .tokens import SigningKey, Token, decode_unverified, jwks_bytes, mint_token
+from .tokens import PERMISSIONS_CLAIM, SigningKey, Token, decode_unverified, jwks_bytes, mint_token
 
 FORCE_HINT = "refusing to replace it without --force"
 
@@ -65,6 +65,12 @@ def leaf_specs(config: BundleConfig) -> list[LeafSpec]:
         LeafSpec("codec", "server", config.codec.host, config.codec_sans(), "server", "server"),
         LeafSpec("registrar", "system", "temporal-bundle:system", (), "client", "client"),
     ]
+    if config.oidc.enabled:
+        specs += [
+            # HTTPS for Dex (the issuer) and for the Web UI itself (Secure session cookies).
+            LeafSpec("dex", "server", config.oidc.host, config.dex_sans(), "server", "server"),
+            LeafSpec("ui", "server", config.oidc.ui_public_host, config.ui_sans(), "server", "server"),
+        ]
     if db.driver == "postgres":
         specs += [
             LeafSpec("postgres", "server", db.host, config.postgres_sans(), "server", "server"),
@@ -430,7 +436,7 @@ def token_needs_refresh(token_text: str, config: BundleConfig, role, active_kid:
     header, claims = decode_unverified(token_text)
     if header.get("kid") != active_kid:
         return "signed by a retired or other key"
-    if claims.get("permissions") != list(role.permissions):
+    if claims.get("permissions") != list(role.permissions) or claims.get(PERMISSIONS_CLAIM) != list(role.permissions):
         return "permissions differ from the config"
     if claims.get("aud") != config.jwt.audience or claims.get("iss") != config.jwt.issuer:
         return "issuer or audience differs from the config"

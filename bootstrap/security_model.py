@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import NetworkConfig
+from .config import NetworkConfig, OIDCConfig
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,11 @@ class Listener:
     reach: str
     service: str = "temporal"
 
-    def port_number(self, net: NetworkConfig) -> int:
+    def port_number(self, net: NetworkConfig, oidc: OIDCConfig | None = None) -> int:
         if self.port.isdigit():
             return int(self.port)
+        if self.port == "oidc.port":  # Dex listens on the issuer's port inside its container too
+            return (oidc or OIDCConfig()).port
         if self.port.endswith("+membership"):
             return getattr(net, self.port.removesuffix("+membership")) + net.membership_port_offset
         return getattr(net, self.port)
@@ -52,8 +54,10 @@ LISTENERS = (
     Listener("JWKS", "jwks_port", "any", "none (public keys)", "backend", service="jwks"),
     Listener("codec server", "8888", "any", "a role token; plaintext only for codec.decrypt_role", "published",
              service="codec-server"),
-    Listener("Web UI", "ui_port", "plaintext", "an OIDC login (the frontend checks the user's token)", "published",
+    Listener("Web UI", "8080", "any", "an OIDC login (the frontend checks the user's token)", "published",
              service="temporal-ui"),
+    Listener("Dex (OIDC issuer)", "oidc.port", "any", "a user's password (or an upstream SSO login)", "published",
+             service="dex"),
     Listener("PostgreSQL", "5432", "database", "certificate auth: CN = database user", "backend", service="postgresql"),
 )
 

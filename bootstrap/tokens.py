@@ -20,6 +20,10 @@ from .errors import BundleError
 from .pki import generate_key, load_private_key, private_key_pem, utcnow
 
 ALGORITHM_KEYS = {"ES256": "ecdsa-p256", "RS256": "rsa-2048"}
+# The claim the server's claim mapper reads permissions from (permissionsClaimName). Dex puts a
+# user's groups there, so Web UI logins and role tokens share it; role tokens also keep
+# `permissions` for readers written before (and for humans reading a token).
+PERMISSIONS_CLAIM = "groups"
 # The members RFC 7638 hashes, per key type, in lexicographic order.
 THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n")}
 
@@ -118,6 +122,7 @@ def mint_token(
         "exp": issued + int(lifetime.total_seconds()),
         "jti": str(uuid.uuid4()),
         "permissions": list(permissions),
+        PERMISSIONS_CLAIM: list(permissions),
     }
     encoded = jwt.encode(claims, key.private_key, algorithm=key.algorithm, headers={"kid": key.kid, "typ": "JWT"})
     return Token(role, encoded, claims, key.kid)
@@ -142,7 +147,7 @@ NUMERIC_CLAIMS = ("exp", "nbf", "iat")
 
 def verify_token(encoded: str, jwks: dict, *, audience: str, issuers: tuple[str, ...] = (), leeway: int = 0) -> dict:
     """Verify like Temporal does: a `kid` found in the JWKS, RS256/ES256 only, whole-second
-    numeric exp/nbf/iat (PyJWT alone would take "123" or 1.5), audience, and the issuer when
+    numeric exp/iat (and nbf when present) (PyJWT alone would take "123" or 1.5), audience, and the issuer when
     `issuers` is given.
 
     Raises jwt.PyJWTError subclasses on any failure.
@@ -160,13 +165,14 @@ def verify_token(encoded: str, jwks: dict, *, audience: str, issuers: tuple[str,
     if algorithm not in ALGORITHM_KEYS:
         raise jwt.InvalidAlgorithmError(f"key {kid!r} is for {algorithm or 'an unknown algorithm'}, not ES256 or RS256")
     public_key = _public_key(json.dumps(match[0], sort_keys=True), algorithm)
-    options = {"require": ["exp", "iat", "nbf", "sub", *(["iss"] if issuers else [])]}
+    # nbf is checked when present, as the server does: Dex's tokens carry none.
+    options = {"require": ["exp", "iat", "sub", *(["iss"] if issuers else [])]}
     claims = jwt.decode(
         encoded, public_key, algorithms=[algorithm], audience=audience, options=options, leeway=leeway,
         issuer=list(issuers) or None,
     )
     for name in NUMERIC_CLAIMS:
-        if type(claims[name]) is not int:  # noqa: E721 (bool is an int subclass and not a time)
+        if name in claims and type(claims[name]) is not int:  # noqa: E721 (bool is an int subclass and not a time)
             raise jwt.InvalidTokenError(f"{name} must be an integer NumericDate")
     return claims
 

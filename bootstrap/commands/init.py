@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..oidc import plan_oidc
 from ..pki import utcnow
 from ..store import apply, locked
 from ..plan import plan_registrar_token, plan_tokens
 from . import generate_certs, render_config
 from .common import load, report, standard
 
-HELP = "generate-certs + mint-tokens + render-config, in one idempotent run"
+HELP = "generate-certs + mint-tokens + render-config (+ Dex's config), in one idempotent run"
 
 
 def add_parser(sub, name):
@@ -30,7 +31,8 @@ def run(args) -> int:
         token_actions, _ = plan_tokens(config, layout, pki.signing_key, args.force, now)
         registrar = plan_registrar_token(config, layout, pki.signing_key, args.force, now)
         rendered = render_config.plan(config, layout, args.force, args.templates)
-        actions = apply(layout, pki.actions + token_actions + registrar + rendered)
+        oidc = plan_oidc(config, layout, args.force)
+        actions = apply(layout, pki.actions + token_actions + registrar + rendered + oidc)
     report(layout, actions, args.quiet)
     generate_certs.warn_shared(pki.shared_domains)
     return 0

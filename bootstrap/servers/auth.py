@@ -20,11 +20,11 @@ import jwt
 
 from ..tokens import verify_token
 from .http import Refusal, clip, log_event
+from ..tokens import PERMISSIONS_CLAIM
 from .jwks import JWKSSource
 
 ROLE_BITS = {"worker": 1, "read": 2, "write": 4, "admin": 8}
 SYSTEM_NAMESPACE = "temporal-system"
-PERMISSIONS_CLAIM = "permissions"
 MAX_JWKS_BYTES = 1024 * 1024
 
 

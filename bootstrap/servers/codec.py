@@ -46,7 +46,9 @@ from .wire import b64, parse_items, parse_payloads, payload_json, render, render
 
 ENCODE_ROLE = "write"
 NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
-ALLOW_HEADERS = "Authorization, Content-Type, X-Namespace"
+# The Web UI (2.58) also sends its ID token as Authorization-Extras: allowed so the browser's
+# preflight passes, and ignored (only Authorization is checked).
+ALLOW_HEADERS = "Authorization, Authorization-Extras, Content-Type, X-Namespace"
 ALLOW_METHODS = "POST, OPTIONS"
 SMALL_BODY = 64 * 1024  # smaller bodies are handled on the event loop, larger ones in a thread
 # Bytes of bodies in flight at once. A request costs several times its body (JSON text, payload

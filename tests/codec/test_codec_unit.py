@@ -357,8 +357,9 @@ def test_rotate_codec_key_without_a_keyring_says_what_to_do(tmp_path, capsys):
 def test_codec_config_defaults():
     codec = parse_config({}).codec
     assert (codec.host, codec.port, codec.decrypt_role) == ("codec-server", 8888, "admin")
-    assert codec.ui_origins == ("http://localhost:8080", "http://127.0.0.1:8080")
-    assert parse_config({"network": {"ui_port": 9090}}).codec.ui_origins[0] == "http://localhost:9090"
+    # The UI is served over HTTPS on localhost (its cert's name; Secure session cookies).
+    assert codec.ui_origins == ("https://localhost:8080",)
+    assert parse_config({"network": {"ui_port": 9090}}).codec.ui_origins[0] == "https://localhost:9090"
     assert parse_config({"codec": {"sans": ["codec.example.com"]}}).codec_sans() == (
         "codec-server", "codec.example.com", "localhost", "127.0.0.1")
 
@@ -409,12 +410,15 @@ def test_codec_config_is_strict(codec, problem):
     ],
 )
 def test_role_lattice_matches_temporals_default_authorizer(permissions, namespace, required, granted):
-    assert grants({"permissions": permissions}, namespace, required) is granted
+    # The claim the server reads (permissionsClaimName: groups), where Dex puts a user's groups.
+    assert grants({"groups": permissions}, namespace, required) is granted
+    # `permissions` alone (the claim role tokens also carry) grants nothing: the server ignores it.
+    assert grants({"permissions": permissions}, namespace, required) is False
 
 
 def test_missing_or_malformed_permissions_claim_grants_nothing():
     assert role_for({}, "default") == 0
-    assert role_for({"permissions": "default:admin"}, "default") == 0
+    assert role_for({"groups": "default:admin"}, "default") == 0
 
 
 # --------------------------------------------------------------------------- the token check's memory

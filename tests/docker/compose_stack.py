@@ -17,10 +17,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[2]
 STANDIN_ENV = REPO / "build" / "standin-images.env"
-IMAGE_VARS = ("TEMPORAL_SERVER_IMAGE", "TEMPORAL_ADMINTOOLS_IMAGE", "POSTGRES_IMAGE", "TEMPORAL_UI_IMAGE", "BUNDLE_IMAGE")
-LONG_RUNNING = ("token-refresher", "jwks", "postgresql", "temporal", "temporal-ui", "codec-server")
+IMAGE_VARS = ("TEMPORAL_SERVER_IMAGE", "TEMPORAL_ADMINTOOLS_IMAGE", "POSTGRES_IMAGE", "TEMPORAL_UI_IMAGE", "DEX_IMAGE",
+              "BUNDLE_IMAGE")
+LONG_RUNNING = ("token-refresher", "jwks", "postgresql", "temporal", "temporal-ui", "codec-server", "dex")
 ONE_SHOT = ("bootstrap", "temporal-schema", "temporal-register-namespaces")
 TIMINGS: dict[str, float] = {}  # seconds per phase of the docker tier, printed at teardown
 
@@ -87,11 +90,32 @@ class ComposeStack:
     def __post_init__(self):
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config = self.workdir / "bundle.yaml"
-        if not self.config.exists():
-            shutil.copy(self.config_source, self.config)
         self.frontend_port = free_port()
         self.ui_port = free_port()
         self.codec_port = free_port()
+        self.oidc_port = free_port()
+        # Browser tests log in as this reader of `default` (and as the generated admin).
+        self.reader_password = secrets.token_urlsafe(12)
+        if not self.config.exists():
+            self.config.write_text(yaml.safe_dump(self._test_config(), sort_keys=False))
+
+    def _test_config(self) -> dict:
+        """The example config, with the published ports the browser sees (the UI's callback URL,
+        CORS origins and Dex's issuer name them) and a second namespace with a reader of default."""
+        import bcrypt
+
+        doc = yaml.safe_load(self.config_source.read_text())
+        doc["namespaces"].append({"name": "orders", "retention": "3d"})
+        doc.setdefault("network", {})["ui_port"] = self.ui_port
+        doc["oidc"] = {
+            "port": self.oidc_port,
+            # Short, so a test can watch a real Dex token expire; the UI refreshes its session.
+            "token_lifetime": "90s",
+            "groups": {"admins": ["temporal-system:admin"], "default-readers": ["default:read"]},
+            "users": [{"username": "reader", "email": "reader@example.com", "groups": ["default-readers"],
+                       "password_hash": bcrypt.hashpw(self.reader_password.encode(), bcrypt.gensalt(10)).decode()}],
+        }
+        return doc
 
     @property
     def env(self) -> dict[str, str]:
@@ -104,6 +128,7 @@ class ComposeStack:
             TEMPORAL_FRONTEND_PORT=str(self.frontend_port),
             TEMPORAL_UI_PORT=str(self.ui_port),
             CODEC_PORT=str(self.codec_port),
+            OIDC_PORT=str(self.oidc_port),
             IMAGES_ENV="",
             UP_TIMEOUT="300",
             HEALTHCHECK_INTERVAL="2s",  # operators run with 5s; a faster `make up` for the tests
@@ -222,6 +247,7 @@ class ComposeStack:
             "-v", f"{self.volume('bundle-clients')}:/bundle/clients:ro",
             "-v", f"{self.volume('bundle-tokens')}:/bundle/tokens:ro",
             *sum((["-v", f"{self.volume('bundle-' + d)}:/bundle/{d}:ro"] for d in volumes), []),
+            "-e", f"E2E_UI_ORIGIN=https://localhost:{self.ui_port}",
             # The whole tests package, so the client runs the server tier's own workflow.
             "-v", f"{REPO / 'tests'}:/opt/e2e/tests:ro", "--workdir", "/opt/e2e",
             self.images["BUNDLE_IMAGE"], "python3", "-m", module, *args,

@@ -18,7 +18,8 @@ from .compose_stack import REPO
 pytestmark = pytest.mark.docker
 
 COMPOSE_FILE = REPO / "docker-compose.prod.yml"
-IMAGE_VARIABLES = ("BUNDLE_IMAGE", "TEMPORAL_SERVER_IMAGE", "TEMPORAL_ADMINTOOLS_IMAGE", "POSTGRES_IMAGE", "TEMPORAL_UI_IMAGE")
+IMAGE_VARIABLES = ("BUNDLE_IMAGE", "TEMPORAL_SERVER_IMAGE", "TEMPORAL_ADMINTOOLS_IMAGE", "POSTGRES_IMAGE", "TEMPORAL_UI_IMAGE",
+                   "DEX_IMAGE")
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +106,8 @@ BUNDLE_MOUNTS = {
     "temporal-register-namespaces": {"bundle-trust", "bundle-registrar"},
     "codec-server": {"bundle-codec", "bundle-codec-keys", "bundle-trust"},
     "temporal-ui": {"bundle-trust", "bundle-ui"},
+    # Its own config (client secret, bcrypt hashes) and HTTPS cert; trusts nothing of ours.
+    "dex": {"bundle-dex"},
 }
 
 
@@ -120,7 +123,8 @@ def test_startup_order_waits_for_health_and_jobs(resolved):
     deps = {name: s.get("depends_on", {}) for name, s in resolved["services"].items()}
     assert deps["temporal"]["temporal-schema"]["condition"] == "service_completed_successfully"
     assert deps["temporal"]["jwks"]["condition"] == "service_healthy"
+    assert deps["temporal"]["dex"]["condition"] == "service_healthy"
     assert deps["temporal-schema"]["postgresql"]["condition"] == "service_healthy"
     assert deps["temporal-register-namespaces"]["temporal"]["condition"] == "service_healthy"
-    for name in ("jwks", "postgresql", "token-refresher"):
+    for name in ("jwks", "postgresql", "token-refresher", "dex"):
         assert deps[name]["bootstrap"]["condition"] == "service_completed_successfully", name

@@ -113,10 +113,11 @@ def test_call_without_token_and_connection_without_cert_are_refused(stack):
     assert "Request unauthorized" in result["no_token"]
 
 
-def test_ui_reaches_the_frontend_over_mtls_and_forwards_the_token(stack):
+def test_ui_takes_only_dex_tokens(stack):
+    """The UI forwards only tokens Dex issued (test_ui_browser.py logs in and reads through it);
+    a role token, valid at the frontend, and no token are both refused by the UI itself."""
     result = stack.run_client("ui", WORKFLOW_ID)
     assert result["ok"], result
-    assert result["without_token"] == 403
 
 
 def test_codec_server_decodes_only_for_valid_tokens_and_the_ui_origin(stack):

@@ -48,7 +48,7 @@ BUNDLE = Path("/bundle")  # where the attacker mounts the bundle volumes (as the
 FORGED = Path("/attack")  # the test's own certificates and plans, read-only
 # Every bundle volume but private/ and private/jwt (the CA and JWT signing keys: whoever holds
 # those needs no trust-domain mistake), so the attacker holds every issued key and token.
-ATTACKER_VOLUMES = ("root", "trust", "server", "dbclient", "postgres", "jwks", "ui", "clients", "tokens", "config",
+ATTACKER_VOLUMES = ("root", "trust", "server", "dbclient", "postgres", "jwks", "ui", "dex", "clients", "tokens", "config",
                     "codec", "codec-keys", "registrar", "tools")
 MAX_PAIRS = 1000  # bounds the matrix in count; the probe's deadline bounds it in time
 MATRIX_DEADLINE_S = 420
@@ -204,7 +204,7 @@ def run_matrix(stack: ComposeStack, config, workdir: Path, listeners, credential
         for credential in credentials:
             pair = f"{listener.name} <- {credential.name}"
             probes.append({
-                "id": pair, "host": host_of(listener), "port": listener.port_number(net), "mode": probe_mode(listener),
+                "id": pair, "host": host_of(listener), "port": listener.port_number(net, config.oidc), "mode": probe_mode(listener),
                 "verify_ca": roots, "server_name": server_name, "cert": credential.cert, "key": credential.key,
                 "db_user": config.persistence.user,
             })

@@ -69,7 +69,8 @@ def identity(cluster, role="client", token=..., cert_role=None) -> Identity:
 def claims_for(cluster, permissions, **overrides):
     now = int(utcnow().timestamp())
     claims = {"sub": "attacker", "iss": "temporal-bundle", "aud": "temporal", "iat": now, "nbf": now,
-              "exp": now + 3600, "jti": str(uuid.uuid4()), "permissions": permissions}
+              "exp": now + 3600, "jti": str(uuid.uuid4()), "permissions": permissions,
+              "groups": permissions}
     claims.update(overrides)
     return claims
 
@@ -240,7 +241,7 @@ def test_alg_none_is_denied(sqlite_cluster):
 def test_tampered_payload_is_denied(sqlite_cluster):
     header, payload, signature = sqlite_cluster.token("reader").split(".")
     claims = json.loads(unb64(payload))
-    claims["permissions"] = ["temporal-system:admin"]
+    claims["permissions"] = claims["groups"] = ["temporal-system:admin"]
     tampered = ".".join([header, b64(json.dumps(claims).encode()), signature])
     assert run(sqlite_cluster, _with_token(sqlite_cluster, tampered), "register") == "denied"
     # The untampered reader token is valid: the denial above is the signature check, not the role.

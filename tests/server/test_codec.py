@@ -236,7 +236,7 @@ def _forged_with_known_kid(cluster):
     kid = active_signing_key(cluster).kid
     now = int(utcnow().timestamp())
     claims = {"sub": "attacker", "aud": "temporal", "iat": now, "nbf": now, "exp": now + 3600,
-              "permissions": ["temporal-system:admin"]}
+              "permissions": ["temporal-system:admin"], "groups": ["temporal-system:admin"]}
     return jwt.encode(claims, SigningKey.generate().private_key, algorithm="ES256", headers={"kid": kid})
 
 
@@ -246,7 +246,7 @@ def _alg_none(cluster):
 
     now = int(utcnow().timestamp())
     claims = {"sub": "x", "aud": "temporal", "iat": now, "nbf": now, "exp": now + 3600,
-              "permissions": ["temporal-system:admin"]}
+              "permissions": ["temporal-system:admin"], "groups": ["temporal-system:admin"]}
     return f"{part({'alg': 'none', 'kid': active_signing_key(cluster).kid})}.{part(claims)}."
 
 

@@ -108,6 +108,6 @@ def test_security_blocks_are_live_in_rendered_config(sqlite_cluster, key):
         assert block["refreshInterval"] and block["expirationChecks"]["warningWindow"]
     else:
         assert block["jwtKeyProvider"]["keySourceURIs"][0].startswith("https://")
-        assert block["permissionsClaimName"] == "permissions"
+        assert block["permissionsClaimName"] == "groups"
     assert "internal-frontend" in doc["services"]
     assert "publicClient" not in doc

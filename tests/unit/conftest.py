@@ -31,6 +31,9 @@ EXPECTED_LEAVES = {
     ("jwks", "server"): "server",
     ("ui", "client"): "client",
     ("codec", "server"): "server",
+    # HTTPS for Dex and the Web UI (oidc.enabled, the default): server-domain leaves.
+    ("dex", "server"): "server",
+    ("ui", "server"): "server",
     ("postgres", "server"): "server",
     ("dbclient", "temporal"): "client",
     ("clients", "system"): "client",

@@ -34,10 +34,12 @@ def test_temporal_yaml_parses(server_config):
 def test_authorization_block(server_config):
     auth = server_config["global"]["authorization"]
     uris = auth["jwtKeyProvider"]["keySourceURIs"]
-    assert uris == ["https://jwks:8443/jwks.json"]
+    # Ours for role tokens, Dex's for Web UI users (oidc is on by default).
+    assert uris == ["https://jwks:8443/jwks.json", "https://auth.localhost:5556/dex/keys"]
     assert all(uri.startswith("https://") for uri in uris)
     assert auth["jwtKeyProvider"]["refreshInterval"] == "1m"
-    assert auth["permissionsClaimName"] == "permissions"
+    # Dex puts a user's groups in `groups`; role tokens carry their permissions there too.
+    assert auth["permissionsClaimName"] == "groups"
     assert auth["authorizer"] == "default"
     assert auth["claimMapper"] == "default"
     assert auth["audience"] == "temporal"
@@ -113,13 +115,15 @@ def test_values_follow_the_config():
             "jwt": {"refresh_interval": "5m", "audience": "my-aud"},
             "network": {"jwks_host": "keys.internal", "jwks_port": 9443},
             "persistence": {"driver": "sqlite", "sqlite_path": "/data/temporal.db"},
+            "oidc": {"host": "sso.example.com", "port": 9556},
             "bundle_dir": "/etc/temporal-bundle",
         },
         source="/x/prod.yaml",
     )
     rendered = yaml.safe_load(render_all(config)["temporal.yaml"])
     auth = rendered["global"]["authorization"]
-    assert auth["jwtKeyProvider"]["keySourceURIs"] == ["https://keys.internal:9443/jwks.json"]
+    assert auth["jwtKeyProvider"]["keySourceURIs"] == [
+        "https://keys.internal:9443/jwks.json", "https://sso.example.com:9556/dex/keys"]
     assert auth["jwtKeyProvider"]["refreshInterval"] == "5m"
     assert auth["audience"] == "my-aud"
     assert rendered["clusterMetadata"]["currentClusterName"] == "prod"
@@ -207,3 +211,10 @@ def test_readme_security_model_table_is_the_generated_one():
 def test_membership_runs_over_internode_tls(ec_bundle):
     dynamic = yaml.safe_load((ec_bundle.layout.config_dir / "dynamic_config.yaml").read_text())
     assert dynamic["system.enableRingpopTLS"] == [{"value": True}]
+
+
+def test_without_oidc_the_server_trusts_only_our_jwks():
+    config = parse_config({"oidc": {"enabled": False}})
+    auth = yaml.safe_load(render_all(config)["temporal.yaml"])["global"]["authorization"]
+    assert auth["jwtKeyProvider"]["keySourceURIs"] == ["https://jwks:8443/jwks.json"]
+    assert auth["permissionsClaimName"] == "groups"

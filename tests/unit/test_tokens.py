@@ -112,7 +112,9 @@ def test_token_headers_and_claims(bundle_name, alg, kty, request):
         assert uuid.UUID(claims["jti"]) and claims["jti"] not in jtis
         jtis.add(claims["jti"])
         assert claims["permissions"] == permissions
-        assert set(claims) == {"sub", "iss", "aud", "iat", "nbf", "exp", "jti", "permissions"}
+        # The server reads `groups` (shared with Dex's user tokens); `permissions` stays for readers.
+        assert claims["groups"] == permissions
+        assert set(claims) == {"sub", "iss", "aud", "iat", "nbf", "exp", "jti", "permissions", "groups"}
     assert bundle.jwks()["keys"][0]["kty"] == kty
 
 
@@ -271,13 +273,23 @@ def test_wrong_audience_is_rejected(signing, audience):
         verify_token(sign(key, good_claims(aud=audience), kid=key.kid), jwks, audience=AUDIENCE)
 
 
-@pytest.mark.parametrize("claim", ["exp", "iat", "nbf", "sub"])
+@pytest.mark.parametrize("claim", ["exp", "iat", "sub"])
 def test_missing_required_claim_is_rejected(signing, claim):
     key, jwks = signing
     claims = good_claims()
     del claims[claim]
     with pytest.raises(jwt.MissingRequiredClaimError):
         verify_token(sign(key, claims, kid=key.kid), jwks, audience=AUDIENCE)
+
+
+def test_nbf_is_optional_as_on_the_server_but_checked_when_present(signing):
+    """Dex's tokens carry no nbf; Temporal accepts that and checks nbf only when it is there."""
+    key, jwks = signing
+    claims = good_claims()
+    del claims["nbf"]
+    assert verify_token(sign(key, claims, kid=key.kid), jwks, audience=AUDIENCE)["sub"] == claims["sub"]
+    with pytest.raises(jwt.ImmatureSignatureError):
+        verify_token(sign(key, good_claims(nbf=claims["iat"] + 3600), kid=key.kid), jwks, audience=AUDIENCE)
 
 
 def _hs256(secret: bytes, header: dict, claims: dict) -> str:

@@ -1,0 +1,145 @@
+"""Dex, the Web UI's OIDC provider: its rendered config, the UI's client secret and the first
+admin's password.
+
+The admin password is generated once, kept in private/oidc/admin.password only until
+`show-admin-password` prints it (then deleted), and reaches Dex only as a bcrypt hash. The client
+secret lives in ui/ (the UI sends it to Dex) and in Dex's own config; neither reaches a browser.
+Upstream connector secrets are read from the files bundle.yaml names, at render time.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import bcrypt
+import yaml
+
+from .config import BundleConfig, OIDCConnector, OIDCUser
+from .errors import BundleError
+from .plan import FORCE_HINT
+from .render import header
+from .store import KEY_MODE, Action, Layout, Skip, Write, read_optional
+
+# Dex's static users need a stable unique id: derived from the user name, so renaming is explicit.
+USER_ID_PREFIX = "temporal-bundle-"
+BCRYPT_COST = 12
+# The device flow is off: v2.45.1 leaks the client secret through it (fixed after that release).
+GRANT_TYPES = ("authorization_code", "refresh_token")
+
+
+def admin_password_path(layout: Layout) -> Path:
+    return layout.private / "oidc" / "admin.password"
+
+
+def admin_hash_path(layout: Layout) -> Path:
+    return layout.private / "oidc" / "admin.bcrypt"
+
+
+def client_secret_path(layout: Layout) -> Path:
+    return layout.root / "ui" / "oidc-client-secret"
+
+
+def dex_config_path(layout: Layout) -> Path:
+    return layout.root / "dex" / "config.yaml"
+
+
+def plan_oidc(config: BundleConfig, layout: Layout, force: bool) -> list[Action]:
+    if not config.oidc.enabled:
+        return []
+    actions, admin_hash = _plan_admin(layout, force)
+    secret_action, secret = _plan_secret(client_secret_path(layout), force)
+    actions.append(secret_action)
+    text = render_dex_config(config, layout, admin_hash, secret)
+    existing = read_optional(dex_config_path(layout))
+    if existing == text:
+        actions.append(Skip(dex_config_path(layout)))
+    else:
+        reason = "created" if existing is None else "updated: config changed"
+        actions.append(Write(dex_config_path(layout), text, KEY_MODE, reason))
+    return actions
+
+
+def _plan_admin(layout: Layout, force: bool) -> tuple[list[Action], str]:
+    existing = read_optional(admin_hash_path(layout))
+    if existing is not None and not force:
+        value = existing.decode("ascii", errors="replace").strip()
+        if not value.startswith("$2") or len(value) != 60:
+            raise BundleError(f"{admin_hash_path(layout)} is not a bcrypt hash; {FORCE_HINT}")
+        shown = admin_password_path(layout)
+        return [Skip(admin_hash_path(layout))] + ([Skip(shown)] if shown.exists() else []), value
+    password = secrets.token_urlsafe(18)
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(BCRYPT_COST)).decode("ascii")
+    reason = "created" if existing is None else "replaced (--force)"
+    return [
+        Write(admin_password_path(layout), (password + "\n").encode(), KEY_MODE, reason),
+        Write(admin_hash_path(layout), (hashed + "\n").encode(), KEY_MODE, reason),
+    ], hashed
+
+
+def _plan_secret(path: Path, force: bool) -> tuple[Action, str]:
+    existing = read_optional(path)
+    if existing is not None and not force:
+        value = existing.decode("ascii", errors="replace").strip()
+        if len(value) < 32 or not value.replace("-", "").replace("_", "").isalnum():
+            raise BundleError(f"{path} is not a client secret we wrote; {FORCE_HINT}")
+        return Skip(path), value
+    value = secrets.token_urlsafe(32)
+    return Write(path, (value + "\n").encode(), KEY_MODE, "created" if existing is None else "replaced (--force)"), value
+
+
+def render_dex_config(config: BundleConfig, layout: Layout, admin_hash: str, client_secret: str) -> bytes:
+    oidc, root = config.oidc, Path(config.bundle_dir)
+    document = {
+        "issuer": oidc.issuer,
+        # No persistent storage: users and the client come from this file; sessions and refresh
+        # tokens end when Dex restarts (users log in again).
+        "storage": {"type": "memory"},
+        "web": {"https": f"0.0.0.0:{oidc.port}", "tlsCert": str(root / "dex" / "server.pem"),
+                "tlsKey": str(root / "dex" / "server.key")},
+        "telemetry": {"http": "127.0.0.1:5558"},
+        "logger": {"level": "info", "format": "json"},
+        "oauth2": {"grantTypes": list(GRANT_TYPES), "responseTypes": ["code"], "skipApprovalScreen": True},
+        "expiry": {"idTokens": f"{int(oidc.token_lifetime.total_seconds())}s", "signingKeys": "6h"},
+        "staticClients": [{
+            "id": config.jwt.audience,
+            "name": "Temporal Web UI",
+            "secret": client_secret,
+            "redirectURIs": [f"{config.ui_url}/auth/sso/callback"],
+        }],
+        "enablePasswordDB": True,
+        "staticPasswords": [_static_user(config, oidc.admin, admin_hash)]
+        + [_static_user(config, user, user.password_hash) for user in oidc.users],
+    }
+    if oidc.connectors:
+        document["connectors"] = [_connector(c) for c in oidc.connectors]
+    body = yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
+    return f"{header(config)}\n# Dex {oidc.issuer}: mode 0600, holds the UI's client secret.\n{body}".encode()
+
+
+def _static_user(config: BundleConfig, user: OIDCUser, password_hash: str) -> dict:
+    return {
+        "email": user.email,
+        "username": user.username,
+        "userID": USER_ID_PREFIX + user.username,
+        "hash": password_hash,
+        # Dex (v2.45.0+) puts these in the token's `groups`: the server's permissions claim.
+        "groups": list(config.oidc.permissions_of(user)),
+    }
+
+
+def _connector(connector: OIDCConnector) -> dict:
+    body = dict(connector.config)
+    for key, path in connector.secret_files:
+        body[key] = _read_secret(path, f"connector {connector.id}: {key}_file")
+    return {"type": connector.type, "id": connector.id, "name": connector.name, "config": body}
+
+
+def _read_secret(path: str, where: str) -> str:
+    try:
+        value = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise BundleError(f"{where}: cannot read {path}: {exc.strerror or exc}") from None
+    if not value:
+        raise BundleError(f"{where}: {path} is empty")
+    return value

@@ -1,0 +1,18 @@
+# Stand-in for dexidp/dex: the dex binary (built from its Go module at the pinned version by
+# scripts/build-dex.sh, cached) at /usr/local/bin/dex, user dex (uid/gid 1001) as in the official
+# image, wget for the health check as busybox has. Runs `dex serve CONFIG` given as the command.
+# Differences: Debian instead of Alpine; no gomplate entrypoint (our config has no templating);
+# built without cgo, so no SQLite storage (the bundle uses memory storage).
+ARG BASE_IMAGE=temporal-bundle-standin/debian:bookworm
+FROM ${BASE_IMAGE}
+RUN set -eux; \
+    export DEBIAN_FRONTEND=noninteractive; \
+    apt-get update; \
+    apt-get install -y --no-install-recommends ca-certificates wget; \
+    rm -rf /var/lib/apt/lists/*; \
+    groupadd --gid 1001 dex; \
+    useradd --uid 1001 --gid dex --no-create-home --shell /usr/sbin/nologin dex
+COPY dex /usr/local/bin/dex
+USER dex
+EXPOSE 5556
+CMD ["dex", "serve", "/etc/dex/config.yaml"]

@@ -1,0 +1,348 @@
+"""The Web UI in a real headless browser (Debian's chromium driven by Playwright) against the
+shared `make up` stack: login through Dex, roles from groups, payloads decrypted per role.
+
+chromium is launched by path (no browser download). It cannot be given the bundle's CA without a
+profile tool, so it skips certificate checks; test_https_endpoints_verify_with_the_bundle_ca
+checks those certificates instead, with the bundle's CA and the names the browser uses. Every
+response body the browser received is kept and checked for secrets at the end. A missing
+chromium is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import ssl
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.docker
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+TIMEOUT_MS = 30_000
+# How chromium reports a navigation Docker's interface changes aborted (or a redirect racing it).
+NETWORK_CHANGED = ("ERR_NETWORK_CHANGED", "chrome-error://", "did not land after login")
+
+
+class UI:
+    """The stack as a browser sees it, plus what the tests compare against."""
+
+    def __init__(self, stack):
+        self.stack = stack
+        self.url = f"https://localhost:{stack.ui_port}"
+        self.dex = f"https://auth.localhost:{stack.oidc_port}/dex"
+        self.codec = f"https://localhost:{stack.codec_port}"
+        self.secret_input = f"ui-secret-{uuid.uuid4().hex[:10]}"
+        self.workflow_id = f"ui-wf-{uuid.uuid4().hex[:8]}"
+        self.bodies: list[tuple[str, bytes]] = []
+
+    def admin_password(self) -> str:
+        shown = self.stack.make("admin-password").stdout
+        match = re.search(r"password: (\S+)", shown)
+        assert match, shown
+        return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def ui(running_stack):
+    ui = UI(running_stack)
+    started = running_stack.run_client("start-encrypted", ui.workflow_id, "default", ui.secret_input,
+                                       volumes=("codec-keys",))
+    assert started["ok"], started
+    ui.password = ui.admin_password()
+    files = running_stack.read_bundle_files("ui/server.pem", "dex/server.pem", "codec/server.pem", "ui/client.key",
+                                            "ui/oidc-client-secret", "private/jwt/active", "codec-keys/keys.json")
+    ui.ca = running_stack.read_bundle_file("trust/ca.pem")
+    kid = files["private/jwt/active"].decode().strip()
+    signing = running_stack.read_bundle_files(f"private/jwt/{kid}.key")[f"private/jwt/{kid}.key"]
+    ui.secrets = {
+        "JWT signing key": _pem_body(signing),
+        "UI client key": _pem_body(files["ui/client.key"]),
+        "Dex client secret": files["ui/oidc-client-secret"].strip(),
+        "codec data keys": files["codec-keys/keys.json"].strip()[:200],
+    }
+    return ui
+
+
+def _pem_body(pem: bytes) -> bytes:
+    """The base64 of a PEM key without its armour or line breaks: found even if re-wrapped."""
+    return b"".join(line for line in pem.splitlines() if line and not line.startswith(b"-----"))[:64]
+
+
+@pytest.fixture(scope="module")
+def browser(ui):
+    assert Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: apt-get install chromium (scripts/install-deps.sh)"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, ui):
+    context = browser.new_context(ignore_https_errors=True)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    page.bearer = {}
+
+    def keep(response):
+        try:
+            ui.bodies.append((response.url, response.body()))
+        except Exception:  # redirects and aborted requests have no body
+            pass
+
+    def bearer(request):
+        auth = request.headers.get("authorization")
+        if auth and request.url.startswith(ui.url + "/api/"):
+            page.bearer["value"] = auth
+
+    page.on("response", keep)
+    page.on("request", bearer)
+    yield page
+    context.close()
+
+
+def retried(action, attempts: int = 4):
+    """chromium aborts a navigation with ERR_NETWORK_CHANGED whenever Docker adds or removes a
+    container's interface on this host (other tests, other stacks): such a step is run again."""
+    for attempt in range(attempts):
+        try:
+            return action()
+        except Exception as exc:  # playwright's Error and TimeoutError
+            if not any(m in str(exc) for m in NETWORK_CHANGED) or attempt == attempts - 1:
+                raise
+
+
+def login(page, ui, email: str, password: str) -> None:
+    retried(lambda: _login(page, ui, email, password))
+
+
+def _login(page, ui, email: str, password: str) -> None:
+    try:
+        page.goto(ui.url + "/auth/sso", wait_until="commit")
+    except Exception as exc:  # the UI's redirect to Dex can overtake the first commit
+        if f"interrupted by another navigation to \"{ui.dex}/auth" not in str(exc):
+            raise
+    page.wait_for_url(re.compile(re.escape(ui.dex) + r"/auth/local/login"), wait_until="commit")
+    page.fill("input[name=login]", email)
+    page.fill("input[name=password]", password)
+    with page.expect_navigation(wait_until="commit"):
+        page.click("button[type=submit]")
+
+
+def logged_in(page, ui, email: str, password: str) -> None:
+    retried(lambda: _logged_in(page, ui, email, password))
+
+
+def _logged_in(page, ui, email: str, password: str) -> None:
+    login(page, ui, email, password)
+    for _ in range(100):
+        cookies = {c["name"]: c for c in page.context.cookies(ui.url)}
+        if "refresh" in cookies:
+            break
+        page.wait_for_timeout(200)
+    assert cookies["refresh"]["secure"] and cookies["refresh"]["httpOnly"], cookies
+    # The SPA picks the tokens up on its landing page; leaving earlier would drop them.
+    landed = re.compile(re.escape(ui.url) + r"/(namespaces/|login\?.*error=)")
+    for _ in range(150):
+        if landed.match(page.url):
+            return
+        page.wait_for_timeout(200)
+    raise AssertionError(f"the UI did not land after login: {page.url}")
+
+
+def workflow_page(page, ui) -> tuple[str, int]:
+    """The workflow's page once the UI has asked the codec server (as the browser does, with the
+    user's token) to decode its history; the page and the codec server's status."""
+    def visit():
+        with page.expect_response(lambda r: r.url.startswith(ui.codec + "/decode")) as decoded:
+            page.goto(f"{ui.url}/namespaces/default/workflows/{ui.workflow_id}")
+        return decoded
+
+    decoded = retried(visit)
+    page.get_by_text(ui.workflow_id).first.wait_for()
+    page.wait_for_timeout(2000)  # the page renders what the codec returned
+    return page.content(), decoded.value.status
+
+
+def api(page, ui, method: str, path: str) -> int:
+    """A call through the UI server with the token the UI itself sent (the user's Dex token)."""
+    headers = {"Authorization": page.bearer["value"]} if page.bearer.get("value") else {}
+    response = page.request.fetch(ui.url + path, method=method, headers=headers, data="{}" if method == "POST" else None)
+    return response.status
+
+
+def test_admin_logs_in_through_dex_sees_namespaces_and_the_decrypted_input(page, ui):
+    logged_in(page, ui, "admin@example.com", ui.password)
+    page.goto(ui.url + "/namespaces")
+    for namespace in ("default", "orders"):
+        page.get_by_role("link", name=namespace).first.wait_for()
+    html, status = workflow_page(page, ui)
+    assert status == 200
+    assert ui.secret_input in html, "the admin's UI did not show the decrypted input"
+    assert page.bearer.get("value", "").startswith("Bearer ")
+
+
+def test_reader_is_told_not_allowed_and_holds_only_default_read(page, ui):
+    """A reader of `default` only: the UI's landing page lists namespaces, which needs
+    temporal-system:read (that would open every namespace), so the UI says plainly that the user
+    is not allowed. With the Dex token the UI sent, the reader reads default, gets its payloads
+    back still encrypted from the codec server, and can neither terminate nor read `orders`."""
+    logged_in(page, ui, "reader@example.com", ui.stack.reader_password)
+    assert "do+not+have+permission" in page.url, page.url
+    assert page.bearer.get("value"), "the UI sent no token for the reader"
+    assert api(page, ui, "GET", "/api/v1/namespaces/default/workflows") == 200
+    assert api(page, ui, "GET", "/api/v1/namespaces/orders/workflows") == 403
+    status = api(page, ui, "POST", f"/api/v1/namespaces/default/workflows/{ui.workflow_id}/terminate")
+    assert status == 403, status
+    described = page.request.get(f"{ui.url}/api/v1/namespaces/default/workflows/{ui.workflow_id}",
+                                 headers={"Authorization": page.bearer["value"]})
+    assert described.json()["workflowExecutionInfo"]["status"] == "WORKFLOW_EXECUTION_STATUS_RUNNING"
+    history = page.request.get(f"{ui.url}/api/v1/namespaces/default/workflows/{ui.workflow_id}/history",
+                               headers={"Authorization": page.bearer["value"]})
+    assert history.status == 200 and ui.secret_input not in history.text()
+    payloads = [e["workflowExecutionStartedEventAttributes"]["input"]["payloads"]
+                for e in history.json()["history"]["events"] if "workflowExecutionStartedEventAttributes" in e][0]
+    decoded = page.request.post(ui.codec + "/decode", data=json.dumps({"payloads": payloads}),
+                                headers={"Authorization": page.bearer["value"], "X-Namespace": "default",
+                                         "Content-Type": "application/json"})
+    assert decoded.status == 200
+    assert ui.secret_input not in decoded.text() and ui.secret_input not in str(decoded.json())
+
+
+def test_wrong_password_stays_on_the_login_page(page, ui):
+    login(page, ui, "admin@example.com", ui.password + "-wrong")
+    page.wait_for_load_state("networkidle")
+    assert page.url.startswith(ui.dex + "/auth/local/login"), page.url
+    assert page.locator("input[name=password]").count() == 1
+    assert "refresh" not in {c["name"] for c in page.context.cookies(ui.url)}
+    assert api(page, ui, "GET", "/api/v1/namespaces/default/workflows") == 401
+
+
+def test_logout_ends_the_session(page, ui):
+    """/auth/logout (what the UI's Log out calls) drops the UI server's session: the refresh
+    cookie is gone, /auth/refresh issues nothing, and Dex (no session of its own in v2.45.1)
+    asks for the password again."""
+    logged_in(page, ui, "admin@example.com", ui.password)
+    assert page.request.get(ui.url + "/auth/refresh", max_redirects=0).status == 200
+    retried(lambda: page.goto(ui.url + "/auth/logout", wait_until="commit"))
+    assert "refresh" not in {c["name"] for c in page.context.cookies(ui.url)}
+    refreshed = page.request.get(ui.url + "/auth/refresh", max_redirects=0)
+    assert refreshed.status in (400, 401, 403), refreshed.status
+    assert not any(c["name"].startswith("user") for c in page.context.cookies(ui.url))
+    retried(lambda: page.goto(ui.url + "/auth/sso", wait_until="commit"))
+    page.wait_for_url(re.compile(re.escape(ui.dex) + r"/auth/local/login"), wait_until="commit")
+
+
+def test_the_browser_never_received_a_key_or_the_client_secret(ui):
+    assert len(ui.bodies) > 20, "the browser tests above must have run first"
+    for url, body in ui.bodies:
+        for name, secret in ui.secrets.items():
+            assert secret not in body, f"{name} in the response of {url}"
+
+
+def test_https_endpoints_verify_with_the_bundle_ca(ui, tmp_path):
+    """What the browser skipped: the UI, Dex and the codec server present certificates that
+    verify against the bundle's CA for the names the browser uses (auth.localhost resolves to
+    loopback in browsers; here it is dialled on 127.0.0.1 with that name as SNI)."""
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(ui.ca)
+    context = ssl.create_default_context(cafile=str(ca))
+    for name, port in (("localhost", ui.stack.ui_port), ("auth.localhost", ui.stack.oidc_port),
+                       ("localhost", ui.stack.codec_port)):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname=name) as tls:
+                assert tls.version() in ("TLSv1.2", "TLSv1.3"), (name, port)
+
+
+# --------------------------------------------------------------------------- Dex tokens elsewhere
+
+
+def _frontend_answer(ui, token: str) -> str:
+    """ListNamespaces on the published frontend with the client role's mTLS cert and `token`."""
+    import asyncio
+
+    from temporalio.api.workflowservice.v1 import ListNamespacesRequest
+    from temporalio.client import Client
+    from temporalio.service import RPCError, TLSConfig
+
+    files = ui.client_files
+
+    async def call():
+        try:
+            # Connecting already calls GetSystemInfo, whose token the claim mapper checks.
+            client = await Client.connect(
+                f"127.0.0.1:{ui.stack.frontend_port}", api_key=token,
+                tls=TLSConfig(server_root_ca_cert=files["trust/ca.pem"], client_cert=files["clients/client.pem"],
+                              client_private_key=files["clients/client.key"], domain="temporal"),
+            )
+            await client.workflow_service.list_namespaces(ListNamespacesRequest())
+            return "ok"
+        except RPCError as exc:
+            return f"denied: {exc.message}"
+        except RuntimeError as exc:  # the SDK's connect wraps the refusal
+            if "PermissionDenied" not in str(exc):
+                raise
+            return f"denied: {exc}"
+
+    # Playwright's sync API owns this thread's event loop: the SDK runs on another thread.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, call()).result(timeout=60)
+
+
+def _codec_status(page, ui, token: str) -> int:
+    body = json.dumps({"payloads": []})
+    return page.request.post(ui.codec + "/decode", data=body, headers={
+        "Authorization": f"Bearer {token}", "X-Namespace": "default", "Content-Type": "application/json"}).status
+
+
+def _foreign(claims: dict, kid: str) -> str:
+    """The same claims signed by a key nobody trusts, under `kid`."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
+
+
+def test_dex_tokens_at_the_frontend_and_the_codec_server(page, ui):
+    """A real Dex token (what the UI sent) works at the frontend and the codec server; a token
+    from a foreign issuer, one claiming Dex's kid for another audience, and the same Dex token
+    once expired are refused by both; the role tokens still work."""
+    import jwt
+
+    ui.client_files = ui.stack.read_bundle_files("trust/ca.pem", "clients/client.pem", "clients/client.key",
+                                                 "tokens/system.jwt")
+    logged_in(page, ui, "admin@example.com", ui.password)
+    token = page.bearer["value"].removeprefix("Bearer ")
+    header, claims = jwt.get_unverified_header(token), jwt.decode(token, options={"verify_signature": False})
+    assert claims["iss"] == ui.dex and claims["aud"] == "temporal" and header["alg"] == "RS256"
+    assert claims["groups"] == ["temporal-system:admin"]
+    assert _frontend_answer(ui, token) == "ok"
+    assert _codec_status(page, ui, token) == 200
+
+    foreign_issuer = _foreign({**claims, "iss": "https://evil.example/dex"}, "foreign-kid")
+    other_audience = _foreign({**claims, "aud": "another-app"}, header["kid"])
+    for name, forged in (("foreign issuer", foreign_issuer), ("Dex kid, other audience", other_audience)):
+        assert _frontend_answer(ui, forged).startswith("denied"), name
+        assert _codec_status(page, ui, forged) == 401, name
+
+    system = ui.client_files["tokens/system.jwt"].decode().strip()
+    assert _frontend_answer(ui, system) == "ok", "a role token stopped working"
+    assert _codec_status(page, ui, system) == 200
+
+    # The test stack gives Dex tokens a short life (oidc.token_lifetime): wait it out.
+    import time
+
+    time.sleep(max(0, claims["exp"] - time.time() + 2))
+    assert _frontend_answer(ui, token).startswith("denied"), "an expired Dex token was accepted"
+    assert _codec_status(page, ui, token) == 401
