@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 
-from .compose_stack import REPO, TIMINGS, ComposeStack, build_standin_images, unique_project
+from .compose_stack import TIMINGS, ComposeStack, build_standin_images, unique_project
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(2400)]
 
@@ -40,25 +40,23 @@ def images():
 @pytest.fixture(scope="module")
 def stack(images, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("upgrade-stack")
-    write_config_with_reader(workdir / "bundle.yaml")
     secret = workdir / "passphrase"
     secret.write_text("upgrade test backup passphrase\n")
     secret.chmod(0o600)
     s = ComposeStack(unique_project("tbup"), workdir, dict(images[0]), extra_env={"BACKUP_PASSPHRASE_FILE": str(secret)})
+    # The stack's own test config (its published and Dex ports), plus the example's reader role.
+    add_reader_role(s.config)
     try:
         yield s
     finally:
         print(f"\ncompose logs: {s.teardown('upgrade-compose.log')}\ntimings: {TIMINGS}")
 
 
-def write_config_with_reader(path) -> None:
-    """bundle.example.yaml with its example `reader` role (default:read) switched on."""
-    lines = (REPO / "bundle.example.yaml").read_text().splitlines(keepends=True)
-    start = next(i for i, line in enumerate(lines) if line.strip().startswith("# reader:"))
-    for i in range(start, start + 3):
-        lines[i] = lines[i].replace("# ", "", 1)
-    path.write_text("".join(lines))
-    assert yaml.safe_load(path.read_text())["roles"]["reader"]["permissions"] == ["default:read"]
+def add_reader_role(path) -> None:
+    """The example's `reader` role (default:read), switched on in the stack's bundle.yaml."""
+    doc = yaml.safe_load(path.read_text())
+    doc["roles"]["reader"] = {"permissions": ["default:read"], "token_lifetime": "8h"}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
 def use_images(stack: ComposeStack, images: dict[str, str]) -> None:
