@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything the tests need on a fresh Debian machine: system packages, the Python package with
-# its test extras, the temporal-server build (cached by version) and the compose v2 plugin.
+# its test extras, the compose v2 plugin, and every build the tests use (scripts/prebuild.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,8 +16,8 @@ if ((${#need_apt[@]})); then
 fi
 
 python3 -m pip install -q --disable-pip-version-check -e ".[test]"
-bash scripts/build-temporal.sh >/dev/null
-bash scripts/build-dex.sh >/dev/null
 if [[ -f scripts/install-compose.sh ]]; then
   bash scripts/install-compose.sh
 fi
+# The Go builds and images, in parallel; cached, so a warm run only checks them.
+bash scripts/prebuild.sh

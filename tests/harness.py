@@ -53,7 +53,8 @@ def configcheck_bin() -> Path:
 
     src = REPO / "tools" / "configcheck"
     digest = hashlib.sha256(b"".join((src / f).read_bytes() for f in ("main.go", "go.mod", "go.sum"))).hexdigest()[:16]
-    cache = Path(os.environ.get("TEMPORAL_BIN_CACHE", Path.home() / ".cache" / "temporal-bundle"))
+    default = os.environ.get("TEMPORAL_BIN_CACHE", Path.home() / ".cache" / "temporal-bundle")
+    cache = Path(os.environ.get("TEMPORAL_BUNDLE_CACHE", default))
     binary = cache / f"configcheck-{digest}"
     if not binary.is_file():
         cache.mkdir(parents=True, exist_ok=True)
