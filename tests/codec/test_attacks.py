@@ -331,24 +331,31 @@ async def _slow_clients(codec: Served, count: int, seconds: float) -> int:
     return closed
 
 
-def test_a_thousand_slow_connections(bundle, codec):
-    _, _, out, _ = bundle
-    latencies = []
+def _probe_under_slow_clients(server, seconds: float, probe_once) -> tuple[list[float], int]:
+    """1200 slow clients hold connections for `seconds` while a legitimate client times
+    probe_once() every 0.5 s; returns its latencies and the server's thread count under load."""
+    latencies: list[float] = []
     stop_probe = threading.Event()
 
     def probe():
         while not stop_probe.is_set() and len(latencies) < 200:
-            latencies.append(timed_decode(codec, out))
+            latencies.append(probe_once())
             stop_probe.wait(0.5)
 
     prober = threading.Thread(target=probe)
     prober.start()
     try:
-        asyncio.run(_slow_clients(codec, 1200, 6.0))
-        threads = int(codec.status()["Threads"])
+        asyncio.run(_slow_clients(server, 1200, seconds))
+        threads = int(server.status()["Threads"])
     finally:
         stop_probe.set()
         prober.join(10)
+    return latencies, threads
+
+
+def test_a_thousand_slow_connections(bundle, codec):
+    _, _, out, _ = bundle
+    latencies, threads = _probe_under_slow_clients(codec, 6.0, lambda: timed_decode(codec, out))
     print(f"1200 slow connections: {len(latencies)} legitimate decodes, slowest {max(latencies) * 1000:.0f} ms")
     assert len(latencies) >= 5 and max(latencies) < 1.0, latencies
     assert threads < 16, f"{threads} threads: one per connection?"
@@ -471,27 +478,16 @@ def test_a_stalled_jwks_does_not_delay_known_kids(bundle):
 
 def test_the_jwks_server_under_slow_connections(jwks):
     """The same listener serves the JWKS: slow clients neither add threads nor starve a fetch."""
-    fetches = []
-    stop_probe = threading.Event()
 
-    def probe():
-        while not stop_probe.is_set() and len(fetches) < 200:
-            started = time.monotonic()
-            conn = jwks.connection(5)
-            conn.request("GET", "/jwks.json")
-            assert conn.getresponse().status == 200
-            conn.close()
-            fetches.append(time.monotonic() - started)
-            stop_probe.wait(0.5)
+    def fetch_once() -> float:
+        started = time.monotonic()
+        conn = jwks.connection(5)
+        conn.request("GET", "/jwks.json")
+        assert conn.getresponse().status == 200
+        conn.close()
+        return time.monotonic() - started
 
-    prober = threading.Thread(target=probe)
-    prober.start()
-    try:
-        asyncio.run(_slow_clients(jwks, 1200, 4.0))
-        threads = int(jwks.status()["Threads"])
-    finally:
-        stop_probe.set()
-        prober.join(10)
+    fetches, threads = _probe_under_slow_clients(jwks, 4.0, fetch_once)
     print(f"JWKS server, 1200 slow connections: slowest fetch {max(fetches) * 1000:.0f} ms, {threads} threads")
     assert len(fetches) >= 4 and max(fetches) < 1.0, fetches
     assert threads < 16
