@@ -141,8 +141,10 @@ class ExchangedToken:
     obtained: float  # time.monotonic() when it was received
 
     def refresh_due(self, fraction: float = 0.5) -> float:
-        """When (monotonic) to exchange again: at `fraction` of its lifetime, well before it ends."""
-        return self.obtained + max(1.0, self.expires_in * fraction)
+        """When (monotonic) to exchange again: at `fraction` of its lifetime, well before it ends.
+        expires_in is whole seconds rounded down by up to one, hence the half second off. A token cut
+        short by a nearly expired subject token comes back soon, after the kubelet's next rotation."""
+        return self.obtained + max(0.25, self.expires_in * fraction - 0.5)
 
 
 class TokenExchangeError(BundleError):
