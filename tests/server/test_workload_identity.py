@@ -256,3 +256,46 @@ def test_worker_keeps_running_across_subject_token_rotations(wi, tmp_path):
     assert refresher.failures == 0, refresher.last_error
     assert calls >= rotations * 5
     assert distinct >= rotations + 1  # a new exchanged token after every rotation at least
+
+
+# --------------------------------------------------------------------------- the listener, attacked
+
+
+def test_exchange_listener_attack_matrix(wi, tmp_path):
+    """The token exchange's entry in bootstrap.security_model.LISTENERS, attacked with every
+    certificate the bundle issues plus a foreign CA's, expired ones and none: TLS admits exactly
+    what the entry says, and whoever is admitted still gets no token for a forged subject token
+    (a foreign key claiming the cluster key's kid) or none at all."""
+    from bootstrap.security_model import LISTENERS
+    from tests.server.test_trust_domains import client_context, credentials, expected, probe_tls
+
+    listeners = [l for l in LISTENERS if l.service == "token-exchange"]
+    assert len(listeners) == 1 and listeners[0].port_number(None) == 8444
+    forged = wi.issuer.service_account_token(key=SigningKey.generate("RS256"))
+    real_kid = wi.issuer.keys[0].kid
+    forged = jwt.encode(jwt.decode(forged, options={"verify_signature": False}), SigningKey.generate("RS256").private_key,
+                        algorithm="RS256", headers={"kid": real_kid})
+    cafile = wi.bundle / "trust" / "ca.pem"
+    tried, wrong = 0, []
+    for cred in credentials(wi, tmp_path):
+        for listener in listeners:
+            got = probe_tls(wi.exchange_port, "localhost", client_context(cafile, cred))
+            tried += 1
+            if got != expected(listener, cred):
+                wrong.append(f"{listener.name} x {cred.name}: {got}")
+        ctx = ssl.create_default_context(cafile=str(cafile))
+        if cred.cert:
+            ctx.load_cert_chain(str(cred.cert), str(cred.key))
+        for subject in (forged, ""):
+            form = urllib.parse.urlencode({"grant_type": GRANT_TYPE, "subject_token": subject,
+                                           "subject_token_type": JWT_TOKEN_TYPE}).encode()
+            request = urllib.request.Request(exchange_url(wi), data=form,
+                                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, context=ctx, timeout=10)
+            doc = json.loads(refused.value.read())
+            if refused.value.code != 400 or "access_token" in doc:
+                wrong.append(f"exchange x {cred.name}: {refused.value.code} {doc}")
+    print(f"\ntoken exchange attack matrix: {tried} TLS pairs, {len(wrong)} wrong")
+    assert tried >= 15
+    assert not wrong, "\n".join(wrong)
