@@ -243,8 +243,10 @@ class BundleConfig:
         return _unique((self.network.jwks_host, *self.network.jwks_sans, "localhost", "127.0.0.1"))
 
     def exchange_sans(self) -> tuple[str, ...]:
-        wi = self.workload_identity
-        return _unique((wi.host, *wi.sans, "localhost", "127.0.0.1"))
+        wi, k8s = self.workload_identity, self.kubernetes.namespace
+        # Workers in other Kubernetes namespaces reach it by its Service's namespaced names.
+        in_cluster = (f"{wi.host}.{k8s}.svc", f"{wi.host}.{k8s}.svc.cluster.local")
+        return _unique((wi.host, *wi.sans, *in_cluster, "localhost", "127.0.0.1"))
 
     def codec_sans(self) -> tuple[str, ...]:
         return _unique((self.codec.host, *self.codec.sans, "localhost", "127.0.0.1"))
