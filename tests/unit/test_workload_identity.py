@@ -163,3 +163,28 @@ def test_disabled_by_default_no_exchange_key(tmp_path):
     assert len(bundle.jwks()["keys"]) == 1
     with pytest.raises(BundleError, match="no issuers"):
         parse_config({"workload_identity": {"enabled": True}})
+
+
+def test_oidc_issuer_binds_by_subject(cluster_key):
+    cfg = config("    - {name: ci, type: oidc, issuer: 'https://ci.example', audience: temporal}\n"
+                 "  bindings: [{issuer: ci, subject: 'repo:acme/orders:*', permissions: ['orders:write']}]\n")
+    ci = cfg.workload_identity.issuer_for("https://ci.example")
+    now = int(utcnow().timestamp())
+    def token(sub):
+        claims = {"iss": ci.issuer, "aud": "temporal", "sub": sub, "iat": now, "exp": now + 300}
+        return jwt.encode(claims, cluster_key.private_key, algorithm="RS256", headers={"kid": cluster_key.kid})
+    jwks = jwks_document([cluster_key])
+    grant = lambda sub: permissions_for(cfg.workload_identity, verify_subject(token(sub), ci, jwks), ("orders", "billing"))
+    assert grant("repo:acme/orders:ref:refs/heads/main") == ("orders:write",)
+    assert grant("repo:acme/billing:ref:refs/heads/main") == ()
+
+
+def test_readme_example_policy_is_valid():
+    from pathlib import Path
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("## Workload identity")[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    cfg = parse_config(yaml.safe_load("namespaces: [{name: orders}]\n" + block))
+    assert [i.type for i in cfg.workload_identity.issuers] == ["kubernetes", "oidc"]
