@@ -299,3 +299,30 @@ def test_exchange_listener_attack_matrix(wi, tmp_path):
     print(f"\ntoken exchange attack matrix: {tried} TLS pairs, {len(wrong)} wrong")
     assert tried >= 15
     assert not wrong, "\n".join(wrong)
+
+
+def test_exchange_http_hardening(wi):
+    """Bounded, strict form handling: what the codec and JWKS servers promise, here too."""
+    import http.client
+
+    def call(method, path, body=None, headers=None):
+        ctx = ssl.create_default_context(cafile=str(wi.bundle / "trust" / "ca.pem"))
+        conn = http.client.HTTPSConnection("localhost", wi.exchange_port, context=ctx, timeout=10)
+        try:
+            conn.request(method, path, body=body, headers=headers or {}, encode_chunked=not isinstance(body, (str, type(None))))
+            response = conn.getresponse()
+            return response.status, response.getheader("Cache-Control"), json.loads(response.read() or b"{}")
+        finally:
+            conn.close()
+
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    good = urllib.parse.urlencode({"grant_type": GRANT_TYPE, "subject_token": wi.issuer.service_account_token(),
+                                   "subject_token_type": JWT_TOKEN_TYPE})
+    assert call("GET", "/token")[0] == 405
+    assert call("GET", "/jwks.json")[0] == 404
+    assert call("POST", "/token", good, {"Content-Type": "application/json"})[2]["error"] == "invalid_request"
+    assert call("POST", "/token", good + "&grant_type=x", form)[2]["error_description"] == "a parameter is repeated"
+    assert call("POST", "/token", "a" * (17 * 1024), form)[0] == 413
+    assert call("POST", "/token", iter([good.encode()]), {**form, "Transfer-Encoding": "chunked"})[0] == 411
+    status, cache, doc = call("POST", "/token", good, form)
+    assert (status, cache) == (200, "no-store") and doc["access_token"]
