@@ -38,10 +38,11 @@ class KubeIssuer:
     port: int
     keys: list = field(default_factory=lambda: [SigningKey.generate("RS256")])
     discovery_token: str = "exchange-pod-token"  # what kube-apiserver would ask the exchange pod for
+    host: str = "localhost"  # the name in the issuer URL and the TLS certificate
 
     @property
     def issuer(self) -> str:
-        return f"https://localhost:{self.port}"
+        return f"https://{self.host}:{self.port}"
 
     @property
     def ca_file(self) -> Path:
@@ -52,20 +53,27 @@ class KubeIssuer:
         """The exchange's own credential for discovery (its pod's token, in a cluster)."""
         return self.workdir / "discovery.token"
 
-    def start(self) -> "KubeIssuer":
+    def write_files(self) -> "KubeIssuer":
+        """The cluster CA, the API server's TLS pair, the signing key and the discovery token."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         ca = CA.create("stand-in cluster CA")
-        leaf = ca.issue_cert("localhost", "127.0.0.1", common_name="kube-apiserver", usage="server")
+        leaf = ca.issue_cert(self.host, "localhost", "127.0.0.1", common_name="kube-apiserver", usage="server")
         self.ca_file.write_bytes(ca.cert_pem())
         (self.workdir / "apiserver.pem").write_bytes(leaf.cert_pem())
         (self.workdir / "apiserver.key").write_bytes(leaf.key_pem())
+        (self.workdir / "sa-signing.key").write_bytes(self.keys[0].private_pem())
         self.token_file.write_text(self.discovery_token + "\n")
+        return self
+
+    def start(self, bind: str = "127.0.0.1", write: bool = True) -> "KubeIssuer":
+        if write:
+            self.write_files()
         self.requests: list[str] = []
         app = web.Application()
         app.router.add_get(DISCOVERY_PATH, self._discovery)
         app.router.add_get(JWKS_PATH, self._jwks)
         tls = ReloadingTLS(self.workdir / "apiserver.pem", self.workdir / "apiserver.key")
-        self.service = Service(app, "127.0.0.1", self.port, tls, Limits(max_connections=64))
+        self.service = Service(app, bind, self.port, tls, Limits(max_connections=64))
         self.thread = threading.Thread(target=self.service.serve_forever, daemon=True)
         self.thread.start()
         return self
@@ -110,3 +118,20 @@ class KubeIssuer:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(token)
         tmp.replace(path)
+
+
+def main(argv: list[str]) -> None:
+    """python -m tests.kube_issuer DIR PORT HOST: serve the files write_files() put in DIR (the
+    docker tier runs it as a container in the role of the cluster's API server)."""
+    directory, port, host = Path(argv[0]), int(argv[1]), argv[2]
+    key = SigningKey.from_pem((directory / "sa-signing.key").read_bytes())
+    issuer = KubeIssuer(directory, port, [key], (directory / "discovery.token").read_text().strip(), host)
+    issuer.start(bind="0.0.0.0", write=False)
+    print(f"stand-in issuer {issuer.issuer} serving", flush=True)
+    issuer.thread.join()
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
