@@ -188,3 +188,19 @@ def test_readme_example_policy_is_valid():
     block = readme.split("## Workload identity")[1].split("```yaml\n", 1)[1].split("```", 1)[0]
     cfg = parse_config(yaml.safe_load("namespaces: [{name: orders}]\n" + block))
     assert [i.type for i in cfg.workload_identity.issuers] == ["kubernetes", "oidc"]
+
+
+def test_signing_key_retirement_keeps_the_exchange_key_published(tmp_path):
+    """The last phase of `rotate --kind signing-key` publishes the active key only: the exchange's
+    key must stay, or every worker's token would be refused at the next JWKS refresh."""
+    from bootstrap.plan import active_signing_key, load_published_keys, load_exchange_key, plan_jwks
+    from bootstrap.store import Write
+
+    bundle = make_bundle(tmp_path / "b", NS + WI)
+    layout = bundle.layout
+    newer = SigningKey.generate("ES256")
+    action = plan_jwks(layout, [newer], force=False)
+    assert isinstance(action, Write)
+    kids = {k["kid"] for k in json.loads(action.data)["keys"]}
+    assert kids == {newer.kid, load_exchange_key(layout).kid}
+    assert active_signing_key(layout, load_published_keys(layout)).kid not in kids
