@@ -128,7 +128,6 @@ def parse_workload_identity(sec: _Section, namespaces: tuple[str, ...]) -> Workl
 
 
 def _parse_issuer(sec: _Section) -> WorkloadIssuer:
-    d = WorkloadIssuer
     name = sec.string("name", "")
     if not re.match(r"^[a-z][a-z0-9-]{0,31}$", name):
         raise BundleError(f"{sec.where}: name {name!r}: lower-case letters, digits, '-'")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-import subprocess
 import sys
 import time
 import urllib.error
@@ -31,7 +30,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
-from bootstrap.client import RoleCredentials, WorkloadIdentity, connect_workload
+from bootstrap.client import RoleCredentials, connect_workload
 from bootstrap.plan import load_exchange_key
 from bootstrap.store import Layout
 from bootstrap.tokens import SigningKey

@@ -5,7 +5,6 @@ the subject-token check (iss, aud, exp, nbf, signature, kubernetes.io claims), t
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 
 import jwt
 import pytest
