@@ -209,6 +209,7 @@ class BundleConfig:
     codec: CodecConfig = field(default_factory=CodecConfig)
     oidc: OIDCConfig = field(default_factory=OIDCConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+    workload_identity: Any = field(default_factory=lambda: _workload_identity().WorkloadIdentityConfig())
     # Where the bundle directory is mounted as the Temporal server sees it (/bundle in compose).
     bundle_dir: str = "/bundle"
     source: str = "<defaults>"
@@ -240,6 +241,12 @@ class BundleConfig:
 
     def jwks_sans(self) -> tuple[str, ...]:
         return _unique((self.network.jwks_host, *self.network.jwks_sans, "localhost", "127.0.0.1"))
+
+    def exchange_sans(self) -> tuple[str, ...]:
+        wi, k8s = self.workload_identity, self.kubernetes.namespace
+        # Workers in other Kubernetes namespaces reach it by its Service's namespaced names.
+        in_cluster = (f"{wi.host}.{k8s}.svc", f"{wi.host}.{k8s}.svc.cluster.local")
+        return _unique((wi.host, *wi.sans, *in_cluster, "localhost", "127.0.0.1"))
 
     def codec_sans(self) -> tuple[str, ...]:
         return _unique((self.codec.host, *self.codec.sans, "localhost", "127.0.0.1"))
@@ -302,10 +309,17 @@ def parse_config(data: Any, source: str = "<config>") -> BundleConfig:
     codec = _parse_codec(top.section("codec"), config.network)
     oidc = _parse_oidc(top.section("oidc"), {ns.name for ns in namespaces} | {SYSTEM_NAMESPACE}, config.network)
     kubernetes = _parse_kubernetes(top.section("kubernetes"))
+    workload = _workload_identity().parse_workload_identity(top.section("workload_identity"), tuple(n.name for n in namespaces))
     top.done()
     if not config.bundle_dir.startswith("/"):
         raise BundleError(f"{source}: bundle_dir must be an absolute path, got {config.bundle_dir!r}")
-    return replace(config, roles=roles, codec=codec, oidc=oidc, kubernetes=kubernetes)
+    return replace(config, roles=roles, codec=codec, oidc=oidc, kubernetes=kubernetes, workload_identity=workload)
+
+
+def _workload_identity():
+    from . import workload_identity  # it builds on this module's parsers, so it is imported late
+
+    return workload_identity
 
 
 class _Section:

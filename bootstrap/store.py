@@ -112,6 +112,12 @@ class Layout:
     def codec_keys(self) -> Path:
         return self.root / "codec-keys" / "keys.json"
 
+    # exchange/: the token exchange's TLS pair and its signing key, a key used for nothing else
+    # (its kid is published in jwks.json next to the bundle's). Only the exchange mounts it.
+    @property
+    def exchange_signing_key(self) -> Path:
+        return self.root / "exchange" / "signing.key"
+
     def leaf(self, directory: str, name: str) -> tuple[Path, Path]:
         base = self.root / directory
         return base / f"{name}.pem", base / f"{name}.key"

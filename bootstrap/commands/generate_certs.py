@@ -10,7 +10,7 @@ from ..codec_keys import plan_codec_keys
 from ..config import BundleConfig
 from ..errors import BundleError
 from ..pki import BACKDATE, utcnow
-from ..plan import plan_ca, plan_leaves, plan_signing_key
+from ..plan import plan_ca, plan_exchange_key, plan_leaves, plan_signing_key
 from ..store import Action, Layout, apply, locked
 from ..tokens import SigningKey
 from .common import load, report, standard
@@ -35,9 +35,10 @@ def plan(config: BundleConfig, layout: Layout, force: bool, now: datetime) -> Pl
     state = plan_ca(config, layout, force, now)
     for ca in state.cas.values():
         check_clock(ca.cert.not_valid_before_utc, now)
-    signing = plan_signing_key(config, layout, force)
+    exchange, exchange_actions = plan_exchange_key(config, layout, force)
+    signing = plan_signing_key(config, layout, force, exchange)
     leaves = plan_leaves(config, layout, state.cas, force, now)
-    actions = state.actions + leaves + signing.actions + plan_codec_keys(layout, force, now)
+    actions = state.actions + leaves + exchange_actions + signing.actions + plan_codec_keys(layout, force, now)
     return Plan(actions, signing.active, state.shared)
 
 
