@@ -137,6 +137,8 @@ def bundle_entries(layout: Layout) -> list[Entry]:
         raise BundleError(f"{layout.codec_keys} does not exist: run init first")
     files = sorted(p for p in layout.private.rglob("*") if p.is_file() and not p.name.startswith("."))
     files.append(layout.codec_keys)
+    if read_optional(layout.codec_kek) is not None:  # file backend; under pkcs11 the KEK is in the token
+        files.append(layout.codec_kek)
     return [Entry(layout.relative(p), read_optional(p) or b"", stat.S_IMODE(p.stat().st_mode)) for p in files]
 
 

@@ -6,6 +6,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 
+from ..backend import codec_kek
 from ..codec_keys import plan_codec_keys
 from ..config import BundleConfig
 from ..errors import BundleError
@@ -37,7 +38,9 @@ def plan(config: BundleConfig, layout: Layout, force: bool, now: datetime) -> Pl
         check_clock(ca.cert.not_valid_before_utc, now)
     signing = plan_signing_key(config, layout, force)
     leaves = plan_leaves(config, layout, state.cas, force, now)
-    actions = state.actions + leaves + signing.actions + plan_codec_keys(layout, force, now)
+    kek, kek_actions = codec_kek(config, layout)
+    data_keys = plan_codec_keys(layout, force, now, [ns.name for ns in config.namespaces], kek)
+    actions = state.actions + leaves + signing.actions + kek_actions + data_keys
     return Plan(actions, signing.active, state.shared)
 
 

@@ -6,6 +6,7 @@ import argparse
 import ssl
 from pathlib import Path
 
+from ..backend import codec_kek_for_serving
 from ..config import check_origin, load_config
 from ..errors import BundleError
 from ..store import Layout
@@ -68,7 +69,8 @@ def run(args) -> int:
         raise BundleError(f"{layout.jwks} not found; run generate-certs first, or pass --jwks-url")
     try:
         server = make_server(
-            args.host, port, keys_path=layout.codec_keys, policy=policy, jwks_path=layout.jwks,
+            args.host, port, keys_path=layout.codec_keys, kek=codec_kek_for_serving(config, layout), policy=policy,
+            jwks_path=layout.jwks,
             jwks_urls=tuple(args.jwks_url or ()), jwks_cafile=layout.trust_bundle, cert=cert, key=key,
             audit=not args.quiet_audit, limits=Limits(max_connections=args.max_connections),
         )
