@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives import serialization
 
-from . import pki
+from . import backend, pki
 from .backend import codec_kek
 from .codec_keys import plan_rotation as plan_codec_key_rotation
 from .config import BundleConfig
@@ -191,7 +191,7 @@ def _publish_new_key(config, layout, keys, active, now) -> Step:
         new = pending[0]
         note = f"resuming: published key {new.kid} was not recorded"
     else:
-        new = SigningKey.generate(config.jwt.algorithm)
+        new = SigningKey.generate(config.jwt.algorithm, lambda alg: backend.new_root_key(config, alg))
         keys = {**keys, new.kid: new}
         actions.append(Write(layout.signing_key(new.kid), new.private_pem(), KEY_MODE, "new signing key"))
         note = f"new key {new.kid} published beside {active.kid}"
