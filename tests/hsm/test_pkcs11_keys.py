@@ -274,3 +274,27 @@ def test_a_token_reference_under_the_file_backend_is_refused(token, hsm_bundle):
     message = one_error(token.cli("init", "--config", config, "--out", out))
     assert "PKCS#11 key reference, but keys.backend is not pkcs11" in message
     assert snapshot(out) == before
+
+
+def test_kubernetes_export_holds_no_root_key(token, tmp_path):
+    """export-helm in pkcs11 mode: no Secret holds a PEM private key of a CA or the signing key;
+    the token refresher's Secret carries the signing key's reference (its pod must reach the token)."""
+    import base64
+
+    import yaml
+
+    config, out, dest = tmp_path / "bundle.yaml", tmp_path / "out", tmp_path / "helm"
+    config.write_text(token.config().replace("persistence: {driver: sqlite, sqlite_path: /tmp/unused-hsm.db}",
+                                             "persistence: {driver: postgres}"))
+    assert token.cli("init", "--config", config, "--out", out, "-q").returncode == 0
+    result = token.cli("export-helm", "--config", config, "--out", out, "--dest", dest, "-q")
+    assert result.returncode == 0, result.stderr
+    leaf_keys = {(out / rel).read_bytes() for rel in leaf_key_paths(config, out)}
+    references = 0
+    for path in (dest / "secrets").glob("*.yaml"):
+        for key, value in (yaml.safe_load(path.read_text()).get("data") or {}).items():
+            data = base64.b64decode(value)
+            if PEM_PRIVATE in data:
+                assert data in leaf_keys, f"{path.name}: {key} holds a private key that is not a leaf's"
+            references += is_reference(data)
+    assert references == 1, "the refresher's Secret names the signing key in the token"
