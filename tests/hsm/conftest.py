@@ -8,6 +8,7 @@ once per process, and a test must see the token exactly as the CLI does."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -65,20 +66,26 @@ class Token:
                               capture_output=True, text=True, timeout=120)
 
 
-@pytest.fixture
-def token(tmp_path) -> Token:
+def softhsm_token(root: Path, label: str) -> tuple[dict, dict]:
+    """A SoftHSM2 token under `root`: (SOFTHSM2_CONF environment, bundle.yaml `keys:` section)."""
     if shutil.which("softhsm2-util") is None:
         pytest.fail("softhsm2-util not found: install softhsm2 (scripts/install-deps.sh)")
-    root = tmp_path / "softhsm"
     (root / "tokens").mkdir(parents=True)
     conf = root / "softhsm2.conf"
     conf.write_text(f"directories.tokendir = {root / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
-    import os
+    env = {"SOFTHSM2_CONF": str(conf)}
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", label, "--pin", PIN, "--so-pin", SO_PIN],
+                   env={**os.environ, **env}, check=True, capture_output=True)
+    (root / "pin").write_text(PIN)
+    keys = {"backend": "pkcs11", "pkcs11": {"module": softhsm_module(), "token_label": label, "pin_file": str(root / "pin")}}
+    return env, keys
 
-    env = {**os.environ, "SOFTHSM2_CONF": str(conf), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    tok = Token(root, softhsm_module(), env=env)
-    tok.init_token(tok.label)
-    tok.pin_file.write_text(PIN + "\n")
+
+@pytest.fixture
+def token(tmp_path) -> Token:
+    env, _ = softhsm_token(tmp_path / "softhsm", "bundle")
+    env = {**os.environ, **env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    tok = Token(tmp_path / "softhsm", softhsm_module(), env=env)
     tok.pin_file.chmod(0o600)
     return tok
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 
 import jwt
@@ -16,7 +15,7 @@ import pytest
 from bootstrap.hsm import is_reference
 from bootstrap.tokens import SigningKey
 from tests.harness import LocalCluster, run_cli
-from tests.hsm.conftest import PIN, SO_PIN, softhsm_module
+from tests.hsm.conftest import softhsm_token
 from tests.server.conftest import EXTRA_ROLES
 from tests.server.test_authorization import Identity, claims_for, identity, run
 
@@ -25,16 +24,9 @@ pytestmark = pytest.mark.timeout(900)
 
 @pytest.fixture(scope="module")
 def hsm_cluster(tmp_path_factory):
-    root = tmp_path_factory.mktemp("softhsm")
-    (root / "tokens").mkdir()
-    conf = root / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {root / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    env, keys = softhsm_token(tmp_path_factory.mktemp("softhsm"), "cluster")
     previous = os.environ.get("SOFTHSM2_CONF")
-    os.environ["SOFTHSM2_CONF"] = str(conf)  # the CLI subprocesses (init, rotate) inherit it
-    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "cluster", "--pin", PIN, "--so-pin", SO_PIN],
-                   check=True, capture_output=True)
-    (root / "pin").write_text(PIN)
-    keys = {"backend": "pkcs11", "pkcs11": {"module": softhsm_module(), "token_label": "cluster", "pin_file": str(root / "pin")}}
+    os.environ.update(env)  # the CLI subprocesses (init, rotate) inherit it
     cluster = LocalCluster(tmp_path_factory.mktemp("cluster-pkcs11"), extra_roles=EXTRA_ROLES, keys=keys,
                            jwks_refresh="2s")
     try:
