@@ -111,6 +111,11 @@ def test_init_keeps_every_root_key_in_the_token(token, hsm_bundle):
     # No PEM private key anywhere but the leaves' own key files; no KEK file either.
     assert files_with_private_pem(out) == leaf_key_paths(config, out)
     assert not (out / "codec-kek").exists()
+    # check-expiry reads certificates and tokens only: the same in both modes (this config's 1s
+    # tokens may already be expired; every certificate is fine).
+    expiry = token.cli("check-expiry", out).stdout
+    certs = [line for line in expiry.splitlines() if " cert " in line]
+    assert len(certs) > 10 and all(line.rstrip().endswith("ok") for line in certs) and " 0 unreadable" in expiry, expiry
     # Re-running creates no key and changes no certificate (1s tokens are re-minted: they are due).
     before = {k: v for k, v in snapshot(out).items() if not k.endswith(".jwt")}
     again = token.cli("init", "--config", config, "--out", out)
