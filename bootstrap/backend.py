@@ -38,11 +38,19 @@ def codec_kek(config, layout: Layout) -> tuple[Kek, list[Action]]:
     if config.keys.backend != "pkcs11":
         return plan_file_kek(layout)
     wrapped = b'"wrapped-v2"' in (read_optional(layout.codec_keys) or b"")
-    kek = session(config).kek(config.keys.kek_label, create=not wrapped)
+    kek = session(config).kek(config.keys.kek_label, create=not wrapped or previous_kek(config, layout) is not None)
     if kek is None:
         raise BundleError(f"PKCS#11 token {config.keys.token_label!r} holds no key labelled {config.keys.kek_label!r}, "
                           f"but {layout.codec_keys} is wrapped by one: wrong token?")
     return kek, []
+
+
+def previous_kek(config, layout: Layout) -> FileKek | None:
+    """A bundle moved from `file` to `pkcs11`: the file KEK its data keys are still wrapped by, so
+    init can re-wrap them under the token's KEK (and then delete the file)."""
+    if config.keys.backend != "pkcs11" or read_optional(layout.codec_kek) is None:
+        return None
+    return FileKek.load(layout.codec_kek)
 
 
 def codec_kek_for_serving(config, layout: Layout) -> Kek:

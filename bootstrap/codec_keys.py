@@ -247,7 +247,7 @@ def load_keyset(path, kek: Kek) -> KeySet:
     return KeySet.parse(data, kek, str(path))
 
 
-def plan_codec_keys(layout: Layout, force: bool, now: datetime, namespaces, kek: Kek) -> list[Action]:
+def plan_codec_keys(layout: Layout, force: bool, now: datetime, namespaces, kek: Kek, previous: Kek | None = None) -> list[Action]:
     """Create the key set if missing, give every configured namespace a ring, migrate a pre-v2
     plaintext ring. Unreadable keys are replaced only with --force; readable ones are never
     dropped, not even with --force (they are the only way to read history already written):
@@ -259,7 +259,11 @@ def plan_codec_keys(layout: Layout, force: bool, now: datetime, namespaces, kek:
     try:
         keyset = KeySet.parse(existing, kek, str(path))
     except KeyringMismatch:
-        raise
+        if previous is None or _json(existing, str(path)).get("kek") != previous.kek_id:
+            raise
+        # Moved to another backend: the same data keys, re-wrapped under the new KEK.
+        moved = KeySet.parse(existing, previous, str(path)).with_namespaces(names, now)
+        return [Write(path, moved.to_bytes(kek), KEY_MODE, "re-wrapped under the new backend's key-encryption key")]
     except BundleError as exc:
         legacy = _parse_legacy(existing, str(path))
         if legacy is not None:

@@ -303,3 +303,29 @@ def test_kubernetes_export_holds_no_root_key(token, tmp_path):
                 assert data in leaf_keys, f"{path.name}: {key} holds a private key that is not a leaf's"
             references += is_reference(data)
     assert references == 1, "the refresher's Secret names the signing key in the token"
+
+
+def test_a_file_bundle_moved_to_pkcs11(token, tmp_path):
+    """Switching an existing file bundle to pkcs11: its PEM CA and signing keys still load; init
+    re-wraps the data keys under the token's KEK and drops codec-kek/; `rotate --kind ca` and
+    `--kind signing-key` then replace the PEM keys with token keys."""
+    config, out = tmp_path / "bundle.yaml", tmp_path / "out"
+    config.write_text(token.config().split("keys:")[0])
+    assert token.cli("init", "--config", config, "--out", out, "-q").returncode == 0
+    before = json.loads((out / "codec-keys/keys.json").read_text())
+    assert before["kek"].startswith("file:") and (out / "codec-kek/kek.key").exists()
+
+    config.write_text(token.config())
+    moved = token.cli("init", "--config", config, "--out", out)
+    assert moved.returncode == 0, moved.stderr
+    assert "re-wrapped under the new backend's key-encryption key" in moved.stdout
+    after = json.loads((out / "codec-keys/keys.json").read_text())
+    assert after["kek"].startswith("pkcs11:") and not (out / "codec-kek/kek.key").exists()
+    for ns in ("orders", "payments"):
+        assert set(after["namespaces"][ns]["keys"]) == set(before["namespaces"][ns]["keys"])
+    for kind in ("signing-key", "ca"):
+        result = token.cli("rotate", "--config", config, "--out", out, "--kind", kind, "--wait", "-q")
+        assert result.returncode == 0, result.stderr
+    assert all(is_reference(p.read_bytes()) for p in root_key_files(out))
+    assert files_with_private_pem(out) == leaf_key_paths(config, out)
+    assert_consistent(config, out)
