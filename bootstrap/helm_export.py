@@ -193,8 +193,16 @@ def _workload_secrets(read: _Reader, n: dict[str, str], server_ca: bytes) -> lis
         _bundle_secret(n["codec"], "codec server", {
             "codec/server.pem": codec[0], "codec/server.key": codec[1],
             "codec-keys/keys.json": read.file(layout.codec_keys), "trust/ca.pem": server_ca,
+            **_codec_kek(layout),
         }),
     ]
+
+
+def _codec_kek(layout) -> dict[str, bytes]:
+    """The file backend's KEK rides with the codec server (the only pod that unwraps data keys);
+    under pkcs11 it stays in the token and the pod reaches the token instead."""
+    data = read_optional(layout.codec_kek)
+    return {"codec-kek/kek.key": data} if data is not None else {}
 
 
 def _tls_secret(name: str, consumer: str, pair: tuple[bytes, bytes], ca: bytes) -> Secret:

@@ -20,7 +20,7 @@ import yaml
 
 from cryptography import x509
 
-from . import pki
+from . import backend, pki
 from .config import BundleConfig
 from .errors import BundleError
 from .pki import CA, LeafCert
@@ -203,6 +203,7 @@ def new_ca(config: BundleConfig, domain: str, now: datetime) -> CA:
         key_algorithm=config.pki.key_algorithm,
         lifetime=config.pki.ca_lifetime,
         now=now,
+        key=backend.new_root_key(config, config.pki.key_algorithm),
     )
 
 
@@ -340,7 +341,7 @@ def plan_signing_key(config: BundleConfig, layout: Layout, force: bool, exchange
         on_disk = sorted(layout.signing_keys.glob("*.key")) if layout.signing_keys.is_dir() else []
         if on_disk and not force:
             raise BundleError(f"{layout.active_kid} is missing but signing keys exist; {FORCE_HINT}")
-        key = SigningKey.generate(config.jwt.algorithm)
+        key = SigningKey.generate(config.jwt.algorithm, lambda alg: backend.new_root_key(config, alg))
         reason = "created" if active_raw is None and not on_disk else "replaced (--force)"
         actions: list[Action] = [Delete(p, "dropped (--force)") for p in on_disk if p.stem != key.kid]
         actions += [

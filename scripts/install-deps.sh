@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 # chromium: the Web UI browser tests (Playwright launches it by path; no browser download).
-for pkg in docker.io iptables debootstrap postgresql openssl curl chromium; do
+# softhsm2: a real PKCS#11 token for keys.backend pkcs11 (tests/hsm).
+for pkg in docker.io iptables debootstrap postgresql openssl curl chromium softhsm2; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

@@ -247,6 +247,8 @@ class LocalCluster:
     # Called with the cluster after `init`, before anything starts: lets a test reshape the
     # bundle (e.g. into the one-CA layout of bundles made before trust domains).
     after_init: object = None
+    # bundle.yaml's `keys:` section, e.g. the pkcs11 backend (tests/server/test_pkcs11_cluster.py).
+    keys: dict | None = None
 
     @property
     def bundle(self) -> Path:
@@ -298,6 +300,7 @@ class LocalCluster:
             # The docker tier runs the stack with Dex.
             "oidc": {"enabled": False},
             "bundle_dir": str(self.bundle),
+            **({"keys": self.keys} if self.keys else {}),
         }
 
     def start(self, timeout: float = 120) -> "LocalCluster":

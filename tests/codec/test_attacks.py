@@ -29,7 +29,9 @@ from temporalio.api.common.v1 import Payload, Payloads
 
 from bootstrap.cli import main
 from bootstrap.codec import encrypt
-from bootstrap.codec_keys import Keyring
+from bootstrap.codec_keys import Keyring, KeySet
+from bootstrap.kek import FileKek
+from bootstrap.pki import utcnow
 from bootstrap.tokens import SigningKey, mint_token
 from tests.codec.test_codec_unit import legacy_encrypt
 from tests.harness import free_port, wait_until
@@ -153,8 +155,17 @@ def headers(bearer: str, namespace: str = "orders") -> dict:
     return {"Authorization": f"Bearer {bearer}", "X-Namespace": namespace, "Content-Type": "application/json"}
 
 
-def keyring(out: Path) -> Keyring:
-    return Keyring.parse((out / "codec-keys/keys.json").read_bytes())
+def keyring(out: Path) -> KeySet:
+    return KeySet.parse((out / "codec-keys/keys.json").read_bytes(), FileKek.load(out / "codec-kek/kek.key"))
+
+
+def with_legacy_ring(out: Path) -> Keyring:
+    """A bundle migrated from the pre-v2 shared ring: that ring, kept (wrapped) for decoding."""
+    kek, keys = FileKek.load(out / "codec-kek/kek.key"), keyring(out)
+    if keys.legacy is None:
+        keys = KeySet(keys.rings, Keyring.generate(utcnow()))
+        (out / "codec-keys/keys.json").write_bytes(keys.to_bytes(kek))
+    return keys.legacy
 
 
 def timed_decode(codec: Served, out: Path) -> float:
@@ -186,13 +197,18 @@ def test_a_payments_payload_is_not_decrypted_for_an_orders_admin(bundle, codec):
     # Same request, one payload the caller may read: that one is decrypted (the check can fail).
     status, data = codec.post("/decode", body(payments, orders), headers(token(out, "mixed"), "orders"))
     assert status == 200 and parse(data) == [payments, PLAIN]
-    # A cluster-wide admin reads both.
+    # A cluster-wide admin reads each in its own namespace's history...
+    status, data = codec.post("/decode", body(payments), headers(token(out, "system"), "payments"))
+    assert parse(data) == [PLAIN]
+    # ...but not a payments payload replayed into the orders history: bound to another namespace.
     status, data = codec.post("/decode", body(payments, orders), headers(token(out, "system"), "orders"))
-    assert parse(data) == [PLAIN, PLAIN]
+    assert parse(data) == [payments, PLAIN]
+    assert codec.events()[-1]["refused_namespaces"] == ["payments (bound to another namespace)"]
 
     mine = [e for e in codec.events() if e.get("event") == "codec" and e.get("sub") == "temporal-bundle:mixed"]
     assert mine[-2]["outcome"] == "refused" and mine[-2]["decrypted"] == 0
-    assert mine[-2]["refused_namespaces"] == ["payments"] and mine[-2]["namespace"] == "orders"
+    assert mine[-2]["refused_namespaces"] == ["payments (bound to another namespace)"]
+    assert mine[-2]["namespace"] == "orders"
     assert mine[-1]["outcome"] == "partly refused" and mine[-1]["decrypted"] == 1 and mine[-1]["refused"] == 1
 
 
@@ -201,13 +217,14 @@ def test_relabelling_a_payload_to_the_callers_namespace_fails(bundle, codec):
     payments = encrypt(PLAIN, keyring(out), "payments")
     relabelled = Payload(metadata={**payments.metadata, "encryption-namespace": b"orders"}, data=payments.data)
     status, data = codec.post("/decode", body(relabelled), headers(token(out, "mixed"), "orders"))
-    assert status == 400 and b"failed authentication" in data and b"4111" not in data
+    # The orders ring does not even hold the payments key.
+    assert status == 400 and b"unknown key id" in data and b"4111" not in data
     assert codec.events()[-1]["outcome"] == "refused"
 
 
 def test_payloads_written_before_the_binding_need_a_cluster_wide_role(bundle, codec):
     _, _, out, _ = bundle
-    old = legacy_encrypt(PLAIN, keyring(out))
+    old = legacy_encrypt(PLAIN, with_legacy_ring(out))
     status, data = codec.post("/decode", body(old), headers(token(out, "mixed"), "orders"))
     assert status == 200 and parse(data) == [old]
     assert codec.events()[-1]["refused_namespaces"] == ["unbound (needs temporal-system)"]

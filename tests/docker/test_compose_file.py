@@ -108,7 +108,8 @@ BUNDLE_MOUNTS = {
     "temporal-schema": {"bundle-trust", "bundle-dbclient"},
     "temporal": {"bundle-config", "bundle-trust", "bundle-server", "bundle-dbclient", "bundle-tools"},
     "temporal-register-namespaces": {"bundle-trust", "bundle-registrar"},
-    "codec-server": {"bundle-codec", "bundle-codec-keys", "bundle-trust"},
+    # The data keys and the KEK that unwraps them: the one service that decrypts payloads.
+    "codec-server": {"bundle-codec", "bundle-codec-keys", "bundle-codec-kek", "bundle-trust"},
     "temporal-ui": {"bundle-trust", "bundle-ui"},
     # Its own config (client secret, bcrypt hashes) and HTTPS cert; trusts nothing of ours.
     "dex": {"bundle-dex"},
