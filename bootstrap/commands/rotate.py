@@ -1,4 +1,5 @@
-"""rotate: certificates, the JWT signing key or the CA, without downtime, in resumable phases."""
+"""rotate: leaf certs, the JWT or token exchange signing key, the CA or the payload data key,
+without downtime, in resumable phases."""
 
 from __future__ import annotations
 
