@@ -145,7 +145,7 @@ tokens: $(BUNDLE_CONFIG_FILE) ## re-mint role tokens that are stale (past 2/3 of
 	$(BOOTSTRAP) mint-tokens
 
 .PHONY: rotate
-rotate: $(BUNDLE_CONFIG_FILE) ## rotation step: KIND=certs|signing-key|ca|trust-domains|codec-key (ROTATE_ARGS for more, e.g. --wait)
+rotate: $(BUNDLE_CONFIG_FILE) ## rotation step: KIND=certs|signing-key|exchange-key|ca|trust-domains|codec-key (ROTATE_ARGS for more, e.g. --wait)
 	$(BOOTSTRAP) rotate $(ROTATE_ARGS)
 	@# Temporal and the JWKS server re-read their certificates by themselves; PostgreSQL reloads
 	@# its certificate and CA files only on SIGHUP (a reload, not a restart: connections stay).

@@ -1,5 +1,5 @@
-"""The encrypted backup archive: every CA and signing key, the codec keys, bundle.yaml and the
-database dumps, sealed with a passphrase.
+"""The encrypted backup archive: every CA and signing key (the token exchange's too), the codec
+keys, bundle.yaml and the database dumps, sealed with a passphrase.
 
 Layout (all integers big-endian):
 
@@ -45,8 +45,10 @@ TAG_SIZE = 16
 PREFIX_SIZE = HEADER.size + TAG_SIZE
 SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P = 15, 8, 1  # 32 MiB of memory, about 0.1 s per derivation
 ALLOWED_LOG2_N = range(14, 17)  # at most 64 MiB: a crafted header must not exhaust a small container
-# Where archive entries may land: the bundle's private/ and codec-keys/, bundle.yaml, the dumps.
+# Where archive entries may land: the bundle's private/ and codec-keys/, the token exchange's
+# signing key (not the rest of exchange/: its TLS pair is re-issued), bundle.yaml, the dumps.
 BUNDLE_PREFIXES = ("private/", "codec-keys/", "codec-kek/")
+BUNDLE_NAMES = ("exchange/signing.key",)
 CONFIG_NAME = "bundle.yaml"
 DUMP_PREFIX = "databases/"
 PGDUMP_MAGIC = b"PGDMP"  # pg_dump --format=custom
@@ -69,7 +71,7 @@ class Archive:
         return self.manifest["server_ca_sha256"]
 
     def bundle_files(self) -> list[Entry]:
-        return [e for e in self.entries.values() if e.name.startswith(BUNDLE_PREFIXES)]
+        return [e for e in self.entries.values() if e.name.startswith(BUNDLE_PREFIXES) or e.name in BUNDLE_NAMES]
 
     def dump(self, database: str) -> bytes:
         entry = self.entries.get(f"{DUMP_PREFIX}{database}.dump")
@@ -93,7 +95,7 @@ def ca_fingerprint(cert_pem: bytes, what: str) -> str:
 def check_name(name: str) -> None:
     path = PurePosixPath(name)
     safe = not path.is_absolute() and ".." not in path.parts and str(path) == name
-    allowed = name == CONFIG_NAME or name.startswith(BUNDLE_PREFIXES + (DUMP_PREFIX,))
+    allowed = name in (CONFIG_NAME, *BUNDLE_NAMES) or name.startswith(BUNDLE_PREFIXES + (DUMP_PREFIX,))
     if not (safe and allowed):
         raise BundleError(f"archive entry {name!r} is outside what a backup may hold")
 

@@ -324,13 +324,17 @@ class SigningState:
 
 
 def load_signing_keys(layout: Layout) -> dict[str, SigningKey]:
+    return _load_key_dir(layout.signing_keys, FORCE_HINT)
+
+
+def _load_key_dir(directory, hint: str) -> dict[str, SigningKey]:
     keys = {}
-    if not layout.signing_keys.is_dir():
+    if not directory.is_dir():
         return keys
-    for path in sorted(layout.signing_keys.glob("*.key")):
+    for path in sorted(directory.glob("*.key")):
         key = SigningKey.from_pem(read_optional(path) or b"", str(path))
         if key.kid != path.stem:
-            raise BundleError(f"{path}: file name does not match the key's kid {key.kid}; {FORCE_HINT}")
+            raise BundleError(f"{path}: file name does not match the key's kid {key.kid}; {hint}")
         keys[key.kid] = key
     return keys
 
@@ -374,11 +378,16 @@ def active_signing_key(layout: Layout, keys: dict[str, SigningKey]) -> SigningKe
     return keys[kid]
 
 
-def plan_jwks(layout: Layout, published: list[SigningKey], force: bool, exchange: SigningKey | None = None) -> Action:
-    """The JWKS of the bundle's signing keys, plus the token exchange's key when it has one (a key
-    rotation of the bundle's keys keeps publishing it)."""
+def plan_jwks(layout: Layout, published: list[SigningKey], force: bool, exchange: SigningKey | None = None,
+              exchange_others: list[SigningKey] | None = None) -> Action:
+    """The JWKS of the bundle's signing keys, plus the token exchange's key when it has one and the
+    exchange keys a rotation publishes beside it (a rotation of the bundle's keys keeps them all).
+    None means: as on disk."""
     exchange = exchange or load_exchange_key(layout)
-    wanted = jwks_bytes(published + ([exchange] if exchange else []))
+    others = list(load_exchange_keys(layout).values()) if exchange_others is None else exchange_others
+    chosen = published + ([exchange] if exchange else [])
+    chosen += [k for k in sorted(others, key=lambda k: k.kid) if k.kid not in {c.kid for c in chosen}]
+    wanted = jwks_bytes(chosen)
     existing = read_optional(layout.jwks)
     if existing == wanted:
         return Skip(layout.jwks)
@@ -395,6 +404,16 @@ def load_exchange_key(layout: Layout) -> SigningKey | None:
         return SigningKey.from_pem(pem, str(layout.exchange_signing_key))
     except BundleError as exc:
         raise BundleError(f"{exc}; {FORCE_HINT}") from None
+
+
+def load_exchange_keys(layout: Layout) -> dict[str, SigningKey]:
+    """The exchange keys published beside the one it signs with (mid-rotation)."""
+    hint = "inspect it: rotate --kind exchange-key keeps its next and retiring keys there"
+    try:
+        return _load_key_dir(layout.exchange_keys, hint)
+    except BundleError as exc:
+        message = str(exc)
+        raise BundleError(message if hint in message else f"{message}; {hint}") from None
 
 
 def plan_exchange_key(config: BundleConfig, layout: Layout, force: bool) -> tuple[SigningKey | None, list[Action]]:

@@ -8,6 +8,10 @@ next `rotate` finishes the job.
 signing-key:  (none) --publish new key beside the old in the JWKS--> published
               --after jwt.refresh_interval: mint tokens with the new key, make it active--> activated
               --after the longest token lifetime: drop the old key from disk and JWKS--> done
+exchange-key: the token exchange's own key, the same three phases: (none) --publish a new key
+              (private/exchange-keys/) beside the old--> published --after jwt.refresh_interval: the
+              exchange signs with it (exchange/signing.key, re-read without restart)--> activated
+              --after workload_identity.token_lifetime: drop the old key from disk and JWKS--> done
 ca:           (none) --a new CA per trust domain in private/ca[-<domain>]-next.*, each domain's
               trust = old + new--> trusted
               --after the TLS refresh interval: leaves re-issued from the new CAs, CAs swapped--> reissued
@@ -37,6 +41,8 @@ from .plan import (
     active_signing_key,
     load_ca,
     load_cas,
+    load_exchange_key,
+    load_exchange_keys,
     new_ca,
     load_published_keys,
     plan_jwks,
@@ -46,7 +52,7 @@ from .plan import (
 from .store import CA_KEY_MODE, CERT_MODE, KEY_MODE, Action, Delete, Layout, Write, read_optional
 from .tokens import SigningKey
 
-KINDS = ("certs", "signing-key", "ca", "trust-domains", "codec-key")
+KINDS = ("certs", "signing-key", "exchange-key", "ca", "trust-domains", "codec-key")
 # Slack on top of the server's refresh intervals, for timer jitter and clock drift.
 MAX_MARGIN = timedelta(seconds=10)
 
@@ -112,7 +118,7 @@ def current_kind(layout: Layout, requested: str | None) -> str:
             raise BundleError(f"a {in_progress} rotation is in phase {phase}; finish it first (rotate --kind {in_progress})")
         return in_progress
     if requested is None:
-        raise BundleError("no rotation in progress; choose one with --kind certs|signing-key|ca|codec-key")
+        raise BundleError("no rotation in progress; choose one with --kind " + "|".join(k for k in KINDS if k != "trust-domains"))
     return requested
 
 
@@ -125,6 +131,8 @@ def _unrecorded_rotation(layout: Layout) -> str | None:
     active = (read_optional(layout.active_kid) or b"").decode(errors="replace").strip()
     if layout.signing_keys.is_dir() and any(p.stem != active for p in layout.signing_keys.glob("*.key")):
         return "signing-key"
+    if layout.exchange_keys.is_dir() and any(layout.exchange_keys.glob("*.key")):
+        return "exchange-key"
     return None
 
 
@@ -140,6 +148,8 @@ def step(config: BundleConfig, layout: Layout, kind: str, now: datetime, all_cer
         return Step("codec-key", "done", message, [action])
     if kind == "signing-key":
         return _step_signing_key(config, layout, now, probe)
+    if kind == "exchange-key":
+        return _step_exchange_key(config, layout, now, probe)
     return _step_ca(config, layout, now, kind)
 
 
@@ -223,6 +233,90 @@ def _retire_old_keys(layout, keys, active) -> Step:
     actions.append(plan_jwks(layout, [active], force=False))
     actions += _state_delete(layout, "signing-key")
     return Step("signing-key", "done", f"retired {', '.join(retired) or 'nothing'}; JWKS publishes {active.kid} only", actions)
+
+
+# --------------------------------------------------------------------------- token exchange key
+#
+# exchange/signing.key is the key the exchange signs with (and all it mounts); the key a rotation
+# publishes beside it, the next one and then the retiring one, waits in private/exchange-keys/.
+
+
+def _step_exchange_key(config: BundleConfig, layout: Layout, now: datetime, probe=None) -> Step:
+    active = load_exchange_key(layout)
+    if active is None:
+        raise BundleError(f"{layout.exchange_signing_key} not found: no token exchange key to rotate "
+                          "(enable workload_identity and run init first)")
+    others = load_exchange_keys(layout)
+    state = read_state(layout)
+    if state is None:
+        return _publish_exchange_key(config, layout, active, others, now)
+    due = _parse_time(state["due"])
+    if now < due:
+        what = "the server to refetch the JWKS" if state["phase"] == "published" else "exchanged tokens signed by the old key to expire"
+        return _waiting("exchange-key", state["phase"], due, what)
+    keys = {**others, active.kid: active}
+    if state["phase"] == "published":
+        new = keys.get(state["new_kid"])
+        if probe is not None and new is not None and not probe(new):
+            return _waiting("exchange-key", "published", now + margin(config),
+                            "the server to accept the new exchange key (it refetches the JWKS every jwt.refresh_interval)")
+        return _activate_exchange_key(config, layout, keys, active, state, now)
+    if state["phase"] == "activated":
+        return _retire_exchange_key(layout, active, others, state)
+    raise BundleError(f"{layout.rotation_state}: unknown exchange-key phase {state['phase']!r}")
+
+
+def _publish_exchange_key(config, layout, active, others, now) -> Step:
+    pending = [k for kid, k in others.items() if kid != active.kid]
+    if len(pending) > 1:
+        raise BundleError(f"{layout.exchange_keys} holds {len(pending)} keys but no rotation is recorded; inspect it")
+    actions: list[Action] = []
+    if pending:  # a crash after writing the key but before recording the phase: adopt it
+        new = pending[0]
+        note = f"resuming: published exchange key {new.kid} was not recorded"
+    else:
+        new = SigningKey.generate(config.jwt.algorithm)
+        actions.append(Write(layout.exchange_key(new.kid), new.private_pem(), KEY_MODE, "next token exchange key"))
+        note = f"new exchange key {new.kid} published beside {active.kid}"
+    actions.append(plan_jwks(layout, list(load_published_keys(layout).values()), False, active, [new]))
+    due = now + config.jwt.refresh_interval + margin(config)
+    actions.append(_state_write(layout, {"kind": "exchange-key", "phase": "published", "new_kid": new.kid,
+                                         "old_kid": active.kid, "due": _iso(due)}))
+    return Step("exchange-key", "published", note, actions, due, f"the server to refetch the JWKS (until {_iso(due)})")
+
+
+def _activate_exchange_key(config, layout, keys, active, state, now) -> Step:
+    new, old = keys.get(state["new_kid"]), keys.get(state["old_kid"])
+    if new is None or old is None:
+        missing = state["new_kid"] if new is None else state["old_kid"]
+        raise BundleError(f"{layout.rotation_state}: exchange key {missing} is neither in {layout.exchange_signing_key} "
+                          f"nor in {layout.exchange_keys}")
+    actions: list[Action] = []
+    # Old key kept published first, then the swap, then the next key's copy dropped: a crash
+    # anywhere leaves both keys published and this phase to run again.
+    if not layout.exchange_key(old.kid).exists():
+        actions.append(Write(layout.exchange_key(old.kid), old.private_pem(), KEY_MODE, "retiring token exchange key"))
+    if active.kid != new.kid:
+        actions.append(Write(layout.exchange_signing_key, new.private_pem(), KEY_MODE, "the token exchange signs with the new key"))
+    if layout.exchange_key(new.kid).exists():
+        actions.append(Delete(layout.exchange_key(new.kid), "promoted to exchange/signing.key"))
+    actions.append(plan_jwks(layout, list(load_published_keys(layout).values()), False, new, [old]))
+    due = now + config.workload_identity.token_lifetime + margin(config)
+    actions.append(_state_write(layout, {**state, "phase": "activated", "due": _iso(due)}))
+    return Step("exchange-key", "activated", f"the exchange now signs with {new.kid}", actions, due,
+                f"exchanged tokens signed by the old key to expire (until {_iso(due)})")
+
+
+def _retire_exchange_key(layout, active, others, state) -> Step:
+    if active.kid != state["new_kid"]:
+        raise BundleError(f"{layout.exchange_signing_key} holds kid {active.kid}, not the rotation's new key "
+                          f"{state['new_kid']}; inspect it")
+    retired = [kid for kid in others if kid != active.kid]
+    actions: list[Action] = [Delete(layout.exchange_key(kid), "retired token exchange key") for kid in others]
+    actions.append(plan_jwks(layout, list(load_published_keys(layout).values()), False, active, []))
+    actions += _state_delete(layout, "exchange-key")
+    return Step("exchange-key", "done", f"retired {', '.join(retired) or 'nothing'}; JWKS publishes exchange key {active.kid} only",
+                actions)
 
 
 # --------------------------------------------------------------------------- CAs

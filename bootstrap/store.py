@@ -118,6 +118,16 @@ class Layout:
     def exchange_signing_key(self) -> Path:
         return self.root / "exchange" / "signing.key"
 
+    # The exchange keys published but not signing: the next one (rotate --kind exchange-key,
+    # phase published) or the retiring one (phase activated). In private/: the exchange never
+    # needs them, only the JWKS does.
+    @property
+    def exchange_keys(self) -> Path:
+        return self.private / "exchange-keys"
+
+    def exchange_key(self, kid: str) -> Path:
+        return self.exchange_keys / f"{kid}.key"
+
     # codec-kek/: the key that wraps the data keys (file backend). Apart from codec-keys/, so a
     # copy of the wrapped keys alone (a volume, an export) opens nothing.
     @property

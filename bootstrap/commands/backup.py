@@ -21,9 +21,9 @@ from the file named by --passphrase-file (env BACKUP_PASSPHRASE_FILE) or from th
 variable BACKUP_PASSPHRASE; never from the command line.
 
   create   seal private/ (every CA and signing key, cluster.json), codec-keys/keys.json,
-           bundle.yaml and the database dumps (--dumps-stdin or --dump NAME=FILE) into --archive
+           exchange/signing.key (workload_identity), bundle.yaml and the database dumps (--dumps-stdin or --dump NAME=FILE) into --archive
   verify   decrypt and check the archive (and that it belongs to this bundle's cluster)
-  restore  verify, then write the archive's private/ and codec-keys/ files into the bundle
+  restore  verify, then write the archive's private/, codec-keys/ and exchange key into the bundle
            (and bundle.yaml to --config-out); `init` then finds the CAs and keeps them
   dump     verify, then write one database's pg_dump (custom format) to stdout
 """
@@ -140,6 +140,8 @@ def bundle_entries(layout: Layout) -> list[Entry]:
     files.append(layout.codec_keys)
     if read_optional(layout.codec_kek) is not None:  # file backend; under pkcs11 the KEK is in the token
         files.append(layout.codec_kek)
+    if read_optional(layout.exchange_signing_key) is not None:  # workload_identity: live exchanged tokens name its kid
+        files.append(layout.exchange_signing_key)
     return [Entry(layout.relative(p), read_optional(p) or b"", stat.S_IMODE(p.stat().st_mode)) for p in files]
 
 

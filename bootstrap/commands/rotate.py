@@ -1,4 +1,5 @@
-"""rotate: certificates, the JWT signing key or the CA, without downtime, in resumable phases."""
+"""rotate: leaf certs, the JWT or token exchange signing key, the CA or the payload data key,
+without downtime, in resumable phases."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from ..rotation import KINDS, current_kind, step
 from ..store import apply, locked
 from .common import load, report, standard
 
-HELP = "rotate leaf certs, the JWT signing key, the CA or the payload data key without downtime"
+HELP = "rotate leaf certs, the JWT or token exchange signing key, the CA or the payload data key without downtime"
 DESCRIPTION = """Rotate without downtime. Each run advances the rotation as far as it can and says
 which phase it is in and what it waits for; run it again (or pass --wait) to finish. A run killed
 at any point is completed by the next one.
@@ -20,6 +21,10 @@ at any point is completed by the next one.
   --kind signing-key  publish a new key beside the old in jwks.json; after jwt.refresh_interval
                       make it active and re-mint tokens; after the longest token lifetime retire
                       the old key.
+  --kind exchange-key the token exchange's signing key, in the same three phases: publish a new
+                      key beside the old; after jwt.refresh_interval the exchange signs with it
+                      (it re-reads exchange/signing.key, no restart); after
+                      workload_identity.token_lifetime retire the old key. Workers keep running.
   --kind ca           every trust domain (server, client, internode, database) at once: trust
                       old+new CA; then re-issue the leaves from the new CAs; then drop the old.
   --kind trust-domains  a bundle made before trust domains, where one CA signs everything: the
@@ -50,7 +55,7 @@ def add_parser(sub, name):
     parser.add_argument(
         "--probe-address",
         metavar="HOST:PORT",
-        help="before activating a new signing key, prove the frontend at HOST:PORT accepts it "
+        help="before activating a new signing or exchange key, prove the frontend at HOST:PORT accepts it "
         "(mTLS with the system cert, a short-lived token signed by the new key)",
     )
     parser.add_argument("--server-name", help="TLS server name for --probe-address (default: frontend_host)")

@@ -18,7 +18,7 @@ DESCRIPTION = """Serve POST /token (RFC 8693 token exchange) and GET /healthz ov
 exchange/server certificate. A subject token from an issuer in workload_identity.issuers, verified
 against that issuer's OIDC discovery and JWKS (iss, aud, exp, nbf, signature, kubernetes.io claims),
 is exchanged for a Temporal token signed with exchange/signing.key (a key used for nothing else,
-published in jwks.json) holding the permissions the bindings grant, valid for
+published in jwks.json; re-read when `rotate --kind exchange-key` replaces it, no restart) holding the permissions the bindings grant, valid for
 workload_identity.token_lifetime and never past the subject token's own expiry.
 Mounts: exchange/ (its TLS pair and signing key) and the issuers' CA files; nothing else."""
 
@@ -52,7 +52,7 @@ def run(args) -> int:
     policy = ExchangePolicy(workload, tuple(ns.name for ns in config.namespaces), config.jwt.issuer, config.jwt.audience)
     port = args.port or workload.port
     try:
-        server = make_server(args.host, port, policy=policy, key=key, cert=cert, tls_key=tls_key,
+        server = make_server(args.host, port, policy=policy, key_file=layout.exchange_signing_key, cert=cert, tls_key=tls_key,
                              limits=Limits(max_connections=args.max_connections))
     except (OSError, ssl.SSLError) as exc:
         raise BundleError(f"cannot start the token exchange on {args.host}:{port}: {exc}") from None

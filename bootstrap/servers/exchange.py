@@ -30,12 +30,13 @@ import aiohttp
 import jwt
 from aiohttp import web
 
+from ..errors import BundleError
 from ..tokens import SigningKey
 from ..workload_identity import (ACCESS_TOKEN_TYPE, GRANT_TYPE, ISSUED_TOKEN_TYPE, JWT_TOKEN_TYPE, Refused,
                                  WorkloadIdentityConfig, WorkloadIssuer, exchanged_token, permissions_for,
                                  verify_subject)
 from .auth import MAX_JWKS_BYTES, JWKSUnavailable, URLJWKS
-from .http import Limits, Refusal, ReloadingTLS, Service, clip, declared_length, log_event, read_body
+from .http import Limits, Refusal, ReloadingTLS, Service, _stamp, clip, declared_length, log_event, read_body
 
 TOKEN_PATH = "/token"
 MAX_FORM = 16 * 1024  # a service-account token is ~1 KiB; nothing legitimate comes near this
@@ -113,13 +114,45 @@ class IssuerKeys:
             await self._session.close()
 
 
+# --------------------------------------------------------------------------- the signing key
+
+
+class ReloadingKey:
+    """exchange/signing.key, re-read when it changes (`rotate --kind exchange-key` swaps it with an
+    atomic rename): every token is signed with the key on disk, no restart. A file that does not
+    load keeps the last good key, as the TLS pair does."""
+
+    def __init__(self, path: Path):
+        self.path, self._stamp, self._key = Path(path), None, None
+        self.current()  # fail at start, not on the first exchange
+
+    def current(self) -> SigningKey:
+        try:
+            stamp = _stamp(self.path)
+            if stamp != self._stamp:
+                key = SigningKey.from_pem(self.path.read_bytes(), str(self.path))
+                if self._key is not None and key.kid != self._key.kid:
+                    log_event("signing-key-reloaded", kid=key.kid, previous=self._key.kid)
+                self._key, self._stamp = key, stamp
+        except (OSError, BundleError) as exc:
+            if self._key is None:
+                raise
+            log_event("signing-key-unusable", error=clip(str(exc)), kept=self._key.kid)
+            self._stamp = None
+        return self._key
+
+
 # --------------------------------------------------------------------------- the exchange
 
 
 class Exchange:
-    def __init__(self, policy: ExchangePolicy, key: SigningKey, limits: Limits):
-        self.policy, self.key, self.limits = policy, key, limits
+    def __init__(self, policy: ExchangePolicy, key: ReloadingKey, limits: Limits):
+        self.policy, self.signing, self.limits = policy, key, limits
         self.keys = {i.issuer: IssuerKeys(i) for i in policy.workload.issuers}
+
+    @property
+    def key(self) -> SigningKey:
+        return self.signing.current()
 
     async def route(self, request: web.Request) -> web.StreamResponse:
         if request.path == "/healthz" and request.method == "GET":
@@ -226,11 +259,12 @@ def _closing(response: web.Response, request: web.Request) -> web.Response:
     return response
 
 
-def make_server(host: str, port: int, *, policy: ExchangePolicy, key: SigningKey, cert: Path | None, tls_key: Path | None,
+def make_server(host: str, port: int, *, policy: ExchangePolicy, key_file: Path, cert: Path | None, tls_key: Path | None,
                 limits: Limits = Limits()) -> Service:
-    """Fails at start (OSError, ssl.SSLError) if the address or the certificate is unusable."""
+    """Fails at start (OSError, ssl.SSLError, BundleError) if the address, the certificate or the
+    signing key is unusable."""
     limits = Limits(limits.max_connections, limits.header_timeout, min(limits.body_timeout, 10.0), MAX_FORM)
-    exchange = Exchange(policy, key, limits)
+    exchange = Exchange(policy, ReloadingKey(key_file), limits)
     tls = ReloadingTLS(cert, tls_key) if cert and tls_key else None
     app = web.Application(client_max_size=MAX_FORM)
     app.router.add_route("*", "/{tail:.*}", exchange.route)

@@ -45,12 +45,13 @@ class WorkloadCluster(LocalCluster):
 
     issuer: KubeIssuer | None = None
     exchange_port: int = 0
+    exchange_lifetime: str = "5m"
 
     def bundle_config(self) -> dict:
         doc = super().bundle_config()
         doc["workload_identity"] = {
             "port": self.exchange_port,
-            "token_lifetime": "5m",
+            "token_lifetime": self.exchange_lifetime,
             "issuers": [{"name": "cluster", "issuer": self.issuer.issuer, "audience": AUDIENCE,
                          "ca_file": str(self.issuer.ca_file), "auth_token_file": str(self.issuer.token_file)}],
         }
@@ -59,10 +60,14 @@ class WorkloadCluster(LocalCluster):
 
 @pytest.fixture(scope="module")
 def wi(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("workload-identity")
+    yield from workload_cluster(tmp_path_factory.mktemp("workload-identity"))
+
+
+def workload_cluster(workdir: Path, exchange_lifetime: str = "5m", **kwargs):
+    """The stand-in issuer, the cluster and `serve-exchange`, stopped after the yield."""
     issuer = KubeIssuer(workdir / "issuer", free_port()).start()
-    cluster = WorkloadCluster(workdir / "cluster")
-    cluster.issuer, cluster.exchange_port = issuer, free_port()
+    cluster = WorkloadCluster(workdir / "cluster", **kwargs)
+    cluster.issuer, cluster.exchange_port, cluster.exchange_lifetime = issuer, free_port(), exchange_lifetime
     try:
         cluster.start_registered()
         argv = [sys.executable, "-m", "bootstrap", "serve-exchange", "--config", str(cluster.config_path),
@@ -325,3 +330,97 @@ def test_exchange_http_hardening(wi):
     assert call("POST", "/token", iter([good.encode()]), {**form, "Transfer-Encoding": "chunked"})[0] == 411
     status, cache, doc = call("POST", "/token", good, form)
     assert (status, cache) == (200, "no-store") and doc["access_token"]
+
+
+# --------------------------------------------------------------------------- rotation of the exchange's key
+
+
+@pytest.fixture(scope="module")
+def fast_wi(tmp_path_factory):
+    """Short intervals so the whole rotation fits in a test: the server refetches the JWKS every
+    2 s; exchanged tokens live 1 min (the shortest workload_identity allows), refreshed at 30 s."""
+    yield from workload_cluster(tmp_path_factory.mktemp("exchange-rotation"), exchange_lifetime="1m",
+                                namespaces=("default",), jwks_refresh="2s")
+
+
+async def rotate_exchange_key(cluster) -> str:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bootstrap", "rotate", "--config", str(cluster.config_path), "--out", str(cluster.bundle),
+        "--kind", "exchange-key", "--wait", "--probe-address", cluster.address, "--server-name", "localhost",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 240)
+    assert process.returncode == 0, err.decode()
+    return out.decode()
+
+
+def test_worker_keeps_running_while_the_exchange_key_rotates(fast_wi, tmp_path):
+    """`rotate --kind exchange-key --wait` through all three phases while a worker runs on exchanged
+    tokens: the running exchange picks up the new key without a restart, every call succeeds,
+    the worker moves from the old kid to the new one, and afterwards a token signed by the
+    retired key is refused by the server."""
+    cluster, layout = fast_wi, Layout(fast_wi.bundle)
+    old_key = load_exchange_key(layout)
+    token_file = project(cluster, tmp_path, namespace="default", account="orders-worker", lifetime=3600)
+
+    async def scenario():
+        client, refresher = await connect_workload(cluster.address, exchange_url=exchange_url(cluster),
+                                                   bundle_dir=cluster.bundle, token_file=token_file,
+                                                   namespace="default", server_name="localhost")
+        refreshing = asyncio.create_task(refresher.run())
+        rotating = asyncio.create_task(rotate_exchange_key(cluster))
+        queue = f"wi-xrot-{uuid.uuid4().hex[:8]}"
+        calls, failures, kids, settle = 0, [], [], None
+        async with Worker(client, task_queue=queue, workflows=[GreetingWorkflow], activities=[greet]):
+            # On until the rotation is done, then 3 JWKS refreshes more: the server has dropped
+            # the old key by then, and the worker must not notice.
+            while settle is None or time.monotonic() < settle:
+                try:
+                    assert await start_greeting(client, queue) == "hello, pod"
+                except Exception as exc:  # noqa: BLE001 (every failure is counted, none hidden)
+                    failures.append(repr(exc))
+                calls += 1
+                kid = jwt.get_unverified_header(client.api_key)["kid"]
+                if not kids or kids[-1] != kid:
+                    kids.append(kid)
+                if settle is None and rotating.done():
+                    settle = time.monotonic() + 6
+                await asyncio.sleep(0.2)
+        refreshing.cancel()
+        return await rotating, calls, failures, kids, refresher
+
+    log, calls, failures, kids, refresher = asyncio.run(scenario())
+    new_kid = load_exchange_key(layout).kid
+    print(f"\nexchange-key rotation: {calls} workflows, {len(failures)} failed, kids {kids}, "
+          f"{refresher.exchanges} exchanges, {refresher.failures} failed exchanges")
+    assert failures == []
+    assert refresher.failures == 0, refresher.last_error
+    assert "phase published" in log and "the exchange now signs with" in log and f"retired {old_key.kid}" in log
+    assert new_kid != old_key.kid and kids == [old_key.kid, new_kid]
+    assert calls >= 50
+    published = {k["kid"] for k in json.loads(layout.jwks.read_text())["keys"]}
+    assert new_kid in published and old_key.kid not in published
+    assert not layout.exchange_keys.exists() or not any(layout.exchange_keys.iterdir())
+    ctx = ssl.create_default_context(cafile=str(cluster.bundle / "trust" / "ca.pem"))
+    health = json.loads(urllib.request.urlopen(f"https://localhost:{cluster.exchange_port}/healthz", context=ctx).read())
+    assert health["kid"] == new_kid  # the same process, now signing with the new key
+    assert '"event":"signing-key-reloaded"' in cluster.exchange_log.read_text()
+
+    # The attacker's side: whoever kept the retired key cannot sign their way in any more, while
+    # the very same claims signed by the new key still open the namespace.
+    from bootstrap.config import load_config
+    from bootstrap.tokens import mint_token
+
+    jwt_config = load_config(cluster.config_path).jwt
+
+    def signed_by(key):
+        return mint_token(key, role="workload", permissions=["default:write"], issuer=jwt_config.issuer,
+                          audience=jwt_config.audience, lifetime=timedelta(minutes=1),
+                          subject="cluster:system:serviceaccount:default:orders-worker").encoded
+
+    async def use(token):
+        await describe(await raw_client(cluster, token), "default")
+
+    asyncio.run(use(signed_by(load_exchange_key(layout))))
+    with pytest.raises(BaseException) as refused:
+        asyncio.run(use(signed_by(old_key)))
+    assert denied(refused.value), refused.value

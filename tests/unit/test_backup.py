@@ -236,9 +236,50 @@ def test_create_refusals_write_nothing(cli, fresh_bundle, dump_args, archive, tm
     assert after == before
 
 
-def test_entries_outside_the_bundle_are_refused_when_sealing():
+@pytest.mark.parametrize("name", ["../etc/passwd", "exchange/server.key", "exchange/signing.key/../x", "jwks/jwks.json"])
+def test_entries_outside_the_bundle_are_refused_when_sealing(name):
     from bootstrap.backup import Entry, seal
 
     with pytest.raises(BundleError, match="outside"):
-        seal([Entry("../etc/passwd", b"x", 0o644)], b"p" * 12)
+        seal([Entry(name, b"x", 0o644)], b"p" * 12)
+
+
+WORKLOAD_CONFIG = ("namespaces: [{name: orders}]\n"
+                   "workload_identity:\n  issuers:\n"
+                   "    - {name: cluster, issuer: 'https://kubernetes.default.svc', audience: temporal-service}\n")
+
+
+def test_exchange_key_round_trips_so_live_exchanged_tokens_stay_valid(cli, bundle_maker, dump_args, tmp_path):
+    """The exchange's signing key (and, mid-rotation, the next one in private/exchange-keys/) is in
+    the archive: after a restore onto an empty directory and `init`, the restored JWKS still
+    verifies a token the exchange handed out before the backup, and the exchange keeps its key."""
+    from datetime import timedelta
+
+    from bootstrap.plan import load_exchange_key
+    from bootstrap.tokens import mint_token
+
+    bundle = bundle_maker(WORKLOAD_CONFIG)
+    assert bundle.run("rotate", "--kind", "exchange-key").code == 0  # phase published: two exchange keys
+    exchange = load_exchange_key(bundle.layout)
+    live = mint_token(exchange, role="workload", permissions=["orders:write"], issuer=bundle.config.jwt.issuer,
+                      audience=bundle.config.jwt.audience, lifetime=timedelta(minutes=10),
+                      subject="cluster:system:serviceaccount:orders:worker")
+    path = tmp_path / "wi.tbak"
+    assert bundle.run("backup", "create", "--archive", path, *dump_args).code == 0
+    names = {f["name"] for f in open_archive(path.read_bytes(), PASSPHRASE.encode()).manifest["files"]}
+    assert "exchange/signing.key" in names and "exchange/server.key" not in names
+    assert any(n.startswith("private/exchange-keys/") for n in names)
+
+    target = tmp_path / "restored"
+    assert restore(cli, path, target).code == 0
+    assert cli("init", "--config", bundle.config_path, "--out", target).code == 0
+    restored = target / "exchange" / "signing.key"
+    assert restored.read_bytes() == bundle.layout.exchange_signing_key.read_bytes()
+    assert stat.S_IMODE(restored.stat().st_mode) == 0o600
+    assert private_files(target) == private_files(bundle.root)  # the rotation's next key and state too
+    jwks = json.loads((target / "jwks" / "jwks.json").read_text())
+    assert {k["kid"] for k in jwks["keys"]} == {k["kid"] for k in bundle.jwks()["keys"]}
+    assert verify_token(live.encoded, jwks, audience=bundle.config.jwt.audience)
+    resumed = cli("rotate", "--config", bundle.config_path, "--out", target)  # the rotation carries on there
+    assert resumed.code == 0 and "rotation exchange-key: phase published" in resumed.out, resumed
 
