@@ -19,15 +19,16 @@ pytestmark = pytest.mark.docker
 
 COMPOSE_FILE = REPO / "docker-compose.prod.yml"
 IMAGE_VARIABLES = ("BUNDLE_IMAGE", "TEMPORAL_SERVER_IMAGE", "TEMPORAL_ADMINTOOLS_IMAGE", "POSTGRES_IMAGE", "TEMPORAL_UI_IMAGE",
-                   "DEX_IMAGE")
+                   "DEX_IMAGE", "PROMETHEUS_IMAGE")
 
 
 @pytest.fixture(scope="module")
 def resolved(tmp_path_factory) -> dict:
-    """`docker compose config` output: anchors merged, variables at their defaults."""
+    """`docker compose config` output: anchors merged, variables at their defaults, every profile on."""
     config = tmp_path_factory.mktemp("compose-file") / "bundle.yaml"
     config.write_text((REPO / "bundle.example.yaml").read_text())
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "BUNDLE_CONFIG_FILE": str(config)}
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "BUNDLE_CONFIG_FILE": str(config),
+           "COMPOSE_PROFILES": "monitoring"}
     result = subprocess.run(
         ["docker", "compose", "-f", str(COMPOSE_FILE), "config", "--format", "json"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
@@ -83,7 +84,8 @@ def test_secrets_are_mounted_only_where_needed(resolved):
         if name != "bootstrap":
             assert "bundle-private" not in volumes, f"{name} mounts private/ (CA key)"
             for source, volume in volumes.items():
-                if source.startswith("bundle-") and source not in ("bundle-root", "bundle-tokens"):
+                writes = ("bundle-root", "bundle-tokens", "bundle-metrics") if name == "token-refresher" else ()
+                if source.startswith("bundle-") and source not in writes:
                     assert volume.get("read_only") is True, f"{name} mounts {source} read-write"
         if name not in ("bootstrap", "token-refresher"):
             assert "bundle-signing" not in volumes, f"{name} mounts the JWT signing keys"
@@ -98,7 +100,8 @@ def test_secrets_are_mounted_only_where_needed(resolved):
 # argued for here. Only the bootstrap sees CA keys; only the refresher sees signing keys; only
 # applications' own containers (not in this file) mount clients/ and tokens/.
 BUNDLE_MOUNTS = {
-    "token-refresher": {"bundle-root", "bundle-signing", "bundle-tokens"},
+    # metrics/: it writes the tokens' expiry metrics there for the exporter (profile monitoring).
+    "token-refresher": {"bundle-root", "bundle-signing", "bundle-tokens", "bundle-metrics"},
     "jwks": {"bundle-jwks", "bundle-trust"},
     "postgresql": {"bundle-postgres", "bundle-trust"},
     "temporal-schema": {"bundle-trust", "bundle-dbclient"},
@@ -108,6 +111,13 @@ BUNDLE_MOUNTS = {
     "temporal-ui": {"bundle-trust", "bundle-ui"},
     # Its own config (client secret, bcrypt hashes) and HTTPS cert; trusts nothing of ours.
     "dex": {"bundle-dex"},
+    # Profile monitoring. Certificates only, as nobody (65534: no key file is readable to it);
+    # never tokens/, private/ or codec-keys/. The token report comes from metrics/.
+    "expiry-exporter": {"bundle-trust", "bundle-server", "bundle-dbclient", "bundle-postgres", "bundle-jwks",
+                        "bundle-ui", "bundle-dex", "bundle-clients", "bundle-codec", "bundle-registrar",
+                        "bundle-metrics"},
+    # Its config and the alert rules, rendered by the bootstrap.
+    "prometheus": {"bundle-config"},
 }
 
 
