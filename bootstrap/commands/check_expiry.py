@@ -82,9 +82,10 @@ def add_parser(sub, name):
     add_out(parser)
     option = parser.add_argument
     option("directory", nargs="?", metavar="DIR", help="directory to check (default: --out)")
-    option("--config", default=os.environ.get("BUNDLE_CONFIG"), metavar="FILE",
+    option("--config", metavar="FILE",
            help="bundle.yaml whose monitoring.expiry_warn/expiry_crit are the defaults of --warn/--crit, "
-           "the thresholds the Prometheus alert rules use too (env BUNDLE_CONFIG; without it: 7d and 1d)")
+           "the thresholds the Prometheus alert rules use too (default: env BUNDLE_CONFIG if that file "
+           "exists; without one: 7d and 1d)")
     option("--warn", metavar="DURATION", help="warning when less than this is left (default: monitoring.expiry_warn)")
     option("--crit", metavar="DURATION", help="critical when less than this is left (default: monitoring.expiry_crit)")
     option("--jwks-url", metavar="URL", help="also check every token's kid against this JWKS")
@@ -110,7 +111,10 @@ def run(args) -> int:
 
 def thresholds_of(args) -> Thresholds:
     """--warn/--crit, else bundle.yaml's monitoring thresholds (the alert rules' own)."""
-    monitoring = load_config(args.config).monitoring if args.config else MonitoringConfig()
+    config = args.config or os.environ.get("BUNDLE_CONFIG")
+    if not args.config and config and not Path(config).exists():
+        config = None  # the image's default path with no bundle.yaml mounted: a plain directory check
+    monitoring = load_config(config).monitoring if config else MonitoringConfig()
     warn = parse_duration(args.warn, "--warn") if args.warn else monitoring.expiry_warn
     crit = parse_duration(args.crit, "--crit") if args.crit else monitoring.expiry_crit
     return Thresholds(warn, crit)

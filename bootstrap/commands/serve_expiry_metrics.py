@@ -10,7 +10,6 @@ holds them anyway, writes their check as a textfile (`mint-tokens --watch --expi
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 from ..durations import parse_duration
@@ -42,7 +41,6 @@ def add_parser(sub, name):
 def run(args) -> int:
     from aiohttp import web  # only this command and the HTTPS servers need it
 
-    args.config = args.config or os.environ.get("BUNDLE_CONFIG")
     thresholds = thresholds_of(args)  # a bad config fails now, not on the first scrape
     directory = Path(args.directory or args.out).resolve()
     timeout = parse_duration(args.timeout, "--timeout")

@@ -241,3 +241,11 @@ def test_grafana_dashboards_use_the_provisioned_prometheus():
             assert target["datasource"]["uid"] == datasources[0]["uid"], panel["title"]
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
     assert any("temporal_bundle_expiry_timestamp_seconds" in e for e in dashboard_exprs())
+
+
+def test_check_expiry_without_a_mounted_config_uses_the_defaults(bundle, monkeypatch, tmp_path):
+    """The image sets BUNDLE_CONFIG; `docker run IMAGE check-expiry DIR` without bundle.yaml still works."""
+    _, out = bundle
+    monkeypatch.setenv("BUNDLE_CONFIG", str(tmp_path / "not-mounted.yaml"))
+    assert main(["check-expiry", str(out)]) == 0
+    assert main(["check-expiry", str(out), "--config", str(tmp_path / "not-mounted.yaml")]) == 3  # named: must exist
