@@ -77,7 +77,8 @@ class Load:
                 self.calls.append((time.time(), op, True, "already started"))
                 return True
             except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
-                self.calls.append((time.time(), op, False, f"{type(exc).__name__}: {str(exc)[:160]}"))
+                status = getattr(getattr(exc, "status", None), "name", "")  # RPCError: the gRPC status
+                self.calls.append((time.time(), op, False, f"{type(exc).__name__}({status}): {str(exc)[:160]}"))
                 await asyncio.sleep(0.5)
         return False
 

@@ -33,6 +33,7 @@ class Outcome:
     recovery_s: float
     fault_s: float
     errors: list[str] = field(default_factory=list)
+    refused: int = 0  # calls the server refused for authentication or authorization
 
     def row(self) -> str:
         return (f"| {self.fault} | {self.fault_s:.0f} | {self.started} | {len(self.lost)} | {self.late} | "
@@ -102,8 +103,13 @@ def measure(name: str, summary: dict, injected: float, restored: float, lost: li
         last_failure = max(c[0] for c in failed)
         after = [c[0] for c in calls if c[2] and c[0] > last_failure]
         recovery = (min(after) if after else float("inf")) - restored
+    errors = list(dict.fromkeys(f"{c[0] - injected:+.1f}s {c[1]}: {c[3][:200]}" for c in failed))
+    refused = sum(1 for c in failed if any(s in c[3] for s in REFUSALS))
     return Outcome(name, summary["started"], lost, len(summary["late"]), len(failed), len(calls), max(0.0, recovery),
-                   restored - injected, sorted({c[3].split(":")[0] for c in failed}))
+                   restored - injected, errors[:3] + errors[-2:] if len(errors) > 5 else errors, refused)
+
+
+REFUSALS = ("(UNAUTHENTICATED)", "(PERMISSION_DENIED)")
 
 
 def wait_healthy(stack: ComposeStack, service: str, timeout: float = 180) -> None:
