@@ -98,6 +98,14 @@ class NetworkConfig:
     worker_port: int = 7239
     membership_port_offset: int = -300
     metrics_port: int = 8000
+    # The metrics listener's host, if not internal_bind_ip: in compose a name only the monitoring
+    # network resolves (the server binds that network's address alone), so Prometheus can scrape
+    # it and no application network can.
+    metrics_host: str = ""
+
+    @property
+    def metrics_listen_host(self) -> str:
+        return self.metrics_host or self.internal_bind_ip
     jwks_host: str = "jwks"
     jwks_port: int = 8443
     jwks_sans: tuple[str, ...] = ()
@@ -209,6 +217,17 @@ class KubernetesConfig:
 
 
 @dataclass(frozen=True)
+class MonitoringConfig:
+    """Thresholds shared by check-expiry and the Prometheus alert rules (one source, no drift)."""
+
+    expiry_warn: timedelta = timedelta(days=7)
+    expiry_crit: timedelta = timedelta(days=1)
+    scrape_interval: timedelta = timedelta(seconds=30)
+    frontend_error_ratio: float = 0.05  # errors / requests at the frontend, over 5 minutes
+    persistence_latency_p99: timedelta = timedelta(seconds=1)
+
+
+@dataclass(frozen=True)
 class BundleConfig:
     cluster_name: str
     namespaces: tuple[Namespace, ...]
@@ -222,6 +241,7 @@ class BundleConfig:
     oidc: OIDCConfig = field(default_factory=OIDCConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     workload_identity: Any = field(default_factory=lambda: _workload_identity().WorkloadIdentityConfig())
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     # Where the bundle directory is mounted as the Temporal server sees it (/bundle in compose).
     bundle_dir: str = "/bundle"
     source: str = "<defaults>"
@@ -322,11 +342,13 @@ def parse_config(data: Any, source: str = "<config>") -> BundleConfig:
     oidc = _parse_oidc(top.section("oidc"), {ns.name for ns in namespaces} | {SYSTEM_NAMESPACE}, config.network)
     kubernetes = _parse_kubernetes(top.section("kubernetes"))
     keys = _parse_keys(top.section("keys"))
+    monitoring = _parse_monitoring(top.section("monitoring"))
     workload = _workload_identity().parse_workload_identity(top.section("workload_identity"), tuple(n.name for n in namespaces))
     top.done()
     if not config.bundle_dir.startswith("/"):
         raise BundleError(f"{source}: bundle_dir must be an absolute path, got {config.bundle_dir!r}")
-    return replace(config, roles=roles, codec=codec, oidc=oidc, kubernetes=kubernetes, workload_identity=workload, keys=keys)
+    return replace(config, roles=roles, codec=codec, oidc=oidc, kubernetes=kubernetes, workload_identity=workload, keys=keys,
+                   monitoring=monitoring)
 
 
 def _workload_identity():
@@ -415,6 +437,11 @@ class _Section:
         _check_host(value, f"{self.where}: {key}")
         return value
 
+    def optional_host(self, key: str) -> str:
+        """A host name, or "" when the key is absent or null."""
+        self.seen.add(key)
+        return "" if self.data.get(key) is None else self.host(key, "")
+
     def done(self) -> None:
         unknown = sorted(str(k) for k in self.data if k not in self.seen)
         if unknown:
@@ -479,6 +506,7 @@ def _parse_network(sec: _Section, cluster: _Section) -> NetworkConfig:
         worker_port=sec.port("worker_port", d.worker_port),
         membership_port_offset=sec.integer("membership_port_offset", d.membership_port_offset, -5000, 5000),
         metrics_port=sec.port("metrics_port", d.metrics_port),
+        metrics_host=sec.optional_host("metrics_host"),
         jwks_host=sec.host("jwks_host", d.jwks_host),
         jwks_port=sec.port("jwks_port", d.jwks_port),
         jwks_sans=sec.names("jwks_sans"),
@@ -499,6 +527,26 @@ def _check_ports(net: NetworkConfig, where: str) -> None:
     duplicates = sorted({p for p in ports if ports.count(p) > 1})
     if duplicates:
         raise BundleError(f"{where}: port {duplicates[0]} is used by two Temporal listeners")
+
+
+def _parse_monitoring(sec: _Section) -> MonitoringConfig:
+    d = MonitoringConfig
+    ratio = sec._get("frontend_error_ratio", d.frontend_error_ratio)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
+        raise BundleError(f"{sec.where}: frontend_error_ratio must be a number between 0 and 1, got {ratio!r}")
+    monitoring = MonitoringConfig(
+        expiry_warn=sec.duration("expiry_warn", d.expiry_warn),
+        expiry_crit=sec.duration("expiry_crit", d.expiry_crit),
+        scrape_interval=sec.duration("scrape_interval", d.scrape_interval),
+        frontend_error_ratio=float(ratio),
+        persistence_latency_p99=sec.duration("persistence_latency_p99", d.persistence_latency_p99),
+    )
+    sec.done()
+    if monitoring.expiry_crit > monitoring.expiry_warn:
+        raise BundleError(f"{sec.where}: expiry_crit must not be longer than expiry_warn")
+    if monitoring.scrape_interval < timedelta(seconds=1):
+        raise BundleError(f"{sec.where}: scrape_interval must be at least 1s")
+    return monitoring
 
 
 def _parse_persistence(sec: _Section) -> PersistenceConfig:

@@ -13,7 +13,8 @@ from pathlib import Path, PurePosixPath
 import jinja2
 
 from .config import BundleConfig
-from .durations import go_duration
+from .durations import go_duration, human_duration
+from .expiry import CRIT_SHARE, WARN_SHARE
 from .errors import BundleError
 from .plan import DOMAINS
 from .store import Layout
@@ -24,7 +25,12 @@ OUTPUTS = {
     "temporal.yaml": "temporal.yaml.j2",
     "dynamic_config.yaml": "dynamic_config.yaml.j2",
     "compose.env": "compose.env.j2",
+    # The `monitoring` compose profile's Prometheus (rules share check-expiry's thresholds).
+    "prometheus.yml": "prometheus.yml.j2",
+    "alert-rules.yml": "alert-rules.yml.j2",
 }
+# Where Prometheus finds the expiry exporter (the compose service of the monitoring profile).
+EXPIRY_EXPORTER = "expiry-exporter:9464"
 
 
 def default_templates_dir() -> Path:
@@ -82,6 +88,31 @@ def context(config: BundleConfig) -> dict:
         "expiry_error_window": go_duration(max(config.pki.renew_before / 4, timedelta(hours=1))),
         "paths": server_paths(config),
         "log_level": "info",
+        **monitoring_context(config),
+    }
+
+
+def monitoring_context(config: BundleConfig) -> dict:
+    """The alert rules' numbers: bundle.yaml's monitoring thresholds, and check-expiry's shares."""
+    mon = config.monitoring
+    scrape = mon.scrape_interval
+    return {
+        "scrape_interval": go_duration(scrape),
+        "expiry_exporter": EXPIRY_EXPORTER,
+        "warn_seconds": int(mon.expiry_warn.total_seconds()),
+        "crit_seconds": int(mon.expiry_crit.total_seconds()),
+        "warn_human": human_duration(mon.expiry_warn),
+        "crit_human": human_duration(mon.expiry_crit),
+        "warn_share": repr(WARN_SHARE),
+        "crit_share": repr(CRIT_SHARE),
+        "stale_for": go_duration(3 * scrape),
+        # mint-tokens --watch runs every 60s in compose; three missed rounds, or three scrapes.
+        "token_report_stale_seconds": int(max(timedelta(minutes=3), 3 * scrape).total_seconds()),
+        "jwks_refresh": go_duration(config.jwt.refresh_interval),
+        "jwks_for": go_duration(max(2 * config.jwt.refresh_interval, 2 * scrape)),
+        "frontend_error_ratio": mon.frontend_error_ratio,
+        "persistence_p99_seconds": mon.persistence_latency_p99.total_seconds(),
+        "persistence_p99_human": human_duration(mon.persistence_latency_p99),
     }
 
 

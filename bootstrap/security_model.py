@@ -21,8 +21,9 @@ class Listener:
     admits: str
     token: str  # what a caller needs beyond the TLS layer
     # Where it is reachable in the compose stack: "published" (host loopback and the edge
-    # network), "edge", "backend" (no application container joins it), "container" (loopback
-    # inside its own container only).
+    # network), "edge", "backend" (no application container joins it), "monitoring" (the
+    # monitoring network: Temporal's metrics alias, the exporter, Prometheus; no application
+    # container), "container" (loopback inside its own container only).
     reach: str
     service: str = "temporal"
     profile: str = ""  # a compose profile the service runs under only when enabled
@@ -55,7 +56,7 @@ LISTENERS = (
     Listener("matching membership", "matching_port+membership", "internode", "none", "container"),
     Listener("worker", "worker_port", "internode", "none", "container"),
     Listener("worker membership", "worker_port+membership", "internode", "none", "container"),
-    Listener("metrics", "metrics_port", "plaintext", "none (read-only metrics)", "container"),
+    Listener("metrics", "metrics_port", "plaintext", "none (read-only metrics)", "monitoring"),
     Listener("JWKS", "jwks_port", "any", "none (public keys)", "backend", service="jwks"),
     Listener("codec server", "8888", "any", "a role token; plaintext only for codec.decrypt_role", "published",
              service="codec-server"),
@@ -66,6 +67,11 @@ LISTENERS = (
     Listener("token exchange", "8444", "any", "a workload's identity token from a configured issuer; grants what "
              "workload_identity binds, for minutes", "published", service="token-exchange", profile="workload-identity"),
     Listener("PostgreSQL", "5432", "database", "certificate auth: CN = database user", "backend", service="postgresql"),
+    # Profile `monitoring` only.
+    Listener("Prometheus", "9090", "plaintext", "none (queries every metric; not published)", "monitoring",
+             service="prometheus", profile="monitoring"),
+    Listener("expiry exporter", "9464", "plaintext", "none (expiry dates, no certificate or token)", "monitoring",
+             service="expiry-exporter", profile="monitoring"),
 )
 
 ADMITS = {
@@ -79,6 +85,7 @@ REACH = {
     "published": "host (127.0.0.1) and the edge network",
     "edge": "edge network (not published)",
     "backend": "backend network only (no application joins it)",
+    "monitoring": "monitoring network only (Prometheus; no application joins it)",
     "container": "loopback inside its container only",
 }
 

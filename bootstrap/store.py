@@ -332,10 +332,13 @@ def parse_owners(specs: list[str]) -> tuple[tuple[str, tuple[int, int]], ...]:
 def apply(layout: Layout, actions: list[Action]) -> list[Action]:
     """Carry out a plan. Every decision was made (and every input validated) before this runs."""
     for action in actions:
-        if isinstance(action, Write):
-            write_atomic(action.path, action.data, action.mode, layout.root, layout.owner_of(action.path))
-        elif isinstance(action, Delete):
-            remove(action.path)
+        try:
+            if isinstance(action, Write):
+                write_atomic(action.path, action.data, action.mode, layout.root, layout.owner_of(action.path))
+            elif isinstance(action, Delete):
+                remove(action.path)
+        except OSError as exc:  # a full or read-only disk: the file is as it was (temp + rename)
+            raise BundleError(f"cannot write {layout.relative(action.path)}: {exc.strerror or exc}") from None
     return actions
 
 

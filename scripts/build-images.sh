@@ -286,6 +286,10 @@ build_standins() {
   chmod 0755 "$ctx/dex"
   build_image "$standin/dex:$dex_tag" docker/standins/dex.Dockerfile "$ctx" --build-arg "BASE_IMAGE=$base_image"
 
+  ctx="$(fresh_context prometheus)"
+  build_image "$standin/prometheus:debian-bookworm" docker/standins/prometheus.Dockerfile "$ctx" \
+    --build-arg "BASE_IMAGE=$base_image"
+
   build_bundle "$standin/python:$python_version-bookworm"
 
   mkdir -p build
@@ -297,6 +301,7 @@ TEMPORAL_ADMINTOOLS_IMAGE=$standin/admin-tools:$temporal_version
 POSTGRES_IMAGE=$standin/postgres:15-bookworm
 TEMPORAL_UI_IMAGE=$standin/ui:$ui_version
 DEX_IMAGE=$standin/dex:$dex_tag
+PROMETHEUS_IMAGE=$standin/prometheus:debian-bookworm
 BUNDLE_IMAGE=$bundle_image
 EOF
   mv "$env_file.tmp" "$env_file"

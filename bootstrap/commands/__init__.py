@@ -1,5 +1,5 @@
 from . import check_expiry, generate_certs, init, mint_tokens, register_namespaces, render_config, rotate, serve_jwks
-from . import backup, export_helm, serve_codec, serve_exchange, show_admin_password
+from . import backup, export_helm, serve_codec, serve_exchange, serve_expiry_metrics, show_admin_password
 
 COMMANDS = {
     "init": init,
@@ -15,4 +15,5 @@ COMMANDS = {
     "export-helm": export_helm,
     "backup": backup,
     "show-admin-password": show_admin_password,
+    "serve-expiry-metrics": serve_expiry_metrics,
 }

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from ..config import MonitoringConfig, load_config
 from ..durations import human_duration, parse_duration
 from ..errors import BundleError
 from ..expiry import (
@@ -58,6 +60,8 @@ so it wins even over an expired certificate):
 metrics (--prometheus FILE, for node_exporter's textfile collector; written atomically, mode 0644):
   temporal_bundle_expiry_seconds{name,kind,subject}            seconds left, negative once expired
   temporal_bundle_expiry_timestamp_seconds{name,kind,subject}  not-after as Unix time
+  temporal_bundle_lifetime_seconds{name,kind,subject}          not-after minus not-before (iat for
+                                                               tokens); +Inf when unknown
   temporal_bundle_item_status{name,kind,subject}               0 ok, 1 warning, 2 critical or
                                                                expired, 3 unreadable
   temporal_bundle_items{status}                                rows per status, incl. unreadable
@@ -78,8 +82,12 @@ def add_parser(sub, name):
     add_out(parser)
     option = parser.add_argument
     option("directory", nargs="?", metavar="DIR", help="directory to check (default: --out)")
-    option("--warn", default="7d", metavar="DURATION", help="warning when less than this is left (default: 7d)")
-    option("--crit", default="1d", metavar="DURATION", help="critical when less than this is left (default: 1d)")
+    option("--config", metavar="FILE",
+           help="bundle.yaml whose monitoring.expiry_warn/expiry_crit are the defaults of --warn/--crit, "
+           "the thresholds the Prometheus alert rules use too (default: env BUNDLE_CONFIG if that file "
+           "exists; without one: 7d and 1d)")
+    option("--warn", metavar="DURATION", help="warning when less than this is left (default: monitoring.expiry_warn)")
+    option("--crit", metavar="DURATION", help="critical when less than this is left (default: monitoring.expiry_crit)")
     option("--jwks-url", metavar="URL", help="also check every token's kid against this JWKS")
     option("--ca-file", type=Path, metavar="FILE", help="CA to trust for an https --jwks-url (default: DIR/trust/ca.pem)")
     option("--timeout", default="10s", metavar="DURATION", help="timeout for fetching --jwks-url (default: 10s)")
@@ -101,8 +109,19 @@ def run(args) -> int:
     return code
 
 
+def thresholds_of(args) -> Thresholds:
+    """--warn/--crit, else bundle.yaml's monitoring thresholds (the alert rules' own)."""
+    config = args.config or os.environ.get("BUNDLE_CONFIG")
+    if not args.config and config and not Path(config).exists():
+        config = None  # the image's default path with no bundle.yaml mounted: a plain directory check
+    monitoring = load_config(config).monitoring if config else MonitoringConfig()
+    warn = parse_duration(args.warn, "--warn") if args.warn else monitoring.expiry_warn
+    crit = parse_duration(args.crit, "--crit") if args.crit else monitoring.expiry_crit
+    return Thresholds(warn, crit)
+
+
 def build_report(args) -> Report:
-    thresholds = Thresholds.parse(args.warn, args.crit)
+    thresholds = thresholds_of(args)
     directory = Path(args.directory or args.out).resolve()
     jwks = None
     if args.jwks_url:
@@ -252,8 +271,17 @@ def item_metrics(lines: list[str], report: Report) -> None:
           [(item_labels(f), seconds(f.time_left)) for f in readable])
     gauge(lines, "temporal_bundle_expiry_timestamp_seconds", "When the certificate or token expires, as Unix time.",
           [(item_labels(f), int(f.item.not_after.timestamp())) for f in readable])
+    gauge(lines, "temporal_bundle_lifetime_seconds", "Its whole lifetime; +Inf when unknown (thresholds then apply unshared).",
+          [(item_labels(f), lifetime_value(f)) for f in readable])
     gauge(lines, "temporal_bundle_item_status", "0 ok, 1 warning, 2 critical or expired, 3 unreadable.",
           [(item_labels(f), EXIT_CODES[f.status]) for f in report.findings])
+
+
+def lifetime_value(finding: Finding) -> int | str:
+    lifetime = finding.item.lifetime
+    if lifetime is None or lifetime <= timedelta(0):  # Thresholds.for_lifetime leaves them unshared
+        return "+Inf"
+    return seconds(lifetime)
 
 
 def jwks_metrics(lines: list[str], report: Report) -> None:
@@ -267,7 +295,7 @@ def item_labels(finding: Finding) -> dict:
     return {"name": finding.item.name, "kind": finding.item.kind, "subject": finding.item.subject}
 
 
-def gauge(lines: list[str], name: str, help_text: str, samples: list[tuple[dict, int]]) -> None:
+def gauge(lines: list[str], name: str, help_text: str, samples: list[tuple[dict, int | str]]) -> None:
     lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
     lines += [f"{name}{label_text(labels)} {value}" for labels, value in samples]
 

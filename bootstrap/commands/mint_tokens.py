@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
+from ..expiry import Thresholds, check
 from ..pki import utcnow
 from ..plan import active_signing_key, load_published_keys, plan_tokens
 from ..kube_secrets import ApiServer, publish
@@ -36,6 +38,13 @@ def add_parser(sub, name):
         help="inside Kubernetes: also put each re-minted token into the Secrets export-helm made "
         "(PREFIX-role-<role>, and PREFIX-admintools for system), with the pod's service account",
     )
+    parser.add_argument(
+        "--expiry-metrics",
+        type=Path,
+        metavar="FILE",
+        help="after every check, write check-expiry's Prometheus metrics for tokens/ to FILE (bundle.yaml's "
+        "monitoring thresholds), for serve-expiry-metrics --textfile: tokens stay with the refresher",
+    )
     parser.set_defaults(run=run)
 
 
@@ -57,10 +66,20 @@ def run(args) -> int:
         report(layout, actions, args.quiet or bool(args.watch))
         if api is not None:
             _publish(api, args.kubernetes_secrets, layout, actions)
+        if args.expiry_metrics is not None:
+            _write_expiry_metrics(args.expiry_metrics, config, layout)
         if not args.watch:
             return 0
         sys.stdout.flush()
         time.sleep(args.watch)
+
+
+def _write_expiry_metrics(path: Path, config, layout) -> None:
+    from .check_expiry import exit_code, prometheus_text, write_prometheus
+
+    monitoring = config.monitoring
+    report = check(layout.root / "tokens", utcnow(), Thresholds(monitoring.expiry_warn, monitoring.expiry_crit))
+    write_prometheus(path, report, exit_code(report))  # a full disk prints an error; tokens go on
 
 
 def _publish(api: ApiServer, prefix: str, layout, actions) -> None:

@@ -22,8 +22,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 STANDIN_ENV = REPO / "build" / "standin-images.env"
 IMAGE_VARS = ("TEMPORAL_SERVER_IMAGE", "TEMPORAL_ADMINTOOLS_IMAGE", "POSTGRES_IMAGE", "TEMPORAL_UI_IMAGE", "DEX_IMAGE",
-              "BUNDLE_IMAGE")
-LONG_RUNNING = ("token-refresher", "jwks", "postgresql", "temporal", "temporal-ui", "codec-server", "dex")
+              "BUNDLE_IMAGE", "PROMETHEUS_IMAGE")
+# The compose profile `monitoring`: the shared session stack runs with it (conftest.py).
+MONITORING = ("expiry-exporter", "prometheus")
+LONG_RUNNING = ("token-refresher", "jwks", "postgresql", "temporal", "temporal-ui", "codec-server", "dex", *MONITORING)
 ONE_SHOT = ("bootstrap", "temporal-schema", "temporal-register-namespaces")
 TIMINGS: dict[str, float] = {}  # seconds per phase of the docker tier, printed at teardown
 
@@ -86,6 +88,7 @@ class ComposeStack:
     compose_files: tuple[str, ...] = ("docker-compose.prod.yml",)
     extra_env: dict[str, str] = field(default_factory=dict)
     config_source: Path = REPO / "bundle.example.yaml"
+    profiles: tuple[str, ...] = ()  # compose profiles, e.g. ("monitoring",)
 
     def __post_init__(self):
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -115,6 +118,8 @@ class ComposeStack:
             "users": [{"username": "reader", "email": "reader@example.com", "groups": ["default-readers"],
                        "password_hash": bcrypt.hashpw(self.reader_password.encode(), bcrypt.gensalt(10)).decode()}],
         }
+        # Prometheus (profile monitoring) scrapes every 5s, so an alert fires within a test's patience.
+        doc.setdefault("monitoring", {})["scrape_interval"] = "5s"
         return doc
 
     @property
@@ -132,6 +137,7 @@ class ComposeStack:
             IMAGES_ENV="",
             UP_TIMEOUT="300",
             HEALTHCHECK_INTERVAL="2s",  # operators run with 5s; a faster `make up` for the tests
+            COMPOSE_PROFILES=",".join(self.profiles),
         )
         env.update(self.extra_env)
         return env

@@ -1,6 +1,7 @@
 """One compose stack for the whole docker tier (session scope): test_compose_stack.py brings it up
 with `make up` and drives it through restarts and rotation; test_edge_attacks.py attacks the same
-stack from the edge network. Teardown dumps every log and removes the volumes."""
+stack from the edge network; test_monitoring.py queries its Prometheus (the stack runs with the
+compose profile `monitoring`). Teardown dumps every log and removes the volumes."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def stack(tmp_path_factory):
     started = time.monotonic()
     images = build_standin_images()
     TIMINGS["build_images_s"] = time.monotonic() - started
-    s = ComposeStack(unique_project("tbe2e"), tmp_path_factory.mktemp("compose-stack"), images)
+    s = ComposeStack(unique_project("tbe2e"), tmp_path_factory.mktemp("compose-stack"), images, profiles=("monitoring",))
     try:
         yield s
     finally:

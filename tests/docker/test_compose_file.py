@@ -19,19 +19,19 @@ pytestmark = pytest.mark.docker
 
 COMPOSE_FILE = REPO / "docker-compose.prod.yml"
 IMAGE_VARIABLES = ("BUNDLE_IMAGE", "TEMPORAL_SERVER_IMAGE", "TEMPORAL_ADMINTOOLS_IMAGE", "POSTGRES_IMAGE", "TEMPORAL_UI_IMAGE",
-                   "DEX_IMAGE")
+                   "DEX_IMAGE", "PROMETHEUS_IMAGE")
 
 
-@pytest.fixture(scope="module", params=["default", "workload-identity"])
+@pytest.fixture(scope="module", params=["monitoring", "monitoring,workload-identity"])
 def resolved(tmp_path_factory, request) -> dict:
     """`docker compose config` output: anchors merged, variables at their defaults; once with the
-    default services, once with the workload-identity profile's token exchange too."""
-    profile = [] if request.param == "default" else ["--profile", request.param]
+    shared stack's profile (monitoring), once with the workload-identity profile's token exchange too."""
     config = tmp_path_factory.mktemp("compose-file") / "bundle.yaml"
     config.write_text((REPO / "bundle.example.yaml").read_text())
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "BUNDLE_CONFIG_FILE": str(config)}
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "BUNDLE_CONFIG_FILE": str(config),
+           "COMPOSE_PROFILES": request.param}
     result = subprocess.run(
-        ["docker", "compose", "-f", str(COMPOSE_FILE), *profile, "config", "--format", "json"],
+        ["docker", "compose", "-f", str(COMPOSE_FILE), "config", "--format", "json"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, f"docker compose config failed:\n{result.stderr}"
@@ -85,7 +85,8 @@ def test_secrets_are_mounted_only_where_needed(resolved):
         if name != "bootstrap":
             assert "bundle-private" not in volumes, f"{name} mounts private/ (CA key)"
             for source, volume in volumes.items():
-                if source.startswith("bundle-") and source not in ("bundle-root", "bundle-tokens"):
+                writes = ("bundle-root", "bundle-tokens", "bundle-metrics") if name == "token-refresher" else ()
+                if source.startswith("bundle-") and source not in writes:
                     assert volume.get("read_only") is True, f"{name} mounts {source} read-write"
         if name not in ("bootstrap", "token-exchange"):
             assert "bundle-exchange" not in volumes, f"{name} mounts the token exchange's signing key"
@@ -102,7 +103,8 @@ def test_secrets_are_mounted_only_where_needed(resolved):
 # argued for here. Only the bootstrap sees CA keys; only the refresher sees signing keys; only
 # applications' own containers (not in this file) mount clients/ and tokens/.
 BUNDLE_MOUNTS = {
-    "token-refresher": {"bundle-root", "bundle-signing", "bundle-tokens"},
+    # metrics/: it writes the tokens' expiry metrics there for the exporter (profile monitoring).
+    "token-refresher": {"bundle-root", "bundle-signing", "bundle-tokens", "bundle-metrics"},
     "jwks": {"bundle-jwks", "bundle-trust"},
     "postgresql": {"bundle-postgres", "bundle-trust"},
     "temporal-schema": {"bundle-trust", "bundle-dbclient"},
@@ -115,6 +117,13 @@ BUNDLE_MOUNTS = {
     "dex": {"bundle-dex"},
     # Profile workload-identity: its TLS pair and its own signing key, nothing else of ours.
     "token-exchange": {"bundle-exchange", "bundle-trust"},
+    # Profile monitoring. Certificates only, as nobody (65534: no key file is readable to it);
+    # never tokens/, private/ or codec-keys/. The token report comes from metrics/.
+    "expiry-exporter": {"bundle-trust", "bundle-server", "bundle-dbclient", "bundle-postgres", "bundle-jwks",
+                        "bundle-ui", "bundle-dex", "bundle-clients", "bundle-codec", "bundle-registrar",
+                        "bundle-metrics"},
+    # Its config and the alert rules, rendered by the bootstrap.
+    "prometheus": {"bundle-config"},
 }
 
 

@@ -8,7 +8,7 @@ from each domain's own CA (issued here with the CA key, which only the bootstrap
 and no certificate at all. It tries every listener of bootstrap.security_model.LISTENERS with
 every one of them. What must happen comes from LISTENERS alone:
 
-    reach container/backend  not reachable from edge (refused / no route / name does not resolve)
+    reach container/backend/monitoring  not reachable from edge (refused / no route / no name)
     reach published/edge     reachable; TLS admits exactly the non-expired client certificates of
                              the listener's `admits` domain ("any": TLS, no client cert asked;
                              "plaintext": HTTP)
@@ -52,10 +52,11 @@ ATTACKER_VOLUMES = ("root", "trust", "server", "dbclient", "postgres", "jwks", "
                     "codec", "codec-keys", "registrar", "tools")
 MAX_PAIRS = 1000  # bounds the matrix in count; the probe's deadline bounds it in time
 MATRIX_DEADLINE_S = 420
-UNREACHABLE_REACH = ("container", "backend")
-# The shared stack enables no compose profile: the token exchange (profile workload-identity) is
-# attacked against the real server by tests/server/test_workload_identity.py instead.
-STACK_LISTENERS = tuple(listener for listener in LISTENERS if not listener.profile)
+UNREACHABLE_REACH = ("container", "backend", "monitoring")
+# The shared stack runs with the compose profile monitoring only: the token exchange (profile
+# workload-identity) is attacked against the real server by tests/server/test_workload_identity.py.
+STACK_PROFILES = ("monitoring",)
+STACK_LISTENERS = tuple(listener for listener in LISTENERS if listener.profile in ("", *STACK_PROFILES))
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,7 @@ def test_services_sit_on_the_networks_the_matrix_assumes(attacker):
     # temporal on edge and backend, JWKS and PostgreSQL on backend only: what makes a "backend"
     # listener unreachable from edge. (The attacker's `docker run --network` attaches edge only.)
     networks = {s: set(stack.inspect(s)["NetworkSettings"]["Networks"]) for s in ("temporal", "jwks", "postgresql")}
-    assert networks["temporal"] == {stack.network("edge"), stack.network("backend")}, networks
+    assert networks["temporal"] == {stack.network("edge"), stack.network("backend"), stack.network("monitoring")}, networks
     assert networks["jwks"] == networks["postgresql"] == {stack.network("backend")}, networks
 
 

@@ -282,3 +282,15 @@ def test_failed_write_leaves_no_temp_file(tmp_path):
         store.write_atomic(target, b"data", 0o644, tmp_path)
     assert sorted(p.name for p in (tmp_path / "dir").iterdir()) == ["file.pem"]
     assert target.is_dir()
+
+
+def test_a_write_that_fails_is_one_bundle_error_naming_the_file(tmp_path):
+    """A full or broken disk surfaces as `error: cannot write <file>: <reason>`, not a traceback
+    (the docker tier fills a real tmpfs: tests/docker/test_faults.py)."""
+    from bootstrap import store
+    from bootstrap.errors import BundleError
+
+    target = tmp_path / "tokens" / "client.jwt"
+    (target / "occupied").mkdir(parents=True)
+    with pytest.raises(BundleError, match=r"^cannot write tokens/client.jwt: "):
+        store.apply(store.Layout(tmp_path), [store.Write(target, b"x", 0o600, "created")])

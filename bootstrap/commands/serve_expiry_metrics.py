@@ -1,0 +1,80 @@
+"""serve-expiry-metrics: check-expiry as a Prometheus exporter (plain HTTP, monitoring network only).
+
+Every scrape of /metrics runs the check afresh over DIR's certificates (and, with --jwks-url, the
+JWKS the server fetches), with bundle.yaml's thresholds, so the exporter and `check-expiry` agree.
+Tokens are bearer secrets: the exporter is not meant to read them. The token refresher, which
+holds them anyway, writes their check as a textfile (`mint-tokens --watch --expiry-metrics FILE`);
+--textfile serves that file verbatim at /metrics/tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from ..durations import parse_duration
+from ..errors import BundleError
+from ..expiry import check, fetch_jwks
+from ..pki import utcnow
+from .check_expiry import exit_code, prometheus_text, thresholds_of
+from .common import add_out
+
+HELP = "serve check-expiry's metrics over HTTP for Prometheus (/metrics, /metrics/tokens, /healthz)"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def add_parser(sub, name):
+    parser = sub.add_parser(name, help=HELP, description=__doc__.split("\n\n", 1)[1])
+    add_out(parser)
+    option = parser.add_argument
+    option("directory", nargs="?", metavar="DIR", help="directory to check on every scrape (default: --out)")
+    option("--config", default=None, metavar="FILE", help="bundle.yaml with the monitoring thresholds (env BUNDLE_CONFIG)")
+    option("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
+    option("--port", type=int, default=9464, help="port (default: 9464)")
+    option("--jwks-url", metavar="URL", help="also report whether this JWKS can be fetched (temporal_bundle_jwks_up)")
+    option("--ca-file", type=Path, metavar="FILE", help="CA for an https --jwks-url (default: DIR/trust/ca.pem)")
+    option("--timeout", default="5s", metavar="DURATION", help="timeout for fetching --jwks-url (default: 5s)")
+    option("--textfile", type=Path, metavar="FILE", help="a metrics file to serve at /metrics/tokens")
+    parser.set_defaults(run=run, warn=None, crit=None)
+
+
+def run(args) -> int:
+    from aiohttp import web  # only this command and the HTTPS servers need it
+
+    thresholds = thresholds_of(args)  # a bad config fails now, not on the first scrape
+    directory = Path(args.directory or args.out).resolve()
+    timeout = parse_duration(args.timeout, "--timeout")
+    if not 1 <= args.port <= 65535:
+        raise BundleError(f"--port must be 1-65535, got {args.port}")
+
+    def scrape() -> str:
+        jwks = None
+        if args.jwks_url:
+            jwks = fetch_jwks(args.jwks_url, args.ca_file or directory / "trust" / "ca.pem", timeout)
+        report = check(directory, utcnow(), thresholds, jwks)
+        return prometheus_text(report, exit_code(report))
+
+    async def metrics(_request):
+        text = await asyncio.get_running_loop().run_in_executor(None, scrape)
+        return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def tokens(_request):
+        if args.textfile is None:
+            raise web.HTTPNotFound(text="no --textfile\n")
+        try:
+            body = args.textfile.read_bytes()
+        except OSError as exc:  # the scrape fails: up == 0 for the job, which alerts
+            raise web.HTTPServiceUnavailable(text=f"cannot read {args.textfile}: {exc.strerror or exc}\n") from None
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    async def healthz(_request):
+        return web.Response(text="ok\n")
+
+    app = web.Application()
+    app.add_routes([web.get("/metrics", metrics), web.get("/metrics/tokens", tokens), web.get("/healthz", healthz)])
+    print(f"serving expiry metrics of {directory} at http://{args.host}:{args.port}/metrics", flush=True)
+    try:
+        web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
+    except OSError as exc:
+        raise BundleError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    return 0
