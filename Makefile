@@ -91,6 +91,12 @@ lint: ## security lint of the compose file (pip install compose-lint)
 .PHONY: up
 up: $(BUNDLE_CONFIG_FILE) ## bootstrap secrets, start everything, wait until healthy, print how to connect
 	@docker image inspect "$(BUNDLE_IMAGE)" >/dev/null 2>&1 || bash scripts/build-images.sh bundle
+	@# On an existing stack, compose would replace containers whose image changed BEFORE the
+	@# bootstrap runs: check first (an older server release, a changed shard count), so that a
+	@# refused `make up` leaves the running server alone. A fresh or downed stack skips this.
+	@if [ -n "$$($(COMPOSE) ps --all --quiet temporal 2>/dev/null)" ]; then \
+	  $(COMPOSE) run --rm --no-deps -T bootstrap init --quiet >/dev/null || exit 1; \
+	fi
 	@started=$$(date +%s); \
 	if ! $(COMPOSE) up --detach --wait --wait-timeout $(UP_TIMEOUT); then \
 	  refused=$$($(COMPOSE) logs --no-color --no-log-prefix --since "$$started" bootstrap 2>/dev/null | grep '^error: ' | tail -n1); \

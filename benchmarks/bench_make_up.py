@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -68,12 +69,18 @@ class Timeline:
             ["docker", "events", "--filter", f"label=com.docker.compose.project={project}", "--format", "{{json .}}"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
+        # Drained as it comes: health checks make thousands of exec events, and a full pipe would
+        # stall the stream (later events lost).
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self.reader.start()
 
     def stop(self) -> dict[str, dict[str, float]]:
         self.proc.terminate()
-        out, _ = self.proc.communicate(timeout=30)
+        self.proc.wait(timeout=30)
+        self.reader.join(timeout=30)
         phases: dict[str, dict[str, float]] = {}
-        for line in out.splitlines():
+        for line in self.lines:
             event = json.loads(line)
             service = event.get("Actor", {}).get("Attributes", {}).get("com.docker.compose.service")
             action = {"start": "started", "die": "exited", "health_status: healthy": "healthy"}.get(event.get("Action") or event.get("status"))
