@@ -11,6 +11,16 @@ Measured, each into a fresh temporary directory, --runs times (median and min re
   openssl shell baseline one bash script: an EC P-256 CA, then for every leaf `openssl req` + `openssl
                          x509 -req -extfile` with the same SANs and EKUs, then the JWT key with
                          `openssl genpkey` (no JWKS, tokens or config: it does less than init)
+
+Then both key backends side by side (keys.backend file vs pkcs11 on a SoftHSM2 token in a temp
+SOFTHSM2_CONF), each as the CLI runs (`python -m bootstrap`, a subprocess), --runs times:
+  init                   fresh directory; under pkcs11 four CA keys + the signing key + the KEK are
+                         generated in the token and every certificate and token is signed there
+  rotate certs --all     every leaf re-issued (each signed by its domain's CA key)
+  rotate signing-key     phase 1: a new signing key, published in jwks.json
+  rotate ca              phase 1: four new CAs, trusted beside the old
+  rotate codec-key       every namespace's data key ring gets a new key (re-wrapped by the KEK)
+Each rotation runs on a fresh copy of one initialised bundle.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import io
 import os
 import secrets
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -181,7 +192,67 @@ def main_bench() -> int:
         median = statistics.median(times)
         print(f"{name:<32}{median:>11.1f}{min(times):>10.1f}{median / baseline:>11.2f}x")
     print("(init also writes jwks.json, role tokens and the rendered server config; the baseline does not)")
+    print()
+    compare_backends(args.runs)
     return 0
+
+
+SOFTHSM_MODULES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
+ROTATIONS = (("rotate certs --all", ("certs", "--all")), ("rotate signing-key", ("signing-key",)),
+             ("rotate ca (phase 1)", ("ca",)), ("rotate codec-key", ("codec-key",)))
+
+
+def softhsm_token(tmp: Path) -> tuple[dict, dict]:
+    """A fresh SoftHSM2 token: the environment the CLI needs and the bundle.yaml keys section."""
+    module = next((m for m in SOFTHSM_MODULES if Path(m).is_file()), None)
+    if module is None or shutil.which("softhsm2-util") is None:
+        raise SystemExit("softhsm2 is not installed (scripts/install-deps.sh installs it)")
+    (tmp / "tokens").mkdir()
+    conf = tmp / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tmp / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    env = {**os.environ, "SOFTHSM2_CONF": str(conf), "PYTHONPATH": str(REPO)}
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "bench", "--pin", "1234", "--so-pin", "5678"],
+                   env=env, check=True, capture_output=True)
+    (tmp / "pin").write_text("1234")
+    keys = {"backend": "pkcs11", "pkcs11": {"module": module, "token_label": "bench", "pin_file": str(tmp / "pin")}}
+    return env, keys
+
+
+def cli(env: dict, *args) -> None:
+    subprocess.run([sys.executable, "-m", "bootstrap", *map(str, args)], env=env, check=True, stdout=subprocess.DEVNULL)
+
+
+def backend_times(runs: int, tmp: Path, name: str, env: dict, keys_yaml: str) -> dict[str, list[float]]:
+    config = tmp / f"{name}.yaml"
+    config.write_text(DEFAULT_CONFIG + keys_yaml)
+    times = {"init": timed(runs, lambda out: cli(env, "init", "--config", config, "--out", out))}
+    base = tmp / f"{name}-base"
+    cli(env, "init", "--config", config, "--out", base)
+    for label, kind in ROTATIONS:
+        times[label] = []
+        for i in range(runs):
+            work = tmp / f"{name}-{kind[0]}-{i}"
+            shutil.copytree(base, work, symlinks=True)
+            start = time.perf_counter()
+            cli(env, "rotate", "--config", config, "--out", work, "--kind", *kind)
+            times[label].append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def compare_backends(runs: int) -> None:
+    import json as _json
+
+    with tempfile.TemporaryDirectory(prefix="bench-backends-") as tmp:
+        tmp = Path(tmp)
+        env, keys = softhsm_token(tmp)
+        file_times = backend_times(runs, tmp, "file", env, "")
+        token_times = backend_times(runs, tmp, "pkcs11", env, "keys: " + _json.dumps(keys) + "\n")
+    print(f"key backends, as the CLI runs (subprocess, interpreter start included); {runs} runs each, median ms")
+    print(f"{'operation':<24}{'file':>10}{'pkcs11':>10}{'ratio':>9}")
+    for label in file_times:
+        f, t = statistics.median(file_times[label]), statistics.median(token_times[label])
+        print(f"{label:<24}{f:>10.0f}{t:>10.0f}{t / f:>8.2f}x")
+    print("(pkcs11: SoftHSM2, a software token; a hardware HSM signs slower per operation)")
 
 
 if __name__ == "__main__":

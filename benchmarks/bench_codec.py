@@ -32,7 +32,8 @@ from temporalio.api.common.v1 import Payload, Payloads  # noqa: E402
 
 from bootstrap.cli import main  # noqa: E402
 from bootstrap.codec import encrypt  # noqa: E402
-from bootstrap.codec_keys import Keyring  # noqa: E402
+from bootstrap.codec_keys import KeySet  # noqa: E402
+from bootstrap.kek import FileKek  # noqa: E402
 from tests.harness import free_port, wait_until  # noqa: E402
 
 CASES = [(1, 1), (1, 8), (50, 1), (50, 8), (1000, 1), (1000, 8)]  # (payloads, concurrency)
@@ -64,7 +65,8 @@ def start(argv: list[str], log: Path, url: str, ca: Path) -> subprocess.Popen:
 
 
 def request_body(out: Path, count: int) -> bytes:
-    keyring = Keyring.parse((out / "codec-keys/keys.json").read_bytes())
+    kek = FileKek.load(out / "codec-kek/kek.key")
+    keyring = KeySet.parse((out / "codec-keys/keys.json").read_bytes(), kek)
     plain = Payload(metadata={"encoding": b"binary/plain"}, data=os.urandom(1024))
     return json_format.MessageToJson(Payloads(payloads=[encrypt(plain, keyring, "orders")] * count)).encode()
 

@@ -46,7 +46,7 @@ PREFIX_SIZE = HEADER.size + TAG_SIZE
 SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P = 15, 8, 1  # 32 MiB of memory, about 0.1 s per derivation
 ALLOWED_LOG2_N = range(14, 17)  # at most 64 MiB: a crafted header must not exhaust a small container
 # Where archive entries may land: the bundle's private/ and codec-keys/, bundle.yaml, the dumps.
-BUNDLE_PREFIXES = ("private/", "codec-keys/")
+BUNDLE_PREFIXES = ("private/", "codec-keys/", "codec-kek/")
 CONFIG_NAME = "bundle.yaml"
 DUMP_PREFIX = "databases/"
 PGDUMP_MAGIC = b"PGDMP"  # pg_dump --format=custom

@@ -124,3 +124,140 @@ class TokenFileWatcher:
             except BundleError:
                 pass  # a missing file mid-rotation: keep the current token and look again
             await asyncio.sleep(self.interval)
+
+
+# --------------------------------------------------------------------------- workload identity
+
+GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
+JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+# Where the kubelet projects a service-account token in the pod spec of the README's example.
+PROJECTED_TOKEN = "/var/run/secrets/temporal/token"
+
+
+@dataclass(frozen=True)
+class ExchangedToken:
+    token: str
+    expires_in: int
+    obtained: float  # time.monotonic() when it was received
+
+    def refresh_due(self, fraction: float = 0.5) -> float:
+        """When (monotonic) to exchange again: at `fraction` of its lifetime, well before it ends.
+        expires_in is whole seconds rounded down by up to one, hence the half second off. A token cut
+        short by a nearly expired subject token comes back soon, after the kubelet's next rotation."""
+        return self.obtained + max(0.25, self.expires_in * fraction - 0.5)
+
+
+class TokenExchangeError(BundleError):
+    pass
+
+
+class WorkloadIdentity:
+    """A credentials source: reads the projected service-account token file (the kubelet rewrites it
+    when it rotates the token, so it is read again for every exchange) and trades it at the
+    bundle's token exchange for a short-lived Temporal token.
+
+        identity = WorkloadIdentity("https://token-exchange:8444/token", ca_file="/bundle/trust/ca.pem")
+        token = identity.exchange()          # or await identity.exchange_async()
+    """
+
+    def __init__(self, exchange_url: str, *, token_file: str | Path = PROJECTED_TOKEN, ca_file: str | Path | None = None,
+                 audience: str | None = None, timeout: float = 10.0):
+        if not exchange_url.startswith("https://"):
+            raise BundleError(f"the token exchange URL must be https, got {exchange_url!r}")
+        self.url, self.token_file, self.ca_file = exchange_url, Path(token_file), ca_file
+        self.audience, self.timeout = audience, timeout
+
+    def exchange(self) -> ExchangedToken:
+        import json
+        import ssl
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        form = {"grant_type": GRANT_TYPE, "subject_token": read_token(self.token_file), "subject_token_type": JWT_TOKEN_TYPE}
+        if self.audience:
+            form["audience"] = self.audience
+        request = urllib.request.Request(self.url, data=urllib.parse.urlencode(form).encode(), method="POST",
+                                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+        context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        started = time.monotonic()
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=self.timeout) as response:
+                doc = json.loads(response.read(64 * 1024))
+        except urllib.error.HTTPError as exc:
+            raise TokenExchangeError(f"token exchange refused ({exc.code}): {_oauth_error(exc)}") from None
+        except (OSError, ValueError) as exc:
+            raise TokenExchangeError(f"token exchange at {self.url} failed: {exc}") from None
+        token, expires_in = doc.get("access_token"), doc.get("expires_in")
+        if not isinstance(token, str) or token.count(".") != 2 or not isinstance(expires_in, int):
+            raise TokenExchangeError("token exchange answered without an access_token and expires_in")
+        return ExchangedToken(token, expires_in, started)
+
+    async def exchange_async(self) -> ExchangedToken:
+        return await asyncio.to_thread(self.exchange)
+
+
+def _oauth_error(exc) -> str:
+    import json
+
+    try:
+        doc = json.loads(exc.read(8 * 1024))
+        return f"{doc.get('error')}: {doc.get('error_description', '')}".strip()
+    except (OSError, ValueError):
+        return exc.reason or "no detail"
+
+
+class ExchangeRefresher:
+    """Keeps a live client's token fresh: exchanges again at half the current token's lifetime and
+    sets `client.api_key` (workers built on the client pick it up without a reconnect). A failed
+    exchange is retried every `retry` seconds while the current token is still valid; `failures`
+    counts them for monitoring."""
+
+    def __init__(self, client, identity: WorkloadIdentity, current: ExchangedToken, retry: float = 2.0):
+        self.client, self.identity, self.current, self.retry = client, identity, current, retry
+        self.exchanges, self.failures, self.last_error = 1, 0, None
+
+    async def refresh_once(self) -> ExchangedToken:
+        token = await self.identity.exchange_async()
+        self.client.api_key = token.token
+        self.current, self.exchanges = token, self.exchanges + 1
+        return token
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(max(0.0, self.current.refresh_due() - time.monotonic()))
+            try:
+                await self.refresh_once()
+            except BundleError as exc:
+                self.failures, self.last_error = self.failures + 1, str(exc)
+                await asyncio.sleep(self.retry)
+
+
+async def connect_workload(
+    target: str,
+    *,
+    exchange_url: str,
+    bundle_dir: str | Path,
+    cert_role: str = "worker",
+    token_file: str | Path = PROJECTED_TOKEN,
+    namespace: str = "default",
+    server_name: str | None = None,
+    **kwargs,
+):
+    """A temporalio Client authenticated by workload identity, and the refresher to run beside it:
+
+        client, refresher = await connect_workload("temporal-frontend:7233", namespace="orders",
+                                                   exchange_url="https://token-exchange:8444/token",
+                                                   bundle_dir="/bundle")
+        asyncio.create_task(refresher.run())
+
+    The mTLS client certificate (bundle_dir/clients/<cert_role>.pem) only opens the TLS layer; what
+    the client may do comes from the exchanged token alone."""
+    from temporalio.client import Client
+
+    creds = RoleCredentials.load(bundle_dir, cert_role, with_token=False)
+    identity = WorkloadIdentity(exchange_url, token_file=token_file, ca_file=Path(bundle_dir) / "trust" / "ca.pem")
+    first = await identity.exchange_async()
+    host = server_name or target.rsplit(":", 1)[0]
+    client = await Client.connect(target, namespace=namespace, tls=creds.tls_config(host), api_key=first.token, **kwargs)
+    return client, ExchangeRefresher(client, identity, first)

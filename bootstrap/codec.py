@@ -20,8 +20,11 @@ write a payload no namespace owns. Payloads written before namespaces were bound
 `encryption-namespace`) still decrypt here; the codec server shows them only to cluster-wide
 readers (see servers/codec.py).
 
-Encoding uses the keyring's active key; decoding uses whichever key the payload names, so after
-`rotate --kind codec-key` old history still decodes. A payload that is not encrypted passes
+Keys come as a KeySet (one ring per namespace, codec_keys.py): encoding uses the active key of the
+namespace's ring; decoding looks the payload's key up in its own namespace's ring only (or the
+pre-v2 shared ring), so after `rotate --kind codec-key` old history still decodes and one
+namespace's keys never open another's payloads. A bare Keyring serves every namespace (tests,
+and bundles not yet migrated). A payload that is not encrypted passes
 through decode unchanged. The keyring file is re-read when it changes, so a running worker picks
 up a rotation without a restart.
 """
@@ -42,7 +45,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import DecodeError
 from temporalio.api.common.v1 import Payload
 
-from .codec_keys import Keyring, load_keyring
+from .codec_keys import Keyring, KeySet, load_source
 from .errors import BundleError
 
 ENCODING = b"binary/encrypted"
@@ -50,6 +53,9 @@ KEY_ID_HEADER = "encryption-key-id"
 NAMESPACE_HEADER = "encryption-namespace"
 NONCE_BYTES = 12  # 96-bit random nonce, the size GCM is specified for
 TAG_BYTES = 16
+
+
+Keys = Keyring | KeySet  # both answer encrypting(namespace) and decrypting(key_id, namespace)
 
 
 class CodecError(BundleError):
@@ -83,17 +89,17 @@ def payload_namespace(payload: Payload) -> str | None:
         raise CodecError(f"encrypted payload has an undecodable {NAMESPACE_HEADER}") from None
 
 
-def encrypt(payload: Payload, keyring: Keyring, namespace: str) -> Payload:
+def encrypt(payload: Payload, keyring: Keys, namespace: str) -> Payload:
     if not namespace or "\x00" in namespace:
         raise CodecError("payloads are bound to a namespace: pass a namespace name")
-    key_id = keyring.active
+    key_id, key = keyring.encrypting(namespace)
     nonce = os.urandom(NONCE_BYTES)
-    sealed = _cipher(keyring.keys[key_id]).encrypt(nonce, payload.SerializeToString(), _aad(key_id, namespace))
+    sealed = _cipher(key).encrypt(nonce, payload.SerializeToString(), _aad(key_id, namespace))
     metadata = {"encoding": ENCODING, KEY_ID_HEADER: key_id.encode(), NAMESPACE_HEADER: namespace.encode()}
     return Payload(metadata=metadata, data=nonce + sealed)
 
 
-def decrypt(payload: Payload, keyring: Keyring) -> Payload:
+def decrypt(payload: Payload, keyring: Keys) -> Payload:
     """The original payload; one that is not encrypted is returned as it is."""
     if not is_encrypted(payload):
         return payload
@@ -103,14 +109,14 @@ def decrypt(payload: Payload, keyring: Keyring) -> Payload:
     return open_sealed(keyring, raw_id.decode(errors="replace"), payload_namespace(payload), payload.data)
 
 
-def open_sealed(keyring: Keyring, key_id: str, namespace: str | None, data: bytes) -> Payload:
+def open_sealed(keyring: Keys, key_id: str, namespace: str | None, data: bytes) -> Payload:
     """The payload inside an encrypted payload's parts (what decrypt() reads from its metadata)."""
-    key = keyring.keys.get(key_id)
+    key = keyring.decrypting(key_id, namespace)
     if key is None:
-        known = ", ".join(sorted(keyring.keys))
+        known = ", ".join(keyring.known())
         raise CodecError(
             f"payload was encrypted with unknown key id {key_id!r} (known: {known}); "
-            "this keyring is older than the writer's or from another bundle"
+            "this keyring is older than the writer's, from another bundle, or another namespace's"
         )
     if len(data) < NONCE_BYTES + TAG_BYTES:
         raise CodecError(f"encrypted payload (key {key_id!r}) is truncated")
@@ -126,17 +132,27 @@ def open_sealed(keyring: Keyring, key_id: str, namespace: str | None, data: byte
 
 
 class KeyringFile:
-    """The keyring at `path`, re-read whenever the file changes (mtime, size, inode).
+    """The data keys at `path`, re-read whenever the file changes (mtime, size, inode): the
+    per-namespace KeySet, unwrapped with `kek` (default: the file KEK in the bundle's
+    codec-kek/kek.key), or a pre-v2 plaintext Keyring.
 
     The bootstrap replaces the file atomically, so a reader never sees half of it; should it
-    become unreadable anyway, the last good keyring stays in use and `error` says why."""
+    become unreadable anyway, the last good keys stay in use and `error` says why."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, kek=None):
         self.path = Path(path)
+        self.kek = kek
         self._stamp, self._keyring, self._lock = None, None, threading.Lock()
         self.error: str | None = None
 
-    def current(self) -> Keyring:
+    def _kek(self):
+        if self.kek is None:
+            from .kek import FileKek
+
+            self.kek = FileKek.load(self.path.parent.parent / "codec-kek" / "kek.key")
+        return self.kek
+
+    def current(self) -> Keys:
         with self._lock:
             try:
                 st = os.stat(self.path)
@@ -145,7 +161,7 @@ class KeyringFile:
                 stamp = None
             if self._keyring is None or stamp != self._stamp:
                 try:
-                    self._keyring, self._stamp, self.error = load_keyring(self.path), stamp, None
+                    self._keyring, self._stamp, self.error = load_source(self.path, self._kek), stamp, None
                 except BundleError as exc:
                     if self._keyring is None:
                         raise
@@ -154,13 +170,13 @@ class KeyringFile:
 
 
 class EncryptionCodec(temporalio.converter.PayloadCodec, temporalio.converter.WithSerializationContext):
-    """AES-256-GCM payload codec over a Keyring, or a KeyringFile that follows rotations.
+    """AES-256-GCM payload codec over a Keyring or KeySet, or a KeyringFile that follows rotations.
 
     Encodes for the namespace of the SDK's serialization context, else for `namespace`."""
 
-    def __init__(self, keys: Keyring | KeyringFile | str | Path, namespace: str | None = None):
+    def __init__(self, keys: Keys | KeyringFile | str | Path, namespace: str | None = None, kek=None):
         if isinstance(keys, (str, Path)):
-            keys = KeyringFile(keys)
+            keys = KeyringFile(keys, kek)
         self._keys, self.namespace = keys, namespace
         self.keyring()  # fail at construction, not on the first workflow, if the file is bad
 
@@ -172,8 +188,8 @@ class EncryptionCodec(temporalio.converter.PayloadCodec, temporalio.converter.Wi
         bound.namespace = namespace
         return bound
 
-    def keyring(self) -> Keyring:
-        return self._keys if isinstance(self._keys, Keyring) else self._keys.current()
+    def keyring(self) -> Keys:
+        return self._keys.current() if isinstance(self._keys, KeyringFile) else self._keys
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         if self.namespace is None:
@@ -187,25 +203,26 @@ class EncryptionCodec(temporalio.converter.PayloadCodec, temporalio.converter.Wi
 
 
 def data_converter(
-    keys: Keyring | KeyringFile | str | Path,
+    keys: Keys | KeyringFile | str | Path,
     base: temporalio.converter.DataConverter | None = None,
     encrypt_failures: bool = True,
     namespace: str | None = None,
+    kek=None,
 ) -> temporalio.converter.DataConverter:
     """The SDK's default data converter (or `base`) with payloads encrypted by EncryptionCodec.
 
     With `encrypt_failures` (the default) error messages and stack traces are moved into the
     failure's encoded attributes, so they are encrypted too; the SDK's default leaves them in
     plain text in history, where an exception message can easily carry the very data at stake."""
-    changes: dict = {"payload_codec": EncryptionCodec(keys, namespace)}
+    changes: dict = {"payload_codec": EncryptionCodec(keys, namespace, kek)}
     if encrypt_failures:
         changes["failure_converter_class"] = temporalio.converter.DefaultFailureConverterWithEncodedAttributes
     return dataclasses.replace(base or temporalio.converter.default(), **changes)
 
 
-def decrypt_all(payloads: Iterable[Payload], keyring: Keyring) -> list[Payload]:
+def decrypt_all(payloads: Iterable[Payload], keyring: Keys) -> list[Payload]:
     return [decrypt(p, keyring) for p in payloads]
 
 
-def encrypt_all(payloads: Iterable[Payload], keyring: Keyring, namespace: str) -> list[Payload]:
+def encrypt_all(payloads: Iterable[Payload], keyring: Keys, namespace: str) -> list[Payload]:
     return [encrypt(p, keyring, namespace) for p in payloads]

@@ -121,6 +121,17 @@ class PersistenceConfig:
 
 
 @dataclass(frozen=True)
+class KeysConfig:
+    """Where the CA keys, the JWT signing keys and the data keys' KEK live (backend.py)."""
+
+    backend: str = "file"  # file | pkcs11
+    module: str = ""  # pkcs11: path of the PKCS#11 library (SoftHSM2, an HSM's, a cloud KMS's)
+    token_label: str = ""
+    pin_file: str = ""  # the user PIN, read from this file (never from bundle.yaml)
+    kek_label: str = "temporal-bundle-codec-kek"
+
+
+@dataclass(frozen=True)
 class CodecConfig:
     """The codec server: decrypts payloads for the Web UI and CLI, only for authorized tokens."""
 
@@ -209,8 +220,10 @@ class BundleConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     persistence: PersistenceConfig = field(default_factory=PersistenceConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
     oidc: OIDCConfig = field(default_factory=OIDCConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+    workload_identity: Any = field(default_factory=lambda: _workload_identity().WorkloadIdentityConfig())
     # Where the bundle directory is mounted as the Temporal server sees it (/bundle in compose).
     bundle_dir: str = "/bundle"
     source: str = "<defaults>"
@@ -242,6 +255,12 @@ class BundleConfig:
 
     def jwks_sans(self) -> tuple[str, ...]:
         return _unique((self.network.jwks_host, *self.network.jwks_sans, "localhost", "127.0.0.1"))
+
+    def exchange_sans(self) -> tuple[str, ...]:
+        wi, k8s = self.workload_identity, self.kubernetes.namespace
+        # Workers in other Kubernetes namespaces reach it by its Service's namespaced names.
+        in_cluster = (f"{wi.host}.{k8s}.svc", f"{wi.host}.{k8s}.svc.cluster.local")
+        return _unique((wi.host, *wi.sans, *in_cluster, "localhost", "127.0.0.1"))
 
     def codec_sans(self) -> tuple[str, ...]:
         return _unique((self.codec.host, *self.codec.sans, "localhost", "127.0.0.1"))
@@ -304,10 +323,35 @@ def parse_config(data: Any, source: str = "<config>") -> BundleConfig:
     codec = _parse_codec(top.section("codec"), config.network)
     oidc = _parse_oidc(top.section("oidc"), {ns.name for ns in namespaces} | {SYSTEM_NAMESPACE}, config.network)
     kubernetes = _parse_kubernetes(top.section("kubernetes"))
+    keys = _parse_keys(top.section("keys"))
+    workload = _workload_identity().parse_workload_identity(top.section("workload_identity"), tuple(n.name for n in namespaces))
     top.done()
     if not config.bundle_dir.startswith("/"):
         raise BundleError(f"{source}: bundle_dir must be an absolute path, got {config.bundle_dir!r}")
-    return replace(config, roles=roles, codec=codec, oidc=oidc, kubernetes=kubernetes)
+    return replace(config, roles=roles, codec=codec, oidc=oidc, kubernetes=kubernetes, workload_identity=workload, keys=keys)
+
+
+def _workload_identity():
+    from . import workload_identity  # it builds on this module's parsers, so it is imported late
+
+    return workload_identity
+
+
+def _parse_keys(sec: "_Section") -> KeysConfig:
+    backend = sec.choice("backend", "file", ("file", "pkcs11"))
+    p11 = sec.section("pkcs11")
+    keys = KeysConfig(backend, p11.string("module", ""), p11.string("token_label", ""), p11.string("pin_file", ""),
+                      p11.string("kek_label", KeysConfig.kek_label))
+    p11.done()
+    sec.done()
+    if backend == "pkcs11":
+        for name in ("module", "token_label", "pin_file"):
+            if not getattr(keys, name):
+                raise BundleError(f"{sec.where}: pkcs11: {name} is required with backend: pkcs11")
+        for name in ("module", "pin_file"):
+            if not getattr(keys, name).startswith("/"):
+                raise BundleError(f"{sec.where}: pkcs11: {name} must be an absolute path")
+    return keys
 
 
 class _Section:

@@ -77,7 +77,10 @@ class _Reader:
 def check_exportable(config: BundleConfig, layout: Layout) -> None:
     if config.persistence.driver != "postgres":
         raise BundleError(f"{config.source}: export-helm needs persistence.driver postgres (the chart runs no SQLite)")
-    for key, host in (("network.jwks_host", config.network.jwks_host), ("codec.host", config.codec.host)):
+    hosts = [("network.jwks_host", config.network.jwks_host), ("codec.host", config.codec.host)]
+    if config.workload_identity.enabled:
+        hosts.append(("workload_identity.host", config.workload_identity.host))
+    for key, host in hosts:
         if not K8S_NAME.match(host):
             raise BundleError(f"{config.source}: {key} {host!r} must be a short name: it becomes a Kubernetes Service name")
     _check_shards(config, layout)
@@ -110,6 +113,7 @@ def names(config: BundleConfig) -> dict[str, str]:
         "refresher": f"{prefix}-token-refresher",
         "config": f"{prefix}-config",
         "role": f"{prefix}-role",
+        "exchange": f"{prefix}-token-exchange",
     }
 
 
@@ -122,10 +126,28 @@ def secrets(config: BundleConfig, layout: Layout) -> list[Secret]:
     read, n = _Reader(layout), names(config)
     server_ca = read.trust("server")[0]
     result = _server_pod_secrets(config, read, n) + _workload_secrets(read, n, server_ca)
-    result += [_role_secret(read, f"{n['role']}-{role.name}", role.name, server_ca) for role in config.roles]
-    if config.kubernetes.token_minting == "in-cluster":
+    with_token = not config.workload_identity.enabled  # else no Secret holds an application's token
+    result += [_role_secret(read, f"{n['role']}-{role.name}", role.name, server_ca, with_token) for role in config.roles]
+    if refresher_exported(config):
         result.append(_refresher_secret(read, layout, n["refresher"]))
+    if config.workload_identity.enabled:
+        result.append(_exchange_secret(read, n["exchange"], server_ca))
     return result
+
+
+def refresher_exported(config: BundleConfig) -> bool:
+    """With workload identity, workers get their tokens from the exchange: the bundle's signing
+    key stays out of the cluster (tokens for admin-tools and the registration job are minted
+    outside, as with token_minting: outside)."""
+    return config.kubernetes.token_minting == "in-cluster" and not config.workload_identity.enabled
+
+
+def _exchange_secret(read: _Reader, name: str, ca: bytes) -> Secret:
+    cert, key = read.leaf("exchange", "server")
+    return _bundle_secret(name, "token exchange (its TLS pair and the one signing key in the cluster)", {
+        "exchange/server.pem": cert, "exchange/server.key": key,
+        "exchange/signing.key": read.file(read.layout.exchange_signing_key), "trust/ca.pem": ca,
+    })
 
 
 def _server_pod_secrets(config: BundleConfig, read: _Reader, n: dict[str, str]) -> list[Secret]:
@@ -171,8 +193,16 @@ def _workload_secrets(read: _Reader, n: dict[str, str], server_ca: bytes) -> lis
         _bundle_secret(n["codec"], "codec server", {
             "codec/server.pem": codec[0], "codec/server.key": codec[1],
             "codec-keys/keys.json": read.file(layout.codec_keys), "trust/ca.pem": server_ca,
+            **_codec_kek(layout),
         }),
     ]
+
+
+def _codec_kek(layout) -> dict[str, bytes]:
+    """The file backend's KEK rides with the codec server (the only pod that unwraps data keys);
+    under pkcs11 it stays in the token and the pod reaches the token instead."""
+    data = read_optional(layout.codec_kek)
+    return {"codec-kek/kek.key": data} if data is not None else {}
 
 
 def _tls_secret(name: str, consumer: str, pair: tuple[bytes, bytes], ca: bytes) -> Secret:
@@ -187,9 +217,11 @@ def _admintools_secret(read: _Reader, name: str, ca: bytes) -> Secret:
     return Secret(name, "admin-tools (admintools.additionalVolumes)", "Opaque", data)
 
 
-def _role_secret(read: _Reader, name: str, role: str, ca: bytes) -> Secret:
+def _role_secret(read: _Reader, name: str, role: str, ca: bytes, with_token: bool = True) -> Secret:
     cert, key = read.leaf("clients", role)
-    data = (("ca.pem", ca), (f"{role}.pem", cert), (f"{role}.key", key), (f"{role}.jwt", read.file(read.layout.token(role))))
+    data = (("ca.pem", ca), (f"{role}.pem", cert), (f"{role}.key", key))
+    if with_token:
+        data += ((f"{role}.jwt", read.file(read.layout.token(role))),)
     return Secret(name, f"applications of role {role}", "Opaque", data)
 
 
@@ -252,6 +284,9 @@ def context(config: BundleConfig, all_secrets: list[Secret], templates_dir: Path
         "expiry_error_window": go_duration(max(config.pki.renew_before / 4, timedelta(hours=1))),
         "items": {name: bundle_items(secret) for name, secret in by_name.items()},
         "token_minting": k8s.token_minting,
+        "workload": config.workload_identity,
+        "example_namespace": next((ns.name for ns in config.namespaces if K8S_NAME.match(ns.name)), "my-team"),
+        "frontend_address": f"{_fullname(k8s.release)}-frontend.{k8s.namespace}.svc:{net.frontend_port}",
         "role_secrets": [s for s in all_secrets if s.name.startswith(n["role"] + "-")],
         "bundle_yaml": _bundle_yaml(config),
         # The compose cluster's dynamic config, key for key: the same server policy in both.
@@ -285,8 +320,12 @@ def render_export(config: BundleConfig, layout: Layout, templates_dir: Path | No
     values = context(config, all_secrets, templates_dir)
     outputs = {"values.yaml": ("helm/values.yaml.j2", CERT_MODE)}
     outputs.update({path: (template, CERT_MODE) for path, template in MANIFESTS.items()})
-    if config.kubernetes.token_minting == "in-cluster":
+    if refresher_exported(config):
         outputs["manifests/token-refresher.yaml"] = ("helm/token-refresher.yaml.j2", CERT_MODE)
+    if config.workload_identity.enabled:
+        outputs["manifests/token-exchange.yaml"] = ("helm/token-exchange.yaml.j2", CERT_MODE)
+        # Not under manifests/: an example for the application's namespace, never applied with ours.
+        outputs["examples/workload-identity-worker.yaml"] = ("helm/workload-identity-worker.yaml.j2", CERT_MODE)
     rendered = {path: (_render(env, template, values), mode) for path, (template, mode) in outputs.items()}
     for secret in all_secrets:
         rendered[f"secrets/{secret.name}.yaml"] = (

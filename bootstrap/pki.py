@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from . import hsm
 from .errors import BundleError
 
 # Issued certificates start slightly in the past so a peer whose clock is a little behind ours
@@ -53,10 +54,15 @@ def key_algorithm_of(key) -> str:
 
 
 def private_key_pem(key: PrivateKey) -> bytes:
+    """PEM PKCS#8; for a key inside a PKCS#11 token, its reference (hsm.py): no key material."""
+    if hasattr(key, "reference"):
+        return key.reference()
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
 def load_private_key(pem: bytes, what: str) -> PrivateKey:
+    if hsm.is_reference(pem):
+        return hsm.resolve(pem, what)
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError):
@@ -164,9 +170,11 @@ class CA(_CertWithKey):
         key_algorithm: str = "ecdsa-p256",
         lifetime: timedelta = timedelta(days=3650),
         now: datetime | None = None,
+        key: PrivateKey | None = None,
     ) -> "CA":
+        """`key`: the CA's key if made elsewhere (inside a PKCS#11 token); else a new one."""
         now = now or utcnow()
-        key = generate_key(key_algorithm)
+        key = key or generate_key(key_algorithm)
         name = x509.Name([
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
             x509.NameAttribute(NameOID.COMMON_NAME, common_name),

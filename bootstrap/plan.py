@@ -20,7 +20,7 @@ import yaml
 
 from cryptography import x509
 
-from . import pki
+from . import backend, pki
 from .config import BundleConfig
 from .errors import BundleError
 from .pki import CA, LeafCert
@@ -72,6 +72,8 @@ def leaf_specs(config: BundleConfig) -> list[LeafSpec]:
             LeafSpec("dex", "server", config.oidc.host, config.dex_sans(), "server", "server"),
             LeafSpec("ui", "server", config.oidc.ui_public_host, config.ui_sans(), "server", "server"),
         ]
+    if config.workload_identity.enabled:
+        specs.append(LeafSpec("exchange", "server", config.workload_identity.host, config.exchange_sans(), "server", "server"))
     if db.driver == "postgres":
         specs += [
             LeafSpec("postgres", "server", db.host, config.postgres_sans(), "server", "server"),
@@ -202,6 +204,7 @@ def new_ca(config: BundleConfig, domain: str, now: datetime) -> CA:
         key_algorithm=config.pki.key_algorithm,
         lifetime=config.pki.ca_lifetime,
         now=now,
+        key=backend.new_root_key(config, config.pki.key_algorithm),
     )
 
 
@@ -333,13 +336,13 @@ def load_signing_keys(layout: Layout) -> dict[str, SigningKey]:
     return keys
 
 
-def plan_signing_key(config: BundleConfig, layout: Layout, force: bool) -> SigningState:
+def plan_signing_key(config: BundleConfig, layout: Layout, force: bool, exchange: SigningKey | None = None) -> SigningState:
     active_raw = read_optional(layout.active_kid)
     if force or active_raw is None:
         on_disk = sorted(layout.signing_keys.glob("*.key")) if layout.signing_keys.is_dir() else []
         if on_disk and not force:
             raise BundleError(f"{layout.active_kid} is missing but signing keys exist; {FORCE_HINT}")
-        key = SigningKey.generate(config.jwt.algorithm)
+        key = SigningKey.generate(config.jwt.algorithm, lambda alg: backend.new_root_key(config, alg))
         reason = "created" if active_raw is None and not on_disk else "replaced (--force)"
         actions: list[Action] = [Delete(p, "dropped (--force)") for p in on_disk if p.stem != key.kid]
         actions += [
@@ -352,7 +355,7 @@ def plan_signing_key(config: BundleConfig, layout: Layout, force: bool) -> Signi
         key = active_signing_key(layout, keys)
         actions = [Skip(layout.signing_key(key.kid)), Skip(layout.active_kid)]
         published = list(keys.values())
-    actions.append(plan_jwks(layout, published, force))
+    actions.append(plan_jwks(layout, published, force, exchange))
     return SigningState(key, published, actions)
 
 
@@ -372,14 +375,39 @@ def active_signing_key(layout: Layout, keys: dict[str, SigningKey]) -> SigningKe
     return keys[kid]
 
 
-def plan_jwks(layout: Layout, published: list[SigningKey], force: bool) -> Action:
-    wanted = jwks_bytes(published)
+def plan_jwks(layout: Layout, published: list[SigningKey], force: bool, exchange: SigningKey | None = None) -> Action:
+    """The JWKS of the bundle's signing keys, plus the token exchange's key when it has one (a key
+    rotation of the bundle's keys keeps publishing it)."""
+    exchange = exchange or load_exchange_key(layout)
+    wanted = jwks_bytes(published + ([exchange] if exchange else []))
     existing = read_optional(layout.jwks)
     if existing == wanted:
         return Skip(layout.jwks)
     if existing is not None and not force and not _is_jwks(existing):
         raise BundleError(f"{layout.jwks} is not a JWKS document we wrote; {FORCE_HINT}")
     return Write(layout.jwks, wanted, CERT_MODE, "created" if existing is None else "updated: published keys changed")
+
+
+def load_exchange_key(layout: Layout) -> SigningKey | None:
+    pem = read_optional(layout.exchange_signing_key)
+    if pem is None:
+        return None
+    try:
+        return SigningKey.from_pem(pem, str(layout.exchange_signing_key))
+    except BundleError as exc:
+        raise BundleError(f"{exc}; {FORCE_HINT}") from None
+
+
+def plan_exchange_key(config: BundleConfig, layout: Layout, force: bool) -> tuple[SigningKey | None, list[Action]]:
+    """The token exchange's own signing key, made once workload_identity is enabled. --force keeps
+    it: replacing it would only cut off live workers until they exchange again."""
+    existing = load_exchange_key(layout)
+    if existing is not None:
+        return existing, [Skip(layout.exchange_signing_key)]
+    if not config.workload_identity.enabled:
+        return None, []
+    key = SigningKey.generate(config.jwt.algorithm)
+    return key, [Write(layout.exchange_signing_key, key.private_pem(), KEY_MODE, "created (token exchange signing key)")]
 
 
 def _is_jwks(data: bytes) -> bool:

@@ -26,7 +26,8 @@ from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives import serialization
 
-from . import pki
+from . import backend, pki
+from .backend import codec_kek
 from .codec_keys import plan_rotation as plan_codec_key_rotation
 from .config import BundleConfig
 from .errors import BundleError
@@ -127,13 +128,15 @@ def _unrecorded_rotation(layout: Layout) -> str | None:
     return None
 
 
-def step(config: BundleConfig, layout: Layout, kind: str, now: datetime, all_certs: bool = False, probe=None) -> Step:
+def step(config: BundleConfig, layout: Layout, kind: str, now: datetime, all_certs: bool = False, probe=None,
+         namespaces=None) -> Step:
     """`probe(key) -> bool`, if given, asks the live server whether it accepts tokens signed by
     `key`; the signing-key rollover then activates the new key only once the server knows it."""
     if kind == "certs":
         return _step_certs(config, layout, now, all_certs)
     if kind == "codec-key":
-        action, message = plan_codec_key_rotation(layout, now)
+        kek, _ = codec_kek(config, layout)
+        action, message = plan_codec_key_rotation(layout, now, kek, namespaces)
         return Step("codec-key", "done", message, [action])
     if kind == "signing-key":
         return _step_signing_key(config, layout, now, probe)
@@ -188,7 +191,7 @@ def _publish_new_key(config, layout, keys, active, now) -> Step:
         new = pending[0]
         note = f"resuming: published key {new.kid} was not recorded"
     else:
-        new = SigningKey.generate(config.jwt.algorithm)
+        new = SigningKey.generate(config.jwt.algorithm, lambda alg: backend.new_root_key(config, alg))
         keys = {**keys, new.kid: new}
         actions.append(Write(layout.signing_key(new.kid), new.private_pem(), KEY_MODE, "new signing key"))
         note = f"new key {new.kid} published beside {active.kid}"

@@ -25,6 +25,11 @@ class Listener:
     # inside its own container only).
     reach: str
     service: str = "temporal"
+    profile: str = ""  # a compose profile the service runs under only when enabled
+
+    @property
+    def reach_text(self) -> str:
+        return REACH[self.reach] + (f" (compose profile {self.profile})" if self.profile else "")
 
     def port_number(self, net: NetworkConfig, oidc: OIDCConfig | None = None) -> int:
         if self.port.isdigit():
@@ -58,6 +63,8 @@ LISTENERS = (
              service="temporal-ui"),
     Listener("Dex (OIDC issuer)", "oidc.port", "any", "a user's password (or an upstream SSO login)", "published",
              service="dex"),
+    Listener("token exchange", "8444", "any", "a workload's identity token from a configured issuer; grants what "
+             "workload_identity binds, for minutes", "published", service="token-exchange", profile="workload-identity"),
     Listener("PostgreSQL", "5432", "database", "certificate auth: CN = database user", "backend", service="postgresql"),
 )
 
@@ -81,7 +88,7 @@ def markdown_table(net: NetworkConfig | None = None) -> str:
     rows = ["| listener | port | TLS admits | beyond TLS | reachable from |", "| --- | --- | --- | --- | --- |"]
     for item in LISTENERS:
         rows.append(
-            f"| {item.name} | {item.port_number(net)} | {ADMITS[item.admits]} | {item.token} | {REACH[item.reach]} |"
+            f"| {item.name} | {item.port_number(net)} | {ADMITS[item.admits]} | {item.token} | {item.reach_text} |"
         )
     rows.append("| internal-frontend HTTP API | off | - | - | not listening (it would take the frontend's client CA) |")
     return "\n".join(rows) + "\n"

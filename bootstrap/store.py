@@ -112,6 +112,18 @@ class Layout:
     def codec_keys(self) -> Path:
         return self.root / "codec-keys" / "keys.json"
 
+    # exchange/: the token exchange's TLS pair and its signing key, a key used for nothing else
+    # (its kid is published in jwks.json next to the bundle's). Only the exchange mounts it.
+    @property
+    def exchange_signing_key(self) -> Path:
+        return self.root / "exchange" / "signing.key"
+
+    # codec-kek/: the key that wraps the data keys (file backend). Apart from codec-keys/, so a
+    # copy of the wrapped keys alone (a volume, an export) opens nothing.
+    @property
+    def codec_kek(self) -> Path:
+        return self.root / "codec-kek" / "kek.key"
+
     def leaf(self, directory: str, name: str) -> tuple[Path, Path]:
         base = self.root / directory
         return base / f"{name}.pem", base / f"{name}.key"

@@ -47,10 +47,11 @@ class SigningKey:
     algorithm: str
 
     @classmethod
-    def generate(cls, algorithm: str = "ES256") -> "SigningKey":
+    def generate(cls, algorithm: str = "ES256", new_key=generate_key) -> "SigningKey":
+        """`new_key(key_algorithm)` makes the key: by default here, or inside a PKCS#11 token."""
         if algorithm not in ALGORITHM_KEYS:
             raise BundleError(f"unsupported JWT algorithm {algorithm!r} (Temporal accepts ES256 and RS256)")
-        return cls(generate_key(ALGORITHM_KEYS[algorithm]), algorithm)
+        return cls(new_key(ALGORITHM_KEYS[algorithm]), algorithm)
 
     @classmethod
     def from_pem(cls, pem: bytes, what: str = "signing key") -> "SigningKey":

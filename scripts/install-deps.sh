@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Everything the tests need on a fresh Debian machine: system packages, the Python package with
-# its test extras, the temporal-server build (cached by version) and the compose v2 plugin.
+# its test extras, the compose v2 plugin, and every build the tests use (scripts/prebuild.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 # chromium: the Web UI browser tests (Playwright launches it by path; no browser download).
-for pkg in docker.io iptables debootstrap postgresql openssl curl chromium; do
+# softhsm2: a real PKCS#11 token for keys.backend pkcs11 (tests/hsm).
+for pkg in docker.io iptables debootstrap postgresql openssl curl chromium softhsm2; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
@@ -16,8 +17,8 @@ if ((${#need_apt[@]})); then
 fi
 
 python3 -m pip install -q --disable-pip-version-check -e ".[test]"
-bash scripts/build-temporal.sh >/dev/null
-bash scripts/build-dex.sh >/dev/null
 if [[ -f scripts/install-compose.sh ]]; then
   bash scripts/install-compose.sh
 fi
+# The Go builds and images, in parallel; cached, so a warm run only checks them.
+bash scripts/prebuild.sh

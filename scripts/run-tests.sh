@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 bash scripts/docker-engine.sh start
-exec python3 -m pytest tests -p no:cacheprovider "$@"
+# --durations: where the time goes, in every CI log.
+exec python3 -m pytest tests -p no:cacheprovider --durations=15 "$@"

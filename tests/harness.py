@@ -53,7 +53,8 @@ def configcheck_bin() -> Path:
 
     src = REPO / "tools" / "configcheck"
     digest = hashlib.sha256(b"".join((src / f).read_bytes() for f in ("main.go", "go.mod", "go.sum"))).hexdigest()[:16]
-    cache = Path(os.environ.get("TEMPORAL_BIN_CACHE", Path.home() / ".cache" / "temporal-bundle"))
+    default = os.environ.get("TEMPORAL_BIN_CACHE", Path.home() / ".cache" / "temporal-bundle")
+    cache = Path(os.environ.get("TEMPORAL_BUNDLE_CACHE", default))
     binary = cache / f"configcheck-{digest}"
     if not binary.is_file():
         cache.mkdir(parents=True, exist_ok=True)
@@ -246,6 +247,8 @@ class LocalCluster:
     # Called with the cluster after `init`, before anything starts: lets a test reshape the
     # bundle (e.g. into the one-CA layout of bundles made before trust domains).
     after_init: object = None
+    # bundle.yaml's `keys:` section, e.g. the pkcs11 backend (tests/server/test_pkcs11_cluster.py).
+    keys: dict | None = None
 
     @property
     def bundle(self) -> Path:
@@ -299,6 +302,7 @@ class LocalCluster:
             # The docker tier runs the stack with Dex.
             "oidc": {"enabled": False},
             "bundle_dir": str(self.bundle),
+            **({"keys": self.keys} if self.keys else {}),
         }
 
     def start(self, timeout: float = 120) -> "LocalCluster":

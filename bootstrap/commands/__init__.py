@@ -1,5 +1,5 @@
 from . import check_expiry, generate_certs, init, mint_tokens, register_namespaces, render_config, rotate, serve_jwks
-from . import backup, export_helm, serve_codec, show_admin_password
+from . import backup, export_helm, serve_codec, serve_exchange, show_admin_password
 
 COMMANDS = {
     "init": init,
@@ -11,6 +11,7 @@ COMMANDS = {
     "check-expiry": check_expiry,
     "rotate": rotate,
     "serve-codec": serve_codec,
+    "serve-exchange": serve_exchange,
     "export-helm": export_helm,
     "backup": backup,
     "show-admin-password": show_admin_password,

@@ -9,6 +9,7 @@ import stat
 import sys
 from pathlib import Path
 
+from ..hsm import is_reference
 from ..backup import CONFIG_NAME, DUMP_PREFIX, Archive, Entry, ca_fingerprint, check_dump, open_archive, parse_dump_stream, seal
 from ..errors import BundleError
 from ..store import Action, Layout, Skip, Write, apply, locked, parse_owners, read_optional, write_atomic
@@ -137,6 +138,8 @@ def bundle_entries(layout: Layout) -> list[Entry]:
         raise BundleError(f"{layout.codec_keys} does not exist: run init first")
     files = sorted(p for p in layout.private.rglob("*") if p.is_file() and not p.name.startswith("."))
     files.append(layout.codec_keys)
+    if read_optional(layout.codec_kek) is not None:  # file backend; under pkcs11 the KEK is in the token
+        files.append(layout.codec_kek)
     return [Entry(layout.relative(p), read_optional(p) or b"", stat.S_IMODE(p.stat().st_mode)) for p in files]
 
 
@@ -202,4 +205,14 @@ def summary(path: Path, archive: Archive) -> str:
     m = archive.manifest
     databases = ", ".join(archive.databases()) or "none"
     return (f"{path}: ok; created {m.get('created')}, bundle {m.get('bundle_version')}, "
-            f"{len(archive.bundle_files())} bundle files, databases: {databases}; server CA sha256 {archive.server_ca_sha256}")
+            f"{len(archive.bundle_files())} bundle files, databases: {databases}; server CA sha256 {archive.server_ca_sha256}"
+            f"{_token_note(archive)}")
+
+
+def _token_note(archive: Archive) -> str:
+    """keys.backend pkcs11: the CA and signing keys are in the token, the archive has their labels."""
+    held = [e.name for e in archive.bundle_files() if is_reference(e.data)]
+    if not held:
+        return ""
+    return (f"; root keys: {len(held)} CA/signing keys are in the PKCS#11 token and NOT in this archive "
+            "(it holds their labels only): back the token up with its vendor's tools")

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from .. import backend
 from ..config import BundleConfig, load_config
 from ..store import Action, Layout, Skip, describe, parse_owners
 
@@ -53,7 +54,10 @@ def standard(parser: argparse.ArgumentParser, force: bool = True) -> None:
 
 
 def load(args) -> tuple[BundleConfig, Layout]:
-    return load_config(args.config), Layout(Path(args.out).resolve(), parse_owners(getattr(args, "owner", [])))
+    config = load_config(args.config)
+    layout = Layout(Path(args.out).resolve(), parse_owners(getattr(args, "owner", [])))
+    backend.activate(config)
+    return config, layout
 
 
 def report(layout: Layout, actions: list[Action], quiet: bool = False) -> None:

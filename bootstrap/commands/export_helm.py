@@ -14,7 +14,7 @@ from .common import add_config, add_out, load, report
 HELP = f"export values.yaml (Temporal Helm chart {CHART_VERSION}), Secrets and manifests to DEST"
 # The sub-directories we own in DEST: stale files there (a role removed, minting moved outside the
 # cluster) are removed, so applying DEST never re-creates a Secret the bundle no longer has.
-OWNED_DIRS = ("secrets", "manifests")
+OWNED_DIRS = ("secrets", "manifests", "examples")
 
 
 def add_parser(sub, name):

@@ -6,12 +6,13 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 
+from ..backend import codec_kek, previous_kek
 from ..codec_keys import plan_codec_keys
 from ..config import BundleConfig
 from ..errors import BundleError
 from ..pki import BACKDATE, utcnow
-from ..plan import plan_ca, plan_leaves, plan_signing_key
-from ..store import Action, Layout, apply, locked
+from ..plan import plan_ca, plan_exchange_key, plan_leaves, plan_signing_key
+from ..store import Action, Delete, Layout, apply, locked
 from ..tokens import SigningKey
 from .common import load, report, standard
 
@@ -35,9 +36,15 @@ def plan(config: BundleConfig, layout: Layout, force: bool, now: datetime) -> Pl
     state = plan_ca(config, layout, force, now)
     for ca in state.cas.values():
         check_clock(ca.cert.not_valid_before_utc, now)
-    signing = plan_signing_key(config, layout, force)
+    exchange, exchange_actions = plan_exchange_key(config, layout, force)
+    signing = plan_signing_key(config, layout, force, exchange)
     leaves = plan_leaves(config, layout, state.cas, force, now)
-    actions = state.actions + leaves + signing.actions + plan_codec_keys(layout, force, now)
+    kek, kek_actions = codec_kek(config, layout)
+    previous = previous_kek(config, layout)
+    data_keys = plan_codec_keys(layout, force, now, [ns.name for ns in config.namespaces], kek, previous)
+    if previous is not None:  # its keys are now wrapped by the token: the file KEK goes
+        data_keys.append(Delete(layout.codec_kek, "dropped: the data keys are wrapped by the token's KEK now"))
+    actions = state.actions + leaves + exchange_actions + signing.actions + kek_actions + data_keys
     return Plan(actions, signing.active, state.shared)
 
 

@@ -27,8 +27,9 @@ at any point is completed by the next one.
                       three phases (the server CA, which clients verify with, stays). Run it
                       under load: nothing fails; restart `temporal` once afterwards (it keeps
                       the database client certificate it started with).
-  --kind codec-key    add a new payload data key to codec-keys/keys.json and make it the one that
-                      encrypts; old keys stay for decoding. Codecs re-read the file, no restart.
+  --kind codec-key    add a new payload data key to each namespace's ring in codec-keys/keys.json
+                      (--namespace NS: only those) and make it the one that encrypts; old keys
+                      stay for decoding. Codecs re-read the file, no restart.
 """
 EPILOG = """exit codes:
   0  the rotation finished, or advanced and is waiting (the output says until when)
@@ -43,6 +44,8 @@ def add_parser(sub, name):
     standard(parser, force=False)
     parser.add_argument("--kind", choices=KINDS, help="what to rotate (default: the rotation in progress)")
     parser.add_argument("--all", action="store_true", help="with --kind certs: re-issue every leaf, due or not")
+    parser.add_argument("--namespace", action="append", metavar="NS",
+                        help="with --kind codec-key: rotate this namespace's data key (repeatable; default: all)")
     parser.add_argument("--wait", action="store_true", help="sleep through the waits until the rotation is done")
     parser.add_argument(
         "--probe-address",
@@ -59,7 +62,7 @@ def run(args) -> int:
     while True:
         with locked(layout):
             kind = current_kind(layout, args.kind)
-            result = step(config, layout, kind, utcnow(), args.all, _probe(args, config, layout))
+            result = step(config, layout, kind, utcnow(), args.all, _probe(args, config, layout), args.namespace)
             report(layout, apply(layout, result.actions), args.quiet)
         print(f"rotation {result.kind}: {result.message}")
         if result.done:

@@ -6,6 +6,7 @@ import argparse
 import ssl
 from pathlib import Path
 
+from ..backend import codec_kek_for_serving
 from ..config import check_origin, load_config
 from ..errors import BundleError
 from ..store import Layout
@@ -14,13 +15,16 @@ from .common import add_config, add_out, serve_until_interrupted
 
 HELP = "serve /encode and /decode (Temporal's codec protocol) over HTTPS for the Web UI and CLI"
 DESCRIPTION = """Serve Temporal's remote codec protocol (POST /encode, POST /decode, GET /healthz)
-over HTTPS with the codec/server certificate, using the data keys in codec-keys/keys.json.
+over HTTPS with the codec/server certificate, using each namespace's data keys in
+codec-keys/keys.json, unwrapped in memory with the KEK (codec-kek/kek.key, or the PKCS#11 token
+under keys.backend pkcs11).
 
 Every request needs a bearer JWT the bundle's JWKS verifies (else 401; issuer jwt.issuer, plus any
 --issuer) and some role on the X-Namespace namespace (else 403), checked before the body is read.
-/decode returns a payload's plaintext only when the token holds codec.decrypt_role (default admin)
-on the namespace the payload is bound to, or on temporal-system; payloads written before
-namespaces were bound need temporal-system. Other payloads come back still encrypted. /encode
+/decode returns a payload's plaintext only when it is bound to the X-Namespace namespace and the
+token holds codec.decrypt_role (default admin) there or on temporal-system; a payload bound to
+another namespace is refused even for a system admin; payloads written before namespaces were
+bound need temporal-system. Other payloads come back still encrypted. /encode
 needs write. CORS preflights are answered for codec.ui_origins only. Keys, JWKS and certificate
 are re-read when they change: rotations need no restart. One JSON audit line per request."""
 
@@ -68,7 +72,8 @@ def run(args) -> int:
         raise BundleError(f"{layout.jwks} not found; run generate-certs first, or pass --jwks-url")
     try:
         server = make_server(
-            args.host, port, keys_path=layout.codec_keys, policy=policy, jwks_path=layout.jwks,
+            args.host, port, keys_path=layout.codec_keys, kek=codec_kek_for_serving(config, layout), policy=policy,
+            jwks_path=layout.jwks,
             jwks_urls=tuple(args.jwks_url or ()), jwks_cafile=layout.trust_bundle, cert=cert, key=key,
             audit=not args.quiet_audit, limits=Limits(max_connections=args.max_connections),
         )

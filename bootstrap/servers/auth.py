@@ -89,8 +89,9 @@ class URLJWKS:
     fetch (CA rotations). A stale set keeps serving while its refresh runs."""
 
     def __init__(self, url: str, cafile: Path | None, ttl: float = 60.0, timeout: float = 10.0,
-                 unknown_every: float = 5.0):
+                 unknown_every: float = 5.0, token_file: Path | None = None):
         self.url, self.cafile, self.ttl, self.timeout, self.description = url, cafile, ttl, timeout, url
+        self.token_file = token_file  # a bearer token for the fetch, re-read each time (kube-apiserver's JWKS wants one)
         self.unknown_every = unknown_every
         self._doc, self._fetched, self._attempted, self._failures = None, 0.0, float("-inf"), 0
         self._fetch_task: asyncio.Task | None = None
@@ -134,7 +135,8 @@ class URLJWKS:
             context.load_verify_locations(cafile=str(self.cafile))
         self._session = self._session or aiohttp.ClientSession()
         timeout = aiohttp.ClientTimeout(total=self.timeout)
-        async with self._session.get(self.url, ssl=context, timeout=timeout) as response:
+        headers = {"Authorization": f"Bearer {Path(self.token_file).read_text().strip()}"} if self.token_file else None
+        async with self._session.get(self.url, ssl=context, timeout=timeout, headers=headers) as response:
             response.raise_for_status()
             doc = json.loads(await response.content.read(MAX_JWKS_BYTES))
         if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):

@@ -17,9 +17,11 @@ flags (worker=1 < read=2 < write=4 < admin=8, OR-ed over "<ns>:<role>" permissio
 required`, `temporal-system:<role>` counting for every namespace):
   - any request needs some role on the request's namespace, else 403;
   - encode needs write there, and binds the payloads to that namespace;
-  - decode decrypts a payload only when the token holds `decrypt_role` (admin by default) on the
-    namespace the payload is bound to, whatever the request says; a payload written before
-    namespaces were bound is decrypted only for `temporal-system:<decrypt_role>`. Every other
+  - decode decrypts a payload only when it is bound to the request's namespace and the token
+    holds `decrypt_role` (admin by default) there, with that namespace's own data keys; a payload
+    bound to another namespace (copied into this history) is refused even for a system admin; a
+    payload written before namespaces were bound is decrypted only for
+    `temporal-system:<decrypt_role>`. Every other
     payload comes back unchanged, still encrypted (200), as if no codec were set, and the audit
     line says it was refused.
 Then the body: Content-Length required (411), at most `max_body` (413), read within the body
@@ -203,7 +205,9 @@ class CodecHandlers:
                     parts.append(item.json())
                     continue
                 bound = _text(item.field(NAMESPACE_HEADER))
-                if may_read(bound):
+                # A payload bound to another namespace was copied here: refused whoever asks, and
+                # it would not open anyway (its key is in its own namespace's ring only).
+                if (bound is None or bound == namespace) and may_read(bound):
                     parts.append(payload_json(self.open(keyring, item, bound)))
                     decrypted += 1
                     continue
@@ -212,6 +216,8 @@ class CodecHandlers:
             item.check()
             parts.append(item.json())
             scope = bound if bound is not None else "unbound (needs temporal-system)"
+            if bound is not None and bound != namespace:
+                scope = f"{bound} (bound to another namespace)"
             refused[scope] = refused.get(scope, 0) + 1
         outcome = "refused" if refused and not decrypted else "partly refused" if refused else "decrypted"
         counts = {"decrypted": decrypted, "refused": sum(refused.values()) or None,
@@ -259,6 +265,7 @@ def make_server(
     *,
     keys_path: Path,
     policy: Policy,
+    kek=None,
     jwks_path: Path | None = None,
     jwks_urls: tuple[str, ...] = (),
     jwks_cafile: Path | None = None,
@@ -268,7 +275,7 @@ def make_server(
     limits: Limits = Limits(),
 ) -> Service:
     """Fails at start (BundleError, OSError, ssl.SSLError) if the keys or the cert are unusable."""
-    keys = KeyringFile(keys_path)
+    keys = KeyringFile(keys_path, kek)
     keys.current()
     jwks = _jwks(jwks_path, jwks_urls, jwks_cafile)
     tls = ReloadingTLS(cert, key) if cert and key else None

@@ -18,7 +18,8 @@ from temporalio.api.common.v1 import Payload, Payloads
 
 from bootstrap.cli import main
 from bootstrap.codec import KEY_ID_HEADER, encrypt
-from bootstrap.codec_keys import Keyring
+from bootstrap.codec_keys import Keyring, KeySet
+from bootstrap.kek import FileKek
 from bootstrap.servers.codec import Policy, make_server
 from bootstrap.pki import utcnow
 from bootstrap.tokens import SigningKey, mint_token
@@ -92,7 +93,8 @@ def test_follows_a_data_key_rotation(served):
     status, data = post(out, url + "/encode", body(PLAIN), headers(out))
     [before] = json_format.Parse(data, Payloads()).payloads
     assert main(["rotate", "--config", str(config), "--out", str(out), "--kind", "codec-key", "-q"]) == 0
-    active = Keyring.parse((out / "codec-keys/keys.json").read_bytes()).active
+    keys = KeySet.parse((out / "codec-keys/keys.json").read_bytes(), FileKek.load(out / "codec-kek/kek.key"))
+    active = keys.rings["default"].active
     status, data = post(out, url + "/encode", body(PLAIN), headers(out))
     [after] = json_format.Parse(data, Payloads()).payloads
     assert after.metadata[KEY_ID_HEADER] == active.encode() != before.metadata[KEY_ID_HEADER]

@@ -28,7 +28,8 @@ from bootstrap.codec import (
     encrypt,
     payload_namespace,
 )
-from bootstrap.codec_keys import Keyring, plan_codec_keys
+from bootstrap.codec_keys import Keyring, KeySet, plan_codec_keys
+from bootstrap.kek import FileKek
 from bootstrap.servers.auth import URLJWKS, grants, role_for
 from bootstrap.config import parse_config
 from bootstrap.errors import BundleError
@@ -260,27 +261,31 @@ def test_keyring_bytes_round_trip():
     assert keyring.active.startswith("20260102-")
 
 
+KEK = FileKek(bytes(range(32)))
+
+
 def test_plan_creates_keeps_and_refuses(tmp_path):
     layout = Layout(tmp_path)
-    [created] = plan_codec_keys(layout, force=False, now=NOW)
+    [created] = plan_codec_keys(layout, False, NOW, ["default"], KEK)
     assert isinstance(created, Write) and created.mode == 0o600 and created.reason == "created"
     layout.codec_keys.parent.mkdir()
     layout.codec_keys.write_bytes(created.data)
-    assert plan_codec_keys(layout, force=False, now=NOW) == [Skip(layout.codec_keys)]
+    assert plan_codec_keys(layout, False, NOW, ["default"], KEK) == [Skip(layout.codec_keys)]
     layout.codec_keys.write_text("garbage")
     with pytest.raises(BundleError, match="without --force"):
-        plan_codec_keys(layout, force=False, now=NOW)
-    [replaced] = plan_codec_keys(layout, force=True, now=NOW)
+        plan_codec_keys(layout, False, NOW, ["default"], KEK)
+    [replaced] = plan_codec_keys(layout, True, NOW, ["default"], KEK)
     assert "replaced (--force)" in replaced.reason
 
 
 def test_force_rotates_a_good_keyring_and_never_drops_a_key(tmp_path):
     layout = Layout(tmp_path)
-    [created] = plan_codec_keys(layout, force=False, now=NOW)
+    [created] = plan_codec_keys(layout, False, NOW, ["default"], KEK)
     layout.codec_keys.parent.mkdir()
     layout.codec_keys.write_bytes(created.data)
-    [forced] = plan_codec_keys(layout, force=True, now=NOW)
-    before, after = Keyring.parse(created.data), Keyring.parse(forced.data)
+    [forced] = plan_codec_keys(layout, True, NOW, ["default"], KEK)
+    before = KeySet.parse(created.data, KEK).rings["default"]
+    after = KeySet.parse(forced.data, KEK).rings["default"]
     assert after.active != before.active
     assert after.keys[before.active] == before.keys[before.active]
 
@@ -293,15 +298,22 @@ def bundle(tmp_path):
     return config, out
 
 
+def keyset(out: Path) -> KeySet:
+    return KeySet.parse((out / "codec-keys" / "keys.json").read_bytes(), FileKek.load(out / "codec-kek" / "kek.key"))
+
+
 def test_init_writes_the_keyring_0600_and_the_codec_server_cert(bundle):
     _, out = bundle
     keys = out / "codec-keys" / "keys.json"
     assert stat.S_IMODE(keys.stat().st_mode) == 0o600
-    Keyring.parse(keys.read_bytes())
+    assert stat.S_IMODE((out / "codec-kek" / "kek.key").stat().st_mode) == 0o600
+    assert set(keyset(out).rings) == {"default"}
     assert (out / "codec" / "server.pem").is_file() and (out / "codec" / "server.key").is_file()
     # The data keys live apart from every TLS key: an application mounting codec-keys/ gets no key
-    # to impersonate the codec server, and the codec server's directory holds no data keys.
+    # to impersonate the codec server, and the codec server's directory holds no data keys. The
+    # KEK has a directory of its own: the wrapped keys alone open nothing.
     assert sorted(p.name for p in keys.parent.iterdir()) == ["keys.json"]
+    assert sorted(p.name for p in (out / "codec-kek").iterdir()) == ["kek.key"]
     assert not list((out / "codec").glob("*.json"))
 
 
@@ -326,13 +338,13 @@ def test_corrupt_keyring_stops_init_before_anything_is_written(bundle, capsys):
 def test_rotate_codec_key(bundle, capsys):
     config, out = bundle
     keys = out / "codec-keys" / "keys.json"
-    before = Keyring.parse(keys.read_bytes())
+    before = keyset(out).rings["default"]
     assert main(["rotate", "--config", str(config), "--out", str(out), "--kind", "codec-key"]) == 0
-    after = Keyring.parse(keys.read_bytes())
+    after = keyset(out).rings["default"]
     assert after.active not in before.keys
     assert {k: after.keys[k] for k in before.keys} == before.keys
     assert stat.S_IMODE(keys.stat().st_mode) == 0o600
-    assert f"data key {after.active} now encrypts" in capsys.readouterr().out
+    assert f"default: {after.active}" in capsys.readouterr().out
     assert not (out / "private" / "rotation.json").exists(), "a one-step rotation leaves no state"
 
 

@@ -22,14 +22,16 @@ IMAGE_VARIABLES = ("BUNDLE_IMAGE", "TEMPORAL_SERVER_IMAGE", "TEMPORAL_ADMINTOOLS
                    "DEX_IMAGE")
 
 
-@pytest.fixture(scope="module")
-def resolved(tmp_path_factory) -> dict:
-    """`docker compose config` output: anchors merged, variables at their defaults."""
+@pytest.fixture(scope="module", params=["default", "workload-identity"])
+def resolved(tmp_path_factory, request) -> dict:
+    """`docker compose config` output: anchors merged, variables at their defaults; once with the
+    default services, once with the workload-identity profile's token exchange too."""
+    profile = [] if request.param == "default" else ["--profile", request.param]
     config = tmp_path_factory.mktemp("compose-file") / "bundle.yaml"
     config.write_text((REPO / "bundle.example.yaml").read_text())
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "BUNDLE_CONFIG_FILE": str(config)}
     result = subprocess.run(
-        ["docker", "compose", "-f", str(COMPOSE_FILE), "config", "--format", "json"],
+        ["docker", "compose", "-f", str(COMPOSE_FILE), *profile, "config", "--format", "json"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, f"docker compose config failed:\n{result.stderr}"
@@ -85,6 +87,8 @@ def test_secrets_are_mounted_only_where_needed(resolved):
             for source, volume in volumes.items():
                 if source.startswith("bundle-") and source not in ("bundle-root", "bundle-tokens"):
                     assert volume.get("read_only") is True, f"{name} mounts {source} read-write"
+        if name not in ("bootstrap", "token-exchange"):
+            assert "bundle-exchange" not in volumes, f"{name} mounts the token exchange's signing key"
         if name not in ("bootstrap", "token-refresher"):
             assert "bundle-signing" not in volumes, f"{name} mounts the JWT signing keys"
             assert "bundle-root" not in volumes, name
@@ -104,10 +108,13 @@ BUNDLE_MOUNTS = {
     "temporal-schema": {"bundle-trust", "bundle-dbclient"},
     "temporal": {"bundle-config", "bundle-trust", "bundle-server", "bundle-dbclient", "bundle-tools"},
     "temporal-register-namespaces": {"bundle-trust", "bundle-registrar"},
-    "codec-server": {"bundle-codec", "bundle-codec-keys", "bundle-trust"},
+    # The data keys and the KEK that unwraps them: the one service that decrypts payloads.
+    "codec-server": {"bundle-codec", "bundle-codec-keys", "bundle-codec-kek", "bundle-trust"},
     "temporal-ui": {"bundle-trust", "bundle-ui"},
     # Its own config (client secret, bcrypt hashes) and HTTPS cert; trusts nothing of ours.
     "dex": {"bundle-dex"},
+    # Profile workload-identity: its TLS pair and its own signing key, nothing else of ours.
+    "token-exchange": {"bundle-exchange", "bundle-trust"},
 }
 
 

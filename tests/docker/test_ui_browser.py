@@ -52,7 +52,7 @@ class UI:
 def ui(running_stack):
     ui = UI(running_stack)
     started = running_stack.run_client("start-encrypted", ui.workflow_id, "default", ui.secret_input,
-                                       volumes=("codec-keys",))
+                                       volumes=("codec-keys", "codec-kek"))
     assert started["ok"], started
     ui.password = ui.admin_password()
     files = running_stack.read_bundle_files("ui/server.pem", "dex/server.pem", "codec/server.pem", "ui/client.key",

@@ -29,7 +29,8 @@ from temporalio.worker import Worker
 
 from bootstrap.client import connect
 from bootstrap.codec import ENCODING, KEY_ID_HEADER, NAMESPACE_HEADER, data_converter, decrypt
-from bootstrap.codec_keys import Keyring
+from bootstrap.codec_keys import Keyring, KeySet
+from bootstrap.kek import FileKek
 from bootstrap.servers.codec import Policy, make_server
 from bootstrap.config import load_config
 from bootstrap.pki import utcnow
@@ -43,8 +44,13 @@ SECRET = "card 4111-1111-1111-1111"
 # --------------------------------------------------------------------------- helpers
 
 
-def keyring(cluster) -> Keyring:
-    return Keyring.parse((cluster.bundle / "codec-keys" / "keys.json").read_bytes())
+def keyset(cluster) -> KeySet:
+    return KeySet.parse((cluster.bundle / "codec-keys" / "keys.json").read_bytes(),
+                        FileKek.load(cluster.bundle / "codec-kek" / "kek.key"))
+
+
+def keyring(cluster, namespace="default") -> Keyring:
+    return keyset(cluster).rings[namespace]
 
 
 def active_signing_key(cluster) -> SigningKey:
@@ -57,9 +63,9 @@ def token(cluster, permissions, key=None, audience="temporal", now=None, lifetim
                       audience=audience, lifetime=lifetime, now=now).encoded
 
 
-async def _connect(cluster, role, converter=None):
+async def _connect(cluster, role, converter=None, namespace="default"):
     kwargs = {"data_converter": converter} if converter else {}
-    return await connect(cluster.address, bundle_dir=cluster.bundle, role=role, namespace="default",
+    return await connect(cluster.address, bundle_dir=cluster.bundle, role=role, namespace=namespace,
                          server_name="localhost", **kwargs)
 
 
@@ -73,9 +79,9 @@ async def _start(starter, arg, queue):
             await asyncio.sleep(0.5)
 
 
-async def history_payloads(cluster, workflow_id) -> list[Payload]:
+async def history_payloads(cluster, workflow_id, namespace="default") -> list[Payload]:
     """Workflow and activity inputs and results, read WITHOUT the codec: what the server stores."""
-    plain = await _connect(cluster, "client")
+    plain = await _connect(cluster, "client", namespace=namespace)
     history = await plain.get_workflow_handle(workflow_id).fetch_history()
     found = []
     for event in history.events:
@@ -408,6 +414,53 @@ def test_serve_codec_command(sqlite_cluster, encrypted_run):
     assert cluster.token("nsadmin") not in audit, "tokens must never be logged"
 
 
+# --------------------------------------------------------------------------- one namespace's keys per namespace
+
+
+def test_a_payload_replayed_into_another_namespace_is_refused_even_for_a_system_admin(sqlite_cluster, codec_server):
+    """Issue 17: a workflow runs in `other` with the codec; its encrypted input is then replayed
+    as the input of a workflow in `default`. The codec server decrypts it in `other`'s history
+    for other's admin, and refuses it in `default`'s history even to temporal-system:admin."""
+    from temporalio.common import RawValue
+
+    cluster = sqlite_cluster
+    keys_path = cluster.bundle / "codec-keys" / "keys.json"
+
+    async def scenario():
+        worker_client = await _connect(cluster, "worker", data_converter(keys_path), namespace="other")
+        starter = await _connect(cluster, "client", data_converter(keys_path), namespace="other")
+        queue = f"codec-ns-{uuid.uuid4()}"
+        async with Worker(worker_client, task_queue=queue, workflows=[GreetingWorkflow], activities=[greet]):
+            handle = await _start(starter, SECRET, queue)
+            assert await asyncio.wait_for(handle.result(), 60) == f"hello, {SECRET}"
+        stolen = (await history_payloads(cluster, handle.id, "other"))[0]
+        plain = await _connect(cluster, "client")  # no codec: the raw payload goes in as it is
+        replay = await plain.start_workflow("GreetingWorkflow", RawValue(stolen), id=f"replay-{uuid.uuid4()}",
+                                            task_queue=f"nobody-{uuid.uuid4()}")
+        history = await plain.get_workflow_handle(replay.id).fetch_history()
+        [replayed] = history.events[0].workflow_execution_started_event_attributes.input.payloads
+        return stolen, replayed
+
+    stolen, replayed = asyncio.run(scenario())
+    assert replayed == stolen and stolen.metadata[NAMESPACE_HEADER] == b"other"
+    other_ring, default_ring = keyring(cluster, "other"), keyring(cluster, "default")
+    assert stolen.metadata[KEY_ID_HEADER].decode() in other_ring.keys
+    assert stolen.metadata[KEY_ID_HEADER].decode() not in default_ring.keys
+
+    # A's reader sees A's payloads decrypted.
+    for bearer in (token(cluster, ["other:admin"]), cluster.token("system")):
+        status, _, data = decode(cluster, codec_server, [stolen], bearer, namespace="other")
+        assert status == 200 and json.loads(parse(data)[0].data) == SECRET
+    # Replayed into default's history: refused to the default admin and to the system admin alike.
+    for bearer in (cluster.token("nsadmin"), cluster.token("system")):
+        status, _, data = decode(cluster, codec_server, [replayed], bearer, namespace="default")
+        assert status == 200 and parse(data) == [replayed] and b"4111" not in data
+    # Relabelled as a default payload it does not open either: default's ring lacks its key.
+    relabelled = Payload(metadata={**replayed.metadata, NAMESPACE_HEADER: b"default"}, data=replayed.data)
+    status, _, data = decode(cluster, codec_server, [relabelled], cluster.token("system"), namespace="default")
+    assert status == 400 and b"unknown key id" in data and b"4111" not in data
+
+
 # --------------------------------------------------------------------------- key rotation
 
 
@@ -433,7 +486,7 @@ def test_codec_key_rotation_keeps_old_history_readable(sqlite_cluster, codec_ser
 
     output, before_id, after_id = asyncio.run(scenario())
     new = keyring(cluster)
-    assert f"data key {new.active} now encrypts" in output
+    assert f"default: {new.active}" in output
     assert old_id in new.keys and new.active != old_id
 
     before_payloads = asyncio.run(history_payloads(cluster, before_id))

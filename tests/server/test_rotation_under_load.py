@@ -4,22 +4,37 @@ JWT signing key and the CA are rotated on the real server. Zero calls may fail."
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 import pytest
 
 from bootstrap import pki
 from tests.harness import LocalCluster
+from tests.hsm.conftest import softhsm_token
 from tests.server.load import under_load
 
 
-@pytest.fixture(scope="module")
-def fast_cluster(tmp_path_factory):
+@pytest.fixture(scope="module", params=["file", "pkcs11"])
+def fast_cluster(request, tmp_path_factory):
+    """With keys.backend pkcs11 (issue 17) the CA and signing keys live in a SoftHSM2 token: every
+    certificate and token the rotations issue is signed there."""
+    keys, previous = None, os.environ.get("SOFTHSM2_CONF")
+    if request.param == "pkcs11":
+        env, keys = softhsm_token(tmp_path_factory.mktemp("softhsm"), "rotation")
+        os.environ.update(env)  # init, rotate and the token refresher run as subprocesses
     # Short intervals so a whole rollover fits in a test: JWKS refetch and TLS reload every 2s,
     # tokens live 15s (re-minted at 10s by the refresher).
-    cluster = LocalCluster(tmp_path_factory.mktemp("rotation"), namespaces=("default",), token_lifetime="15s", jwks_refresh="2s")
-    yield cluster.start_registered()
-    cluster.stop()
+    cluster = LocalCluster(tmp_path_factory.mktemp("rotation"), namespaces=("default",), token_lifetime="15s",
+                           jwks_refresh="2s", keys=keys)
+    try:
+        yield cluster.start_registered()
+    finally:
+        cluster.stop()
+        if keys and previous is None:
+            os.environ.pop("SOFTHSM2_CONF", None)
+        elif keys:
+            os.environ["SOFTHSM2_CONF"] = previous
 
 
 async def rotate(cluster: LocalCluster, *extra: str) -> str:
@@ -47,6 +62,7 @@ def test_rotations_under_load_fail_no_call(fast_cluster):
         await asyncio.sleep(5)  # the server re-reads the files every 2s
         logs.append(await rotate(cluster, "--kind", "signing-key"))
         logs.append(await rotate(cluster, "--kind", "ca"))
+        logs.append(await rotate(cluster, "--kind", "codec-key"))
         return logs
 
     load, results, logs = asyncio.run(under_load(cluster, rotations))

@@ -72,6 +72,13 @@ BAD_CONFIGS = {
     "duplicate-port": (NS + "network: {history_port: 7233}\n", ["is used by two Temporal listeners"]),
     "sqlite-without-path": (NS + "persistence: {driver: sqlite}\n", ["sqlite_path"]),
     "relative-bundle-dir": (NS + "bundle_dir: bundle\n", ["bundle_dir must be an absolute path"]),
+    "keys-vault-backend": (NS + "keys: {backend: vault}\n", ["keys", "file, pkcs11", "'vault'"]),
+    "keys-pkcs11-without-module": (
+        NS + "keys: {backend: pkcs11, pkcs11: {token_label: t, pin_file: /p}}\n", ["module is required"]),
+    "keys-pkcs11-relative-pin-file": (
+        NS + "keys: {backend: pkcs11, pkcs11: {module: /m.so, token_label: t, pin_file: pin}}\n", ["pin_file must be an absolute path"]),
+    "keys-pkcs11-pin-in-config": (
+        NS + "keys: {backend: pkcs11, pkcs11: {module: /m.so, token_label: t, pin: '1234'}}\n", ["unknown key 'pin'"]),
 }
 
 COMMANDS = ["init", "generate-certs", "mint-tokens", "render-config"]

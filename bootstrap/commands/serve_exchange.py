@@ -1,0 +1,61 @@
+"""serve-exchange: the workload-identity token exchange (RFC 8693) over HTTPS."""
+
+from __future__ import annotations
+
+import argparse
+import ssl
+from pathlib import Path
+
+from ..config import load_config
+from ..errors import BundleError
+from ..plan import load_exchange_key
+from ..servers import MAX_CONNECTIONS
+from ..store import Layout
+from .common import add_config, add_out, serve_until_interrupted
+
+HELP = "exchange workloads' service-account tokens for short-lived Temporal tokens (RFC 8693) over HTTPS"
+DESCRIPTION = """Serve POST /token (RFC 8693 token exchange) and GET /healthz over HTTPS with the
+exchange/server certificate. A subject token from an issuer in workload_identity.issuers, verified
+against that issuer's OIDC discovery and JWKS (iss, aud, exp, nbf, signature, kubernetes.io claims),
+is exchanged for a Temporal token signed with exchange/signing.key (a key used for nothing else,
+published in jwks.json) holding the permissions the bindings grant, valid for
+workload_identity.token_lifetime and never past the subject token's own expiry.
+Mounts: exchange/ (its TLS pair and signing key) and the issuers' CA files; nothing else."""
+
+
+def add_parser(sub, name):
+    parser = sub.add_parser(name, help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config(parser)
+    add_out(parser)
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="port (default: workload_identity.port, 8444)")
+    parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS,
+                        help=f"open connections at most; the oldest idle one makes room (default: {MAX_CONNECTIONS})")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..servers.exchange import ExchangePolicy, make_server  # aiohttp: only this command needs it
+    from ..servers.http import Limits
+
+    config = load_config(args.config)
+    workload = config.workload_identity
+    if not workload.enabled:
+        raise BundleError(f"{config.source}: workload_identity is not enabled; nothing to serve")
+    layout = Layout(Path(args.out).resolve())
+    key = load_exchange_key(layout)
+    if key is None:
+        raise BundleError(f"{layout.exchange_signing_key} not found; run generate-certs first")
+    if args.max_connections < 1:
+        raise BundleError("--max-connections must be at least 1")
+    cert, tls_key = layout.leaf("exchange", "server")
+    policy = ExchangePolicy(workload, tuple(ns.name for ns in config.namespaces), config.jwt.issuer, config.jwt.audience)
+    port = args.port or workload.port
+    try:
+        server = make_server(args.host, port, policy=policy, key=key, cert=cert, tls_key=tls_key,
+                             limits=Limits(max_connections=args.max_connections))
+    except (OSError, ssl.SSLError) as exc:
+        raise BundleError(f"cannot start the token exchange on {args.host}:{port}: {exc}") from None
+    issuers = ", ".join(f"{i.name} ({i.issuer})" for i in workload.issuers)
+    print(f"serving the token exchange at https://{args.host}:{port}/token (kid {key.kid}; issuers: {issuers})", flush=True)
+    return serve_until_interrupted(server)

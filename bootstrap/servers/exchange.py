@@ -1,0 +1,240 @@
+"""The token exchange (RFC 8693): a workload's own identity token in, a short-lived Temporal token out.
+
+    POST /token   application/x-www-form-urlencoded
+                  grant_type=urn:ietf:params:oauth:grant-type:token-exchange
+                  subject_token=<the pod's projected service-account token>
+                  subject_token_type=urn:ietf:params:oauth:token-type:jwt
+                  [audience=<jwt.audience>] [requested_token_type=...:jwt or ...:access_token]
+         200      {"access_token", "issued_token_type", "token_type": "Bearer", "expires_in"}
+         4xx/5xx  {"error", "error_description"} (RFC 6749 section 5.2)
+    GET /healthz  200 while the exchange key loads
+
+The subject token's issuer must be configured in workload_identity.issuers; its keys come from the
+issuer's OIDC discovery document (jwks_uri), the way kube-apiserver publishes them, fetched over
+https with the issuer's CA and refetched for an unknown kid. Unverified, expired, foreign or unbound
+tokens are answered `invalid_request`, as RFC 8693 section 2.2.2 asks. One JSON audit line per
+request names the identity and what it was granted; tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+import urllib.parse
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import aiohttp
+import jwt
+from aiohttp import web
+
+from ..tokens import SigningKey
+from ..workload_identity import (ACCESS_TOKEN_TYPE, GRANT_TYPE, ISSUED_TOKEN_TYPE, JWT_TOKEN_TYPE, Refused,
+                                 WorkloadIdentityConfig, WorkloadIssuer, exchanged_token, permissions_for,
+                                 verify_subject)
+from .auth import MAX_JWKS_BYTES, JWKSUnavailable, URLJWKS
+from .http import Limits, Refusal, ReloadingTLS, Service, clip, declared_length, log_event, read_body
+
+TOKEN_PATH = "/token"
+MAX_FORM = 16 * 1024  # a service-account token is ~1 KiB; nothing legitimate comes near this
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+@dataclass(frozen=True)
+class ExchangePolicy:
+    workload: WorkloadIdentityConfig
+    namespaces: tuple[str, ...]  # configured Temporal namespaces
+    issuer: str  # jwt.issuer and jwt.audience of the tokens we hand out
+    audience: str
+
+
+class OAuthError(Refusal):
+    def __init__(self, status: int, error: str, description: str):
+        super().__init__(status, description)
+        self.error = error
+
+
+def oauth_reply(status: int, doc: dict) -> web.Response:
+    # RFC 6749 5.1: tokens and errors are never cached.
+    return web.Response(status=status, body=json.dumps(doc).encode() + b"\n", content_type="application/json",
+                        headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+
+# --------------------------------------------------------------------------- issuer keys
+
+
+class IssuerKeys:
+    """An issuer's JWKS found through its OIDC discovery document. The document's `issuer` must be
+    the configured one (OpenID Connect Discovery 4.3); its jwks_uri is used unless the config names
+    one (kube-apiserver advertises an external address a pod may not reach)."""
+
+    def __init__(self, issuer: WorkloadIssuer, timeout: float = 10.0):
+        self.issuer, self.timeout = issuer, timeout
+        self.cafile = Path(issuer.ca_file) if issuer.ca_file else None
+        self.token_file = Path(issuer.auth_token_file) if issuer.auth_token_file else None
+        self._jwks: URLJWKS | None = URLJWKS(issuer.jwks_uri, self.cafile, token_file=self.token_file) if issuer.jwks_uri else None
+        self._session: aiohttp.ClientSession | None = None
+        self._discovery_failed_at = float("-inf")
+
+    async def key_set(self, kid: str) -> dict:
+        if self._jwks is None:
+            if time.monotonic() - self._discovery_failed_at < 5.0:
+                raise JWKSUnavailable(f"{self.issuer.discovery}: discovery failed recently")
+            try:
+                self._jwks = URLJWKS(await self._discover(), self.cafile, token_file=self.token_file)
+            except (OSError, ValueError, aiohttp.ClientError, TimeoutError) as exc:
+                self._discovery_failed_at = time.monotonic()
+                raise JWKSUnavailable(f"{self.issuer.discovery}: {str(exc) or type(exc).__name__}") from None
+        return await self._jwks.key_set(kid)
+
+    async def _discover(self) -> str:
+        context = ssl.create_default_context()
+        if self.cafile is not None:
+            context.load_verify_locations(cafile=str(self.cafile))
+        headers = {"Authorization": f"Bearer {self.token_file.read_text().strip()}"} if self.token_file else None
+        self._session = self._session or aiohttp.ClientSession()
+        async with self._session.get(self.issuer.discovery, ssl=context, headers=headers,
+                                     timeout=aiohttp.ClientTimeout(total=self.timeout)) as response:
+            response.raise_for_status()
+            doc = json.loads(await response.content.read(MAX_JWKS_BYTES))
+        if not isinstance(doc, dict) or doc.get("issuer") != self.issuer.issuer:
+            raise ValueError(f"discovery document names issuer {clip(doc.get('issuer') if isinstance(doc, dict) else None)!r}")
+        uri = doc.get("jwks_uri")
+        if not isinstance(uri, str) or not uri.startswith("https://"):
+            raise ValueError("discovery document has no https jwks_uri")
+        return uri
+
+    async def close(self) -> None:
+        if self._jwks is not None:
+            await self._jwks.close()
+        if self._session is not None:
+            await self._session.close()
+
+
+# --------------------------------------------------------------------------- the exchange
+
+
+class Exchange:
+    def __init__(self, policy: ExchangePolicy, key: SigningKey, limits: Limits):
+        self.policy, self.key, self.limits = policy, key, limits
+        self.keys = {i.issuer: IssuerKeys(i) for i in policy.workload.issuers}
+
+    async def route(self, request: web.Request) -> web.StreamResponse:
+        if request.path == "/healthz" and request.method == "GET":
+            return oauth_reply(200, {"status": "ok", "kid": self.key.kid})
+        if request.path != TOKEN_PATH:
+            return _closing(oauth_reply(404, {"error": "not_found"}), request)
+        if request.method != "POST":
+            response = _closing(oauth_reply(405, {"error": "invalid_request", "error_description": "use POST"}), request)
+            response.headers["Allow"] = "POST"
+            return response
+        return await self.exchange(request)
+
+    async def exchange(self, request: web.Request) -> web.StreamResponse:
+        audit: dict = {"remote": request.remote}
+        body_read = False
+        try:
+            form = await self._form(request)
+            body_read = True
+            doc = await self._grant(form, audit)
+        except OAuthError as refusal:
+            log_event("token-exchange", status=refusal.status, outcome="refused", error=refusal.error,
+                      reason=clip(refusal.message), **audit)
+            response = oauth_reply(refusal.status, {"error": refusal.error, "error_description": refusal.message})
+            return response if body_read else _closing(response, request)
+        log_event("token-exchange", status=200, outcome="issued", expires_in=doc["expires_in"], **audit)
+        return oauth_reply(200, doc)
+
+    async def _form(self, request: web.Request) -> dict[str, str]:
+        if request.content_type != FORM_TYPE:
+            raise OAuthError(400, "invalid_request", f"Content-Type must be {FORM_TYPE}")
+        try:
+            length = declared_length(request, self.limits)  # limits.max_body is MAX_FORM
+            body = await read_body(request, length, self.limits)
+        except Refusal as refusal:
+            raise OAuthError(refusal.status, "invalid_request", refusal.message) from None
+        try:
+            pairs = urllib.parse.parse_qsl(body.decode("ascii"), strict_parsing=True, max_num_fields=16)
+        except (ValueError, UnicodeDecodeError):
+            raise OAuthError(400, "invalid_request", "body is not a form") from None
+        names = [name for name, _ in pairs]
+        if len(set(names)) != len(names):  # RFC 6749 3.2: parameters must not repeat
+            raise OAuthError(400, "invalid_request", "a parameter is repeated")
+        return dict(pairs)
+
+    async def _grant(self, form: dict[str, str], audit: dict) -> dict:
+        if form.get("grant_type") != GRANT_TYPE:
+            raise OAuthError(400, "unsupported_grant_type", f"grant_type must be {GRANT_TYPE}")
+        subject = form.get("subject_token")
+        if not subject:
+            raise OAuthError(400, "invalid_request", "subject_token is required")
+        if form.get("subject_token_type") != JWT_TOKEN_TYPE:
+            raise OAuthError(400, "invalid_request", f"subject_token_type must be {JWT_TOKEN_TYPE}")
+        if form.get("requested_token_type", JWT_TOKEN_TYPE) not in (JWT_TOKEN_TYPE, ACCESS_TOKEN_TYPE):
+            raise OAuthError(400, "invalid_request", "requested_token_type must be a JWT access token")
+        if form.get("audience", self.policy.audience) != self.policy.audience:
+            raise OAuthError(400, "invalid_target", f"this exchange issues tokens for audience {self.policy.audience!r} only")
+        identity = await self._identity(subject, audit)
+        granted = permissions_for(self.policy.workload, identity, self.policy.namespaces)
+        if not granted:
+            raise OAuthError(400, "invalid_request", "no binding in workload_identity grants this identity anything")
+        audit["permissions"] = list(granted)
+        now = datetime.now(timezone.utc)
+        try:
+            token = exchanged_token(self.key, identity, granted, issuer=self.policy.issuer, audience=self.policy.audience,
+                                    lifetime=self.policy.workload.token_lifetime, now=now)
+        except Refused as exc:
+            raise OAuthError(400, "invalid_request", str(exc)) from None
+        return {"access_token": token.encoded, "issued_token_type": ISSUED_TOKEN_TYPE, "token_type": "Bearer",
+                "expires_in": token.claims["exp"] - token.claims["iat"]}
+
+    async def _identity(self, subject: str, audit: dict):
+        try:
+            header = jwt.get_unverified_header(subject)
+            iss = jwt.decode(subject, options={"verify_signature": False}).get("iss")
+        except jwt.PyJWTError:
+            raise OAuthError(400, "invalid_request", "subject_token is not a JWT") from None
+        issuer = self.policy.workload.issuer_for(iss)
+        audit["iss"] = clip(iss if isinstance(iss, str) else None)
+        if issuer is None:
+            raise OAuthError(400, "invalid_request", "subject_token is from an issuer this exchange does not trust")
+        kid = header.get("kid")
+        if not isinstance(kid, str):
+            raise OAuthError(400, "invalid_request", 'subject_token has no "kid" header')
+        try:
+            key_set = await self.keys[issuer.issuer].key_set(kid)
+        except JWKSUnavailable as exc:
+            log_event("issuer-keys-unavailable", issuer=issuer.name, error=clip(exc))
+            raise OAuthError(503, "temporarily_unavailable", "the issuer's keys are unavailable") from None
+        try:
+            identity = verify_subject(subject, issuer, key_set)
+        except Refused as exc:
+            raise OAuthError(400, "invalid_request", clip(str(exc))) from None
+        audit.update(issuer=issuer.name, sub=clip(identity.subject), pod=clip(identity.pod) or None)
+        return identity
+
+    async def close(self) -> None:
+        for keys in self.keys.values():
+            await keys.close()
+
+
+def _closing(response: web.Response, request: web.Request) -> web.Response:
+    if request.body_exists:  # an unread body is never drained: the connection closes instead
+        response.force_close()
+    return response
+
+
+def make_server(host: str, port: int, *, policy: ExchangePolicy, key: SigningKey, cert: Path | None, tls_key: Path | None,
+                limits: Limits = Limits()) -> Service:
+    """Fails at start (OSError, ssl.SSLError) if the address or the certificate is unusable."""
+    limits = Limits(limits.max_connections, limits.header_timeout, min(limits.body_timeout, 10.0), MAX_FORM)
+    exchange = Exchange(policy, key, limits)
+    tls = ReloadingTLS(cert, tls_key) if cert and tls_key else None
+    app = web.Application(client_max_size=MAX_FORM)
+    app.router.add_route("*", "/{tail:.*}", exchange.route)
+    app.on_cleanup.append(lambda _app: exchange.close())
+    service = Service(app, host, port, tls, limits)
+    service.exchange = exchange
+    return service
