@@ -96,8 +96,16 @@ lint: ## security lint of the compose file (pip install compose-lint)
 .PHONY: up
 up: $(BUNDLE_CONFIG_FILE) ## bootstrap secrets, start everything, wait until healthy, print how to connect
 	@docker image inspect "$(BUNDLE_IMAGE)" >/dev/null 2>&1 || bash scripts/build-images.sh bundle
+	@# On an existing stack, compose would replace containers whose image changed BEFORE the
+	@# bootstrap runs: check first (an older server release, a changed shard count), so that a
+	@# refused `make up` leaves the running server alone. A fresh or downed stack skips this.
+	@if [ -n "$$($(COMPOSE) ps --all --quiet temporal 2>/dev/null)" ]; then \
+	  $(COMPOSE) run --rm --no-deps -T bootstrap init --quiet >/dev/null || exit 1; \
+	fi
 	@started=$$(date +%s); \
 	if ! $(COMPOSE) up --detach --wait --wait-timeout $(UP_TIMEOUT); then \
+	  refused=$$($(COMPOSE) logs --no-color --no-log-prefix --since "$$started" bootstrap 2>/dev/null | grep '^error: ' | tail -n1); \
+	  if [ -n "$$refused" ]; then echo "$$refused" >&2; exit 1; fi; \
 	  echo "error: the stack did not become healthy; status and recent logs:" >&2; \
 	  $(COMPOSE) ps -a >&2; $(COMPOSE) logs --tail=30 >&2; exit 1; \
 	fi; \
@@ -244,6 +252,8 @@ upgrade: $(BUNDLE_CONFIG_FILE) ## Temporal to VERSION (default: the pinned relea
 	export TEMPORAL_SERVER_IMAGE="$(UPGRADE_SERVER_IMAGE)" TEMPORAL_ADMINTOOLS_IMAGE="$(UPGRADE_ADMINTOOLS_IMAGE)"; \
 	echo "upgrade 2/3: schema update of both databases with $(UPGRADE_ADMINTOOLS_IMAGE) (one-shot; no-op when nothing changed)"; \
 	$(COMPOSE) run --rm --no-deps -T temporal-schema; \
+	echo "upgrade 2/3: record $(VERSION) in private/cluster.json (make up then refuses an older server)"; \
+	$(COMPOSE) run --rm --no-deps -T bootstrap init --quiet; \
 	echo "upgrade 3/3: replace the temporal container with $(UPGRADE_SERVER_IMAGE) and wait until it is healthy"; \
 	$(COMPOSE) up --detach --no-deps --wait --wait-timeout $(UP_TIMEOUT) temporal; \
 	echo "upgrade: temporal runs $(UPGRADE_SERVER_IMAGE); keep these image variables for the next make up"

@@ -1,10 +1,12 @@
 """`make up` time to ready: the secured stack (mTLS everywhere, JWT authorization) beside the same
 stack with TLS and authorization off, measured in one run on the same engine and images.
 
-    python3 benchmarks/bench_make_up.py [--rounds N] [--json]
+    python3 benchmarks/bench_make_up.py [--rounds N] [--shards N] [--json]
 
-For each variant: a cold start (fresh volumes: bootstrap, initdb, schema creation, namespace
-registration) and N warm restarts (`docker compose down` + `make up`, volumes kept). "Ready" is
+Each round runs, for each variant in turn, a cold start (fresh volumes: bootstrap, initdb, schema
+creation, namespace registration) and a warm restart (`docker compose down` + `make up`, volumes
+kept); it prints every round's figures, when each service started and became ready (from
+`docker events`), and the medians. "Ready" is
 what `make up` waits for: every long-running service healthy, every one-shot job done.
 The plaintext variant is docker-compose.prod.yml plus docker/bench/docker-compose.plain.yml and
 a copy of the rendered server config without global.tls, global.authorization and database TLS.
@@ -16,9 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -34,34 +39,143 @@ from tests.docker.compose_stack import ComposeStack, build_standin_images, uniqu
 PLAIN_OVERRIDE = "docker/bench/docker-compose.plain.yml"
 
 
-def plain_server_config(bundle_yaml: Path, out: Path) -> Path:
-    """The server config the bootstrap renders, with TLS and authorization taken out."""
-    doc = yaml.safe_load(render_all(load_config(bundle_yaml))["temporal.yaml"])
+def plain_server_config(bundle_yaml: Path, out_dir: Path) -> Path:
+    """The server config and dynamic config the bootstrap renders, with TLS (frontend, internode,
+    membership, database) and authorization taken out; the dynamic config is mounted beside it."""
+    rendered = render_all(load_config(bundle_yaml))
+    doc = yaml.safe_load(rendered["temporal.yaml"])
     doc["global"].pop("tls", None)
     doc["global"].pop("authorization", None)
     for store in doc["persistence"]["datastores"].values():
         store.get("sql", {}).pop("tls", None)
+    doc["dynamicConfigClient"]["filepath"] = "/bench/dynamic_config.yaml"
+    dynamic = yaml.safe_load(rendered["dynamic_config.yaml"])
+    dynamic.pop("system.enableRingpopTLS", None)  # without global.tls the listener cannot start
+    out = out_dir / "temporal.yaml"
     out.write_text("# Benchmark only: TLS and authorization removed.\n" + yaml.safe_dump(doc, sort_keys=False))
-    out.chmod(0o644)
+    (out_dir / "dynamic_config.yaml").write_text(yaml.safe_dump(dynamic, sort_keys=False))
+    for path in (out, out_dir / "dynamic_config.yaml"):
+        path.chmod(0o644)
     return out
 
 
-def measure(stack: ComposeStack, rounds: int) -> dict:
+class Timeline:
+    """`docker events` of one compose project while `make up` runs: when each service's container
+    started, turned healthy and exited, in seconds from the start of `make up`."""
+
+    def __init__(self, project: str):
+        self.t0 = time.time()
+        self.proc = subprocess.Popen(
+            ["docker", "events", "--filter", f"label=com.docker.compose.project={project}", "--format", "{{json .}}"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        # Drained as it comes: health checks make thousands of exec events, and a full pipe would
+        # stall the stream (later events lost).
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self.reader.start()
+
+    def stop(self) -> dict[str, dict[str, float]]:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self.reader.join(timeout=30)
+        phases: dict[str, dict[str, float]] = {}
+        for line in self.lines:
+            event = json.loads(line)
+            service = event.get("Actor", {}).get("Attributes", {}).get("com.docker.compose.service")
+            action = {"start": "started", "die": "exited", "health_status: healthy": "healthy"}.get(event.get("Action") or event.get("status"))
+            if service and action:
+                at = event["timeNano"] / 1e9 - self.t0
+                phases.setdefault(service, {}).setdefault(action, round(at, 2))
+        return phases
+
+
+def timed_up(stack: ComposeStack) -> tuple[float, dict]:
+    timeline = Timeline(stack.project)
+    time.sleep(0.3)  # `docker events` subscribes before anything starts
+    timeline.t0 = time.time()
     try:
-        cold = stack.up()
-        warm = []
-        for _ in range(rounds):
-            stack.down()
-            warm.append(stack.up())
-        return {"cold_s": cold, "warm_s": warm}
+        return stack.up(), timeline.stop()
+    except BaseException:
+        timeline.stop()
+        raise
+
+
+def pg_connections(stack: ComposeStack) -> dict[str, int]:
+    """The server's PostgreSQL connections per database right after ready (pool sizing)."""
+    out = stack.compose(
+        "exec", "-T", "postgresql", "psql", "--host=/var/run/postgresql", "--username=postgres", "--no-psqlrc",
+        "-tAc", "SELECT datname, count(*) FROM pg_stat_activity WHERE usename <> 'postgres' "
+                "AND datname IS NOT NULL GROUP BY 1 ORDER BY 1",
+    ).stdout
+    return {db: int(n) for db, n in (line.split("|") for line in out.split() if "|" in line)}
+
+
+def one_round(stack: ComposeStack) -> dict:
+    """A cold start on fresh volumes, then a warm restart (`down` + `make up`, volumes kept)."""
+    try:
+        cold, cold_phases = timed_up(stack)
+        cold_phases["pg_connections"] = pg_connections(stack)
+        stack.down()
+        warm, warm_phases = timed_up(stack)
+        return {"cold_s": round(cold, 2), "warm_s": round(warm, 2), "cold_phases": cold_phases, "warm_phases": warm_phases}
     finally:
-        stack.teardown()
+        log = stack.teardown()
+        stack.log_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(log, stack.log_dir / f"{stack.project}.log")
+
+
+def make_stacks(tmp: Path, images: dict, args) -> tuple[ComposeStack, ComposeStack]:
+    secured = ComposeStack(unique_project("tbbenchsec"), tmp / "secured", images, history_shards=args.shards)
+    plain = ComposeStack(unique_project("tbbenchplain"), tmp / "plain", images, history_shards=args.shards,
+                         compose_files=("docker-compose.prod.yml", PLAIN_OVERRIDE))
+    for stack in (secured, plain):
+        stack.extra_env["HEALTHCHECK_INTERVAL"] = args.healthcheck_interval
+    config = plain_server_config(plain.config, plain.workdir)
+    plain.extra_env["BENCH_PLAIN_TEMPORAL_CONFIG"] = str(config)
+    plain.extra_env["BENCH_PLAIN_DYNAMIC_CONFIG"] = str(config.with_name("dynamic_config.yaml"))
+    plain.compose("config", "--quiet")  # the override must validate before anything is timed
+    return secured, plain
+
+
+def phase_line(phases: dict) -> str:
+    keys = ("bootstrap", "postgresql", "temporal-schema", "jwks", "dex", "temporal", "temporal-register-namespaces", "temporal-ui")
+    parts = []
+    for key in keys:
+        p = phases.get(key, {})
+        mark = p.get("healthy", p.get("exited"))
+        if mark is not None:
+            parts.append(f"{key} {p.get('started', float('nan')):.1f}->{mark:.1f}")
+    if "pg_connections" in phases:
+        parts.append(f"pg connections {phases['pg_connections']}")
+    return "  ".join(parts)
+
+
+def report(results: list[dict], shards: str, interval: str) -> None:
+    print(f"make up: time to ready (all long-running services healthy, one-shot jobs done); "
+          f"{shards} history shards; health checks every {interval}; {len(results)} rounds, variants interleaved")
+    for i, r in enumerate(results, 1):
+        for kind in ("cold", "warm"):
+            s, p = r["secured"][f"{kind}_s"], r["plaintext"][f"{kind}_s"]
+            print(f"round {i} {kind}: secured {s:5.1f}s  plaintext {p:5.1f}s  x{s / p:.2f}")
+            for name in ("secured", "plaintext"):
+                print(f"    {name:<9} {phase_line(r[name][f'{kind}_phases'])}")
+    for kind in ("cold", "warm"):
+        s = statistics.median(r["secured"][f"{kind}_s"] for r in results)
+        p = statistics.median(r["plaintext"][f"{kind}_s"] for r in results)
+        ratios = [r["secured"][f"{kind}_s"] / r["plaintext"][f"{kind}_s"] for r in results]
+        print(f"median {kind}: secured {s:.1f}s  plaintext {p:.1f}s  x{s / p:.2f}  "
+              f"(per-round ratios {' '.join(f'x{x:.2f}' for x in ratios)})")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=2, help="warm restarts per variant (default: 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of cold + warm per variant (default: 3)")
+    parser.add_argument("--shards", type=int, default=0,
+                        help="num_history_shards for both stacks (default: bundle.example.yaml's)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--logs", type=Path, default=REPO / "build" / "bench-make-up-logs",
+                        help="where each stack's compose logs are kept (default: build/bench-make-up-logs)")
     parser.add_argument(
         "--healthcheck-interval", default="1s",
         help="HEALTHCHECK_INTERVAL for both stacks (default: 1s, so readiness is seen within a second; "
@@ -70,39 +184,20 @@ def main() -> int:
     args = parser.parse_args()
 
     images = build_standin_images()
+    args.shards = args.shards or yaml.safe_load((REPO / "bundle.example.yaml").read_text())["persistence"]["num_history_shards"]
+    shards = args.shards
+    results = []
     with tempfile.TemporaryDirectory(prefix="bench-make-up-") as tmp:
-        tmp = Path(tmp)
-        secured = ComposeStack(unique_project("tbbenchsec"), tmp / "secured", images)
-        plain_dir = tmp / "plain"
-        plain_dir.mkdir()
-        plain = ComposeStack(
-            unique_project("tbbenchplain"),
-            plain_dir,
-            images,
-            compose_files=("docker-compose.prod.yml", PLAIN_OVERRIDE),
-        )
-        plain.extra_env["BENCH_PLAIN_TEMPORAL_CONFIG"] = str(plain_server_config(plain.config, plain_dir / "temporal.yaml"))
-        for stack in (secured, plain):
-            stack.extra_env["HEALTHCHECK_INTERVAL"] = args.healthcheck_interval
-        plain.compose("config", "--quiet")  # the override must validate before anything is timed
-
-        results = {"secured": measure(secured, args.rounds), "plaintext": measure(plain, args.rounds)}
-
+        for i in range(args.rounds):
+            secured, plain = make_stacks(Path(tmp) / f"round{i}", images, args)
+            for stack in (secured, plain):
+                stack.log_dir = args.logs
+            results.append({"secured": one_round(secured), "plaintext": one_round(plain)})
+            print(f"round {i + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(results, indent=2))
-        return 0
-    print(f"make up: time to ready (all long-running services healthy, one-shot jobs done); "
-          f"health checks every {args.healthcheck_interval}")
-    print(f"{'variant':<12}{'cold start':>12}{'warm median':>13}{'warm runs':>24}")
-    for name, r in results.items():
-        warm = " ".join(f"{w:.1f}" for w in r["warm_s"])
-        median = statistics.median(r["warm_s"]) if r["warm_s"] else float("nan")
-        print(f"{name:<12}{r['cold_s']:>11.1f}s{median:>12.1f}s{warm:>24}")
-    sec, pln = results["secured"], results["plaintext"]
-    print(
-        f"security overhead: cold {sec['cold_s'] - pln['cold_s']:+.1f}s, warm "
-        f"{statistics.median(sec['warm_s']) - statistics.median(pln['warm_s']):+.1f}s (median)"
-    )
+    else:
+        report(results, str(shards), args.healthcheck_interval)
     return 0
 
 

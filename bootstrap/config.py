@@ -123,7 +123,9 @@ class PersistenceConfig:
     visibility_database: str = "temporal_visibility"
     sqlite_path: str = ""
     postgres_sans: tuple[str, ...] = ()
-    num_history_shards: int = 4
+    # Fixed forever once the database has data: the production default leaves room to grow
+    # (Temporal's Helm chart default too); tests set a small count where it does not matter.
+    num_history_shards: int = 512
 
 
 @dataclass(frozen=True)

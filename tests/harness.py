@@ -271,7 +271,9 @@ class LocalCluster:
             "client": {"permissions": writes, "token_lifetime": self.token_lifetime},
             **self.extra_roles,
         }
-        persistence = {"driver": self.driver}
+        # 4 shards, not the production 512: these tests do not depend on the count, and a
+        # single-connection SQLite would acquire 512 shards one after the other at every start.
+        persistence = {"driver": self.driver, "num_history_shards": 4}
         if self.driver == "sqlite":
             persistence["sqlite_path"] = str(self.workdir / "temporal.db")
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..oidc import plan_oidc
@@ -18,6 +19,11 @@ def add_parser(sub, name):
     parser = sub.add_parser(name, help=HELP, description=HELP + ".")
     standard(parser)
     parser.add_argument("--templates", type=Path, help="templates directory (env BUNDLE_TEMPLATES_DIR)")
+    parser.add_argument(
+        "--server-image", default=os.environ.get("TEMPORAL_SERVER_IMAGE", ""),
+        help="the Temporal server image about to start (env TEMPORAL_SERVER_IMAGE; compose passes it): its release "
+        "is recorded in private/cluster.json, and one older than the recorded release is refused",
+    )
     parser.set_defaults(run=run)
 
 
@@ -30,7 +36,7 @@ def run(args) -> int:
         pki = generate_certs.plan(config, layout, args.force, now)
         token_actions, _ = plan_tokens(config, layout, pki.signing_key, args.force, now)
         registrar = plan_registrar_token(config, layout, pki.signing_key, args.force, now)
-        rendered = render_config.plan(config, layout, args.force, args.templates)
+        rendered = render_config.plan(config, layout, args.force, args.templates, args.server_image)
         oidc = plan_oidc(config, layout, args.force)
         actions = apply(layout, pki.actions + token_actions + registrar + rendered + oidc)
     report(layout, actions, args.quiet)

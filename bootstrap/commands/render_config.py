@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import BundleError
-from ..plan import FORCE_HINT, plan_shards_record
+from ..plan import FORCE_HINT, plan_cluster_record
 from ..render import GENERATED_MARK, render_all
 from ..store import CERT_MODE, Action, Layout, Skip, Write, apply, locked, read_optional
 from .common import load, report, standard
@@ -22,8 +22,8 @@ def add_parser(sub, name):
     parser.set_defaults(run=run)
 
 
-def plan(config, layout: Layout, force: bool, templates: Path | None = None) -> list[Action]:
-    actions: list[Action] = [plan_shards_record(config, layout)]
+def plan(config, layout: Layout, force: bool, templates: Path | None = None, server_image: str | None = None) -> list[Action]:
+    actions: list[Action] = [plan_cluster_record(config, layout, server_image)]
     for name, text in render_all(config, templates).items():
         path = layout.config_dir / name
         data = text.encode()

@@ -144,3 +144,19 @@ def test_startup_order_waits_for_health_and_jobs(resolved):
     assert deps["temporal-register-namespaces"]["temporal"]["condition"] == "service_healthy"
     for name in ("jwks", "postgresql", "token-refresher", "dex"):
         assert deps[name]["bootstrap"]["condition"] == "service_completed_successfully", name
+
+
+def test_postgres_admits_every_pool_of_every_temporal_service(resolved):
+    """Each Temporal service in the container opens its own pools: their sum, plus room for the
+    schema job, backups and the superuser's reserved slots, fits PostgreSQL's max_connections."""
+    from bootstrap.config import load_config
+    from bootstrap.render import render_all
+
+    rendered = yaml.safe_load(render_all(load_config(REPO / "bundle.example.yaml"))["temporal.yaml"])
+    stores = rendered["persistence"]["datastores"].values()
+    assert all(s["sql"]["maxIdleConns"] == s["sql"]["maxConns"] for s in stores)  # no re-handshakes after bursts
+    services = resolved["services"]["temporal"]["environment"]["TEMPORAL_SERVICES"].split(",")
+    worst_case = len(services) * sum(s["sql"]["maxConns"] for s in stores)
+    command = resolved["services"]["postgresql"]["command"]
+    max_connections = int(next(a.split("=", 1)[1] for a in command if a.startswith("max_connections=")))
+    assert worst_case + 20 <= max_connections, (worst_case, max_connections)

@@ -14,12 +14,14 @@ test_edge_attacks.py reuses); teardown dumps every log and removes the volumes.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -183,6 +185,30 @@ def test_down_and_up_keeps_the_ca_the_data_and_the_namespaces(stack):
 def test_stack_serves_new_work_after_restart(stack):
     result = stack.run_client("run", WORKFLOW_ID + "-after-restart")
     assert result["ok"], result
+
+
+def test_the_stack_runs_its_shard_count_and_make_up_refuses_a_change(stack):
+    """The configured count (the example's production default, 512) is recorded and rendered; a
+    bundle.yaml that changes it stops `make up` at the bootstrap with one error line, and the
+    running server keeps its container."""
+    shards = yaml.safe_load(stack.config.read_text())["persistence"]["num_history_shards"]
+    files = stack.read_bundle_files("private/cluster.json", "config/temporal.yaml")
+    assert json.loads(files["private/cluster.json"])["num_history_shards"] == shards
+    assert yaml.safe_load(files["config/temporal.yaml"])["persistence"]["numHistoryShards"] == shards
+    server = stack.container_id("temporal")
+    original = stack.config.read_text()
+    changed = yaml.safe_load(original)
+    changed["persistence"]["num_history_shards"] = shards * 2
+    stack.config.write_text(yaml.safe_dump(changed, sort_keys=False))
+    try:
+        result = stack.make("up", check=False)
+    finally:
+        stack.config.write_text(original)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode != 0 and len(errors) == 1, result.stderr
+    assert f"num_history_shards is {shards * 2}" in errors[0] and f"created with {shards}" in errors[0], errors
+    assert stack.container_id("temporal") == server
+    assert stack.inspect("temporal")["State"]["Health"]["Status"] == "healthy"
 
 
 # --------------------------------------------------------------------------- rotation

@@ -4,7 +4,8 @@ completed workflow, one sleeping on a timer and one waiting for a signal; a skip
 refused with nothing changed; `make upgrade` to the pinned release (backup, schema job, new
 server); then the histories are intact, the waiting workflows complete, a client token still
 starts workflows, a reader token reads but cannot start one, and a call without a token or a
-cert is still refused; a downgrade request and a request for the running release change
+cert is still refused; a downgrade request, `make up` with the old release's images (the
+database records the release that migrated it) and a request for the running release change
 nothing."""
 
 from __future__ import annotations
@@ -81,6 +82,22 @@ def assert_refused(stack: ComposeStack, reason: str, *args: str) -> None:
     assert server_state(stack) == before
 
 
+def upgraded_to(images: dict[str, str]) -> str:
+    return images["TEMPORAL_SERVER_IMAGE"].rsplit(":", 1)[1]
+
+
+def assert_up_refused(stack: ComposeStack, *fragments: str) -> None:
+    """`make up` with the old image variables on the upgraded database: the bootstrap refuses
+    (one `error:` line), and the upgraded server keeps running in the same container."""
+    before = server_state(stack)
+    result = stack.make("up", check=False)
+    assert result.returncode != 0, result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and all(f in errors[0] for f in fragments), result.stderr
+    assert server_state(stack) == before
+    assert stack.inspect("temporal")["State"]["Health"]["Status"] == "healthy"
+
+
 def history(stack: ComposeStack, workflow_id: str) -> dict:
     return stack.run_client("history", workflow_id, module=CLIENT)
 
@@ -135,6 +152,7 @@ def test_upgrade_keeps_workflows_and_refuses_skips_and_downgrades(stack, images)
 
     use_images(stack, old)
     assert_refused(stack, "is a downgrade", f"VERSION={OLD_RELEASE}")
+    assert_up_refused(stack, f"last migrated by Temporal {upgraded_to(new)}", "an older server is refused")
     use_images(stack, new)
     unchanged = server_state(stack)
     same = stack.make("upgrade", f"BACKUP={stack.workdir / 'same.tbak'}")

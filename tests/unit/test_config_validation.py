@@ -307,7 +307,7 @@ def test_unknown_role_lookup_is_a_bundle_error():
 @pytest.mark.parametrize("command", ["init", "render-config"])
 def test_changing_the_history_shard_count_is_refused_and_changes_nothing(fresh_bundle, snap, command):
     record = json.loads(fresh_bundle.layout.cluster_record.read_text())
-    assert record == {"num_history_shards": fresh_bundle.config.persistence.num_history_shards}
+    assert record["num_history_shards"] == fresh_bundle.config.persistence.num_history_shards
     text = fresh_bundle.config_path.read_text()
     changed = text + "\npersistence: {num_history_shards: 1024}\n" if "persistence:" not in text else None
     assert changed, "the test config must not set persistence already"
@@ -322,5 +322,75 @@ def test_bundles_from_before_the_record_adopt_the_rendered_count(fresh_bundle, s
     fresh_bundle.layout.cluster_record.unlink()
     fresh_bundle.config_path.write_text(fresh_bundle.config_path.read_text() + "\npersistence: {num_history_shards: 8}\n")
     before = snap(fresh_bundle.root)
-    fresh_bundle.run("init").assert_one_error("created with 4")
+    fresh_bundle.run("init").assert_one_error(f"created with {fresh_bundle.config.persistence.num_history_shards}")
+    assert snap(fresh_bundle.root) == before
+
+
+def test_the_production_default_is_512_shards_in_code_and_example():
+    from pathlib import Path
+
+    import yaml
+
+    assert parse_config({"namespaces": [{"name": "default"}]}).persistence.num_history_shards == 512
+    example = yaml.safe_load((Path(__file__).parents[2] / "bundle.example.yaml").read_text())
+    assert example["persistence"]["num_history_shards"] == 512
+
+
+def test_a_bundle_made_with_the_default_refuses_a_smaller_count_until_it_is_set_back(fresh_bundle, snap):
+    """The default (512) is what the database got; setting the old default (4) is refused, and
+    setting the count back makes init run again with nothing rewritten."""
+    text = fresh_bundle.config_path.read_text()
+    assert fresh_bundle.config.persistence.num_history_shards == 512
+    fresh_bundle.config_path.write_text(text + "\npersistence: {num_history_shards: 4}\n")
+    before = snap(fresh_bundle.root)
+    fresh_bundle.run("init").assert_one_error("num_history_shards is 4", "set it back to 512")
+    assert snap(fresh_bundle.root) == before
+    fresh_bundle.config_path.write_text(text)
+    assert fresh_bundle.run("init").code == 0
+    assert snap(fresh_bundle.root) == before
+
+
+# --------------------------------------------------------------------------- the database's Temporal release
+
+
+def record(bundle) -> dict:
+    return json.loads(bundle.layout.cluster_record.read_text())
+
+
+def test_init_records_the_server_release_and_moves_it_forward(fresh_bundle, monkeypatch):
+    monkeypatch.delenv("TEMPORAL_SERVER_IMAGE", raising=False)
+    assert "temporal_version" not in record(fresh_bundle)  # nothing to record without a server image
+    out = fresh_bundle.run("init", "--server-image", "mirror.example/temporalio/server:1.31.2")
+    assert out.code == 0 and record(fresh_bundle)["temporal_version"] == "1.31.2", out
+    monkeypatch.setenv("TEMPORAL_SERVER_IMAGE", "temporalio/server:1.32.2@sha256:" + "0" * 64)  # what compose passes
+    out = fresh_bundle.run("init")
+    assert out.code == 0 and "Temporal 1.32.2 on this database" in out.out, out
+    assert record(fresh_bundle) == {"num_history_shards": fresh_bundle.config.persistence.num_history_shards,
+                                    "temporal_version": "1.32.2"}
+    assert fresh_bundle.run("init").code == 0 and record(fresh_bundle)["temporal_version"] == "1.32.2"
+    # render-config (no server about to start) keeps the recorded release
+    assert fresh_bundle.run("render-config").code == 0 and record(fresh_bundle)["temporal_version"] == "1.32.2"
+
+
+@pytest.mark.parametrize("image, fragments", [
+    ("temporalio/server:1.31.2", ["Temporal 1.31.2", "last migrated by Temporal 1.32.2", "an older server is refused"]),
+    ("temporalio/server:1.32.1", ["Temporal 1.32.1", "last migrated by Temporal 1.32.2"]),
+    ("temporalio/server:1.34.0", ["skips a minor version"]),
+    ("temporalio/server:2.0.0", ["changes the major version"]),
+    ("temporalio/server:latest", ["TEMPORAL_SERVER_IMAGE", "not a release version"]),
+    ("temporalio/server", ["TEMPORAL_SERVER_IMAGE", "has no version tag"]),
+])
+def test_an_older_or_unknown_server_release_is_refused_and_changes_nothing(fresh_bundle, snap, image, fragments):
+    assert fresh_bundle.run("init", "--server-image", "temporalio/server:1.32.2").code == 0
+    before = snap(fresh_bundle.root)
+    fresh_bundle.run("init", "--server-image", image).assert_one_error(*fragments)
+    assert snap(fresh_bundle.root) == before
+
+
+def test_a_corrupt_release_record_is_refused(fresh_bundle, snap):
+    path = fresh_bundle.layout.cluster_record
+    path.write_text(json.dumps({"num_history_shards": fresh_bundle.config.persistence.num_history_shards,
+                                "temporal_version": "yesterday"}))
+    before = snap(fresh_bundle.root)
+    fresh_bundle.run("init", "--server-image", "temporalio/server:1.32.2").assert_one_error("corrupt", "yesterday")
     assert snap(fresh_bundle.root) == before
