@@ -320,17 +320,24 @@ def test_wrong_password_stays_on_the_login_page(page, ui):
     assert api(page, ui, "GET", "/api/v1/namespaces/default/workflows") == 401
 
 
-def test_logout_ends_the_session(page, ui):
-    """/auth/logout (what the UI's Log out calls) drops the UI server's session: the refresh
-    cookie is gone, /auth/refresh issues nothing, and Dex (no session of its own in v2.45.1)
-    asks for the password again."""
+def test_logout_button_ends_the_session(page, ui):
+    """The UI's own Log out (user menu): it calls /auth/logout, which drops the UI server's
+    session; the refresh cookie is gone, /auth/refresh issues nothing, a protected page sends the
+    browser to the login page again, and Dex (no session of its own in v2.45.1) asks for the
+    password again."""
     logged_in(page, ui, "admin@example.com", ui.password)
     assert page.request.get(ui.url + "/auth/refresh", max_redirects=0).status == 200
-    retried(lambda: page.goto(ui.url + "/auth/logout", wait_until="commit"))
+    page.get_by_test_id("user-menu-trigger").click()
+    with page.expect_response(lambda r: r.url.startswith(ui.url + "/auth/logout")) as logout:
+        _visible(page.get_by_role("menuitem", name="Log out")).click()
+    assert logout.value.status in (200, 302, 303), logout.value.status
+    page.wait_for_url(ui.url + "/**", wait_until="commit")
     assert "refresh" not in {c["name"] for c in page.context.cookies(ui.url)}
     refreshed = page.request.get(ui.url + "/auth/refresh", max_redirects=0)
     assert refreshed.status in (400, 401, 403), refreshed.status
     assert not any(c["name"].startswith("user") for c in page.context.cookies(ui.url))
+    _goto(page, f"{ui.url}/namespaces/default/workflows")
+    page.wait_for_url(re.compile(re.escape(ui.url) + r"/login\?returnUrl="), wait_until="commit")
     retried(lambda: page.goto(ui.url + "/auth/sso", wait_until="commit"))
     page.wait_for_url(re.compile(re.escape(ui.dex) + r"/auth/local/login"), wait_until="commit")
 
