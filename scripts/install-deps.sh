@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-# chromium: the Web UI browser tests (Playwright launches it by path; no browser download).
-for pkg in docker.io iptables debootstrap postgresql openssl curl chromium; do
+# chromium: the Web UI browser tests (Playwright launches it by path; no browser download);
+# libnss3-tools: certutil, which gives that browser an NSS database trusting the bundle's CA.
+for pkg in docker.io iptables debootstrap postgresql openssl curl chromium libnss3-tools; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

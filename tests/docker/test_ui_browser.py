@@ -1,11 +1,11 @@
 """The Web UI in a real headless browser (Debian's chromium driven by Playwright) against the
 shared `make up` stack: login through Dex, roles from groups, payloads decrypted per role.
 
-chromium is launched by path (no browser download). It cannot be given the bundle's CA without a
-profile tool, so it skips certificate checks; test_https_endpoints_verify_with_the_bundle_ca
-checks those certificates instead, with the bundle's CA and the names the browser uses. Every
-response body the browser received is kept and checked for secrets at the end. A missing
-chromium is a failure, never a skip.
+chromium is launched by path (no browser download) with a HOME of its own whose NSS database
+(`certutil`, libnss3-tools) trusts the bundle's CA and nothing else of ours: certificate errors
+are not ignored, and a certificate from a foreign CA is refused. Every response body the browser
+received is kept and checked for secrets at the end. A missing chromium is a failure, never a
+skip.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import json
 import re
 import socket
 import ssl
+import subprocess
+import threading
 import uuid
 from pathlib import Path
 
@@ -55,9 +57,9 @@ def ui(running_stack):
                                        volumes=("codec-keys",))
     assert started["ok"], started
     ui.password = ui.admin_password()
+    ui.ca = running_stack.read_bundle_file("trust/ca.pem")
     files = running_stack.read_bundle_files("ui/server.pem", "dex/server.pem", "codec/server.pem", "ui/client.key",
                                             "ui/oidc-client-secret", "private/jwt/active", "codec-keys/keys.json")
-    ui.ca = running_stack.read_bundle_file("trust/ca.pem")
     kid = files["private/jwt/active"].decode().strip()
     signing = running_stack.read_bundle_files(f"private/jwt/{kid}.key")[f"private/jwt/{kid}.key"]
     ui.secrets = {
@@ -74,20 +76,35 @@ def _pem_body(pem: bytes) -> bytes:
     return b"".join(line for line in pem.splitlines() if line and not line.startswith(b"-----"))[:64]
 
 
+def trusting_home(home: Path, ca_pem: bytes) -> Path:
+    """A HOME whose NSS database (what chromium on Linux trusts) holds each CA of `ca_pem`."""
+    nssdb = home / ".pki" / "nssdb"
+    nssdb.mkdir(parents=True)
+    subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-N", "--empty-password"], check=True, capture_output=True)
+    for index, body in enumerate(re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", ca_pem, re.S)):
+        cert = home / f"ca-{index}.pem"
+        cert.write_bytes(body + b"\n")
+        subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-A", "-t", "C,,", "-n", f"temporal-bundle-ca-{index}",
+                        "-i", str(cert)], check=True, capture_output=True)
+    return home
+
+
 @pytest.fixture(scope="module")
-def browser(ui):
+def browser(ui, tmp_path_factory):
     assert Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: apt-get install chromium (scripts/install-deps.sh)"
     from playwright.sync_api import sync_playwright
 
+    home = trusting_home(tmp_path_factory.mktemp("chromium-home"), ui.ca)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                             env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
         yield browser
         browser.close()
 
 
 @pytest.fixture
 def page(browser, ui):
-    context = browser.new_context(ignore_https_errors=True)
+    context = browser.new_context()
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     page.bearer = {}
@@ -361,6 +378,55 @@ def test_https_endpoints_verify_with_the_bundle_ca(ui, tmp_path):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
             with context.wrap_socket(raw, server_hostname=name) as tls:
                 assert tls.version() in ("TLSv1.2", "TLSv1.3"), (name, port)
+
+
+def _foreign_ca_server(tmp_path: Path):
+    """An HTTPS server on loopback for `localhost`, its certificate from a CA nobody trusts."""
+    import datetime
+    import http.server
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Foreign CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True).sign(ca_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = tmp_path / "foreign.pem"
+    pem.write_bytes(leaf.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(serialization.Encoding.PEM)
+                    + key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pem)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_the_browser_trusts_the_bundle_ca_and_refuses_a_foreign_one(page, ui, tmp_path):
+    """No certificate error is ignored: the UI's page loads because the bundle's CA is in the
+    browser's NSS database, and a server for the same name with a foreign CA's certificate is
+    refused."""
+    response = retried(lambda: page.goto(ui.url + "/healthz"))
+    assert response.ok, response.status
+    server = _foreign_ca_server(tmp_path)
+    try:
+        port = server.server_address[1]
+        with pytest.raises(Exception, match="ERR_CERT_AUTHORITY_INVALID"):
+            retried(lambda: page.goto(f"https://localhost:{port}/"))
+    finally:
+        server.shutdown()
 
 
 # --------------------------------------------------------------------------- Dex tokens elsewhere
