@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 # chromium: the Web UI browser tests (Playwright launches it by path; no browser download);
 # libnss3-tools: certutil, which gives that browser an NSS database trusting the bundle's CA.
-for pkg in docker.io iptables debootstrap postgresql openssl curl chromium libnss3-tools; do
+# gcc, libc6-dev: the Dex stand-in is built with cgo (its SQLite storage), as the official image.
+for pkg in docker.io iptables debootstrap postgresql openssl curl chromium libnss3-tools gcc libc6-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

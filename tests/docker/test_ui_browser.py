@@ -11,6 +11,7 @@ skip.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import ssl
@@ -95,11 +96,23 @@ def browser(ui, tmp_path_factory):
     from playwright.sync_api import sync_playwright
 
     home = trusting_home(tmp_path_factory.mktemp("chromium-home"), ui.ca)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                             env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
-        yield browser
-        browser.close()
+    # page.request (the tests' direct API calls) goes through Playwright's Node driver, not
+    # chromium: it trusts the same CA through NODE_EXTRA_CA_CERTS, read when the driver starts.
+    ca = home / "bundle-ca.pem"
+    ca.write_bytes(ui.ca)
+    before = os.environ.get("NODE_EXTRA_CA_CERTS")
+    os.environ["NODE_EXTRA_CA_CERTS"] = str(ca)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                                 env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
+            yield browser
+            browser.close()
+    finally:
+        if before is None:
+            os.environ.pop("NODE_EXTRA_CA_CERTS", None)
+        else:
+            os.environ["NODE_EXTRA_CA_CERTS"] = before
 
 
 @pytest.fixture
@@ -420,11 +433,14 @@ def test_the_browser_trusts_the_bundle_ca_and_refuses_a_foreign_one(page, ui, tm
     refused."""
     response = retried(lambda: page.goto(ui.url + "/healthz"))
     assert response.ok, response.status
+    assert page.request.get(ui.url + "/healthz").ok
     server = _foreign_ca_server(tmp_path)
     try:
         port = server.server_address[1]
         with pytest.raises(Exception, match="ERR_CERT_AUTHORITY_INVALID"):
             retried(lambda: page.goto(f"https://localhost:{port}/"))
+        with pytest.raises(Exception, match="certificate"):
+            page.request.get(f"https://localhost:{port}/")
     finally:
         server.shutdown()
 
@@ -513,3 +529,30 @@ def test_dex_tokens_at_the_frontend_and_the_codec_server(page, ui):
     time.sleep(max(0, claims["exp"] - time.time() + 2))
     assert _frontend_answer(ui, token).startswith("denied"), "an expired Dex token was accepted"
     assert _codec_status(page, ui, token) == 401
+
+
+def test_a_dex_restart_logs_nobody_out(page, ui):
+    """Dex keeps its state in SQLite on the dex-data volume: after `docker compose restart dex`
+    the UI server still redeems the session's refresh token at Dex (/auth/refresh), and Dex's
+    JWKS still holds the key that signed the token issued before the restart."""
+    import jwt
+
+    logged_in(page, ui, "admin@example.com", ui.password)
+    kid = jwt.get_unverified_header(page.bearer["value"].removeprefix("Bearer "))["kid"]
+    assert page.request.get(ui.url + "/auth/refresh", max_redirects=0).status == 200
+    ui.stack.compose("restart", "dex", timeout=180)
+    import time
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if page.request.get(ui.dex + "/keys", timeout=5000).ok:
+                break
+        except Exception:  # Dex is not listening yet
+            pass
+        assert time.monotonic() < deadline, "Dex did not come back after its restart"
+        time.sleep(1)
+    assert kid in {key["kid"] for key in page.request.get(ui.dex + "/keys").json()["keys"]}
+    refreshed = page.request.get(ui.url + "/auth/refresh", max_redirects=0)
+    assert refreshed.status == 200, refreshed.status
+    assert "refresh" in {c["name"] for c in page.context.cookies(ui.url)}
