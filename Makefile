@@ -42,6 +42,16 @@ BUNDLE_IMAGE ?= temporal-bundle:$(BUNDLE_VERSION)
 export BUNDLE_IMAGE
 
 COMPOSE := docker compose -f $(COMPOSE_FILE_PATH)
+# What bundle.yaml decides for compose (published ports, Dex's and the UI's names, the audience),
+# rendered by `make up` (compose-env in our image), one file per project. Compose reads it after
+# ./.env (so bundle.yaml wins there); a variable set in the shell wins over both.
+comma := ,
+space := $(eval) $(eval)
+BUNDLE_ENV_FILE ?= build/$(or $(COMPOSE_PROJECT_NAME),temporal-bundle).env
+COMPOSE_ENV_FILES_VALUE = $(subst $(space),$(comma),$(strip $(wildcard .env) $(BUNDLE_ENV_FILE)))
+ifneq ($(wildcard $(BUNDLE_ENV_FILE)),)
+export COMPOSE_ENV_FILES := $(COMPOSE_ENV_FILES_VALUE)
+endif
 # Maintenance commands run in a fresh bootstrap container: the only one that mounts private/.
 BOOTSTRAP := $(COMPOSE) run --rm --no-deps bootstrap
 # Backups: pg_dump/pg_restore run as the superuser over the postgresql container's unix socket
@@ -91,7 +101,14 @@ lint: ## security lint of the compose file (pip install compose-lint)
 .PHONY: up
 up: $(BUNDLE_CONFIG_FILE) ## bootstrap secrets, start everything, wait until healthy, print how to connect
 	@docker image inspect "$(BUNDLE_IMAGE)" >/dev/null 2>&1 || bash scripts/build-images.sh bundle
-	@started=$$(date +%s); \
+	@mkdir -p "$(dir $(BUNDLE_ENV_FILE))"
+	@docker run --rm --network none --read-only --cap-drop ALL --security-opt no-new-privileges:true \
+	  --user 10001:10001 --volume "$(abspath $(BUNDLE_CONFIG_FILE)):/etc/temporal-bundle/bundle.yaml:ro" \
+	  "$(BUNDLE_IMAGE)" compose-env --config /etc/temporal-bundle/bundle.yaml > "$(BUNDLE_ENV_FILE).tmp" \
+	  || { rm -f "$(BUNDLE_ENV_FILE).tmp"; exit 1; }
+	@mv "$(BUNDLE_ENV_FILE).tmp" "$(BUNDLE_ENV_FILE)"
+	@export COMPOSE_ENV_FILES="$(COMPOSE_ENV_FILES_VALUE)"; \
+	started=$$(date +%s); \
 	if ! $(COMPOSE) up --detach --wait --wait-timeout $(UP_TIMEOUT); then \
 	  echo "error: the stack did not become healthy; status and recent logs:" >&2; \
 	  $(COMPOSE) ps -a >&2; $(COMPOSE) logs --tail=30 >&2; exit 1; \

@@ -1,5 +1,5 @@
 from . import check_expiry, generate_certs, init, mint_tokens, register_namespaces, render_config, rotate, serve_jwks
-from . import backup, export_helm, serve_codec, show_admin_password
+from . import backup, compose_env, export_helm, serve_codec, show_admin_password
 
 COMMANDS = {
     "init": init,
@@ -14,4 +14,5 @@ COMMANDS = {
     "export-helm": export_helm,
     "backup": backup,
     "show-admin-password": show_admin_password,
+    "compose-env": compose_env,
 }
