@@ -257,9 +257,18 @@ def _denied_at(page, url: str) -> None:
     retried(attempt, attempts=3, also=("Timeout",))
 
 
-def _visible(locator):
-    """The UI renders some controls twice (menus, modals); the one on screen."""
-    return next(item for item in locator.all() if item.is_visible())
+def _visible(locator, seconds: float = 10):
+    """The UI renders some controls twice (menus, modals); the one on screen, once it is."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        for item in locator.all():
+            if item.is_visible():
+                return item
+        if time.monotonic() > deadline:  # "Timeout": retried() may run the step again
+            raise AssertionError(f"Timeout: nothing visible for {locator}")
+        time.sleep(0.2)
 
 
 def test_reader_is_told_not_allowed_because_of_the_two_cluster_reads(page, ui):
