@@ -47,6 +47,16 @@ BUNDLE_IMAGE ?= temporal-bundle:$(BUNDLE_VERSION)
 export BUNDLE_IMAGE
 
 COMPOSE := docker compose -f $(COMPOSE_FILE_PATH)
+# What bundle.yaml decides for compose (published ports, Dex's and the UI's names, the audience),
+# rendered by `make up` (compose-env in our image), one file per project. Compose reads it after
+# ./.env (so bundle.yaml wins there); a variable set in the shell wins over both.
+comma := ,
+space := $(eval) $(eval)
+BUNDLE_ENV_FILE ?= build/$(or $(COMPOSE_PROJECT_NAME),temporal-bundle).env
+COMPOSE_ENV_FILES_VALUE = $(subst $(space),$(comma),$(strip $(wildcard .env) $(BUNDLE_ENV_FILE)))
+ifneq ($(wildcard $(BUNDLE_ENV_FILE)),)
+export COMPOSE_ENV_FILES := $(COMPOSE_ENV_FILES_VALUE)
+endif
 # Maintenance commands run in a fresh bootstrap container: the only one that mounts private/.
 BOOTSTRAP := $(COMPOSE) run --rm --no-deps bootstrap
 # Backups: pg_dump/pg_restore run as the superuser over the postgresql container's unix socket
@@ -96,13 +106,20 @@ lint: ## security lint of the compose file (pip install compose-lint)
 .PHONY: up
 up: $(BUNDLE_CONFIG_FILE) ## bootstrap secrets, start everything, wait until healthy, print how to connect
 	@docker image inspect "$(BUNDLE_IMAGE)" >/dev/null 2>&1 || bash scripts/build-images.sh bundle
+	@mkdir -p "$(dir $(BUNDLE_ENV_FILE))"
+	@docker run --rm --network none --read-only --cap-drop ALL --security-opt no-new-privileges:true \
+	  --user 10001:10001 --volume "$(abspath $(BUNDLE_CONFIG_FILE)):/etc/temporal-bundle/bundle.yaml:ro" \
+	  "$(BUNDLE_IMAGE)" compose-env --config /etc/temporal-bundle/bundle.yaml > "$(BUNDLE_ENV_FILE).tmp" \
+	  || { rm -f "$(BUNDLE_ENV_FILE).tmp"; exit 1; }
+	@mv "$(BUNDLE_ENV_FILE).tmp" "$(BUNDLE_ENV_FILE)"
 	@# On an existing stack, compose would replace containers whose image changed BEFORE the
 	@# bootstrap runs: check first (an older server release, a changed shard count), so that a
 	@# refused `make up` leaves the running server alone. A fresh or downed stack skips this.
-	@if [ -n "$$($(COMPOSE) ps --all --quiet temporal 2>/dev/null)" ]; then \
+	@export COMPOSE_ENV_FILES="$(COMPOSE_ENV_FILES_VALUE)"; \
+	if [ -n "$$($(COMPOSE) ps --all --quiet temporal 2>/dev/null)" ]; then \
 	  $(COMPOSE) run --rm --no-deps -T bootstrap init --quiet >/dev/null || exit 1; \
-	fi
-	@started=$$(date +%s); \
+	fi; \
+	started=$$(date +%s); \
 	if ! $(COMPOSE) up --detach --wait --wait-timeout $(UP_TIMEOUT); then \
 	  refused=$$($(COMPOSE) logs --no-color --no-log-prefix --since "$$started" bootstrap 2>/dev/null | grep '^error: ' | tail -n1); \
 	  if [ -n "$$refused" ]; then echo "$$refused" >&2; exit 1; fi; \
@@ -163,6 +180,12 @@ rotate: $(BUNDLE_CONFIG_FILE) ## rotation step: KIND=certs|signing-key|exchange-
 	@# Temporal and the JWKS server re-read their certificates by themselves; PostgreSQL reloads
 	@# its certificate and CA files only on SIGHUP (a reload, not a restart: connections stay).
 	@$(COMPOSE) kill -s HUP postgresql >/dev/null 2>&1 && echo "postgresql: reloaded its TLS files" || true
+	@# Dex and the UI server read their HTTPS certificates at start only: restarted after a step that
+	@# re-issues certificates. Nobody is logged out (Dex keeps its state on dex-data; the UI's
+	@# sessions are cookies).
+	@case "$(KIND)" in certs|ca|trust-domains) \
+	  $(COMPOSE) restart dex temporal-ui >/dev/null 2>&1 && echo "dex, temporal-ui: restarted for their new certificates" || true ;; \
+	esac
 
 .PHONY: check-expiry
 check-expiry: $(BUNDLE_CONFIG_FILE) ## certificate and token expiry report (exit 0 ok, 1 warn, 2 crit, 3 unreadable)

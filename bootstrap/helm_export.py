@@ -33,7 +33,7 @@ TEMPORAL_VERSION = "1.32.2"
 DEFAULT_IMAGES = {
     "server": f"temporalio/server:{TEMPORAL_VERSION}",
     "admintools": f"temporalio/admin-tools:{TEMPORAL_VERSION}",
-    "ui": "temporalio/ui:2.55.0",
+    "ui": "temporalio/ui:2.58.1",
     "bundle": f"temporal-bundle:{__version__}",
 }
 # Where the chart mounts server.tls.<section> (its defaults) and where we mount the rest.

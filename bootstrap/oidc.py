@@ -26,6 +26,8 @@ USER_ID_PREFIX = "temporal-bundle-"
 BCRYPT_COST = 12
 # The device flow is off: v2.45.1 leaks the client secret through it (fixed after that release).
 GRANT_TYPES = ("authorization_code", "refresh_token")
+# Dex's state, on the dex-data named volume (docker-compose.prod.yml).
+DEX_DB = "/var/dex/dex.db"
 
 
 def admin_password_path(layout: Layout) -> Path:
@@ -92,9 +94,9 @@ def render_dex_config(config: BundleConfig, layout: Layout, admin_hash: str, cli
     oidc, root = config.oidc, Path(config.bundle_dir)
     document = {
         "issuer": oidc.issuer,
-        # No persistent storage: users and the client come from this file; sessions and refresh
-        # tokens end when Dex restarts (users log in again).
-        "storage": {"type": "memory"},
+        # Refresh tokens, signing keys and auth requests survive a restart (the dex-data volume);
+        # users and the client still come from this file.
+        "storage": {"type": "sqlite3", "config": {"file": DEX_DB}},
         "web": {"https": f"0.0.0.0:{oidc.port}", "tlsCert": str(root / "dex" / "server.pem"),
                 "tlsKey": str(root / "dex" / "server.key")},
         "telemetry": {"http": "127.0.0.1:5558"},

@@ -8,12 +8,15 @@
 set -euo pipefail
 version="${1:-${DEX_VERSION:-v0.0.0-20260303133905-11d2eeb52b42}}"
 export GOTOOLCHAIN="${GOTOOLCHAIN:-go1.27.3}"
-cache="${TEMPORAL_BUNDLE_CACHE:-$HOME/.cache/temporal-bundle}/dex-$version"
+# Built with cgo, as the official image is: Dex's SQLite storage (the bundle keeps Dex's state in
+# SQLite on a volume) needs it. The "-cgo" cache name rebuilds an older cgo-less cache once.
+cache="${TEMPORAL_BUNDLE_CACHE:-$HOME/.cache/temporal-bundle}/dex-$version-cgo"
 if [[ -x "$cache/dex" ]]; then
   echo "$cache/dex"
   exit 0
 fi
 command -v go >/dev/null || { echo "error: go toolchain not found" >&2; exit 1; }
+command -v gcc >/dev/null || { echo "error: gcc not found (apt-get install gcc libc6-dev)" >&2; exit 1; }
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 echo "building github.com/dexidp/dex/cmd/dex@$version (once; cached at $cache)" >&2
@@ -21,7 +24,7 @@ echo "building github.com/dexidp/dex/cmd/dex@$version (once; cached at $cache)" 
   cd "$work"
   go mod init dex-build >/dev/null 2>&1
   go get -tool "github.com/dexidp/dex/cmd/dex@$version" >&2
-  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o dex github.com/dexidp/dex/cmd/dex >&2
+  CGO_ENABLED=1 go build -trimpath -ldflags "-s -w" -o dex github.com/dexidp/dex/cmd/dex >&2
 )
 mkdir -p "$cache.tmp"
 mv "$work/dex" "$cache.tmp/dex"

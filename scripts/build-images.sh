@@ -39,9 +39,10 @@ ui_version="${UI_VERSION:-2.58.1}"
 # here refuses (403); the next patch releases of both build it. Empty: the module's own choice.
 ui_dep_bumps="${UI_DEP_BUMPS-go.temporal.io/api@v1.64.1 github.com/labstack/echo/v4@v4.16.4}"
 cli_version="${TEMPORAL_CLI_VERSION:-1.9.1}"
-# Dex's Go module version (the v2.45.1 tag by default) and the stand-in's tag.
+# Dex's Go module version (the v2.45.1 tag by default) and the stand-in's tag: "-cgo", built
+# with cgo for its SQLite storage, never the same tag as an older build without it.
 dex_version="${DEX_VERSION:-v0.0.0-20260303133905-11d2eeb52b42}"
-dex_tag="${DEX_VERSION:-v2.45.1}"
+dex_tag="${DEX_VERSION:-v2.45.1}-cgo"
 python_version="${PYTHON_VERSION:-3.11}"
 project_version="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n1)"
 bundle_image="${BUNDLE_IMAGE:-temporal-bundle:$project_version}"

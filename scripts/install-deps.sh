@@ -5,9 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-# chromium: the Web UI browser tests (Playwright launches it by path; no browser download).
+# chromium: the Web UI browser tests (Playwright launches it by path; no browser download);
+# libnss3-tools: certutil, which gives that browser an NSS database trusting the bundle's CA.
+# gcc, libc6-dev: the Dex stand-in is built with cgo (its SQLite storage), as the official image.
 # softhsm2: a real PKCS#11 token for keys.backend pkcs11 (tests/hsm).
-for pkg in docker.io iptables debootstrap postgresql openssl curl chromium softhsm2; do
+for pkg in docker.io iptables debootstrap postgresql openssl curl chromium libnss3-tools gcc libc6-dev softhsm2; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

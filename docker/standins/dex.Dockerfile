@@ -2,7 +2,8 @@
 # scripts/build-dex.sh, cached) at /usr/local/bin/dex, user dex (uid/gid 1001) as in the official
 # image, wget for the health check as busybox has. Runs `dex serve CONFIG` given as the command.
 # Differences: Debian instead of Alpine; no gomplate entrypoint (our config has no templating);
-# built without cgo, so no SQLite storage (the bundle uses memory storage).
+# built with cgo like the official image, for the SQLite storage the bundle uses; /var/dex owned
+# by dex as there, so a fresh named volume mounted on it is writable by Dex.
 ARG BASE_IMAGE=temporal-bundle-standin/debian:bookworm
 FROM ${BASE_IMAGE}
 RUN set -eux; \
@@ -11,7 +12,8 @@ RUN set -eux; \
     apt-get install -y --no-install-recommends ca-certificates wget; \
     rm -rf /var/lib/apt/lists/*; \
     groupadd --gid 1001 dex; \
-    useradd --uid 1001 --gid dex --no-create-home --shell /usr/sbin/nologin dex
+    useradd --uid 1001 --gid dex --no-create-home --shell /usr/sbin/nologin dex; \
+    install -d -o 1001 -g 1001 -m 0700 /var/dex
 COPY dex /usr/local/bin/dex
 USER dex
 EXPOSE 5556

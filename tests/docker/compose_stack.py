@@ -137,16 +137,23 @@ class ComposeStack:
             COMPOSE_FILE=os.pathsep.join(self.compose_files),
             BUNDLE_CONFIG_FILE=str(self.config),
             TEMPORAL_FRONTEND_PORT=str(self.frontend_port),
-            TEMPORAL_UI_PORT=str(self.ui_port),
             CODEC_PORT=str(self.codec_port),
-            OIDC_PORT=str(self.oidc_port),
+            # The UI's and Dex's ports come from bundle.yaml, through the env file `make up`
+            # renders (the Makefile's COMPOSE_ENV_FILES); direct compose calls read it too.
             IMAGES_ENV="",
             UP_TIMEOUT="300",
             HEALTHCHECK_INTERVAL="2s",  # operators run with 5s; a faster `make up` for the tests
             COMPOSE_PROFILES=",".join(self.profiles),
         )
+        if self.env_file.exists():
+            env["COMPOSE_ENV_FILES"] = str(self.env_file)
         env.update(self.extra_env)
         return env
+
+    @property
+    def env_file(self) -> Path:
+        """What `make up` rendered from bundle.yaml for this project (Makefile BUNDLE_ENV_FILE)."""
+        return REPO / "build" / f"{self.project}.env"
 
     # ------------------------------------------------------------------ operator commands
     def make(self, *targets: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
@@ -186,6 +193,7 @@ class ComposeStack:
             path.write_text(ps + "\n" + self.logs())
         finally:
             self.compose("down", "--volumes", "--remove-orphans", check=False, timeout=300)
+            self.env_file.unlink(missing_ok=True)
         return path
 
     # ------------------------------------------------------------------ inspection

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -133,6 +134,17 @@ def test_each_service_mounts_only_the_bundle_volumes_it_uses(resolved):
             continue
         mounted = {v["source"] for v in service.get("volumes", []) if v.get("type") == "volume" and v["source"].startswith("bundle-")}
         assert mounted == BUNDLE_MOUNTS[name], name
+
+
+def test_dex_keeps_its_state_on_a_named_volume(resolved):
+    """Dex's SQLite file (oidc.DEX_DB) on dex-data, writable, mounted by Dex alone."""
+    from bootstrap.oidc import DEX_DB
+
+    mounts = {name: {v["source"]: v for v in s.get("volumes", []) if v.get("type") == "volume"}
+              for name, s in resolved["services"].items()}
+    data = mounts["dex"]["dex-data"]
+    assert data["target"] == str(Path(DEX_DB).parent) and not data.get("read_only")
+    assert [name for name, volumes in mounts.items() if "dex-data" in volumes] == ["dex"]
 
 
 def test_startup_order_waits_for_health_and_jobs(resolved):

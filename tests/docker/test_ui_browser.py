@@ -1,19 +1,22 @@
 """The Web UI in a real headless browser (Debian's chromium driven by Playwright) against the
 shared `make up` stack: login through Dex, roles from groups, payloads decrypted per role.
 
-chromium is launched by path (no browser download). It cannot be given the bundle's CA without a
-profile tool, so it skips certificate checks; test_https_endpoints_verify_with_the_bundle_ca
-checks those certificates instead, with the bundle's CA and the names the browser uses. Every
-response body the browser received is kept and checked for secrets at the end. A missing
-chromium is a failure, never a skip.
+chromium is launched by path (no browser download) with a HOME of its own whose NSS database
+(`certutil`, libnss3-tools) trusts the bundle's CA and nothing else of ours: certificate errors
+are not ignored, and a certificate from a foreign CA is refused. Every response body the browser
+received is kept and checked for secrets at the end. A missing chromium is a failure, never a
+skip.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import ssl
+import subprocess
+import threading
 import uuid
 from pathlib import Path
 
@@ -55,9 +58,9 @@ def ui(running_stack):
                                        volumes=("codec-keys", "codec-kek"))
     assert started["ok"], started
     ui.password = ui.admin_password()
+    ui.ca = running_stack.read_bundle_file("trust/ca.pem")
     files = running_stack.read_bundle_files("ui/server.pem", "dex/server.pem", "codec/server.pem", "ui/client.key",
                                             "ui/oidc-client-secret", "private/jwt/active", "codec-keys/keys.json")
-    ui.ca = running_stack.read_bundle_file("trust/ca.pem")
     kid = files["private/jwt/active"].decode().strip()
     signing = running_stack.read_bundle_files(f"private/jwt/{kid}.key")[f"private/jwt/{kid}.key"]
     ui.secrets = {
@@ -74,20 +77,47 @@ def _pem_body(pem: bytes) -> bytes:
     return b"".join(line for line in pem.splitlines() if line and not line.startswith(b"-----"))[:64]
 
 
+def trusting_home(home: Path, ca_pem: bytes) -> Path:
+    """A HOME whose NSS database (what chromium on Linux trusts) holds each CA of `ca_pem`."""
+    nssdb = home / ".pki" / "nssdb"
+    nssdb.mkdir(parents=True)
+    subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-N", "--empty-password"], check=True, capture_output=True)
+    for index, body in enumerate(re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", ca_pem, re.S)):
+        cert = home / f"ca-{index}.pem"
+        cert.write_bytes(body + b"\n")
+        subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-A", "-t", "C,,", "-n", f"temporal-bundle-ca-{index}",
+                        "-i", str(cert)], check=True, capture_output=True)
+    return home
+
+
 @pytest.fixture(scope="module")
-def browser(ui):
+def browser(ui, tmp_path_factory):
     assert Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: apt-get install chromium (scripts/install-deps.sh)"
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    home = trusting_home(tmp_path_factory.mktemp("chromium-home"), ui.ca)
+    # page.request (the tests' direct API calls) goes through Playwright's Node driver, not
+    # chromium: it trusts the same CA through NODE_EXTRA_CA_CERTS, read when the driver starts.
+    ca = home / "bundle-ca.pem"
+    ca.write_bytes(ui.ca)
+    before = os.environ.get("NODE_EXTRA_CA_CERTS")
+    os.environ["NODE_EXTRA_CA_CERTS"] = str(ca)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                                 env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
+            yield browser
+            browser.close()
+    finally:
+        if before is None:
+            os.environ.pop("NODE_EXTRA_CA_CERTS", None)
+        else:
+            os.environ["NODE_EXTRA_CA_CERTS"] = before
 
 
 @pytest.fixture
 def page(browser, ui):
-    context = browser.new_context(ignore_https_errors=True)
+    context = browser.new_context()
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     page.bearer = {}
@@ -109,14 +139,16 @@ def page(browser, ui):
     context.close()
 
 
-def retried(action, attempts: int = 4):
+def retried(action, attempts: int = 4, also: tuple[str, ...] = ()):
     """chromium aborts a navigation with ERR_NETWORK_CHANGED whenever Docker adds or removes a
-    container's interface on this host (other tests, other stacks): such a step is run again."""
+    container's interface on this host (other tests, other stacks): such a step is run again.
+    `also`: other messages that mean the same (a page whose script load was cut off never
+    makes the call a step waits for: "Timeout")."""
     for attempt in range(attempts):
         try:
             return action()
         except Exception as exc:  # playwright's Error and TimeoutError
-            if not any(m in str(exc) for m in NETWORK_CHANGED) or attempt == attempts - 1:
+            if not any(m in str(exc) for m in NETWORK_CHANGED + also) or attempt == attempts - 1:
                 raise
 
 
@@ -166,7 +198,7 @@ def workflow_page(page, ui) -> tuple[str, int]:
             page.goto(f"{ui.url}/namespaces/default/workflows/{ui.workflow_id}")
         return decoded
 
-    decoded = retried(visit)
+    decoded = retried(visit, attempts=3, also=("Timeout",))
     page.get_by_text(ui.workflow_id).first.wait_for()
     page.wait_for_timeout(2000)  # the page renders what the codec returned
     return page.content(), decoded.value.status
@@ -190,21 +222,122 @@ def test_admin_logs_in_through_dex_sees_namespaces_and_the_decrypted_input(page,
     assert page.bearer.get("value", "").startswith("Bearer ")
 
 
-def test_reader_is_told_not_allowed_and_holds_only_default_read(page, ui):
-    """A reader of `default` only: the UI's landing page lists namespaces, which needs
-    temporal-system:read (that would open every namespace), so the UI says plainly that the user
-    is not allowed. With the Dex token the UI sent, the reader reads default, gets its payloads
-    back still encrypted from the codec server, and can neither terminate nor read `orders`."""
+# The two cluster-scoped reads every page of UI 2.58.1 makes before anything else: its (app)
+# layout awaits GetClusterInfo (no error handler: a 403 sends the browser to the login page with
+# "you do not have permission") and lists namespaces. The server's default authorizer gives
+# cluster-scoped APIs only the `temporal-system:<role>` claim, and `temporal-system:read` also
+# reads every namespace.
+CLUSTER_READS = {"/api/v1/cluster-info", "/api/v1/namespaces"}
+NOT_ALLOWED = "do+not+have+permission"
+
+
+def _api_calls(page, ui) -> list[tuple[int, str, str]]:
+    calls: list[tuple[int, str, str]] = []
+    page.on("response", lambda r: calls.append((r.status, r.request.method, r.url.removeprefix(ui.url)))
+            if r.url.startswith(ui.url + "/api/v1/") else None)
+    return calls
+
+
+def _goto(page, url: str) -> None:
+    """A navigation the UI's own redirect may overtake (the wait that follows checks where it ends)."""
+    def go():
+        try:
+            page.goto(url, wait_until="commit")
+        except Exception as exc:
+            if "interrupted by another navigation" not in str(exc):
+                raise
+    retried(go, also=("Timeout",))
+
+
+def _denied_at(page, url: str) -> None:
+    """Opening `url` ends on the login page with the UI's "not allowed" message."""
+    def attempt():
+        _goto(page, url)
+        page.wait_for_url(re.compile(r".*/login\?.*" + re.escape(NOT_ALLOWED)), wait_until="commit")
+    retried(attempt, attempts=3, also=("Timeout",))
+
+
+def _visible(locator, seconds: float = 10):
+    """The UI renders some controls twice (menus, modals); the one on screen, once it is."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        for item in locator.all():
+            if item.is_visible():
+                return item
+        if time.monotonic() > deadline:  # "Timeout": retried() may run the step again
+            raise AssertionError(f"Timeout: nothing visible for {locator}")
+        time.sleep(0.2)
+
+
+def test_reader_is_told_not_allowed_because_of_the_two_cluster_reads(page, ui):
+    """A reader of `default` only, in the stock UI: sent back to the login page with the UI's "not
+    allowed" message, on the landing page and on a deep link into default's workflows, and the
+    only calls the frontend refused were the two cluster-scoped reads."""
+    calls = _api_calls(page, ui)
     logged_in(page, ui, "reader@example.com", ui.stack.reader_password)
-    assert "do+not+have+permission" in page.url, page.url
+    assert NOT_ALLOWED in page.url, page.url
+    _denied_at(page, f"{ui.url}/namespaces/default/workflows")
+    refused = {path.split("?")[0] for status, _, path in calls if status == 403}
+    # The namespace list is not awaited: the redirect may cut it short.
+    assert "/api/v1/cluster-info" in refused and refused <= CLUSTER_READS, calls
+    assert not any("/workflows" in path for _, _, path in calls), "the UI read workflows before its cluster reads"
+
+
+def test_reader_with_the_cluster_reads_answered_is_held_to_default_read(page, ui):
+    """What a gate answering only those two reads (cluster info: empty; namespaces: default) would
+    give the reader; the browser answers them here, every other call goes to the real frontend
+    with the reader's Dex token. The reader then works in `default`: the workflow list and page,
+    the input still ciphertext (the codec server answered 200 without decrypting), Terminate
+    refused by the server (the workflow keeps running), and `orders` refused."""
+    calls = _api_calls(page, ui)
+    listed = json.dumps({"namespaces": [{"namespaceInfo": {"name": "default", "state": "NAMESPACE_STATE_REGISTERED"}}]})
+    page.route(re.compile(re.escape(ui.url + "/api/v1/cluster-info") + r"(\?.*)?$"),
+               lambda route: route.fulfill(status=200, content_type="application/json", body="{}"))
+    page.route(re.compile(re.escape(ui.url + "/api/v1/namespaces") + r"(\?.*)?$"),
+               lambda route: route.fulfill(status=200, content_type="application/json", body=listed))
+    for _ in range(3):
+        # The landing page's first calls can race the SPA storing the new tokens (a 401 sends
+        # it back to Dex): log in again then.
+        calls.clear()
+        logged_in(page, ui, "reader@example.com", ui.stack.reader_password)
+        page.wait_for_timeout(3000)
+        if not any(status == 401 for status, _, _ in calls):
+            break
+    assert page.url.startswith(f"{ui.url}/namespaces/default/workflows"), (page.url, calls)
+    html, status = workflow_page(page, ui)
+    assert status == 200 and ui.workflow_id in html
+    assert ui.secret_input not in html, "the reader's UI showed the decrypted input"
+
+    page.get_by_role("button", name="More Actions").click()
+    _visible(page.get_by_test_id("terminate-button")).click()
+    _visible(page.locator("#workflow-termination-reason")).fill("a reader tries")
+    with page.expect_response(lambda r: r.url.startswith(
+            f"{ui.url}/api/v1/namespaces/default/workflows/{ui.workflow_id}/terminate")) as terminated:
+        _visible(page.get_by_test_id("confirm-modal-button")).click()
+    assert terminated.value.status == 403
+    described = page.request.get(f"{ui.url}/api/v1/namespaces/default/workflows/{ui.workflow_id}",
+                                 headers={"Authorization": page.bearer["value"]})
+    assert described.json()["workflowExecutionInfo"]["status"] == "WORKFLOW_EXECUTION_STATUS_RUNNING"
+
+    _denied_at(page, f"{ui.url}/namespaces/orders/workflows")
+    orders = [(status, path) for status, _, path in calls if path.startswith("/api/v1/namespaces/orders")]
+    assert orders and all(status == 403 for status, _ in orders), orders
+    assert not [c for c in calls if c[0] == 403 and "/namespaces/default" in c[2] and "/terminate" not in c[2]], calls
+
+
+def test_reader_api_with_the_token_the_ui_sent_holds_only_default_read(page, ui):
+    """The same limits at the API, with the Dex token the UI sent for the reader: the two cluster
+    reads and `orders` refused, default readable, Terminate refused, payloads back encrypted."""
+    logged_in(page, ui, "reader@example.com", ui.stack.reader_password)
     assert page.bearer.get("value"), "the UI sent no token for the reader"
+    assert api(page, ui, "GET", "/api/v1/cluster-info") == 403
+    assert api(page, ui, "GET", "/api/v1/namespaces") == 403
     assert api(page, ui, "GET", "/api/v1/namespaces/default/workflows") == 200
     assert api(page, ui, "GET", "/api/v1/namespaces/orders/workflows") == 403
     status = api(page, ui, "POST", f"/api/v1/namespaces/default/workflows/{ui.workflow_id}/terminate")
     assert status == 403, status
-    described = page.request.get(f"{ui.url}/api/v1/namespaces/default/workflows/{ui.workflow_id}",
-                                 headers={"Authorization": page.bearer["value"]})
-    assert described.json()["workflowExecutionInfo"]["status"] == "WORKFLOW_EXECUTION_STATUS_RUNNING"
     history = page.request.get(f"{ui.url}/api/v1/namespaces/default/workflows/{ui.workflow_id}/history",
                                headers={"Authorization": page.bearer["value"]})
     assert history.status == 200 and ui.secret_input not in history.text()
@@ -226,17 +359,30 @@ def test_wrong_password_stays_on_the_login_page(page, ui):
     assert api(page, ui, "GET", "/api/v1/namespaces/default/workflows") == 401
 
 
-def test_logout_ends_the_session(page, ui):
-    """/auth/logout (what the UI's Log out calls) drops the UI server's session: the refresh
-    cookie is gone, /auth/refresh issues nothing, and Dex (no session of its own in v2.45.1)
-    asks for the password again."""
+def test_logout_button_ends_the_session(page, ui):
+    """The UI's own Log out (user menu): it calls /auth/logout, which drops the UI server's
+    session; the refresh cookie is gone, /auth/refresh issues nothing, a protected page sends the
+    browser to the login page again, and Dex (no session of its own in v2.45.1) asks for the
+    password again."""
     logged_in(page, ui, "admin@example.com", ui.password)
     assert page.request.get(ui.url + "/auth/refresh", max_redirects=0).status == 200
-    retried(lambda: page.goto(ui.url + "/auth/logout", wait_until="commit"))
+
+    def log_out():
+        _goto(page, f"{ui.url}/namespaces/default/workflows")
+        page.get_by_test_id("user-menu-trigger").click()
+        with page.expect_response(lambda r: r.url.startswith(ui.url + "/auth/logout")) as logout:
+            _visible(page.get_by_role("menuitem", name="Log out")).click()
+        return logout.value
+
+    logout = retried(log_out, attempts=3, also=("Timeout",))
+    assert logout.status in (200, 302, 303), logout.status
+    page.wait_for_url(ui.url + "/**", wait_until="commit")
     assert "refresh" not in {c["name"] for c in page.context.cookies(ui.url)}
     refreshed = page.request.get(ui.url + "/auth/refresh", max_redirects=0)
     assert refreshed.status in (400, 401, 403), refreshed.status
     assert not any(c["name"].startswith("user") for c in page.context.cookies(ui.url))
+    _goto(page, f"{ui.url}/namespaces/default/workflows")
+    page.wait_for_url(re.compile(re.escape(ui.url) + r"/login\?returnUrl="), wait_until="commit")
     retried(lambda: page.goto(ui.url + "/auth/sso", wait_until="commit"))
     page.wait_for_url(re.compile(re.escape(ui.dex) + r"/auth/local/login"), wait_until="commit")
 
@@ -260,6 +406,58 @@ def test_https_endpoints_verify_with_the_bundle_ca(ui, tmp_path):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
             with context.wrap_socket(raw, server_hostname=name) as tls:
                 assert tls.version() in ("TLSv1.2", "TLSv1.3"), (name, port)
+
+
+def _foreign_ca_server(tmp_path: Path):
+    """An HTTPS server on loopback for `localhost`, its certificate from a CA nobody trusts."""
+    import datetime
+    import http.server
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Foreign CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True).sign(ca_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = tmp_path / "foreign.pem"
+    pem.write_bytes(leaf.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(serialization.Encoding.PEM)
+                    + key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pem)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_the_browser_trusts_the_bundle_ca_and_refuses_a_foreign_one(page, ui, tmp_path):
+    """No certificate error is ignored: the UI's page loads because the bundle's CA is in the
+    browser's NSS database, and a server for the same name with a foreign CA's certificate is
+    refused."""
+    response = retried(lambda: page.goto(ui.url + "/healthz"))
+    assert response.ok, response.status
+    assert page.request.get(ui.url + "/healthz").ok
+    server = _foreign_ca_server(tmp_path)
+    try:
+        port = server.server_address[1]
+        with pytest.raises(Exception, match="ERR_CERT_AUTHORITY_INVALID"):
+            retried(lambda: page.goto(f"https://localhost:{port}/"))
+        with pytest.raises(Exception, match="certificate"):
+            page.request.get(f"https://localhost:{port}/")
+    finally:
+        server.shutdown()
 
 
 # --------------------------------------------------------------------------- Dex tokens elsewhere
@@ -346,3 +544,31 @@ def test_dex_tokens_at_the_frontend_and_the_codec_server(page, ui):
     time.sleep(max(0, claims["exp"] - time.time() + 2))
     assert _frontend_answer(ui, token).startswith("denied"), "an expired Dex token was accepted"
     assert _codec_status(page, ui, token) == 401
+
+
+def test_a_dex_restart_logs_nobody_out(page, ui):
+    """Dex keeps its state in SQLite on the dex-data volume: after `docker compose restart dex`
+    the UI server still redeems the session's refresh token at Dex (/auth/refresh), and Dex's
+    JWKS still holds the key that signed the token issued before the restart."""
+    import jwt
+
+    logged_in(page, ui, "admin@example.com", ui.password)
+    kid = jwt.get_unverified_header(page.bearer["value"].removeprefix("Bearer "))["kid"]
+    assert page.request.get(ui.url + "/auth/refresh", max_redirects=0).status == 200
+    ui.stack.compose("restart", "dex", timeout=180)
+    import time
+
+    # The browser, not page.request: only chromium resolves auth.localhost to loopback.
+    deadline, keys = time.monotonic() + 120, None
+    while keys is None:
+        try:
+            response = page.goto(ui.dex + "/keys", timeout=5000)
+            keys = response.json()["keys"] if response and response.ok else None
+        except Exception:  # Dex is not listening yet
+            pass
+        assert keys is not None or time.monotonic() < deadline, "Dex did not come back after its restart"
+        time.sleep(0 if keys else 1)
+    assert kid in {key["kid"] for key in keys}
+    refreshed = page.request.get(ui.url + "/auth/refresh", max_redirects=0)
+    assert refreshed.status == 200, refreshed.status
+    assert "refresh" in {c["name"] for c in page.context.cookies(ui.url)}

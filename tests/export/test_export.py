@@ -307,6 +307,7 @@ def test_default_images_are_the_releases_compose_runs():
     from bootstrap.helm_export import DEFAULT_IMAGES
 
     compose = (Path(__file__).resolve().parents[2] / "docker-compose.prod.yml").read_text()
-    for key, variable in (("server", "TEMPORAL_SERVER_IMAGE"), ("admintools", "TEMPORAL_ADMINTOOLS_IMAGE")):
+    for key, variable in (("server", "TEMPORAL_SERVER_IMAGE"), ("admintools", "TEMPORAL_ADMINTOOLS_IMAGE"),
+                          ("ui", "TEMPORAL_UI_IMAGE")):
         pinned = re.search(r"\$\{" + variable + r":-([^}]+)\}", compose).group(1)
         assert DEFAULT_IMAGES[key] == pinned, key

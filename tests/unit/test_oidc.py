@@ -86,6 +86,8 @@ def test_dex_config_holds_only_a_hash_of_the_admin_password(tmp_path, cli):
     # v2.45.1: no device flow (it leaks the client secret), code flow only.
     assert dex["oauth2"]["grantTypes"] == ["authorization_code", "refresh_token"]
     assert dex["issuer"] == "https://auth.localhost:5556/dex"
+    # State on the dex-data volume (docker-compose.prod.yml): a restart keeps sessions and keys.
+    assert dex["storage"] == {"type": "sqlite3", "config": {"file": "/var/dex/dex.db"}}
     for path in (dex_config_path(layout), client_secret_path(layout), admin_password_path(layout), admin_hash_path(layout)):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
