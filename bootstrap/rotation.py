@@ -157,6 +157,16 @@ def _waiting(kind: str, phase: str, due: datetime, what: str) -> Step:
     return Step(kind, phase, f"phase {phase}", due=due, waiting_for=f"{what} (until {_iso(due)})")
 
 
+def _key_phase_wait(kind: str, state: dict, now: datetime, old_tokens_expire: str) -> Step | None:
+    """A key rollover's wait, if its phase is not due yet: after `published` the server must
+    refetch the JWKS; after `activated` the tokens the old key signed must expire."""
+    due = _parse_time(state["due"])
+    if now >= due:
+        return None
+    what = "the server to refetch the JWKS" if state["phase"] == "published" else old_tokens_expire
+    return _waiting(kind, state["phase"], due, what)
+
+
 # --------------------------------------------------------------------------- leaf certificates
 
 
@@ -176,10 +186,9 @@ def _step_signing_key(config: BundleConfig, layout: Layout, now: datetime, probe
     active = active_signing_key(layout, keys)
     if state is None:
         return _publish_new_key(config, layout, keys, active, now)
-    due = _parse_time(state["due"])
-    if now < due:
-        what = "the server to refetch the JWKS" if state["phase"] == "published" else "tokens signed by the old key to expire"
-        return _waiting("signing-key", state["phase"], due, what)
+    waiting = _key_phase_wait("signing-key", state, now, "tokens signed by the old key to expire")
+    if waiting is not None:
+        return waiting
     if state["phase"] == "published":
         if probe is not None and state["new_kid"] in keys and not probe(keys[state["new_kid"]]):
             retry = now + margin(config)
@@ -250,10 +259,9 @@ def _step_exchange_key(config: BundleConfig, layout: Layout, now: datetime, prob
     state = read_state(layout)
     if state is None:
         return _publish_exchange_key(config, layout, active, others, now)
-    due = _parse_time(state["due"])
-    if now < due:
-        what = "the server to refetch the JWKS" if state["phase"] == "published" else "exchanged tokens signed by the old key to expire"
-        return _waiting("exchange-key", state["phase"], due, what)
+    waiting = _key_phase_wait("exchange-key", state, now, "exchanged tokens signed by the old key to expire")
+    if waiting is not None:
+        return waiting
     keys = {**others, active.kid: active}
     if state["phase"] == "published":
         new = keys.get(state["new_kid"])
