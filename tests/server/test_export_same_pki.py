@@ -23,7 +23,9 @@ def _export_for_kubernetes(cluster, tmp_path):
     root = tmp_path / "bundle"
     shutil.copytree(cluster.bundle, root)
     config = cluster.bundle_config()
-    config["persistence"] = {"driver": "postgres", "host": "postgresql"}
+    # The shard count stays: the bundle remembers what its database was created with.
+    shards = config["persistence"]["num_history_shards"]
+    config["persistence"] = {"driver": "postgres", "host": "postgresql", "num_history_shards": shards}
     config["bundle_dir"] = str(root)
     config_path = tmp_path / "bundle.yaml"
     config_path.write_text(yaml.safe_dump(config))
