@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_ds
 
 from .errors import BundleError
 from .kek import NONCE_BYTES, UnwrapError
+from .store import read_secret
 
 REFERENCE_HEADER = b"# temporal-bundle: this private key is inside a PKCS#11 token; only its label is here\n"
 LABEL_PREFIX = "tb-"
@@ -288,12 +289,7 @@ def open_session(module: str, token_label: str, pin_file: str) -> TokenSession:
         raise BundleError("keys.backend pkcs11 needs the python-pkcs11 package (pip install python-pkcs11)") from None
     if not Path(module).is_file():
         raise BundleError(f"keys.pkcs11.module {module}: no such file (install the PKCS#11 library, e.g. softhsm2)")
-    try:
-        pin = Path(pin_file).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise BundleError(f"keys.pkcs11.pin_file {pin_file}: {exc.strerror or exc}") from None
-    if not pin:
-        raise BundleError(f"keys.pkcs11.pin_file {pin_file} is empty")
+    pin = read_secret(pin_file, "keys.pkcs11.pin_file")
     cached = _SESSIONS.get((module, token_label))
     if cached is not None:
         # PKCS#11 logs the whole process in; the PIN that did it is the one to compare with.

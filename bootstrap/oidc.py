@@ -19,7 +19,7 @@ from .config import BundleConfig, OIDCConnector, OIDCUser
 from .errors import BundleError
 from .plan import FORCE_HINT
 from .render import header
-from .store import KEY_MODE, Action, Layout, Skip, Write, read_optional
+from .store import KEY_MODE, Action, Layout, Skip, Write, read_optional, read_secret
 
 # Dex's static users need a stable unique id: derived from the user name, so renaming is explicit.
 USER_ID_PREFIX = "temporal-bundle-"
@@ -133,15 +133,5 @@ def _static_user(config: BundleConfig, user: OIDCUser, password_hash: str) -> di
 def _connector(connector: OIDCConnector) -> dict:
     body = dict(connector.config)
     for key, path in connector.secret_files:
-        body[key] = _read_secret(path, f"connector {connector.id}: {key}_file")
+        body[key] = read_secret(path, f"connector {connector.id}: {key}_file")
     return {"type": connector.type, "id": connector.id, "name": connector.name, "config": body}
-
-
-def _read_secret(path: str, where: str) -> str:
-    try:
-        value = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise BundleError(f"{where}: cannot read {path}: {exc.strerror or exc}") from None
-    if not value:
-        raise BundleError(f"{where}: {path} is empty")
-    return value

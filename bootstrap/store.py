@@ -172,6 +172,18 @@ def read_optional(path: Path) -> bytes | None:
         raise BundleError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
+def read_secret(path: str | Path, where: str) -> str:
+    """A secret kept in a file of its own (a PIN, a connector's client secret): its text, stripped.
+    Unreadable or empty is an error naming `where` (the bundle.yaml setting that points at it)."""
+    try:
+        value = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise BundleError(f"{where}: cannot read {path}: {exc.strerror or exc}") from None
+    if not value:
+        raise BundleError(f"{where}: {path} is empty")
+    return value
+
+
 def _ensure_dir(directory: Path, root: Path) -> None:
     if directory.is_dir():
         return
