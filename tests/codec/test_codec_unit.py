@@ -34,6 +34,7 @@ from bootstrap.servers.auth import URLJWKS, grants, role_for
 from bootstrap.config import parse_config
 from bootstrap.errors import BundleError
 from bootstrap.store import Layout, Skip, Write
+from tests.unit.conftest import make_bundle
 
 NOW = datetime(2026, 1, 2, tzinfo=timezone.utc)
 CONFIG = textwrap.dedent("""\
@@ -292,10 +293,8 @@ def test_force_rotates_a_good_keyring_and_never_drops_a_key(tmp_path):
 
 @pytest.fixture
 def bundle(tmp_path):
-    config, out = tmp_path / "bundle.yaml", tmp_path / "out"
-    config.write_text(CONFIG)
-    assert main(["init", "--config", str(config), "--out", str(out), "-q"]) == 0
-    return config, out
+    made = make_bundle(tmp_path, CONFIG)
+    return made.config_path, made.root
 
 
 def keyset(out: Path) -> KeySet:

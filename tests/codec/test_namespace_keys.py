@@ -19,6 +19,7 @@ from bootstrap.codec_keys import Keyring, KeySet, KeyringMismatch
 from bootstrap.kek import FileKek
 from bootstrap.pki import utcnow
 from tests.codec.test_codec_unit import legacy_encrypt
+from tests.unit.conftest import make_bundle
 
 CONFIG = textwrap.dedent("""\
     namespaces: [{name: orders}, {name: payments}]
@@ -29,10 +30,8 @@ PLAIN = Payload(metadata={"encoding": b"json/plain"}, data=b'"card 4111"')
 
 @pytest.fixture
 def bundle(tmp_path):
-    config, out = tmp_path / "bundle.yaml", tmp_path / "out"
-    config.write_text(CONFIG)
-    assert main(["init", "--config", str(config), "--out", str(out), "-q"]) == 0
-    return config, out
+    made = make_bundle(tmp_path, CONFIG)
+    return made.config_path, made.root
 
 
 def kek(out: Path) -> FileKek:
