@@ -254,7 +254,7 @@ restore: ## onto an empty engine (make clean, or a new host): BACKUP=path; files
 
 # `make upgrade`: the target release defaults to the one the compose file pins; the new images
 # are TEMPORAL_SERVER_IMAGE / TEMPORAL_ADMINTOOLS_IMAGE when set (a mirror, stand-ins), else the
-# official ones at VERSION. bootstrap/upgrade.py checks the step before anything changes.
+# official ones at VERSION. bootstrap/ops/upgrade.py checks the step before anything changes.
 PINNED_TEMPORAL := $(shell sed -n 's/.*TEMPORAL_SERVER_IMAGE:-[^}]*:\([0-9][0-9.]*\)}.*/\1/p' $(COMPOSE_FILE_PATH) | head -n1)
 VERSION ?= $(PINNED_TEMPORAL)
 UPGRADE_SERVER_IMAGE = $(or $(TEMPORAL_SERVER_IMAGE),temporalio/server:$(VERSION))
@@ -267,7 +267,7 @@ SUBMAKE := $(MAKE)
 upgrade: $(BUNDLE_CONFIG_FILE) ## Temporal to VERSION (default: the pinned release): one minor at a time; backup, schema job, new server
 	@set -euo pipefail; \
 	running="$$(docker inspect --format '{{.Config.Image}}' $$($(COMPOSE) ps --status running --quiet temporal) 2>/dev/null || true)"; \
-	rc=0; python3 -m bootstrap.upgrade --running-image "$$running" --version "$(VERSION)" \
+	rc=0; python3 -m bootstrap.ops.upgrade --running-image "$$running" --version "$(VERSION)" \
 	  --server-image "$(UPGRADE_SERVER_IMAGE)" --admin-tools-image "$(UPGRADE_ADMINTOOLS_IMAGE)" || rc=$$?; \
 	if [ "$$rc" = 3 ]; then exit 0; elif [ "$$rc" != 0 ]; then exit "$$rc"; fi; \
 	echo "upgrade 1/3: make backup (the way back if anything goes wrong)"; \

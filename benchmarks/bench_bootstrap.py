@@ -43,8 +43,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bootstrap.cli import main  # noqa: E402
-from bootstrap.config import load_config  # noqa: E402
-from bootstrap.plan import leaf_specs  # noqa: E402
+from bootstrap.core.config import load_config  # noqa: E402
+from bootstrap.ops.plan import leaf_specs  # noqa: E402
 
 DEFAULT_CONFIG = "namespaces: [{name: default}, {name: other}]\n"
 EKU_NAMES = {"server": "serverAuth", "client": "clientAuth", "both": "serverAuth,clientAuth"}

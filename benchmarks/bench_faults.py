@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bootstrap.config import load_config  # noqa: E402
+from bootstrap.core.config import load_config  # noqa: E402
 from tests.docker import faults  # noqa: E402
 from tests.docker.compose_stack import ComposeStack, build_standin_images, unique_project  # noqa: E402
 

@@ -32,8 +32,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bootstrap.config import load_config  # noqa: E402
-from bootstrap.render import render_all  # noqa: E402
+from bootstrap.core.config import load_config  # noqa: E402
+from bootstrap.ops.render import render_all  # noqa: E402
 from tests.docker.compose_stack import ComposeStack, build_standin_images, unique_project  # noqa: E402
 
 PLAIN_OVERRIDE = "docker/bench/docker-compose.plain.yml"

@@ -55,7 +55,7 @@ def _read(path: Path) -> bytes:
 def _read_matching_pair(cert_path: Path, key_path: Path, attempts: int = 20) -> tuple[bytes, bytes]:
     """Cert and key are replaced one after the other during a rotation; a reader landing between
     the two writes sees a mismatched pair, so read again until they belong together."""
-    from .pki import keys_match, load_cert, load_private_key
+    from .core.pki import keys_match, load_cert, load_private_key
 
     for _ in range(attempts):
         cert, key = _read(cert_path), _read(key_path)

@@ -23,9 +23,9 @@ from pathlib import Path
 import jwt
 from aiohttp import web
 
-from bootstrap.pki import CA, utcnow
+from bootstrap.core.pki import CA, utcnow
 from bootstrap.servers.http import Limits, ReloadingTLS, Service
-from bootstrap.tokens import SigningKey
+from bootstrap.core.tokens import SigningKey
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 JWKS_PATH = "/openid/v1/jwks"

@@ -9,8 +9,8 @@ import stat
 import sys
 from pathlib import Path
 
-from ..hsm import is_reference
-from ..backup import CONFIG_NAME, DUMP_PREFIX, Archive, Entry, ca_fingerprint, check_dump, open_archive, parse_dump_stream, seal
+from ..core.hsm import is_reference
+from ..ops.backup import CONFIG_NAME, DUMP_PREFIX, Archive, Entry, ca_fingerprint, check_dump, open_archive, parse_dump_stream, seal
 from ..errors import BundleError
 from ..store import Action, Layout, Skip, Write, apply, locked, parse_owners, read_optional, write_atomic
 from .common import add_config, add_out, add_owner, report

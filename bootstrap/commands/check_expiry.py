@@ -14,13 +14,13 @@ import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from ..config import MonitoringConfig, load_config
-from ..durations import human_duration, parse_duration
+from ..core.config import MonitoringConfig, load_config
+from ..core.durations import human_duration, parse_duration
 from ..errors import BundleError
-from ..expiry import (
+from ..ops.expiry import (
     CRITICAL, EXPIRED, OK, STATUSES, UNREADABLE, WARNING, Finding, Jwks, Report, Thresholds, check, fetch_jwks,
 )
-from ..pki import utcnow
+from ..core.pki import utcnow
 from ..store import CERT_MODE, write_atomic
 from .common import add_out
 

@@ -6,8 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
-from .. import backend
-from ..config import BundleConfig, load_config
+from ..core import backend
+from ..core.config import BundleConfig, load_config
 from ..store import Action, Layout, Skip, describe, parse_owners
 
 FORCE_HELP = "replace existing files, including the CA and the signing key (every client must then be re-issued)"

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import load_config
+from ..core.config import load_config
 from ..errors import BundleError
-from ..render import render_all
+from ..ops.render import render_all
 from .common import add_config
 
 HELP = "print the compose .env rendered from bundle.yaml (make up passes it to compose)"

@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 from ..errors import BundleError
-from ..helm_export import CHART_VERSION, render_export
+from ..ops.export_helm import CHART_VERSION, render_export
 from ..store import Action, Delete, Layout, Skip, Write, apply, locked, read_optional
 from .common import add_config, add_out, load, report
 

@@ -6,14 +6,14 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 
-from ..backend import codec_kek, previous_kek
-from ..codec_keys import plan_codec_keys
-from ..config import BundleConfig
+from ..core.backend import codec_kek, previous_kek
+from ..core.codec_keys import plan_codec_keys
+from ..core.config import BundleConfig
 from ..errors import BundleError
-from ..pki import BACKDATE, utcnow
-from ..plan import plan_ca, plan_exchange_key, plan_leaves, plan_signing_key
+from ..core.pki import BACKDATE, utcnow
+from ..ops.plan import plan_ca, plan_exchange_key, plan_leaves, plan_signing_key
 from ..store import Action, Delete, Layout, apply, locked
-from ..tokens import SigningKey
+from ..core.tokens import SigningKey
 from .common import load, report, standard
 
 HELP = "create the CA, mTLS certificates, JWT signing key, jwks.json and payload data keys (existing ones are kept)"

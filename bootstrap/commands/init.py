@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..oidc import plan_oidc
-from ..pki import utcnow
+from ..ops.oidc import plan_oidc
+from ..core.pki import utcnow
 from ..store import apply, locked
-from ..plan import plan_registrar_token, plan_tokens
+from ..ops.plan import plan_registrar_token, plan_tokens
 from . import generate_certs, render_config
 from .common import load, report, standard
 

@@ -6,10 +6,10 @@ import sys
 import time
 from pathlib import Path
 
-from ..expiry import Thresholds, check
-from ..pki import utcnow
-from ..plan import active_signing_key, load_published_keys, plan_tokens
-from ..kube_secrets import ApiServer, publish
+from ..ops.expiry import Thresholds, check
+from ..core.pki import utcnow
+from ..ops.plan import active_signing_key, load_published_keys, plan_tokens
+from ..ops.kube_secrets import ApiServer, publish
 from ..store import Write, apply, locked
 from .common import load, report, standard
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from ..client import RoleCredentials
-from ..namespaces import register_all
+from ..ops.namespaces import register_all
 from .common import add_config, add_out, load
 
 HELP = "wait for the frontend (mTLS health check) and register the configured namespaces"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import BundleError
-from ..plan import FORCE_HINT, plan_cluster_record
-from ..render import GENERATED_MARK, render_all
+from ..ops.plan import FORCE_HINT, plan_cluster_record
+from ..ops.render import GENERATED_MARK, render_all
 from ..store import CERT_MODE, Action, Layout, Skip, Write, apply, locked, read_optional
 from .common import load, report, standard
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..pki import utcnow
-from ..rotation import KINDS, current_kind, step
+from ..core.pki import utcnow
+from ..ops.rotation import KINDS, current_kind, step
 from ..store import apply, locked
 from .common import load, report, standard
 
@@ -85,7 +85,7 @@ def run(args) -> int:
 def _probe(args, config, layout):
     if not args.probe_address:
         return None
-    from ..namespaces import server_accepts_key
+    from ..ops.namespaces import server_accepts_key
 
     server_name = args.server_name or config.network.frontend_host
     return lambda key: server_accepts_key(config, layout.root, key, args.probe_address, server_name)

@@ -6,8 +6,8 @@ import argparse
 import ssl
 from pathlib import Path
 
-from ..backend import codec_kek_for_serving
-from ..config import check_origin, load_config
+from ..core.backend import codec_kek_for_serving
+from ..core.config import check_origin, load_config
 from ..errors import BundleError
 from ..store import Layout
 from ..servers import MAX_CONNECTIONS

@@ -6,9 +6,9 @@ import argparse
 import ssl
 from pathlib import Path
 
-from ..config import load_config
+from ..core.config import load_config
 from ..errors import BundleError
-from ..plan import load_exchange_key
+from ..ops.plan import load_exchange_key
 from ..servers import MAX_CONNECTIONS
 from ..store import Layout
 from .common import add_config, add_out, serve_until_interrupted

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from ..durations import parse_duration
+from ..core.durations import parse_duration
 from ..errors import BundleError
-from ..expiry import check, fetch_jwks
-from ..pki import utcnow
+from ..ops.expiry import check, fetch_jwks
+from ..core.pki import utcnow
 from .check_expiry import exit_code, prometheus_text, thresholds_of
 from .common import add_out
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import BundleError
-from ..oidc import admin_password_path
+from ..ops.oidc import admin_password_path
 from ..store import locked, read_optional, remove
 from .common import load, standard
 

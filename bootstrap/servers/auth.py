@@ -18,9 +18,9 @@ from pathlib import Path
 import aiohttp
 import jwt
 
-from ..tokens import verify_token
+from ..core.tokens import verify_token
 from .http import Refusal, clip, log_event
-from ..tokens import PERMISSIONS_CLAIM
+from ..core.tokens import PERMISSIONS_CLAIM
 from .jwks import JWKSSource
 
 ROLE_BITS = {"worker": 1, "read": 2, "write": 4, "admin": 8}

@@ -31,8 +31,8 @@ import jwt
 from aiohttp import web
 
 from ..errors import BundleError
-from ..tokens import SigningKey
-from ..workload_identity import (ACCESS_TOKEN_TYPE, GRANT_TYPE, ISSUED_TOKEN_TYPE, JWT_TOKEN_TYPE, Refused,
+from ..core.tokens import SigningKey
+from ..core.workload_identity import (ACCESS_TOKEN_TYPE, GRANT_TYPE, ISSUED_TOKEN_TYPE, JWT_TOKEN_TYPE, Refused,
                                  WorkloadIdentityConfig, WorkloadIssuer, exchanged_token, permissions_for,
                                  verify_subject)
 from .auth import MAX_JWKS_BYTES, JWKSUnavailable, URLJWKS

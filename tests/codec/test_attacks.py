@@ -28,11 +28,11 @@ from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
 
 from bootstrap.cli import main
-from bootstrap.codec import encrypt
-from bootstrap.codec_keys import Keyring, KeySet
-from bootstrap.kek import FileKek
-from bootstrap.pki import utcnow
-from bootstrap.tokens import SigningKey, mint_token
+from bootstrap.core.codec import encrypt
+from bootstrap.core.codec_keys import Keyring, KeySet
+from bootstrap.core.kek import FileKek
+from bootstrap.core.pki import utcnow
+from bootstrap.core.tokens import SigningKey, mint_token
 from tests.codec.test_codec_unit import legacy_encrypt
 from tests.harness import free_port, wait_until
 

@@ -17,12 +17,12 @@ from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
 
 from bootstrap.cli import main
-from bootstrap.codec import KEY_ID_HEADER, encrypt
-from bootstrap.codec_keys import Keyring, KeySet
-from bootstrap.kek import FileKek
+from bootstrap.core.codec import KEY_ID_HEADER, encrypt
+from bootstrap.core.codec_keys import Keyring, KeySet
+from bootstrap.core.kek import FileKek
 from bootstrap.servers.codec import Policy, make_server
-from bootstrap.pki import utcnow
-from bootstrap.tokens import SigningKey, mint_token
+from bootstrap.core.pki import utcnow
+from bootstrap.core.tokens import SigningKey, mint_token
 
 CONFIG = textwrap.dedent("""\
     namespaces: [{name: default}]

@@ -16,7 +16,7 @@ import pytest
 from temporalio.api.common.v1 import Payload
 
 from bootstrap.cli import main
-from bootstrap.codec import (
+from bootstrap.core.codec import (
     ENCODING,
     KEY_ID_HEADER,
     NAMESPACE_HEADER,
@@ -28,10 +28,10 @@ from bootstrap.codec import (
     encrypt,
     payload_namespace,
 )
-from bootstrap.codec_keys import Keyring, KeySet, plan_codec_keys
-from bootstrap.kek import FileKek
+from bootstrap.core.codec_keys import Keyring, KeySet, plan_codec_keys
+from bootstrap.core.kek import FileKek
 from bootstrap.servers.auth import URLJWKS, grants, role_for
-from bootstrap.config import parse_config
+from bootstrap.core.config import parse_config
 from bootstrap.errors import BundleError
 from bootstrap.store import Layout, Skip, Write
 from tests.unit.conftest import make_bundle
@@ -447,7 +447,7 @@ class _CountingJWKS:
 def _token(key, lifetime_seconds=3600, now=None):
     from datetime import timedelta
 
-    from bootstrap.tokens import mint_token
+    from bootstrap.core.tokens import mint_token
 
     return mint_token(key, role="t", permissions=["default:admin"], issuer="temporal-bundle", audience="temporal",
                       lifetime=timedelta(seconds=lifetime_seconds), now=now).encoded
@@ -458,7 +458,7 @@ def test_a_verified_token_is_remembered_briefly_and_never_past_its_exp():
 
     from bootstrap.servers.auth import Authenticator
     from bootstrap.servers.http import Refusal
-    from bootstrap.tokens import SigningKey, jwks_document
+    from bootstrap.core.tokens import SigningKey, jwks_document
 
     key = SigningKey.generate()
     jwks = _CountingJWKS(jwks_document([key]))
@@ -484,7 +484,7 @@ def test_a_verified_token_is_remembered_briefly_and_never_past_its_exp():
 def test_forged_tokens_are_never_remembered():
     from bootstrap.servers.auth import Authenticator
     from bootstrap.servers.http import Refusal
-    from bootstrap.tokens import SigningKey, jwks_document
+    from bootstrap.core.tokens import SigningKey, jwks_document
 
     key, impostor = SigningKey.generate(), SigningKey.generate()
     auth = Authenticator(_CountingJWKS(jwks_document([key])), "temporal", ("temporal-bundle",))

@@ -14,10 +14,10 @@ import pytest
 from temporalio.api.common.v1 import Payload
 
 from bootstrap.cli import main
-from bootstrap.codec import CodecError, KeyringFile, decrypt, encrypt
-from bootstrap.codec_keys import Keyring, KeySet, KeyringMismatch
-from bootstrap.kek import FileKek
-from bootstrap.pki import utcnow
+from bootstrap.core.codec import CodecError, KeyringFile, decrypt, encrypt
+from bootstrap.core.codec_keys import Keyring, KeySet, KeyringMismatch
+from bootstrap.core.kek import FileKek
+from bootstrap.core.pki import utcnow
 from tests.codec.test_codec_unit import legacy_encrypt
 from tests.unit.conftest import make_bundle
 

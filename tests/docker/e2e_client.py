@@ -240,7 +240,7 @@ def peer_cert(host: str, port: str, protocol: str = "tls", client_cert: str = "c
 async def start_encrypted(workflow_id: str, namespace: str, secret: str) -> dict:
     """Starts GreetingWorkflow(secret) with the payload encrypted for `namespace` on a task queue
     no worker polls: it stays Running, for the Web UI tests (decrypt, terminate)."""
-    from bootstrap.codec import data_converter
+    from bootstrap.core.codec import data_converter
 
     converter = data_converter(f"{BUNDLE}/codec-keys/keys.json")
     client = await connect(ADDRESS, bundle_dir=BUNDLE, role="client", namespace=namespace, server_name=SERVER_NAME,

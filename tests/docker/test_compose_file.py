@@ -138,7 +138,7 @@ def test_each_service_mounts_only_the_bundle_volumes_it_uses(resolved):
 
 def test_dex_keeps_its_state_on_a_named_volume(resolved):
     """Dex's SQLite file (oidc.DEX_DB) on dex-data, writable, mounted by Dex alone."""
-    from bootstrap.oidc import DEX_DB
+    from bootstrap.ops.oidc import DEX_DB
 
     mounts = {name: {v["source"]: v for v in s.get("volumes", []) if v.get("type") == "volume"}
               for name, s in resolved["services"].items()}
@@ -161,8 +161,8 @@ def test_startup_order_waits_for_health_and_jobs(resolved):
 def test_postgres_admits_every_pool_of_every_temporal_service(resolved):
     """Each Temporal service in the container opens its own pools: their sum, plus room for the
     schema job, backups and the superuser's reserved slots, fits PostgreSQL's max_connections."""
-    from bootstrap.config import load_config
-    from bootstrap.render import render_all
+    from bootstrap.core.config import load_config
+    from bootstrap.ops.render import render_all
 
     rendered = yaml.safe_load(render_all(load_config(REPO / "bundle.example.yaml"))["temporal.yaml"])
     stores = rendered["persistence"]["datastores"].values()

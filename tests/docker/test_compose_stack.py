@@ -25,7 +25,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from bootstrap.plan import DOMAINS
+from bootstrap.ops.plan import DOMAINS
 from bootstrap.store import Layout
 
 from .compose_stack import LONG_RUNNING, ONE_SHOT, TIMINGS, ComposeStack, run

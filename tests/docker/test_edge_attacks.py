@@ -5,7 +5,7 @@ applications, the UI and anything compromised on it sit) and holds EVERY credent
 issues: each leaf of leaf_specs (role, UI, health, registrar, database and internode client certs,
 and the server certs used as client certs), a certificate from a foreign CA, expired certificates
 from each domain's own CA (issued here with the CA key, which only the bootstrap's volume holds)
-and no certificate at all. It tries every listener of bootstrap.security_model.LISTENERS with
+and no certificate at all. It tries every listener of bootstrap.core.security_model.LISTENERS with
 every one of them. What must happen comes from LISTENERS alone:
 
     reach container/backend/monitoring  not reachable from edge (refused / no route / no name)
@@ -34,10 +34,10 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap.config import load_config
-from bootstrap.pki import CA, utcnow
-from bootstrap.plan import DOMAINS, leaf_specs
-from bootstrap.security_model import LISTENERS, Listener
+from bootstrap.core.config import load_config
+from bootstrap.core.pki import CA, utcnow
+from bootstrap.ops.plan import DOMAINS, leaf_specs
+from bootstrap.core.security_model import LISTENERS, Listener
 from bootstrap.store import Layout
 
 from .compose_stack import REPO, TIMINGS, ComposeStack, run

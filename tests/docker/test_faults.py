@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from bootstrap.config import load_config
+from bootstrap.core.config import load_config
 
 from .compose_stack import LONG_RUNNING
 from .faults import (

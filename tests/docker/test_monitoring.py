@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bootstrap.config import load_config
-from bootstrap.expiry import CRITICAL, EXPIRED, WARNING, Thresholds, expiry_status
-from bootstrap.pki import CA, utcnow
-from bootstrap.render import render_all
+from bootstrap.core.config import load_config
+from bootstrap.ops.expiry import CRITICAL, EXPIRED, WARNING, Thresholds, expiry_status
+from bootstrap.core.pki import CA, utcnow
+from bootstrap.ops.render import render_all
 
 from .compose_stack import ComposeStack, run
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bootstrap.tokens import verify_token
-from bootstrap.workload_identity import GRANT_TYPE, JWT_TOKEN_TYPE
+from bootstrap.core.tokens import verify_token
+from bootstrap.core.workload_identity import GRANT_TYPE, JWT_TOKEN_TYPE
 from tests.kube_issuer import AUDIENCE, KubeIssuer
 
 from .compose_stack import REPO, ComposeStack, build_standin_images, free_port, unique_project

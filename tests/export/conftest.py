@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bootstrap import pki
+from bootstrap.core import pki
 from bootstrap.errors import BundleError
 from tests.unit.conftest import Bundle, make_bundle, run_main
 

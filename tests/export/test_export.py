@@ -10,8 +10,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from bootstrap import pki
-from bootstrap.render import render_all
+from bootstrap.core import pki
+from bootstrap.ops.render import render_all
 from tests.export import chart
 from tests.export.conftest import export, private_keys_in, public_bytes, read_tree, secrets_of
 from tests.harness import configcheck_bin
@@ -304,7 +304,7 @@ def test_default_images_are_the_releases_compose_runs():
     import re
     from pathlib import Path
 
-    from bootstrap.helm_export import DEFAULT_IMAGES
+    from bootstrap.ops.export_helm import DEFAULT_IMAGES
 
     compose = (Path(__file__).resolve().parents[2] / "docker-compose.prod.yml").read_text()
     for key, variable in (("server", "TEMPORAL_SERVER_IMAGE"), ("admintools", "TEMPORAL_ADMINTOOLS_IMAGE"),

@@ -46,7 +46,7 @@ def api_server(own_bundle, tmp_path, monkeypatch):
     (account / "ca.crt").write_bytes(own_bundle.ca_file.read_bytes())
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(server.server_address[1]))
-    monkeypatch.setattr("bootstrap.kube_secrets.SERVICE_ACCOUNT", account)
+    monkeypatch.setattr("bootstrap.ops.kube_secrets.SERVICE_ACCOUNT", account)
     yield calls
     server.shutdown()
     server.server_close()

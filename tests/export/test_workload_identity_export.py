@@ -8,7 +8,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from bootstrap.plan import load_exchange_key, load_signing_keys
+from bootstrap.ops.plan import load_exchange_key, load_signing_keys
 from bootstrap.store import Layout
 from tests.export.conftest import export, private_keys_in, public_bytes, secrets_of
 from tests.export.test_export import KUBERNETES_VERSION, documents
@@ -67,7 +67,7 @@ def test_exchange_deployment_service_and_network_policy(wi_export):
     policy = by_kind(dest, "NetworkPolicy")["temporal-token-exchange"]
     assert policy["spec"]["ingress"][0]["ports"][0]["port"] == 8444
     # Workers in other namespaces reach it by its namespaced name: its certificate says so.
-    from bootstrap.pki import load_cert, sans_of
+    from bootstrap.core.pki import load_cert, sans_of
 
     cert = load_cert(layout.leaf("exchange", "server")[0].read_bytes(), "exchange cert")
     assert "token-exchange.temporal-prod.svc" in sans_of(cert)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bootstrap.tokens import verify_token
+from bootstrap.core.tokens import verify_token
 from tests.export.conftest import materialize
 from tests.harness import REPO, free_port
 

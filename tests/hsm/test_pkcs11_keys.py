@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap import pki
-from bootstrap.backup import open_archive
-from bootstrap.config import load_config
-from bootstrap.hsm import is_reference, label_for, parse_reference
-from bootstrap.plan import DOMAINS, leaf_specs
+from bootstrap.core import pki
+from bootstrap.ops.backup import open_archive
+from bootstrap.core.config import load_config
+from bootstrap.core.hsm import is_reference, label_for, parse_reference
+from bootstrap.ops.plan import DOMAINS, leaf_specs
 from bootstrap.store import Layout
-from bootstrap.tokens import verify_token
+from bootstrap.core.tokens import verify_token
 from tests.hsm.conftest import PIN
 
 PEM_PRIVATE = b"PRIVATE KEY-----"
@@ -163,10 +163,10 @@ def test_payload_keys_are_wrapped_by_the_token_kek(token, hsm_bundle):
     # The codec (as the codec server runs it) unwraps them with the token and round-trips a payload.
     code = """
 import sys
-from bootstrap import backend
-from bootstrap.config import load_config
+from bootstrap.core import backend
+from bootstrap.core.config import load_config
 from bootstrap.store import Layout
-from bootstrap.codec import KeyringFile, encrypt, decrypt
+from bootstrap.core.codec import KeyringFile, encrypt, decrypt
 from temporalio.api.common.v1 import Payload
 config, layout = load_config(sys.argv[1]), Layout(__import__("pathlib").Path(sys.argv[2]))
 keys = KeyringFile(layout.codec_keys, backend.codec_kek_for_serving(config, layout)).current()

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap import pki
+from bootstrap.core import pki
 from bootstrap.cli import main
-from bootstrap.plan import DOMAINS, leaf_specs
-from bootstrap.config import load_config
+from bootstrap.ops.plan import DOMAINS, leaf_specs
+from bootstrap.core.config import load_config
 from bootstrap.store import Layout
-from bootstrap.tokens import verify_token
+from bootstrap.core.tokens import verify_token
 
 CONFIG = textwrap.dedent("""\
     namespaces: [{name: default}]

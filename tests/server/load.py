@@ -10,7 +10,7 @@ import uuid
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.worker import Worker
 
-from bootstrap import pki
+from bootstrap.core import pki
 from bootstrap.client import TokenFileWatcher, connect
 from tests.harness import LocalCluster
 from tests.server.workflows import GreetingWorkflow, greet

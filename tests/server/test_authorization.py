@@ -26,8 +26,8 @@ from temporalio.api.workflowservice.v1 import (
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
-from bootstrap.pki import CA, utcnow
-from bootstrap.tokens import SigningKey, mint_token
+from bootstrap.core.pki import CA, utcnow
+from bootstrap.core.tokens import SigningKey, mint_token
 from tests.server.workflows import GreetingWorkflow
 
 

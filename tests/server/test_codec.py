@@ -28,13 +28,13 @@ from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.worker import Worker
 
 from bootstrap.client import connect
-from bootstrap.codec import ENCODING, KEY_ID_HEADER, NAMESPACE_HEADER, data_converter, decrypt
-from bootstrap.codec_keys import Keyring, KeySet
-from bootstrap.kek import FileKek
+from bootstrap.core.codec import ENCODING, KEY_ID_HEADER, NAMESPACE_HEADER, data_converter, decrypt
+from bootstrap.core.codec_keys import Keyring, KeySet
+from bootstrap.core.kek import FileKek
 from bootstrap.servers.codec import Policy, make_server
-from bootstrap.config import load_config
-from bootstrap.pki import utcnow
-from bootstrap.tokens import SigningKey, mint_token
+from bootstrap.core.config import load_config
+from bootstrap.core.pki import utcnow
+from bootstrap.core.tokens import SigningKey, mint_token
 from tests.harness import free_port, run_cli, temporal_cli, wait_until
 from tests.server.workflows import GreetingWorkflow, greet
 

@@ -10,7 +10,7 @@ import sys
 
 import yaml
 
-from bootstrap import pki
+from bootstrap.core import pki
 from tests.export.conftest import materialize, secrets_of
 from tests.harness import REPO, run_cli, temporal_cli
 

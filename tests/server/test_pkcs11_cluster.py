@@ -12,8 +12,8 @@ import time
 import jwt
 import pytest
 
-from bootstrap.hsm import is_reference
-from bootstrap.tokens import SigningKey
+from bootstrap.core.hsm import is_reference
+from bootstrap.core.tokens import SigningKey
 from tests.harness import LocalCluster, run_cli
 from tests.hsm.conftest import softhsm_token
 from tests.server.conftest import EXTRA_ROLES

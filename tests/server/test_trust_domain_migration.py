@@ -10,9 +10,9 @@ import uuid
 import pytest
 from temporalio.worker import Worker
 
-from bootstrap.config import load_config
-from bootstrap.pki import CA
-from bootstrap.plan import DOMAINS, leaf_specs
+from bootstrap.core.config import load_config
+from bootstrap.core.pki import CA
+from bootstrap.ops.plan import DOMAINS, leaf_specs
 from bootstrap.store import Layout
 from bootstrap.client import connect
 from tests.harness import LocalCluster, run_cli

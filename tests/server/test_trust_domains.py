@@ -1,6 +1,6 @@
 """Every listener of the real server x every credential, from the attacker's side.
 
-Listeners and what each must admit come from bootstrap/security_model.py (the README's table);
+Listeners and what each must admit come from bootstrap/core/security_model.py (the README's table);
 credentials are every certificate the bundle issues (server certs used as client certs too), one
 from a foreign CA, an expired one from each domain's own CA, and none. The client always verifies
 the server with the roots that listener really presents, so a refusal is the server's refusal.
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap.config import load_config
-from bootstrap.pki import CA, utcnow
-from bootstrap.plan import leaf_specs
-from bootstrap.security_model import LISTENERS, Listener
+from bootstrap.core.config import load_config
+from bootstrap.core.pki import CA, utcnow
+from bootstrap.ops.plan import leaf_specs
+from bootstrap.core.security_model import LISTENERS, Listener
 from bootstrap.store import Layout
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS

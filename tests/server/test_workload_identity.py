@@ -31,10 +31,10 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from bootstrap.client import RoleCredentials, connect_workload
-from bootstrap.plan import load_exchange_key
+from bootstrap.ops.plan import load_exchange_key
 from bootstrap.store import Layout
-from bootstrap.tokens import SigningKey
-from bootstrap.workload_identity import GRANT_TYPE, JWT_TOKEN_TYPE
+from bootstrap.core.tokens import SigningKey
+from bootstrap.core.workload_identity import GRANT_TYPE, JWT_TOKEN_TYPE
 from tests.harness import LocalCluster, free_port, wait_until
 from tests.kube_issuer import AUDIENCE, KubeIssuer
 from tests.server.workflows import GreetingWorkflow, greet
@@ -266,11 +266,11 @@ def test_worker_keeps_running_across_subject_token_rotations(wi, tmp_path):
 
 
 def test_exchange_listener_attack_matrix(wi, tmp_path):
-    """The token exchange's entry in bootstrap.security_model.LISTENERS, attacked with every
+    """The token exchange's entry in bootstrap.core.security_model.LISTENERS, attacked with every
     certificate the bundle issues plus a foreign CA's, expired ones and none: TLS admits exactly
     what the entry says, and whoever is admitted still gets no token for a forged subject token
     (a foreign key claiming the cluster key's kid) or none at all."""
-    from bootstrap.security_model import LISTENERS
+    from bootstrap.core.security_model import LISTENERS
     from tests.server.test_trust_domains import client_context, credentials, expected, probe_tls
 
     listeners = [l for l in LISTENERS if l.service == "token-exchange"]
@@ -407,8 +407,8 @@ def test_worker_keeps_running_while_the_exchange_key_rotates(fast_wi, tmp_path):
 
     # The attacker's side: whoever kept the retired key cannot sign their way in any more, while
     # the very same claims signed by the new key still open the namespace.
-    from bootstrap.config import load_config
-    from bootstrap.tokens import mint_token
+    from bootstrap.core.config import load_config
+    from bootstrap.core.tokens import mint_token
 
     jwt_config = load_config(cluster.config_path).jwt
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from bootstrap.cli import main
-from bootstrap.config import BundleConfig, load_config
-from bootstrap.pki import CA, load_cert, load_private_key
-from bootstrap.plan import leaf_specs
+from bootstrap.core.config import BundleConfig, load_config
+from bootstrap.core.pki import CA, load_cert, load_private_key
+from bootstrap.ops.plan import leaf_specs
 from bootstrap.store import Layout
 
 SMALL_CONFIG = "namespaces: [{name: default}, {name: other}]\n"

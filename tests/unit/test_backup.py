@@ -12,11 +12,11 @@ import stat
 
 import pytest
 
-from bootstrap.backup import HEADER, PREFIX_SIZE, open_archive, parse_dump_stream
+from bootstrap.ops.backup import HEADER, PREFIX_SIZE, open_archive, parse_dump_stream
 from bootstrap.errors import BundleError
-from bootstrap.pki import load_cert, signed_by
-from bootstrap.plan import DOMAINS
-from bootstrap.tokens import verify_token
+from bootstrap.core.pki import load_cert, signed_by
+from bootstrap.ops.plan import DOMAINS
+from bootstrap.core.tokens import verify_token
 
 PASSPHRASE = "correct horse battery staple"
 DUMPS = {"temporal": b"PGDMP" + os.urandom(700), "temporal_visibility": b"PGDMP" + os.urandom(300)}
@@ -238,7 +238,7 @@ def test_create_refusals_write_nothing(cli, fresh_bundle, dump_args, archive, tm
 
 @pytest.mark.parametrize("name", ["../etc/passwd", "exchange/server.key", "exchange/signing.key/../x", "jwks/jwks.json"])
 def test_entries_outside_the_bundle_are_refused_when_sealing(name):
-    from bootstrap.backup import Entry, seal
+    from bootstrap.ops.backup import Entry, seal
 
     with pytest.raises(BundleError, match="outside"):
         seal([Entry(name, b"x", 0o644)], b"p" * 12)
@@ -255,8 +255,8 @@ def test_exchange_key_round_trips_so_live_exchanged_tokens_stay_valid(cli, bundl
     verifies a token the exchange handed out before the backup, and the exchange keeps its key."""
     from datetime import timedelta
 
-    from bootstrap.plan import load_exchange_key
-    from bootstrap.tokens import mint_token
+    from bootstrap.ops.plan import load_exchange_key
+    from bootstrap.core.tokens import mint_token
 
     bundle = bundle_maker(WORKLOAD_CONFIG)
     assert bundle.run("rotate", "--kind", "exchange-key").code == 0  # phase published: two exchange keys

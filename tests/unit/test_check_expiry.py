@@ -17,10 +17,10 @@ import pytest
 
 from bootstrap.cli import main
 from bootstrap.errors import BundleError
-from bootstrap.expiry import Thresholds, check
+from bootstrap.ops.expiry import Thresholds, check
 from bootstrap.servers.jwks import make_server
-from bootstrap.pki import CA, utcnow
-from bootstrap.tokens import SigningKey, mint_token
+from bootstrap.core.pki import CA, utcnow
+from bootstrap.core.tokens import SigningKey, mint_token
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = "namespaces: [{name: default}]\npersistence: {driver: sqlite, sqlite_path: /tmp/unused-check-expiry.db}\n"

@@ -14,11 +14,11 @@ import time
 
 import pytest
 
-from bootstrap.config import load_config
-from bootstrap.pki import keys_match, load_cert, load_private_key, signed_by
-from bootstrap.plan import leaf_specs
+from bootstrap.core.config import load_config
+from bootstrap.core.pki import keys_match, load_cert, load_private_key, signed_by
+from bootstrap.ops.plan import leaf_specs
 from bootstrap.store import Layout, locked
-from bootstrap.tokens import verify_token
+from bootstrap.core.tokens import verify_token
 
 RUNS = 4
 SKIPPED = ": already exists, skipped"

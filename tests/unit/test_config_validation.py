@@ -9,9 +9,9 @@ from datetime import timedelta
 
 import pytest
 
-from bootstrap.config import parse_config
+from bootstrap.core.config import parse_config
 from bootstrap.errors import BundleError
-from bootstrap.pki import CA, utcnow
+from bootstrap.core.pki import CA, utcnow
 
 NS = "namespaces: [{name: default}, {name: other}]\n"
 

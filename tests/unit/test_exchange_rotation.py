@@ -12,12 +12,12 @@ from datetime import timedelta
 import pytest
 
 from bootstrap.errors import BundleError
-from bootstrap.pki import utcnow
-from bootstrap.plan import load_exchange_key, load_exchange_keys
-from bootstrap.rotation import current_kind, margin, read_state, step
+from bootstrap.core.pki import utcnow
+from bootstrap.ops.plan import load_exchange_key, load_exchange_keys
+from bootstrap.ops.rotation import current_kind, margin, read_state, step
 from bootstrap.servers.exchange import ReloadingKey
 from bootstrap.store import apply, locked
-from bootstrap.tokens import SigningKey, jwks_document, mint_token, verify_token
+from bootstrap.core.tokens import SigningKey, jwks_document, mint_token, verify_token
 from tests.unit.conftest import Bundle, make_bundle
 
 NS = "namespaces: [{name: orders}]\njwt: {refresh_interval: 30s}\n"
@@ -120,7 +120,7 @@ def test_a_kill_after_any_write_is_finished_by_the_next_run(bundle, phase, tmp_p
 
 
 def test_a_kill_before_the_state_is_recorded_is_adopted(bundle):
-    from bootstrap.pki import utcnow
+    from bootstrap.core.pki import utcnow
 
     layout = bundle.layout
     advance(bundle, utcnow(), partial=1)  # the new key written, nothing else
@@ -166,7 +166,7 @@ def test_garbage_is_refused_and_nothing_is_written(bundle, plant, snap):
 
 
 def test_a_key_swapped_by_hand_mid_rotation_is_refused_at_retirement(bundle):
-    from bootstrap.pki import utcnow
+    from bootstrap.core.pki import utcnow
 
     layout = bundle.layout
     result = advance(bundle, utcnow())

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap.plan import DOMAINS
+from bootstrap.ops.plan import DOMAINS
 from bootstrap.store import Layout
-from bootstrap.pki import keys_match, load_cert, sans_of, signed_by
-from bootstrap.render import GENERATED_MARK
+from bootstrap.core.pki import keys_match, load_cert, sans_of, signed_by
+from bootstrap.ops.render import GENERATED_MARK
 
 SKIPPED = ": already exists, skipped"
 

@@ -21,11 +21,11 @@ import pytest
 import yaml
 
 from bootstrap.cli import main
-from bootstrap.config import load_config, parse_config
+from bootstrap.core.config import load_config, parse_config
 from bootstrap.errors import BundleError
-from bootstrap.expiry import CRITICAL, EXPIRED, OK, WARNING, Thresholds, expiry_status
-from bootstrap.pki import CA, utcnow
-from bootstrap.render import render_all
+from bootstrap.ops.expiry import CRITICAL, EXPIRED, OK, WARNING, Thresholds, expiry_status
+from bootstrap.core.pki import CA, utcnow
+from bootstrap.ops.render import render_all
 
 REPO = Path(__file__).resolve().parents[2]
 CLAMP = re.compile(r"clamp_max\(temporal_bundle_lifetime_seconds \* ([0-9.]+), ([0-9]+)\)")

@@ -8,9 +8,9 @@ import bcrypt
 import pytest
 import yaml
 
-from bootstrap.config import parse_config
+from bootstrap.core.config import parse_config
 from bootstrap.errors import BundleError
-from bootstrap.oidc import admin_hash_path, admin_password_path, client_secret_path, dex_config_path
+from bootstrap.ops.oidc import admin_hash_path, admin_password_path, client_secret_path, dex_config_path
 
 HASH = bcrypt.hashpw(b"reader-password", bcrypt.gensalt(10)).decode()
 NAMESPACES = [{"name": "default"}, {"name": "orders"}]

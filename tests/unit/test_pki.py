@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyBuilder, Store, VerificationError
 
-from bootstrap import pki
+from bootstrap.core import pki
 from bootstrap.errors import BundleError
-from bootstrap.pki import BACKDATE, CA, fingerprint, keys_match, signed_by, utcnow
-from bootstrap.plan import DOMAINS
+from bootstrap.core.pki import BACKDATE, CA, fingerprint, keys_match, signed_by, utcnow
+from bootstrap.ops.plan import DOMAINS
 
 SERVER_AUTH, CLIENT_AUTH = ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
 EKUS = {"server": {SERVER_AUTH}, "client": {CLIENT_AUTH}, "both": {SERVER_AUTH, CLIENT_AUTH}}

@@ -9,9 +9,9 @@ import shutil
 import pytest
 import yaml
 
-from bootstrap.config import parse_config
+from bootstrap.core.config import parse_config
 from bootstrap.errors import BundleError
-from bootstrap.render import GENERATED_MARK, default_templates_dir, render_all
+from bootstrap.ops.render import GENERATED_MARK, default_templates_dir, render_all
 
 
 @pytest.fixture(scope="module")
@@ -197,10 +197,10 @@ def test_config_change_updates_the_generated_files(fresh_bundle):
 
 
 def test_readme_security_model_table_is_the_generated_one():
-    """The README's listener table is bootstrap/security_model.py rendered, never edited by hand."""
+    """The README's listener table is bootstrap/core/security_model.py rendered, never edited by hand."""
     from pathlib import Path
 
-    from bootstrap.security_model import markdown_table
+    from bootstrap.core.security_model import markdown_table
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     start, end = "<!-- security-model:start -->\n", "<!-- security-model:end -->"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap.pki import CA, LeafCert, utcnow
+from bootstrap.core.pki import CA, LeafCert, utcnow
 
 # OpenSSL X509_V_ERR_* codes, as ssl.SSLCertVerificationError.verify_code reports them.
 UNABLE_TO_GET_ISSUER_CERT_LOCALLY = 20

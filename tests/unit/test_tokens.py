@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from bootstrap.errors import BundleError
-from bootstrap.pki import private_key_pem, utcnow
-from bootstrap.tokens import SigningKey, jwk_thumbprint, jwks_bytes, jwks_document, mint_token, verify_token
+from bootstrap.core.pki import private_key_pem, utcnow
+from bootstrap.core.tokens import SigningKey, jwk_thumbprint, jwks_bytes, jwks_document, mint_token, verify_token
 
 AUDIENCE = "temporal"
 ROLE_LIFETIMES = {"system": timedelta(hours=1), "worker": timedelta(hours=24), "client": timedelta(hours=24)}
@@ -318,8 +318,8 @@ def test_garbage_is_a_jwt_error():
 
 
 def test_check_expiry_reports_rsa_token_under_an_ec_kid_instead_of_crashing(signing):
-    """bootstrap.expiry.jwks_problem had the same TypeError as verify_token (check-expiry crashed)."""
-    from bootstrap.expiry import Item, Jwks, jwks_problem
+    """bootstrap.ops.expiry.jwks_problem had the same TypeError as verify_token (check-expiry crashed)."""
+    from bootstrap.ops.expiry import Item, Jwks, jwks_problem
 
     key, jwks = signing
     forged = sign(SigningKey.generate("RS256"), good_claims(), kid=key.kid)

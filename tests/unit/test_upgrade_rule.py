@@ -1,4 +1,4 @@
-"""The version rule of `make upgrade` (bootstrap/upgrade.py): parse releases and image tags,
+"""The version rule of `make upgrade` (bootstrap/ops/upgrade.py): parse releases and image tags,
 allow a later patch or the next minor, refuse a downgrade, a skipped minor or a major change,
 and refuse new images whose tag is not the target release; every refusal is one `error:` line."""
 
@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from bootstrap.errors import BundleError
-from bootstrap.upgrade import NOTHING_TO_DO, Version, check_step, image_version, main, parse_version
+from bootstrap.ops.upgrade import NOTHING_TO_DO, Version, check_step, image_version, main, parse_version
 from tests.docker.compose_stack import REPO
 
 OLD = "temporalio/server:1.31.5"
@@ -107,8 +107,8 @@ def test_main_refusals_are_one_error_line(capsys, kwargs, reason):
 
 
 def test_module_runs_with_the_hosts_python():
-    """The Makefile runs it as `python3 -m bootstrap.upgrade` from the repository."""
-    result = subprocess.run([sys.executable, "-m", "bootstrap.upgrade", "--running-image", OLD, "--version", "1.33.1",
+    """The Makefile runs it as `python3 -m bootstrap.ops.upgrade` from the repository."""
+    result = subprocess.run([sys.executable, "-m", "bootstrap.ops.upgrade", "--running-image", OLD, "--version", "1.33.1",
                              "--server-image", NEW_SERVER, "--admin-tools-image", NEW_TOOLS],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and result.stdout == ""

@@ -9,11 +9,11 @@ import json
 import jwt
 import pytest
 
-from bootstrap.config import parse_config
+from bootstrap.core.config import parse_config
 from bootstrap.errors import BundleError
-from bootstrap.pki import utcnow
-from bootstrap.tokens import SigningKey, jwks_document, verify_token
-from bootstrap.workload_identity import Refused, exchanged_token, permissions_for, verify_subject
+from bootstrap.core.pki import utcnow
+from bootstrap.core.tokens import SigningKey, jwks_document, verify_token
+from bootstrap.core.workload_identity import Refused, exchanged_token, permissions_for, verify_subject
 from tests.unit.conftest import make_bundle, run_main
 
 ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -192,7 +192,7 @@ def test_readme_example_policy_is_valid():
 def test_signing_key_retirement_keeps_the_exchange_key_published(tmp_path):
     """The last phase of `rotate --kind signing-key` publishes the active key only: the exchange's
     key must stay, or every worker's token would be refused at the next JWKS refresh."""
-    from bootstrap.plan import active_signing_key, load_published_keys, load_exchange_key, plan_jwks
+    from bootstrap.ops.plan import active_signing_key, load_published_keys, load_exchange_key, plan_jwks
     from bootstrap.store import Write
 
     bundle = make_bundle(tmp_path / "b", NS + WI)

@@ -16,14 +16,14 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from . import __version__
-from .config import BundleConfig, K8S_NAME
-from .durations import go_duration
-from .errors import BundleError
+from .. import __version__
+from ..core.config import BundleConfig, K8S_NAME
+from ..core.durations import go_duration
+from ..errors import BundleError
 from .kube_secrets import token_patches
 from .plan import recorded_shards
 from .render import default_templates_dir, environment, render_all
-from .store import CERT_MODE, KEY_MODE, Layout, read_optional
+from ..store import CERT_MODE, KEY_MODE, Layout, read_optional
 
 # The chart version whose values.yaml and templates these values were written against.
 CHART_VERSION = "1.6.0"
@@ -291,7 +291,7 @@ def context(config: BundleConfig, all_secrets: list[Secret], templates_dir: Path
         "bundle_yaml": _bundle_yaml(config),
         # The compose cluster's dynamic config, key for key: the same server policy in both.
         "dynamic_config": yaml.safe_load(render_all(config, templates_dir)["dynamic_config.yaml"]),
-        # What the refresher patches (bootstrap/kube_secrets.py token_patches names them the same way).
+        # What the refresher patches (bootstrap/ops/kube_secrets.py token_patches names them the same way).
         "token_secrets": sorted(token_patches(n["prefix"], {r.name: b"" for r in config.roles})),
     }
 

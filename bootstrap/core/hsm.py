@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 
-from .errors import BundleError
+from ..errors import BundleError
 from .kek import NONCE_BYTES, UnwrapError
-from .store import read_secret
+from ..store import read_secret
 
 REFERENCE_HEADER = b"# temporal-bundle: this private key is inside a PKCS#11 token; only its label is here\n"
 LABEL_PREFIX = "tb-"

@@ -15,11 +15,11 @@ from pathlib import Path
 import bcrypt
 import yaml
 
-from .config import BundleConfig, OIDCConnector, OIDCUser
-from .errors import BundleError
+from ..core.config import BundleConfig, OIDCConnector, OIDCUser
+from ..errors import BundleError
 from .plan import FORCE_HINT
 from .render import header
-from .store import KEY_MODE, Action, Layout, Skip, Write, read_optional, read_secret
+from ..store import KEY_MODE, Action, Layout, Skip, Write, read_optional, read_secret
 
 # Dex's static users need a stable unique id: derived from the user name, so renaming is explicit.
 USER_ID_PREFIX = "temporal-bundle-"

@@ -35,8 +35,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from . import __version__
-from .errors import BundleError
+from .. import __version__
+from ..errors import BundleError
 
 MAGIC = b"TBBACKUP"
 VERSION = 1

@@ -28,9 +28,9 @@ import secrets
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from .errors import BundleError
+from ..errors import BundleError
 from .kek import Kek, UnwrapError
-from .store import KEY_MODE, Action, Layout, Skip, Write, read_optional
+from ..store import KEY_MODE, Action, Layout, Skip, Write, read_optional
 
 KEY_BYTES = 32  # AES-256
 KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

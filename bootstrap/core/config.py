@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from .durations import parse_duration
-from .errors import BundleError
+from ..errors import BundleError
 
 SYSTEM_NAMESPACE = "temporal-system"
 # Upstream identity providers Dex may federate (Dex's connector type names).

@@ -30,12 +30,13 @@ from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives import serialization
 
-from . import backend, pki
-from .backend import codec_kek
-from .codec_keys import plan_rotation as plan_codec_key_rotation
-from .config import BundleConfig
-from .errors import BundleError
-from .pki import CA
+from ..core import backend
+from ..core import pki
+from ..core.backend import codec_kek
+from ..core.codec_keys import plan_rotation as plan_codec_key_rotation
+from ..core.config import BundleConfig
+from ..errors import BundleError
+from ..core.pki import CA
 from .plan import (
     DOMAINS,
     active_signing_key,
@@ -49,8 +50,8 @@ from .plan import (
     plan_leaves,
     plan_tokens,
 )
-from .store import CA_KEY_MODE, CERT_MODE, KEY_MODE, Action, Delete, Layout, Write, read_optional
-from .tokens import SigningKey
+from ..store import CA_KEY_MODE, CERT_MODE, KEY_MODE, Action, Delete, Layout, Write, read_optional
+from ..core.tokens import SigningKey
 
 KINDS = ("certs", "signing-key", "exchange-key", "ca", "trust-domains", "codec-key")
 # Slack on top of the server's refresh intervals, for timer jitter and clock drift.

@@ -8,9 +8,9 @@ used inside the token (hsm.py) and the bundle holds only references to them; lea
 from __future__ import annotations
 
 from . import hsm
-from .errors import BundleError
+from ..errors import BundleError
 from .kek import FileKek, Kek, plan_file_kek
-from .store import Action, Layout, read_optional
+from ..store import Action, Layout, read_optional
 
 
 def activate(config) -> None:

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from .errors import BundleError
+from ..errors import BundleError
 from .pki import generate_key, load_private_key, private_key_pem, utcnow
 
 ALGORITHM_KEYS = {"ES256": "ecdsa-p256", "RS256": "rsa-2048"}

@@ -46,7 +46,7 @@ from google.protobuf.message import DecodeError
 from temporalio.api.common.v1 import Payload
 
 from .codec_keys import Keyring, KeySet, load_source
-from .errors import BundleError
+from ..errors import BundleError
 
 ENCODING = b"binary/encrypted"
 KEY_ID_HEADER = "encryption-key-id"

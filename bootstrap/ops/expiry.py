@@ -23,10 +23,10 @@ import jwt
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from .durations import human_duration, parse_duration
-from .errors import BundleError
-from .pki import load_certs
-from .tokens import decode_unverified, jwk_algorithm
+from ..core.durations import human_duration, parse_duration
+from ..errors import BundleError
+from ..core.pki import load_certs
+from ..core.tokens import decode_unverified, jwk_algorithm
 
 OK, WARNING, CRITICAL, EXPIRED, UNREADABLE = "ok", "warning", "critical", "expired", "unreadable"
 STATUSES = (OK, WARNING, CRITICAL, EXPIRED, UNREADABLE)  # in rising severity

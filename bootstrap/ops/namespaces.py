@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-from .client import RoleCredentials
-from .config import BundleConfig, Namespace
-from .errors import BundleError
+from ..client import RoleCredentials
+from ..core.config import BundleConfig, Namespace
+from ..errors import BundleError
 
 AUTH_CODES = ("PERMISSION_DENIED", "UNAUTHENTICATED")
 
@@ -147,7 +147,7 @@ def server_accepts_key(config: BundleConfig, bundle_dir, key, target: str, serve
     token may call). False when it answers 'unauthorized', i.e. it has not fetched the key yet."""
     from temporalio.client import Client
 
-    from .tokens import mint_token
+    from ..core.tokens import mint_token
 
     token = mint_token(key, role="rotation-probe", permissions=[], issuer=config.jwt.issuer,
                        audience=config.jwt.audience, lifetime=timedelta(minutes=1))

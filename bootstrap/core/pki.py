@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from . import hsm
-from .errors import BundleError
+from ..errors import BundleError
 
 # Issued certificates start slightly in the past so a peer whose clock is a little behind ours
 # does not reject a freshly rotated certificate as "not yet valid".

@@ -20,7 +20,7 @@ import re
 import sys
 from dataclasses import dataclass
 
-from .errors import BundleError
+from ..errors import BundleError
 
 NOTHING_TO_DO = 3
 _VERSION = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")

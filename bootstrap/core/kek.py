@@ -16,8 +16,8 @@ from typing import Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .errors import BundleError
-from .store import KEY_MODE, Action, Layout, Skip, Write, read_optional
+from ..errors import BundleError
+from ..store import KEY_MODE, Action, Layout, Skip, Write, read_optional
 
 KEK_BYTES = 32
 NONCE_BYTES = 12

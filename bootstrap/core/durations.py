@@ -3,7 +3,7 @@
 import re
 from datetime import timedelta
 
-from .errors import BundleError
+from ..errors import BundleError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PATTERN = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")

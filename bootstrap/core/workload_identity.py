@@ -33,7 +33,7 @@ from typing import Any
 import jwt
 
 from .config import NAMESPACE_ROLES, SYSTEM_NAMESPACE, _Section, _check_host, _check_permission
-from .errors import BundleError
+from ..errors import BundleError
 from .tokens import SigningKey, Token, mint_token, verify_token
 
 ISSUER_TYPES = ("kubernetes", "oidc")

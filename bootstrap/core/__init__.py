@@ -1,0 +1,1 @@
+"""Pure: no files written, nothing printed."""

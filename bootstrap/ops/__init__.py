@@ -1,0 +1,1 @@
+"""What operators do, built on core and store."""
