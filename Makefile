@@ -180,11 +180,11 @@ rotate: $(BUNDLE_CONFIG_FILE) ## rotation step: KIND=certs|signing-key|exchange-
 	@# Temporal and the JWKS server re-read their certificates by themselves; PostgreSQL reloads
 	@# its certificate and CA files only on SIGHUP (a reload, not a restart: connections stay).
 	@$(COMPOSE) kill -s HUP postgresql >/dev/null 2>&1 && echo "postgresql: reloaded its TLS files" || true
-	@# Dex and the UI server read their HTTPS certificates at start only: restarted after a step that
+	@# Dex, the UI gate and the UI server read their certificates at start only: restarted after a step that
 	@# re-issues certificates. Nobody is logged out (Dex keeps its state on dex-data; the UI's
 	@# sessions are cookies).
 	@case "$(KIND)" in certs|ca|trust-domains) \
-	  $(COMPOSE) restart dex temporal-ui >/dev/null 2>&1 && echo "dex, temporal-ui: restarted for their new certificates" || true ;; \
+	  $(COMPOSE) restart dex ui-gate temporal-ui >/dev/null 2>&1 && echo "dex, ui-gate, temporal-ui: restarted for their new certificates" || true ;; \
 	esac
 
 .PHONY: check-expiry

@@ -20,6 +20,8 @@ from .durations import parse_duration
 from ..errors import BundleError
 
 SYSTEM_NAMESPACE = "temporal-system"
+# The gRPC gate the Web UI calls instead of the frontend (its compose service and Kubernetes Service name).
+UI_GATE_HOST = "ui-gate"
 # Upstream identity providers Dex may federate (Dex's connector type names).
 OIDC_CONNECTOR_TYPES = ("github", "google", "oidc", "ldap")
 BCRYPT_HASH = re.compile(r"^\$2[aby]\$(1[0-9]|2[0-9]|3[01])\$[./A-Za-z0-9]{53}$")
@@ -287,6 +289,11 @@ class BundleConfig:
 
     def dex_sans(self) -> tuple[str, ...]:
         return _unique((self.oidc.host, "dex", *self.oidc.sans, "localhost", "127.0.0.1"))
+
+    def ui_gate_sans(self) -> tuple[str, ...]:
+        # Kubernetes reaches it by its Service's namespaced names.
+        k8s = self.kubernetes.namespace
+        return _unique((UI_GATE_HOST, f"{UI_GATE_HOST}.{k8s}.svc", f"{UI_GATE_HOST}.{k8s}.svc.cluster.local", "localhost", "127.0.0.1"))
 
     def ui_sans(self) -> tuple[str, ...]:
         return _unique((self.oidc.ui_public_host, self.network.ui_host, "localhost", "127.0.0.1"))

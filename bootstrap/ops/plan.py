@@ -22,7 +22,7 @@ from cryptography import x509
 
 from ..core import backend
 from ..core import pki
-from ..core.config import BundleConfig
+from ..core.config import UI_GATE_HOST, BundleConfig
 from ..errors import BundleError
 from ..core.pki import CA, LeafCert
 from ..store import CA_KEY_MODE, CERT_MODE, KEY_MODE, Action, Delete, Layout, Skip, Write, read_optional
@@ -64,6 +64,9 @@ def leaf_specs(config: BundleConfig) -> list[LeafSpec]:
         LeafSpec("server", "health", "temporal-healthcheck", (), "client", "client"),
         LeafSpec("jwks", "server", net.jwks_host, config.jwks_sans(), "server", "server"),
         LeafSpec("ui", "client", "temporal-ui", (), "client", "client"),
+        # The UI gate: the UI's server (callers need a client-domain cert), the frontend's client.
+        LeafSpec("ui-gate", "server", UI_GATE_HOST, config.ui_gate_sans(), "server", "server"),
+        LeafSpec("ui-gate", "client", "temporal-ui-gate", (), "client", "client"),
         LeafSpec("codec", "server", config.codec.host, config.codec_sans(), "server", "server"),
         LeafSpec("registrar", "system", "temporal-bundle:system", (), "client", "client"),
     ]

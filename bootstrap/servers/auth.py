@@ -19,6 +19,7 @@ import aiohttp
 import jwt
 
 from ..core.tokens import verify_token
+from ..errors import BundleError
 from .http import Refusal, clip, log_event
 from ..core.tokens import PERMISSIONS_CLAIM
 from .jwks import JWKSSource
@@ -173,6 +174,15 @@ class CombinedJWKS:
     async def close(self) -> None:
         for source in self.sources:
             await source.close()
+
+
+def key_sources(jwks_path: Path | None, jwks_urls: tuple[str, ...], cafile: Path | None):
+    """JWKS URLs as one key set, or else the bundle's jwks.json."""
+    if jwks_urls:
+        return CombinedJWKS([URLJWKS(url, cafile) for url in jwks_urls])
+    if jwks_path is not None:
+        return FileJWKS(jwks_path)
+    raise BundleError("a JWKS file or URL is needed to check tokens")
 
 
 # --------------------------------------------------------------------------- token check

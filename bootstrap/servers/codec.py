@@ -41,7 +41,7 @@ from aiohttp import web
 
 from ..core.codec import ENCODING, KEY_ID_HEADER, NAMESPACE_HEADER, CodecError, KeyringFile, encrypt_all, open_sealed
 from ..errors import BundleError
-from .auth import SYSTEM_NAMESPACE, Authenticator, CombinedJWKS, FileJWKS, JWKSUnavailable, URLJWKS, grants, role_for
+from .auth import SYSTEM_NAMESPACE, Authenticator, JWKSUnavailable, grants, key_sources, role_for
 from .http import Budget, Limits, Refusal, ReloadingTLS, Service, clip, cors_headers, cors_middleware
 from .http import declared_length, log_event, read_body, refusal_reply, reply, stream_reply
 from .wire import b64, parse_items, parse_payloads, payload_json, render, render_payloads
@@ -251,13 +251,6 @@ def _memo(decide):
     return cached
 
 
-def _jwks(jwks_path: Path | None, jwks_urls: tuple[str, ...], jwks_cafile: Path | None):
-    if jwks_urls:
-        return CombinedJWKS([URLJWKS(url, jwks_cafile) for url in jwks_urls])
-    if jwks_path is not None:
-        return FileJWKS(jwks_path)
-    raise BundleError("the codec server needs a JWKS file or URL")
-
 
 def make_server(
     host: str,
@@ -277,7 +270,7 @@ def make_server(
     """Fails at start (BundleError, OSError, ssl.SSLError) if the keys or the cert are unusable."""
     keys = KeyringFile(keys_path, kek)
     keys.current()
-    jwks = _jwks(jwks_path, jwks_urls, jwks_cafile)
+    jwks = key_sources(jwks_path, jwks_urls, jwks_cafile)
     tls = ReloadingTLS(cert, key) if cert and key else None
     handlers = CodecHandlers(keys, Authenticator(jwks, policy.audience, policy.issuers), policy, limits, audit)
     app = web.Application(middlewares=[cors_middleware(policy.ui_origins)], client_max_size=limits.max_body)
