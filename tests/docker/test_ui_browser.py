@@ -264,10 +264,8 @@ def _visible(locator, seconds: float = 10):
         time.sleep(0.2)
 
 
-def test_reader_lands_in_their_namespace_and_the_list_holds_only_it(page, ui):
-    """A reader of `default` only, in the stock UI behind the gate: lands on default's workflows,
-    and the namespace list the UI got (from the gate, asked of the frontend with the reader's
-    token) holds default and nothing else."""
+def _reader_logged_in(page, ui) -> list[tuple[int, str, str]]:
+    """The reader logged in and landed; the UI's API calls since the landing login."""
     calls = _api_calls(page, ui)
     for _ in range(3):
         # The landing page's first calls can race the SPA storing the new tokens (a 401 sends
@@ -277,6 +275,14 @@ def test_reader_lands_in_their_namespace_and_the_list_holds_only_it(page, ui):
         page.wait_for_timeout(3000)
         if not any(status == 401 for status, _, _ in calls):
             break
+    return calls
+
+
+def test_reader_lands_in_their_namespace_and_the_list_holds_only_it(page, ui):
+    """A reader of `default` only, in the stock UI behind the gate: lands on default's workflows,
+    and the namespace list the UI got (from the gate, asked of the frontend with the reader's
+    token) holds default and nothing else."""
+    calls = _reader_logged_in(page, ui)
     assert NOT_ALLOWED not in page.url and page.url.startswith(f"{ui.url}/namespaces/default/workflows"), (page.url, calls)
     listed = page.request.get(f"{ui.url}/api/v1/namespaces", headers={"Authorization": page.bearer["value"]})
     assert listed.status == 200
@@ -289,13 +295,7 @@ def test_reader_in_the_ui_is_held_to_default_read(page, ui):
     """In the real UI the reader works in `default`: the workflow list and page, the input still
     ciphertext (the codec server answered 200 without decrypting), Terminate refused by the
     frontend (the workflow keeps running), and `orders` refused."""
-    calls = _api_calls(page, ui)
-    for _ in range(3):
-        calls.clear()
-        logged_in(page, ui, "reader@example.com", ui.stack.reader_password)
-        page.wait_for_timeout(3000)
-        if not any(status == 401 for status, _, _ in calls):
-            break
+    calls = _reader_logged_in(page, ui)
     assert page.url.startswith(f"{ui.url}/namespaces/default/workflows"), (page.url, calls)
     html, status = workflow_page(page, ui)
     assert status == 200 and ui.workflow_id in html
