@@ -35,7 +35,7 @@ KUBERNETES_SERVICES = ("frontend", "internal-frontend", "history", "matching", "
 FRONTEND_EXPOSURES = ("clusterip", "loadbalancer", "ingress")
 TOKEN_MINTING = ("in-cluster", "outside")
 # Image overrides: the chart's server, admin-tools and UI images, and ours (JWKS, codec, jobs).
-KUBERNETES_IMAGES = ("server", "admintools", "ui", "bundle")
+KUBERNETES_IMAGES = ("server", "admintools", "ui", "bundle", "dex")
 # A Kubernetes object name or namespace (RFC 1123 label).
 K8S_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(:[A-Za-z0-9_.-]+)?(@sha256:[0-9a-f]{64})?$")
@@ -241,6 +241,11 @@ class KubernetesConfig:
     # outside: no Secret holds it, tokens are minted where the bundle lives and re-exported.
     token_minting: str = "in-cluster"
     images: tuple[tuple[str, str], ...] = ()
+    # Where browsers open the Web UI and reach the codec server in the cluster (an ingress, a load
+    # balancer, a port-forward). Empty: as in compose (https://<oidc.ui_public_host>:<ui_port>,
+    # https://localhost:<codec.port>).
+    ui_url: str = ""
+    codec_url: str = ""
 
     def replica_count(self, service: str) -> int:
         return dict(self.replicas)[service]
@@ -650,11 +655,18 @@ def _parse_kubernetes(sec: _Section) -> KubernetesConfig:
         frontend_exposure=sec.choice("frontend_exposure", d.frontend_exposure, FRONTEND_EXPOSURES),
         token_minting=sec.choice("token_minting", d.token_minting, TOKEN_MINTING),
         images=tuple((name, _image(images, name)) for name in KUBERNETES_IMAGES if images.data.get(name) is not None),
+        ui_url=_optional_origin(sec, "ui_url"),
+        codec_url=_optional_origin(sec, "codec_url"),
     )
     replicas.done()
     images.done()
     sec.done()
     return k8s
+
+
+def _optional_origin(sec: _Section, key: str) -> str:
+    value = sec.string(key, "")
+    return check_origin(value, f"{sec.where}: {key}") if value else ""
 
 
 def _k8s_name(sec: _Section, key: str, default: str) -> str:

@@ -24,7 +24,10 @@ KEY_PATHS = {
     "admintools.securityContext.runAsGroup", "admintools.securityContext.fsGroup",
     "admintools.additionalVolumes", "admintools.additionalVolumeMounts", "admintools.additionalEnv",
     "web.replicaCount", "web.image.repository", "web.image.tag",
-    "web.tls.enabled", "web.tls.secretName", "web.tls.serverName", "web.tls.enableHostVerification",
+    # Chart 1.6.0 has no web.tls (it came later): the client certificate goes in through these.
+    "web.additionalVolumes", "web.additionalVolumeMounts", "web.additionalEnv",
+    "web.securityContext.runAsNonRoot", "web.securityContext.runAsUser", "web.securityContext.runAsGroup",
+    "web.securityContext.fsGroup",
 }
 KEY_PATHS |= {f"server.tls.{section}.{key}" for section in ("internode", "frontend")
               for key in ("enabled", "secretName", "mountPath", "requireClientAuth", "serverName")}
