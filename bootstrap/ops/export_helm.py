@@ -158,7 +158,7 @@ def _fullname(release: str) -> str:
 def secrets(config: BundleConfig, layout: Layout) -> list[Secret]:
     read, n = _Reader(layout), names(config)
     server_ca = read.trust("server")[0]
-    result = _server_pod_secrets(config, read, n) + _workload_secrets(read, n, server_ca)
+    result = _server_pod_secrets(config, read, n) + _workload_secrets(config, read, n, server_ca)
     with_token = not config.workload_identity.enabled  # else no Secret holds an application's token
     result += [_role_secret(read, f"{n['role']}-{role.name}", role.name, server_ca, with_token) for role in config.roles]
     if refresher_exported(config):
@@ -231,7 +231,7 @@ def _server_pod_secrets(config: BundleConfig, read: _Reader, n: dict[str, str]) 
     ]
 
 
-def _workload_secrets(read: _Reader, n: dict[str, str], server_ca: bytes) -> list[Secret]:
+def _workload_secrets(config: BundleConfig, read: _Reader, n: dict[str, str], server_ca: bytes) -> list[Secret]:
     layout = read.layout
     registrar, jwks, codec = read.leaf("registrar", "system"), read.leaf("jwks", "server"), read.leaf("codec", "server")
     return [
@@ -247,15 +247,14 @@ def _workload_secrets(read: _Reader, n: dict[str, str], server_ca: bytes) -> lis
         _bundle_secret(n["codec"], "codec server", {
             "codec/server.pem": codec[0], "codec/server.key": codec[1],
             "codec-keys/keys.json": read.file(layout.codec_keys), "trust/ca.pem": server_ca,
-            **_codec_kek(layout), **_issuer_ca(layout),
+            **_codec_kek(layout), **(_issuer_ca(read) if issuer_ca_exported(config) else {}),
         }),
     ]
 
 
-def _issuer_ca(layout) -> dict[str, bytes]:
+def _issuer_ca(read: "_Reader") -> dict[str, bytes]:
     """An external issuer's private CA: the codec server fetches the issuer's keys with it."""
-    data = read_optional(issuer_ca_path(layout))
-    return {"trust/oidc-issuer/ca.pem": data} if data is not None else {}
+    return {"trust/oidc-issuer/ca.pem": read.file(issuer_ca_path(read.layout))}
 
 
 def _codec_kek(layout) -> dict[str, bytes]:
