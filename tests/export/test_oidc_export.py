@@ -121,6 +121,23 @@ def test_the_server_and_the_codec_accept_dex_users(values, exported, bundle):
     assert bundle.config.dex_jwks_url in args
 
 
+@pytest.mark.parametrize("which", ["dex", "external"])
+def test_the_charts_web_deployment_from_our_values_is_valid(request, which):
+    """web-deployment.yaml puts additionalEnv/Volumes/VolumeMounts in the pod as they are: the
+    Deployment it renders from our values passes strict validation (env values are strings, a
+    valueFrom is well formed, every mount has its volume)."""
+    dest = request.getfixturevalue("exported" if which == "dex" else "external_export")
+    values = yaml.safe_load((dest / "values.yaml").read_text())
+    deployment = chart.web_deployment(values)
+    kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+    spec = deployment["spec"]["template"]["spec"]
+    assert {m["name"] for m in spec["containers"][0]["volumeMounts"]} <= {v["name"] for v in spec["volumes"]}
+    broken = chart.web_deployment(values)
+    broken["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "X", "value": True})
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
 def test_no_secret_value_outside_a_secret(exported, bundle):
     assert_no_secret_value_outside_secrets(exported, (client_secret_path(bundle.layout).read_bytes(),
                                                       admin_hash_path(bundle.layout).read_bytes()))
