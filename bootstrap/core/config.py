@@ -790,6 +790,7 @@ def _parse_oidc(sec: _Section, namespaces: set[str], net: NetworkConfig) -> OIDC
     enabled = sec._get("enabled", True)
     if not isinstance(enabled, bool):
         raise BundleError(f"{sec.where}: enabled must be true or false")
+    sec.seen.add("external")
     external = _parse_external(sec) if sec.data.get("external") is not None else None
     if external is not None and enabled:
         raise BundleError(f"{sec.where}: external needs enabled: false (the embedded Dex and an external issuer "
