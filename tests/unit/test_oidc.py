@@ -232,6 +232,13 @@ def test_external_init_writes_no_dex_and_copies_the_secret_and_ca(tmp_path, cli)
     assert client_secret_path(layout).read_text() == "rotated-secret\n"
 
 
+def test_external_issuer_has_no_admin_password(tmp_path, cli):
+    secret, _ = _external_files(tmp_path)
+    config, out, _ = _init(tmp_path, cli, external(client_secret_file=str(secret)))
+    shown = cli("show-admin-password", "--config", config, "--out", out)
+    shown.assert_one_error("no embedded Dex", "users log in at https://idp.example.com/realms/acme")
+
+
 @pytest.mark.parametrize("broken, message", [
     ("secret", "oidc.external.client_secret_file: cannot read"),
     ("ca", "oidc.external.ca_file: cannot read"),
