@@ -141,8 +141,14 @@ up: $(BUNDLE_CONFIG_FILE) ## bootstrap secrets, start everything, wait until hea
 connect-info:
 	@echo
 	@echo "Temporal frontend: $${TEMPORAL_BIND_ADDRESS:-127.0.0.1}:$${TEMPORAL_FRONTEND_PORT:-7233}  (mTLS + JWT; TLS server name: temporal)"
-	@echo "Web UI:            https://$${UI_PUBLIC_HOST:-localhost}:$${TEMPORAL_UI_PORT:-8080}  (log in through Dex at https://$${OIDC_HOST:-auth.localhost}:$${OIDC_PORT:-5556}/dex)"
-	@echo "                   first login: make admin-password  (shows the admin's password once)"
+	@# bundle.yaml oidc.external (compose-env wrote DEX_SCALE=0): users log in at the company's IdP.
+	@issuer=$$(sed -n 's/^OIDC_ISSUER_URL=//p' "$(BUNDLE_ENV_FILE)" 2>/dev/null); \
+	if [ "$$(sed -n 's/^DEX_SCALE=//p' "$(BUNDLE_ENV_FILE)" 2>/dev/null)" = 0 ]; then \
+	  echo "Web UI:            https://$${UI_PUBLIC_HOST:-localhost}:$${TEMPORAL_UI_PORT:-8080}  (log in through $$issuer, no Dex)"; \
+	else \
+	  echo "Web UI:            https://$${UI_PUBLIC_HOST:-localhost}:$${TEMPORAL_UI_PORT:-8080}  (log in through Dex at https://$${OIDC_HOST:-auth.localhost}:$${OIDC_PORT:-5556}/dex)"; \
+	  echo "                   first login: make admin-password  (shows the admin's password once)"; \
+	fi
 	@echo "                   the browser must trust the bundle's CA: make export ROLE=client gives ca.pem"
 	@echo
 	@echo "Client files for an application:  make export ROLE=client"

@@ -254,6 +254,9 @@ class LocalCluster:
     after_init: object = None
     # bundle.yaml's `keys:` section, e.g. the pkcs11 backend (tests/server/test_pkcs11_cluster.py).
     keys: dict | None = None
+    # bundle.yaml's `oidc:` section; default: no UI login (tests/server/test_external_issuer.py
+    # sets an external issuer).
+    oidc: dict | None = None
 
     @property
     def bundle(self) -> Path:
@@ -305,7 +308,7 @@ class LocalCluster:
             "persistence": persistence,
             # No Dex here: the server would wait for its JWKS (every key source must answer).
             # The docker tier runs the stack with Dex.
-            "oidc": {"enabled": False},
+            "oidc": self.oidc or {"enabled": False},
             "bundle_dir": str(self.bundle),
             **({"keys": self.keys} if self.keys else {}),
         }
@@ -329,6 +332,9 @@ class LocalCluster:
             server_config = self._plaintext_config(server_config)
         self.start_jwks()
         env = {**os.environ, "SSL_CERT_FILE": str(self.bundle / "trust" / "ca.pem")}
+        issuer_ca_dir = self.bundle / "trust" / "oidc-issuer"
+        if issuer_ca_dir.is_dir():  # as compose-env's OIDC_CA_DIRS: the external issuer's CA next to the public ones
+            env["SSL_CERT_DIR"] = f"{issuer_ca_dir}:/etc/ssl/certs"
         argv = [str(bins / "temporal-server"), "--config-file", str(server_config), "start"]
         for service in SERVICES:
             argv += ["--service", service]

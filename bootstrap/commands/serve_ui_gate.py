@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..core.config import load_config
 from ..errors import BundleError
+from ..ops.oidc import jwks_cafiles
 from ..store import Layout
 from .common import add_config, add_out
 
@@ -62,16 +63,18 @@ def run(args) -> int:
     tls = GateTLS(server_cert, server_key, layout.trust_files("client")[0], layout.trust_bundle,
                   net.frontend_host, client_cert, client_key)
     issuers = tuple(dict.fromkeys([config.jwt.issuer, *args.issuer]))
-    return asyncio.run(_serve(args, tls, upstream, config.jwt.audience, issuers, layout))
+    return asyncio.run(_serve(args, tls, upstream, config, issuers, layout))
 
 
-async def _serve(args, tls, upstream: str, audience: str, issuers: tuple[str, ...], layout: Layout) -> int:
+async def _serve(args, tls, upstream: str, config, issuers: tuple[str, ...], layout: Layout) -> int:
     from ..servers.auth import Authenticator, key_sources
     from ..servers.gate import start_gate
 
-    auth = Authenticator(key_sources(None, tuple(args.jwks_url), layout.trust_bundle), audience, issuers)
+    sources = key_sources(None, tuple(args.jwks_url), jwks_cafiles(config, layout))
+    auth = Authenticator(sources, config.jwt.audience, issuers)
     try:
-        gate = await start_gate(args.host, args.port, upstream, tls, auth, args.cluster_info, args.max_concurrent_calls)
+        gate = await start_gate(args.host, args.port, upstream, tls, auth, args.cluster_info,
+                                config.oidc.permissions_claim, args.max_concurrent_calls)
     except (OSError, RuntimeError) as exc:
         raise BundleError(f"cannot start the UI gate on {args.host}:{args.port}: {exc}") from None
     print(f"serving the UI gate on {args.host}:{gate.port} -> {upstream} (cluster info: {args.cluster_info})", flush=True)

@@ -71,11 +71,11 @@ def leaf_specs(config: BundleConfig) -> list[LeafSpec]:
         LeafSpec("registrar", "system", "temporal-bundle:system", (), "client", "client"),
     ]
     if config.oidc.enabled:
-        specs += [
-            # HTTPS for Dex (the issuer) and for the Web UI itself (Secure session cookies).
-            LeafSpec("dex", "server", config.oidc.host, config.dex_sans(), "server", "server"),
-            LeafSpec("ui", "server", config.oidc.ui_public_host, config.ui_sans(), "server", "server"),
-        ]
+        # HTTPS for Dex (the issuer).
+        specs.append(LeafSpec("dex", "server", config.oidc.host, config.dex_sans(), "server", "server"))
+    if config.oidc.ui_login:
+        # HTTPS for the Web UI itself (Secure session cookies), with Dex or an external issuer.
+        specs.append(LeafSpec("ui", "server", config.oidc.ui_public_host, config.ui_sans(), "server", "server"))
     if config.workload_identity.enabled:
         specs.append(LeafSpec("exchange", "server", config.workload_identity.host, config.exchange_sans(), "server", "server"))
     if db.driver == "postgres":
@@ -537,7 +537,8 @@ def token_needs_refresh(token_text: str, config: BundleConfig, role, active_kid:
     header, claims = decode_unverified(token_text)
     if header.get("kid") != active_kid:
         return "signed by a retired or other key"
-    if claims.get("permissions") != list(role.permissions) or claims.get(PERMISSIONS_CLAIM) != list(role.permissions):
+    wanted = list(role.permissions)
+    if any(claims.get(name) != wanted for name in ("permissions", PERMISSIONS_CLAIM, config.oidc.permissions_claim)):
         return "permissions differ from the config"
     if claims.get("aud") != config.jwt.audience or claims.get("iss") != config.jwt.issuer:
         return "issuer or audience differs from the config"
@@ -593,5 +594,6 @@ def _plan_token(config: BundleConfig, path, role, key: SigningKey, force: bool, 
         audience=config.jwt.audience,
         lifetime=role.token_lifetime,
         now=now,
+        claim=config.oidc.permissions_claim,
     )
     return Write(path, (token.encoded + "\n").encode(), KEY_MODE, reason), token

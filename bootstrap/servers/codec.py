@@ -39,6 +39,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ..core.tokens import PERMISSIONS_CLAIM
 from ..core.codec import ENCODING, KEY_ID_HEADER, NAMESPACE_HEADER, CodecError, KeyringFile, encrypt_all, open_sealed
 from ..errors import BundleError
 from .auth import SYSTEM_NAMESPACE, Authenticator, JWKSUnavailable, grants, key_sources, role_for
@@ -66,6 +67,7 @@ class Policy:
     decrypt_role: str = "admin"
     ui_origins: tuple[str, ...] = ()
     issuers: tuple[str, ...] = ()
+    claim: str = PERMISSIONS_CLAIM  # where tokens carry "<ns>:<role>" (the server's permissionsClaimName)
 
 
 @dataclass
@@ -156,9 +158,9 @@ class CodecHandlers:
         claims = await self.auth.claims(request.headers.get("Authorization"))
         audit.sub = claims.get("sub")
         audit.namespace = namespace = self.namespace(request)
-        if role_for(claims, namespace) == 0:
+        if role_for(claims, namespace, self.policy.claim) == 0:
             raise Refusal(403, f"no role on namespace {namespace!r}")
-        if audit.action == "encode" and not grants(claims, namespace, ENCODE_ROLE):
+        if audit.action == "encode" and not grants(claims, namespace, ENCODE_ROLE, self.policy.claim):
             raise Refusal(403, f"encode needs at least {ENCODE_ROLE} on namespace {namespace!r}")
         return claims
 
@@ -197,7 +199,7 @@ class CodecHandlers:
     def decode(self, claims: dict, namespace: str, body: bytes):
         items = parse_items(body)
         keyring, parts, decrypted, refused = self.keyring(), [], 0, {}
-        may_read = _memo(lambda bound: grants(claims, bound or SYSTEM_NAMESPACE, self.policy.decrypt_role))
+        may_read = _memo(lambda bound: grants(claims, bound or SYSTEM_NAMESPACE, self.policy.decrypt_role, self.policy.claim))
         for item in items:
             try:
                 if item.field("encoding") != ENCODING:
@@ -261,7 +263,7 @@ def make_server(
     kek=None,
     jwks_path: Path | None = None,
     jwks_urls: tuple[str, ...] = (),
-    jwks_cafile: Path | None = None,
+    jwks_cafile: Path | tuple[Path, ...] | None = None,
     cert: Path | None = None,
     key: Path | None = None,
     audit: bool = True,

@@ -101,21 +101,23 @@ def returned_trailers(metadata) -> tuple[tuple[str, str | bytes], ...]:
                  if key == STATUS_DETAILS or not (key.startswith("grpc-") or key.startswith(":")))
 
 
-def readable_namespaces(claims: dict) -> list[str]:
+def readable_namespaces(claims: dict, claim: str = PERMISSIONS_CLAIM) -> list[str]:
     """The namespaces a token grants read (or more) on by name; temporal-system grants are not
     namespaces, and a caller holding one gets the frontend's own answers anyway."""
     names = set()
-    for permission in claims.get(PERMISSIONS_CLAIM) or ():
+    permissions = claims.get(claim)
+    for permission in permissions if isinstance(permissions, list) else ():
         if isinstance(permission, str) and permission.count(":") == 1:
             namespace = permission.split(":")[0]
-            if namespace and namespace != SYSTEM_NAMESPACE and role_for(claims, namespace) >= ROLE_BITS["read"]:
+            if namespace and namespace != SYSTEM_NAMESPACE and role_for(claims, namespace, claim) >= ROLE_BITS["read"]:
                 names.add(namespace)
     return sorted(names)
 
 
 class Gate:
-    def __init__(self, channel: grpc.aio.Channel, auth: Authenticator, cluster_info: ClusterInfoFile):
-        self.channel, self.auth, self.cluster_info = channel, auth, cluster_info
+    def __init__(self, channel: grpc.aio.Channel, auth: Authenticator, cluster_info: ClusterInfoFile,
+                 claim: str = PERMISSIONS_CLAIM):
+        self.channel, self.auth, self.cluster_info, self.claim = channel, auth, cluster_info, claim
         self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
 
     async def upstream(self, method: str, request: bytes, metadata, timeout: float | None) -> bytes:
@@ -144,7 +146,7 @@ class Gate:
         except Refusal as refusal:
             log_event("gate-refused", method=method.rsplit("/", 1)[1], reason=refusal.message, detail=refusal.detail)
             return None
-        namespaces = readable_namespaces(claims)
+        namespaces = readable_namespaces(claims, self.claim)
         if not namespaces:
             return None
         log_event("gate-answered", method=method.rsplit("/", 1)[1], sub=clip(claims.get("sub")),
@@ -201,13 +203,14 @@ class RunningGate:
 
 
 async def start_gate(host: str, port: int, upstream: str, tls: GateTLS, auth: Authenticator,
-                     cluster_info: Path, max_concurrent_calls: int | None = None) -> RunningGate:
+                     cluster_info: Path, claim: str = PERMISSIONS_CLAIM,
+                     max_concurrent_calls: int | None = None) -> RunningGate:
     """A started gate (port 0: any free port, see .port). Fails (OSError, RuntimeError) if the TLS
     files are unusable or the port cannot be bound."""
     channel = grpc.aio.secure_channel(upstream, tls.channel_credentials(), options=[
         ("grpc.ssl_target_name_override", tls.upstream_server_name), *MESSAGE_OPTIONS])
     server = grpc.aio.server(options=MESSAGE_OPTIONS, maximum_concurrent_rpcs=max_concurrent_calls)
-    server.add_generic_rpc_handlers((_Routes(Gate(channel, auth, ClusterInfoFile(cluster_info))),))
+    server.add_generic_rpc_handlers((_Routes(Gate(channel, auth, ClusterInfoFile(cluster_info), claim)),))
     bound = server.add_secure_port(f"{host}:{port}", tls.server_credentials())
     if not bound:
         raise OSError(f"cannot listen on {host}:{port}")
