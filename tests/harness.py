@@ -73,13 +73,8 @@ def temporal_cli() -> str:
     return cli
 
 
-def free_port_block(size: int, start: int | None = None) -> int:
-    """A base port such that base..base+size-1 and base-300.. (membership) are all free. Each
-    pytest-xdist worker searches its own range, so two clusters starting at once never race
-    for one block."""
-    if start is None:
-        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-        start = 20000 + 3000 * (int(worker) % 10 if worker.isdigit() else 0)
+def free_port_block(size: int, start: int = 20000) -> int:
+    """A base port such that base..base+size-1 and base-300.. (membership) are all free."""
     for base in range(start + 300, 60000, size + 350):
         ports = list(range(base, base + size)) + list(range(base - 300, base - 300 + size))
         if all(_port_free(p) for p in ports):
