@@ -72,6 +72,8 @@ def leaf_specs(config: BundleConfig) -> list[LeafSpec]:
             # HTTPS for Dex (the issuer) and for the Web UI itself (Secure session cookies).
             LeafSpec("dex", "server", config.oidc.host, config.dex_sans(), "server", "server"),
             LeafSpec("ui", "server", config.oidc.ui_public_host, config.ui_sans(), "server", "server"),
+            # Grafana (compose profile monitoring) logs in through the same Dex.
+            LeafSpec("grafana", "server", config.oidc.ui_public_host, config.grafana_sans(), "server", "server"),
         ]
     if config.workload_identity.enabled:
         specs.append(LeafSpec("exchange", "server", config.workload_identity.host, config.exchange_sans(), "server", "server"))

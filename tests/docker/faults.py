@@ -226,7 +226,7 @@ def refresher_window_s() -> float:
 # --------------------------------------------------------------------------- a full bundle volume
 
 # Every bundle volume, mounted as the bootstrap mounts them.
-BUNDLE_DIRS = ("private", "private/jwt", "trust", "server", "dbclient", "postgres", "jwks", "ui", "dex", "clients",
+BUNDLE_DIRS = ("private", "private/jwt", "trust", "server", "dbclient", "postgres", "jwks", "ui", "dex", "grafana", "clients",
                "tokens", "config", "codec", "codec-keys", "registrar")
 VOLUME_OF = {"private/jwt": "bundle-signing"}
 

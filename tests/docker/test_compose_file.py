@@ -20,7 +20,7 @@ pytestmark = pytest.mark.docker
 
 COMPOSE_FILE = REPO / "docker-compose.prod.yml"
 IMAGE_VARIABLES = ("BUNDLE_IMAGE", "TEMPORAL_SERVER_IMAGE", "TEMPORAL_ADMINTOOLS_IMAGE", "POSTGRES_IMAGE", "TEMPORAL_UI_IMAGE",
-                   "DEX_IMAGE", "PROMETHEUS_IMAGE")
+                   "DEX_IMAGE", "PROMETHEUS_IMAGE", "GRAFANA_IMAGE")
 
 
 @pytest.fixture(scope="module", params=["monitoring", "monitoring,workload-identity"])
@@ -121,10 +121,12 @@ BUNDLE_MOUNTS = {
     # Profile monitoring. Certificates only, as nobody (65534: no key file is readable to it);
     # never tokens/, private/ or codec-keys/. The token report comes from metrics/.
     "expiry-exporter": {"bundle-trust", "bundle-server", "bundle-dbclient", "bundle-postgres", "bundle-jwks",
-                        "bundle-ui", "bundle-dex", "bundle-clients", "bundle-codec", "bundle-registrar",
+                        "bundle-ui", "bundle-dex", "bundle-grafana", "bundle-clients", "bundle-codec", "bundle-registrar",
                         "bundle-metrics"},
     # Its config and the alert rules, rendered by the bootstrap.
     "prometheus": {"bundle-config"},
+    # Its HTTPS pair and Dex client secret; the CA to verify Dex. Provisioning comes from grafana/.
+    "grafana": {"bundle-grafana", "bundle-trust"},
 }
 
 
