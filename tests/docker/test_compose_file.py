@@ -174,3 +174,19 @@ def test_postgres_admits_every_pool_of_every_temporal_service(resolved):
     command = resolved["services"]["postgresql"]["command"]
     max_connections = int(next(a.split("=", 1)[1] for a in command if a.startswith("max_connections=")))
     assert worst_case + 20 <= max_connections, (worst_case, max_connections)
+
+
+def test_grafana_is_published_like_the_ui_with_its_files_read_only(resolved):
+    """Profile monitoring: Grafana on edge (the browser, Dex) and monitoring (Prometheus), published on
+    loopback only, every file of docker/grafana/ mounted read-only, started after Prometheus and Dex."""
+    grafana = resolved["services"]["grafana"]
+    assert grafana["image"] == "grafana/grafana:11.6.1"
+    assert [(p["target"], p.get("host_ip")) for p in grafana["ports"]] == [(3000, "127.0.0.1")]
+    assert set(grafana["networks"]) == {"edge", "monitoring"}
+    binds = [v for v in grafana["volumes"] if v["type"] == "bind"]
+    assert {Path(v["source"]).relative_to(REPO).as_posix() for v in binds} == {
+        "docker/grafana/grafana.ini", "docker/grafana/provisioning", "docker/grafana/dashboards"}
+    assert all(v.get("read_only") and Path(v["source"]).exists() for v in binds), binds
+    assert {name: d["condition"] for name, d in grafana["depends_on"].items()} == {
+        "bootstrap": "service_completed_successfully", "prometheus": "service_healthy", "dex": "service_healthy"}
+    assert "https://127.0.0.1:3000/api/health" in grafana["healthcheck"]["test"]

@@ -1,5 +1,5 @@
-"""Grafana's provisioning files (grafana/, mounted read-only by the compose profile monitoring),
-checked as files: every dashboard loads as JSON and every panel and query uses the datasource the
+"""Grafana's files (docker/grafana/, mounted read-only by the compose profile monitoring), checked
+as files (tests/unit/test_monitoring.py checks the dashboard's panels too): every dashboard loads as JSON and every panel and query uses the datasource the
 profile provisions; that datasource is the profile's Prometheus over the monitoring network; the
 login is Dex's generic OAuth with the client the bootstrap renders, its secret read from the
 bundle, and the role mapping (evaluated as Grafana does, JMESPath) gives Admin to cluster admins
@@ -23,7 +23,7 @@ from bootstrap.ops.plan import leaf_specs
 from bootstrap.store import Layout
 
 REPO = Path(__file__).resolve().parents[2]
-GRAFANA = REPO / "grafana"
+GRAFANA = REPO / "docker" / "grafana"
 COMPOSE = yaml.safe_load((REPO / "docker-compose.prod.yml").read_text())
 SERVICE = COMPOSE["services"]["grafana"]
 
@@ -57,10 +57,6 @@ def panels(dashboard: dict):
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 
 
-def test_there_is_a_server_dashboard_and_an_expiry_dashboard():
-    assert {p.name for p in DASHBOARDS} == {"temporal-server.json", "expiry.json"}
-
-
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
 def test_every_panel_and_query_uses_the_provisioned_datasource(path):
     (source,) = datasources()
@@ -78,21 +74,21 @@ def test_every_panel_and_query_uses_the_provisioned_datasource(path):
             assert target["expr"].strip(), panel["title"]
 
 
-def exprs(name: str) -> str:
-    return " ".join(t["expr"] for p in panels(json.loads((GRAFANA / "dashboards" / name).read_text()))
+def exprs() -> str:
+    return " ".join(t["expr"] for path in DASHBOARDS for p in panels(json.loads(path.read_text()))
                     for t in p.get("targets", []))
 
 
 def test_expiry_panels_read_what_the_expiry_exporter_serves():
     served = set(re.findall(r"temporal_bundle_\w+", (REPO / "bootstrap" / "commands" / "check_expiry.py").read_text()))
-    used = set(re.findall(r"temporal_bundle_\w+", exprs("expiry.json")))
+    used = set(re.findall(r"temporal_bundle_\w+", exprs()))
     assert "temporal_bundle_expiry_timestamp_seconds" in used and "temporal_bundle_item_status" in used
     assert used <= served, used - served
 
 
 def test_server_panels_read_the_metrics_the_alert_rules_use():
     rules = (REPO / "templates" / "alert-rules.yml.j2").read_text()
-    used = exprs("temporal-server.json")
+    used = exprs()
     for metric in ("service_requests", "service_error_with_type", "persistence_latency_bucket"):
         assert metric in used and metric in rules, metric
     assert 'up{job="temporal"}' in used  # the scrape job of templates/prometheus.yml.j2
@@ -112,9 +108,9 @@ def test_the_datasource_is_the_profiles_prometheus_on_the_monitoring_network():
 
 def test_provisioning_and_dashboards_are_mounted_read_only_where_grafana_looks():
     config = ini()
-    assert mount_target("./grafana/grafana.ini") == "/etc/grafana/grafana.ini"
-    assert mount_target("./grafana/provisioning") == config["paths"]["provisioning"]
-    dashboards = mount_target("./grafana/dashboards")
+    assert mount_target("./docker/grafana/grafana.ini") == "/etc/grafana/grafana.ini"
+    assert mount_target("./docker/grafana/provisioning") == config["paths"]["provisioning"]
+    dashboards = mount_target("./docker/grafana/dashboards")
     provider = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "temporal-bundle.yml").read_text())
     assert [p["options"]["path"] for p in provider["providers"]] == [dashboards]
     home = config["dashboards"]["default_home_dashboard_path"]
