@@ -36,7 +36,6 @@ class Outcome:
     fault_s: float
     errors: list[str] = field(default_factory=list)
     refused: int = 0  # calls the server refused for authentication or authorization
-    first: str | None = None  # the load's first workflow id (its input is encrypted)
 
     def row(self) -> str:
         return (f"| {self.fault} | {self.fault_s:.0f} | {self.started} | {len(self.lost)} | {self.late} | "
@@ -51,6 +50,7 @@ def load_argv(stack: ComposeStack, *args: str, detach: bool = True) -> list[str]
     return [
         "docker", "run", *(["-d"] if detach else ["--rm"]), "--network", stack.network("edge"), "--read-only",
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true", "--label", f"temporal-bundle-test={stack.project}",
+        "--label", f"temporal-bundle-fault-load={stack.project}",
         "-v", f"{stack.volume('bundle-trust')}:/bundle/trust:ro",
         "-v", f"{stack.volume('bundle-clients')}:/bundle/clients:ro",
         "-v", f"{stack.volume('bundle-tokens')}:/bundle/tokens:ro",
@@ -137,9 +137,7 @@ def under_fault(stack: ComposeStack, name: str, inject) -> Outcome:
     finally:
         summary = stop_load(container)
     lost = finish_late(stack, summary["queue"], summary["late"])
-    outcome = measure(name, summary, injected, restored, lost)
-    outcome.first = summary.get("first")
-    return outcome
+    return measure(name, summary, injected, restored, lost)
 
 
 # --------------------------------------------------------------------------- faults
@@ -186,8 +184,8 @@ def stop_postgres(seconds: float):
 
 def stop_services(services: tuple[str, ...], seconds: float, codec: dict | None = None):
     """Stop `services` together for `seconds`, then start them again. With `codec` (the codec
-    server among them): a decode while it is down, then seconds from its start until a decode works
-    again, recorded there."""
+    server among them): a decode while it is down, then seconds from its start until it decodes
+    again the encrypted input of the running load's first workflow, recorded there."""
     def inject(stack: ComposeStack):
         injected = time.time()
         stack.compose("stop", *services, timeout=120)
@@ -207,11 +205,19 @@ def stop_services(services: tuple[str, ...], seconds: float, codec: dict | None 
 CODEC_VOLUMES = ("codec-keys", "codec-kek")
 
 
+def load_first_workflow(stack: ComposeStack) -> str:
+    """The first workflow id the running load started (its summary line {"first": ...})."""
+    (container,) = run(["docker", "ps", "-q", "--filter", f"label=temporal-bundle-fault-load={stack.project}"]).stdout.split()
+    logs = run(["docker", "logs", container], check=False).stdout
+    return json.loads(next(line for line in logs.splitlines() if line.startswith('{"first"')))["first"]
+
+
 def decode_recovery(stack: ComposeStack, since: float, timeout: float = 60) -> tuple[float, dict]:
-    """Seconds from `since` until the codec server decoded a payload again (inf if not in time)."""
-    deadline = time.time() + timeout
+    """Seconds from `since` until the codec server decoded again the stored (encrypted) input of
+    the load's first workflow (inf if not in time)."""
+    deadline, workflow_id = time.time() + timeout, load_first_workflow(stack)
     while True:
-        out = stack.run_client("codec-decode", volumes=CODEC_VOLUMES)
+        out = dict(stack.run_client("codec-decode", workflow_id, volumes=CODEC_VOLUMES), workflow_id=workflow_id)
         if out["ok"] or time.time() > deadline:
             return (time.time() - since if out["ok"] else float("inf")), out
         time.sleep(1)
@@ -299,7 +305,7 @@ def service_faults(jwks_refresh_s: float, codec: dict | None = None) -> list[tup
     both the JWKS refresh interval and the refresher's window: none of them is on a running
     workload's path, and one round instead of three keeps the tier's time (codec: see stop_services)."""
     window = refresher_window_s()
-    down = max(jwks_refresh_s, window) + 15
+    down = max(jwks_refresh_s, window) + 5  # so at least one JWKS refresh and one refresher round are missed
     return [
         ("temporal: kill -9, restarted by the restart policy", kill_temporal),
         ("postgresql: restart", restart_postgres),
