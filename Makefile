@@ -37,7 +37,7 @@ BUNDLE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | h
 # Image variables from IMAGES_ENV (VAR=value lines) go to compose through the environment.
 ifneq ($(strip $(IMAGES_ENV)),)
 include $(IMAGES_ENV)
-export TEMPORAL_SERVER_IMAGE TEMPORAL_ADMINTOOLS_IMAGE POSTGRES_IMAGE TEMPORAL_UI_IMAGE DEX_IMAGE BUNDLE_IMAGE PROMETHEUS_IMAGE GRAFANA_IMAGE
+export TEMPORAL_SERVER_IMAGE TEMPORAL_ADMINTOOLS_IMAGE POSTGRES_IMAGE TEMPORAL_UI_IMAGE DEX_IMAGE BUNDLE_IMAGE PROMETHEUS_IMAGE ALERTMANAGER_IMAGE GRAFANA_IMAGE
 endif
 # PROFILE=monitoring: also Prometheus, the expiry exporter and Grafana (compose profiles; COMPOSE_PROFILES works too).
 ifneq ($(strip $(PROFILE)),)

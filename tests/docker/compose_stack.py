@@ -23,9 +23,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 STANDIN_ENV = REPO / "build" / "standin-images.env"
 IMAGE_VARS = ("TEMPORAL_SERVER_IMAGE", "TEMPORAL_ADMINTOOLS_IMAGE", "POSTGRES_IMAGE", "TEMPORAL_UI_IMAGE", "DEX_IMAGE",
-              "BUNDLE_IMAGE", "PROMETHEUS_IMAGE")
+              "BUNDLE_IMAGE", "PROMETHEUS_IMAGE", "ALERTMANAGER_IMAGE")
 # The compose profile `monitoring`: the shared session stack runs with it (conftest.py).
-MONITORING = ("expiry-exporter", "prometheus")
+MONITORING = ("expiry-exporter", "prometheus", "alertmanager")
 LONG_RUNNING = ("token-refresher", "jwks", "postgresql", "temporal", "temporal-ui", "codec-server", "dex", *MONITORING)
 ONE_SHOT = ("bootstrap", "temporal-schema", "temporal-register-namespaces")
 GRAFANA_ABSENT = "tests/docker/compose.grafana-absent.yml"

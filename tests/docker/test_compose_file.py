@@ -20,7 +20,7 @@ pytestmark = pytest.mark.docker
 
 COMPOSE_FILE = REPO / "docker-compose.prod.yml"
 IMAGE_VARIABLES = ("BUNDLE_IMAGE", "TEMPORAL_SERVER_IMAGE", "TEMPORAL_ADMINTOOLS_IMAGE", "POSTGRES_IMAGE", "TEMPORAL_UI_IMAGE",
-                   "DEX_IMAGE", "PROMETHEUS_IMAGE", "GRAFANA_IMAGE")
+                   "DEX_IMAGE", "PROMETHEUS_IMAGE", "ALERTMANAGER_IMAGE", "GRAFANA_IMAGE")
 
 
 @pytest.fixture(scope="module", params=["monitoring", "monitoring,workload-identity"])
@@ -125,6 +125,8 @@ BUNDLE_MOUNTS = {
                         "bundle-metrics"},
     # Its config and the alert rules, rendered by the bootstrap.
     "prometheus": {"bundle-config"},
+    # Nothing of ours: its config comes from docker/alertmanager/.
+    "alertmanager": set(),
     # Its HTTPS pair and Dex client secret; the CA to verify Dex. Provisioning comes from grafana/.
     "grafana": {"bundle-grafana", "bundle-trust"},
 }

@@ -2,7 +2,8 @@
 stack runs with it): Temporal's metrics are scraped over the monitoring network, a query returns
 the frontend's request counter, promtool accepts the rendered config and rules, the rules agree
 with check-expiry item by item (promtool's rule tests), an alert fires in Prometheus when a
-certificate inside its warning window appears in a bundle volume, and no application container
+certificate inside its warning window appears in a bundle volume and reaches the profile's
+Alertmanager (a real one: Debian's package in the stand-in), and no application container
 (the edge network) reaches the metrics listener, the exporter or Prometheus. Grafana: where its
 image is on the engine, a Dex user logs in (generic OAuth), gets the role its groups map to and
 loads the provisioned dashboard and a query through the datasource; where it is not (here: no
@@ -41,6 +42,18 @@ def prom(stack: ComposeStack, path: str) -> dict:
     doc = json.loads(out)
     assert doc["status"] == "success", doc
     return doc["data"]
+
+
+def alertmanager_alerts(stack: ComposeStack) -> list[dict]:
+    """Alertmanager's API (v2) from inside its own container (it is published nowhere)."""
+    out = stack.compose("exec", "-T", "alertmanager", "wget", "-qO-", "http://127.0.0.1:9093/api/v2/alerts",
+                        timeout=60).stdout
+    return json.loads(out)
+
+
+def at_alertmanager(stack: ComposeStack, alert: str, name: str) -> list[dict]:
+    return [a for a in alertmanager_alerts(stack) if a["labels"]["alertname"] == alert
+            and a["labels"].get("name") == name and a["status"]["state"] == "active"]
 
 
 def query(stack: ComposeStack, expr: str) -> list[dict]:
@@ -94,6 +107,11 @@ def test_promtool_accepts_the_rendered_config_and_rules(running_stack):
     config = running_stack.compose("exec", "-T", "prometheus", "promtool", "check", "config",
                                    "/bundle/config/prometheus.yml").stdout
     assert "SUCCESS" in config, config
+    alertmanager = running_stack.compose("exec", "-T", "alertmanager", "amtool", "check-config",
+                                         "/etc/alertmanager/alertmanager.yml").stdout
+    assert "SUCCESS" in alertmanager, alertmanager
+    active = prom(running_stack, "/api/v1/alertmanagers")["activeAlertmanagers"]
+    assert [a["url"] for a in active] == ["http://alertmanager:9093/api/v2/alerts"], active
     loaded = prom(running_stack, "/api/v1/rules")["groups"]
     assert {g["name"] for g in loaded} == {"temporal-bundle-expiry", "temporal-bundle-server"}
 
@@ -189,6 +207,13 @@ def test_a_certificate_inside_its_warning_window_fires_an_alert(running_stack, t
         wait_until("BundleCredentialCritical for the 3-hour certificate",
                    lambda: firing(stack, "BundleCredentialCritical", crit_name), timeout=60)
         print(f"\nalerts firing {time.monotonic() - started:.0f}s after the certificates appeared")
+        # Prometheus delivered them to Alertmanager, with the labels the rules give.
+        arrived = wait_until("BundleCredentialExpiring at Alertmanager",
+                             lambda: at_alertmanager(stack, "BundleCredentialExpiring", warn_name), timeout=60)
+        assert arrived[0]["labels"]["severity"] == "warning" and arrived[0]["receivers"][0]["name"] == "operators"
+        wait_until("BundleCredentialCritical at Alertmanager",
+                   lambda: at_alertmanager(stack, "BundleCredentialCritical", crit_name), timeout=60)
+        print(f"at Alertmanager {time.monotonic() - started:.0f}s after the certificates appeared")
         assert not firing(stack, "BundleCredentialExpiring", crit_name)  # one status, one alert
         # check-expiry, with the same bundle.yaml, says the same of the same files.
         report = stack.compose("run", "--rm", "--no-deps", "bootstrap", "check-expiry", "/bundle", "--json",
@@ -231,13 +256,13 @@ def test_no_application_container_reaches_the_metrics(running_stack):
     monitoring_ip = stack.inspect("temporal")["NetworkSettings"]["Networks"][stack.network("monitoring")]["IPAddress"]
     assert monitoring_ip
     secret = ["temporal:8000", "temporal-metrics:8000", f"{monitoring_ip}:8000", "prometheus:9090",
-              "expiry-exporter:9464"]
+              "expiry-exporter:9464", "alertmanager:9093"]
     from_edge = probe_from(stack, stack.network("edge"), "temporal:7233", *secret)
     assert from_edge.pop("temporal:7233") == "connected", "the probe itself cannot reach the frontend"
     assert all(v.startswith("unreachable") for v in from_edge.values()), from_edge
     # Control: from the monitoring network the same listeners answer, so "unreachable" is the network's doing.
     from_monitoring = probe_from(stack, stack.network("monitoring"), "temporal-metrics:8000", "prometheus:9090",
-                                 "expiry-exporter:9464")
+                                 "expiry-exporter:9464", "alertmanager:9093")
     assert set(from_monitoring.values()) == {"connected"}, from_monitoring
 
 
