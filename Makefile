@@ -141,8 +141,14 @@ up: $(BUNDLE_CONFIG_FILE) ## bootstrap secrets, start everything, wait until hea
 connect-info:
 	@echo
 	@echo "Temporal frontend: $${TEMPORAL_BIND_ADDRESS:-127.0.0.1}:$${TEMPORAL_FRONTEND_PORT:-7233}  (mTLS + JWT; TLS server name: temporal)"
-	@echo "Web UI:            https://$${UI_PUBLIC_HOST:-localhost}:$${TEMPORAL_UI_PORT:-8080}  (log in through Dex at https://$${OIDC_HOST:-auth.localhost}:$${OIDC_PORT:-5556}/dex)"
-	@echo "                   first login: make admin-password  (shows the admin's password once)"
+	@# bundle.yaml oidc.external (compose-env wrote DEX_SCALE=0): users log in at the company's IdP.
+	@issuer=$$(sed -n 's/^OIDC_ISSUER_URL=//p' "$(BUNDLE_ENV_FILE)" 2>/dev/null); \
+	if [ "$$(sed -n 's/^DEX_SCALE=//p' "$(BUNDLE_ENV_FILE)" 2>/dev/null)" = 0 ]; then \
+	  echo "Web UI:            https://$${UI_PUBLIC_HOST:-localhost}:$${TEMPORAL_UI_PORT:-8080}  (log in through $$issuer, no Dex)"; \
+	else \
+	  echo "Web UI:            https://$${UI_PUBLIC_HOST:-localhost}:$${TEMPORAL_UI_PORT:-8080}  (log in through Dex at https://$${OIDC_HOST:-auth.localhost}:$${OIDC_PORT:-5556}/dex)"; \
+	  echo "                   first login: make admin-password  (shows the admin's password once)"; \
+	fi
 	@echo "                   the browser must trust the bundle's CA: make export ROLE=client gives ca.pem"
 	@echo
 	@echo "Client files for an application:  make export ROLE=client"
@@ -180,11 +186,11 @@ rotate: $(BUNDLE_CONFIG_FILE) ## rotation step: KIND=certs|signing-key|exchange-
 	@# Temporal and the JWKS server re-read their certificates by themselves; PostgreSQL reloads
 	@# its certificate and CA files only on SIGHUP (a reload, not a restart: connections stay).
 	@$(COMPOSE) kill -s HUP postgresql >/dev/null 2>&1 && echo "postgresql: reloaded its TLS files" || true
-	@# Dex and the UI server read their HTTPS certificates at start only: restarted after a step that
+	@# Dex, the UI gate and the UI server read their certificates at start only: restarted after a step that
 	@# re-issues certificates. Nobody is logged out (Dex keeps its state on dex-data; the UI's
 	@# sessions are cookies).
 	@case "$(KIND)" in certs|ca|trust-domains) \
-	  $(COMPOSE) restart dex temporal-ui >/dev/null 2>&1 && echo "dex, temporal-ui: restarted for their new certificates" || true ;; \
+	  $(COMPOSE) restart dex ui-gate temporal-ui >/dev/null 2>&1 && echo "dex, ui-gate, temporal-ui: restarted for their new certificates" || true ;; \
 	esac
 
 .PHONY: check-expiry

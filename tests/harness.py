@@ -73,8 +73,13 @@ def temporal_cli() -> str:
     return cli
 
 
-def free_port_block(size: int, start: int = 20000) -> int:
-    """A base port such that base..base+size-1 and base-300.. (membership) are all free."""
+def free_port_block(size: int, start: int | None = None) -> int:
+    """A base port such that base..base+size-1 and base-300.. (membership) are all free. Each
+    pytest-xdist worker searches its own range, so two clusters starting at once never race
+    for one block."""
+    if start is None:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+        start = 20000 + 3000 * (int(worker) % 10 if worker.isdigit() else 0)
     for base in range(start + 300, 60000, size + 350):
         ports = list(range(base, base + size)) + list(range(base - 300, base - 300 + size))
         if all(_port_free(p) for p in ports):
@@ -249,6 +254,9 @@ class LocalCluster:
     after_init: object = None
     # bundle.yaml's `keys:` section, e.g. the pkcs11 backend (tests/server/test_pkcs11_cluster.py).
     keys: dict | None = None
+    # bundle.yaml's `oidc:` section; default: no UI login (tests/server/test_external_issuer.py
+    # sets an external issuer).
+    oidc: dict | None = None
 
     @property
     def bundle(self) -> Path:
@@ -300,7 +308,7 @@ class LocalCluster:
             "persistence": persistence,
             # No Dex here: the server would wait for its JWKS (every key source must answer).
             # The docker tier runs the stack with Dex.
-            "oidc": {"enabled": False},
+            "oidc": self.oidc or {"enabled": False},
             "bundle_dir": str(self.bundle),
             **({"keys": self.keys} if self.keys else {}),
         }
@@ -324,6 +332,9 @@ class LocalCluster:
             server_config = self._plaintext_config(server_config)
         self.start_jwks()
         env = {**os.environ, "SSL_CERT_FILE": str(self.bundle / "trust" / "ca.pem")}
+        issuer_ca_dir = self.bundle / "trust" / "oidc-issuer"
+        if issuer_ca_dir.is_dir():  # as compose-env's OIDC_CA_DIRS: the external issuer's CA next to the public ones
+            env["SSL_CERT_DIR"] = f"{issuer_ca_dir}:/etc/ssl/certs"
         argv = [str(bins / "temporal-server"), "--config-file", str(server_config), "start"]
         for service in SERVICES:
             argv += ["--service", service]

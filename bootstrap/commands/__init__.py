@@ -1,5 +1,5 @@
 from . import check_expiry, generate_certs, init, mint_tokens, register_namespaces, render_config, rotate, serve_jwks
-from . import backup, compose_env, export_helm, serve_codec, serve_exchange, serve_expiry_metrics, show_admin_password
+from . import backup, compose_env, export_helm, serve_codec, serve_exchange, serve_expiry_metrics, serve_ui_gate, show_admin_password
 
 COMMANDS = {
     "init": init,
@@ -17,4 +17,5 @@ COMMANDS = {
     "show-admin-password": show_admin_password,
     "serve-expiry-metrics": serve_expiry_metrics,
     "compose-env": compose_env,
+    "serve-ui-gate": serve_ui_gate,
 }

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from ..client import RoleCredentials
 from ..ops.namespaces import register_all
+from ..errors import BundleError
+from ..store import write_atomic
 from .common import add_config, add_out, load
 
 HELP = "wait for the frontend (mTLS health check) and register the configured namespaces"
@@ -34,6 +37,13 @@ def add_parser(sub, name):
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the frontend (default: 120)")
     parser.add_argument("--update-retention", action="store_true", help="apply retention drift to the server")
+    parser.add_argument(
+        "--cluster-info",
+        type=Path,
+        metavar="FILE",
+        help="also write the frontend's GetClusterInfo answer (JSON) to FILE, for serve-ui-gate: the UI gate "
+        "answers that call for users whose roles name namespaces only, without a system token of its own",
+    )
     parser.set_defaults(run=run)
 
 
@@ -47,7 +57,13 @@ def run(args) -> int:
     net = config.network
     target = args.address or f"{net.frontend_host}:{net.frontend_port}"
     server_name = args.server_name or net.frontend_host
-    outcomes = asyncio.run(register_all(config, creds, target, server_name, args.timeout, args.update_retention))
-    for outcome in outcomes:
+    registration = asyncio.run(register_all(config, creds, target, server_name, args.timeout, args.update_retention))
+    for outcome in registration.outcomes:
         print(f"namespace {outcome.namespace}: {outcome.action}: {outcome.detail}".rstrip(": "))
+    if args.cluster_info is not None:
+        try:
+            write_atomic(args.cluster_info, (registration.cluster_info + "\n").encode(), 0o644)
+        except OSError as exc:
+            raise BundleError(f"cannot write {args.cluster_info}: {exc.strerror or exc}") from None
+        print(f"cluster info written to {args.cluster_info}")
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..core.backend import codec_kek_for_serving
 from ..core.config import check_origin, load_config
 from ..errors import BundleError
+from ..ops.oidc import jwks_cafiles
 from ..store import Layout
 from ..servers import MAX_CONNECTIONS
 from .common import add_config, add_out, serve_until_interrupted
@@ -63,7 +64,7 @@ def run(args) -> int:
     layout = Layout(Path(args.out).resolve())
     origins = tuple(check_origin(o, "--ui-origin") for o in args.ui_origin) if args.ui_origin else config.codec.ui_origins
     issuers = tuple(dict.fromkeys([config.jwt.issuer, *args.issuer]))
-    policy = Policy(config.jwt.audience, config.codec.decrypt_role, origins, issuers)
+    policy = Policy(config.jwt.audience, config.codec.decrypt_role, origins, issuers, config.oidc.permissions_claim)
     if args.max_connections < 1:
         raise BundleError("--max-connections must be at least 1")
     port = args.port or config.codec.port
@@ -74,7 +75,7 @@ def run(args) -> int:
         server = make_server(
             args.host, port, keys_path=layout.codec_keys, kek=codec_kek_for_serving(config, layout), policy=policy,
             jwks_path=layout.jwks,
-            jwks_urls=tuple(args.jwks_url or ()), jwks_cafile=layout.trust_bundle, cert=cert, key=key,
+            jwks_urls=tuple(args.jwks_url or ()), jwks_cafile=jwks_cafiles(config, layout), cert=cert, key=key,
             audit=not args.quiet_audit, limits=Limits(max_connections=args.max_connections),
         )
     except (OSError, ssl.SSLError) as exc:

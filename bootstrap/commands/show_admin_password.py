@@ -18,6 +18,9 @@ def add_parser(sub, name):
 
 def run(args) -> int:
     config, layout = load(args)
+    if not config.oidc.enabled:
+        where = f"users log in at {config.oidc.external.issuer}" if config.oidc.external else "there is no Web UI login"
+        raise BundleError(f"oidc.enabled is false: no embedded Dex, so no admin password ({where})")
     path = admin_password_path(layout)
     with locked(layout):
         secret = read_optional(path)

@@ -17,9 +17,12 @@ from typing import Any
 import yaml
 
 from .durations import parse_duration
+from .tokens import PERMISSIONS_CLAIM
 from ..errors import BundleError
 
 SYSTEM_NAMESPACE = "temporal-system"
+# The gRPC gate the Web UI calls instead of the frontend (its compose service and Kubernetes Service name).
+UI_GATE_HOST = "ui-gate"
 # Upstream identity providers Dex may federate (Dex's connector type names).
 OIDC_CONNECTOR_TYPES = ("github", "google", "oidc", "ldap")
 BCRYPT_HASH = re.compile(r"^\$2[aby]\$(1[0-9]|2[0-9]|3[01])\$[./A-Za-z0-9]{53}$")
@@ -34,7 +37,7 @@ KUBERNETES_SERVICES = ("frontend", "internal-frontend", "history", "matching", "
 FRONTEND_EXPOSURES = ("clusterip", "loadbalancer", "ingress")
 TOKEN_MINTING = ("in-cluster", "outside")
 # Image overrides: the chart's server, admin-tools and UI images, and ours (JWKS, codec, jobs).
-KUBERNETES_IMAGES = ("server", "admintools", "ui", "bundle")
+KUBERNETES_IMAGES = ("server", "admintools", "ui", "bundle", "dex")
 # A Kubernetes object name or namespace (RFC 1123 label).
 K8S_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(:[A-Za-z0-9_.-]+)?(@sha256:[0-9a-f]{64})?$")
@@ -177,6 +180,22 @@ class OIDCConnector:
 
 
 @dataclass(frozen=True)
+class ExternalIssuer:
+    """A company IdP (Okta, Entra ID, Keycloak, Google...) in place of the embedded Dex. Its JWKS
+    URL is given, not discovered: the bootstrap renders with no network (compose-env, --network
+    none), and the server accepts only an http(s) key source it can fetch at start."""
+
+    issuer: str
+    jwks_uri: str
+    client_id: str
+    client_secret_file: str
+    ca_file: str = ""  # a PEM the server, UI and codec trust for the issuer (a private CA)
+    groups_claim: str = "groups"
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    use_id_token: bool = False  # the UI sends the ID token (aud = client id) instead of the access token
+
+
+@dataclass(frozen=True)
 class OIDCConfig:
     """Dex, the Web UI's OIDC provider. The UI's client id is jwt.audience: Temporal checks one
     audience, and Dex sets `aud` to the client id, so role tokens and UI logins share it."""
@@ -191,10 +210,24 @@ class OIDCConfig:
     users: tuple[OIDCUser, ...] = ()
     connectors: tuple[OIDCConnector, ...] = ()
     sans: tuple[str, ...] = ()
+    external: ExternalIssuer | None = None  # only with enabled: false
 
     @property
     def issuer(self) -> str:
         return f"https://{self.host}:{self.port}/dex"
+
+    @property
+    def ui_login(self) -> bool:
+        """The Web UI logs users in: through the embedded Dex or an external issuer."""
+        return self.enabled or self.external is not None
+
+    @property
+    def login_issuer(self) -> str:
+        return self.external.issuer if self.external else self.issuer
+
+    @property
+    def permissions_claim(self) -> str:
+        return self.external.groups_claim if self.external else PERMISSIONS_CLAIM
 
     def permissions_of(self, user: OIDCUser) -> tuple[str, ...]:
         mapping = dict(self.groups)
@@ -213,6 +246,11 @@ class KubernetesConfig:
     # outside: no Secret holds it, tokens are minted where the bundle lives and re-exported.
     token_minting: str = "in-cluster"
     images: tuple[tuple[str, str], ...] = ()
+    # Where browsers open the Web UI and reach the codec server in the cluster (an ingress, a load
+    # balancer, a port-forward). Empty: as in compose (https://<oidc.ui_public_host>:<ui_port>,
+    # https://localhost:<codec.port>).
+    ui_url: str = ""
+    codec_url: str = ""
 
     def replica_count(self, service: str) -> int:
         return dict(self.replicas)[service]
@@ -291,6 +329,11 @@ class BundleConfig:
     def dex_sans(self) -> tuple[str, ...]:
         return _unique((self.oidc.host, "dex", *self.oidc.sans, "localhost", "127.0.0.1"))
 
+    def ui_gate_sans(self) -> tuple[str, ...]:
+        # Kubernetes reaches it by its Service's namespaced names.
+        k8s = self.kubernetes.namespace
+        return _unique((UI_GATE_HOST, f"{UI_GATE_HOST}.{k8s}.svc", f"{UI_GATE_HOST}.{k8s}.svc.cluster.local", "localhost", "127.0.0.1"))
+
     def ui_sans(self) -> tuple[str, ...]:
         return _unique((self.oidc.ui_public_host, self.network.ui_host, "localhost", "127.0.0.1"))
 
@@ -309,6 +352,13 @@ class BundleConfig:
     def dex_jwks_url(self) -> str:
         """Dex's keys as the server and the codec fetch them, inside the compose network."""
         return f"https://{self.oidc.host}:{self.oidc.port}/dex/keys"
+
+    @property
+    def oidc_jwks_url(self) -> str:
+        """The login issuer's keys (Dex's, or the external issuer's jwks_uri); "" without UI login."""
+        if self.oidc.external:
+            return self.oidc.external.jwks_uri
+        return self.dex_jwks_url if self.oidc.enabled else ""
 
 
 def _unique(items) -> tuple[str, ...]:
@@ -357,10 +407,24 @@ def parse_config(data: Any, source: str = "<config>") -> BundleConfig:
     monitoring = _parse_monitoring(top.section("monitoring"))
     workload = _workload_identity().parse_workload_identity(top.section("workload_identity"), tuple(n.name for n in namespaces))
     top.done()
+    if oidc.external is not None and workload.enabled and oidc.permissions_claim != PERMISSIONS_CLAIM:
+        raise BundleError(f"{source}: oidc.external.groups_claim {oidc.permissions_claim!r} with workload_identity: "
+                          f"exchanged tokens carry '{PERMISSIONS_CLAIM}' only; use groups_claim: {PERMISSIONS_CLAIM}")
+    if oidc.external is not None:
+        config = replace(config, jwt=_audience_of_external(top.data.get("jwt"), config.jwt, oidc.external, source))
     if not config.bundle_dir.startswith("/"):
         raise BundleError(f"{source}: bundle_dir must be an absolute path, got {config.bundle_dir!r}")
     return replace(config, roles=roles, codec=codec, oidc=oidc, kubernetes=kubernetes, workload_identity=workload, keys=keys,
                    monitoring=monitoring)
+
+
+def _audience_of_external(raw: Any, jwt: JWTConfig, external: ExternalIssuer, source: str) -> JWTConfig:
+    """Temporal checks one audience, and the IdP sets `aud` to its client id: role tokens follow it."""
+    given = raw.get("audience") if isinstance(raw, dict) else None
+    if given is not None and given != external.client_id:
+        raise BundleError(f"{source}: jwt.audience {given!r} differs from oidc.external.client_id "
+                          f"{external.client_id!r}; the server checks one audience (drop jwt.audience)")
+    return replace(jwt, audience=external.client_id)
 
 
 def _workload_identity():
@@ -610,11 +674,18 @@ def _parse_kubernetes(sec: _Section) -> KubernetesConfig:
         frontend_exposure=sec.choice("frontend_exposure", d.frontend_exposure, FRONTEND_EXPOSURES),
         token_minting=sec.choice("token_minting", d.token_minting, TOKEN_MINTING),
         images=tuple((name, _image(images, name)) for name in KUBERNETES_IMAGES if images.data.get(name) is not None),
+        ui_url=_optional_origin(sec, "ui_url"),
+        codec_url=_optional_origin(sec, "codec_url"),
     )
     replicas.done()
     images.done()
     sec.done()
     return k8s
+
+
+def _optional_origin(sec: _Section, key: str) -> str:
+    value = sec.string(key, "")
+    return check_origin(value, f"{sec.where}: {key}") if value else ""
 
 
 def _k8s_name(sec: _Section, key: str, default: str) -> str:
@@ -738,6 +809,11 @@ def _parse_oidc(sec: _Section, namespaces: set[str], net: NetworkConfig) -> OIDC
     enabled = sec._get("enabled", True)
     if not isinstance(enabled, bool):
         raise BundleError(f"{sec.where}: enabled must be true or false")
+    sec.seen.add("external")
+    external = _parse_external(sec) if sec.data.get("external") is not None else None
+    if external is not None and enabled:
+        raise BundleError(f"{sec.where}: external needs enabled: false (the embedded Dex and an external issuer "
+                          "exclude each other)")
     groups = _parse_oidc_groups(sec.section("groups"), namespaces) if "groups" in sec.data else d.groups
     oidc = OIDCConfig(
         enabled=enabled,
@@ -751,11 +827,70 @@ def _parse_oidc(sec: _Section, namespaces: set[str], net: NetworkConfig) -> OIDC
         connectors=tuple(_parse_connector(_Section(c, f"{sec.where}: connectors[{i}]"))
                          for i, c in enumerate(sec.list("connectors"))),
         sans=sec.names("sans"),
+        external=external,
     )
     sec.seen.add("groups")
     sec.done()
-    _check_oidc(oidc, sec.where, net)
+    if external is None:
+        _check_oidc(oidc, sec.where, net)
     return oidc
+
+
+# Keys that configure the embedded Dex: meaningless (so refused) next to an external issuer.
+DEX_ONLY_KEYS = ("host", "port", "token_lifetime", "admin", "groups", "users", "connectors", "sans")
+# Registered JWT claims: never a permissions claim.
+REGISTERED_CLAIMS = ("iss", "sub", "aud", "exp", "nbf", "iat", "jti", "azp", "nonce")
+CLAIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,127}$")
+
+
+def _parse_external(oidc: _Section) -> ExternalIssuer:
+    for key in DEX_ONLY_KEYS:
+        if oidc.data.get(key) is not None:
+            raise BundleError(f"{oidc.where}: {key} configures the embedded Dex; with external, users and groups "
+                              "live in your identity provider")
+    sec = oidc.section("external")
+    use_id_token = sec._get("use_id_token", False)
+    if not isinstance(use_id_token, bool):
+        raise BundleError(f"{sec.where}: use_id_token must be true or false")
+    scopes = tuple(sec.list("scopes")) or ExternalIssuer.scopes
+    external = ExternalIssuer(
+        issuer=_https_url(sec, "issuer"),
+        jwks_uri=_https_url(sec, "jwks_uri"),
+        client_id=sec.string("client_id", ""),
+        client_secret_file=_absolute_file(sec, "client_secret_file", required=True),
+        ca_file=_absolute_file(sec, "ca_file", required=False),
+        groups_claim=sec.string("groups_claim", ExternalIssuer.groups_claim),
+        scopes=scopes,
+        use_id_token=use_id_token,
+    )
+    sec.done()
+    if not external.client_id or external.client_id != external.client_id.strip() or "," in external.client_id:
+        raise BundleError(f"{sec.where}: client_id is required (the OIDC client id your identity provider gave the UI)")
+    if not CLAIM_NAME.match(external.groups_claim) or external.groups_claim in REGISTERED_CLAIMS:
+        raise BundleError(f"{sec.where}: groups_claim {external.groups_claim!r} is not a claim name for permissions")
+    if any(not isinstance(s, str) or not re.match(r"^[!#-\[\]-~]+$", s) for s in scopes) or "openid" not in scopes:
+        raise BundleError(f"{sec.where}: scopes must be a list of scope names including 'openid', got {list(scopes)!r}")
+    return external
+
+
+def _https_url(sec: _Section, key: str) -> str:
+    value = sec.string(key, "")
+    match = re.match(r"^https://(\[[0-9a-fA-F:]+\]|[^/:@?#\[\]]+)(:[0-9]{1,5})?(/[^?#\s]*)?$", value)
+    if not value:
+        raise BundleError(f"{sec.where}: {key} is required (an https URL)")
+    if not match:
+        raise BundleError(f"{sec.where}: {key} must be an https URL without query or fragment, got {value!r}")
+    _check_host(match.group(1).strip("[]"), f"{sec.where}: {key}")
+    return value
+
+
+def _absolute_file(sec: _Section, key: str, required: bool) -> str:
+    value = sec.string(key, "")
+    if not value and not required:
+        return ""
+    if not value.startswith("/"):
+        raise BundleError(f"{sec.where}: {key} must be the absolute path of a file the bootstrap can read, got {value!r}")
+    return value
 
 
 def _parse_oidc_groups(sec: _Section, namespaces: set[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:

@@ -62,6 +62,9 @@ LISTENERS = (
              service="codec-server"),
     Listener("Web UI", "8080", "any", "an OIDC login (the frontend checks the user's token)", "published",
              service="temporal-ui"),
+    Listener("UI gate (gRPC)", "7233", "client", "the caller's token, passed on to the frontend; answers "
+             "GetClusterInfo and ListNamespaces itself only for a verified token naming namespaces", "edge",
+             service="ui-gate"),
     Listener("Dex (OIDC issuer)", "oidc.port", "any", "a user's password (or an upstream SSO login)", "published",
              service="dex"),
     Listener("token exchange", "8444", "any", "a workload's identity token from a configured issuer; grants what "

@@ -111,6 +111,7 @@ def mint_token(
     lifetime: timedelta,
     subject: str | None = None,
     now: datetime | None = None,
+    claim: str = PERMISSIONS_CLAIM,
 ) -> Token:
     now = now or utcnow()
     issued = int(now.timestamp())
@@ -124,6 +125,8 @@ def mint_token(
         "jti": str(uuid.uuid4()),
         "permissions": list(permissions),
         PERMISSIONS_CLAIM: list(permissions),
+        # The server reads one claim (permissionsClaimName): an external issuer's may be another.
+        claim: list(permissions),
     }
     encoded = jwt.encode(claims, key.private_key, algorithm=key.algorithm, headers={"kid": key.kid, "typ": "JWT"})
     return Token(role, encoded, claims, key.kid)

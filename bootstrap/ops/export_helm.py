@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+from urllib.parse import urlsplit
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from ..core.config import BundleConfig, K8S_NAME
 from ..core.durations import go_duration
 from ..errors import BundleError
 from .kube_secrets import token_patches
+from .oidc import client_secret_path, dex_config_path, issuer_ca_path
 from .plan import recorded_shards
 from .render import default_templates_dir, environment, render_all
 from ..store import CERT_MODE, KEY_MODE, Layout, read_optional
@@ -35,9 +37,15 @@ DEFAULT_IMAGES = {
     "admintools": f"temporalio/admin-tools:{TEMPORAL_VERSION}",
     "ui": "temporalio/ui:2.58.1",
     "bundle": f"temporal-bundle:{__version__}",
+    "dex": "dexidp/dex:v2.45.1",
 }
+# The Web UI's scopes with the embedded Dex (docker-compose.prod.yml's default).
+DEX_SCOPES = ("openid", "profile", "email", "groups", "offline_access")
 # Where the chart mounts server.tls.<section> (its defaults) and where we mount the rest.
 TLS_MOUNT = "/etc/temporal/tls"
+# Where the web pods mount their client certificate (chart 1.6.0 has no web.tls: additionalVolumes).
+WEB_TLS_MOUNT = f"{TLS_MOUNT}/web"
+ISSUER_CA_MOUNT = f"{TLS_MOUNT}/oidc-issuer"
 SERVER_SERVICES = ("frontend", "internal-frontend", "history", "matching", "worker")
 
 
@@ -84,6 +92,28 @@ def check_exportable(config: BundleConfig, layout: Layout) -> None:
         if not K8S_NAME.match(host):
             raise BundleError(f"{config.source}: {key} {host!r} must be a short name: it becomes a Kubernetes Service name")
     _check_shards(config, layout)
+    if config.oidc.ui_login:
+        _check_browser_urls(config)
+
+
+def ui_url(config: BundleConfig) -> str:
+    return config.kubernetes.ui_url or config.ui_url
+
+
+def codec_url(config: BundleConfig) -> str:
+    return config.kubernetes.codec_url or f"https://localhost:{config.codec.port}"
+
+
+def _check_browser_urls(config: BundleConfig) -> None:
+    """The browser calls the codec server itself: from the UI's origin (CORS), by a name in the
+    codec server's certificate."""
+    where = f"{config.source}: kubernetes"
+    if ui_url(config) not in config.codec.ui_origins:
+        raise BundleError(f"{where}: the UI's origin {ui_url(config)} is not in codec.ui_origins; the browser's "
+                          "codec calls would fail CORS (add it there)")
+    host = urlsplit(codec_url(config)).hostname
+    if host not in config.codec_sans():
+        raise BundleError(f"{where}: codec_url host {host!r} is not in the codec server's certificate; add it to codec.sans")
 
 
 def _check_shards(config: BundleConfig, layout: Layout) -> None:
@@ -114,6 +144,9 @@ def names(config: BundleConfig) -> dict[str, str]:
         "config": f"{prefix}-config",
         "role": f"{prefix}-role",
         "exchange": f"{prefix}-token-exchange",
+        "web_oidc": f"{prefix}-web-oidc",
+        "dex": f"{prefix}-dex",
+        "issuer_ca": f"{prefix}-oidc-issuer-ca",
     }
 
 
@@ -125,14 +158,35 @@ def _fullname(release: str) -> str:
 def secrets(config: BundleConfig, layout: Layout) -> list[Secret]:
     read, n = _Reader(layout), names(config)
     server_ca = read.trust("server")[0]
-    result = _server_pod_secrets(config, read, n) + _workload_secrets(read, n, server_ca)
+    result = _server_pod_secrets(config, read, n) + _workload_secrets(config, read, n, server_ca)
     with_token = not config.workload_identity.enabled  # else no Secret holds an application's token
     result += [_role_secret(read, f"{n['role']}-{role.name}", role.name, server_ca, with_token) for role in config.roles]
     if refresher_exported(config):
         result.append(_refresher_secret(read, layout, n["refresher"]))
     if config.workload_identity.enabled:
         result.append(_exchange_secret(read, n["exchange"], server_ca))
+    return result + _oidc_secrets(config, read, n)
+
+
+def _oidc_secrets(config: BundleConfig, read: _Reader, n: dict[str, str]) -> list[Secret]:
+    """The UI's OIDC client secret (for an env valueFrom, never inline in values.yaml) and, with
+    the embedded Dex, Dex's own files: its config (the client secret, users' bcrypt hashes) and
+    its TLS pair."""
+    if not config.oidc.ui_login:
+        return []
+    layout = read.layout
+    secret = read.file(client_secret_path(layout)).strip()
+    result = [Secret(n["web_oidc"], "Web UI (TEMPORAL_AUTH_CLIENT_SECRET)", "Opaque", (("client-secret", secret),))]
+    if config.oidc.enabled:
+        cert, key = read.leaf("dex", "server")
+        result.append(_bundle_secret(n["dex"], "Dex (its config: the UI's client secret and bcrypt hashes; its TLS pair)", {
+            "dex/config.yaml": read.file(dex_config_path(layout)), "dex/server.pem": cert, "dex/server.key": key,
+        }))
     return result
+
+
+def issuer_ca_exported(config: BundleConfig) -> bool:
+    return config.oidc.external is not None and bool(config.oidc.external.ca_file)
 
 
 def refresher_exported(config: BundleConfig) -> bool:
@@ -177,7 +231,7 @@ def _server_pod_secrets(config: BundleConfig, read: _Reader, n: dict[str, str]) 
     ]
 
 
-def _workload_secrets(read: _Reader, n: dict[str, str], server_ca: bytes) -> list[Secret]:
+def _workload_secrets(config: BundleConfig, read: _Reader, n: dict[str, str], server_ca: bytes) -> list[Secret]:
     layout = read.layout
     registrar, jwks, codec = read.leaf("registrar", "system"), read.leaf("jwks", "server"), read.leaf("codec", "server")
     return [
@@ -193,9 +247,14 @@ def _workload_secrets(read: _Reader, n: dict[str, str], server_ca: bytes) -> lis
         _bundle_secret(n["codec"], "codec server", {
             "codec/server.pem": codec[0], "codec/server.key": codec[1],
             "codec-keys/keys.json": read.file(layout.codec_keys), "trust/ca.pem": server_ca,
-            **_codec_kek(layout),
+            **_codec_kek(layout), **(_issuer_ca(read) if issuer_ca_exported(config) else {}),
         }),
     ]
+
+
+def _issuer_ca(read: "_Reader") -> dict[str, bytes]:
+    """An external issuer's private CA: the codec server fetches the issuer's keys with it."""
+    return {"trust/oidc-issuer/ca.pem": read.file(issuer_ca_path(read.layout))}
 
 
 def _codec_kek(layout) -> dict[str, bytes]:
@@ -293,6 +352,27 @@ def context(config: BundleConfig, all_secrets: list[Secret], templates_dir: Path
         "dynamic_config": yaml.safe_load(render_all(config, templates_dir)["dynamic_config.yaml"]),
         # What the refresher patches (bootstrap/ops/kube_secrets.py token_patches names them the same way).
         "token_secrets": sorted(token_patches(n["prefix"], {r.name: b"" for r in config.roles})),
+        **_oidc_context(config),
+    }
+
+
+def _oidc_context(config: BundleConfig) -> dict:
+    oidc = config.oidc
+    external = oidc.external
+    return {
+        "oidc": oidc,
+        "ui_login": oidc.ui_login,
+        "login_issuer": oidc.login_issuer,
+        "oidc_jwks_url": config.oidc_jwks_url,
+        "permissions_claim": oidc.permissions_claim,
+        "ui_url": ui_url(config),
+        "codec_url": codec_url(config),
+        "ui_scopes": ",".join(external.scopes if external else DEX_SCOPES),
+        "use_id_token": bool(external and external.use_id_token),
+        "issuer_ca": issuer_ca_exported(config),
+        "web_tls_mount": WEB_TLS_MOUNT,
+        "issuer_ca_mount": ISSUER_CA_MOUNT,
+        "dex_image": config.kubernetes.image("dex", DEFAULT_IMAGES["dex"]),
     }
 
 
@@ -318,8 +398,14 @@ def render_export(config: BundleConfig, layout: Layout, templates_dir: Path | No
     env = environment(templates_dir or default_templates_dir())
     env.filters["q"] = json.dumps  # a JSON string is a YAML string, quoted and escaped
     values = context(config, all_secrets, templates_dir)
+    if issuer_ca_exported(config):
+        values["issuer_ca_pem"] = _Reader(layout).file(issuer_ca_path(layout)).decode()
     outputs = {"values.yaml": ("helm/values.yaml.j2", CERT_MODE)}
     outputs.update({path: (template, CERT_MODE) for path, template in MANIFESTS.items()})
+    if config.oidc.enabled:
+        outputs["manifests/dex.yaml"] = ("helm/dex.yaml.j2", CERT_MODE)
+    if issuer_ca_exported(config):
+        outputs["manifests/oidc-issuer-ca.yaml"] = ("helm/oidc-issuer-ca.yaml.j2", CERT_MODE)
     if refresher_exported(config):
         outputs["manifests/token-refresher.yaml"] = ("helm/token-refresher.yaml.j2", CERT_MODE)
     if config.workload_identity.enabled:

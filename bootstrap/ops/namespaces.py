@@ -99,9 +99,21 @@ async def ensure_namespace(client, ns: Namespace, update_retention: bool) -> Out
     return Outcome(ns.name, "updated", drift + "; updated")
 
 
+@dataclass(frozen=True)
+class Registration:
+    outcomes: list[Outcome]
+    # The frontend's GetClusterInfo answer (protobuf JSON): the UI gate serves it to users whose
+    # roles name namespaces only, so it never needs a system token of its own.
+    cluster_info: str
+
+
 async def register_all(
     config: BundleConfig, creds: RoleCredentials, target: str, server_name: str, timeout: float, update_retention: bool
-) -> list[Outcome]:
+) -> Registration:
+    from google.protobuf import json_format
+    from temporalio.api.workflowservice.v1 import GetClusterInfoRequest
+    from temporalio.service import RPCError
+
     deadline = time.monotonic() + timeout
     client = await wait_for_frontend(target, creds, server_name, timeout)
     # Register every namespace first, then wait: the frontend's namespace cache picks them all up
@@ -109,7 +121,11 @@ async def register_all(
     outcomes = [await _named(ns, ensure_namespace(client, ns, update_retention)) for ns in config.namespaces]
     for ns in config.namespaces:
         await _named(ns, wait_until_usable(client, ns.name, deadline))
-    return outcomes
+    try:
+        info = await client.workflow_service.get_cluster_info(GetClusterInfoRequest())
+    except RPCError as exc:
+        raise BundleError(f"GetClusterInfo: {exc.status.name}: {_one_line(exc)}") from None
+    return Registration(outcomes, json_format.MessageToJson(info, sort_keys=True))
 
 
 async def _named(ns: Namespace, call):

@@ -16,11 +16,14 @@ from pathlib import Path
 import bcrypt
 import yaml
 
-from ..core.config import BundleConfig, OIDCConnector, OIDCUser
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ..core.config import BundleConfig, ExternalIssuer, OIDCConnector, OIDCUser
 from ..errors import BundleError
 from .plan import FORCE_HINT
 from .render import header
-from ..store import KEY_MODE, Action, Layout, Skip, Write, read_optional, read_secret
+from ..store import CERT_MODE, KEY_MODE, Action, Layout, Skip, Write, read_optional, read_secret
 
 # Dex's static users need a stable unique id: derived from the user name, so renaming is explicit.
 USER_ID_PREFIX = "temporal-bundle-"
@@ -55,7 +58,22 @@ def dex_config_path(layout: Layout) -> Path:
     return layout.root / "dex" / "config.yaml"
 
 
+def issuer_ca_path(layout: Layout) -> Path:
+    """An external issuer's CA (oidc.external.ca_file), alone in its directory: the server and the
+    UI add the directory to Go's roots (SSL_CERT_DIR), the codec server loads the file."""
+    return layout.root / "trust" / "oidc-issuer" / "ca.pem"
+
+
+def jwks_cafiles(config, layout: Layout) -> tuple[Path, ...]:
+    """What a JWKS fetch trusts besides the system CAs: the bundle's CA (our JWKS server, Dex),
+    plus an external issuer's own CA if it has one."""
+    external = config.oidc.external
+    return (layout.trust_bundle, *((issuer_ca_path(layout),) if external and external.ca_file else ()))
+
+
 def plan_oidc(config: BundleConfig, layout: Layout, force: bool) -> list[Action]:
+    if config.oidc.external is not None:
+        return plan_external(config.oidc.external, layout)
     if not config.oidc.enabled:
         return []
     actions, admin_hash = _plan_admin(layout, force)
@@ -70,6 +88,36 @@ def plan_oidc(config: BundleConfig, layout: Layout, force: bool) -> list[Action]
         reason = "created" if existing is None else "updated: config changed"
         actions.append(Write(dex_config_path(layout), text, KEY_MODE, reason))
     return actions
+
+
+def plan_external(external: ExternalIssuer, layout: Layout) -> list[Action]:
+    """No Dex: the UI's client secret is copied from the operator's file into ui/ (where the UI's
+    entrypoint reads it), and the issuer's CA, if any, into trust/oidc-issuer/."""
+    secret = read_secret(external.client_secret_file, "oidc.external.client_secret_file")
+    actions = [_copy(client_secret_path(layout), (secret + "\n").encode(), KEY_MODE)]
+    if external.ca_file:
+        actions.append(_copy(issuer_ca_path(layout), _read_ca(external.ca_file), CERT_MODE))
+    return actions
+
+
+def _read_ca(path: str) -> bytes:
+    where = "oidc.external.ca_file"
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{where}: cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise BundleError(f"{where}: {path} holds no PEM certificate") from None
+    return b"".join(cert.public_bytes(serialization.Encoding.PEM) for cert in certs)
+
+
+def _copy(path: Path, data: bytes, mode: int) -> Action:
+    existing = read_optional(path)
+    if existing == data:
+        return Skip(path)
+    return Write(path, data, mode, "created" if existing is None else "updated: config changed")
 
 
 def _plan_admin(layout: Layout, force: bool) -> tuple[list[Action], str]:

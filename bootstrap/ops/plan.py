@@ -22,7 +22,7 @@ from cryptography import x509
 
 from ..core import backend
 from ..core import pki
-from ..core.config import BundleConfig
+from ..core.config import UI_GATE_HOST, BundleConfig
 from ..errors import BundleError
 from ..core.pki import CA, LeafCert
 from ..store import CA_KEY_MODE, CERT_MODE, KEY_MODE, Action, Delete, Layout, Skip, Write, read_optional
@@ -64,17 +64,20 @@ def leaf_specs(config: BundleConfig) -> list[LeafSpec]:
         LeafSpec("server", "health", "temporal-healthcheck", (), "client", "client"),
         LeafSpec("jwks", "server", net.jwks_host, config.jwks_sans(), "server", "server"),
         LeafSpec("ui", "client", "temporal-ui", (), "client", "client"),
+        # The UI gate: the UI's server (callers need a client-domain cert), the frontend's client.
+        LeafSpec("ui-gate", "server", UI_GATE_HOST, config.ui_gate_sans(), "server", "server"),
+        LeafSpec("ui-gate", "client", "temporal-ui-gate", (), "client", "client"),
         LeafSpec("codec", "server", config.codec.host, config.codec_sans(), "server", "server"),
         LeafSpec("registrar", "system", "temporal-bundle:system", (), "client", "client"),
     ]
     if config.oidc.enabled:
-        specs += [
-            # HTTPS for Dex (the issuer) and for the Web UI itself (Secure session cookies).
-            LeafSpec("dex", "server", config.oidc.host, config.dex_sans(), "server", "server"),
-            LeafSpec("ui", "server", config.oidc.ui_public_host, config.ui_sans(), "server", "server"),
-            # Grafana (compose profile monitoring) logs in through the same Dex.
-            LeafSpec("grafana", "server", config.oidc.ui_public_host, config.grafana_sans(), "server", "server"),
-        ]
+        # HTTPS for Dex (the issuer), and for Grafana (compose profile monitoring), which logs in
+        # through the same Dex.
+        specs.append(LeafSpec("dex", "server", config.oidc.host, config.dex_sans(), "server", "server"))
+        specs.append(LeafSpec("grafana", "server", config.oidc.ui_public_host, config.grafana_sans(), "server", "server"))
+    if config.oidc.ui_login:
+        # HTTPS for the Web UI itself (Secure session cookies), with Dex or an external issuer.
+        specs.append(LeafSpec("ui", "server", config.oidc.ui_public_host, config.ui_sans(), "server", "server"))
     if config.workload_identity.enabled:
         specs.append(LeafSpec("exchange", "server", config.workload_identity.host, config.exchange_sans(), "server", "server"))
     if db.driver == "postgres":
@@ -536,7 +539,8 @@ def token_needs_refresh(token_text: str, config: BundleConfig, role, active_kid:
     header, claims = decode_unverified(token_text)
     if header.get("kid") != active_kid:
         return "signed by a retired or other key"
-    if claims.get("permissions") != list(role.permissions) or claims.get(PERMISSIONS_CLAIM) != list(role.permissions):
+    wanted = list(role.permissions)
+    if any(claims.get(name) != wanted for name in ("permissions", PERMISSIONS_CLAIM, config.oidc.permissions_claim)):
         return "permissions differ from the config"
     if claims.get("aud") != config.jwt.audience or claims.get("iss") != config.jwt.issuer:
         return "issuer or audience differs from the config"
@@ -592,5 +596,6 @@ def _plan_token(config: BundleConfig, path, role, key: SigningKey, force: bool, 
         audience=config.jwt.audience,
         lifetime=role.token_lifetime,
         now=now,
+        claim=config.oidc.permissions_claim,
     )
     return Write(path, (token.encoded + "\n").encode(), KEY_MODE, reason), token

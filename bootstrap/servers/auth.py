@@ -19,6 +19,7 @@ import aiohttp
 import jwt
 
 from ..core.tokens import verify_token
+from ..errors import BundleError
 from .http import Refusal, clip, log_event
 from ..core.tokens import PERMISSIONS_CLAIM
 from .jwks import JWKSSource
@@ -35,11 +36,11 @@ class JWKSUnavailable(Exception):
 # --------------------------------------------------------------------------- role lattice
 
 
-def role_for(claims: dict, namespace: str) -> int:
+def role_for(claims: dict, namespace: str, claim: str = PERMISSIONS_CLAIM) -> int:
     """The role bits a token holds on `namespace`, as Temporal's default claim mapper and
     authorizer compute them: namespace grants and system grants OR-ed separately, the better wins."""
     namespace_bits = system_bits = 0
-    permissions = claims.get(PERMISSIONS_CLAIM)
+    permissions = claims.get(claim)
     for permission in permissions if isinstance(permissions, list) else []:
         if not isinstance(permission, str) or permission.count(":") != 1:
             continue
@@ -52,8 +53,8 @@ def role_for(claims: dict, namespace: str) -> int:
     return max(namespace_bits, system_bits)
 
 
-def grants(claims: dict, namespace: str, required: str) -> bool:
-    return role_for(claims, namespace) >= ROLE_BITS[required]
+def grants(claims: dict, namespace: str, required: str, claim: str = PERMISSIONS_CLAIM) -> bool:
+    return role_for(claims, namespace, claim) >= ROLE_BITS[required]
 
 
 # --------------------------------------------------------------------------- key sources
@@ -88,7 +89,7 @@ class URLJWKS:
     for an unknown kid. https is verified against the system CAs plus `cafile`, re-read for each
     fetch (CA rotations). A stale set keeps serving while its refresh runs."""
 
-    def __init__(self, url: str, cafile: Path | None, ttl: float = 60.0, timeout: float = 10.0,
+    def __init__(self, url: str, cafile: Path | tuple[Path, ...] | None, ttl: float = 60.0, timeout: float = 10.0,
                  unknown_every: float = 5.0, token_file: Path | None = None):
         self.url, self.cafile, self.ttl, self.timeout, self.description = url, cafile, ttl, timeout, url
         self.token_file = token_file  # a bearer token for the fetch, re-read each time (kube-apiserver's JWKS wants one)
@@ -131,8 +132,10 @@ class URLJWKS:
 
     async def _fetch(self) -> dict:
         context = ssl.create_default_context()
-        if self.cafile is not None and Path(self.cafile).exists():
-            context.load_verify_locations(cafile=str(self.cafile))
+        cafiles = self.cafile if isinstance(self.cafile, tuple) else (self.cafile,)
+        for cafile in cafiles:
+            if cafile is not None and Path(cafile).exists():
+                context.load_verify_locations(cafile=str(cafile))
         self._session = self._session or aiohttp.ClientSession()
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         headers = {"Authorization": f"Bearer {Path(self.token_file).read_text().strip()}"} if self.token_file else None
@@ -173,6 +176,15 @@ class CombinedJWKS:
     async def close(self) -> None:
         for source in self.sources:
             await source.close()
+
+
+def key_sources(jwks_path: Path | None, jwks_urls: tuple[str, ...], cafile: Path | tuple[Path, ...] | None):
+    """JWKS URLs as one key set, or else the bundle's jwks.json."""
+    if jwks_urls:
+        return CombinedJWKS([URLJWKS(url, cafile) for url in jwks_urls])
+    if jwks_path is not None:
+        return FileJWKS(jwks_path)
+    raise BundleError("a JWKS file or URL is needed to check tokens")
 
 
 # --------------------------------------------------------------------------- token check

@@ -39,9 +39,10 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ..core.tokens import PERMISSIONS_CLAIM
 from ..core.codec import ENCODING, KEY_ID_HEADER, NAMESPACE_HEADER, CodecError, KeyringFile, encrypt_all, open_sealed
 from ..errors import BundleError
-from .auth import SYSTEM_NAMESPACE, Authenticator, CombinedJWKS, FileJWKS, JWKSUnavailable, URLJWKS, grants, role_for
+from .auth import SYSTEM_NAMESPACE, Authenticator, JWKSUnavailable, grants, key_sources, role_for
 from .http import Budget, Limits, Refusal, ReloadingTLS, Service, clip, cors_headers, cors_middleware
 from .http import declared_length, log_event, read_body, refusal_reply, reply, stream_reply
 from .wire import b64, parse_items, parse_payloads, payload_json, render, render_payloads
@@ -66,6 +67,7 @@ class Policy:
     decrypt_role: str = "admin"
     ui_origins: tuple[str, ...] = ()
     issuers: tuple[str, ...] = ()
+    claim: str = PERMISSIONS_CLAIM  # where tokens carry "<ns>:<role>" (the server's permissionsClaimName)
 
 
 @dataclass
@@ -156,9 +158,9 @@ class CodecHandlers:
         claims = await self.auth.claims(request.headers.get("Authorization"))
         audit.sub = claims.get("sub")
         audit.namespace = namespace = self.namespace(request)
-        if role_for(claims, namespace) == 0:
+        if role_for(claims, namespace, self.policy.claim) == 0:
             raise Refusal(403, f"no role on namespace {namespace!r}")
-        if audit.action == "encode" and not grants(claims, namespace, ENCODE_ROLE):
+        if audit.action == "encode" and not grants(claims, namespace, ENCODE_ROLE, self.policy.claim):
             raise Refusal(403, f"encode needs at least {ENCODE_ROLE} on namespace {namespace!r}")
         return claims
 
@@ -197,7 +199,7 @@ class CodecHandlers:
     def decode(self, claims: dict, namespace: str, body: bytes):
         items = parse_items(body)
         keyring, parts, decrypted, refused = self.keyring(), [], 0, {}
-        may_read = _memo(lambda bound: grants(claims, bound or SYSTEM_NAMESPACE, self.policy.decrypt_role))
+        may_read = _memo(lambda bound: grants(claims, bound or SYSTEM_NAMESPACE, self.policy.decrypt_role, self.policy.claim))
         for item in items:
             try:
                 if item.field("encoding") != ENCODING:
@@ -251,13 +253,6 @@ def _memo(decide):
     return cached
 
 
-def _jwks(jwks_path: Path | None, jwks_urls: tuple[str, ...], jwks_cafile: Path | None):
-    if jwks_urls:
-        return CombinedJWKS([URLJWKS(url, jwks_cafile) for url in jwks_urls])
-    if jwks_path is not None:
-        return FileJWKS(jwks_path)
-    raise BundleError("the codec server needs a JWKS file or URL")
-
 
 def make_server(
     host: str,
@@ -268,7 +263,7 @@ def make_server(
     kek=None,
     jwks_path: Path | None = None,
     jwks_urls: tuple[str, ...] = (),
-    jwks_cafile: Path | None = None,
+    jwks_cafile: Path | tuple[Path, ...] | None = None,
     cert: Path | None = None,
     key: Path | None = None,
     audit: bool = True,
@@ -277,7 +272,7 @@ def make_server(
     """Fails at start (BundleError, OSError, ssl.SSLError) if the keys or the cert are unusable."""
     keys = KeyringFile(keys_path, kek)
     keys.current()
-    jwks = _jwks(jwks_path, jwks_urls, jwks_cafile)
+    jwks = key_sources(jwks_path, jwks_urls, jwks_cafile)
     tls = ReloadingTLS(cert, key) if cert and key else None
     handlers = CodecHandlers(keys, Authenticator(jwks, policy.audience, policy.issuers), policy, limits, audit)
     app = web.Application(middlewares=[cors_middleware(policy.ui_origins)], client_max_size=limits.max_body)

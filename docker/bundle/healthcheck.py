@@ -4,6 +4,9 @@
   bundle-healthcheck https URL --ca FILE [--cert F --key F]
       GET URL over TLS, the certificate verified against FILE and the URL's host name;
       healthy on HTTP 200.
+  bundle-healthcheck grpc-health HOST:PORT --ca FILE --cert F --key F --server-name NAME
+      gRPC health Check over mutual TLS; healthy when the answer is SERVING (through the UI
+      gate: the frontend's health, so the gate is healthy only when its upstream is).
   bundle-healthcheck tokens DIR
       every *.jwt in DIR has more than a third of its lifetime left (the refresher re-mints at
       two thirds, so anything older means it has stopped working).
@@ -31,6 +34,20 @@ def check_https(args) -> str:
         return f"{args.url}: HTTP 200"
 
 
+def check_grpc_health(args) -> str:
+    import grpc  # the bundle image's venv has it (the UI gate)
+
+    credentials = grpc.ssl_channel_credentials(Path(args.ca).read_bytes(), Path(args.key).read_bytes(),
+                                               Path(args.cert).read_bytes())
+    options = [("grpc.ssl_target_name_override", args.server_name)]
+    with grpc.secure_channel(args.target, credentials, options=options) as channel:
+        check = channel.unary_unary("/grpc.health.v1.Health/Check")
+        answer = check(b"", timeout=args.timeout)  # an empty HealthCheckRequest: the whole server
+    if answer != b"\x08\x01":  # HealthCheckResponse{status: SERVING}
+        raise RuntimeError(f"not SERVING: {answer!r}")
+    return f"{args.target}: SERVING"
+
+
 def check_tokens(args) -> str:
     files = sorted(Path(args.dir).glob("*.jwt"))
     if not files:
@@ -54,11 +71,17 @@ def main(argv=None) -> int:
     https.add_argument("--cert")
     https.add_argument("--key")
     https.add_argument("--timeout", type=float, default=5.0)
+    health = sub.add_parser("grpc-health")
+    health.add_argument("target")
+    for name in ("--ca", "--cert", "--key", "--server-name"):
+        health.add_argument(name, required=True)
+    health.add_argument("--timeout", type=float, default=5.0)
     tokens = sub.add_parser("tokens")
     tokens.add_argument("dir")
     args = parser.parse_args(argv)
     try:
-        print(check_https(args) if args.check == "https" else check_tokens(args))
+        checks = {"https": check_https, "grpc-health": check_grpc_health, "tokens": check_tokens}
+        print(checks[args.check](args))
         return 0
     except Exception as exc:  # any failure is simply "unhealthy"
         print(f"unhealthy: {exc}", file=sys.stderr)

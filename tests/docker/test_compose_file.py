@@ -86,7 +86,8 @@ def test_secrets_are_mounted_only_where_needed(resolved):
         if name != "bootstrap":
             assert "bundle-private" not in volumes, f"{name} mounts private/ (CA key)"
             for source, volume in volumes.items():
-                writes = ("bundle-root", "bundle-tokens", "bundle-metrics") if name == "token-refresher" else ()
+                writes = {"token-refresher": ("bundle-root", "bundle-tokens", "bundle-metrics"),
+                          "temporal-register-namespaces": ("bundle-cluster-info",)}.get(name, ())
                 if source.startswith("bundle-") and source not in writes:
                     assert volume.get("read_only") is True, f"{name} mounts {source} read-write"
         if name not in ("bootstrap", "token-exchange"):
@@ -110,7 +111,10 @@ BUNDLE_MOUNTS = {
     "postgresql": {"bundle-postgres", "bundle-trust"},
     "temporal-schema": {"bundle-trust", "bundle-dbclient"},
     "temporal": {"bundle-config", "bundle-trust", "bundle-server", "bundle-dbclient", "bundle-tools"},
-    "temporal-register-namespaces": {"bundle-trust", "bundle-registrar"},
+    # cluster-info/: it records GetClusterInfo there for the UI gate (its only writable mount).
+    "temporal-register-namespaces": {"bundle-trust", "bundle-registrar", "bundle-cluster-info"},
+    # Its TLS pairs and the recorded cluster info; no token of any kind.
+    "ui-gate": {"bundle-trust", "bundle-ui-gate", "bundle-cluster-info"},
     # The data keys and the KEK that unwraps them: the one service that decrypts payloads.
     "codec-server": {"bundle-codec", "bundle-codec-keys", "bundle-codec-kek", "bundle-trust"},
     "temporal-ui": {"bundle-trust", "bundle-ui"},
@@ -121,8 +125,8 @@ BUNDLE_MOUNTS = {
     # Profile monitoring. Certificates only, as nobody (65534: no key file is readable to it);
     # never tokens/, private/ or codec-keys/. The token report comes from metrics/.
     "expiry-exporter": {"bundle-trust", "bundle-server", "bundle-dbclient", "bundle-postgres", "bundle-jwks",
-                        "bundle-ui", "bundle-dex", "bundle-grafana", "bundle-clients", "bundle-codec", "bundle-registrar",
-                        "bundle-metrics"},
+                        "bundle-ui", "bundle-ui-gate", "bundle-dex", "bundle-grafana", "bundle-clients", "bundle-codec",
+                        "bundle-registrar", "bundle-metrics"},
     # Its config and the alert rules, rendered by the bootstrap.
     "prometheus": {"bundle-config"},
     # Nothing of ours: its config comes from docker/alertmanager/.

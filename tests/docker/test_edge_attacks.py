@@ -48,8 +48,8 @@ BUNDLE = Path("/bundle")  # where the attacker mounts the bundle volumes (as the
 FORGED = Path("/attack")  # the test's own certificates and plans, read-only
 # Every bundle volume but private/ and private/jwt (the CA and JWT signing keys: whoever holds
 # those needs no trust-domain mistake), so the attacker holds every issued key and token.
-ATTACKER_VOLUMES = ("root", "trust", "server", "dbclient", "postgres", "jwks", "ui", "dex", "grafana", "clients", "tokens", "config",
-                    "codec", "codec-keys", "registrar", "tools")
+ATTACKER_VOLUMES = ("root", "trust", "server", "dbclient", "postgres", "jwks", "ui", "ui-gate", "dex", "grafana", "clients",
+                    "tokens", "config", "codec", "codec-keys", "registrar", "tools")
 MAX_PAIRS = 1000  # bounds the matrix in count; the probe's deadline bounds it in time
 MATRIX_DEADLINE_S = 420
 UNREACHABLE_REACH = ("container", "backend", "monitoring")
@@ -90,8 +90,8 @@ def probe_mode(listener: Listener) -> str:
         return "postgres"
     if "membership" in listener.name:
         return "membership"
-    if listener.service == "temporal" and "HTTP" not in listener.name:
-        return "grpc"  # frontend, internal-frontend, history, matching, worker
+    if listener.service in ("temporal", "ui-gate") and "HTTP" not in listener.name:
+        return "grpc"  # frontend, internal-frontend, history, matching, worker, the UI gate
     return "https"  # frontend HTTP API, JWKS, codec server
 
 

@@ -24,7 +24,10 @@ KEY_PATHS = {
     "admintools.securityContext.runAsGroup", "admintools.securityContext.fsGroup",
     "admintools.additionalVolumes", "admintools.additionalVolumeMounts", "admintools.additionalEnv",
     "web.replicaCount", "web.image.repository", "web.image.tag",
-    "web.tls.enabled", "web.tls.secretName", "web.tls.serverName", "web.tls.enableHostVerification",
+    # Chart 1.6.0 has no web.tls (it came later): the client certificate goes in through these.
+    "web.additionalVolumes", "web.additionalVolumeMounts", "web.additionalEnv",
+    "web.securityContext.runAsNonRoot", "web.securityContext.runAsUser", "web.securityContext.runAsGroup",
+    "web.securityContext.fsGroup",
 }
 KEY_PATHS |= {f"server.tls.{section}.{key}" for section in ("internode", "frontend")
               for key in ("enabled", "secretName", "mountPath", "requireClientAuth", "serverName")}
@@ -142,3 +145,32 @@ def server_mounts(values: dict) -> dict[str, str]:
     for mount in values["server"].get("additionalVolumeMounts", []):
         mounts[mount["mountPath"]] = volumes[mount["name"]]
     return mounts
+
+
+def web_deployment(values: dict, release: str = "temporal", namespace: str = "temporal") -> dict:
+    """The Deployment templates/web-deployment.yaml (1.6.0) renders from the web values we set: env
+    is TEMPORAL_ADDRESS then additionalEnv as is, volumes and mounts the additional ones, the pod
+    securityContext web.securityContext. Labels and probes as the chart writes them."""
+    web = values["web"]
+    labels = {"app.kubernetes.io/name": "temporal", "app.kubernetes.io/instance": release,
+              "app.kubernetes.io/component": "web"}
+    container = {
+        "name": "temporal-web", "image": f"{web['image']['repository']}:{web['image']['tag']}",
+        "imagePullPolicy": "IfNotPresent",
+        "env": [{"name": "TEMPORAL_ADDRESS", "value": f"{release}-frontend.{namespace}.svc:7233"}, *web.get("additionalEnv", [])],
+        "livenessProbe": {"initialDelaySeconds": 10, "tcpSocket": {"port": "http"}},
+        "readinessProbe": {"initialDelaySeconds": 10, "httpGet": {"path": "/healthz", "port": "http"}},
+        "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+        "resources": {},
+    }
+    if web.get("additionalVolumeMounts"):
+        container["volumeMounts"] = web["additionalVolumeMounts"]
+    spec = {"containers": [container]}
+    if web.get("additionalVolumes"):
+        spec["volumes"] = web["additionalVolumes"]
+    if web.get("securityContext"):
+        spec["securityContext"] = web["securityContext"]
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": f"{release}-web", "namespace": namespace, "labels": labels},
+            "spec": {"replicas": web["replicaCount"], "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels}, "spec": spec}}}

@@ -81,7 +81,10 @@ def test_values_carry_the_bundle(values, bundle):
     assert server["internal-frontend"]["enabled"] is True
     assert server["tls"]["frontend"]["serverName"] == bundle.config.network.frontend_host
     assert server["tls"]["internode"]["serverName"] == bundle.config.network.internode_server_name
-    assert server["config"]["authorization"]["jwtKeyProvider"]["keySourceURIs"] == [bundle.config.jwks_url]
+    # Ours and Dex's (the Web UI's users), read from the claim Dex puts groups in.
+    authorization = server["config"]["authorization"]
+    assert authorization["jwtKeyProvider"]["keySourceURIs"] == [bundle.config.jwks_url, bundle.config.dex_jwks_url]
+    assert (authorization["permissionsClaimName"], authorization["audience"]) == ("groups", "temporal")
     assert server["config"]["clusterMetadata"]["currentClusterName"] == bundle.config.cluster_name
 
 
@@ -253,7 +256,8 @@ def test_reexport_after_cert_rotation_changes_only_the_certificate_secrets(own_b
     assert export(own_bundle, dest).code == 0
     after = read_tree(dest)
     changed = {path for path in after if after[path] != before.get(path)}
-    expected = {p for p in before if p.startswith("secrets/") and "token-refresher" not in p}
+    # The UI's OIDC client secret is no certificate: it stays.
+    expected = {p for p in before if p.startswith("secrets/") and "token-refresher" not in p and "web-oidc" not in p}
     assert changed == expected
     assert set(after) == set(before)
 
@@ -296,7 +300,12 @@ def test_image_overrides_reach_values_and_manifests(own_bundle, tmp_path):
     assert values["admintools"]["image"]["repository"] == "temporalio/admin-tools"
     images = {c["image"] for _, d in documents(dest) if d["kind"] in ("Deployment", "Job")
               for c in d["spec"]["template"]["spec"]["containers"]}
-    assert images == {"mirror.example.com/tb:9"}
+    assert images == {"mirror.example.com/tb:9", "dexidp/dex:v2.45.1"}
+    own_bundle.config_path.write_text(own_bundle.config_path.read_text().replace(
+        "bundle: 'mirror.example.com/tb:9'", "bundle: 'mirror.example.com/tb:9', dex: 'mirror.example.com/dex:v2.45.1'"))
+    assert export(own_bundle, dest).code == 0
+    dex = next(yaml.safe_load_all((dest / "manifests/dex.yaml").read_text()))
+    assert dex["spec"]["template"]["spec"]["containers"][0]["image"] == "mirror.example.com/dex:v2.45.1"
 
 
 def test_default_images_are_the_releases_compose_runs():
@@ -308,6 +317,6 @@ def test_default_images_are_the_releases_compose_runs():
 
     compose = (Path(__file__).resolve().parents[2] / "docker-compose.prod.yml").read_text()
     for key, variable in (("server", "TEMPORAL_SERVER_IMAGE"), ("admintools", "TEMPORAL_ADMINTOOLS_IMAGE"),
-                          ("ui", "TEMPORAL_UI_IMAGE")):
+                          ("ui", "TEMPORAL_UI_IMAGE"), ("dex", "DEX_IMAGE")):
         pinned = re.search(r"\$\{" + variable + r":-([^}]+)\}", compose).group(1)
         assert DEFAULT_IMAGES[key] == pinned, key

@@ -31,6 +31,9 @@ EXPECTED_LEAVES = {
     ("jwks", "server"): "server",
     ("ui", "client"): "client",
     ("codec", "server"): "server",
+    # The UI gate: a server to the UI, a client to the frontend.
+    ("ui-gate", "server"): "server",
+    ("ui-gate", "client"): "client",
     # HTTPS for Dex and the Web UI (oidc.enabled, the default): server-domain leaves.
     ("dex", "server"): "server",
     ("ui", "server"): "server",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -47,8 +48,65 @@ def test_compose_env_refuses_a_ui_without_login(tmp_path, cli):
     config.write_text("namespaces: [{name: default}]\noidc: {enabled: false}\n")
     run = cli("compose-env", "--config", config)
     assert run.code == 1 and run.out == ""
-    assert run.err.strip().startswith("error: oidc.enabled is false: the compose stack's Web UI logs in through Dex")
+    assert run.err.strip().startswith("error: oidc.enabled is false and there is no oidc.external")
     assert len(run.err.strip().splitlines()) == 1
+
+
+def test_compose_env_with_an_external_issuer_runs_no_dex(tmp_path, cli):
+    config = tmp_path / "bundle.yaml"
+    config.write_text("namespaces: [{name: orders}]\noidc:\n  enabled: false\n  external:\n"
+                      "    issuer: https://idp.example.com/realms/acme\n"
+                      "    jwks_uri: https://idp.example.com/realms/acme/protocol/openid-connect/certs\n"
+                      "    client_id: temporal-ui\n    client_secret_file: /run/secrets/absent-here\n"
+                      "    ca_file: /run/secrets/idp-ca.pem\n    scopes: [openid, email, groups]\n")
+    run = cli("compose-env", "--config", config)
+    assert run.code == 0, run.err  # the secret files are the bootstrap's business, not compose-env's
+    values = _variables(run.out)
+    assert values["GRAFANA_SCALE"] == "0"  # Grafana's login is the embedded Dex's client
+    assert {k: values[k] for k in ("DEX_SCALE", "OIDC_ISSUER_URL", "OIDC_JWKS_URL", "TEMPORAL_AUDIENCE",
+                                   "OIDC_SCOPES", "OIDC_USE_ID_TOKEN", "OIDC_CA_DIRS")} == {
+        "DEX_SCALE": "0", "OIDC_ISSUER_URL": "https://idp.example.com/realms/acme",
+        "OIDC_JWKS_URL": "https://idp.example.com/realms/acme/protocol/openid-connect/certs",
+        "TEMPORAL_AUDIENCE": "temporal-ui", "OIDC_SCOPES": "openid,email,groups", "OIDC_USE_ID_TOKEN": "false",
+        "OIDC_CA_DIRS": "/bundle/trust/oidc-issuer:/etc/ssl/certs"}
+
+
+def test_compose_env_with_dex_runs_one(tmp_path, cli):
+    config = tmp_path / "bundle.yaml"
+    config.write_text(CONFIG)
+    values = _variables(cli("compose-env", "--config", config).out)
+    assert values["DEX_SCALE"] == "1" and values["OIDC_ISSUER_URL"] == "https://login.example.com:7556/dex"
+    assert values["GRAFANA_SCALE"] == "1"
+    assert values["OIDC_JWKS_URL"] == "https://login.example.com:7556/dex/keys"
+
+
+def test_compose_file_takes_the_login_issuer_from_the_env_file(tmp_path):
+    """docker compose config with the rendered variables: Dex scaled to 0, the UI, the codec and
+    the server pointed at the external issuer (the real compose CLI reads the file)."""
+    env_file = tmp_path / "external.env"
+    env_file.write_text("DEX_SCALE=0\nOIDC_ISSUER_URL=https://idp.example.com/a\nOIDC_JWKS_URL=https://idp.example.com/keys\n"
+                        "TEMPORAL_AUDIENCE=temporal-ui\nOIDC_SCOPES=openid,email\nOIDC_USE_ID_TOKEN=true\n"
+                        "OIDC_CA_DIRS=/bundle/trust/oidc-issuer:/etc/ssl/certs\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "BUNDLE_", "COMPOSE_", "OIDC_", "DEX_"))}
+    env.update(BUNDLE_CONFIG_FILE=str(REPO / "bundle.example.yaml"), COMPOSE_ENV_FILES=str(env_file))
+    out = subprocess.run(["docker", "compose", "-f", "docker-compose.prod.yml", "config", "--format", "json"], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+    services = json.loads(out)["services"]
+    assert services["dex"]["scale"] == 0
+    ui = services["temporal-ui"]["environment"]
+    assert ui["TEMPORAL_AUTH_PROVIDER_URL"] == ui["TEMPORAL_AUTH_ISSUER_URL"] == "https://idp.example.com/a"
+    assert (ui["TEMPORAL_AUTH_CLIENT_ID"], ui["TEMPORAL_AUTH_SCOPES"]) == ("temporal-ui", "openid,email")
+    assert ui["TEMPORAL_AUTH_USE_ID_TOKEN_AS_BEARER"] == "true"
+    assert ui["SSL_CERT_DIR"] == services["temporal"]["environment"]["SSL_CERT_DIR"] == "/bundle/trust/oidc-issuer:/etc/ssl/certs"
+    codec = services["codec-server"]["command"]
+    assert "--jwks-url=https://idp.example.com/keys" in codec and "--issuer=https://idp.example.com/a" in codec
+    # Without the file: Dex, as before.
+    env.pop("COMPOSE_ENV_FILES")
+    default = json.loads(subprocess.run(["docker", "compose", "-f", "docker-compose.prod.yml", "config", "--format", "json"],
+                                        cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=True).stdout)
+    assert default["services"]["dex"]["scale"] == 1
+    assert default["services"]["temporal-ui"]["environment"]["TEMPORAL_AUTH_ISSUER_URL"] == "https://auth.localhost:5556/dex"
+    assert default["services"]["temporal"]["environment"]["SSL_CERT_DIR"] == ""
 
 
 def _make_n(*args: str, **env: str) -> str:

@@ -149,3 +149,116 @@ def test_oidc_off_writes_no_dex_files(tmp_path, cli):
     layout = _layout(out)
     assert not dex_config_path(layout).exists() and not client_secret_path(layout).exists()
     assert not layout.leaf("ui", "server")[0].exists()
+
+
+# --------------------------------------------------------------------------- external issuer (no Dex)
+
+EXTERNAL = {"issuer": "https://idp.example.com/realms/acme",
+            "jwks_uri": "https://idp.example.com/realms/acme/protocol/openid-connect/certs",
+            "client_id": "temporal-ui", "client_secret_file": "/run/secrets/temporal-ui-secret"}
+
+
+def external(**overrides):
+    return {"enabled": False, "external": {**EXTERNAL, **overrides}}
+
+
+def test_external_issuer_replaces_dex():
+    config = parse_config({"namespaces": NAMESPACES, "oidc": external(groups_claim="roles", use_id_token=True)})
+    assert config.oidc.ui_login and not config.oidc.enabled
+    assert config.oidc.login_issuer == EXTERNAL["issuer"] and config.oidc_jwks_url == EXTERNAL["jwks_uri"]
+    assert config.oidc.permissions_claim == "roles" and config.oidc.external.use_id_token
+    # The server checks one audience, and the IdP's tokens carry the client id: role tokens follow.
+    assert config.jwt.audience == "temporal-ui"
+    assert config.oidc.external.scopes == ("openid", "profile", "email")
+
+
+@pytest.mark.parametrize("section, message", [
+    (external(issuer="http://idp.example.com"), "issuer must be an https URL"),
+    (external(issuer="https://idp.example.com/?x=1"), "without query or fragment"),
+    (external(issuer=""), "issuer is required"),
+    (external(jwks_uri="file:///etc/jwks.json"), "jwks_uri must be an https URL"),
+    ({"enabled": False, "external": {k: v for k, v in EXTERNAL.items() if k != "jwks_uri"}}, "jwks_uri is required"),
+    (external(client_id=""), "client_id is required"),
+    ({"enabled": False, "external": {k: v for k, v in EXTERNAL.items() if k != "client_id"}}, "client_id is required"),
+    (external(client_secret_file="secret.txt"), "client_secret_file must be the absolute path"),
+    (external(client_secret="s3cret"), "unknown key 'client_secret'"),
+    (external(ca_file="idp-ca.pem"), "ca_file must be the absolute path"),
+    (external(groups_claim="sub"), "groups_claim 'sub' is not a claim name"),
+    (external(scopes=["email"]), "including 'openid'"),
+    (external(use_id_token="yes"), "use_id_token must be true or false"),
+    (external(bogus=1), "unknown key 'bogus'"),
+    ({"external": EXTERNAL}, "external needs enabled: false"),
+    ({**external(), "users": [reader()]}, "users configures the embedded Dex"),
+    ({**external(), "port": 5557}, "port configures the embedded Dex"),
+])
+def test_external_issuer_is_strict(section, message):
+    with pytest.raises(BundleError, match=message.replace("(", r"\(")):
+        oidc(**section)
+
+
+def test_external_audience_must_be_the_client_id():
+    with pytest.raises(BundleError, match="jwt.audience 'temporal' differs from oidc.external.client_id"):
+        parse_config({"namespaces": NAMESPACES, "jwt": {"audience": "temporal"}, "oidc": external()})
+    config = parse_config({"namespaces": NAMESPACES, "jwt": {"audience": "temporal-ui"}, "oidc": external()})
+    assert config.jwt.audience == "temporal-ui"
+
+
+def _external_files(tmp_path):
+    from bootstrap.core.pki import CA
+    secret = tmp_path / "ui-secret"
+    secret.write_text("idp-client-secret-value\n")
+    ca = tmp_path / "idp-ca.pem"
+    ca.write_bytes(CA.create("company IdP CA").cert_pem())
+    return secret, ca
+
+
+def test_external_init_writes_no_dex_and_copies_the_secret_and_ca(tmp_path, cli):
+    from bootstrap.core.tokens import decode_unverified
+    from bootstrap.ops.oidc import issuer_ca_path
+    secret, ca = _external_files(tmp_path)
+    section = external(client_secret_file=str(secret), ca_file=str(ca), groups_claim="temporal-permissions")
+    config, out, result = _init(tmp_path, cli, section)
+    layout = _layout(out)
+    assert "idp-client-secret-value" not in result.out + result.err
+    assert not dex_config_path(layout).exists() and not layout.leaf("dex", "server")[0].exists()
+    assert not admin_hash_path(layout).exists()
+    assert layout.leaf("ui", "server")[0].exists()  # the UI still serves HTTPS itself
+    assert client_secret_path(layout).read_text() == "idp-client-secret-value\n"
+    assert stat.S_IMODE(client_secret_path(layout).stat().st_mode) == 0o600
+    assert issuer_ca_path(layout).read_bytes() == ca.read_bytes()
+    server = yaml.safe_load((out / "config" / "temporal.yaml").read_text())["global"]["authorization"]
+    assert server["jwtKeyProvider"]["keySourceURIs"][1:] == [EXTERNAL["jwks_uri"]]
+    assert server["permissionsClaimName"] == "temporal-permissions" and server["audience"] == "temporal-ui"
+    _, claims = decode_unverified((out / "tokens" / "worker.jwt").read_text().strip())
+    assert claims["temporal-permissions"] == claims["permissions"] and claims["aud"] == "temporal-ui"
+    # A second init changes nothing; a new secret in the file is copied on the next one.
+    assert "skipped" in cli("init", "--config", config, "--out", out).out
+    secret.write_text("rotated-secret\n")
+    assert cli("init", "--config", config, "--out", out).code == 0
+    assert client_secret_path(layout).read_text() == "rotated-secret\n"
+
+
+def test_external_issuer_has_no_admin_password(tmp_path, cli):
+    secret, _ = _external_files(tmp_path)
+    config, out, _ = _init(tmp_path, cli, external(client_secret_file=str(secret)))
+    shown = cli("show-admin-password", "--config", config, "--out", out)
+    shown.assert_one_error("no embedded Dex", "users log in at https://idp.example.com/realms/acme")
+
+
+@pytest.mark.parametrize("broken, message", [
+    ("secret", "oidc.external.client_secret_file: cannot read"),
+    ("ca", "oidc.external.ca_file: cannot read"),
+    ("not-a-cert", "holds no PEM certificate"),
+])
+def test_external_unreadable_files_fail_before_writing(tmp_path, cli, broken, message):
+    secret, ca = _external_files(tmp_path)
+    if broken == "not-a-cert":
+        ca.write_text("not a certificate\n")
+    section = external(client_secret_file=str(tmp_path / "absent") if broken == "secret" else str(secret),
+                       ca_file=str(tmp_path / "absent") if broken == "ca" else str(ca))
+    config = tmp_path / "bundle.yaml"
+    config.write_text(yaml.safe_dump({"namespaces": NAMESPACES, "oidc": section}))
+    result = cli("init", "--config", config, "--out", tmp_path / "out")
+    assert result.code == 1 and result.out == "" and message in result.err
+    assert result.err.startswith("error: ") and len(result.err.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "ui").exists() and not (tmp_path / "out" / "tokens").exists()

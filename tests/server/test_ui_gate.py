@@ -1,0 +1,279 @@
+"""The UI gate (serve-ui-gate) in front of the real server, from both sides.
+
+A user whose token names namespaces only (`default:read`) is refused GetClusterInfo and
+ListNamespaces by the frontend itself; through the gate they get the recorded cluster info and
+exactly the namespaces the frontend lets them describe. Everything else still goes to the frontend
+with their token and is authorized there: the gate gives no right the token lacks. Invalid tokens
+(expired, unknown kid, forged with a known kid, wrong audience, alg none, a tampered payload) get
+the frontend's refusal, never a gate answer. Callers need a client-domain certificate; the gate
+forwards nothing but the WorkflowService, the OperatorService and the health check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import ssl
+import subprocess
+import sys
+import uuid
+from datetime import timedelta
+
+import grpc
+import jwt
+import pytest
+from temporalio.api.enums.v1 import TaskQueueKind
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import (
+    DescribeNamespaceRequest,
+    GetClusterInfoRequest,
+    ListNamespacesRequest,
+    StartWorkflowExecutionRequest,
+)
+from temporalio.api.common.v1 import WorkflowType
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode, TLSConfig
+
+from bootstrap.core.pki import utcnow
+from bootstrap.core.tokens import SigningKey, mint_token
+from tests.harness import free_port, wait_until
+
+pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
+
+REFUSED = (RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.UNAUTHENTICATED)
+
+
+def _active_key(cluster) -> SigningKey:
+    kid = (cluster.bundle / "private/jwt/active").read_text().strip()
+    return SigningKey.from_pem((cluster.bundle / f"private/jwt/{kid}.key").read_bytes())
+
+
+def _token(cluster, permissions, key=None, audience="temporal", now=None) -> str:
+    return mint_token(key or _active_key(cluster), role="gate-test", permissions=permissions, issuer="temporal-bundle",
+                      audience=audience, lifetime=timedelta(hours=1), now=now).encoded
+
+
+def _b64(doc: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(doc, separators=(",", ":")).encode()).rstrip(b"=").decode()
+
+
+def _tampered(token: str, permissions: list[str]) -> str:
+    """A real token whose payload now claims other permissions, the signature left as it was."""
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["groups"] = claims["permissions"] = permissions
+    return f"{header}.{_b64(claims)}.{signature}"
+
+
+def _alg_none(cluster, permissions) -> str:
+    now = int(utcnow().timestamp())
+    claims = {"sub": "x", "aud": "temporal", "iss": "temporal-bundle", "iat": now, "exp": now + 3600,
+              "permissions": permissions, "groups": permissions}
+    return f"{_b64({'alg': 'none', 'kid': _active_key(cluster).kid})}.{_b64(claims)}."
+
+
+def _forged_with_known_kid(cluster, permissions) -> str:
+    now = int(utcnow().timestamp())
+    claims = {"sub": "x", "aud": "temporal", "iss": "temporal-bundle", "iat": now, "exp": now + 3600,
+              "permissions": permissions, "groups": permissions}
+    return jwt.encode(claims, SigningKey.generate().private_key, algorithm="ES256", headers={"kid": _active_key(cluster).kid})
+
+
+@pytest.fixture(scope="module")
+def gate(sqlite_cluster, tmp_path_factory):
+    cluster = sqlite_cluster
+    info = tmp_path_factory.mktemp("gate") / "cluster.json"
+    # What the compose registration job does: register (idempotent here) and record the cluster info.
+    subprocess.run([sys.executable, "-m", "bootstrap", "register-namespaces", "--config", str(cluster.config_path),
+                    "--out", str(cluster.bundle), "--address", cluster.address, "--cluster-info", str(info)],
+                   check=True, capture_output=True, text=True, timeout=120)
+    port = free_port()
+    log = open(cluster.workdir / "ui-gate.log", "ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bootstrap", "serve-ui-gate", "--config", str(cluster.config_path), "--out",
+         str(cluster.bundle), "--host", "127.0.0.1", "--port", str(port), "--upstream", cluster.address,
+         "--cluster-info", str(info), "--jwks-url", f"https://localhost:{cluster.jwks_port}/jwks.json"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+    def listening() -> bool:
+        assert process.poll() is None, (cluster.workdir / "ui-gate.log").read_text()[-2000:]
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(listening, 30, "the UI gate")
+    yield cluster, f"127.0.0.1:{port}", info
+    process.terminate()
+    process.wait(10)
+
+
+async def _client(cluster, address: str, token: str | None, cert: str = "ui/client", server_name: str = "ui-gate") -> Client:
+    bundle = cluster.bundle
+    return await Client.connect(
+        address, namespace="default", api_key=token,
+        tls=TLSConfig(server_root_ca_cert=(bundle / "trust/ca.pem").read_bytes(),
+                      client_cert=(bundle / f"{cert}.pem").read_bytes(),
+                      client_private_key=(bundle / f"{cert}.key").read_bytes(), domain=server_name),
+        connect_timeout=timedelta(seconds=10),
+    )
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+async def _list(cluster, address, token, **kwargs) -> list[str]:
+    client = await _client(cluster, address, token, **kwargs)
+    answer = await client.workflow_service.list_namespaces(ListNamespacesRequest(page_size=100))
+    return sorted(n.namespace_info.name for n in answer.namespaces)
+
+
+async def _status(call) -> RPCStatusCode | None:
+    try:
+        await call
+    except RPCError as exc:
+        return exc.status
+    return None
+
+
+def test_the_frontend_itself_refuses_the_two_cluster_calls_to_a_namespace_reader(gate):
+    cluster, _, _ = gate
+    frontend_cert = "clients/reader"
+
+    async def check():
+        client = await _client(cluster, cluster.address, cluster.token("reader"), cert=frontend_cert, server_name="localhost")
+        assert await _status(client.workflow_service.list_namespaces(ListNamespacesRequest())) == RPCStatusCode.PERMISSION_DENIED
+        assert await _status(client.workflow_service.get_cluster_info(GetClusterInfoRequest())) == RPCStatusCode.PERMISSION_DENIED
+
+    _run(check())
+
+
+def test_through_the_gate_a_reader_lists_exactly_their_namespace_and_gets_the_cluster_info(gate):
+    cluster, address, _ = gate
+
+    async def check():
+        assert await _list(cluster, address, cluster.token("reader")) == ["default"]
+        client = await _client(cluster, address, cluster.token("reader"))
+        info = await client.workflow_service.get_cluster_info(GetClusterInfoRequest())
+        system = await _client(cluster, cluster.address, cluster.token("system"), cert="clients/system", server_name="localhost")
+        truth = await system.workflow_service.get_cluster_info(GetClusterInfoRequest())
+        assert info.cluster_id == truth.cluster_id and info.server_version == truth.server_version
+        assert info.history_shard_count == truth.history_shard_count == 4
+
+    _run(check())
+
+
+def test_a_system_user_gets_the_frontends_own_list_through_the_gate(gate):
+    cluster, address, _ = gate
+    names = _run(_list(cluster, address, cluster.token("system")))
+    assert {"default", "other", "temporal-system"} <= set(names)
+
+
+def test_the_list_holds_only_namespaces_the_frontend_lets_the_caller_describe(gate):
+    cluster, address, _ = gate
+    token = _token(cluster, ["default:read", "other:worker", f"ghost-{uuid.uuid4().hex[:8]}:read"])
+    # other:worker is below read (the frontend refuses DescribeNamespace); the ghost does not exist.
+    assert _run(_list(cluster, address, token)) == ["default"]
+
+
+def test_the_gate_gives_a_reader_no_right_the_token_lacks(gate):
+    cluster, address, _ = gate
+
+    async def check():
+        client = await _client(cluster, address, cluster.token("reader"))
+        service = client.workflow_service
+        assert await _status(service.describe_namespace(DescribeNamespaceRequest(namespace="other"))) in REFUSED
+        assert await _status(service.describe_namespace(DescribeNamespaceRequest(namespace="default"))) is None
+        start = StartWorkflowExecutionRequest(
+            namespace="default", workflow_id=f"gate-{uuid.uuid4()}", workflow_type=WorkflowType(name="Greeting"),
+            task_queue=TaskQueue(name="gate", kind=TaskQueueKind.TASK_QUEUE_KIND_NORMAL), request_id=str(uuid.uuid4()),
+        )
+        assert await _status(service.start_workflow_execution(start)) == RPCStatusCode.PERMISSION_DENIED
+
+    _run(check())
+
+
+@pytest.mark.parametrize("case", ["no token", "expired", "unknown kid", "forged with known kid", "wrong audience",
+                                  "alg none", "tampered payload", "worker only", "garbage"])
+def test_invalid_or_insufficient_tokens_get_the_frontends_refusal_not_a_gate_answer(gate, case):
+    cluster, address, _ = gate
+    wanted = ["default:read"]
+    token = {
+        "no token": lambda: None,
+        "expired": lambda: _token(cluster, wanted, now=utcnow() - timedelta(hours=2)),
+        "unknown kid": lambda: _token(cluster, wanted, key=SigningKey.generate()),
+        "forged with known kid": lambda: _forged_with_known_kid(cluster, wanted),
+        "wrong audience": lambda: _token(cluster, wanted, audience="elsewhere"),
+        "alg none": lambda: _alg_none(cluster, wanted),
+        "tampered payload": lambda: _tampered(cluster.token("reader"), ["default:read", "other:read"]),
+        "worker only": lambda: _token(cluster, ["default:worker"]),
+        "garbage": lambda: "not-a-jwt",
+    }[case]()
+
+    async def check():
+        client = await _client(cluster, address, None)  # the frontend refuses even GetSystemInfo to a bad token
+        client.api_key = token
+        assert await _status(client.workflow_service.list_namespaces(ListNamespacesRequest())) in REFUSED
+        assert await _status(client.workflow_service.get_cluster_info(GetClusterInfoRequest())) in REFUSED
+
+    _run(check())
+
+
+def _raw_call(cluster, address: str, method: str, cert: str = "ui/client") -> grpc.StatusCode:
+    bundle = cluster.bundle
+    credentials = grpc.ssl_channel_credentials((bundle / "trust/ca.pem").read_bytes(), (bundle / f"{cert}.key").read_bytes(),
+                                               (bundle / f"{cert}.pem").read_bytes())
+    with grpc.secure_channel(address, credentials, options=[("grpc.ssl_target_name_override", "ui-gate")]) as channel:
+        try:
+            channel.unary_unary(method)(b"", timeout=10, metadata=(("authorization", f"Bearer {cluster.token('system')}"),))
+        except grpc.RpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_only_the_ui_services_are_forwarded(gate):
+    cluster, address, _ = gate
+    # The system token would pass the frontend's AdminService check: the gate never forwards it.
+    assert _raw_call(cluster, address, "/temporal.api.adminservice.v1.AdminService/DescribeCluster") == grpc.StatusCode.UNIMPLEMENTED
+    assert _raw_call(cluster, address, "/grpc.health.v1.Health/Check") == grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize("cert,admitted", [("ui/client", True), ("clients/reader", True), ("server/internode", False),
+                                           ("server/frontend", False), ("jwks/server", False), ("registrar/system", True),
+                                           (None, False)])
+def test_callers_need_a_client_domain_certificate(gate, cert, admitted):
+    cluster, address, _ = gate
+    host, port = address.split(":")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cluster.bundle / "trust/ca.pem")
+    context.set_alpn_protocols(["h2"])
+    if cert:
+        context.load_cert_chain(cluster.bundle / f"{cert}.pem", cluster.bundle / f"{cert}.key")
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        try:
+            with context.wrap_socket(raw, server_hostname="ui-gate") as tls:
+                tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                data = tls.recv(64)
+        except (ssl.SSLError, ConnectionResetError):
+            data = b""
+    # An HTTP/2 SETTINGS frame back means the gate took the certificate.
+    assert (len(data) >= 4 and data[3] == 4) is admitted, (cert, data)
+
+
+def test_a_missing_cluster_record_refuses_instead_of_inventing_one(gate):
+    cluster, address, info = gate
+    saved = info.read_bytes()
+    info.unlink()
+    try:
+        status = _run(_status(_client_call_cluster_info(cluster, address)))
+        assert status == RPCStatusCode.PERMISSION_DENIED  # the frontend's own answer
+    finally:
+        info.write_bytes(saved)
+    assert _run(_status(_client_call_cluster_info(cluster, address))) is None
+
+
+async def _client_call_cluster_info(cluster, address):
+    client = await _client(cluster, address, cluster.token("reader"))
+    return await client.workflow_service.get_cluster_info(GetClusterInfoRequest())
