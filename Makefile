@@ -5,7 +5,7 @@
 #   BUNDLE_CONFIG_FILE    the bundle config (default: ./bundle.yaml, created from the example)
 #   IMAGES_ENV            a file of image variables to use, e.g. build/standin-images.env
 #   UP_TIMEOUT            seconds `make up` waits for health (default: 300)
-#   PROFILE               compose profiles to enable, e.g. monitoring (Prometheus + expiry exporter)
+#   PROFILE               compose profiles to enable, e.g. monitoring (Prometheus, expiry exporter, Grafana)
 #   KIND, ROTATE_ARGS     for `make rotate`;  ROLE, DEST for `make export`;  SERVICE for `make logs`
 #   DEST                  for `make export-helm` too (default there: ./helm-export)
 #   BACKUP                archive for `make backup` (default: ./backups/temporal-bundle-<UTC time>.tbak)
@@ -37,9 +37,9 @@ BUNDLE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | h
 # Image variables from IMAGES_ENV (VAR=value lines) go to compose through the environment.
 ifneq ($(strip $(IMAGES_ENV)),)
 include $(IMAGES_ENV)
-export TEMPORAL_SERVER_IMAGE TEMPORAL_ADMINTOOLS_IMAGE POSTGRES_IMAGE TEMPORAL_UI_IMAGE DEX_IMAGE BUNDLE_IMAGE PROMETHEUS_IMAGE
+export TEMPORAL_SERVER_IMAGE TEMPORAL_ADMINTOOLS_IMAGE POSTGRES_IMAGE TEMPORAL_UI_IMAGE DEX_IMAGE BUNDLE_IMAGE PROMETHEUS_IMAGE ALERTMANAGER_IMAGE GRAFANA_IMAGE
 endif
-# PROFILE=monitoring: also Prometheus and the expiry exporter (compose profiles; COMPOSE_PROFILES works too).
+# PROFILE=monitoring: also Prometheus, the expiry exporter and Grafana (compose profiles; COMPOSE_PROFILES works too).
 ifneq ($(strip $(PROFILE)),)
 export COMPOSE_PROFILES := $(PROFILE)
 endif

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The fault matrix under load, as figures: `make up` on stand-in images (a stack of its own), then
 tests/docker/fault_load.py's steady load of workflow starts, signals and completions while each
-fault of tests/docker/faults.py is injected in turn. Prints the README's table.
+fault of tests/docker/faults.py is injected in turn. Prints the README's table, and for the codec
+server's outage whether a decode failed while it was down and how soon one worked again.
 
     python3 benchmarks/bench_faults.py [--keep]
 
@@ -32,12 +33,14 @@ def main(argv=None) -> int:
     print(f"make up: {stack.up():.0f} s", flush=True)
     try:
         refresh = load_config(stack.config).jwt.refresh_interval.total_seconds()
-        rows = []
-        for name, inject in faults.service_faults(refresh):
+        rows, codec = [], {}
+        for name, inject in faults.service_faults(refresh, codec):
             outcome = faults.under_fault(stack, name, inject)
             rows.append(outcome.row())
             print(outcome.row(), "errors:", outcome.errors, flush=True)
         print("\n" + faults.TABLE_HEAD + "\n" + "\n".join(rows))
+        print(f"codec server down: decode {'refused' if not codec['while_down']['ok'] else 'WORKED'} "
+              f"({codec['while_down'].get('error', '')}); back {codec['back_after_s']:.1f} s after its start")
     finally:
         if not args.keep:
             print(f"logs: {stack.teardown()}")

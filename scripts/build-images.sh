@@ -6,7 +6,8 @@
 #   scripts/build-images.sh standins   everything the tests need, nothing pulled: a Debian
 #                                      bookworm base from debootstrap (cached), stand-ins for
 #                                      temporalio/server, temporalio/admin-tools, postgres,
-#                                      temporalio/ui, dexidp/dex and python, and our image FROM the python
+#                                      temporalio/ui, dexidp/dex, prom/prometheus, prom/alertmanager
+#                                      and python, and our image FROM the python
 #                                      stand-in. Writes build/standin-images.env (VAR=image lines
 #                                      for docker-compose.prod.yml); for another TEMPORAL_VERSION
 #                                      than the default (an upgrade test's old release), writes
@@ -291,6 +292,10 @@ build_standins() {
   build_image "$standin/prometheus:debian-bookworm" docker/standins/prometheus.Dockerfile "$ctx" \
     --build-arg "BASE_IMAGE=$base_image"
 
+  ctx="$(fresh_context alertmanager)"
+  build_image "$standin/alertmanager:debian-bookworm" docker/standins/alertmanager.Dockerfile "$ctx" \
+    --build-arg "BASE_IMAGE=$base_image"
+
   build_bundle "$standin/python:$python_version-bookworm"
 
   mkdir -p build
@@ -303,6 +308,7 @@ POSTGRES_IMAGE=$standin/postgres:15-bookworm
 TEMPORAL_UI_IMAGE=$standin/ui:$ui_version
 DEX_IMAGE=$standin/dex:$dex_tag
 PROMETHEUS_IMAGE=$standin/prometheus:debian-bookworm
+ALERTMANAGER_IMAGE=$standin/alertmanager:debian-bookworm
 BUNDLE_IMAGE=$bundle_image
 EOF
   mv "$env_file.tmp" "$env_file"

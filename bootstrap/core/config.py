@@ -114,6 +114,9 @@ class NetworkConfig:
     jwks_sans: tuple[str, ...] = ()
     ui_host: str = "temporal-ui"
     ui_port: int = 8080
+    # Grafana (compose profile monitoring): published like the UI, logged in through Dex.
+    grafana_host: str = "grafana"
+    grafana_port: int = 3000
 
 
 @dataclass(frozen=True)
@@ -337,6 +340,13 @@ class BundleConfig:
     @property
     def ui_url(self) -> str:
         return f"https://{self.oidc.ui_public_host}:{self.network.ui_port}"
+
+    def grafana_sans(self) -> tuple[str, ...]:
+        return _unique((self.oidc.ui_public_host, self.network.grafana_host, "localhost", "127.0.0.1"))
+
+    @property
+    def grafana_url(self) -> str:
+        return f"https://{self.oidc.ui_public_host}:{self.network.grafana_port}"
 
     @property
     def dex_jwks_url(self) -> str:
@@ -578,6 +588,8 @@ def _parse_network(sec: _Section, cluster: _Section) -> NetworkConfig:
         jwks_sans=sec.names("jwks_sans"),
         ui_host=sec.host("ui_host", d.ui_host),
         ui_port=sec.port("ui_port", d.ui_port),
+        grafana_host=sec.host("grafana_host", d.grafana_host),
+        grafana_port=sec.port("grafana_port", d.grafana_port),
     )
     sec.done()
     _check_ports(net, sec.where)
@@ -949,8 +961,8 @@ def _check_oidc(oidc: OIDCConfig, where: str, net: NetworkConfig) -> None:
     ids = [c.id for c in oidc.connectors]
     if len(set(ids)) != len(ids) or "local" in ids:
         raise BundleError(f"{where}: connector ids must be unique and not 'local' (the built-in password login)")
-    if oidc.port in (net.ui_port, net.frontend_port):
-        raise BundleError(f"{where}: port {oidc.port} is already used by the UI or the frontend")
+    if oidc.port in (net.ui_port, net.frontend_port, net.grafana_port):
+        raise BundleError(f"{where}: port {oidc.port} is already used by the UI, Grafana or the frontend")
 
 
 def _implied(permissions: tuple[str, ...]) -> set[str]:

@@ -75,6 +75,10 @@ LISTENERS = (
              service="prometheus", profile="monitoring"),
     Listener("expiry exporter", "9464", "plaintext", "none (expiry dates, no certificate or token)", "monitoring",
              service="expiry-exporter", profile="monitoring"),
+    Listener("Alertmanager", "9093", "plaintext", "none (reads and silences alerts; not published)", "monitoring",
+             service="alertmanager", profile="monitoring"),
+    Listener("Grafana", "3000", "any", "an OIDC login through Dex (Admin only for temporal-system:admin, else "
+             "Viewer); queries Prometheus for logged-in users only", "published", service="grafana", profile="monitoring"),
 )
 
 ADMITS = {

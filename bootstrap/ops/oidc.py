@@ -1,9 +1,10 @@
-"""Dex, the Web UI's OIDC provider: its rendered config, the UI's client secret and the first
-admin's password.
+"""Dex, the Web UI's OIDC provider (and Grafana's): its rendered config, the UI's and Grafana's
+client secrets and the first admin's password.
 
 The admin password is generated once, kept in private/oidc/admin.password only until
 `show-admin-password` prints it (then deleted), and reaches Dex only as a bcrypt hash. The client
-secret lives in ui/ (the UI sends it to Dex) and in Dex's own config; neither reaches a browser.
+secrets live in ui/ and grafana/ (each client sends its own to Dex) and in Dex's own config; none
+reaches a browser.
 Upstream connector secrets are read from the files bundle.yaml names, at render time.
 """
 
@@ -45,6 +46,14 @@ def client_secret_path(layout: Layout) -> Path:
     return layout.root / "ui" / "oidc-client-secret"
 
 
+def grafana_secret_path(layout: Layout) -> Path:
+    return layout.root / "grafana" / "oidc-client-secret"
+
+
+# Grafana's client id at Dex (its generic OAuth login; compose profile monitoring).
+GRAFANA_CLIENT_ID = "grafana"
+
+
 def dex_config_path(layout: Layout) -> Path:
     return layout.root / "dex" / "config.yaml"
 
@@ -69,8 +78,9 @@ def plan_oidc(config: BundleConfig, layout: Layout, force: bool) -> list[Action]
         return []
     actions, admin_hash = _plan_admin(layout, force)
     secret_action, secret = _plan_secret(client_secret_path(layout), force)
-    actions.append(secret_action)
-    text = render_dex_config(config, layout, admin_hash, secret)
+    grafana_action, grafana_secret = _plan_secret(grafana_secret_path(layout), force)
+    actions += [secret_action, grafana_action]
+    text = render_dex_config(config, layout, admin_hash, secret, grafana_secret)
     existing = read_optional(dex_config_path(layout))
     if existing == text:
         actions.append(Skip(dex_config_path(layout)))
@@ -138,7 +148,8 @@ def _plan_secret(path: Path, force: bool) -> tuple[Action, str]:
     return Write(path, (value + "\n").encode(), KEY_MODE, "created" if existing is None else "replaced (--force)"), value
 
 
-def render_dex_config(config: BundleConfig, layout: Layout, admin_hash: str, client_secret: str) -> bytes:
+def render_dex_config(config: BundleConfig, layout: Layout, admin_hash: str, client_secret: str,
+                      grafana_secret: str) -> bytes:
     oidc, root = config.oidc, Path(config.bundle_dir)
     document = {
         "issuer": oidc.issuer,
@@ -156,6 +167,11 @@ def render_dex_config(config: BundleConfig, layout: Layout, admin_hash: str, cli
             "name": "Temporal Web UI",
             "secret": client_secret,
             "redirectURIs": [f"{config.ui_url}/auth/sso/callback"],
+        }, {
+            "id": GRAFANA_CLIENT_ID,
+            "name": "Grafana",
+            "secret": grafana_secret,
+            "redirectURIs": [f"{config.grafana_url}/login/generic_oauth"],
         }],
         "enablePasswordDB": True,
         "staticPasswords": [_static_user(config, oidc.admin, admin_hash)]
@@ -164,7 +180,7 @@ def render_dex_config(config: BundleConfig, layout: Layout, admin_hash: str, cli
     if oidc.connectors:
         document["connectors"] = [_connector(c) for c in oidc.connectors]
     body = yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
-    return f"{header(config)}\n# Dex {oidc.issuer}: mode 0600, holds the UI's client secret.\n{body}".encode()
+    return f"{header(config)}\n# Dex {oidc.issuer}: mode 0600, holds the UI's and Grafana's client secrets.\n{body}".encode()
 
 
 def _static_user(config: BundleConfig, user: OIDCUser, password_hash: str) -> dict:

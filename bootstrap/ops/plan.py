@@ -71,8 +71,10 @@ def leaf_specs(config: BundleConfig) -> list[LeafSpec]:
         LeafSpec("registrar", "system", "temporal-bundle:system", (), "client", "client"),
     ]
     if config.oidc.enabled:
-        # HTTPS for Dex (the issuer).
+        # HTTPS for Dex (the issuer), and for Grafana (compose profile monitoring), which logs in
+        # through the same Dex.
         specs.append(LeafSpec("dex", "server", config.oidc.host, config.dex_sans(), "server", "server"))
+        specs.append(LeafSpec("grafana", "server", config.oidc.ui_public_host, config.grafana_sans(), "server", "server"))
     if config.oidc.ui_login:
         # HTTPS for the Web UI itself (Secure session cookies), with Dex or an external issuer.
         specs.append(LeafSpec("ui", "server", config.oidc.ui_public_host, config.ui_sans(), "server", "server"))

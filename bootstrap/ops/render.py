@@ -30,6 +30,7 @@ OUTPUTS = {
 }
 # Where Prometheus finds the expiry exporter (the compose service of the monitoring profile).
 EXPIRY_EXPORTER = "expiry-exporter:9464"
+ALERTMANAGER = "alertmanager:9093"  # the compose service of the same profile
 
 
 def default_templates_dir() -> Path:
@@ -99,6 +100,7 @@ def monitoring_context(config: BundleConfig) -> dict:
     return {
         "scrape_interval": go_duration(scrape),
         "expiry_exporter": EXPIRY_EXPORTER,
+        "alertmanager": ALERTMANAGER,
         "warn_seconds": int(mon.expiry_warn.total_seconds()),
         "crit_seconds": int(mon.expiry_crit.total_seconds()),
         "warn_human": human_duration(mon.expiry_warn),

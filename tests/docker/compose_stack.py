@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -22,11 +23,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 STANDIN_ENV = REPO / "build" / "standin-images.env"
 IMAGE_VARS = ("TEMPORAL_SERVER_IMAGE", "TEMPORAL_ADMINTOOLS_IMAGE", "POSTGRES_IMAGE", "TEMPORAL_UI_IMAGE", "DEX_IMAGE",
-              "BUNDLE_IMAGE", "PROMETHEUS_IMAGE")
+              "BUNDLE_IMAGE", "PROMETHEUS_IMAGE", "ALERTMANAGER_IMAGE")
 # The compose profile `monitoring`: the shared session stack runs with it (conftest.py).
-MONITORING = ("expiry-exporter", "prometheus")
+MONITORING = ("expiry-exporter", "prometheus", "alertmanager")
 LONG_RUNNING = ("token-refresher", "jwks", "postgresql", "temporal", "temporal-ui", "codec-server", "dex", *MONITORING)
 ONE_SHOT = ("bootstrap", "temporal-schema", "temporal-register-namespaces")
+GRAFANA_ABSENT = "tests/docker/compose.grafana-absent.yml"
 TIMINGS: dict[str, float] = {}  # seconds per phase of the docker tier, printed at teardown
 
 
@@ -70,6 +72,23 @@ def build_standin_images(temporal_version: str | None = None) -> dict[str, str]:
     return images
 
 
+def grafana_image() -> str:
+    """GRAFANA_IMAGE as compose resolves it: the environment's, else the compose file's pinned default."""
+    pinned = re.search(r"\$\{GRAFANA_IMAGE:-([^}]+)\}", (REPO / "docker-compose.prod.yml").read_text())
+    return os.environ.get("GRAFANA_IMAGE") or pinned.group(1)
+
+
+def image_present(image: str) -> bool:
+    return run(["docker", "image", "inspect", image], check=False).returncode == 0
+
+
+def grafana_files() -> tuple[str, ...]:
+    """Compose files beyond docker-compose.prod.yml for a stack with the profile monitoring: none when
+    the Grafana image is on the engine; else the override that leaves Grafana out (no registry here,
+    no Debian package, and its frontend needs a Node build), so the rest of the profile runs."""
+    return () if image_present(grafana_image()) else (GRAFANA_ABSENT,)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -101,6 +120,7 @@ class ComposeStack:
         self.ui_port = free_port()
         self.codec_port = free_port()
         self.oidc_port = free_port()
+        self.grafana_port = free_port()
         # Browser tests log in as this reader of `default` (and as the generated admin).
         self.reader_password = secrets.token_urlsafe(12)
         if not self.config.exists():
@@ -116,6 +136,7 @@ class ComposeStack:
             doc["persistence"]["num_history_shards"] = self.history_shards
         doc["namespaces"].append({"name": "orders", "retention": "3d"})
         doc.setdefault("network", {})["ui_port"] = self.ui_port
+        doc["network"]["grafana_port"] = self.grafana_port
         doc["oidc"] = {
             "port": self.oidc_port,
             # Short, so a test can watch a real Dex token expire; the UI refreshes its session.

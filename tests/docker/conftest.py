@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .compose_stack import TIMINGS, ComposeStack, build_standin_images, unique_project
+from .compose_stack import TIMINGS, ComposeStack, build_standin_images, grafana_files, grafana_image, unique_project
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +17,11 @@ def stack(tmp_path_factory):
     started = time.monotonic()
     images = build_standin_images()
     TIMINGS["build_images_s"] = time.monotonic() - started
-    s = ComposeStack(unique_project("tbe2e"), tmp_path_factory.mktemp("compose-stack"), images, profiles=("monitoring",))
+    extra = grafana_files()
+    if extra:
+        print(f"\nGrafana image {grafana_image()} not available here: the stack runs the profile monitoring without Grafana")
+    s = ComposeStack(unique_project("tbe2e"), tmp_path_factory.mktemp("compose-stack"), images, profiles=("monitoring",),
+                     compose_files=("docker-compose.prod.yml", *extra))
     try:
         yield s
     finally:

@@ -13,6 +13,9 @@ tests package importable (python3 -m tests.docker.e2e_client ...).
                                               a service presents
     python3 e2e_client.py codec               the codec server refuses no token, serves a valid one,
                                               and answers CORS preflight only for the UI origin
+    python3 e2e_client.py codec-decode [WORKFLOW_ID]  the codec server decodes (system token, as the
+                                              CLI would) WORKFLOW_ID's encrypted input, else a payload
+                                              encrypted here (needs codec-keys/, codec-kek/)
     python3 e2e_client.py start WORKFLOW_ID QUEUE   start a workflow no worker serves yet (stays running)
     python3 e2e_client.py finish WORKFLOW_ID QUEUE  a worker on QUEUE completes that workflow
     python3 e2e_client.py history WORKFLOW_ID       status and event types of its history
@@ -214,6 +217,45 @@ def codec() -> dict:
     return out
 
 
+async def encrypted_input(workflow_id: str | None):
+    """The first input payload of workflow_id's history as stored (encrypted by its starter), or a
+    payload encrypted here with the namespace's data keys."""
+    from temporalio.api.common.v1 import Payload
+
+    from bootstrap.core.codec import KeyringFile, encrypt
+
+    if workflow_id is None:
+        plain = Payload(metadata={"encoding": b"json/plain"}, data=b'"fault"')
+        return encrypt(plain, KeyringFile(f"{BUNDLE}/codec-keys/keys.json").current(), NAMESPACE)
+    client = await connect(ADDRESS, bundle_dir=BUNDLE, role="client", namespace=NAMESPACE, server_name=SERVER_NAME)
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    return history.events[0].workflow_execution_started_event_attributes.input.payloads[0]
+
+
+def codec_decode(workflow_id: str | None = None) -> dict:
+    import base64
+    import ssl
+
+    from google.protobuf.json_format import MessageToDict
+
+    from bootstrap.core.codec import is_encrypted
+
+    payload = asyncio.run(encrypted_input(workflow_id))
+    body = json.dumps({"payloads": [MessageToDict(payload)]}).encode()
+    token = RoleCredentials.load(BUNDLE, "system").token
+    request = urllib.request.Request("https://codec-server:8888/decode", data=body, method="POST", headers={
+        "Content-Type": "application/json", "X-Namespace": NAMESPACE, "Authorization": f"Bearer {token}"})
+    context = ssl.create_default_context(cafile=f"{BUNDLE}/trust/ca.pem")
+    out = {"encrypted": is_encrypted(payload)}
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
+            decoded = json.loads(response.read())["payloads"][0]
+    except (OSError, ValueError, KeyError) as exc:  # URLError (down, name gone) and HTTPError are OSErrors
+        return {**out, "ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    out["plaintext"] = base64.b64decode(decoded.get("data", "")).decode(errors="replace")
+    return {**out, "ok": out["encrypted"] and out["plaintext"] == '"fault"'}
+
+
 def peer_cert(host: str, port: str, protocol: str = "tls", client_cert: str = "clients/client") -> dict:
     """SHA-256 fingerprint of the certificate a service presents now (PostgreSQL: after its
     SSLRequest), to prove a rotated certificate is served without a restart. Every service here
@@ -263,6 +305,8 @@ def main() -> int:
         out = ui(args[0])
     elif command == "codec":
         out = codec()
+    elif command == "codec-decode":
+        out = codec_decode(*args)
     elif command in ("start", "finish", "history"):
         out = asyncio.run({"start": start, "finish": finish, "history": history}[command](*args))
     elif command.startswith("schedule-"):

@@ -12,6 +12,10 @@ stdout is a JSON summary (ids started, completed, late, every call's time and ou
     python3 -m tests.docker.fault_load finish QUEUE ID...
 
 A fresh worker on QUEUE for the ids that were late: those still not complete are lost.
+
+Payloads are encrypted here with the namespace's data keys (codec-keys/, codec-kek/ mounted
+read-only), as the bundle's workers do: the codec server only decodes for the Web UI and the CLI,
+so the load keeps running while it is down.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ BUNDLE = "/bundle"
 ADDRESS = os.environ.get("E2E_ADDRESS", "temporal:7233")
 SERVER_NAME = os.environ.get("E2E_SERVER_NAME", "temporal")
 CALL_TIMEOUT = timedelta(seconds=5)
+KEYS = f"{BUNDLE}/codec-keys/keys.json"
 DRAIN_TIMEOUT = 120  # after SIGTERM: retries of in-flight ids, then every result; later ones are "late"
 
 
@@ -53,6 +58,12 @@ class SignalledWorkflow:
     @workflow.signal
     def proceed(self) -> None:
         self.go = True
+
+
+def converter():
+    from bootstrap.core.codec import data_converter
+
+    return data_converter(KEYS)
 
 
 class Load:
@@ -88,6 +99,8 @@ class Load:
             started = await self.call("start", lambda: client.start_workflow(
                 SignalledWorkflow.run, "fault", id=workflow_id, task_queue=queue, rpc_timeout=CALL_TIMEOUT))
             if started:
+                if not self.started:  # whose encrypted input a codec check can decode meanwhile
+                    print(json.dumps({"first": workflow_id}), flush=True)
                 self.started.append(workflow_id)
                 handle = client.get_workflow_handle(workflow_id)
                 await self.call("signal", lambda: handle.signal(SignalledWorkflow.proceed, rpc_timeout=CALL_TIMEOUT))
@@ -107,8 +120,10 @@ async def completed(client, workflow_id: str, deadline: float) -> bool:
 
 
 async def main(lanes: int) -> dict:
-    worker_client = await connect(ADDRESS, bundle_dir=BUNDLE, role="worker", server_name=SERVER_NAME)
-    starter = await connect(ADDRESS, bundle_dir=BUNDLE, role="client", server_name=SERVER_NAME)
+    worker_client = await connect(ADDRESS, bundle_dir=BUNDLE, role="worker", server_name=SERVER_NAME,
+                                  data_converter=converter())
+    starter = await connect(ADDRESS, bundle_dir=BUNDLE, role="client", server_name=SERVER_NAME,
+                            data_converter=converter())
     load, queue = Load(), f"fault-{uuid.uuid4().hex[:8]}"
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, load.drain)
     async with Worker(worker_client, task_queue=queue, workflows=[SignalledWorkflow], activities=[greet],
@@ -131,7 +146,8 @@ async def main(lanes: int) -> dict:
 async def finish(queue: str, ids: list[str]) -> dict:
     """A fresh worker on the load's queue (as an application restarting its worker would), then
     every id's result: what is still not complete now is lost."""
-    client = await connect(ADDRESS, bundle_dir=BUNDLE, role="worker", server_name=SERVER_NAME)
+    client = await connect(ADDRESS, bundle_dir=BUNDLE, role="worker", server_name=SERVER_NAME,
+                           data_converter=converter())
     async with Worker(client, task_queue=queue, workflows=[SignalledWorkflow], activities=[greet],
                       workflow_runner=UnsandboxedWorkflowRunner()):
         deadline = time.time() + 180

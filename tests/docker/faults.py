@@ -16,6 +16,8 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
+import yaml
+
 from tests.docker.compose_stack import REPO, ComposeStack, StackError, run
 
 LANES = 3
@@ -48,9 +50,12 @@ def load_argv(stack: ComposeStack, *args: str, detach: bool = True) -> list[str]
     return [
         "docker", "run", *(["-d"] if detach else ["--rm"]), "--network", stack.network("edge"), "--read-only",
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true", "--label", f"temporal-bundle-test={stack.project}",
+        "--label", f"temporal-bundle-fault-load={stack.project}",
         "-v", f"{stack.volume('bundle-trust')}:/bundle/trust:ro",
         "-v", f"{stack.volume('bundle-clients')}:/bundle/clients:ro",
         "-v", f"{stack.volume('bundle-tokens')}:/bundle/tokens:ro",
+        "-v", f"{stack.volume('bundle-codec-keys')}:/bundle/codec-keys:ro",
+        "-v", f"{stack.volume('bundle-codec-kek')}:/bundle/codec-kek:ro",
         "-v", f"{REPO / 'tests'}:/opt/e2e/tests:ro", "--workdir", "/opt/e2e",
         stack.images["BUNDLE_IMAGE"], "python3", "-m", "tests.docker.fault_load", *args,
     ]
@@ -177,22 +182,57 @@ def stop_postgres(seconds: float):
     return inject
 
 
-def stop_service(service: str, seconds: float):
+def stop_services(services: tuple[str, ...], seconds: float, codec: dict | None = None):
+    """Stop `services` together for `seconds`, then start them again. With `codec` (the codec
+    server among them): a decode while it is down, then seconds from its start until it decodes
+    again the encrypted input of the running load's first workflow, recorded there."""
     def inject(stack: ComposeStack):
         injected = time.time()
-        stack.compose("stop", service, timeout=120)
+        stack.compose("stop", *services, timeout=120)
+        if codec is not None:
+            codec["while_down"] = stack.run_client("codec-decode", volumes=CODEC_VOLUMES)
         time.sleep(max(0.0, seconds - (time.time() - injected)))
-        stack.compose("start", service, timeout=120)
+        stack.compose("start", *services, timeout=120)
         restored = time.time()
-        wait_healthy(stack, service)
+        for service in services:
+            wait_healthy(stack, service)
+        if codec is not None:
+            codec["back_after_s"], codec["back"] = decode_recovery(stack, restored)
         return injected, restored
     return inject
+
+
+CODEC_VOLUMES = ("codec-keys", "codec-kek")
+
+
+def load_first_workflow(stack: ComposeStack) -> str:
+    """The first workflow id the running load started (its summary line {"first": ...})."""
+    (container,) = run(["docker", "ps", "-q", "--filter", f"label=temporal-bundle-fault-load={stack.project}"]).stdout.split()
+    logs = run(["docker", "logs", container], check=False).stdout
+    return json.loads(next(line for line in logs.splitlines() if line.startswith('{"first"')))["first"]
+
+
+def decode_recovery(stack: ComposeStack, since: float, timeout: float = 60) -> tuple[float, dict]:
+    """Seconds from `since` until the codec server decoded again the stored (encrypted) input of
+    the load's first workflow (inf if not in time)."""
+    deadline, workflow_id = time.time() + timeout, load_first_workflow(stack)
+    while True:
+        out = dict(stack.run_client("codec-decode", workflow_id, volumes=CODEC_VOLUMES), workflow_id=workflow_id)
+        if out["ok"] or time.time() > deadline:
+            return (time.time() - since if out["ok"] else float("inf")), out
+        time.sleep(1)
+
+
+def refresher_window_s() -> float:
+    """The token refresher's window: SECONDS of its `mint-tokens --watch SECONDS` in the compose file."""
+    command = yaml.safe_load((REPO / "docker-compose.prod.yml").read_text())["services"]["token-refresher"]["command"]
+    return float(command[command.index("--watch") + 1])
 
 
 # --------------------------------------------------------------------------- a full bundle volume
 
 # Every bundle volume, mounted as the bootstrap mounts them.
-BUNDLE_DIRS = ("private", "private/jwt", "trust", "server", "dbclient", "postgres", "jwks", "ui", "dex", "clients",
+BUNDLE_DIRS = ("private", "private/jwt", "trust", "server", "dbclient", "postgres", "jwks", "ui", "dex", "grafana", "clients",
                "tokens", "config", "codec", "codec-keys", "registrar")
 VOLUME_OF = {"private/jwt": "bundle-signing"}
 
@@ -259,13 +299,19 @@ def cut_network(service: str, network: str, seconds: float):
     return inject
 
 
-def service_faults(jwks_refresh_s: float) -> list[tuple[str, object]]:
-    """(name, inject) of every service fault the matrix covers, in the order test_faults.py runs them."""
+def service_faults(jwks_refresh_s: float, codec: dict | None = None) -> list[tuple[str, object]]:
+    """(name, inject) of every service fault the matrix covers, in the order test_faults.py runs them.
+    The JWKS server, the token refresher and the codec server go down together, for longer than
+    both the JWKS refresh interval and the refresher's window: none of them is on a running
+    workload's path, and one round instead of three keeps the tier's time (codec: see stop_services)."""
+    window = refresher_window_s()
+    down = max(jwks_refresh_s, window) + 5  # so at least one JWKS refresh and one refresher round are missed
     return [
         ("temporal: kill -9, restarted by the restart policy", kill_temporal),
         ("postgresql: restart", restart_postgres),
         ("postgresql: stopped 30 s", stop_postgres(30)),
-        (f"JWKS server: stopped {jwks_refresh_s + 15:.0f} s (refresh every {jwks_refresh_s:.0f} s)",
-         stop_service("jwks", jwks_refresh_s + 15)),
+        (f"JWKS server + token refresher + codec server: stopped {down:.0f} s (JWKS refresh every "
+         f"{jwks_refresh_s:.0f} s, tokens re-checked every {window:.0f} s)",
+         stop_services(("jwks", "token-refresher", "codec-server"), down, codec)),
         ("network temporal-postgresql (backend) cut 20 s", cut_network("temporal", "backend", 20)),
     ]

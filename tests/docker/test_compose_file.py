@@ -20,7 +20,7 @@ pytestmark = pytest.mark.docker
 
 COMPOSE_FILE = REPO / "docker-compose.prod.yml"
 IMAGE_VARIABLES = ("BUNDLE_IMAGE", "TEMPORAL_SERVER_IMAGE", "TEMPORAL_ADMINTOOLS_IMAGE", "POSTGRES_IMAGE", "TEMPORAL_UI_IMAGE",
-                   "DEX_IMAGE", "PROMETHEUS_IMAGE")
+                   "DEX_IMAGE", "PROMETHEUS_IMAGE", "ALERTMANAGER_IMAGE", "GRAFANA_IMAGE")
 
 
 @pytest.fixture(scope="module", params=["monitoring", "monitoring,workload-identity"])
@@ -125,10 +125,14 @@ BUNDLE_MOUNTS = {
     # Profile monitoring. Certificates only, as nobody (65534: no key file is readable to it);
     # never tokens/, private/ or codec-keys/. The token report comes from metrics/.
     "expiry-exporter": {"bundle-trust", "bundle-server", "bundle-dbclient", "bundle-postgres", "bundle-jwks",
-                        "bundle-ui", "bundle-ui-gate", "bundle-dex", "bundle-clients", "bundle-codec", "bundle-registrar",
-                        "bundle-metrics"},
+                        "bundle-ui", "bundle-ui-gate", "bundle-dex", "bundle-grafana", "bundle-clients", "bundle-codec",
+                        "bundle-registrar", "bundle-metrics"},
     # Its config and the alert rules, rendered by the bootstrap.
     "prometheus": {"bundle-config"},
+    # Nothing of ours: its config comes from docker/alertmanager/.
+    "alertmanager": set(),
+    # Its HTTPS pair and Dex client secret; the CA to verify Dex. Provisioning comes from grafana/.
+    "grafana": {"bundle-grafana", "bundle-trust"},
 }
 
 
@@ -176,3 +180,19 @@ def test_postgres_admits_every_pool_of_every_temporal_service(resolved):
     command = resolved["services"]["postgresql"]["command"]
     max_connections = int(next(a.split("=", 1)[1] for a in command if a.startswith("max_connections=")))
     assert worst_case + 20 <= max_connections, (worst_case, max_connections)
+
+
+def test_grafana_is_published_like_the_ui_with_its_files_read_only(resolved):
+    """Profile monitoring: Grafana on edge (the browser, Dex) and monitoring (Prometheus), published on
+    loopback only, every file of docker/grafana/ mounted read-only, started after Prometheus and Dex."""
+    grafana = resolved["services"]["grafana"]
+    assert grafana["image"] == "grafana/grafana:11.6.1"
+    assert [(p["target"], p.get("host_ip")) for p in grafana["ports"]] == [(3000, "127.0.0.1")]
+    assert set(grafana["networks"]) == {"edge", "monitoring"}
+    binds = [v for v in grafana["volumes"] if v["type"] == "bind"]
+    assert {Path(v["source"]).relative_to(REPO).as_posix() for v in binds} == {
+        "docker/grafana/grafana.ini", "docker/grafana/provisioning", "docker/grafana/dashboards"}
+    assert all(v.get("read_only") and Path(v["source"]).exists() for v in binds), binds
+    assert {name: d["condition"] for name, d in grafana["depends_on"].items()} == {
+        "bootstrap": "service_completed_successfully", "prometheus": "service_healthy", "dex": "service_healthy"}
+    assert "https://127.0.0.1:3000/api/health" in grafana["healthcheck"]["test"]

@@ -2,8 +2,12 @@
 stack runs with it): Temporal's metrics are scraped over the monitoring network, a query returns
 the frontend's request counter, promtool accepts the rendered config and rules, the rules agree
 with check-expiry item by item (promtool's rule tests), an alert fires in Prometheus when a
-certificate inside its warning window appears in a bundle volume, and no application container
-(the edge network) reaches the metrics listener, the exporter or Prometheus.
+certificate inside its warning window appears in a bundle volume and reaches the profile's
+Alertmanager (a real one: Debian's package in the stand-in), and no application container
+(the edge network) reaches the metrics listener, the exporter or Prometheus. Grafana: where its
+image is on the engine, a Dex user logs in (generic OAuth), gets the role its groups map to and
+loads the provisioned dashboard and a query through the datasource; where it is not (here: no
+registry, not a Debian package, its frontend needs a Node build), that one test says so and skips.
 
 Reuses the docker tier's one stack (conftest.py); never starts another.
 """
@@ -24,7 +28,7 @@ from bootstrap.ops.expiry import CRITICAL, EXPIRED, WARNING, Thresholds, expiry_
 from bootstrap.core.pki import CA, utcnow
 from bootstrap.ops.render import render_all
 
-from .compose_stack import ComposeStack, run
+from .compose_stack import GRAFANA_ABSENT, ComposeStack, grafana_image, run
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
@@ -38,6 +42,18 @@ def prom(stack: ComposeStack, path: str) -> dict:
     doc = json.loads(out)
     assert doc["status"] == "success", doc
     return doc["data"]
+
+
+def alertmanager_alerts(stack: ComposeStack) -> list[dict]:
+    """Alertmanager's API (v2) from inside its own container (it is published nowhere)."""
+    out = stack.compose("exec", "-T", "alertmanager", "wget", "-qO-", "http://127.0.0.1:9093/api/v2/alerts",
+                        timeout=60).stdout
+    return json.loads(out)
+
+
+def at_alertmanager(stack: ComposeStack, alert: str, name: str) -> list[dict]:
+    return [a for a in alertmanager_alerts(stack) if a["labels"]["alertname"] == alert
+            and a["labels"].get("name") == name and a["status"]["state"] == "active"]
 
 
 def query(stack: ComposeStack, expr: str) -> list[dict]:
@@ -91,6 +107,11 @@ def test_promtool_accepts_the_rendered_config_and_rules(running_stack):
     config = running_stack.compose("exec", "-T", "prometheus", "promtool", "check", "config",
                                    "/bundle/config/prometheus.yml").stdout
     assert "SUCCESS" in config, config
+    alertmanager = running_stack.compose("exec", "-T", "alertmanager", "amtool", "check-config",
+                                         "/etc/alertmanager/alertmanager.yml").stdout
+    assert "SUCCESS" in alertmanager, alertmanager
+    active = prom(running_stack, "/api/v1/alertmanagers")["activeAlertmanagers"]
+    assert [a["url"] for a in active] == ["http://alertmanager:9093/api/v2/alerts"], active
     loaded = prom(running_stack, "/api/v1/rules")["groups"]
     assert {g["name"] for g in loaded} == {"temporal-bundle-expiry", "temporal-bundle-server"}
 
@@ -186,6 +207,13 @@ def test_a_certificate_inside_its_warning_window_fires_an_alert(running_stack, t
         wait_until("BundleCredentialCritical for the 3-hour certificate",
                    lambda: firing(stack, "BundleCredentialCritical", crit_name), timeout=60)
         print(f"\nalerts firing {time.monotonic() - started:.0f}s after the certificates appeared")
+        # Prometheus delivered them to Alertmanager, with the labels the rules give.
+        arrived = wait_until("BundleCredentialExpiring at Alertmanager",
+                             lambda: at_alertmanager(stack, "BundleCredentialExpiring", warn_name), timeout=60)
+        assert arrived[0]["labels"]["severity"] == "warning" and arrived[0]["receivers"][0]["name"] == "operators"
+        wait_until("BundleCredentialCritical at Alertmanager",
+                   lambda: at_alertmanager(stack, "BundleCredentialCritical", crit_name), timeout=60)
+        print(f"at Alertmanager {time.monotonic() - started:.0f}s after the certificates appeared")
         assert not firing(stack, "BundleCredentialExpiring", crit_name)  # one status, one alert
         # check-expiry, with the same bundle.yaml, says the same of the same files.
         report = stack.compose("run", "--rm", "--no-deps", "bootstrap", "check-expiry", "/bundle", "--json",
@@ -228,20 +256,19 @@ def test_no_application_container_reaches_the_metrics(running_stack):
     monitoring_ip = stack.inspect("temporal")["NetworkSettings"]["Networks"][stack.network("monitoring")]["IPAddress"]
     assert monitoring_ip
     secret = ["temporal:8000", "temporal-metrics:8000", f"{monitoring_ip}:8000", "prometheus:9090",
-              "expiry-exporter:9464"]
+              "expiry-exporter:9464", "alertmanager:9093"]
     from_edge = probe_from(stack, stack.network("edge"), "temporal:7233", *secret)
     assert from_edge.pop("temporal:7233") == "connected", "the probe itself cannot reach the frontend"
     assert all(v.startswith("unreachable") for v in from_edge.values()), from_edge
     # Control: from the monitoring network the same listeners answer, so "unreachable" is the network's doing.
     from_monitoring = probe_from(stack, stack.network("monitoring"), "temporal-metrics:8000", "prometheus:9090",
-                                 "expiry-exporter:9464")
+                                 "expiry-exporter:9464", "alertmanager:9093")
     assert set(from_monitoring.values()) == {"connected"}, from_monitoring
 
 
 def test_every_grafana_dashboard_query_runs_on_this_prometheus(running_stack):
-    """No Grafana image is built here (not a Debian package; its image needs a frontend build), so
-    Grafana's login and rendering are not tested. What is: each provisioned panel's query is valid
-    PromQL for this Prometheus and returns series (after one workflow, every panel has data)."""
+    """Each provisioned panel's query is valid PromQL for this Prometheus and returns series (after
+    one workflow, every panel has data), with or without a Grafana image on the engine."""
     from tests.unit.test_monitoring import dashboard_exprs
 
     assert running_stack.run_client("run", "monitoring-dashboard-wf")["ok"]
@@ -252,3 +279,55 @@ def test_every_grafana_dashboard_query_runs_on_this_prometheus(running_stack):
         if not got:
             empty.append(expr)
     assert not empty, empty
+
+
+# --------------------------------------------------------------------------- Grafana
+
+
+def grafana_session(stack: ComposeStack, monkeypatch, email: str, password: str):
+    """An HTTPS client (the bundle's CA, cookies) logged in to Grafana through Dex's login form, as a
+    browser does: /login/generic_oauth -> Dex -> the password form -> Grafana's callback."""
+    import html
+    import http.cookiejar
+    import re
+    import socket
+    import ssl
+    import urllib.request
+
+    config = load_config(stack.config)
+    real = socket.getaddrinfo
+    # The browser's names: Dex's issuer host resolves to loopback (its port is published there).
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: real(
+        "127.0.0.1" if host == config.oidc.host else host, *a, **k))
+    ca = stack.read_bundle_files("trust/ca.pem")["trust/ca.pem"].decode()
+    context = ssl.create_default_context(cadata=ca)
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context),
+                                         urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    base = f"https://localhost:{stack.grafana_port}"
+    with opener.open(f"{base}/login/generic_oauth", timeout=30) as page:
+        url, body = page.geturl(), page.read().decode()
+    assert url.startswith(config.oidc.issuer), url  # at Dex's login page
+    action = re.search(r'<form[^>]*action="([^"]*)"', body)
+    target = urllib.parse.urljoin(url, html.unescape(action.group(1))) if action and action.group(1) else url
+    data = urllib.parse.urlencode({"login": email, "password": password}).encode()
+    with opener.open(target, data=data, timeout=30) as landed:
+        assert landed.geturl().startswith(base), landed.geturl()  # back at Grafana, logged in
+
+    def get(path: str) -> dict | list:
+        with opener.open(base + path, timeout=30) as response:
+            return json.loads(response.read())
+    return get
+
+
+def test_grafana_logs_in_through_dex_and_loads_the_dashboard(running_stack, monkeypatch):
+    if GRAFANA_ABSENT in running_stack.compose_files:
+        pytest.skip(f"Grafana image {grafana_image()} not available here (no registry; Grafana is not a Debian "
+                    "package and its frontend needs a Node build): the Dex login and the dashboard load are NOT "
+                    "checked in this run; its files are (tests/unit/test_grafana_provisioning.py)")
+    get = grafana_session(running_stack, monkeypatch, "reader@example.com", running_stack.reader_password)
+    assert get("/api/user")["email"] == "reader@example.com"
+    assert [org["role"] for org in get("/api/user/orgs")] == ["Viewer"]  # default:read only: no admin
+    dashboard = get("/api/dashboards/uid/temporal-bundle-server")["dashboard"]
+    assert any("expiry" in panel["title"] for panel in dashboard["panels"])
+    up = get("/api/datasources/proxy/uid/temporal-bundle-prometheus/api/v1/query?query=" + urllib.parse.quote('up{job="temporal"}'))
+    assert up["status"] == "success" and up["data"]["result"][0]["value"][1] == "1", up

@@ -37,6 +37,7 @@ EXPECTED_LEAVES = {
     # HTTPS for Dex and the Web UI (oidc.enabled, the default): server-domain leaves.
     ("dex", "server"): "server",
     ("ui", "server"): "server",
+    ("grafana", "server"): "server",  # Grafana (compose profile monitoring), Dex login too
     ("postgres", "server"): "server",
     ("dbclient", "temporal"): "client",
     ("clients", "system"): "client",

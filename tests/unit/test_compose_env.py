@@ -62,6 +62,7 @@ def test_compose_env_with_an_external_issuer_runs_no_dex(tmp_path, cli):
     run = cli("compose-env", "--config", config)
     assert run.code == 0, run.err  # the secret files are the bootstrap's business, not compose-env's
     values = _variables(run.out)
+    assert values["GRAFANA_SCALE"] == "0"  # Grafana's login is the embedded Dex's client
     assert {k: values[k] for k in ("DEX_SCALE", "OIDC_ISSUER_URL", "OIDC_JWKS_URL", "TEMPORAL_AUDIENCE",
                                    "OIDC_SCOPES", "OIDC_USE_ID_TOKEN", "OIDC_CA_DIRS")} == {
         "DEX_SCALE": "0", "OIDC_ISSUER_URL": "https://idp.example.com/realms/acme",
@@ -75,6 +76,7 @@ def test_compose_env_with_dex_runs_one(tmp_path, cli):
     config.write_text(CONFIG)
     values = _variables(cli("compose-env", "--config", config).out)
     assert values["DEX_SCALE"] == "1" and values["OIDC_ISSUER_URL"] == "https://login.example.com:7556/dex"
+    assert values["GRAFANA_SCALE"] == "1"
     assert values["OIDC_JWKS_URL"] == "https://login.example.com:7556/dex/keys"
 
 

@@ -96,10 +96,18 @@ def test_prometheus_scrapes_the_compose_names():
     assert compose["networks"]["monitoring"]["internal"] is True
     assert [f"/bundle/config/{Path(p).name}" for p in prom["rule_files"]] == ["/bundle/config/alert-rules.yml"]
     assert "bundle-config:/bundle/config:ro" in services["prometheus"]["volumes"]
-    for name in ("prometheus", "expiry-exporter"):
+    for name in ("prometheus", "expiry-exporter", "alertmanager"):
         assert services[name]["profiles"] == ["monitoring"]
         assert "ports" not in services[name], f"{name} must not be published"
         assert "edge" not in services[name]["networks"]
+    assert services["grafana"]["profiles"] == ["monitoring"]  # published on purpose, behind Dex
+    # Firing alerts go to the profile's Alertmanager, on the monitoring network only, unpublished.
+    targets = [t for a in prom["alerting"]["alertmanagers"] for c in a["static_configs"] for t in c["targets"]]
+    alertmanager = services["alertmanager"]
+    assert targets == ["alertmanager:9093"] and "--web.listen-address=:9093" in alertmanager["command"]
+    assert alertmanager["networks"] == ["monitoring"]
+    assert "--cluster.listen-address=" in alertmanager["command"]  # no gossip listener
+    assert "./docker/alertmanager/alertmanager.yml:/etc/alertmanager/alertmanager.yml:ro" in alertmanager["volumes"]
     assert jobs["bundle-expiry"]["static_configs"][0]["targets"] == ["expiry-exporter:9464"]
     assert "--port=9464" in services["expiry-exporter"]["command"]
     # The exporter never sees a token, a signing key or the CA key.

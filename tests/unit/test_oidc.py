@@ -10,7 +10,7 @@ import yaml
 
 from bootstrap.core.config import parse_config
 from bootstrap.errors import BundleError
-from bootstrap.ops.oidc import admin_hash_path, admin_password_path, client_secret_path, dex_config_path
+from bootstrap.ops.oidc import admin_hash_path, admin_password_path, client_secret_path, dex_config_path, grafana_secret_path
 
 HASH = bcrypt.hashpw(b"reader-password", bcrypt.gensalt(10)).decode()
 NAMESPACES = [{"name": "default"}, {"name": "orders"}]
@@ -81,24 +81,30 @@ def test_dex_config_holds_only_a_hash_of_the_admin_password(tmp_path, cli):
     assert users["reader"] == {"email": "reader@example.com", "username": "reader", "userID": "temporal-bundle-reader",
                                "hash": HASH, "groups": ["orders:read"]}
     secret = client_secret_path(layout).read_text().strip()
+    grafana = grafana_secret_path(layout).read_text().strip()
+    assert len(grafana) >= 32 and grafana != secret
     assert dex["staticClients"] == [{"id": "temporal", "name": "Temporal Web UI", "secret": secret,
-                                     "redirectURIs": ["https://localhost:8080/auth/sso/callback"]}]
+                                     "redirectURIs": ["https://localhost:8080/auth/sso/callback"]},
+                                    {"id": "grafana", "name": "Grafana", "secret": grafana,
+                                     "redirectURIs": ["https://localhost:3000/login/generic_oauth"]}]
     # v2.45.1: no device flow (it leaks the client secret), code flow only.
     assert dex["oauth2"]["grantTypes"] == ["authorization_code", "refresh_token"]
     assert dex["issuer"] == "https://auth.localhost:5556/dex"
     # State on the dex-data volume (docker-compose.prod.yml): a restart keeps sessions and keys.
     assert dex["storage"] == {"type": "sqlite3", "config": {"file": "/var/dex/dex.db"}}
-    for path in (dex_config_path(layout), client_secret_path(layout), admin_password_path(layout), admin_hash_path(layout)):
+    for path in (dex_config_path(layout), client_secret_path(layout), grafana_secret_path(layout),
+                 admin_password_path(layout), admin_hash_path(layout)):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
 
 def test_second_init_keeps_the_admin_hash_and_client_secret(tmp_path, cli):
     config, out, _ = _init(tmp_path, cli, {})
     layout = _layout(out)
-    before = (dex_config_path(layout).read_bytes(), client_secret_path(layout).read_bytes())
+    files = (dex_config_path(layout), client_secret_path(layout), grafana_secret_path(layout))
+    before = [p.read_bytes() for p in files]
     again = cli("init", "--config", config, "--out", out)
     assert again.code == 0
-    assert (dex_config_path(layout).read_bytes(), client_secret_path(layout).read_bytes()) == before
+    assert [p.read_bytes() for p in files] == before
 
 
 def test_admin_password_is_shown_once(tmp_path, cli):
