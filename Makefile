@@ -12,6 +12,9 @@
 #                         and `make restore` (required)
 #   BACKUP_PASSPHRASE_FILE, BACKUP_PASSPHRASE  the archive's passphrase: a file, or the variable's
 #                         value in the environment (never on a command line)
+#   HSM_PIN_FILE          keys.backend pkcs11: the host file holding the token's user PIN, mounted
+#                         read-only into the bootstrap, token refresher and codec server only
+#                         (default ./secrets/hsm-pin; `make up` creates one for the image's SoftHSM2)
 #   VERSION               Temporal release for `make upgrade` (default: the one docker-compose.prod.yml
 #                         pins); TEMPORAL_SERVER_IMAGE / TEMPORAL_ADMINTOOLS_IMAGE, if set, must carry it
 
@@ -46,7 +49,9 @@ endif
 BUNDLE_IMAGE ?= temporal-bundle:$(BUNDLE_VERSION)
 export BUNDLE_IMAGE
 
-COMPOSE := docker compose -f $(COMPOSE_FILE_PATH)
+PKCS11_COMPOSE_FILE ?= docker-compose.pkcs11.yml
+HSM_PIN_FILE ?= ./secrets/hsm-pin
+export HSM_PIN_FILE
 # What bundle.yaml decides for compose (published ports, Dex's and the UI's names, the audience),
 # rendered by `make up` (compose-env in our image), one file per project. Compose reads it after
 # ./.env (so bundle.yaml wins there); a variable set in the shell wins over both.
@@ -57,13 +62,18 @@ COMPOSE_ENV_FILES_VALUE = $(subst $(space),$(comma),$(strip $(wildcard .env) $(B
 ifneq ($(wildcard $(BUNDLE_ENV_FILE)),)
 export COMPOSE_ENV_FILES := $(COMPOSE_ENV_FILES_VALUE)
 endif
+# keys.backend pkcs11 (compose-env says so in the env file): docker-compose.pkcs11.yml too, which
+# gives the token (volume bundle-hsm) and its PIN to the containers that sign or unwrap, only them.
+# Expanded when used: `make up` renders the env file (compose-env-file) before its recipe expands.
+KEYS_BACKEND = $(shell sed -n 's/^BUNDLE_KEYS_BACKEND=//p' "$(BUNDLE_ENV_FILE)" 2>/dev/null)
+COMPOSE = docker compose -f $(COMPOSE_FILE_PATH)$(if $(filter pkcs11,$(KEYS_BACKEND)), -f $(PKCS11_COMPOSE_FILE))
 # Maintenance commands run in a fresh bootstrap container: the only one that mounts private/.
-BOOTSTRAP := $(COMPOSE) run --rm --no-deps bootstrap
+BOOTSTRAP = $(COMPOSE) run --rm --no-deps bootstrap
 # Backups: pg_dump/pg_restore run as the superuser over the postgresql container's unix socket
 # (the only way pg_hba.conf lets postgres in); the bootstrap (the only container with private/)
 # seals and opens the archive. The passphrase reaches it as a read-only file mount or by the
 # variable's name (-e NAME copies the value from this environment, it never appears in argv).
-PG_EXEC := $(COMPOSE) exec -T postgresql
+PG_EXEC = $(COMPOSE) exec -T postgresql
 PG_SOCKET := --host=/var/run/postgresql --username=postgres
 BACKUP_PASSPHRASE_ARGS = $(if $(BACKUP_PASSPHRASE_FILE),--volume "$(abspath $(BACKUP_PASSPHRASE_FILE)):/run/backup-passphrase:ro" --env BACKUP_PASSPHRASE_FILE=/run/backup-passphrase,--env BACKUP_PASSPHRASE)
 BACKUP_RUN = $(COMPOSE) run --rm --no-deps -T $(BACKUP_PASSPHRASE_ARGS)
@@ -104,14 +114,7 @@ lint: ## security lint of the compose file (pip install compose-lint)
 	compose-lint $(COMPOSE_FILE_PATH)
 
 .PHONY: up
-up: $(BUNDLE_CONFIG_FILE) ## bootstrap secrets, start everything, wait until healthy, print how to connect
-	@docker image inspect "$(BUNDLE_IMAGE)" >/dev/null 2>&1 || bash scripts/build-images.sh bundle
-	@mkdir -p "$(dir $(BUNDLE_ENV_FILE))"
-	@docker run --rm --network none --read-only --cap-drop ALL --security-opt no-new-privileges:true \
-	  --user 10001:10001 --volume "$(abspath $(BUNDLE_CONFIG_FILE)):/etc/temporal-bundle/bundle.yaml:ro" \
-	  "$(BUNDLE_IMAGE)" compose-env --config /etc/temporal-bundle/bundle.yaml > "$(BUNDLE_ENV_FILE).tmp" \
-	  || { rm -f "$(BUNDLE_ENV_FILE).tmp"; exit 1; }
-	@mv "$(BUNDLE_ENV_FILE).tmp" "$(BUNDLE_ENV_FILE)"
+up: compose-env-file ## bootstrap secrets, start everything, wait until healthy, print how to connect
 	@# On an existing stack, compose would replace containers whose image changed BEFORE the
 	@# bootstrap runs: check first (an older server release, a changed shard count), so that a
 	@# refused `make up` leaves the running server alone. A fresh or downed stack skips this.
@@ -136,6 +139,25 @@ up: $(BUNDLE_CONFIG_FILE) ## bootstrap secrets, start everything, wait until hea
 	fi; \
 	echo "ready in $$(( $$(date +%s) - started ))s"
 	@$(MAKE) --no-print-directory connect-info
+
+.PHONY: compose-env-file
+compose-env-file: $(BUNDLE_CONFIG_FILE)
+	@docker image inspect "$(BUNDLE_IMAGE)" >/dev/null 2>&1 || bash scripts/build-images.sh bundle
+	@mkdir -p "$(dir $(BUNDLE_ENV_FILE))"
+	@docker run --rm --network none --read-only --cap-drop ALL --security-opt no-new-privileges:true \
+	  --user 10001:10001 --volume "$(abspath $(BUNDLE_CONFIG_FILE)):/etc/temporal-bundle/bundle.yaml:ro" \
+	  "$(BUNDLE_IMAGE)" compose-env --config /etc/temporal-bundle/bundle.yaml > "$(BUNDLE_ENV_FILE).tmp" \
+	  || { rm -f "$(BUNDLE_ENV_FILE).tmp"; exit 1; }
+	@mv "$(BUNDLE_ENV_FILE).tmp" "$(BUNDLE_ENV_FILE)"
+	@# The image's SoftHSM2 (a trial token): a random user PIN, once. The file is readable by the
+	@# containers' non-root users; its directory (0700) keeps other users of this host out.
+	@if grep -qx 'SOFTHSM_TOKEN_LABEL=..*' "$(BUNDLE_ENV_FILE)" && [ ! -s "$(HSM_PIN_FILE)" ]; then \
+	  mkdir -p -m 0700 "$$(dirname "$(HSM_PIN_FILE)")"; \
+	  (umask 0222; od -An -N16 -tx1 /dev/urandom | tr -d ' \n' > "$(HSM_PIN_FILE)"); \
+	  echo "created $(HSM_PIN_FILE): the SoftHSM2 token's user PIN (keep it with your backups)"; \
+	elif grep -qx 'BUNDLE_KEYS_BACKEND=pkcs11' "$(BUNDLE_ENV_FILE)" && [ ! -s "$(HSM_PIN_FILE)" ]; then \
+	  echo "error: keys.backend pkcs11: HSM_PIN_FILE=$(HSM_PIN_FILE) must hold the token's user PIN" >&2; exit 1; \
+	fi
 
 .PHONY: connect-info
 connect-info:

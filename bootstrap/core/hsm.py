@@ -28,6 +28,8 @@ from ..store import read_secret
 
 REFERENCE_HEADER = b"# temporal-bundle: this private key is inside a PKCS#11 token; only its label is here\n"
 LABEL_PREFIX = "tb-"
+# Debian's SoftHSM2 module, as the bundle image has it (a trial token on the bundle-hsm volume).
+SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
 _lock = threading.RLock()  # one session, used by one thread at a time
 

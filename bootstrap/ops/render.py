@@ -14,6 +14,7 @@ import jinja2
 
 from ..core.config import BundleConfig
 from ..core.durations import go_duration, human_duration
+from ..core.hsm import SOFTHSM_MODULE
 from .expiry import CRIT_SHARE, WARN_SHARE
 from ..errors import BundleError
 from .plan import DOMAINS
@@ -80,6 +81,8 @@ def context(config: BundleConfig) -> dict:
         "codec": config.codec,
         "jwks_url": config.jwks_url,
         "oidc": config.oidc,
+        "keys": config.keys,
+        "softhsm_module": SOFTHSM_MODULE,
         "dex_jwks_url": config.dex_jwks_url,
         "oidc_jwks_url": config.oidc_jwks_url,
         "permissions_claim": config.oidc.permissions_claim,

@@ -15,6 +15,12 @@
 #   BUNDLE_PG_PASSWORD_FILE=F  create a random PostgreSQL superuser password once (the postgres
 #                              image refuses to initialise without one; pg_hba never accepts
 #                              passwords, so it is never used to log in), owned like F's directory
+#
+# keys.backend pkcs11 with the image's SoftHSM2 (docker-compose.pkcs11.yml), for every command:
+#   BUNDLE_SOFTHSM_TOKEN=LABEL      initialise that token first if the token directory has none,
+#   BUNDLE_SOFTHSM_PIN_FILE=F       with the user PIN from F and a random SO PIN (kept nowhere)
+#   BUNDLE_SOFTHSM_OWNER=UID:GID    afterwards, give the token files (SoftHSM2 writes them 0600)
+#                                   to the non-root services that sign or unwrap with them
 set -eu
 
 is_command() {
@@ -57,6 +63,32 @@ after_init() {
     fi
 }
 
+softhsm_dir() {
+    sed -n 's/^directories.tokendir *= *//p' "${SOFTHSM2_CONF:-/etc/softhsm/softhsm2.conf}"
+}
+
+softhsm_prepare() {
+    label="${BUNDLE_SOFTHSM_TOKEN:-}"
+    [ -n "$label" ] || return 0
+    if softhsm2-util --show-slots | awk -v l="$label" '$1 == "Label:" { sub(/^[ \t]*Label:[ \t]*/, ""); sub(/[ \t]+$/, ""); if ($0 == l) found = 1 } END { exit !found }'; then
+        return 0
+    fi
+    pin_file="${BUNDLE_SOFTHSM_PIN_FILE:?BUNDLE_SOFTHSM_PIN_FILE: the user PIN file}"
+    if [ ! -s "$pin_file" ]; then
+        echo "error: SoftHSM2 token $label: no PIN in $pin_file (HSM_PIN_FILE on the host)" >&2
+        exit 1
+    fi
+    so_pin="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+    softhsm2-util --init-token --free --label "$label" --pin "$(cat "$pin_file")" --so-pin "$so_pin" >/dev/null
+    echo "initialised SoftHSM2 token $label (user PIN from $pin_file)"
+}
+
+softhsm_chown() {
+    if [ -n "${BUNDLE_SOFTHSM_OWNER:-}" ] && [ "$(id -u)" = 0 ]; then
+        chown -R "$BUNDLE_SOFTHSM_OWNER" "$(softhsm_dir)"
+    fi
+}
+
 if [ "$#" -eq 0 ]; then
     set -- init
 fi
@@ -65,10 +97,21 @@ if ! is_command "$1"; then
     exec "$@"
 fi
 
+softhsm_prepare
+softhsm_chown
 if [ "$1" = init ]; then
     prepare_init
-    temporal-bundle "$@"
+    rc=0
+    temporal-bundle "$@" || rc=$?
+    softhsm_chown
+    [ "$rc" = 0 ] || exit "$rc"
     after_init
     exit 0
+fi
+if [ -n "${BUNDLE_SOFTHSM_OWNER:-}" ] && [ "$(id -u)" = 0 ]; then
+    rc=0
+    temporal-bundle "$@" || rc=$?
+    softhsm_chown
+    exit "$rc"
 fi
 exec temporal-bundle "$@"

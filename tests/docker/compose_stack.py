@@ -30,6 +30,11 @@ LONG_RUNNING = ("token-refresher", "jwks", "postgresql", "temporal", "temporal-u
 ONE_SHOT = ("bootstrap", "temporal-schema", "temporal-register-namespaces")
 GRAFANA_ABSENT = "tests/docker/compose.grafana-absent.yml"
 TIMINGS: dict[str, float] = {}  # seconds per phase of the docker tier, printed at teardown
+# keys.backend pkcs11: `make up` adds this file (the token's volume and PIN, Makefile KEYS_BACKEND).
+PKCS11_OVERRIDE = "docker-compose.pkcs11.yml"
+SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"  # bootstrap.core.hsm.SOFTHSM_MODULE, in the image
+HSM_TOKEN_LABEL = "temporal-bundle"
+HSM_PIN_PATH = "/run/secrets/hsm-pin"
 
 
 class StackError(RuntimeError):
@@ -112,10 +117,14 @@ class ComposeStack:
     # a loaded 2-core machine was still acquiring shards when `make up` returned (a workflow call
     # right after a restart timed out). benchmarks/bench_make_up.py runs 512.
     history_shards: int | None = 4
+    # "pkcs11": the CA and signing keys in the image's SoftHSM2 token (docker-compose.pkcs11.yml).
+    keys_backend: str = "file"
 
     def __post_init__(self):
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config = self.workdir / "bundle.yaml"
+        # Created by `make up` for the SoftHSM2 token (its directory 0700, the file 0444).
+        self.hsm_pin_file = self.workdir / "secrets" / "hsm-pin"
         self.frontend_port = free_port()
         self.ui_port = free_port()
         self.codec_port = free_port()
@@ -147,7 +156,16 @@ class ComposeStack:
         }
         # Prometheus (profile monitoring) scrapes every 5s, so an alert fires within a test's patience.
         doc.setdefault("monitoring", {})["scrape_interval"] = "5s"
+        if self.keys_backend == "pkcs11":
+            doc["keys"] = {"backend": "pkcs11", "pkcs11": {"module": SOFTHSM_MODULE, "token_label": HSM_TOKEN_LABEL,
+                                                           "pin_file": HSM_PIN_PATH}}
         return doc
+
+    @property
+    def all_compose_files(self) -> tuple[str, ...]:
+        """The files compose reads: `make up`'s choice (the pkcs11 override when bundle.yaml says so)."""
+        extra = (PKCS11_OVERRIDE,) if self.keys_backend == "pkcs11" and PKCS11_OVERRIDE not in self.compose_files else ()
+        return (*self.compose_files, *extra)
 
     @property
     def env(self) -> dict[str, str]:
@@ -155,8 +173,9 @@ class ComposeStack:
         env.update(self.images)
         env.update(
             COMPOSE_PROJECT_NAME=self.project,
-            COMPOSE_FILE=os.pathsep.join(self.compose_files),
+            COMPOSE_FILE=os.pathsep.join(self.all_compose_files),
             BUNDLE_CONFIG_FILE=str(self.config),
+            HSM_PIN_FILE=str(self.hsm_pin_file),
             TEMPORAL_FRONTEND_PORT=str(self.frontend_port),
             CODEC_PORT=str(self.codec_port),
             # The UI's and Dex's ports come from bundle.yaml, through the env file `make up`
@@ -178,15 +197,17 @@ class ComposeStack:
 
     # ------------------------------------------------------------------ operator commands
     def make(self, *targets: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
+        # One file: the Makefile adds the pkcs11 override itself (what operators get). More files:
+        # COMPOSE names them all, so the override is named here too.
         compose_file = self.compose_files[0] if len(self.compose_files) == 1 else None
         extra = [f"COMPOSE_FILE_PATH={compose_file}"] if compose_file else [
-            "COMPOSE=docker compose " + " ".join(f"-f {f}" for f in self.compose_files)
+            "COMPOSE=docker compose " + " ".join(f"-f {f}" for f in self.all_compose_files)
         ]
         return run(["make", "--no-print-directory", *extra, *targets], env=self.env, timeout=timeout, check=check)
 
     def compose(self, *args: str, timeout: float = 600, check: bool = True, input=None) -> subprocess.CompletedProcess:
         argv = ["docker", "compose"]
-        for f in self.compose_files:
+        for f in self.all_compose_files:
             argv += ["-f", f]
         return run([*argv, *args], env=self.env, timeout=timeout, check=check, input=input)
 
@@ -244,7 +265,7 @@ class ComposeStack:
     def read_bundle_file(self, relative: str) -> bytes:
         """A file from the bundle volumes, read through a fresh bootstrap container."""
         result = subprocess.run(
-            ["docker", "compose", *sum((["-f", f] for f in self.compose_files), []), "run", "--rm", "--no-deps",
+            ["docker", "compose", *sum((["-f", f] for f in self.all_compose_files), []), "run", "--rm", "--no-deps",
              "--entrypoint", "cat", "bootstrap", f"/bundle/{relative}"],
             cwd=REPO, env=self.env, capture_output=True, timeout=120,
         )
@@ -259,7 +280,7 @@ class ComposeStack:
             "print(json.dumps({p: base64.b64encode(open('/bundle/' + p, 'rb').read()).decode() for p in sys.argv[1:]}))"
         )
         result = subprocess.run(
-            ["docker", "compose", *sum((["-f", f] for f in self.compose_files), []), "run", "--rm", "--no-deps",
+            ["docker", "compose", *sum((["-f", f] for f in self.all_compose_files), []), "run", "--rm", "--no-deps",
              "--entrypoint", "python3", "bootstrap", "-c", script, *relative],
             cwd=REPO, env=self.env, capture_output=True, text=True, timeout=120,
         )

@@ -1,10 +1,15 @@
 """One compose stack for the whole docker tier (session scope): test_compose_stack.py brings it up
 with `make up` and drives it through restarts and rotation; test_edge_attacks.py attacks the same
 stack from the edge network; test_monitoring.py queries its Prometheus (the stack runs with the
-compose profile `monitoring`). Teardown dumps every log and removes the volumes."""
+compose profile `monitoring`). Teardown dumps every log and removes the volumes.
+
+BUNDLE_TEST_KEYS_BACKEND=pkcs11 runs that shared stack with its CA and signing keys in the image's
+SoftHSM2 token (docker-compose.pkcs11.yml), so the whole tier, the attack matrices included, runs
+against a pkcs11 cluster; the default stays `file` (see README: Tests)."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -17,11 +22,14 @@ def stack(tmp_path_factory):
     started = time.monotonic()
     images = build_standin_images()
     TIMINGS["build_images_s"] = time.monotonic() - started
+    backend = os.environ.get("BUNDLE_TEST_KEYS_BACKEND", "file")
+    if backend not in ("file", "pkcs11"):
+        pytest.fail(f"BUNDLE_TEST_KEYS_BACKEND={backend!r}: file or pkcs11")
     extra = grafana_files()
     if extra:
         print(f"\nGrafana image {grafana_image()} not available here: the stack runs the profile monitoring without Grafana")
     s = ComposeStack(unique_project("tbe2e"), tmp_path_factory.mktemp("compose-stack"), images, profiles=("monitoring",),
-                     compose_files=("docker-compose.prod.yml", *extra))
+                     compose_files=("docker-compose.prod.yml", *extra), keys_backend=backend)
     try:
         yield s
     finally:
