@@ -53,10 +53,13 @@ def standard(parser: argparse.ArgumentParser, force: bool = True) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="print only what changed")
 
 
-def load(args) -> tuple[BundleConfig, Layout]:
+def load(args, keys: bool = True) -> tuple[BundleConfig, Layout]:
+    """keys=False: a command that never uses a CA or signing key, so it runs in a container without
+    the PKCS#11 token and its PIN (namespace registration, rendering, the admin password)."""
     config = load_config(args.config)
     layout = Layout(Path(args.out).resolve(), parse_owners(getattr(args, "owner", [])))
-    backend.activate(config)
+    if keys:
+        backend.activate(config)
     return config, layout
 
 

@@ -48,7 +48,7 @@ def add_parser(sub, name):
 
 
 def run(args) -> int:
-    config, layout = load(args)
+    config, layout = load(args, keys=False)
     config.role(args.role)  # unknown role: clear error before any network traffic
     if args.registrar:
         creds = RoleCredentials.load(layout.root, "system", cert_dir="registrar", token_dir="registrar")

@@ -38,7 +38,7 @@ def plan(config, layout: Layout, force: bool, templates: Path | None = None, ser
 
 
 def run(args) -> int:
-    config, layout = load(args)
+    config, layout = load(args, keys=False)
     with locked(layout):
         report(layout, apply(layout, plan(config, layout, args.force, args.templates)), args.quiet)
     return 0

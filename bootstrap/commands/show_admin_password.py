@@ -17,7 +17,7 @@ def add_parser(sub, name):
 
 
 def run(args) -> int:
-    config, layout = load(args)
+    config, layout = load(args, keys=False)
     if not config.oidc.enabled:
         where = f"users log in at {config.oidc.external.issuer}" if config.oidc.external else "there is no Web UI login"
         raise BundleError(f"oidc.enabled is false: no embedded Dex, so no admin password ({where})")

@@ -196,3 +196,42 @@ def test_grafana_is_published_like_the_ui_with_its_files_read_only(resolved):
     assert {name: d["condition"] for name, d in grafana["depends_on"].items()} == {
         "bootstrap": "service_completed_successfully", "prometheus": "service_healthy", "dex": "service_healthy"}
     assert "https://127.0.0.1:3000/api/health" in grafana["healthcheck"]["test"]
+
+
+# keys.backend pkcs11: docker-compose.pkcs11.yml (make up adds it) gives the token's volume and its
+# PIN to the services that sign or unwrap with the token's keys, and to no other.
+PKCS11_TOKEN_USERS = {"bootstrap", "token-refresher", "codec-server"}
+
+
+@pytest.fixture(scope="module")
+def resolved_pkcs11(tmp_path_factory) -> dict:
+    config = tmp_path_factory.mktemp("compose-file-pkcs11") / "bundle.yaml"
+    config.write_text((REPO / "bundle.example.yaml").read_text())
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "BUNDLE_CONFIG_FILE": str(config),
+           "COMPOSE_PROFILES": "monitoring,workload-identity", "HSM_PIN_FILE": "/srv/hsm/pin"}
+    result = subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE_FILE), "-f", str(REPO / "docker-compose.pkcs11.yml"), "config", "--format", "json"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, f"docker compose config failed:\n{result.stderr}"
+    return json.loads(result.stdout)
+
+
+def test_pkcs11_override_gives_the_token_and_pin_only_to_its_users(resolved_pkcs11):
+    services = resolved_pkcs11["services"]
+    token, pin = set(), set()
+    for name, service in services.items():
+        volumes = service.get("volumes", [])
+        if any(v.get("source") == "bundle-hsm" for v in volumes):
+            token.add(name)
+        pins = [v for v in volumes if v.get("target") == "/run/secrets/hsm-pin"]
+        if pins:
+            pin.add(name)
+            assert [(p["type"], p["source"], p.get("read_only")) for p in pins] == [("bind", "/srv/hsm/pin", True)], (name, pins)
+        if name not in ("bootstrap",):
+            mounted = {v["source"] for v in volumes if v.get("type") == "volume" and v["source"].startswith("bundle-")}
+            assert mounted == BUNDLE_MOUNTS[name] | ({"bundle-hsm"} if name in PKCS11_TOKEN_USERS else set()), name
+        assert service.get("read_only") is True and service.get("cap_drop") == ["ALL"], name
+    assert token == pin == PKCS11_TOKEN_USERS, (token, pin)
+    assert services["bootstrap"]["environment"]["BUNDLE_SOFTHSM_OWNER"] == "10001:10001"
+    assert {services[n]["user"] for n in PKCS11_TOKEN_USERS - {"bootstrap"}} == {"10001:10001"}
