@@ -122,3 +122,24 @@ def test_make_up_renders_the_env_file_and_hands_it_to_compose():
     assert 'mv "build/acme.env.tmp" "build/acme.env"' in out
     # bundle.yaml's values come after ./.env (compose: later files win; the shell wins over both).
     assert 'export COMPOSE_ENV_FILES="' in out and 'build/acme.env"' in out
+
+
+def test_make_adds_the_pkcs11_override_when_bundle_yaml_says_pkcs11(tmp_path, cli):
+    """compose-env says which key backend bundle.yaml chose; every make target that runs compose
+    then reads docker-compose.pkcs11.yml too (the token's volume and PIN), and only then."""
+    config = tmp_path / "bundle.yaml"
+    config.write_text("namespaces: [{name: default}]\nkeys:\n  backend: pkcs11\n  pkcs11:\n"
+                      "    module: /usr/lib/softhsm/libsofthsm2.so\n    token_label: tb\n    pin_file: /run/secrets/hsm-pin\n")
+    run = cli("compose-env", "--config", config)
+    assert run.code == 0, run.err
+    values = _variables(run.out)
+    assert (values["BUNDLE_KEYS_BACKEND"], values["HSM_PIN_PATH"], values["SOFTHSM_TOKEN_LABEL"]) == (
+        "pkcs11", "/run/secrets/hsm-pin", "tb")
+    env_file = tmp_path / "acme.env"
+    env_file.write_text(run.out)
+    rotate = _make_n("rotate", BUNDLE_ENV_FILE=str(env_file))
+    assert "docker compose -f docker-compose.prod.yml -f docker-compose.pkcs11.yml run --rm --no-deps bootstrap rotate" in rotate
+    env_file.write_text(cli("compose-env", "--config", REPO / "bundle.example.yaml").out)
+    assert "BUNDLE_KEYS_BACKEND=file" in env_file.read_text()
+    rotate = _make_n("rotate", BUNDLE_ENV_FILE=str(env_file))
+    assert "docker-compose.pkcs11.yml" not in rotate and "docker compose -f docker-compose.prod.yml run" in rotate
