@@ -81,6 +81,10 @@ def test_containers_are_hardened_and_secrets_stay_in_the_bootstrap(stack):
         if service not in ("bootstrap", "token-refresher"):
             assert stack.volume("bundle-signing") not in mounts, f"{service} mounts the signing keys"
             for name, mount in mounts.items():
+                # keys.backend pkcs11: SoftHSM2 takes lock files beside the token's objects, even to
+                # sign or unwrap (test_pkcs11_stack.py: only the token's users mount it).
+                if name == stack.volume("bundle-hsm") and service in ("codec-server",):
+                    continue
                 if name.startswith(stack.volume("bundle-")):
                     assert mount["RW"] is False, f"{service} mounts {name} read-write"
     # The frontend is published on loopback only; internal-frontend (system admin for its callers)
