@@ -33,6 +33,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from bootstrap.core.config import load_config
 from bootstrap.core.pki import CA, utcnow
@@ -125,18 +126,73 @@ def forge_credentials(stack: ComposeStack, config, workdir: Path) -> list[Creden
     write("foreign-ca", foreign.issue_cert(net.internode_server_name, common_name="temporal-bundle:system",
                                            usage="both"), "foreign", "both", False)
     now = utcnow()
+    specs = {}
     for domain in DOMAINS:
-        cert_path, key_path = (str(p) for p in layout.domain_ca(domain))
-        ca = CA.from_pem(ca_files[cert_path], ca_files[key_path])
         usage = "both" if domain == "internode" else "client"
         sans = (net.internode_server_name,) if domain == "internode" else ()
         common_name = {"client": "temporal-bundle:system", "internode": net.internode_server_name,
                        "database": config.persistence.user, "server": "temporal-bundle:system"}[domain]
-        leaf = ca.issue_cert(*sans, common_name=common_name, usage=usage,
-                             now=now - timedelta(days=3), lifetime=timedelta(days=1))
-        assert leaf.not_after < now
-        write(f"expired-{domain}", leaf, domain, usage, True)
+        specs[domain] = {"sans": sans, "common_name": common_name, "usage": usage}
+    if stack.keys_backend == "pkcs11":
+        leaves = expired_leaves_signed_in_the_token(stack, specs)
+    else:
+        leaves = {}
+        for domain, spec in specs.items():
+            ca = CA.from_pem(*(ca_files[str(p)] for p in layout.domain_ca(domain)))
+            leaf = ca.issue_cert(*spec["sans"], common_name=spec["common_name"], usage=spec["usage"],
+                                 now=now - timedelta(days=3), lifetime=timedelta(days=1))
+            leaves[domain] = (leaf.cert_pem(), leaf.key_pem())
+    for domain, (cert_pem, key_pem) in leaves.items():
+        leaf = Leaf(cert_pem, key_pem)
+        assert x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc < now
+        write(f"expired-{domain}", leaf, domain, specs[domain]["usage"], True)
     return forged
+
+
+@dataclass
+class Leaf:
+    _cert: bytes
+    _key: bytes
+
+    def cert_pem(self) -> bytes:
+        return self._cert
+
+    def key_pem(self) -> bytes:
+        return self._key
+
+
+# keys.backend pkcs11: the CA keys sign only inside the token, so the expired certificates are
+# issued in the bootstrap container (the token's user), as the bundle's own code issues leaves.
+SIGN_IN_TOKEN = r"""
+import base64, json, sys
+from datetime import timedelta
+from pathlib import Path
+from bootstrap.core import backend
+from bootstrap.core.config import load_config
+from bootstrap.core.pki import CA, utcnow
+from bootstrap.store import Layout
+backend.activate(load_config(Path("/etc/temporal-bundle/bundle.yaml")))
+layout, now, out = Layout(Path("/bundle")), utcnow(), {}
+for domain, spec in json.loads(sys.argv[1]).items():
+    cert, key = layout.domain_ca(domain)
+    ca = CA.from_pem(cert.read_bytes(), key.read_bytes())
+    leaf = ca.issue_cert(*spec["sans"], common_name=spec["common_name"], usage=spec["usage"],
+                         now=now - timedelta(days=3), lifetime=timedelta(days=1))
+    out[domain] = [base64.b64encode(leaf.cert_pem()).decode(), base64.b64encode(leaf.key_pem()).decode()]
+print(json.dumps(out))
+"""
+
+
+def expired_leaves_signed_in_the_token(stack: ComposeStack, specs: dict) -> dict:
+    import base64
+
+    # As root, like the bootstrap (private/ is root's), then the token files back to their owner,
+    # as the image's entrypoint does after every command (SoftHSM2 leaves lock files behind).
+    result = stack.compose("run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", "bootstrap", "-c",
+                           'python3 -c "$1" "$2"; rc=$?; chown -R 10001:10001 /var/lib/softhsm/tokens; exit $rc',
+                           "sh", SIGN_IN_TOKEN, json.dumps(specs))
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    return {d: (base64.b64decode(c), base64.b64decode(k)) for d, (c, k) in out.items()}
 
 
 def all_credentials(stack: ComposeStack, config, workdir: Path) -> list[Credential]:
