@@ -62,6 +62,12 @@ def test_make_up_brings_up_a_healthy_secured_stack(stack):
     assert "namespace default: registered" in stack.logs("temporal-register-namespaces")
 
 
+# Writable bundle volumes besides the bootstrap's and the refresher's: the registration job records
+# the cluster info for the UI gate; under keys.backend pkcs11 SoftHSM2 takes lock files beside the
+# token's objects, even to unwrap (test_pkcs11_stack.py: only the token's users mount it).
+WRITABLE = {"temporal-register-namespaces": ("bundle-cluster-info",), "codec-server": ("bundle-hsm",)}
+
+
 def test_containers_are_hardened_and_secrets_stay_in_the_bootstrap(stack):
     for service in LONG_RUNNING + ONE_SHOT:
         info = stack.inspect(service)
@@ -81,9 +87,7 @@ def test_containers_are_hardened_and_secrets_stay_in_the_bootstrap(stack):
         if service not in ("bootstrap", "token-refresher"):
             assert stack.volume("bundle-signing") not in mounts, f"{service} mounts the signing keys"
             for name, mount in mounts.items():
-                # keys.backend pkcs11: SoftHSM2 takes lock files beside the token's objects, even to
-                # sign or unwrap (test_pkcs11_stack.py: only the token's users mount it).
-                if name == stack.volume("bundle-hsm") and service in ("codec-server",):
+                if name in (stack.volume(v) for v in WRITABLE.get(service, ())):
                     continue
                 if name.startswith(stack.volume("bundle-")):
                     assert mount["RW"] is False, f"{service} mounts {name} read-write"
