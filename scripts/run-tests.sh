@@ -3,9 +3,10 @@
 # then runs every tier against real infrastructure. A tier whose server or engine cannot be found
 # fails; nothing is skipped for lack of infrastructure.
 #
-# Two pytest processes side by side: the docker tier (one shared compose stack, mostly waiting on
-# containers) and every other tier. `TEST_PARALLEL=0`, or any argument (a test path, -k ...),
-# runs one process as pytest would. --durations: where the time goes, in every CI log.
+# Three pytest processes side by side, as the tiers mostly wait on servers and containers: the
+# docker modules on the one shared compose stack, the docker modules that start stacks of their
+# own (marker own_stack), and every other tier. `TEST_PARALLEL=0`, or any argument (a test path,
+# -k ...), runs one process as pytest would. --durations: where the time goes, in every CI log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -15,13 +16,21 @@ if [[ $# -gt 0 || "${TEST_PARALLEL:-1}" == 0 ]]; then
   exec "${pytest[@]}" tests "$@"
 fi
 logs="$(mktemp -d)"
-"${pytest[@]}" tests/docker >"$logs/docker.log" 2>&1 &
-docker_tier=$!
-echo "docker tier: running beside the other tiers (pid $docker_tier; its log follows theirs)"
+trap 'rm -rf "$logs"' EXIT
+pids=() names=()
+beside() {  # NAME PYTEST-ARGS...: a pytest process in the background, its log kept for later
+  local name="$1"; shift
+  "${pytest[@]}" "$@" >"$logs/${#pids[@]}.log" 2>&1 &
+  pids+=("$!") names+=("$name")
+  echo "$name: running beside the other tiers (pid $!; its log follows theirs)"
+}
+beside "docker tier, shared stack" tests/docker -m "not own_stack"
+beside "docker tier, own stacks" tests/docker -m own_stack
 status=0
 "${pytest[@]}" tests --ignore=tests/docker || status=$?
-echo "---------------------------------------------------------------- docker tier"
-tail -n +1 -f --pid="$docker_tier" "$logs/docker.log"
-wait "$docker_tier" || status=$((status ? status : $?))
-rm -rf "$logs"
+for i in "${!pids[@]}"; do
+  echo "---------------------------------------------------------------- ${names[$i]}"
+  tail -n +1 -f --pid="${pids[$i]}" "$logs/$i.log"
+  wait "${pids[$i]}" || status=$((status ? status : $?))
+done
 exit "$status"

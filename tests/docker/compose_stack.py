@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import fcntl
 import os
 import re
 import secrets
@@ -64,7 +65,12 @@ def build_standin_images(temporal_version: str | None = None) -> dict[str, str]:
     to build/standin-images-<version>.env, see scripts/build-images.sh)."""
     start_engine()
     env = dict(os.environ, **({"TEMPORAL_VERSION": temporal_version} if temporal_version else {}))
-    run(["bash", "scripts/build-images.sh", "standins"], env=env, timeout=1800)
+    # One build at a time: the docker modules run in two pytest processes (scripts/run-tests.sh),
+    # and both builds would write the same wheelhouse.
+    STANDIN_ENV.parent.mkdir(parents=True, exist_ok=True)
+    with open(STANDIN_ENV.parent / ".build-images.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        run(["bash", "scripts/build-images.sh", "standins"], env=env, timeout=1800)
     env_file = STANDIN_ENV.with_name(f"standin-images-{temporal_version}.env") if temporal_version else STANDIN_ENV
     images = {}
     for line in env_file.read_text().splitlines():

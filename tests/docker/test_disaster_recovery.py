@@ -19,7 +19,7 @@ import pytest
 from .compose_stack import REPO, TIMINGS, ComposeStack, build_standin_images, run, unique_project
 from .test_compose_stack import ca_fingerprint
 
-pytestmark = [pytest.mark.docker, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.own_stack, pytest.mark.docker, pytest.mark.timeout(2400)]
 
 DONE_ID, WAITING_ID, WAITING_QUEUE, SCHEDULE_ID = "dr-completed", "dr-waiting", "dr-waiting-queue", "dr-hourly"
 OLD_CLIENT_FILES = ("trust/ca.pem", "clients/client.pem", "clients/client.key", "tokens/client.jwt")

@@ -24,7 +24,7 @@ from bootstrap.core.hsm import is_reference, label_for, parse_reference
 from .compose_stack import HSM_PIN_PATH, HSM_TOKEN_LABEL, SOFTHSM_MODULE, TIMINGS, ComposeStack, build_standin_images, run, unique_project
 from .key_search import KeySearch
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.own_stack]
 WORKFLOW_ID = "pkcs11-stack-workflow"
 # The only services that may see the token and its PIN (docker-compose.pkcs11.yml).
 TOKEN_USERS = {"bootstrap", "token-refresher", "codec-server"}

@@ -18,7 +18,7 @@ import yaml
 
 from .compose_stack import TIMINGS, ComposeStack, build_standin_images, unique_project
 
-pytestmark = [pytest.mark.docker, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.own_stack, pytest.mark.docker, pytest.mark.timeout(2400)]
 
 # The previous line's release to upgrade from. 1.31.5 is the newest, but its module needs
 # go.temporal.io/auto-scaled-workers v0.0.1-1.31.2, which the Go module proxy refuses (403) here;

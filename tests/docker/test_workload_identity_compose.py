@@ -21,7 +21,7 @@ from tests.kube_issuer import AUDIENCE, KubeIssuer
 
 from .compose_stack import REPO, ComposeStack, build_standin_images, free_port, unique_project
 
-pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.own_stack, pytest.mark.docker, pytest.mark.timeout(900)]
 
 ISSUER_HOST, ISSUER_PORT = "kube-issuer", 6443
 ISSUER_DIR_IN_CONTAINER = "/etc/temporal-bundle/workload-issuer"
