@@ -210,3 +210,20 @@ def test_no_volume_image_log_or_backup_holds_a_root_private_key(hsm_stack):
     assert search.other_private_keys > 0 and search.scanned_bytes > 100_000_000, (search.other_private_keys, search.scanned_bytes)
     print(f"\nkey search: {search.scanned_blobs} files, {search.scanned_bytes // 1_000_000} MB, "
           f"{search.other_private_keys} leaf private keys seen, 0 of {len(targets)} root keys")
+
+
+def test_every_listener_admits_exactly_its_trust_domain_with_the_keys_in_the_token(hsm_stack, tmp_path_factory):
+    """The trust-domain attack matrix (test_edge_attacks.py), every listener of this stack x every
+    issued, foreign and expired certificate, against the stack whose CAs sign inside the token."""
+    from bootstrap.core.config import load_config
+    from bootstrap.core.security_model import LISTENERS
+
+    from .test_edge_attacks import all_credentials, run_matrix
+
+    stack = hsm_stack
+    config = load_config(stack.config)
+    workdir = tmp_path_factory.mktemp("pkcs11-attacker")
+    workdir.chmod(0o755)
+    listeners = tuple(listener for listener in LISTENERS if not listener.profile)  # this stack runs no profile
+    tried, wrong = run_matrix(stack, config, workdir, listeners, all_credentials(stack, config, workdir))
+    assert tried and not wrong, "\n".join(wrong)
