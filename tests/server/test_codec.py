@@ -21,7 +21,6 @@ import urllib.request
 import uuid
 from datetime import timedelta
 
-import jwt
 import pytest
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
@@ -34,8 +33,9 @@ from bootstrap.core.kek import FileKek
 from bootstrap.servers.codec import Policy, make_server
 from bootstrap.core.config import load_config
 from bootstrap.core.pki import utcnow
-from bootstrap.core.tokens import SigningKey, mint_token
+from bootstrap.core.tokens import SigningKey
 from tests.harness import free_port, run_cli, temporal_cli, wait_until
+from tests.server.forged_tokens import alg_none, forged_with_known_kid, token
 from tests.server.workflows import GreetingWorkflow, greet
 
 SECRET = "card 4111-1111-1111-1111"
@@ -51,16 +51,6 @@ def keyset(cluster) -> KeySet:
 
 def keyring(cluster, namespace="default") -> Keyring:
     return keyset(cluster).rings[namespace]
-
-
-def active_signing_key(cluster) -> SigningKey:
-    kid = (cluster.bundle / "private/jwt/active").read_text().strip()
-    return SigningKey.from_pem((cluster.bundle / f"private/jwt/{kid}.key").read_bytes())
-
-
-def token(cluster, permissions, key=None, audience="temporal", now=None, lifetime=timedelta(hours=1)) -> str:
-    return mint_token(key or active_signing_key(cluster), role="test", permissions=permissions, issuer="temporal-bundle",
-                      audience=audience, lifetime=lifetime, now=now).encoded
 
 
 async def _connect(cluster, role, converter=None, namespace="default"):
@@ -238,24 +228,6 @@ def test_read_and_worker_flags_do_not_add_up_to_admin(sqlite_cluster, codec_serv
     assert status == 200 and parse(data) == encrypted_run[2]
 
 
-def _forged_with_known_kid(cluster):
-    kid = active_signing_key(cluster).kid
-    now = int(utcnow().timestamp())
-    claims = {"sub": "attacker", "aud": "temporal", "iat": now, "nbf": now, "exp": now + 3600,
-              "permissions": ["temporal-system:admin"], "groups": ["temporal-system:admin"]}
-    return jwt.encode(claims, SigningKey.generate().private_key, algorithm="ES256", headers={"kid": kid})
-
-
-def _alg_none(cluster):
-    def part(doc):
-        return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
-
-    now = int(utcnow().timestamp())
-    claims = {"sub": "x", "aud": "temporal", "iat": now, "nbf": now, "exp": now + 3600,
-              "permissions": ["temporal-system:admin"], "groups": ["temporal-system:admin"]}
-    return f"{part({'alg': 'none', 'kid': active_signing_key(cluster).kid})}.{part(claims)}."
-
-
 @pytest.mark.parametrize(
     "case",
     ["no token", "expired", "unknown kid", "forged with known kid", "wrong audience", "alg none", "garbage", "basic auth"],
@@ -266,9 +238,9 @@ def test_invalid_tokens_get_401(sqlite_cluster, codec_server, encrypted_run, cas
         "no token": lambda: None,
         "expired": lambda: token(cluster, ["temporal-system:admin"], now=utcnow() - timedelta(hours=2)),
         "unknown kid": lambda: token(cluster, ["temporal-system:admin"], key=SigningKey.generate()),
-        "forged with known kid": lambda: _forged_with_known_kid(cluster),
+        "forged with known kid": lambda: forged_with_known_kid(cluster, ["temporal-system:admin"]),
         "wrong audience": lambda: token(cluster, ["temporal-system:admin"], audience="elsewhere"),
-        "alg none": lambda: _alg_none(cluster),
+        "alg none": lambda: alg_none(cluster, ["temporal-system:admin"]),
         "garbage": lambda: "not-a-jwt",
         "basic auth": lambda: None,
     }[case]()

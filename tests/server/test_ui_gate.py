@@ -22,7 +22,6 @@ import uuid
 from datetime import timedelta
 
 import grpc
-import jwt
 import pytest
 from temporalio.api.enums.v1 import TaskQueueKind
 from temporalio.api.taskqueue.v1 import TaskQueue
@@ -37,26 +36,13 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
 from bootstrap.core.pki import utcnow
-from bootstrap.core.tokens import SigningKey, mint_token
+from bootstrap.core.tokens import SigningKey
 from tests.harness import free_port, wait_until
+from tests.server.forged_tokens import alg_none, b64, forged_with_known_kid, token
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
 
 REFUSED = (RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.UNAUTHENTICATED)
-
-
-def _active_key(cluster) -> SigningKey:
-    kid = (cluster.bundle / "private/jwt/active").read_text().strip()
-    return SigningKey.from_pem((cluster.bundle / f"private/jwt/{kid}.key").read_bytes())
-
-
-def _token(cluster, permissions, key=None, audience="temporal", now=None) -> str:
-    return mint_token(key or _active_key(cluster), role="gate-test", permissions=permissions, issuer="temporal-bundle",
-                      audience=audience, lifetime=timedelta(hours=1), now=now).encoded
-
-
-def _b64(doc: dict) -> str:
-    return base64.urlsafe_b64encode(json.dumps(doc, separators=(",", ":")).encode()).rstrip(b"=").decode()
 
 
 def _tampered(token: str, permissions: list[str]) -> str:
@@ -64,21 +50,7 @@ def _tampered(token: str, permissions: list[str]) -> str:
     header, payload, signature = token.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     claims["groups"] = claims["permissions"] = permissions
-    return f"{header}.{_b64(claims)}.{signature}"
-
-
-def _alg_none(cluster, permissions) -> str:
-    now = int(utcnow().timestamp())
-    claims = {"sub": "x", "aud": "temporal", "iss": "temporal-bundle", "iat": now, "exp": now + 3600,
-              "permissions": permissions, "groups": permissions}
-    return f"{_b64({'alg': 'none', 'kid': _active_key(cluster).kid})}.{_b64(claims)}."
-
-
-def _forged_with_known_kid(cluster, permissions) -> str:
-    now = int(utcnow().timestamp())
-    claims = {"sub": "x", "aud": "temporal", "iss": "temporal-bundle", "iat": now, "exp": now + 3600,
-              "permissions": permissions, "groups": permissions}
-    return jwt.encode(claims, SigningKey.generate().private_key, algorithm="ES256", headers={"kid": _active_key(cluster).kid})
+    return f"{header}.{b64(claims)}.{signature}"
 
 
 @pytest.fixture(scope="module")
@@ -173,9 +145,9 @@ def test_a_system_user_gets_the_frontends_own_list_through_the_gate(gate):
 
 def test_the_list_holds_only_namespaces_the_frontend_lets_the_caller_describe(gate):
     cluster, address, _ = gate
-    token = _token(cluster, ["default:read", "other:worker", f"ghost-{uuid.uuid4().hex[:8]}:read"])
+    bearer = token(cluster, ["default:read", "other:worker", f"ghost-{uuid.uuid4().hex[:8]}:read"])
     # other:worker is below read (the frontend refuses DescribeNamespace); the ghost does not exist.
-    assert _run(_list(cluster, address, token)) == ["default"]
+    assert _run(_list(cluster, address, bearer)) == ["default"]
 
 
 def test_the_gate_gives_a_reader_no_right_the_token_lacks(gate):
@@ -200,21 +172,21 @@ def test_the_gate_gives_a_reader_no_right_the_token_lacks(gate):
 def test_invalid_or_insufficient_tokens_get_the_frontends_refusal_not_a_gate_answer(gate, case):
     cluster, address, _ = gate
     wanted = ["default:read"]
-    token = {
+    bearer = {
         "no token": lambda: None,
-        "expired": lambda: _token(cluster, wanted, now=utcnow() - timedelta(hours=2)),
-        "unknown kid": lambda: _token(cluster, wanted, key=SigningKey.generate()),
-        "forged with known kid": lambda: _forged_with_known_kid(cluster, wanted),
-        "wrong audience": lambda: _token(cluster, wanted, audience="elsewhere"),
-        "alg none": lambda: _alg_none(cluster, wanted),
+        "expired": lambda: token(cluster, wanted, now=utcnow() - timedelta(hours=2)),
+        "unknown kid": lambda: token(cluster, wanted, key=SigningKey.generate()),
+        "forged with known kid": lambda: forged_with_known_kid(cluster, wanted),
+        "wrong audience": lambda: token(cluster, wanted, audience="elsewhere"),
+        "alg none": lambda: alg_none(cluster, wanted),
         "tampered payload": lambda: _tampered(cluster.token("reader"), ["default:read", "other:read"]),
-        "worker only": lambda: _token(cluster, ["default:worker"]),
+        "worker only": lambda: token(cluster, ["default:worker"]),
         "garbage": lambda: "not-a-jwt",
     }[case]()
 
     async def check():
         client = await _client(cluster, address, None)  # the frontend refuses even GetSystemInfo to a bad token
-        client.api_key = token
+        client.api_key = bearer
         assert await _status(client.workflow_service.list_namespaces(ListNamespacesRequest())) in REFUSED
         assert await _status(client.workflow_service.get_cluster_info(GetClusterInfoRequest())) in REFUSED
 
