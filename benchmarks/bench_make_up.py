@@ -6,7 +6,8 @@ stack with TLS and authorization off, measured in one run on the same engine and
 Each round runs, for each variant in turn, a cold start (fresh volumes: bootstrap, initdb, schema
 creation, namespace registration) and a warm restart (`docker compose down` + `make up`, volumes
 kept); it prints every round's figures, when each service started and became ready (from
-`docker events`), and the medians. "Ready" is
+`docker events`), the CPU seconds each service and the whole machine used meanwhile (from the
+containers' cgroups and /proc/stat, on a local engine), and the medians. "Ready" is
 what `make up` waits for: every long-running service healthy, every one-shot job done.
 The plaintext variant is docker-compose.prod.yml plus docker/bench/docker-compose.plain.yml and
 a copy of the rendered server config without global.tls, global.authorization and database TLS.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -90,15 +92,93 @@ class Timeline:
         return phases
 
 
+CGROUP_USAGE = (  # CPU seconds used so far by one container, where the local engine keeps it
+    ("/sys/fs/cgroup/cpuacct/docker/{id}/cpuacct.usage", 1e9),  # cgroup v1, cgroupfs driver
+    ("/sys/fs/cgroup/docker/{id}/cpu.stat", 1e6),  # cgroup v2, cgroupfs driver
+    ("/sys/fs/cgroup/system.slice/docker-{id}.scope/cpu.stat", 1e6),  # cgroup v2, systemd driver
+)
+
+
+def host_busy_cpu_s() -> float | None:
+    """CPU seconds this machine has spent not idle since boot (all cores)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return None
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds per compose service while `make up` runs, read from each container's cgroup
+    every 0.1 s (one-shot jobs' cgroups vanish when they exit: their last reading counts), plus
+    the whole machine's busy CPU, which includes the engine's own work (container starts, health
+    check execs). Only on a local engine; elsewhere it reports nothing."""
+
+    def __init__(self, project: str):
+        self.project, self.usage, self.done = project, {}, threading.Event()
+        self.host_start = host_busy_cpu_s()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _containers(self) -> list[str]:
+        out = subprocess.run(["docker", "ps", "-a", "-q", "--no-trunc", "--filter",
+                              f"label=com.docker.compose.project={self.project}"],
+                             capture_output=True, text=True).stdout
+        return out.split()
+
+    def _read(self, container: str) -> float | None:
+        for pattern, scale in CGROUP_USAGE:
+            try:
+                text = Path(pattern.format(id=container)).read_text()
+            except OSError:
+                continue
+            value = text.split()[1] if text.startswith("usage_usec") else text.split()[0]
+            return int(value) / scale
+        return None
+
+    def _sample(self) -> None:
+        containers, listed = [], 0.0
+        while not self.done.is_set():
+            if time.monotonic() - listed > 1.0:  # new containers appear as compose starts them
+                containers, listed = self._containers(), time.monotonic()
+            for container in containers:
+                value = self._read(container)
+                if value is not None:
+                    self.usage[container] = value
+            self.done.wait(0.1)
+
+    def stop(self) -> dict[str, float]:
+        host_end = host_busy_cpu_s()
+        self.done.set()
+        self.thread.join(timeout=10)
+        services = subprocess.run(
+            ["docker", "ps", "-a", "--no-trunc", "--filter", f"label=com.docker.compose.project={self.project}",
+             "--format", '{{.ID}} {{.Label "com.docker.compose.service"}}'], capture_output=True, text=True).stdout
+        by_service: dict[str, float] = {}
+        for line in services.splitlines():
+            container, _, service = line.partition(" ")
+            if container in self.usage:
+                by_service[service] = round(by_service.get(service, 0.0) + self.usage[container], 2)
+        if self.host_start is not None and host_end is not None:
+            by_service["(machine)"] = round(host_end - self.host_start, 2)
+        return by_service
+
+
 def timed_up(stack: ComposeStack) -> tuple[float, dict]:
     timeline = Timeline(stack.project)
+    meter = CpuMeter(stack.project)
     time.sleep(0.3)  # `docker events` subscribes before anything starts
     timeline.t0 = time.time()
     try:
-        return stack.up(), timeline.stop()
+        elapsed = stack.up()
     except BaseException:
         timeline.stop()
+        meter.stop()
         raise
+    cpu = meter.stop()
+    phases = timeline.stop()
+    phases["cpu_s"] = cpu
+    return elapsed, phases
 
 
 def pg_connections(stack: ComposeStack) -> dict[str, int]:
@@ -134,12 +214,14 @@ def make_stacks(tmp: Path, images: dict, args) -> tuple[ComposeStack, ComposeSta
     config = plain_server_config(plain.config, plain.workdir)
     plain.extra_env["BENCH_PLAIN_TEMPORAL_CONFIG"] = str(config)
     plain.extra_env["BENCH_PLAIN_DYNAMIC_CONFIG"] = str(config.with_name("dynamic_config.yaml"))
+    plain.extra_env["BENCH_PLAIN_NAMESPACES"] = " ".join(ns.name for ns in load_config(plain.config).namespaces)
     plain.compose("config", "--quiet")  # the override must validate before anything is timed
     return secured, plain
 
 
 def phase_line(phases: dict) -> str:
-    keys = ("bootstrap", "postgresql", "temporal-schema", "jwks", "dex", "temporal", "temporal-register-namespaces", "temporal-ui")
+    keys = ("bootstrap", "postgresql", "temporal-schema", "jwks", "dex", "temporal", "temporal-register-namespaces",
+            "ui-gate", "temporal-ui")
     parts = []
     for key in keys:
         p = phases.get(key, {})
@@ -151,6 +233,16 @@ def phase_line(phases: dict) -> str:
     return "  ".join(parts)
 
 
+def cpu_line(phases: dict) -> str:
+    cpu = dict(phases.get("cpu_s", {}))
+    if not cpu:
+        return "cpu: not measurable on this engine"
+    machine = cpu.pop("(machine)", None)
+    services = " ".join(f"{name} {seconds:.1f}" for name, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]))
+    head = f"cpu s: machine {machine:.1f}, containers {sum(cpu.values()):.1f}" if machine is not None else "cpu s:"
+    return f"{head} ({services})"
+
+
 def report(results: list[dict], shards: str, interval: str) -> None:
     print(f"make up: time to ready (all long-running services healthy, one-shot jobs done); "
           f"{shards} history shards; health checks every {interval}; {len(results)} rounds, variants interleaved")
@@ -160,12 +252,18 @@ def report(results: list[dict], shards: str, interval: str) -> None:
             print(f"round {i} {kind}: secured {s:5.1f}s  plaintext {p:5.1f}s  x{s / p:.2f}")
             for name in ("secured", "plaintext"):
                 print(f"    {name:<9} {phase_line(r[name][f'{kind}_phases'])}")
+                print(f"    {'':<9} {cpu_line(r[name][f'{kind}_phases'])}")
     for kind in ("cold", "warm"):
         s = statistics.median(r["secured"][f"{kind}_s"] for r in results)
         p = statistics.median(r["plaintext"][f"{kind}_s"] for r in results)
         ratios = [r["secured"][f"{kind}_s"] / r["plaintext"][f"{kind}_s"] for r in results]
         print(f"median {kind}: secured {s:.1f}s  plaintext {p:.1f}s  x{s / p:.2f}  "
               f"(per-round ratios {' '.join(f'x{x:.2f}' for x in ratios)})")
+        machine = {name: [r[name][f"{kind}_phases"].get("cpu_s", {}).get("(machine)") for r in results]
+                   for name in ("secured", "plaintext")}
+        if all(v is not None for values in machine.values() for v in values):
+            print(f"median {kind} machine cpu: secured {statistics.median(machine['secured']):.1f}s  "
+                  f"plaintext {statistics.median(machine['plaintext']):.1f}s (on {os.cpu_count()} cores)")
 
 
 def main() -> int:
