@@ -121,3 +121,57 @@ def test_the_script_runs_as_docker_runs_it(server):
     result = subprocess.run([sys.executable, str(SCRIPT), "https", f"https://localhost:{port}/healthz",
                              "--ca", str(directory / "ca.pem")], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="module")
+def grpc_server(tmp_path_factory):
+    """A gRPC server (grpcio, mutual TLS) whose health answer each test sets: the probe speaks
+    HTTP/2 itself, so it is checked against a real gRPC implementation."""
+    import grpc
+
+    directory = tmp_path_factory.mktemp("grpc-health")
+    ca = CA.create()
+    (directory / "ca.pem").write_bytes(ca.cert_pem())
+    server_cert, server_key = _write(directory, "server", ca.issue_cert("ui-gate", usage="server"))
+    _write(directory, "client", ca.issue_cert(common_name="probe", usage="client"))
+    _write(directory, "foreign", CA.create("Foreign CA").issue_cert(common_name="probe", usage="client"))
+    state = {"answer": b"\x08\x01"}
+
+    def check(request, context):
+        if state["answer"] is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "upstream down")
+        return state["answer"]
+
+    handler = grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
+        "Check": grpc.unary_unary_rpc_method_handler(check)})
+    server = grpc.server(__import__("concurrent.futures").futures.ThreadPoolExecutor(4))
+    server.add_generic_rpc_handlers((handler,))
+    credentials = grpc.ssl_server_credentials([(server_key.read_bytes(), server_cert.read_bytes())],
+                                              root_certificates=ca.cert_pem(), require_client_auth=True)
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    yield directory, port, state
+    server.stop(0)
+
+
+def _grpc_probe(directory: Path, port: int, client: str = "client", server_name: str = "ui-gate") -> int:
+    return healthcheck.main(["grpc-health", f"127.0.0.1:{port}", f"--ca={directory / 'ca.pem'}",
+                             f"--cert={directory / client}.pem", f"--key={directory / client}.key",
+                             f"--server-name={server_name}", "--timeout=5"])
+
+
+@pytest.mark.parametrize("answer,healthy", [(b"\x08\x01", True), (b"\x08\x02", False), (b"", False), (None, False)])
+def test_grpc_health_is_healthy_only_on_serving(grpc_server, answer, healthy):
+    directory, port, state = grpc_server
+    state["answer"] = answer  # SERVING, NOT_SERVING, UNKNOWN, an error status
+    try:
+        assert _grpc_probe(directory, port) == (0 if healthy else 1)
+    finally:
+        state["answer"] = b"\x08\x01"
+
+
+def test_grpc_health_needs_the_right_ca_and_server_name(grpc_server):
+    directory, port, _ = grpc_server
+    assert _grpc_probe(directory, port) == 0
+    assert _grpc_probe(directory, port, client="foreign") == 1  # the server refuses the client cert
+    assert _grpc_probe(directory, port, server_name="temporal") == 1  # not a SAN of the server cert
