@@ -190,6 +190,11 @@ class _Routes(grpc.GenericRpcHandler):
 
 MESSAGE_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+# gRPC's default reconnect backoff grows to 120 s: after a server restart (make rotate, upgrade,
+# or simply starting before the frontend) the UI would stay cut off that long. Retry after 0.25 s
+# at first and never wait more than 2 s between attempts. (min_reconnect_backoff_ms is left alone:
+# gRPC uses it as each attempt's connect timeout, and a loaded host may need seconds for TLS.)
+RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reconnect_backoff_ms", 2000)]
 
 
 class RunningGate:
@@ -208,7 +213,7 @@ async def start_gate(host: str, port: int, upstream: str, tls: GateTLS, auth: Au
     """A started gate (port 0: any free port, see .port). Fails (OSError, RuntimeError) if the TLS
     files are unusable or the port cannot be bound."""
     channel = grpc.aio.secure_channel(upstream, tls.channel_credentials(), options=[
-        ("grpc.ssl_target_name_override", tls.upstream_server_name), *MESSAGE_OPTIONS])
+        ("grpc.ssl_target_name_override", tls.upstream_server_name), *MESSAGE_OPTIONS, *RECONNECT_OPTIONS])
     server = grpc.aio.server(options=MESSAGE_OPTIONS, maximum_concurrent_rpcs=max_concurrent_calls)
     server.add_generic_rpc_handlers((_Routes(Gate(channel, auth, ClusterInfoFile(cluster_info), claim)),))
     bound = server.add_secure_port(f"{host}:{port}", tls.server_credentials())

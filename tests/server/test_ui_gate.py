@@ -18,6 +18,8 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from datetime import timedelta
 
@@ -61,24 +63,29 @@ def gate(sqlite_cluster, tmp_path_factory):
     subprocess.run([sys.executable, "-m", "bootstrap", "register-namespaces", "--config", str(cluster.config_path),
                     "--out", str(cluster.bundle), "--address", cluster.address, "--cluster-info", str(info)],
                    check=True, capture_output=True, text=True, timeout=120)
+    process, address = _start_gate(cluster, cluster.address, info)
+    yield cluster, address, info
+    process.terminate()
+    process.wait(10)
+
+
+def _start_gate(cluster, upstream: str, info, log_name: str = "ui-gate.log") -> tuple[subprocess.Popen, str]:
     port = free_port()
-    log = open(cluster.workdir / "ui-gate.log", "ab")
+    log = open(cluster.workdir / log_name, "ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "bootstrap", "serve-ui-gate", "--config", str(cluster.config_path), "--out",
-         str(cluster.bundle), "--host", "127.0.0.1", "--port", str(port), "--upstream", cluster.address,
+         str(cluster.bundle), "--host", "127.0.0.1", "--port", str(port), "--upstream", upstream,
          "--cluster-info", str(info), "--jwks-url", f"https://localhost:{cluster.jwks_port}/jwks.json"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
 
     def listening() -> bool:
-        assert process.poll() is None, (cluster.workdir / "ui-gate.log").read_text()[-2000:]
+        assert process.poll() is None, (cluster.workdir / log_name).read_text()[-2000:]
         with socket.socket() as s:
             return s.connect_ex(("127.0.0.1", port)) == 0
 
     wait_until(listening, 30, "the UI gate")
-    yield cluster, f"127.0.0.1:{port}", info
-    process.terminate()
-    process.wait(10)
+    return process, f"127.0.0.1:{port}"
 
 
 async def _client(cluster, address: str, token: str | None, cert: str = "ui/client", server_name: str = "ui-gate") -> Client:
@@ -249,3 +256,66 @@ def test_a_missing_cluster_record_refuses_instead_of_inventing_one(gate):
 async def _client_call_cluster_info(cluster, address):
     client = await _client(cluster, address, cluster.token("reader"))
     return await client.workflow_service.get_cluster_info(GetClusterInfoRequest())
+
+
+class _Forwarder:
+    """A TCP relay from a local port to the frontend, started on demand: the frontend appearing
+    where the gate expects it (the TLS session runs end to end through it)."""
+
+    def __init__(self, port: int, target: str):
+        self.port, (self.host, target_port) = port, target.rsplit(":", 1)
+        self.target_port = int(target_port)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._serve(), self.loop).result(10)
+
+    async def _serve(self) -> None:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def _relay(self, reader, writer) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.target_port)
+
+        async def pipe(src, dst):
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+
+    def stop(self) -> None:
+        async def close():
+            self.server.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def test_the_gate_reaches_a_frontend_that_starts_after_it_within_seconds(gate):
+    """compose starts the gate before the server, and make rotate / upgrade restart the server
+    under it. gRPC's default reconnect backoff would by now wait up to ~17 s between attempts
+    (and grows to 120 s); the gate's is capped at 2 s."""
+    cluster, _, info = gate
+    upstream_port = free_port()
+    process, address = _start_gate(cluster, f"127.0.0.1:{upstream_port}", info, "ui-gate-late-upstream.log")
+    forwarder = _Forwarder(upstream_port, cluster.address)
+    try:
+        refused_until = time.monotonic() + 35  # long enough for the default backoff to reach ~17 s
+        while time.monotonic() < refused_until:
+            assert _raw_call(cluster, address, "/grpc.health.v1.Health/Check") == grpc.StatusCode.UNAVAILABLE
+            time.sleep(1)
+        forwarder.start()
+        up_at = time.monotonic()
+        wait_until(lambda: _raw_call(cluster, address, "/grpc.health.v1.Health/Check") == grpc.StatusCode.OK,
+                   30, "the health check through the gate", interval=0.1)
+        assert time.monotonic() - up_at < 4.0
+    finally:
+        process.terminate()
+        process.wait(10)
+        if forwarder.thread.is_alive():
+            forwarder.stop()
