@@ -58,8 +58,10 @@ def run(args) -> int:
     target = args.address or f"{net.frontend_host}:{net.frontend_port}"
     server_name = args.server_name or net.frontend_host
     registration = asyncio.run(register_all(config, creds, target, server_name, args.timeout, args.update_retention))
+    print(f"frontend {target} ready after {registration.frontend_ready_s:.1f}s")
     for outcome in registration.outcomes:
         print(f"namespace {outcome.namespace}: {outcome.action}: {outcome.detail}".rstrip(": "))
+    print(f"namespaces usable after {registration.usable_s:.1f}s")
     if args.cluster_info is not None:
         try:
             write_atomic(args.cluster_info, (registration.cluster_info + "\n").encode(), 0o644)
