@@ -131,7 +131,8 @@ async def register_all(
     frontend_ready = time.monotonic() - started
     # Register every namespace first, then wait: the frontend's namespace cache picks them all up
     # in one refresh, instead of one refresh per namespace.
-    outcomes = [await _named(ns, ensure_namespace(client, ns, update_retention)) for ns in config.namespaces]
+    outcomes = [await _named(ns, _while_starting(lambda ns=ns: ensure_namespace(client, ns, update_retention), deadline))
+                for ns in config.namespaces]
     for ns in config.namespaces:
         await _named(ns, wait_until_usable(client, ns.name, deadline))
     usable = time.monotonic() - started
@@ -140,6 +141,21 @@ async def register_all(
     except RPCError as exc:
         raise BundleError(f"GetClusterInfo: {exc.status.name}: {_one_line(exc)}") from None
     return Registration(outcomes, json_format.MessageToJson(info, sort_keys=True), frontend_ready, usable)
+
+
+async def _while_starting(call, deadline: float):
+    """`call()` again while the frontend answers UNAVAILABLE: the job starts with the server and
+    reaches it as soon as its health check passes, when a dependency may still be warming up.
+    Registering is idempotent (an existing namespace is 'exists'), so a retry is safe."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    while True:
+        try:
+            return await call()
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(BRISK_POLL_S)
 
 
 async def _named(ns: Namespace, call):
