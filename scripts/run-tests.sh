@@ -4,8 +4,9 @@
 # fails; nothing is skipped for lack of infrastructure.
 #
 # Three pytest processes side by side, as the tiers mostly wait on servers and containers: the
-# docker modules on the one shared compose stack, the docker modules that start stacks of their
-# own (marker own_stack), and every other tier. `TEST_PARALLEL=0`, or any argument (a test path,
+# docker modules on the one shared compose stack; the docker modules that start stacks of their
+# own (marker own_stack), then the rotation tier (crash recovery, ~4 min: that process finishes
+# first otherwise); and every other tier. `TEST_PARALLEL=0`, or any argument (a test path,
 # -k ...), runs one process as pytest would. --durations: where the time goes, in every CI log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,16 +19,24 @@ fi
 logs="$(mktemp -d)"
 trap 'rm -rf "$logs"' EXIT
 pids=() names=()
-beside() {  # NAME PYTEST-ARGS...: a pytest process in the background, its log kept for later
+beside() {  # NAME COMMAND...: run in the background, its log kept for later
   local name="$1"; shift
-  "${pytest[@]}" "$@" >"$logs/${#pids[@]}.log" 2>&1 &
+  "$@" >"$logs/${#pids[@]}.log" 2>&1 &
   pids+=("$!") names+=("$name")
   echo "$name: running beside the other tiers (pid $!; its log follows theirs)"
 }
-beside "docker tier, shared stack" tests/docker -m "not own_stack"
-beside "docker tier, own stacks" tests/docker -m own_stack
+one_after_the_other() {  # each pytest run in turn; the first failure's status
+  local status=0
+  for tier in "$@"; do
+    # shellcheck disable=SC2086  # each tier is a path and its pytest options
+    "${pytest[@]}" $tier || status=$((status ? status : $?))
+  done
+  return "$status"
+}
+beside "docker tier, shared stack" "${pytest[@]}" tests/docker -m "not own_stack"
+beside "docker tier, own stacks; then the rotation tier" one_after_the_other "tests/docker -m own_stack" tests/rotation
 status=0
-"${pytest[@]}" tests --ignore=tests/docker || status=$?
+"${pytest[@]}" tests --ignore=tests/docker --ignore=tests/rotation || status=$?
 for i in "${!pids[@]}"; do
   echo "---------------------------------------------------------------- ${names[$i]}"
   tail -n +1 -f --pid="${pids[$i]}" "$logs/$i.log"
