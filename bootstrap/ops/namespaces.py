@@ -147,15 +147,22 @@ async def _while_starting(call, deadline: float):
     """`call()` again while the frontend answers UNAVAILABLE: the job starts with the server and
     reaches it as soon as its health check passes, when a dependency may still be warming up.
     Registering is idempotent (an existing namespace is 'exists'), so a retry is safe."""
-    from temporalio.service import RPCError, RPCStatusCode
+    from temporalio.service import RPCStatusCode
+
+    return await _retrying(call, RPCStatusCode.UNAVAILABLE, deadline, BRISK_POLL_S)
+
+
+async def _retrying(call, retry_on, deadline: float, interval: float):
+    """`call()` until it succeeds or fails with a status other than `retry_on`, or the deadline passes."""
+    from temporalio.service import RPCError
 
     while True:
         try:
             return await call()
         except RPCError as exc:
-            if exc.status != RPCStatusCode.UNAVAILABLE or time.monotonic() > deadline:
+            if exc.status != retry_on or time.monotonic() > deadline:
                 raise
-        await asyncio.sleep(BRISK_POLL_S)
+        await asyncio.sleep(interval)
 
 
 async def _named(ns: Namespace, call):
@@ -174,20 +181,13 @@ async def wait_until_usable(client, namespace: str, deadline: float) -> None:
     until then every call on it is 'not found'. Return once workflow APIs see it, so that a
     completed registration job means the namespace can be used right away."""
     from temporalio.api.workflowservice.v1 import ListWorkflowExecutionsRequest
-    from temporalio.service import RPCError, RPCStatusCode
+    from temporalio.service import RPCStatusCode
 
-    while True:
-        try:
-            await client.workflow_service.list_workflow_executions(
-                ListWorkflowExecutionsRequest(namespace=namespace, page_size=1)
-            )
-            return
-        except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND or time.monotonic() > deadline:
-                raise
-        # The frontend caches a namespace's absence for 1 s (its read-through miss cache): poll
-        # finely, so the job ends right after that second, not up to half a second later.
-        await asyncio.sleep(0.1)
+    request = ListWorkflowExecutionsRequest(namespace=namespace, page_size=1)
+    # The frontend caches a namespace's absence for 1 s (its read-through miss cache): poll
+    # finely, so the job ends right after that second, not up to half a second later.
+    await _retrying(lambda: client.workflow_service.list_workflow_executions(request), RPCStatusCode.NOT_FOUND,
+                    deadline, 0.1)
 
 
 def server_accepts_key(config: BundleConfig, bundle_dir, key, target: str, server_name: str) -> bool:
