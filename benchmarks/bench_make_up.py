@@ -115,16 +115,19 @@ class CpuMeter:
     check execs). Only on a local engine; elsewhere it reports nothing."""
 
     def __init__(self, project: str):
-        self.project, self.usage, self.done = project, {}, threading.Event()
+        self.project, self.usage, self.services, self.done = project, {}, {}, threading.Event()
         self.host_start = host_busy_cpu_s()
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
 
-    def _containers(self) -> list[str]:
-        out = subprocess.run(["docker", "ps", "-a", "-q", "--no-trunc", "--filter",
-                              f"label=com.docker.compose.project={self.project}"],
-                             capture_output=True, text=True).stdout
-        return out.split()
+    def _list_containers(self) -> None:
+        """Container id -> compose service, for every container of the project so far."""
+        out = subprocess.run(
+            ["docker", "ps", "-a", "--no-trunc", "--filter", f"label=com.docker.compose.project={self.project}",
+             "--format", '{{.ID}} {{.Label "com.docker.compose.service"}}'], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            container, _, service = line.partition(" ")
+            self.services[container] = service
 
     def _read(self, container: str) -> float | None:
         for pattern, scale in CGROUP_USAGE:
@@ -137,11 +140,12 @@ class CpuMeter:
         return None
 
     def _sample(self) -> None:
-        containers, listed = [], 0.0
+        listed = 0.0
         while not self.done.is_set():
             if time.monotonic() - listed > 1.0:  # new containers appear as compose starts them
-                containers, listed = self._containers(), time.monotonic()
-            for container in containers:
+                self._list_containers()
+                listed = time.monotonic()
+            for container in list(self.services):
                 value = self._read(container)
                 if value is not None:
                     self.usage[container] = value
@@ -151,14 +155,10 @@ class CpuMeter:
         host_end = host_busy_cpu_s()
         self.done.set()
         self.thread.join(timeout=10)
-        services = subprocess.run(
-            ["docker", "ps", "-a", "--no-trunc", "--filter", f"label=com.docker.compose.project={self.project}",
-             "--format", '{{.ID}} {{.Label "com.docker.compose.service"}}'], capture_output=True, text=True).stdout
         by_service: dict[str, float] = {}
-        for line in services.splitlines():
-            container, _, service = line.partition(" ")
-            if container in self.usage:
-                by_service[service] = round(by_service.get(service, 0.0) + self.usage[container], 2)
+        for container, seconds in self.usage.items():
+            service = self.services[container]
+            by_service[service] = round(by_service.get(service, 0.0) + seconds, 2)
         if self.host_start is not None and host_end is not None:
             by_service["(machine)"] = round(host_end - self.host_start, 2)
         return by_service
