@@ -121,26 +121,37 @@ class Registration:
 async def register_all(
     config: BundleConfig, creds: RoleCredentials, target: str, server_name: str, timeout: float, update_retention: bool
 ) -> Registration:
-    from google.protobuf import json_format
-    from temporalio.api.workflowservice.v1 import GetClusterInfoRequest
-    from temporalio.service import RPCError
-
     started = time.monotonic()
     deadline = started + timeout
     client = await wait_for_frontend(target, creds, server_name, timeout)
     frontend_ready = time.monotonic() - started
     # Register every namespace first, then wait: the frontend's namespace cache picks them all up
-    # in one refresh, instead of one refresh per namespace.
-    outcomes = [await _named(ns, _while_starting(lambda ns=ns: ensure_namespace(client, ns, update_retention), deadline))
-                for ns in config.namespaces]
-    for ns in config.namespaces:
-        await _named(ns, wait_until_usable(client, ns.name, deadline))
+    # in one refresh, instead of one refresh per namespace. The calls of each step run side by
+    # side: this job is the last step of `make up` before the UI starts.
+    outcomes = await asyncio.gather(*(
+        _named(ns, _while_starting(lambda ns=ns: ensure_namespace(client, ns, update_retention), deadline))
+        for ns in config.namespaces))
+    *waited, cluster_info = await asyncio.gather(
+        *(_named(ns, wait_until_usable(client, ns.name, deadline)) for ns in config.namespaces),
+        _cluster_info(client), return_exceptions=True)
     usable = time.monotonic() - started
+    for result in (*waited, cluster_info):
+        if isinstance(result, BaseException):  # a namespace's error first: it is the likelier cause
+            raise result
+    return Registration(list(outcomes), cluster_info, frontend_ready, usable)
+
+
+async def _cluster_info(client) -> str:
+    """The frontend's GetClusterInfo answer as protobuf JSON."""
+    from google.protobuf import json_format
+    from temporalio.api.workflowservice.v1 import GetClusterInfoRequest
+    from temporalio.service import RPCError
+
     try:
         info = await client.workflow_service.get_cluster_info(GetClusterInfoRequest())
     except RPCError as exc:
         raise BundleError(f"GetClusterInfo: {exc.status.name}: {_one_line(exc)}") from None
-    return Registration(outcomes, json_format.MessageToJson(info, sort_keys=True), frontend_ready, usable)
+    return json_format.MessageToJson(info, sort_keys=True)
 
 
 async def _while_starting(call, deadline: float):
