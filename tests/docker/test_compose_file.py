@@ -165,7 +165,7 @@ def test_startup_order_waits_for_health_and_jobs(resolved):
     # the server's); the UI comes after it, the gate before the server (it only needs its key sources).
     assert deps["temporal-register-namespaces"]["temporal"]["condition"] == "service_started"
     assert deps["temporal-ui"]["temporal-register-namespaces"]["condition"] == "service_completed_successfully"
-    assert deps["temporal-ui"]["ui-gate"]["condition"] == "service_healthy"
+    assert deps["temporal-ui"]["ui-gate"]["condition"] == "service_started"
     assert set(deps["ui-gate"]) == {"jwks", "dex"}
     for name in ("jwks", "postgresql", "token-refresher", "dex"):
         assert deps[name]["bootstrap"]["condition"] == "service_completed_successfully", name
