@@ -14,15 +14,16 @@ import ssl
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import aiohttp
 import jwt
 
-from ..core.tokens import verify_token
+from ..core.tokens import PERMISSIONS_CLAIM, verify_token
 from ..errors import BundleError
-from .http import Refusal, clip, log_event
-from ..core.tokens import PERMISSIONS_CLAIM
-from .jwks import JWKSSource
+from .events import Refusal, clip, log_event
+
+if TYPE_CHECKING:
+    import aiohttp
 
 ROLE_BITS = {"worker": 1, "read": 2, "write": 4, "admin": 8}
 SYSTEM_NAMESPACE = "temporal-system"
@@ -68,6 +69,8 @@ class FileJWKS:
     """The bundle's jwks.json, re-read when it changes."""
 
     def __init__(self, path: Path):
+        from .jwks import JWKSSource  # the JWKS server's module: aiohttp, which the gate does without
+
         self.source, self.description = JWKSSource(path), str(path)
         self._raw, self._doc = None, None
 
@@ -121,6 +124,8 @@ class URLJWKS:
         self._fetch_task = asyncio.ensure_future(self._refresh())
 
     async def _refresh(self) -> None:
+        import aiohttp  # first fetch only: the gate starts without the HTTP stack
+
         try:
             self._doc, self._fetched, self._failures = await self._fetch(), time.monotonic(), 0
         except (OSError, ValueError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -131,6 +136,8 @@ class URLJWKS:
             self._fetch_task = None
 
     async def _fetch(self) -> dict:
+        import aiohttp
+
         context = ssl.create_default_context()
         cafiles = self.cafile if isinstance(self.cafile, tuple) else (self.cafile,)
         for cafile in cafiles:

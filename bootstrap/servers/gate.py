@@ -28,7 +28,7 @@ from pathlib import Path
 import grpc
 
 from .auth import SYSTEM_NAMESPACE, Authenticator, ROLE_BITS, role_for
-from .http import Refusal, clip, log_event
+from .events import Refusal, clip, log_event
 from ..core.tokens import PERMISSIONS_CLAIM
 
 WORKFLOW_SERVICE = "/temporal.api.workflowservice.v1.WorkflowService/"

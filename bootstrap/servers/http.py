@@ -19,18 +19,16 @@ import logging
 import resource
 import socket
 import ssl
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from aiohttp import web
 
 from . import MAX_CONNECTIONS
+from .events import Refusal, clip, log_event  # noqa: F401 (the HTTP servers import them from here)
 
-CLIP = 200  # longest caller-supplied string we log or echo
 TLS_RECORD = 16 * 1024
 SERVER = "temporal-bundle"
 
@@ -41,31 +39,6 @@ class Limits:
     header_timeout: float = 10.0  # accept (or end of the last response) to complete headers
     body_timeout: float = 30.0
     max_body: int = 16 * 1024 * 1024
-
-
-class Refusal(Exception):
-    """A request we answer with `status` and a short message meant for the caller."""
-
-    def __init__(self, status: int, message: str, detail: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.detail = status, message, detail
-
-
-# --------------------------------------------------------------------------- logging
-
-
-def clip(value) -> str | None:
-    if value is None:
-        return None
-    text = value if isinstance(value, str) else str(value)
-    return text if len(text) <= CLIP else text[:CLIP] + "..."
-
-
-def log_event(event: str, **fields) -> None:
-    """One JSON object per line: a caller cannot forge a line, whatever its strings hold."""
-    doc = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "event": event}
-    doc.update({k: v for k, v in fields.items() if v is not None})
-    print(json.dumps(doc, ensure_ascii=True, separators=(",", ":")), file=sys.stderr, flush=True)
 
 
 class _Protocol(web.RequestHandler):

@@ -1,0 +1,32 @@
+"""What every server of the bundle shares without any network stack: the refusal a caller is
+given, and one JSON line per event on stderr. The gRPC gate needs these and no HTTP library."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+
+CLIP = 200  # longest caller-supplied string we log or echo
+
+
+class Refusal(Exception):
+    """A request we answer with `status` and a short message meant for the caller."""
+
+    def __init__(self, status: int, message: str, detail: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.detail = status, message, detail
+
+
+def clip(value) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= CLIP else text[:CLIP] + "..."
+
+
+def log_event(event: str, **fields) -> None:
+    """One JSON object per line: a caller cannot forge a line, whatever its strings hold."""
+    doc = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "event": event}
+    doc.update({k: v for k, v in fields.items() if v is not None})
+    print(json.dumps(doc, ensure_ascii=True, separators=(",", ":")), file=sys.stderr, flush=True)
