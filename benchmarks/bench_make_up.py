@@ -74,8 +74,18 @@ class Timeline:
         # Drained as it comes: health checks make thousands of exec events, and a full pipe would
         # stall the stream (later events lost).
         self.lines: list[str] = []
-        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self.containers: dict[str, str] = {}  # id -> compose service, as they are created
+        self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if '"create"' in line:
+                event = json.loads(line)
+                service = event.get("Actor", {}).get("Attributes", {}).get("com.docker.compose.service")
+                if event.get("Action") == "create" and service:
+                    self.containers[event["Actor"]["ID"]] = service
 
     def stop(self) -> dict[str, dict[str, float]]:
         self.proc.terminate()
@@ -112,22 +122,14 @@ class CpuMeter:
     """CPU seconds per compose service while `make up` runs, read from each container's cgroup
     every 0.1 s (one-shot jobs' cgroups vanish when they exit: their last reading counts), plus
     the whole machine's busy CPU, which includes the engine's own work (container starts, health
-    check execs). Only on a local engine; elsewhere it reports nothing."""
+    check execs). Containers are learnt from the timeline's event stream: polling `docker ps`
+    would add load to what is measured. Only on a local engine; elsewhere it reports nothing."""
 
-    def __init__(self, project: str):
-        self.project, self.usage, self.services, self.done = project, {}, {}, threading.Event()
+    def __init__(self, timeline: Timeline):
+        self.timeline, self.usage, self.done = timeline, {}, threading.Event()
         self.host_start = host_busy_cpu_s()
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
-
-    def _list_containers(self) -> None:
-        """Container id -> compose service, for every container of the project so far."""
-        out = subprocess.run(
-            ["docker", "ps", "-a", "--no-trunc", "--filter", f"label=com.docker.compose.project={self.project}",
-             "--format", '{{.ID}} {{.Label "com.docker.compose.service"}}'], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            container, _, service = line.partition(" ")
-            self.services[container] = service
 
     def _read(self, container: str) -> float | None:
         for pattern, scale in CGROUP_USAGE:
@@ -140,12 +142,8 @@ class CpuMeter:
         return None
 
     def _sample(self) -> None:
-        listed = 0.0
         while not self.done.is_set():
-            if time.monotonic() - listed > 1.0:  # new containers appear as compose starts them
-                self._list_containers()
-                listed = time.monotonic()
-            for container in list(self.services):
+            for container in list(self.timeline.containers):
                 value = self._read(container)
                 if value is not None:
                     self.usage[container] = value
@@ -157,7 +155,7 @@ class CpuMeter:
         self.thread.join(timeout=10)
         by_service: dict[str, float] = {}
         for container, seconds in self.usage.items():
-            service = self.services[container]
+            service = self.timeline.containers[container]
             by_service[service] = round(by_service.get(service, 0.0) + seconds, 2)
         if self.host_start is not None and host_end is not None:
             by_service["(machine)"] = round(host_end - self.host_start, 2)
@@ -166,7 +164,7 @@ class CpuMeter:
 
 def timed_up(stack: ComposeStack) -> tuple[float, dict]:
     timeline = Timeline(stack.project)
-    meter = CpuMeter(stack.project)
+    meter = CpuMeter(timeline)
     time.sleep(0.3)  # `docker events` subscribes before anything starts
     timeline.t0 = time.time()
     try:
