@@ -54,3 +54,15 @@ def test_a_missing_certificate_is_a_one_line_error(tmp_path, capsys):
                  "--cluster-info", str(tmp_path / "cluster.json"), "--port", "0"])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("error: cannot start the UI gate") and err.count("\n") == 1, err
+
+
+def test_the_gate_starts_without_the_http_stack():
+    """aiohttp is only needed to fetch a key set (a namespace-only user's first token): importing
+    the gate, its authenticator and its command must not load it (it costs the gate's start)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, bootstrap.cli, bootstrap.servers.gate, bootstrap.commands.serve_ui_gate; "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'aiohttp'))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"
