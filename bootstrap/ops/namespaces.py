@@ -138,7 +138,7 @@ async def register_all(
     for result in (*waited, cluster_info):
         if isinstance(result, BaseException):  # a namespace's error first: it is the likelier cause
             raise result
-    return Registration(list(outcomes), cluster_info, frontend_ready, usable)
+    return Registration(outcomes, cluster_info, frontend_ready, usable)
 
 
 async def _cluster_info(client) -> str:

@@ -43,8 +43,9 @@ from ..core.tokens import PERMISSIONS_CLAIM
 from ..core.codec import ENCODING, KEY_ID_HEADER, NAMESPACE_HEADER, CodecError, KeyringFile, encrypt_all, open_sealed
 from ..errors import BundleError
 from .auth import SYSTEM_NAMESPACE, Authenticator, JWKSUnavailable, grants, key_sources, role_for
-from .http import Budget, Limits, Refusal, ReloadingTLS, Service, clip, cors_headers, cors_middleware
-from .http import declared_length, log_event, read_body, refusal_reply, reply, stream_reply
+from .events import Refusal, clip, log_event
+from .http import Budget, Limits, ReloadingTLS, Service, cors_headers, cors_middleware
+from .http import declared_length, read_body, refusal_reply, reply, stream_reply
 from .wire import b64, parse_items, parse_payloads, payload_json, render, render_payloads
 
 ENCODE_ROLE = "write"

@@ -36,7 +36,8 @@ from ..core.workload_identity import (ACCESS_TOKEN_TYPE, GRANT_TYPE, ISSUED_TOKE
                                  WorkloadIdentityConfig, WorkloadIssuer, exchanged_token, permissions_for,
                                  verify_subject)
 from .auth import MAX_JWKS_BYTES, JWKSUnavailable, URLJWKS
-from .http import Limits, Refusal, ReloadingTLS, Service, _stamp, clip, declared_length, log_event, read_body
+from .events import Refusal, clip, log_event
+from .http import Limits, ReloadingTLS, Service, _stamp, declared_length, read_body
 
 TOKEN_PATH = "/token"
 MAX_FORM = 16 * 1024  # a service-account token is ~1 KiB; nothing legitimate comes near this

@@ -27,7 +27,7 @@ from pathlib import Path
 from aiohttp import web
 
 from . import MAX_CONNECTIONS
-from .events import Refusal, clip, log_event  # noqa: F401 (the HTTP servers import them from here)
+from .events import Refusal, clip, log_event
 
 TLS_RECORD = 16 * 1024
 SERVER = "temporal-bundle"

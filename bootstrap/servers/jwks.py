@@ -15,7 +15,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .http import Limits, ReloadingTLS, Service, log_event, reply
+from .events import log_event
+from .http import Limits, ReloadingTLS, Service, reply
 
 JWKS_PATHS = ("/jwks.json", "/.well-known/jwks.json")
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload
 
-from .http import Refusal
+from .events import Refusal
 
 MAX_PAYLOADS = 20_000
 _URLSAFE = str.maketrans("-_", "+/")

@@ -457,7 +457,7 @@ def test_a_verified_token_is_remembered_briefly_and_never_past_its_exp():
     import time
 
     from bootstrap.servers.auth import Authenticator
-    from bootstrap.servers.http import Refusal
+    from bootstrap.servers.events import Refusal
     from bootstrap.core.tokens import SigningKey, jwks_document
 
     key = SigningKey.generate()
@@ -483,7 +483,7 @@ def test_a_verified_token_is_remembered_briefly_and_never_past_its_exp():
 
 def test_forged_tokens_are_never_remembered():
     from bootstrap.servers.auth import Authenticator
-    from bootstrap.servers.http import Refusal
+    from bootstrap.servers.events import Refusal
     from bootstrap.core.tokens import SigningKey, jwks_document
 
     key, impostor = SigningKey.generate(), SigningKey.generate()
