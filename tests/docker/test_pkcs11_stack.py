@@ -168,11 +168,20 @@ def test_the_token_refuses_to_export_the_root_keys(hsm_stack):
         assert row["wrap"] == "KeyUnextractable", row
 
 
+# GNU tar exits 1 when a file changes or vanishes while it is read: PostgreSQL keeps writing its
+# volume while the stack runs. Every file is still in the archive; anything else is a real failure.
+_LIVE_FILE_WARNINGS = ("file changed as we read it", "File removed before we read it", "File shrank by")
+
+
 def _volume_tar(stack, volume: str) -> bytes:
-    return subprocess.run(
+    result = subprocess.run(
         ["docker", "run", "--rm", "--network", "none", "--user", "0:0", "-v", f"{volume}:/v:ro", "--entrypoint", "tar",
          stack.images["BUNDLE_IMAGE"], "-C", "/v", "-cf", "-", "."],
-        capture_output=True, timeout=600, check=True).stdout
+        capture_output=True, timeout=600)
+    warnings = result.stderr.decode(errors="replace").splitlines()
+    live_writes_only = result.returncode == 1 and warnings and all(any(w in line for w in _LIVE_FILE_WARNINGS) for line in warnings)
+    assert result.returncode == 0 or live_writes_only, (volume, result.returncode, warnings)
+    return result.stdout
 
 
 def test_no_volume_image_log_or_backup_holds_a_root_private_key(hsm_stack):
