@@ -28,7 +28,7 @@ class Load:
                     await client.start_workflow(GreetingWorkflow.run, "load", id=f"load-{uuid.uuid4()}", task_queue=queue)
                 )
             except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
-                self.start_failures.append(f"{type(exc).__name__}: {exc}")
+                self.start_failures.append(f"{pki.utcnow():%H:%M:%S.%f} {type(exc).__name__}: {exc}")
             await asyncio.sleep(0.05)
 
     async def fresh_connections(self):

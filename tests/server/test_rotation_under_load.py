@@ -38,6 +38,8 @@ def fast_cluster(request, tmp_path_factory):
 
 
 async def rotate(cluster: LocalCluster, *extra: str) -> str:
+    """The rotation's output, headed by when it ran (to line up with a failed call's time)."""
+    started = pki.utcnow()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bootstrap", "rotate", "--config", str(cluster.config_path), "--out", str(cluster.bundle),
         "--wait", "--probe-address", cluster.address, "--server-name", "localhost", *extra,
@@ -45,7 +47,7 @@ async def rotate(cluster: LocalCluster, *extra: str) -> str:
     )
     out, err = await asyncio.wait_for(process.communicate(), 180)
     assert process.returncode == 0, err.decode()
-    return out.decode()
+    return f"rotate {' '.join(extra)} {started:%H:%M:%S.%f}-{pki.utcnow():%H:%M:%S.%f}\n{out.decode()}"
 
 
 def fingerprints(cluster, rel):
@@ -66,7 +68,7 @@ def test_rotations_under_load_fail_no_call(fast_cluster):
         return logs
 
     load, results, logs = asyncio.run(under_load(cluster, rotations))
-    assert not load.start_failures, load.start_failures[:5]
+    assert not load.start_failures, (load.start_failures[:5], logs)
     assert not load.fresh_failures, (load.fresh_failures[:5], logs)
     assert len(results) > 100 and all(r == "hello, load" for r in results)
     assert load.fresh_ok > 50
