@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import tempfile
 import uuid
 
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
@@ -20,6 +21,9 @@ class Load:
     def __init__(self, cluster: LocalCluster):
         self.cluster, self.stop = cluster, asyncio.Event()
         self.handles, self.start_failures, self.fresh_ok, self.fresh_failures = [], [], 0, []
+        # The token refresher must outlive the change: if it exits, every token expires after it.
+        self.refresher_exit: int | None = None
+        self.refresher_output = ""
 
     async def starts(self, client, queue):
         while not self.stop.is_set():
@@ -47,9 +51,10 @@ async def under_load(cluster: LocalCluster, action, settle: float = 5):
     """Run `await action()` under load (with a token refresher and live token watchers, as in
     production); then stop the load and wait for every started workflow. Returns
     (load, results, what action returned)."""
+    output = tempfile.TemporaryFile()
     refresher = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bootstrap", "mint-tokens", "--config", str(cluster.config_path), "--out",
-        str(cluster.bundle), "--watch", "1", stdout=asyncio.subprocess.DEVNULL)
+        str(cluster.bundle), "--watch", "1", stdout=output, stderr=output)
     worker_client = await connect(cluster.address, bundle_dir=cluster.bundle, role="worker", server_name="localhost")
     starter = await connect(cluster.address, bundle_dir=cluster.bundle, role="client", server_name="localhost")
     watchers = [TokenFileWatcher(worker_client, cluster.bundle / "tokens/worker.jwt", 0.5),
@@ -68,6 +73,11 @@ async def under_load(cluster: LocalCluster, action, settle: float = 5):
     finally:
         for task in background:
             task.cancel()
-        refresher.terminate()
+        load.refresher_exit = refresher.returncode
+        if refresher.returncode is None:
+            refresher.terminate()
         await refresher.wait()
+        output.seek(0)
+        load.refresher_output = output.read().decode(errors="replace")[-2000:]
+        output.close()
     return load, results, outcome

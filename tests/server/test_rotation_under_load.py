@@ -68,6 +68,7 @@ def test_rotations_under_load_fail_no_call(fast_cluster):
         return logs
 
     load, results, logs = asyncio.run(under_load(cluster, rotations))
+    assert load.refresher_exit is None, load.refresher_output
     assert not load.start_failures, (load.start_failures[:5], logs)
     assert not load.fresh_failures, (load.fresh_failures[:5], logs)
     assert len(results) > 100 and all(r == "hello, load" for r in results)

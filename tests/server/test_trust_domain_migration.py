@@ -74,6 +74,7 @@ def test_one_ca_bundle_is_separated_under_load_with_no_failed_call(legacy_cluste
     assert not Layout(cluster.bundle).domain_ca("client")[0].exists(), "init must never split domains by itself"
 
     load, results, log = asyncio.run(under_load(cluster, lambda: rotate_trust_domains(cluster)))
+    assert load.refresher_exit is None, load.refresher_output
     assert not load.start_failures, load.start_failures[:5]
     assert not load.fresh_failures, (load.fresh_failures[:5], log)
     assert len(results) > 50 and all(r == "hello, load" for r in results)
