@@ -179,8 +179,8 @@ def _volume_tar(stack, volume: str) -> bytes:
          stack.images["BUNDLE_IMAGE"], "-C", "/v", "-cf", "-", "."],
         capture_output=True, timeout=600)
     warnings = result.stderr.decode(errors="replace").splitlines()
-    live_writes_only = result.returncode == 1 and warnings and all(any(w in line for w in _LIVE_FILE_WARNINGS) for line in warnings)
-    assert result.returncode == 0 or live_writes_only, (volume, result.returncode, warnings)
+    only_live_writes = bool(warnings) and all(any(w in line for w in _LIVE_FILE_WARNINGS) for line in warnings)
+    assert result.returncode == 0 or (result.returncode == 1 and only_live_writes), (volume, result.returncode, warnings)
     return result.stdout
 
 
