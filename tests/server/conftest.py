@@ -3,9 +3,13 @@ with TLS required. A missing binary or a server that does not come up is an erro
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
+
 import pytest
 
 from tests.harness import LocalCluster
+from tests.hsm.conftest import softhsm_token
 
 EXTRA_ROLES = {
     # For the authorization matrix: one namespace only, and read-only.
@@ -38,3 +42,44 @@ def pg_cluster(tmp_path_factory):
 @pytest.fixture(params=["sqlite", "postgres"])
 def cluster(request):
     return request.getfixturevalue(f"{'pg' if request.param == 'postgres' else 'sqlite'}_cluster")
+
+
+@contextmanager
+def _environ(extra: dict):
+    saved = {name: os.environ.get(name) for name in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def pkcs11_cluster(tmp_path_factory):
+    """A cluster whose CAs and JWT signing keys never left a SoftHSM2 token (issue 17); it refetches
+    the JWKS every 2 s, for the rotation test. `hsm_env` is what a process needs to reach the token."""
+    env, keys = softhsm_token(tmp_path_factory.mktemp("softhsm"), "cluster")
+    with _environ(env):  # `init` runs as a CLI subprocess and signs in the token
+        cluster = LocalCluster(tmp_path_factory.mktemp("cluster-pkcs11"), extra_roles=EXTRA_ROLES, keys=keys,
+                               jwks_refresh="2s").start_registered()
+    cluster.hsm_env = env
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def on_token(pkcs11_cluster, monkeypatch):
+    """The pkcs11 cluster, with this process (and the CLI subprocesses it starts) using its token:
+    key files there are references, which resolve to keys that sign inside the token."""
+    from bootstrap.core import backend, hsm
+    from bootstrap.core.config import load_config
+
+    for name, value in pkcs11_cluster.hsm_env.items():
+        monkeypatch.setenv(name, value)
+    backend.activate(load_config(pkcs11_cluster.config_path))
+    yield pkcs11_cluster
+    hsm.activate(None)

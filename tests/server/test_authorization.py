@@ -31,6 +31,13 @@ from bootstrap.core.tokens import SigningKey, mint_token
 from tests.server.workflows import GreetingWorkflow
 
 
+@pytest.fixture(params=["file-keys", "pkcs11-keys"])
+def keyed_cluster(request):
+    """The whole matrix on both key backends: CA and signing keys in files (the SQLite cluster), and
+    in a SoftHSM2 token, where every token and certificate below is signed inside the token."""
+    return request.getfixturevalue("sqlite_cluster" if request.param == "file-keys" else "on_token")
+
+
 @dataclass(frozen=True)
 class Identity:
     cert: bytes | None
@@ -153,46 +160,46 @@ def run(cluster, who, action, namespace="default"):
         ("reader", "describe", "default"),
     ],
 )
-def test_allowed(sqlite_cluster, role, action, namespace):
-    assert run(sqlite_cluster, identity(sqlite_cluster, role), action, namespace) == "ok"
+def test_allowed(keyed_cluster, role, action, namespace):
+    assert run(keyed_cluster, identity(keyed_cluster, role), action, namespace) == "ok"
 
 
 # --------------------------------------------------------------------------- mTLS refusals
 
 
-def test_no_client_certificate_is_refused(sqlite_cluster):
-    who = identity(sqlite_cluster)
-    assert run(sqlite_cluster, Identity(None, None, who.token, who.ca), "describe") == "refused"
+def test_no_client_certificate_is_refused(keyed_cluster):
+    who = identity(keyed_cluster)
+    assert run(keyed_cluster, Identity(None, None, who.token, who.ca), "describe") == "refused"
 
 
-def test_certificate_from_a_foreign_ca_is_refused(sqlite_cluster):
+def test_certificate_from_a_foreign_ca_is_refused(keyed_cluster):
     foreign = CA.create("Evil CA").issue_cert(common_name="temporal-bundle:client", usage="client")
-    who = identity(sqlite_cluster)
-    assert run(sqlite_cluster, Identity(foreign.cert_pem(), foreign.key_pem(), who.token, who.ca), "describe") == "refused"
+    who = identity(keyed_cluster)
+    assert run(keyed_cluster, Identity(foreign.cert_pem(), foreign.key_pem(), who.token, who.ca), "describe") == "refused"
 
 
-def test_expired_client_certificate_is_refused(sqlite_cluster):
+def test_expired_client_certificate_is_refused(keyed_cluster):
     # From the right CA (the client domain's), so only the expiry can refuse it.
-    ca = CA.from_pem(read(sqlite_cluster, "private/ca-client.pem"), read(sqlite_cluster, "private/ca-client.key"))
+    ca = CA.from_pem(read(keyed_cluster, "private/ca-client.pem"), read(keyed_cluster, "private/ca-client.key"))
     expired = ca.issue_cert(common_name="temporal-bundle:client", usage="client",
                             now=utcnow() - timedelta(days=10), lifetime=timedelta(days=1))
-    who = identity(sqlite_cluster)
-    assert run(sqlite_cluster, Identity(expired.cert_pem(), expired.key_pem(), who.token, who.ca), "describe") == "refused"
+    who = identity(keyed_cluster)
+    assert run(keyed_cluster, Identity(expired.cert_pem(), expired.key_pem(), who.token, who.ca), "describe") == "refused"
 
 
-def test_valid_certificates_of_other_trust_domains_are_refused(sqlite_cluster):
+def test_valid_certificates_of_other_trust_domains_are_refused(keyed_cluster):
     """The internode and database client certs are valid client certs, just not from the client
     domain: the frontend refuses them even with a valid token."""
-    who = identity(sqlite_cluster)
-    for cert in ("server/internode", "dbclient/temporal") if sqlite_cluster.driver == "postgres" else ("server/internode",):
-        stranger = Identity(read(sqlite_cluster, f"{cert}.pem"), read(sqlite_cluster, f"{cert}.key"), who.token, who.ca)
-        assert run(sqlite_cluster, stranger, "describe") == "refused", cert
+    who = identity(keyed_cluster)
+    for cert in ("server/internode", "dbclient/temporal") if keyed_cluster.driver == "postgres" else ("server/internode",):
+        stranger = Identity(read(keyed_cluster, f"{cert}.pem"), read(keyed_cluster, f"{cert}.key"), who.token, who.ca)
+        assert run(keyed_cluster, stranger, "describe") == "refused", cert
 
 
-def test_server_certificate_without_client_auth_is_refused(sqlite_cluster):
-    who = identity(sqlite_cluster)
-    who = Identity(read(sqlite_cluster, "server/frontend.pem"), read(sqlite_cluster, "server/frontend.key"), who.token, who.ca)
-    assert run(sqlite_cluster, who, "describe") == "refused"
+def test_server_certificate_without_client_auth_is_refused(keyed_cluster):
+    who = identity(keyed_cluster)
+    who = Identity(read(keyed_cluster, "server/frontend.pem"), read(keyed_cluster, "server/frontend.key"), who.token, who.ca)
+    assert run(keyed_cluster, who, "describe") == "refused"
 
 
 # --------------------------------------------------------------------------- token refusals
@@ -202,97 +209,97 @@ def _with_token(cluster, token):
     return identity(cluster, "client", token=token)
 
 
-def test_no_token_is_denied(sqlite_cluster):
-    assert run(sqlite_cluster, _with_token(sqlite_cluster, None), "start") == "denied"
-    assert run(sqlite_cluster, _with_token(sqlite_cluster, None), "describe") == "denied"
+def test_no_token_is_denied(keyed_cluster):
+    assert run(keyed_cluster, _with_token(keyed_cluster, None), "start") == "denied"
+    assert run(keyed_cluster, _with_token(keyed_cluster, None), "describe") == "denied"
 
 
-def test_expired_token_is_denied(sqlite_cluster):
-    token = mint_token(active_key(sqlite_cluster), role="client", permissions=["default:write"], issuer="temporal-bundle",
+def test_expired_token_is_denied(keyed_cluster):
+    token = mint_token(active_key(keyed_cluster), role="client", permissions=["default:write"], issuer="temporal-bundle",
                        audience="temporal", lifetime=timedelta(hours=1), now=utcnow() - timedelta(hours=2))
-    assert run(sqlite_cluster, _with_token(sqlite_cluster, token.encoded), "start") == "denied"
+    assert run(keyed_cluster, _with_token(keyed_cluster, token.encoded), "start") == "denied"
 
 
-def test_token_signed_by_unknown_key_is_denied(sqlite_cluster):
+def test_token_signed_by_unknown_key_is_denied(keyed_cluster):
     token = mint_token(SigningKey.generate(), role="client", permissions=["default:write"], issuer="temporal-bundle",
                        audience="temporal", lifetime=timedelta(hours=1))
-    assert run(sqlite_cluster, _with_token(sqlite_cluster, token.encoded), "start") == "denied"
+    assert run(keyed_cluster, _with_token(keyed_cluster, token.encoded), "start") == "denied"
 
 
-def test_token_with_known_kid_but_other_key_is_denied(sqlite_cluster):
-    kid = active_key(sqlite_cluster).kid
-    forged = jwt.encode(claims_for(sqlite_cluster, ["temporal-system:admin"]), SigningKey.generate().private_key,
+def test_token_with_known_kid_but_other_key_is_denied(keyed_cluster):
+    kid = active_key(keyed_cluster).kid
+    forged = jwt.encode(claims_for(keyed_cluster, ["temporal-system:admin"]), SigningKey.generate().private_key,
                         algorithm="ES256", headers={"kid": kid})
-    assert run(sqlite_cluster, _with_token(sqlite_cluster, forged), "start") == "denied"
+    assert run(keyed_cluster, _with_token(keyed_cluster, forged), "start") == "denied"
 
 
-def test_token_without_kid_is_denied(sqlite_cluster):
-    token = jwt.encode(claims_for(sqlite_cluster, ["default:write"]), active_key(sqlite_cluster).private_key, algorithm="ES256")
+def test_token_without_kid_is_denied(keyed_cluster):
+    token = jwt.encode(claims_for(keyed_cluster, ["default:write"]), active_key(keyed_cluster).private_key, algorithm="ES256")
     assert "kid" not in jwt.get_unverified_header(token)
-    assert run(sqlite_cluster, _with_token(sqlite_cluster, token), "start") == "denied"
+    assert run(keyed_cluster, _with_token(keyed_cluster, token), "start") == "denied"
 
 
-def test_alg_none_is_denied(sqlite_cluster):
-    token = raw_token({"alg": "none", "typ": "JWT", "kid": active_key(sqlite_cluster).kid},
-                      claims_for(sqlite_cluster, ["temporal-system:admin"]))
-    assert run(sqlite_cluster, _with_token(sqlite_cluster, token), "start") == "denied"
+def test_alg_none_is_denied(keyed_cluster):
+    token = raw_token({"alg": "none", "typ": "JWT", "kid": active_key(keyed_cluster).kid},
+                      claims_for(keyed_cluster, ["temporal-system:admin"]))
+    assert run(keyed_cluster, _with_token(keyed_cluster, token), "start") == "denied"
 
 
-def test_tampered_payload_is_denied(sqlite_cluster):
-    header, payload, signature = sqlite_cluster.token("reader").split(".")
+def test_tampered_payload_is_denied(keyed_cluster):
+    header, payload, signature = keyed_cluster.token("reader").split(".")
     claims = json.loads(unb64(payload))
     claims["permissions"] = claims["groups"] = ["temporal-system:admin"]
     tampered = ".".join([header, b64(json.dumps(claims).encode()), signature])
-    assert run(sqlite_cluster, _with_token(sqlite_cluster, tampered), "register") == "denied"
+    assert run(keyed_cluster, _with_token(keyed_cluster, tampered), "register") == "denied"
     # The untampered reader token is valid: the denial above is the signature check, not the role.
-    assert run(sqlite_cluster, _with_token(sqlite_cluster, sqlite_cluster.token("reader")), "describe") == "ok"
+    assert run(keyed_cluster, _with_token(keyed_cluster, keyed_cluster.token("reader")), "describe") == "ok"
 
 
-def test_algorithm_confusion_is_denied(sqlite_cluster):
-    key = active_key(sqlite_cluster)
+def test_algorithm_confusion_is_denied(keyed_cluster):
+    key = active_key(keyed_cluster)
     public_pem = key.private_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    claims = claims_for(sqlite_cluster, ["temporal-system:admin"])
+    claims = claims_for(keyed_cluster, ["temporal-system:admin"])
     # HS256 keyed with the public key: the classic confusion attack.
     unsigned = raw_token({"alg": "HS256", "typ": "JWT", "kid": key.kid}, claims)[:-1]
     hs = unsigned + "." + b64(hmac.new(public_pem, unsigned.encode(), hashlib.sha256).digest())
-    assert run(sqlite_cluster, _with_token(sqlite_cluster, hs), "register") == "denied"
+    assert run(keyed_cluster, _with_token(keyed_cluster, hs), "register") == "denied"
     # A genuine ES256 signature relabelled RS256.
     es = jwt.encode(claims, key.private_key, algorithm="ES256", headers={"kid": key.kid})
     header, payload, signature = es.split(".")
     relabelled = raw_token({"alg": "RS256", "typ": "JWT", "kid": key.kid}, claims).rsplit(".", 2)[0]
-    assert run(sqlite_cluster, _with_token(sqlite_cluster, f"{relabelled}.{payload}.{signature}"), "register") == "denied"
+    assert run(keyed_cluster, _with_token(keyed_cluster, f"{relabelled}.{payload}.{signature}"), "register") == "denied"
 
 
-def test_wrong_audience_is_denied(sqlite_cluster):
-    token = mint_token(active_key(sqlite_cluster), role="client", permissions=["default:write"], issuer="temporal-bundle",
+def test_wrong_audience_is_denied(keyed_cluster):
+    token = mint_token(active_key(keyed_cluster), role="client", permissions=["default:write"], issuer="temporal-bundle",
                        audience="some-other-service", lifetime=timedelta(hours=1))
-    assert run(sqlite_cluster, _with_token(sqlite_cluster, token.encoded), "start") == "denied"
+    assert run(keyed_cluster, _with_token(keyed_cluster, token.encoded), "start") == "denied"
 
 
 # --------------------------------------------------------------------------- role refusals
 
 
-def test_client_token_cannot_register_namespaces(sqlite_cluster):
-    assert run(sqlite_cluster, identity(sqlite_cluster, "client"), "register") == "denied"
+def test_client_token_cannot_register_namespaces(keyed_cluster):
+    assert run(keyed_cluster, identity(keyed_cluster, "client"), "register") == "denied"
 
 
-def test_worker_and_client_tokens_are_scoped_to_their_namespaces(sqlite_cluster):
-    assert run(sqlite_cluster, identity(sqlite_cluster, "scoped"), "start", "other") == "denied"
-    assert run(sqlite_cluster, identity(sqlite_cluster, "scoped"), "describe", "other") == "denied"
+def test_worker_and_client_tokens_are_scoped_to_their_namespaces(keyed_cluster):
+    assert run(keyed_cluster, identity(keyed_cluster, "scoped"), "start", "other") == "denied"
+    assert run(keyed_cluster, identity(keyed_cluster, "scoped"), "describe", "other") == "denied"
 
 
-def test_read_only_token_cannot_start_workflows(sqlite_cluster):
-    assert run(sqlite_cluster, identity(sqlite_cluster, "reader"), "start") == "denied"
+def test_read_only_token_cannot_start_workflows(keyed_cluster):
+    assert run(keyed_cluster, identity(keyed_cluster, "reader"), "start") == "denied"
 
 
-def test_bare_worker_permission_is_denied_everything(sqlite_cluster):
+def test_bare_worker_permission_is_denied_everything(keyed_cluster):
     # Why the config refuses roles with only <ns>:worker: the server denies them every API.
-    token = mint_token(active_key(sqlite_cluster), role="w", permissions=["default:worker"], issuer="temporal-bundle",
+    token = mint_token(active_key(keyed_cluster), role="w", permissions=["default:worker"], issuer="temporal-bundle",
                        audience="temporal", lifetime=timedelta(hours=1))
-    assert run(sqlite_cluster, _with_token(sqlite_cluster, token.encoded), "describe") == "denied"
-    assert run(sqlite_cluster, _with_token(sqlite_cluster, token.encoded), "start") == "denied"
+    assert run(keyed_cluster, _with_token(keyed_cluster, token.encoded), "describe") == "denied"
+    assert run(keyed_cluster, _with_token(keyed_cluster, token.encoded), "start") == "denied"
 
 
 # --------------------------------------------------------------------------- the same through the temporal CLI
@@ -322,34 +329,34 @@ def _drop_option_values(argv, options):
     return out
 
 
-def test_cli_client_token_lists_workflows(sqlite_cluster):
-    result = cli(sqlite_cluster, "workflow", "list", "-n", "default")
+def test_cli_client_token_lists_workflows(keyed_cluster):
+    result = cli(keyed_cluster, "workflow", "list", "-n", "default")
     assert result.returncode == 0, result.stderr
 
 
-def test_cli_without_token_is_unauthorized(sqlite_cluster):
-    result = cli(sqlite_cluster, "workflow", "list", "-n", "default", token=None)
+def test_cli_without_token_is_unauthorized(keyed_cluster):
+    result = cli(keyed_cluster, "workflow", "list", "-n", "default", token=None)
     assert result.returncode != 0 and "Request unauthorized" in result.stderr
 
 
-def test_cli_client_token_cannot_create_namespace(sqlite_cluster):
-    result = cli(sqlite_cluster, "operator", "namespace", "create", "-n", f"cli-{uuid.uuid4().hex[:6]}")
+def test_cli_client_token_cannot_create_namespace(keyed_cluster):
+    result = cli(keyed_cluster, "operator", "namespace", "create", "-n", f"cli-{uuid.uuid4().hex[:6]}")
     assert result.returncode != 0 and "Request unauthorized" in result.stderr
 
 
-def test_cli_system_token_creates_namespace(sqlite_cluster):
-    result = cli(sqlite_cluster, "operator", "namespace", "create", "-n", f"cli-{uuid.uuid4().hex[:6]}", role="system")
+def test_cli_system_token_creates_namespace(keyed_cluster):
+    result = cli(keyed_cluster, "operator", "namespace", "create", "-n", f"cli-{uuid.uuid4().hex[:6]}", role="system")
     assert result.returncode == 0, result.stderr
 
 
-def test_cli_without_client_cert_is_refused(sqlite_cluster):
-    result = cli(sqlite_cluster, "workflow", "list", "-n", "default", cert_role="")
+def test_cli_without_client_cert_is_refused(keyed_cluster):
+    result = cli(keyed_cluster, "workflow", "list", "-n", "default", cert_role="")
     assert result.returncode != 0
     assert "Request unauthorized" not in result.stderr  # refused by TLS, before authorization
 
 
-def test_cli_alg_none_token_is_refused(sqlite_cluster):
-    token = raw_token({"alg": "none", "typ": "JWT", "kid": active_key(sqlite_cluster).kid},
-                      claims_for(sqlite_cluster, ["temporal-system:admin"]))
-    result = cli(sqlite_cluster, "operator", "namespace", "create", "-n", "cli-none", token=token)
+def test_cli_alg_none_token_is_refused(keyed_cluster):
+    token = raw_token({"alg": "none", "typ": "JWT", "kid": active_key(keyed_cluster).kid},
+                      claims_for(keyed_cluster, ["temporal-system:admin"]))
+    result = cli(keyed_cluster, "operator", "namespace", "create", "-n", "cli-none", token=token)
     assert result.returncode != 0
