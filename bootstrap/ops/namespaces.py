@@ -131,7 +131,7 @@ async def register_all(
     *outcomes, cluster_info = await asyncio.gather(
         *(_named(ns, _while_starting(lambda ns=ns: ensure_namespace(client, ns, update_retention), deadline))
           for ns in config.namespaces),
-        _cluster_info(client), return_exceptions=True)
+        _cluster_info(client, deadline), return_exceptions=True)
     _raise_first_error([*outcomes, cluster_info])
     # Only a namespace registered by this run can be missing from the frontend's cache: one that
     # existed before was loaded when the frontend started (its registry reads every namespace
@@ -153,14 +153,15 @@ def _raise_first_error(results: list) -> None:
             raise result
 
 
-async def _cluster_info(client) -> str:
-    """The frontend's GetClusterInfo answer as protobuf JSON."""
+async def _cluster_info(client, deadline: float) -> str:
+    """The frontend's GetClusterInfo answer as protobuf JSON (asked for in the first round of calls,
+    so retried like them while the frontend is still starting)."""
     from google.protobuf import json_format
     from temporalio.api.workflowservice.v1 import GetClusterInfoRequest
     from temporalio.service import RPCError
 
     try:
-        info = await client.workflow_service.get_cluster_info(GetClusterInfoRequest())
+        info = await _while_starting(lambda: client.workflow_service.get_cluster_info(GetClusterInfoRequest()), deadline)
     except RPCError as exc:
         raise BundleError(f"GetClusterInfo: {exc.status.name}: {_one_line(exc)}") from None
     return json_format.MessageToJson(info, sort_keys=True)
