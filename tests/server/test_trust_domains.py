@@ -170,6 +170,14 @@ def test_every_listener_admits_exactly_its_own_trust_domain(cluster, tmp_path):
     assert not wrong, "\n".join(wrong)
 
 
+def test_the_same_holds_when_the_cas_live_in_a_token(on_token, tmp_path):
+    """keys.backend pkcs11: every certificate was signed inside a SoftHSM2 token, and so are the
+    expired ones made here; the listeners must still tell the domains apart."""
+    tried, wrong = run_matrix(on_token, tmp_path)
+    assert tried >= 150
+    assert not wrong, "\n".join(wrong)
+
+
 def test_internal_frontend_http_api_is_not_listening(cluster):
     net = load_config(cluster.config_path).network
     with pytest.raises(ConnectionRefusedError):
