@@ -3,9 +3,6 @@ with TLS required. A missing binary or a server that does not come up is an erro
 
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager
-
 import pytest
 
 from tests.harness import LocalCluster
@@ -44,26 +41,14 @@ def cluster(request):
     return request.getfixturevalue(f"{'pg' if request.param == 'postgres' else 'sqlite'}_cluster")
 
 
-@contextmanager
-def _environ(extra: dict):
-    saved = {name: os.environ.get(name) for name in extra}
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 @pytest.fixture(scope="session")
 def pkcs11_cluster(tmp_path_factory):
     """A cluster whose CAs and JWT signing keys never left a SoftHSM2 token (issue 17); it refetches
     the JWKS every 2 s, for the rotation test. `hsm_env` is what a process needs to reach the token."""
     env, keys = softhsm_token(tmp_path_factory.mktemp("softhsm"), "cluster")
-    with _environ(env):  # `init` runs as a CLI subprocess and signs in the token
+    with pytest.MonkeyPatch.context() as patch:  # `init` runs as a CLI subprocess and signs in the token
+        for name, value in env.items():
+            patch.setenv(name, value)
         cluster = LocalCluster(tmp_path_factory.mktemp("cluster-pkcs11"), extra_roles=EXTRA_ROLES, keys=keys,
                                jwks_refresh="2s").start_registered()
     cluster.hsm_env = env

@@ -4,7 +4,6 @@ JWT signing key and the CA are rotated on the real server. Zero calls may fail."
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 
 import pytest
@@ -19,22 +18,20 @@ from tests.server.load import under_load
 def fast_cluster(request, tmp_path_factory):
     """With keys.backend pkcs11 (issue 17) the CA and signing keys live in a SoftHSM2 token: every
     certificate and token the rotations issue is signed there."""
-    keys, previous = None, os.environ.get("SOFTHSM2_CONF")
-    if request.param == "pkcs11":
-        env, keys = softhsm_token(tmp_path_factory.mktemp("softhsm"), "rotation")
-        os.environ.update(env)  # init, rotate and the token refresher run as subprocesses
-    # Short intervals so a whole rollover fits in a test: JWKS refetch and TLS reload every 2s,
-    # tokens live 15s (re-minted at 10s by the refresher).
-    cluster = LocalCluster(tmp_path_factory.mktemp("rotation"), namespaces=("default",), token_lifetime="15s",
-                           jwks_refresh="2s", keys=keys)
-    try:
-        yield cluster.start_registered()
-    finally:
-        cluster.stop()
-        if keys and previous is None:
-            os.environ.pop("SOFTHSM2_CONF", None)
-        elif keys:
-            os.environ["SOFTHSM2_CONF"] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        keys = None
+        if request.param == "pkcs11":
+            env, keys = softhsm_token(tmp_path_factory.mktemp("softhsm"), "rotation")
+            for name, value in env.items():  # init, rotate and the token refresher run as subprocesses
+                patch.setenv(name, value)
+        # Short intervals so a whole rollover fits in a test: JWKS refetch and TLS reload every 2s,
+        # tokens live 15s (re-minted at 10s by the refresher).
+        cluster = LocalCluster(tmp_path_factory.mktemp("rotation"), namespaces=("default",), token_lifetime="15s",
+                               jwks_refresh="2s", keys=keys)
+        try:
+            yield cluster.start_registered()
+        finally:
+            cluster.stop()
 
 
 async def rotate(cluster: LocalCluster, *extra: str) -> str:
