@@ -1,6 +1,7 @@
-"""Put freshly minted tokens into the Kubernetes Secrets that export-helm made, from inside the
-cluster (the token refresher): one JSON merge patch per Secret through the API server, with the
-pod's service account. Only the token keys change; certificates and keys in a Secret stay."""
+"""Update the Kubernetes objects that export-helm made, from inside the cluster, with one JSON merge
+patch each through the API server and the pod's service account: freshly minted tokens into their
+Secrets (the token refresher; only the token keys change, certificates and keys stay), and the
+cluster info into the UI gate's ConfigMap (the namespace registration Job)."""
 
 from __future__ import annotations
 
@@ -26,11 +27,11 @@ class ApiServer:
     context: ssl.SSLContext | None
 
     @classmethod
-    def in_cluster(cls, account: Path | None = None) -> "ApiServer":
+    def in_cluster(cls, option: str = "--kubernetes-secrets", account: Path | None = None) -> "ApiServer":
         account = account or SERVICE_ACCOUNT
         host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
         if not host:
-            raise BundleError("--kubernetes-secrets works inside a Kubernetes pod only (KUBERNETES_SERVICE_HOST is unset)")
+            raise BundleError(f"{option} works inside a Kubernetes pod only (KUBERNETES_SERVICE_HOST is unset)")
         try:
             token = (account / "token").read_text().strip()
             namespace = (account / "namespace").read_text().strip()
@@ -40,18 +41,25 @@ class ApiServer:
         return cls(f"https://{host}:{port}", namespace, token, ssl.create_default_context(cafile=str(account / "ca.crt")))
 
     def patch_secret(self, name: str, data: dict[str, bytes]) -> None:
-        body = json.dumps({"data": {k: base64.b64encode(v).decode() for k, v in sorted(data.items())}}).encode()
+        encoded = {k: base64.b64encode(v).decode() for k, v in sorted(data.items())}
+        self._merge_patch("secrets", name, "Secret", {"data": encoded})
+
+    def patch_configmap(self, name: str, data: dict[str, str]) -> None:
+        self._merge_patch("configmaps", name, "ConfigMap", {"data": dict(sorted(data.items()))})
+
+    def _merge_patch(self, resource: str, name: str, kind: str, patch: dict) -> None:
         request = urllib.request.Request(
-            f"{self.base_url}/api/v1/namespaces/{self.namespace}/secrets/{name}", data=body, method="PATCH",
+            f"{self.base_url}/api/v1/namespaces/{self.namespace}/{resource}/{name}",
+            data=json.dumps(patch).encode(), method="PATCH",
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/merge-patch+json"},
         )
         try:
             with urllib.request.urlopen(request, timeout=30, context=self.context):
                 pass
         except urllib.error.HTTPError as exc:
-            raise BundleError(f"updating Secret {name}: the API server answered {exc.code} {exc.reason}") from None
+            raise BundleError(f"updating {kind} {name}: the API server answered {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, OSError) as exc:
-            raise BundleError(f"updating Secret {name}: {getattr(exc, 'reason', exc)}") from None
+            raise BundleError(f"updating {kind} {name}: {getattr(exc, 'reason', exc)}") from None
 
 
 def token_patches(prefix: str, tokens: dict[str, bytes]) -> dict[str, dict[str, bytes]]:

@@ -5,51 +5,18 @@ service-account token (here an in-process stand-in with a certificate from the b
 from __future__ import annotations
 
 import base64
-import json
-import ssl
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from tests.export.conftest import export, secrets_of
-
-
-class _Recorder(BaseHTTPRequestHandler):
-    calls: list
-
-    def do_PATCH(self):  # noqa: N802
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.calls.append((self.path, dict(self.headers), json.loads(body)))
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *args):
-        pass
+from tests.export.kube_api import stand_in_api_server
 
 
 @pytest.fixture
 def api_server(own_bundle, tmp_path, monkeypatch):
-    calls: list = []
-    handler = type("Handler", (_Recorder,), {"calls": calls})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(*own_bundle.leaf_paths("jwks", "server"))  # SANs include 127.0.0.1
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    account = tmp_path / "serviceaccount"
-    account.mkdir()
-    (account / "token").write_text("sa-token\n")
-    (account / "namespace").write_text("temporal-prod\n")
-    (account / "ca.crt").write_bytes(own_bundle.ca_file.read_bytes())
-    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
-    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(server.server_address[1]))
-    monkeypatch.setattr("bootstrap.ops.kube_secrets.SERVICE_ACCOUNT", account)
-    yield calls
-    server.shutdown()
-    server.server_close()
+    pair = own_bundle.leaf_paths("jwks", "server")  # SANs include 127.0.0.1
+    with stand_in_api_server(pair, own_bundle.ca_file, tmp_path / "serviceaccount", "temporal-prod", monkeypatch) as calls:
+        yield calls
 
 
 def test_reminted_tokens_are_patched_into_the_exported_secrets(own_bundle, api_server, tmp_path):
