@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 from ..client import RoleCredentials
+from ..core.config import CLUSTER_INFO_KEY
 from ..ops.namespaces import register_all
 from ..errors import BundleError
 from ..store import write_atomic
@@ -44,12 +45,23 @@ def add_parser(sub, name):
         help="also write the frontend's GetClusterInfo answer (JSON) to FILE, for serve-ui-gate: the UI gate "
         "answers that call for users whose roles name namespaces only, without a system token of its own",
     )
+    parser.add_argument(
+        "--cluster-info-configmap",
+        metavar="NAME",
+        help="inside a Kubernetes pod: put the same answer into ConfigMap NAME of the pod's namespace (key "
+        f"{CLUSTER_INFO_KEY}), through the API server with the pod's service account (export-helm's Job does)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
     config, layout = load(args, keys=False)
     config.role(args.role)  # unknown role: clear error before any network traffic
+    api = None
+    if args.cluster_info_configmap:
+        from ..ops.kube_secrets import ApiServer  # urllib's HTTP stack: only the Kubernetes Job needs it
+
+        api = ApiServer.in_cluster("--cluster-info-configmap")
     if args.registrar:
         creds = RoleCredentials.load(layout.root, "system", cert_dir="registrar", token_dir="registrar")
     else:
@@ -68,4 +80,7 @@ def run(args) -> int:
         except OSError as exc:
             raise BundleError(f"cannot write {args.cluster_info}: {exc.strerror or exc}") from None
         print(f"cluster info written to {args.cluster_info}")
+    if api is not None:
+        api.patch_configmap(args.cluster_info_configmap, {CLUSTER_INFO_KEY: registration.cluster_info + "\n"})
+        print(f"cluster info written to ConfigMap {api.namespace}/{args.cluster_info_configmap}")
     return 0

@@ -23,6 +23,9 @@ from ..errors import BundleError
 SYSTEM_NAMESPACE = "temporal-system"
 # The gRPC gate the Web UI calls instead of the frontend (its compose service and Kubernetes Service name).
 UI_GATE_HOST = "ui-gate"
+# The file of the cluster's GetClusterInfo answer the gate serves (written by register-namespaces),
+# and the key of the ConfigMap that carries it in Kubernetes.
+CLUSTER_INFO_KEY = "cluster.json"
 # Upstream identity providers Dex may federate (Dex's connector type names).
 OIDC_CONNECTOR_TYPES = ("github", "google", "oidc", "ldap")
 BCRYPT_HASH = re.compile(r"^\$2[aby]\$(1[0-9]|2[0-9]|3[01])\$[./A-Za-z0-9]{53}$")
