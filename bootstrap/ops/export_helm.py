@@ -18,7 +18,7 @@ import jinja2
 import yaml
 
 from .. import __version__
-from ..core.config import BundleConfig, K8S_NAME
+from ..core.config import CLUSTER_INFO_KEY, UI_GATE_HOST, BundleConfig, K8S_NAME
 from ..core.durations import go_duration
 from ..errors import BundleError
 from .kube_secrets import token_patches
@@ -47,6 +47,9 @@ TLS_MOUNT = "/etc/temporal/tls"
 WEB_TLS_MOUNT = f"{TLS_MOUNT}/web"
 ISSUER_CA_MOUNT = f"{TLS_MOUNT}/oidc-issuer"
 SERVER_SERVICES = ("frontend", "internal-frontend", "history", "matching", "worker")
+# The UI gate listens where the frontend does, as in compose; its Service is named like its
+# certificate (config.ui_gate_sans), and the Web UI reaches the frontend only through it.
+UI_GATE_PORT = 7233
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,8 @@ def names(config: BundleConfig) -> dict[str, str]:
         "web_oidc": f"{prefix}-web-oidc",
         "dex": f"{prefix}-dex",
         "issuer_ca": f"{prefix}-oidc-issuer-ca",
+        "ui_gate": f"{prefix}-ui-gate",
+        "cluster_info": f"{prefix}-cluster-info",
     }
 
 
@@ -234,6 +239,7 @@ def _server_pod_secrets(config: BundleConfig, read: _Reader, n: dict[str, str]) 
 def _workload_secrets(config: BundleConfig, read: _Reader, n: dict[str, str], server_ca: bytes) -> list[Secret]:
     layout = read.layout
     registrar, jwks, codec = read.leaf("registrar", "system"), read.leaf("jwks", "server"), read.leaf("codec", "server")
+    gate_server, gate_client = read.leaf("ui-gate", "server"), read.leaf("ui-gate", "client")
     return [
         _tls_secret(n["web"], "Web UI (web.tls)", read.leaf("ui", "client"), server_ca),
         _admintools_secret(read, n["admintools"], server_ca),
@@ -243,6 +249,13 @@ def _workload_secrets(config: BundleConfig, read: _Reader, n: dict[str, str], se
         }),
         _bundle_secret(n["jwks"], "JWKS server", {
             "jwks/server.pem": jwks[0], "jwks/server.key": jwks[1], "jwks/jwks.json": read.file(layout.jwks),
+        }),
+        _bundle_secret(n["ui_gate"], "UI gate (its server and frontend-client pairs, no token)", {
+            "ui-gate/server.pem": gate_server[0], "ui-gate/server.key": gate_server[1],
+            "ui-gate/client.pem": gate_client[0], "ui-gate/client.key": gate_client[1],
+            # Callers (the Web UI) prove a client-domain certificate; the frontend a server one.
+            "trust/client/ca.pem": read.trust("client")[0], "trust/ca.pem": server_ca,
+            **(_issuer_ca(read) if issuer_ca_exported(config) else {}),
         }),
         _bundle_secret(n["codec"], "codec server", {
             "codec/server.pem": codec[0], "codec/server.key": codec[1],
@@ -346,6 +359,8 @@ def context(config: BundleConfig, all_secrets: list[Secret], templates_dir: Path
         "workload": config.workload_identity,
         "example_namespace": next((ns.name for ns in config.namespaces if K8S_NAME.match(ns.name)), "my-team"),
         "frontend_address": f"{_fullname(k8s.release)}-frontend.{k8s.namespace}.svc:{net.frontend_port}",
+        "ui_gate": {"host": UI_GATE_HOST, "port": UI_GATE_PORT, "address": f"{UI_GATE_HOST}.{k8s.namespace}.svc:{UI_GATE_PORT}"},
+        "cluster_info_key": CLUSTER_INFO_KEY,
         "role_secrets": [s for s in all_secrets if s.name.startswith(n["role"] + "-")],
         "bundle_yaml": _bundle_yaml(config),
         # The compose cluster's dynamic config, key for key: the same server policy in both.
@@ -388,6 +403,7 @@ MANIFESTS = {
     "manifests/jwks.yaml": "helm/jwks.yaml.j2",
     "manifests/codec-server.yaml": "helm/codec-server.yaml.j2",
     "manifests/register-namespaces-job.yaml": "helm/register-namespaces-job.yaml.j2",
+    "manifests/ui-gate.yaml": "helm/ui-gate.yaml.j2",
     "manifests/network-policies.yaml": "helm/network-policies.yaml.j2",
 }
 

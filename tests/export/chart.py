@@ -24,6 +24,7 @@ KEY_PATHS = {
     "admintools.securityContext.runAsGroup", "admintools.securityContext.fsGroup",
     "admintools.additionalVolumes", "admintools.additionalVolumeMounts", "admintools.additionalEnv",
     "web.replicaCount", "web.image.repository", "web.image.tag",
+    "web.temporalAddress",  # values.yaml (commented) and web-deployment.yaml: TEMPORAL_ADDRESS
     # Chart 1.6.0 has no web.tls (it came later): the client certificate goes in through these.
     "web.additionalVolumes", "web.additionalVolumeMounts", "web.additionalEnv",
     "web.securityContext.runAsNonRoot", "web.securityContext.runAsUser", "web.securityContext.runAsGroup",

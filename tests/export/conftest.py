@@ -59,12 +59,17 @@ def public_bytes(key) -> bytes:
     return pki.public_key_bytes(key.public_key())
 
 
-def materialize(exported: Path, workload: dict, root: Path) -> tuple[list[str], dict[str, str]]:
-    """Write what the workload's container mounts under root; return its args and environment."""
+def materialize(exported: Path, workload: dict, root: Path,
+                configmaps: dict[str, dict[str, str]] | None = None) -> tuple[list[str], dict[str, str]]:
+    """Write what the workload's container mounts under root; return its args and environment.
+    ConfigMaps: the bundle.yaml one as exported, others with the data given in configmaps (what
+    something else put there at run time), else as exported."""
     spec = workload["spec"]["template"]["spec"]
     volumes, container = {v["name"]: v for v in spec["volumes"]}, spec["containers"][0]
     secrets = secrets_of(exported)
-    config = yaml.safe_load((exported / "manifests/bundle-config.yaml").read_text())["data"]
+    exported_maps = {d["metadata"]["name"]: d.get("data") or {} for path in sorted((exported / "manifests").glob("*.yaml"))
+                     for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] == "ConfigMap"}
+    exported_maps.update(configmaps or {})
     for mount in container["volumeMounts"]:
         target, volume = root / mount["mountPath"].lstrip("/"), volumes[mount["name"]]
         target.mkdir(parents=True, exist_ok=True)
@@ -74,7 +79,7 @@ def materialize(exported: Path, workload: dict, root: Path) -> tuple[list[str], 
                 (target / item["path"]).parent.mkdir(parents=True, exist_ok=True)
                 (target / item["path"]).write_bytes(data[item["key"]])
         elif "configMap" in volume:
-            for key, text in config.items():
+            for key, text in exported_maps[volume["configMap"]["name"]].items():
                 (target / key).write_text(text)
     env = {e["name"]: str(root / e["value"].lstrip("/")) for e in container.get("env", [])}
     return container["args"], env

@@ -11,6 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from bootstrap.core import pki
 from bootstrap.core.pki import CA
 from bootstrap.ops.oidc import admin_hash_path, client_secret_path
 from tests.export import chart
@@ -69,7 +70,12 @@ def test_web_gets_its_client_certificate_without_web_tls(values, exported, bundl
         assert env[variable] == f"{directory}/{key}"
     assert mounted["tls.crt"] == bundle.leaf_paths("ui", "client")[0].read_bytes()
     assert mounted["tls.key"] == bundle.leaf_paths("ui", "client")[1].read_bytes()
-    assert env["TEMPORAL_TLS_SERVER_NAME"] == bundle.config.network.frontend_host
+    # The UI calls the UI gate, whose certificate names both, under the CA the UI trusts.
+    host = web["temporalAddress"].rsplit(":", 1)[0]
+    assert (host, env["TEMPORAL_TLS_SERVER_NAME"]) == ("ui-gate.temporal-prod.svc", "ui-gate")
+    gate_cert = pki.load_cert(bundle.leaf_paths("ui-gate", "server")[0].read_bytes(), "gate")
+    assert {host, "ui-gate"} <= set(pki.sans_of(gate_cert))
+    assert pki.signed_by(gate_cert, pki.load_cert(mounted["ca.crt"], "web ca"))
     assert env["TEMPORAL_TLS_ENABLE_HOST_VERIFICATION"] == "true"
     assert web["securityContext"]["fsGroup"] == 1000  # the 0440 Secret is readable by the UI's user
 
