@@ -18,11 +18,12 @@ import pytest
 import yaml
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, GetClusterInfoRequest, ListNamespacesRequest
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode, TLSConfig
+from temporalio.service import RPCStatusCode, TLSConfig
 
 from tests.export.conftest import materialize, secrets_of
 from tests.export.kube_api import stand_in_api_server
 from tests.harness import REPO, free_port, wait_until
+from tests.server.test_ui_gate import _status
 from tests.unit.conftest import run_main
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
@@ -90,14 +91,6 @@ def _run_job(cluster, dest, root, monkeypatch) -> list:
         result = run_main(*args)
     assert result.code == 0, result.err
     return calls
-
-
-async def _status(call) -> RPCStatusCode | None:
-    try:
-        await call
-    except RPCError as exc:
-        return exc.status
-    return None
 
 
 def test_the_exported_gate_serves_a_namespace_reader_once_the_job_recorded_the_cluster_info(
