@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from .durations import parse_duration
-from .tokens import PERMISSIONS_CLAIM
+from .claims import PERMISSIONS_CLAIM
 from ..errors import BundleError
 
 SYSTEM_NAMESPACE = "temporal-system"

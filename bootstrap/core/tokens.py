@@ -17,13 +17,10 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ..errors import BundleError
+from .claims import PERMISSIONS_CLAIM
 from .pki import generate_key, load_private_key, private_key_pem, utcnow
 
 ALGORITHM_KEYS = {"ES256": "ecdsa-p256", "RS256": "rsa-2048"}
-# The claim the server's claim mapper reads permissions from (permissionsClaimName). Dex puts a
-# user's groups there, so Web UI logins and role tokens share it; role tokens also keep
-# `permissions` for readers written before (and for humans reading a token).
-PERMISSIONS_CLAIM = "groups"
 # The members RFC 7638 hashes, per key type, in lexicographic order.
 THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n")}
 
