@@ -11,21 +11,29 @@ import os
 import sys
 
 from . import __version__
-from .commands import COMMANDS
+from .commands import COMMANDS, command_module
 from .errors import BundleError
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for argv: with the named command's options only when argv names one."""
     parser = _Parser(
         prog="temporal-bundle",
         description="Bootstrap a Temporal cluster secured with mutual TLS and JWT authorization.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
-    for name, module in COMMANDS.items():
-        module.add_parser(sub, name)
+    for name in _commands_needed(argv):
+        command_module(name).add_parser(sub, name)
         sub.choices[name].set_defaults(parser=sub.choices[name])
     return parser
+
+
+def _commands_needed(argv: list[str] | None) -> list[str]:
+    """The command argv names; every command for anything else (the top-level help, an unknown
+    name, which argparse answers with the list of choices)."""
+    first = next((arg for arg in argv or () if not arg.startswith("-")), None)
+    return [first] if first in COMMANDS else list(COMMANDS)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,7 +47,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")

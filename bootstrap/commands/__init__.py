@@ -1,21 +1,31 @@
-from . import check_expiry, generate_certs, init, mint_tokens, register_namespaces, render_config, rotate, serve_jwks
-from . import backup, compose_env, export_helm, serve_codec, serve_exchange, serve_expiry_metrics, serve_ui_gate, show_admin_password
+"""One module per command. A command's module is imported only when it runs (or for the top-level
+help), so a container running one command does not pay for every other command's imports."""
 
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+# command name -> its module under bootstrap.commands, in the order `--help` lists them
 COMMANDS = {
-    "init": init,
-    "generate-certs": generate_certs,
-    "mint-tokens": mint_tokens,
-    "render-config": render_config,
-    "serve-jwks": serve_jwks,
-    "register-namespaces": register_namespaces,
-    "check-expiry": check_expiry,
-    "rotate": rotate,
-    "serve-codec": serve_codec,
-    "serve-exchange": serve_exchange,
-    "export-helm": export_helm,
-    "backup": backup,
-    "show-admin-password": show_admin_password,
-    "serve-expiry-metrics": serve_expiry_metrics,
-    "compose-env": compose_env,
-    "serve-ui-gate": serve_ui_gate,
+    "init": "init",
+    "generate-certs": "generate_certs",
+    "mint-tokens": "mint_tokens",
+    "render-config": "render_config",
+    "serve-jwks": "serve_jwks",
+    "register-namespaces": "register_namespaces",
+    "check-expiry": "check_expiry",
+    "rotate": "rotate",
+    "serve-codec": "serve_codec",
+    "serve-exchange": "serve_exchange",
+    "export-helm": "export_helm",
+    "backup": "backup",
+    "show-admin-password": "show_admin_password",
+    "serve-expiry-metrics": "serve_expiry_metrics",
+    "compose-env": "compose_env",
+    "serve-ui-gate": "serve_ui_gate",
 }
+
+
+def command_module(name: str) -> ModuleType:
+    return importlib.import_module(f"{__name__}.{COMMANDS[name]}")

@@ -44,6 +44,26 @@ def test_help_of_every_command_via_python_m_bootstrap():
             assert stdout.startswith("usage: "), argv
 
 
+def _imported_by(code: str) -> list[str]:
+    """The bootstrap and third-party modules a fresh interpreter has loaded after code."""
+    probe = code + "\nimport sys; print('\\n'.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    return out.split()
+
+
+def test_a_command_loads_its_own_module_only():
+    """Each container runs one command: it must not pay for every other command's imports."""
+    loaded = _imported_by("from bootstrap.cli import build_parser; build_parser(['register-namespaces', '--help'])")
+    assert [m for m in loaded if m.startswith("bootstrap.commands.")] == [
+        "bootstrap.commands.common", "bootstrap.commands.register_namespaces"]
+    everything = _imported_by("from bootstrap.cli import build_parser; build_parser(['--help'])")
+    assert {f"bootstrap.commands.{module}" for module in COMMANDS.values()} <= set(everything)
+
+
+def test_reading_the_config_loads_no_jwt_library():
+    assert "jwt" not in _imported_by("import bootstrap.core.config")
+
+
 def test_expected_commands_exist():
     assert {"init", "generate-certs", "mint-tokens", "render-config", "serve-jwks", "register-namespaces", "check-expiry", "rotate"} <= set(COMMANDS)
 
