@@ -161,9 +161,10 @@ def test_startup_order_waits_for_health_and_jobs(resolved):
     assert deps["temporal"]["jwks"]["condition"] == "service_healthy"
     assert deps["temporal"]["dex"]["condition"] == "service_healthy"
     assert deps["temporal-schema"]["postgresql"]["condition"] == "service_healthy"
-    # The job starts with the server and waits for the frontend itself (its Python start overlaps
-    # the server's); the UI comes after it, the gate before the server (it only needs its key sources).
-    assert deps["temporal-register-namespaces"]["temporal"]["condition"] == "service_started"
+    # The job starts beside the server, on the same conditions, and waits for the frontend itself
+    # (its Python start overlaps the server's); the UI comes after it, the gate before the server
+    # (it only needs its key sources).
+    assert deps["temporal-register-namespaces"] == deps["temporal"]
     assert deps["temporal-ui"]["temporal-register-namespaces"]["condition"] == "service_completed_successfully"
     assert deps["temporal-ui"]["ui-gate"]["condition"] == "service_started"
     assert set(deps["ui-gate"]) == {"jwks", "dex"}
