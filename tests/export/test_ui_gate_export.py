@@ -101,7 +101,7 @@ def test_outside_a_pod_the_configmap_option_is_one_clear_error_before_any_call(b
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     result = run_main("register-namespaces", "--config", bundle.config_path, "--out", bundle.root,
                       "--address", "127.0.0.1:1", "--timeout", "0.1", "--cluster-info-configmap", CLUSTER_INFO)
-    assert result.code != 0
+    assert result.code == 1
     assert result.err.strip() == "error: --cluster-info-configmap works inside a Kubernetes pod only (KUBERNETES_SERVICE_HOST is unset)"
 
 
