@@ -3,16 +3,14 @@ the exported Secrets are what the real server, configured by render-config, acce
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 
 import yaml
 
 from bootstrap.core import pki
-from tests.export.conftest import materialize, secrets_of
-from tests.harness import REPO, run_cli, temporal_cli
+from tests.export.conftest import secrets_of
+from tests.harness import run_cli, temporal_cli
 
 ROLE_SECRET = "temporal-bundle-role-client"
 
@@ -79,16 +77,3 @@ def test_exported_client_credentials_are_the_compose_pki(sqlite_cluster, tmp_pat
     forged = f"{head}.{body}.{signature[:-4]}{'AAAA' if signature[-4:] != 'AAAA' else 'BBBB'}"
     denied = _call(sqlite_cluster, files, forged)
     assert denied.returncode != 0 and "unauthorized" in denied.stderr.lower() + denied.stdout.lower(), denied.stderr
-
-
-def test_the_registration_job_works_from_its_secret_alone(sqlite_cluster, tmp_path):
-    dest = _export_for_kubernetes(sqlite_cluster, tmp_path)
-    job = next(d for d in yaml.safe_load_all((dest / "manifests/register-namespaces-job.yaml").read_text()) if d)
-    args, env = materialize(dest, job, tmp_path / "job")
-    address = args[args.index("--address") + 1]
-    args[args.index("--address") + 1] = sqlite_cluster.address  # the chart's Service, here the local frontend
-    assert address.endswith("-frontend:" + str(sqlite_cluster.base))
-    result = subprocess.run([sys.executable, "-m", "bootstrap", *args], cwd=REPO, env={**os.environ, **env},
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "namespace default:" in result.stdout and "namespace other:" in result.stdout

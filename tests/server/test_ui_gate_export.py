@@ -81,8 +81,10 @@ def _start_gate(cluster, dest, root):
 
 
 def _run_job(cluster, dest, root, monkeypatch) -> list:
-    """register-namespaces with the Job's args and mounts; returns the API calls it made."""
+    """register-namespaces with the Job's args and mounts alone (its Secret, the bundle.yaml
+    ConfigMap); returns the API calls it made."""
     args, env = materialize(dest, _manifest(dest, "register-namespaces-job.yaml", "Job"), root)
+    assert args[args.index("--address") + 1] == f"temporal-frontend:{cluster.base}"  # the chart's Service
     args = _replace_value(args, "--address", cluster.address)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -90,6 +92,7 @@ def _run_job(cluster, dest, root, monkeypatch) -> list:
     with stand_in_api_server(jwks_pair, cluster.bundle / "trust/ca.pem", root / "sa", "temporal", monkeypatch) as calls:
         result = run_main(*args)
     assert result.code == 0, result.err
+    assert "namespace default:" in result.out and "namespace other:" in result.out
     return calls
 
 
