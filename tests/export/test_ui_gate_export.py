@@ -7,20 +7,16 @@ their manifests against a real server.)"""
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from bootstrap.core import pki
 from bootstrap.ops.namespaces import Registration
 from tests.export.conftest import materialize, private_keys_in, public_bytes, secrets_of
 from tests.export.kube_api import SERVICE_ACCOUNT_TOKEN, stand_in_api_server
 from tests.export.test_oidc_export import manifest
+from tests.export.test_workload_identity_export import by_kind
 from tests.unit.conftest import run_main
 
 GATE_SECRET, CLUSTER_INFO = "temporal-bundle-ui-gate", "temporal-bundle-cluster-info"
-
-
-def _by_kind(exported, path: str) -> dict[str, dict]:
-    return {d["kind"]: d for d in yaml.safe_load_all((exported / path).read_text()) if d}
 
 
 def test_the_web_ui_calls_the_gate_and_the_gate_the_frontend(values, exported, bundle):
@@ -47,7 +43,8 @@ def test_the_gate_secret_holds_its_own_pairs_and_cas_and_nothing_else(exported, 
 
 
 def test_only_the_registration_job_may_write_the_cluster_info_and_only_that(exported):
-    objects = _by_kind(exported, "manifests/register-namespaces-job.yaml")
+    objects = {kind: manifest(exported, "manifests/register-namespaces-job.yaml", kind)
+               for kind in ("Job", "ServiceAccount", "Role", "RoleBinding")}
     job = objects["Job"]["spec"]["template"]["spec"]
     assert job["serviceAccountName"] == objects["ServiceAccount"]["metadata"]["name"] == "temporal-register-namespaces"
     args = job["containers"][0]["args"]
@@ -69,7 +66,7 @@ def test_only_the_registration_job_may_write_the_cluster_info_and_only_that(expo
 
 
 def test_only_the_web_ui_pods_may_connect_to_the_gate(exported):
-    policies = {d["metadata"]["name"]: d["spec"] for d in yaml.safe_load_all((exported / "manifests/network-policies.yaml").read_text()) if d}
+    policies = {name: policy["spec"] for name, policy in by_kind(exported, "NetworkPolicy").items()}
     gate = policies["temporal-ui-gate"]
     assert gate["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "ui-gate"
     assert gate["ingress"] == [{"from": [{"podSelector": {"matchLabels": {

@@ -22,15 +22,12 @@ from temporalio.service import RPCStatusCode, TLSConfig
 
 from tests.export.conftest import materialize, secrets_of
 from tests.export.kube_api import stand_in_api_server
+from tests.export.test_oidc_export import env_of, manifest, web_mounts
 from tests.harness import REPO, free_port, wait_until
 from tests.server.test_ui_gate import _status
 from tests.unit.conftest import run_main
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
-
-
-def _manifest(dest, name: str, kind: str) -> dict:
-    return next(d for d in yaml.safe_load_all((dest / "manifests" / name).read_text()) if d and d["kind"] == kind)
 
 
 def _replace_value(args: list[str], option: str, value: str) -> list[str]:
@@ -48,8 +45,9 @@ def exported(pg_cluster, tmp_path_factory):
 
 def _web_client(cluster, dest, address: str, token: str):
     values = yaml.safe_load((dest / "values.yaml").read_text())
-    env = {e["name"]: e.get("value") for e in values["web"]["additionalEnv"]}
-    web = secrets_of(dest)[next(v["secret"]["secretName"] for v in values["web"]["additionalVolumes"] if v["name"] == "bundle-web")]
+    env = env_of(values)
+    mounted = web_mounts(values)[env["TEMPORAL_TLS_CERT"].rsplit("/", 1)[0]]
+    web = secrets_of(dest)[mounted["secret"]["secretName"]]
     return Client.connect(address, namespace="default", api_key=token, connect_timeout=timedelta(seconds=10),
                           tls=TLSConfig(server_root_ca_cert=web["ca.crt"], client_cert=web["tls.crt"],
                                         client_private_key=web["tls.key"], domain=env["TEMPORAL_TLS_SERVER_NAME"]))
@@ -58,7 +56,7 @@ def _web_client(cluster, dest, address: str, token: str):
 def _start_gate(cluster, dest, root):
     """The gate from its Deployment: its mounts under root, its args with the in-cluster addresses
     swapped for this machine's (the frontend, our JWKS server, a free port)."""
-    deployment = _manifest(dest, "ui-gate.yaml", "Deployment")
+    deployment = manifest(dest, "manifests/ui-gate.yaml", "Deployment")
     args, env = materialize(dest, deployment, root)
     port = free_port()
     args = _replace_value(args, "--port", str(port))
@@ -83,7 +81,7 @@ def _start_gate(cluster, dest, root):
 def _run_job(cluster, dest, root, monkeypatch) -> list:
     """register-namespaces with the Job's args and mounts alone (its Secret, the bundle.yaml
     ConfigMap); returns the API calls it made."""
-    args, env = materialize(dest, _manifest(dest, "register-namespaces-job.yaml", "Job"), root)
+    args, env = materialize(dest, manifest(dest, "manifests/register-namespaces-job.yaml", "Job"), root)
     assert args[args.index("--address") + 1] == f"temporal-frontend:{cluster.base}"  # the chart's Service
     args = _replace_value(args, "--address", cluster.address)
     for name, value in env.items():
