@@ -1,4 +1,12 @@
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Fuzzing: a fixed budget per parser (each test says its max_examples), derandomized so CI runs
+# the same examples every time, no example database written into the checkout, no time deadline
+# (2 shared cores make per-example timing meaningless).
+settings.register_profile("bundle", database=None, derandomize=True, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("bundle")
 
 # Cheap tiers first, so a broken core fails within a minute instead of after the compose stack.
 TIER_ORDER = ("unit", "codec", "export", "rotation", "server", "docker")
