@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -23,11 +22,10 @@ from ..errors import BundleError
 from .events import Refusal, clip, log_event
 
 if TYPE_CHECKING:
-    import aiohttp
+    from .fetch import FetchLimits, JSONFetcher
 
 ROLE_BITS = {"worker": 1, "read": 2, "write": 4, "admin": 8}
 SYSTEM_NAMESPACE = "temporal-system"
-MAX_JWKS_BYTES = 1024 * 1024
 
 
 class JWKSUnavailable(Exception):
@@ -62,7 +60,7 @@ def grants(claims: dict, namespace: str, required: str, claim: str = PERMISSIONS
 
 
 def _kids(doc: dict | None) -> set:
-    return {k.get("kid") for k in (doc or {}).get("keys", []) if isinstance(k, dict)}
+    return {k["kid"] for k in (doc or {}).get("keys", []) if isinstance(k, dict) and isinstance(k.get("kid"), str)}
 
 
 class FileJWKS:
@@ -89,17 +87,18 @@ class FileJWKS:
 
 class URLJWKS:
     """A JWKS URL, fetched every `ttl` seconds, and again (at most every `unknown_every` seconds)
-    for an unknown kid. https is verified against the system CAs plus `cafile`, re-read for each
-    fetch (CA rotations). A stale set keeps serving while its refresh runs."""
+    for an unknown kid, through servers/fetch.py (https verified against the system CAs plus
+    `cafile`, re-read for each fetch). A stale set keeps serving while its refresh runs, and after
+    a refresh fails."""
 
-    def __init__(self, url: str, cafile: Path | tuple[Path, ...] | None, ttl: float = 60.0, timeout: float = 10.0,
-                 unknown_every: float = 5.0, token_file: Path | None = None):
-        self.url, self.cafile, self.ttl, self.timeout, self.description = url, cafile, ttl, timeout, url
+    def __init__(self, url: str, cafile: Path | tuple[Path, ...] | None, ttl: float = 60.0,
+                 unknown_every: float = 5.0, token_file: Path | None = None, limits: FetchLimits | None = None,
+                 fetcher: JSONFetcher | None = None):
+        self.url, self.cafile, self.ttl, self.description = url, cafile, ttl, url
         self.token_file = token_file  # a bearer token for the fetch, re-read each time (kube-apiserver's JWKS wants one)
-        self.unknown_every = unknown_every
+        self.unknown_every, self.limits, self._fetcher = unknown_every, limits, fetcher
         self._doc, self._fetched, self._attempted, self._failures = None, 0.0, float("-inf"), 0
         self._fetch_task: asyncio.Task | None = None
-        self._session: aiohttp.ClientSession | None = None
 
     async def key_set(self, kid: str | None = None) -> dict:
         now = time.monotonic()
@@ -124,40 +123,36 @@ class URLJWKS:
         self._fetch_task = asyncio.ensure_future(self._refresh())
 
     async def _refresh(self) -> None:
-        import aiohttp  # first fetch only: the gate starts without the HTTP stack
+        from .fetch import FetchError  # first fetch only: the gate starts without the HTTP stack
 
         try:
             self._doc, self._fetched, self._failures = await self._fetch(), time.monotonic(), 0
-        except (OSError, ValueError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except FetchError as exc:
             self._failures += 1
-            log_event("jwks-fetch-failed", url=self.url, failures=self._failures,
-                      error=clip(str(exc) or type(exc).__name__))
+            log_event("jwks-fetch-failed", url=self.url, failures=self._failures, error=clip(str(exc)))
         finally:
             self._fetch_task = None
 
     async def _fetch(self) -> dict:
-        import aiohttp
+        from .fetch import FetchLimits, JSONFetcher
 
-        context = ssl.create_default_context()
-        cafiles = self.cafile if isinstance(self.cafile, tuple) else (self.cafile,)
-        for cafile in cafiles:
-            if cafile is not None and Path(cafile).exists():
-                context.load_verify_locations(cafile=str(cafile))
-        self._session = self._session or aiohttp.ClientSession()
-        timeout = aiohttp.ClientTimeout(total=self.timeout)
-        headers = {"Authorization": f"Bearer {Path(self.token_file).read_text().strip()}"} if self.token_file else None
-        async with self._session.get(self.url, ssl=context, timeout=timeout, headers=headers) as response:
-            response.raise_for_status()
-            doc = json.loads(await response.content.read(MAX_JWKS_BYTES))
-        if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
-            raise ValueError("not a JWKS document")
-        return doc
+        self._fetcher = self._fetcher or JSONFetcher(self.cafile, self.token_file, self.limits or FetchLimits())
+        return jwks_of(await self._fetcher.get(self.url))
 
     async def close(self) -> None:
         if self._fetch_task is not None:
             self._fetch_task.cancel()
-        if self._session is not None:
-            await self._session.close()
+        if self._fetcher is not None:
+            await self._fetcher.close()
+
+
+def jwks_of(doc: dict) -> dict:
+    """A fetched JWKS with only the keys a token could name: objects with a string kid."""
+    from .fetch import FetchError
+
+    if not isinstance(doc.get("keys"), list):
+        raise FetchError("not a JWKS document (no keys array)")
+    return {**doc, "keys": [k for k in doc["keys"] if isinstance(k, dict) and isinstance(k.get("kid"), str)]}
 
 
 class CombinedJWKS:

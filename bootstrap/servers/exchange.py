@@ -19,14 +19,12 @@ request names the identity and what it was granted; tokens are never logged.
 from __future__ import annotations
 
 import json
-import ssl
 import time
 import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import aiohttp
 import jwt
 from aiohttp import web
 
@@ -35,8 +33,9 @@ from ..core.tokens import SigningKey
 from ..core.workload_identity import (ACCESS_TOKEN_TYPE, GRANT_TYPE, ISSUED_TOKEN_TYPE, JWT_TOKEN_TYPE, Refused,
                                  WorkloadIdentityConfig, WorkloadIssuer, exchanged_token, permissions_for,
                                  verify_subject)
-from .auth import MAX_JWKS_BYTES, JWKSUnavailable, URLJWKS
+from .auth import JWKSUnavailable, URLJWKS
 from .events import Refusal, clip, log_event
+from .fetch import FetchError, FetchLimits, JSONFetcher
 from .http import Limits, ReloadingTLS, Service, _stamp, declared_length, read_body
 
 TOKEN_PATH = "/token"
@@ -70,49 +69,44 @@ def oauth_reply(status: int, doc: dict) -> web.Response:
 class IssuerKeys:
     """An issuer's JWKS found through its OIDC discovery document. The document's `issuer` must be
     the configured one (OpenID Connect Discovery 4.3); its jwks_uri is used unless the config names
-    one (kube-apiserver advertises an external address a pod may not reach)."""
+    one (kube-apiserver advertises an external address a pod may not reach). Both documents come
+    through one fetcher: the issuer's CA, its bearer token, servers/fetch.py's limits."""
 
-    def __init__(self, issuer: WorkloadIssuer, timeout: float = 10.0):
-        self.issuer, self.timeout = issuer, timeout
-        self.cafile = Path(issuer.ca_file) if issuer.ca_file else None
-        self.token_file = Path(issuer.auth_token_file) if issuer.auth_token_file else None
-        self._jwks: URLJWKS | None = URLJWKS(issuer.jwks_uri, self.cafile, token_file=self.token_file) if issuer.jwks_uri else None
-        self._session: aiohttp.ClientSession | None = None
+    def __init__(self, issuer: WorkloadIssuer, limits: FetchLimits = FetchLimits()):
+        self.issuer = issuer
+        cafile = Path(issuer.ca_file) if issuer.ca_file else None
+        token_file = Path(issuer.auth_token_file) if issuer.auth_token_file else None
+        self.fetcher = JSONFetcher(cafile, token_file, limits)
+        self._jwks: URLJWKS | None = self._keys_at(issuer.jwks_uri) if issuer.jwks_uri else None
         self._discovery_failed_at = float("-inf")
+
+    def _keys_at(self, jwks_uri: str) -> URLJWKS:
+        return URLJWKS(jwks_uri, self.fetcher.cafiles, token_file=self.fetcher.token_file, fetcher=self.fetcher)
 
     async def key_set(self, kid: str) -> dict:
         if self._jwks is None:
             if time.monotonic() - self._discovery_failed_at < 5.0:
                 raise JWKSUnavailable(f"{self.issuer.discovery}: discovery failed recently")
             try:
-                self._jwks = URLJWKS(await self._discover(), self.cafile, token_file=self.token_file)
-            except (OSError, ValueError, aiohttp.ClientError, TimeoutError) as exc:
+                self._jwks = self._keys_at(await self._discover())
+            except FetchError as exc:
                 self._discovery_failed_at = time.monotonic()
-                raise JWKSUnavailable(f"{self.issuer.discovery}: {str(exc) or type(exc).__name__}") from None
+                raise JWKSUnavailable(f"{self.issuer.discovery}: {exc}") from None
         return await self._jwks.key_set(kid)
 
     async def _discover(self) -> str:
-        context = ssl.create_default_context()
-        if self.cafile is not None:
-            context.load_verify_locations(cafile=str(self.cafile))
-        headers = {"Authorization": f"Bearer {self.token_file.read_text().strip()}"} if self.token_file else None
-        self._session = self._session or aiohttp.ClientSession()
-        async with self._session.get(self.issuer.discovery, ssl=context, headers=headers,
-                                     timeout=aiohttp.ClientTimeout(total=self.timeout)) as response:
-            response.raise_for_status()
-            doc = json.loads(await response.content.read(MAX_JWKS_BYTES))
-        if not isinstance(doc, dict) or doc.get("issuer") != self.issuer.issuer:
-            raise ValueError(f"discovery document names issuer {clip(doc.get('issuer') if isinstance(doc, dict) else None)!r}")
+        doc = await self.fetcher.get(self.issuer.discovery)
+        if doc.get("issuer") != self.issuer.issuer:
+            raise FetchError(f"discovery document names issuer {clip(doc.get('issuer'))!r}")
         uri = doc.get("jwks_uri")
         if not isinstance(uri, str) or not uri.startswith("https://"):
-            raise ValueError("discovery document has no https jwks_uri")
+            raise FetchError("discovery document has no https jwks_uri")
         return uri
 
     async def close(self) -> None:
         if self._jwks is not None:
             await self._jwks.close()
-        if self._session is not None:
-            await self._session.close()
+        await self.fetcher.close()
 
 
 # --------------------------------------------------------------------------- the signing key

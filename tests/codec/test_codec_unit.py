@@ -521,9 +521,10 @@ class _ScriptedJWKS(URLJWKS):
 
 def test_jwks_url_fetches_once_for_concurrent_unknown_kids_and_backs_off():
     from bootstrap.servers.auth import JWKSUnavailable
+    from bootstrap.servers.fetch import FetchError
 
     async def scenario():
-        source = _ScriptedJWKS([OSError("down"), {"keys": [{"kid": "a"}]}], unknown_every=0)
+        source = _ScriptedJWKS([FetchError("down"), {"keys": [{"kid": "a"}]}], unknown_every=0)
         with pytest.raises(JWKSUnavailable):
             await source.key_set("a")
         with pytest.raises(JWKSUnavailable):  # within the 1 s backoff: no second fetch

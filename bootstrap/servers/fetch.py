@@ -1,0 +1,106 @@
+"""One HTTPS JSON fetch, for every key source (a JWKS URL, an issuer's OIDC discovery and JWKS).
+
+The body is read to its end (a document may arrive in many TCP segments, seconds apart), never
+past `max_bytes` (a larger one is an error, not a truncated parse), within `total` seconds
+overall and `idle` seconds between bytes. https is verified against the system CAs plus the
+configured CA files that exist, re-read for every fetch (CA rotations). The result must be a JSON
+object. Every failure is one FetchError whose message names what went wrong, never the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+MAX_DOCUMENT_BYTES = 1024 * 1024  # a JWKS with hundreds of RSA keys is ~100 KiB
+
+
+class FetchError(Exception):
+    """A document that could not be fetched or is not a JSON object; the message is safe to log."""
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    max_bytes: int = MAX_DOCUMENT_BYTES
+    total: float = 10.0  # seconds for the whole fetch: connect, TLS, headers, body
+    idle: float = 5.0  # seconds without a byte from the peer
+
+
+class JSONFetcher:
+    """GET url -> a JSON object. One connection pool for the fetcher's life; `close()` it."""
+
+    def __init__(self, cafiles: Path | tuple[Path | None, ...] | None = (), token_file: Path | None = None,
+                 limits: FetchLimits = FetchLimits()):
+        self.cafiles = cafiles if isinstance(cafiles, tuple) else (cafiles,)
+        self.token_file, self.limits = token_file, limits
+        self._session: aiohttp.ClientSession | None = None
+
+    async def get(self, url: str) -> dict:
+        try:
+            async with asyncio.timeout(self.limits.total):
+                body = await self._body(url)
+        except TimeoutError as exc:  # aiohttp's idle timeout is a TimeoutError too
+            idle = isinstance(exc, aiohttp.ServerTimeoutError)
+            raise FetchError(f"no byte for {self.limits.idle:g} s" if idle
+                             else f"not complete within {self.limits.total:g} s") from None
+        except (OSError, aiohttp.ClientError) as exc:  # ssl.SSLError is an OSError
+            raise FetchError(_describe(exc)) from None
+        return parse_object(body)
+
+    async def _body(self, url: str) -> bytes:
+        self._session = self._session or aiohttp.ClientSession(auto_decompress=False)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.limits.idle, sock_read=self.limits.idle)
+        async with self._session.get(url, ssl=self._tls(), headers=self._headers(), timeout=timeout) as response:
+            if response.status != 200:
+                raise FetchError(f"HTTP {response.status}")
+            if (response.content_length or 0) > self.limits.max_bytes:
+                raise FetchError(self._too_large())
+            body = bytearray()
+            async for chunk in response.content.iter_any():
+                body += chunk
+                if len(body) > self.limits.max_bytes:
+                    raise FetchError(self._too_large())
+            return bytes(body)
+
+    def _tls(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        for cafile in self.cafiles:
+            if cafile is not None and Path(cafile).exists():
+                context.load_verify_locations(cafile=str(cafile))
+        return context
+
+    def _headers(self) -> dict:
+        # identity: a compressed body would be inflated past the byte cap before it could be counted
+        headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
+        if self.token_file is not None:  # kube-apiserver's discovery wants the pod's own token
+            headers["Authorization"] = f"Bearer {Path(self.token_file).read_text().strip()}"
+        return headers
+
+    def _too_large(self) -> str:
+        return f"document larger than {self.limits.max_bytes} bytes"
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def parse_object(body: bytes) -> dict:
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser's stack
+        raise FetchError(f"not JSON ({type(exc).__name__})") from None
+    if not isinstance(doc, dict):
+        raise FetchError(f"not a JSON object (a JSON {type(doc).__name__})")
+    return doc
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the connection closed before the document ended"
+    return str(exc) or type(exc).__name__
