@@ -178,13 +178,13 @@ def test_oidc_issuer_binds_by_subject(cluster_key):
     assert grant("repo:acme/billing:ref:refs/heads/main") == ()
 
 
-def test_readme_example_policy_is_valid():
+def test_documented_example_policy_is_valid():
     from pathlib import Path
 
     import yaml
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    block = readme.split("## Workload identity")[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    page = (Path(__file__).resolve().parents[2] / "docs" / "workload-identity.md").read_text()
+    block = page.split("```yaml\n", 1)[1].split("```", 1)[0]
     cfg = parse_config(yaml.safe_load("namespaces: [{name: orders}]\n" + block))
     assert [i.type for i in cfg.workload_identity.issuers] == ["kubernetes", "oidc"]
 
