@@ -219,6 +219,49 @@ rotate: $(BUNDLE_CONFIG_FILE) ## rotation step: KIND=certs|signing-key|exchange-
 check-expiry: $(BUNDLE_CONFIG_FILE) ## certificate and token expiry report (exit 0 ok, 1 warn, 2 crit, 3 unreadable)
 	$(BOOTSTRAP) check-expiry /bundle $(EXPIRY_ARGS)
 
+# `make verify`: the attacks run in our image as a plain container (`compose run` would keep the
+# bootstrap's own network), once from each network: edge (where applications sit: the published
+# and edge listeners admit exactly their trust domain, the others are out of reach; and the token
+# attacks on the frontend), backend (JWKS, PostgreSQL), monitoring (the metrics listener, and
+# Prometheus, the exporter, Alertmanager under PROFILE=monitoring) and the temporal container's
+# own loopback (internal-frontend, history, matching, worker and their membership ports). It
+# mounts the bundle read-only, private/ included: the CA keys sign the expired certificates it
+# tries, the signing key the tokens. Nothing is written; nothing secret is printed.
+VERIFY_VOLUMES := root:/bundle private:/bundle/private signing:/bundle/private/jwt trust:/bundle/trust \
+	server:/bundle/server dbclient:/bundle/dbclient postgres:/bundle/postgres jwks:/bundle/jwks ui:/bundle/ui \
+	ui-gate:/bundle/ui-gate dex:/bundle/dex grafana:/bundle/grafana clients:/bundle/clients codec:/bundle/codec \
+	registrar:/bundle/registrar exchange:/bundle/exchange
+VERIFY_FROM ?= edge backend monitoring container
+VERIFY_ARGS ?=
+
+.PHONY: verify
+verify: $(BUNDLE_CONFIG_FILE) ## attack the running stack from each network: every listener x every credential, forged tokens (exit 1 if a pair is wrong)
+	@set -o pipefail; \
+	project="$$($(COMPOSE) config 2>/dev/null | sed -n 's/^name: //p' | head -n1)"; \
+	temporal="$$($(COMPOSE) ps --status running --quiet temporal 2>/dev/null | head -n1)"; \
+	if [ -z "$$project" ] || [ -z "$$temporal" ]; then echo "error: temporal is not running (make up first)" >&2; exit 1; fi; \
+	services="$$($(COMPOSE) ps --status running --services | paste -sd, -)"; \
+	mounts=(--volume "$(abspath $(BUNDLE_CONFIG_FILE)):/etc/temporal-bundle/bundle.yaml:ro"); \
+	for v in $(VERIFY_VOLUMES); do mounts+=(--volume "$${project}_bundle-$${v%%:*}:$${v#*:}:ro"); done; \
+	command=(temporal-bundle verify); \
+	if [ "$(KEYS_BACKEND)" = pkcs11 ]; then \
+	  mounts+=(--cap-add CHOWN --volume "$${project}_bundle-hsm:/var/lib/softhsm/tokens" \
+	           --volume "$(abspath $(HSM_PIN_FILE)):$${HSM_PIN_PATH:-/run/secrets/hsm-pin}:ro"); \
+	  command=(sh -c 'temporal-bundle verify "$$@"; rc=$$?; chown -R 10001:10001 /var/lib/softhsm/tokens; exit $$rc' sh); \
+	fi; \
+	status=0; \
+	for vantage in $(VERIFY_FROM); do \
+	  case "$$vantage" in container) network="container:$$temporal" ;; *) network="$${project}_$$vantage" ;; esac; \
+	  echo "== verify from $$vantage (docker network $$network)"; \
+	  docker run --rm --network "$$network" --read-only --tmpfs /tmp --user 0:0 --cap-drop ALL --cap-add DAC_OVERRIDE \
+	    --security-opt no-new-privileges:true --env BUNDLE_CONFIG=/etc/temporal-bundle/bundle.yaml --env BUNDLE_DIR=/bundle \
+	    "$${mounts[@]}" "$(BUNDLE_IMAGE)" "$${command[@]}" --from "$$vantage" --services "$$services" $(VERIFY_ARGS) \
+	    || status=1; \
+	done; \
+	if [ "$$status" = 0 ]; then echo "verify: every pair as the security model says"; \
+	else echo "verify: WRONG pairs above (or an error): the deployment does not match the security model" >&2; fi; \
+	exit $$status
+
 .PHONY: export
 export: $(BUNDLE_CONFIG_FILE) ## copy ROLE's client cert, key, token and the CA to DEST (default ./client-credentials/ROLE)
 	@mkdir -p "$(DEST)"

@@ -24,6 +24,7 @@ COMMANDS = {
     "serve-expiry-metrics": "serve_expiry_metrics",
     "compose-env": "compose_env",
     "serve-ui-gate": "serve_ui_gate",
+    "verify": "verify",
 }
 
 
