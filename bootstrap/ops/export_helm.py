@@ -20,6 +20,7 @@ import yaml
 from .. import __version__
 from ..core.config import CLUSTER_INFO_KEY, UI_GATE_HOST, BundleConfig, K8S_NAME
 from ..core.durations import go_duration
+from ..core.tls_guard import require_closed_tls
 from ..errors import BundleError
 from .kube_secrets import token_patches
 from .oidc import client_secret_path, dex_config_path, issuer_ca_path
@@ -41,7 +42,7 @@ DEFAULT_IMAGES = {
 }
 # The Web UI's scopes with the embedded Dex (docker-compose.prod.yml's default).
 DEX_SCOPES = ("openid", "profile", "email", "groups", "offline_access")
-# Where the chart mounts server.tls.<section> (its defaults) and where we mount the rest.
+# Where the server pods mount their Secrets (server.additionalVolumeMounts) and other pods theirs.
 TLS_MOUNT = "/etc/temporal/tls"
 # Where the web pods mount their client certificate (chart 1.6.0 has no web.tls: additionalVolumes).
 WEB_TLS_MOUNT = f"{TLS_MOUNT}/web"
@@ -212,21 +213,21 @@ def _exchange_secret(read: _Reader, name: str, ca: bytes) -> Secret:
 def _server_pod_secrets(config: BundleConfig, read: _Reader, n: dict[str, str]) -> list[Secret]:
     """What the chart mounts into the Temporal server pods, and PostgreSQL's own certificate."""
     server_bundle, server_current, server_next = read.trust("server")
-    client_bundle, client_current, client_next = read.trust("client")
-    internode_bundle, internode_current, internode_next = read.trust("internode")
+    _, client_current, client_next = read.trust("client")
+    _, internode_current, internode_next = read.trust("internode")
     frontend_cert, frontend_key = read.leaf("server", "frontend")
     internode_cert, internode_key = read.leaf("server", "internode")
     tls = "kubernetes.io/tls"
     return [
-        # The chart's layout (tls.crt, tls.key, ca.crt), plus one CA per file for the lists in
-        # server.config.tls (Temporal's hot reload watches the first certificate of each file).
-        Secret(n["frontend_tls"], "Temporal server pods (server.tls.frontend)", tls, (
-            ("tls.crt", frontend_cert), ("tls.key", frontend_key), ("ca.crt", client_bundle),
+        # tls.crt/tls.key, and one CA per file for the lists in server.config.tls (Temporal's hot
+        # reload watches the first certificate of each file); server-ca.crt is SSL_CERT_FILE.
+        Secret(n["frontend_tls"], "Temporal server pods (server.config.tls.frontend)", tls, (
+            ("tls.crt", frontend_cert), ("tls.key", frontend_key),
             ("client-current.crt", client_current), ("client-next.crt", client_next),
             ("server-ca.crt", server_bundle), ("server-current.crt", server_current), ("server-next.crt", server_next),
         )),
-        Secret(n["internode_tls"], "Temporal server pods (server.tls.internode)", tls, (
-            ("tls.crt", internode_cert), ("tls.key", internode_key), ("ca.crt", internode_bundle),
+        Secret(n["internode_tls"], "Temporal server pods (server.config.tls.internode and systemWorker)", tls, (
+            ("tls.crt", internode_cert), ("tls.key", internode_key),
             ("internode-current.crt", internode_current), ("internode-next.crt", internode_next),
         )),
         _tls_secret(n["database"], "Temporal server pods (PostgreSQL client)",
@@ -349,6 +350,7 @@ def context(config: BundleConfig, all_secrets: list[Secret], templates_dir: Path
             for s in SERVER_SERVICES
         ],
         "tls_mount": TLS_MOUNT,
+        "server_volumes": server_volumes(n),
         "jwks_url": config.jwks_url,
         "jwks_refresh_interval": go_duration(config.jwt.refresh_interval),
         "tls_refresh_interval": go_duration(config.tls_refresh_interval),
@@ -369,6 +371,32 @@ def context(config: BundleConfig, all_secrets: list[Secret], templates_dir: Path
         "token_secrets": sorted(token_patches(n["prefix"], {r.name: b"" for r in config.roles})),
         **_oidc_context(config),
     }
+
+
+def server_volumes(n: dict[str, str]) -> list[dict[str, str]]:
+    """The Secrets every server pod mounts: chart 1.6.0 has only server-wide additionalVolumes."""
+    return [
+        {"name": "bundle-frontend-tls", "secret": n["frontend_tls"], "mount": f"{TLS_MOUNT}/frontend",
+         "comment": "The frontend's pair, the client-domain CAs it admits, the server CAs."},
+        {"name": "bundle-internode-tls", "secret": n["internode_tls"], "mount": f"{TLS_MOUNT}/internode",
+         "comment": "The internode pair (server, client and system worker) and the internode CAs."},
+        {"name": "bundle-database-client", "secret": n["database"], "mount": f"{TLS_MOUNT}/database",
+         "comment": "The PostgreSQL client certificate (database trust domain), for both datastores."},
+    ]
+
+
+def composed_server_tls(values_yaml: bytes) -> dict:
+    """The server config's TLS as chart 1.6.0 composes it from our values: its
+    templates/server-configmap.yaml writes server.config.tls, as it is, under global.tls, and no
+    other value reaches global.tls (server.tls.* exists only on the chart's unreleased main)."""
+    try:
+        values = yaml.safe_load(values_yaml)
+    except yaml.YAMLError as exc:
+        raise BundleError(f"template helm/values.yaml.j2 rendered invalid YAML: {' '.join(str(exc).split())}") from None
+    server = values.get("server") if isinstance(values, dict) else None
+    config = server.get("config") if isinstance(server, dict) else None
+    tls = config.get("tls") if isinstance(config, dict) else None
+    return {"global": {"tls": tls} if tls is not None else {}}
 
 
 def _oidc_context(config: BundleConfig) -> dict:
@@ -429,6 +457,7 @@ def render_export(config: BundleConfig, layout: Layout, templates_dir: Path | No
         # Not under manifests/: an example for the application's namespace, never applied with ours.
         outputs["examples/workload-identity-worker.yaml"] = ("helm/workload-identity-worker.yaml.j2", CERT_MODE)
     rendered = {path: (_render(env, template, values), mode) for path, (template, mode) in outputs.items()}
+    require_closed_tls(composed_server_tls(rendered["values.yaml"][0]), f"values.yaml for chart {CHART_VERSION}")
     for secret in all_secrets:
         rendered[f"secrets/{secret.name}.yaml"] = (
             _render(env, "helm/secret.yaml.j2", {**values, "secret": secret}), KEY_MODE)

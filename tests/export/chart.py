@@ -1,12 +1,23 @@
-"""What the official Temporal Helm chart 1.6.0 accepts and does with our values, as facts read from
-its charts/temporal/values.yaml and templates (not a copy of them): the key paths it reads, and how
-templates/server-configmap.yaml composes the server config from server.config and server.tls."""
+"""What the official Temporal Helm chart accepts and does with our values, as facts of its RELEASE
+tagged `temporal-1.6.0` (server 1.31.2), never of its main branch.
+
+Read from temporalio/helm-charts at that tag (tag object 61e98a8c, commit 9f4d328c; its
+charts/temporal/Chart.yaml says version 1.6.0, appVersion 1.31.2) with
+`git show temporal-1.6.0:charts/temporal/<file>`: values.yaml for the key paths, and
+templates/server-configmap.yaml, server-deployment.yaml, admintools-deployment.yaml,
+web-deployment.yaml and _helpers.tpl for what they do with them. Facts, not a copy of the chart.
+
+That release has no server.tls.* and no web.tls (they came later, with PR #954 on main): the
+server's TLS is server.config.tls alone, and its files reach the pods only through
+server.additionalVolumes / server.additionalVolumeMounts, which every server Deployment gets alike.
+"""
 
 from __future__ import annotations
 
 import copy
 
 CHART_VERSION = "1.6.0"
+CHART_TAG = "temporal-1.6.0"
 SERVER_SERVICES = ("frontend", "internal-frontend", "history", "matching", "worker")
 
 # Leaf key paths our values may set. Lists are leaves (the chart renders them with toYaml).
@@ -18,7 +29,7 @@ KEY_PATHS = {
     "server.config.persistence.numHistoryShards",
     "server.frontend.ingress.enabled", "server.frontend.ingress.hosts", "server.frontend.service.type",
     "server.frontend.service.httpPort", "server.internal-frontend.service.httpPort", "server.internal-frontend.enabled",
-    "admintools.image.repository", "admintools.image.tag", "admintools.useExternalFrontend",
+    "admintools.image.repository", "admintools.image.tag",
     "admintools.temporalAddress",  # values.yaml (commented) and admintools-deployment.yaml
     "admintools.securityContext.runAsNonRoot", "admintools.securityContext.runAsUser",
     "admintools.securityContext.runAsGroup", "admintools.securityContext.fsGroup",
@@ -30,8 +41,6 @@ KEY_PATHS = {
     "web.securityContext.runAsNonRoot", "web.securityContext.runAsUser", "web.securityContext.runAsGroup",
     "web.securityContext.fsGroup",
 }
-KEY_PATHS |= {f"server.tls.{section}.{key}" for section in ("internode", "frontend")
-              for key in ("enabled", "secretName", "mountPath", "requireClientAuth", "serverName")}
 # server-deployment.yaml reads server.<service>.replicaCount (default server.replicaCount).
 KEY_PATHS |= {f"server.{svc}.{key}" for svc in SERVER_SERVICES
               for key in ("replicaCount", "service.port", "service.membershipPort")}
@@ -58,35 +67,10 @@ def unknown_paths(values: dict) -> list[str]:
     return [p for p in leaf_paths(values) if p not in KEY_PATHS and not p.startswith(PASSTHROUGH)]
 
 
-def merge_overwrite(base: dict, top: dict) -> dict:
-    """sprig mergeOverwrite: maps merge key by key, anything else (lists too) is replaced."""
-    result = copy.deepcopy(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = merge_overwrite(result[key], value)
-        else:
-            result[key] = copy.deepcopy(value)
-    return result
-
-
-def auto_tls(values: dict) -> dict:
-    """templates/_helpers.tpl temporal.server.tls.config: the block server.tls generates."""
-    raw = values["server"]["config"].get("tls", {})
-    config = {}
-    for section in ("internode", "frontend"):
-        s = values["server"]["tls"][section]
-        if not s.get("enabled"):
-            continue
-        require = s.get("requireClientAuth") or raw.get(section, {}).get("server", {}).get("requireClientAuth", False)
-        server = {"certFile": f"{s['mountPath']}/tls.crt", "keyFile": f"{s['mountPath']}/tls.key", "requireClientAuth": require}
-        if require:
-            server["clientCaFiles"] = [f"{s['mountPath']}/ca.crt"]
-        config[section] = {"server": server, "client": {"serverName": s["serverName"], "rootCaFiles": [f"{s['mountPath']}/ca.crt"]}}
-    return config
-
-
 def server_config(values: dict, pod_ip: str = "10.0.0.7") -> dict:
-    """The config templates/server-configmap.yaml renders (after the server's own env templating)."""
+    """The config templates/server-configmap.yaml renders (after the server's own env templating).
+    global.tls is server.config.tls exactly as given (`with $server.config.tls` + toYaml), and is
+    left out when that is empty; nothing else feeds it."""
     server, cfg = values["server"], values["server"]["config"]
     persistence = copy.deepcopy(cfg["persistence"])
     for store in persistence["datastores"].values():
@@ -108,10 +92,11 @@ def server_config(values: dict, pod_ip: str = "10.0.0.7") -> dict:
         "membership": {"name": "temporal", "maxJoinDuration": "30s", "broadcastAddress": pod_ip},
         "pprof": {"port": 7936},
         "metrics": {"tags": {"type": "frontend"}, "prometheus": {"timerType": "histogram", "listenAddress": "0.0.0.0:9090"}},
-        "tls": merge_overwrite(auto_tls(values), cfg.get("tls", {})),
     }
-    if "authorization" in cfg:
-        global_["authorization"] = cfg["authorization"]
+    if cfg.get("tls"):
+        global_["tls"] = copy.deepcopy(cfg["tls"])
+    if cfg.get("authorization"):
+        global_["authorization"] = copy.deepcopy(cfg["authorization"])
     return {
         "log": {"stdout": True, "level": cfg["logLevel"]},
         "persistence": persistence,
@@ -139,12 +124,18 @@ def without_chart_fixed_unknown(config: dict) -> dict:
     return config
 
 
-def server_mounts(values: dict) -> dict[str, str]:
-    """Mount path -> Secret name, for every Secret the chart mounts into the server pods."""
-    mounts = {s["mountPath"]: s["secretName"] for s in values["server"]["tls"].values() if s.get("enabled")}
-    volumes = {v["name"]: v["secret"]["secretName"] for v in values["server"].get("additionalVolumes", [])}
+def server_mounts(values: dict) -> dict[str, tuple[str, frozenset[str] | None]]:
+    """Mount path -> (Secret name, the keys projected or None for all), for every Secret mounted
+    into the server pods: server-deployment.yaml writes server.additionalVolumes and
+    server.additionalVolumeMounts as they are into every service's Deployment, and mounts nothing
+    else of ours."""
+    volumes = {v["name"]: v["secret"] for v in values["server"].get("additionalVolumes", []) if "secret" in v}
+    mounts = {}
     for mount in values["server"].get("additionalVolumeMounts", []):
-        mounts[mount["mountPath"]] = volumes[mount["name"]]
+        secret = volumes.get(mount["name"])
+        if secret is not None:
+            items = secret.get("items")
+            mounts[mount["mountPath"]] = (secret["secretName"], frozenset(i["key"] for i in items) if items else None)
     return mounts
 
 

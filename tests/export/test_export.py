@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from bootstrap.core import pki
+from bootstrap.core.tls_guard import tls_problems
 from bootstrap.ops.render import render_all
 from tests.export import chart
 from tests.export.conftest import export, private_keys_in, public_bytes, read_tree, secrets_of
@@ -79,8 +80,9 @@ def test_values_carry_the_bundle(values, bundle):
     assert [server[s]["replicaCount"] for s in chart.SERVER_SERVICES] == [1, 1, 3, 2, 1]
     assert server["frontend"]["service"]["type"] == "LoadBalancer"
     assert server["internal-frontend"]["enabled"] is True
-    assert server["tls"]["frontend"]["serverName"] == bundle.config.network.frontend_host
-    assert server["tls"]["internode"]["serverName"] == bundle.config.network.internode_server_name
+    tls = server["config"]["tls"]
+    assert tls["frontend"]["client"]["serverName"] == bundle.config.network.frontend_host
+    assert tls["internode"]["client"]["serverName"] == bundle.config.network.internode_server_name
     # Ours and Dex's (the Web UI's users), read from the claim Dex puts groups in.
     authorization = server["config"]["authorization"]
     assert authorization["jwtKeyProvider"]["keySourceURIs"] == [bundle.config.jwks_url, bundle.config.dex_jwks_url]
@@ -113,6 +115,65 @@ def test_composed_server_config_passes_configcheck(values, tmp_path):
     assert _configcheck(config, path).returncode != 0
 
 
+def test_values_set_nothing_the_released_chart_lacks(values):
+    # server.tls.* exists only on the chart's main branch: chart 1.6.0 would ignore it silently.
+    assert "tls" not in values["server"] and "tls" not in values["web"]
+    assert chart.unknown_paths({"server": {"tls": {"frontend": {"enabled": True}}}}) == ["server.tls.frontend.enabled"]
+
+
+def test_the_composed_server_config_serves_mutual_tls_on_its_own(values):
+    """What chart 1.6.0 renders from our values: every listener has its certificate and key and
+    demands a client certificate, from server.config.tls alone."""
+    tls = chart.server_config(values)["global"]["tls"]
+    for group in ("frontend", "internode"):
+        server = tls[group]["server"]
+        assert server["certFile"] and server["keyFile"], group
+        assert server["requireClientAuth"] is True and server["clientCaFiles"], group
+        assert tls[group]["client"]["rootCaFiles"], group
+    assert tls["systemWorker"]["certFile"] and tls["systemWorker"]["keyFile"]
+    assert tls_problems(chart.server_config(values)) == []
+
+
+def test_the_emulated_chart_drops_an_empty_tls_as_the_template_does(values):
+    # `with $server.config.tls` writes nothing for an empty map: no global.tls, all plaintext.
+    values["server"]["config"]["tls"] = {}
+    assert "tls" not in chart.server_config(values)["global"]
+    assert tls_problems(chart.server_config(values)) == ["global.tls is missing: every listener would be plaintext"]
+
+
+def _named_files(tree) -> list[str]:
+    """Every path a server config names: values of *File keys and items of *Files lists."""
+    found = []
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            if key.endswith("File") and isinstance(value, str):
+                found.append(value)
+            elif key.endswith("Files") and isinstance(value, list):
+                found += value
+            else:
+                found += _named_files(value)
+    return found
+
+
+def test_every_path_the_server_config_names_is_a_key_of_a_mounted_secret(values, exported):
+    config, mounts, secrets = chart.server_config(values), chart.server_mounts(values), secrets_of(exported)
+    named = _named_files(config)
+    assert len(named) >= 20  # TLS (three groups) and both datastores' certificates
+    for path in named:
+        directory, key = path.rsplit("/", 1)
+        assert directory in mounts, f"{path}: nothing is mounted at {directory}"
+        secret, items = mounts[directory]
+        assert secret in secrets, f"{path}: Secret {secret} is not exported"
+        assert key in secrets[secret] and (items is None or key in items), f"{path}: {secret} has no key {key}"
+
+
+def test_the_mount_check_can_fail(values):
+    values["server"]["additionalVolumeMounts"] = [m for m in values["server"]["additionalVolumeMounts"]
+                                                  if not m["mountPath"].endswith("/frontend")]
+    directories = {p.rsplit("/", 1)[0] for p in _named_files(chart.server_config(values))}
+    assert not directories <= set(chart.server_mounts(values))
+
+
 def test_every_file_in_the_server_config_is_in_a_mounted_secret(values, exported, bundle):
     """Each TLS and SQL file the composed config names resolves to a key of the Secret mounted
     there, holding the right trust domain's material."""
@@ -120,7 +181,7 @@ def test_every_file_in_the_server_config_is_in_a_mounted_secret(values, exported
 
     def content(path: str) -> bytes:
         directory, key = path.rsplit("/", 1)
-        return secrets[mounts[directory]][key]
+        return secrets[mounts[directory][0]][key]
 
     tls = config["global"]["tls"]
     ca_of = {d: bundle.ca_of(d).cert for d in ("client", "internode")} | {"server": bundle.ca.cert}
@@ -132,6 +193,7 @@ def test_every_file_in_the_server_config_is_in_a_mounted_secret(values, exported
     for section, leaf in (("frontend", "frontend"), ("internode", "internode")):
         assert content(tls[section]["server"]["certFile"]) == bundle.leaf_paths("server", leaf)[0].read_bytes()
         assert content(tls[section]["server"]["keyFile"]) == bundle.leaf_paths("server", leaf)[1].read_bytes()
+    assert content(tls["systemWorker"]["certFile"]) == bundle.leaf_paths("server", "internode")[0].read_bytes()
     for store in config["persistence"]["datastores"].values():
         sql_tls = store["sql"]["tls"]
         cert = pki.load_cert(content(sql_tls["certFile"]), "db client")
@@ -146,8 +208,8 @@ def _issuers(content, files) -> set[str]:
 
 def test_admintools_get_a_client_cert_and_the_system_token_never_an_internode_key(values, exported, bundle):
     admin = values["admintools"]
-    # An explicit address stops the chart from mounting server.tls secrets into admin-tools.
-    assert admin["temporalAddress"] and admin["useExternalFrontend"] is True
+    # The frontend, never the internal-frontend the chart would default to.
+    assert admin["temporalAddress"].startswith("temporal-frontend:")
     names = {v["secret"]["secretName"] for v in admin["additionalVolumes"]}
     assert len(names) == 1
     secret = secrets_of(exported)[names.pop()]
