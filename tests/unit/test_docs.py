@@ -246,6 +246,14 @@ def test_the_readme_stays_a_front_door():
     assert len((REPO / "README.md").read_text().splitlines()) <= 300
 
 
+def test_the_readme_set_up_is_make_up_and_the_ci_command():
+    """The two set-up commands: `make up` runs the cluster, `make test` is exactly what CI runs."""
+    readme = Doc.parse(REPO / "README.md")
+    commands = [line.split("#")[0].strip() for line in readme.blocks[0][1]]
+    assert commands == ["make up", "make test"]
+    ci = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd ", "export "))]
+    assert ci == ["make test"]
+
 def test_the_example_config_points_to_pages_that_exist():
     pages = set(re.findall(r"docs/[\w-]+\.md", EXAMPLE.read_text()))
     assert pages and all((REPO / page).exists() for page in pages)
