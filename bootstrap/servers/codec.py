@@ -190,11 +190,11 @@ class CodecHandlers:
             raise Refusal(503, "data keys unavailable") from None
 
     def encode(self, claims: dict, namespace: str, body: bytes):
-        payloads = parse_payloads(body)
+        payloads, keyring = parse_payloads(body), self.keyring()
         try:
-            result = encrypt_all(payloads, self.keyring(), namespace)
-        except CodecError as exc:
-            raise Refusal(400, str(exc)) from None
+            result = encrypt_all(payloads, keyring, namespace)
+        except BundleError as exc:  # CodecError, or a namespace with no data keys of its own
+            raise Refusal(400, clip(str(exc))) from None
         return 200, render_payloads(result), "encrypted", {"payloads": len(result)}
 
     def decode(self, claims: dict, namespace: str, body: bytes):

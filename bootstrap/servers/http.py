@@ -30,6 +30,13 @@ from . import MAX_CONNECTIONS
 from .events import Refusal, clip, log_event
 
 TLS_RECORD = 16 * 1024
+# What one connection may buffer of a body nobody reads yet (its request waits for the body budget,
+# or is being refused): aiohttp's default read buffer (256 KiB, paused at twice that) and asyncio's
+# TLS incoming buffer (256 KiB) would let a connection that only started its body hold ~768 KiB,
+# and a thousand such connections more than the container has. Two TLS records each, instead.
+READ_BUFFER = TLS_RECORD  # aiohttp pauses reading at twice this
+TLS_READ_BUFFER = 2 * TLS_RECORD
+REPLY_CHUNK = 64 * 1024  # a reply goes out in slices: TLS encrypts each into its own buffer
 SERVER = "temporal-bundle"
 
 
@@ -46,12 +53,20 @@ class _Protocol(web.RequestHandler):
     handler runs; here that answer is ours: audited, and without the parser's text (which echoes
     the caller's bytes) or the library's name and version."""
 
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        if hasattr(transport, "set_read_buffer_limits"):  # TLS: plain sockets have no such buffer
+            transport.set_read_buffer_limits(high=TLS_READ_BUFFER)
+
     def handle_error(self, request, status=500, exc=None, message=None):
         if request.writer.output_size > 0:
             raise ConnectionError("the reply had already started")
         bad = status < 500
+        # Only the kind of error: the parser's message quotes the bytes it choked on, which can be
+        # a body (an HTTP/1.0 request without Content-Length sends it where a request line belongs).
         log_event("bad-request" if bad else "internal-error", status=status, remote=request.remote,
-                  outcome="refused: malformed HTTP request" if bad else None, reason=clip(message))
+                  outcome="refused: malformed HTTP request" if bad else None,
+                  error=type(exc).__name__ if exc is not None else None)
         response = reply(status, {"error": "malformed HTTP request" if bad else "internal error"}, close=True)
         response.headers["Server"] = SERVER
         return response
@@ -117,12 +132,23 @@ def declared_length(request: web.BaseRequest, limits: Limits) -> int:
     return request.content_length
 
 
-async def read_body(request: web.BaseRequest, length: int, limits: Limits) -> bytes:
+async def read_body(request: web.BaseRequest, length: int, limits: Limits) -> bytearray:
+    """Exactly `length` bytes, into one buffer of that size (readexactly() would hold its chunks
+    and their join at once: twice the body)."""
+    body, filled = bytearray(length), 0
     try:
         async with asyncio.timeout(limits.body_timeout):
-            return await request.content.readexactly(length)
-    except (asyncio.TimeoutError, asyncio.IncompleteReadError):
-        raise Refusal(408, "request body incomplete or too slow") from None
+            while filled < length:
+                chunk = await request.content.read(length - filled)
+                if not chunk:
+                    break
+                body[filled:filled + len(chunk)] = chunk
+                filled += len(chunk)
+    except asyncio.TimeoutError:
+        pass
+    if filled < length:
+        raise Refusal(408, "request body incomplete or too slow")
+    return body
 
 
 # --------------------------------------------------------------------------- CORS
@@ -154,7 +180,9 @@ async def stream_reply(request: web.BaseRequest, body: bytes, headers: dict) -> 
     response = web.StreamResponse(headers={**headers, "Content-Type": "application/json", "Cache-Control": "no-store"})
     response.content_length = len(body)
     await response.prepare(request)
-    await response.write(body)
+    view = memoryview(body)
+    for start in range(0, len(body), REPLY_CHUNK):  # each write waits while the socket is behind
+        await response.write(view[start:start + REPLY_CHUNK])
     await response.write_eof()
     return response
 
@@ -349,7 +377,8 @@ class Service:
     async def _serve(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         self._loop.set_exception_handler(_loop_error)
-        options = {"keepalive_timeout": self.limits.header_timeout, "lingering_time": 0, "access_log": None}
+        options = {"keepalive_timeout": self.limits.header_timeout, "lingering_time": 0, "access_log": None,
+                   "read_bufsize": READ_BUFFER}
         runner = web.AppRunner(self.app, handle_signals=False, **options)
         await runner.setup()
         tls = {"ssl": self.tls.listener, "ssl_handshake_timeout": self.limits.header_timeout} if self.tls else {}

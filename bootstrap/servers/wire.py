@@ -22,7 +22,17 @@ from temporalio.api.common.v1 import Payload
 from .events import Refusal
 
 MAX_PAYLOADS = 20_000
-_URLSAFE = str.maketrans("-_", "+/")
+# json.loads builds one Python object per JSON value, and every value but the document itself
+# follows "[", ":" or ",", every object key "{" or ",": counting those four bytes (memchr speed)
+# before parsing bounds what any body can make it build, whatever its shape. A value costs at
+# most ~100 bytes (an empty dict: 64, its GC header and its slot in a list), so a body's objects
+# stay under 26 MB. A payload in proto3 JSON takes about a dozen (its object, "metadata" and its
+# object, three metadata pairs, "data", the separators): MAX_PAYLOADS of them fit.
+MAX_VALUES = 13 * MAX_PAYLOADS
+# Base64 and JSON punctuation are ASCII; only a metadata key could legitimately be anything else.
+# A non-ASCII body decodes to a str of up to 4 bytes per character, so it is held to a quarter.
+MAX_NON_ASCII_BODY = 1024 * 1024
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
 def _bad(why: str) -> Refusal:
@@ -32,13 +42,15 @@ def _bad(why: str) -> Refusal:
 def b64(text) -> bytes:
     if not isinstance(text, str):
         raise _bad("bytes fields must be base64 strings")
+    if not text.isascii():  # before any copy: a non-ASCII str takes up to 4 bytes a character
+        raise _bad("invalid base64")
     try:
         return binascii.a2b_base64(text, strict_mode=True)
     except (binascii.Error, ValueError):
         pass
-    padded = text.translate(_URLSAFE) + "=" * (-len(text) % 4)
+    standard = text.encode().translate(_URLSAFE)
     try:
-        return base64.b64decode(padded, validate=True)
+        return binascii.a2b_base64(standard + b"=" * (-len(standard) % 4), strict_mode=True)
     except (binascii.Error, ValueError):
         raise _bad("invalid base64") from None
 
@@ -67,13 +79,10 @@ class Item:
             b64(value)
         b64(self.data)
 
-    def json(self) -> str:
-        parts = []
-        if self.metadata:
-            parts.append('"metadata":' + json.dumps(self.metadata, separators=(",", ":")))
-        if self.data:
-            parts.append('"data":' + json.dumps(self.data))
-        return "{" + ",".join(parts) + "}"
+    def json(self) -> bytes:
+        """As sent; after check(), so every value is base64, which JSON needs no escape for."""
+        metadata = ",".join(f'{_key_json(k)}:"{v}"' for k, v in self.metadata.items()).encode()
+        return _object(metadata, self.data.encode())
 
 
 def _item(raw) -> Item:
@@ -87,13 +96,21 @@ def _item(raw) -> Item:
     return Item(metadata, data)
 
 
+def check_size(body: bytes) -> None:
+    """Refuses (413) a body that json.loads could blow up beyond a fixed multiple of its size."""
+    values = body.count(b"[") + body.count(b"{") + body.count(b",") + body.count(b":")
+    if values > MAX_VALUES:
+        raise Refusal(413, f"more than {MAX_VALUES} JSON values (at most {MAX_PAYLOADS} payloads)")
+    if len(body) > MAX_NON_ASCII_BODY and not body.isascii():
+        raise Refusal(413, f"a body with non-ASCII bytes may be {MAX_NON_ASCII_BODY} bytes at most")
+
+
 def parse_items(body: bytes) -> list[Item]:
-    # Counting braces first bounds the objects json.loads may build: a body of 16 MiB of "{}"
-    # would otherwise become millions of dicts, hundreds of MB, before a single check.
-    if body.count(b"{") > 2 * MAX_PAYLOADS + 1:
-        raise Refusal(413, f"more than {MAX_PAYLOADS} payloads")
+    check_size(body)
     try:
         doc = json.loads(body)
+    except RecursionError:
+        raise _bad("nested too deeply") from None
     except (ValueError, UnicodeDecodeError):
         raise _bad("not JSON") from None
     if not isinstance(doc, dict):
@@ -101,6 +118,8 @@ def parse_items(body: bytes) -> list[Item]:
     raw_items = doc.get("payloads") or []
     if not isinstance(raw_items, list):
         raise _bad("payloads must be a list")
+    if len(raw_items) > MAX_PAYLOADS:
+        raise Refusal(413, f"more than {MAX_PAYLOADS} payloads")
     return [_item(raw) for raw in raw_items]
 
 
@@ -108,21 +127,34 @@ def parse_payloads(body: bytes) -> list[Payload]:
     return [item.payload() for item in parse_items(body)]
 
 
-def payload_json(payload: Payload) -> str:
-    fields = []
-    if payload.metadata:
-        pairs = ",".join(f'{_key_json(k)}:"{base64.b64encode(v).decode()}"' for k, v in payload.metadata.items())
-        fields.append('"metadata":{' + pairs + "}")
-    if payload.data:
-        fields.append('"data":"' + base64.b64encode(payload.data).decode() + '"')
-    if len(payload.ListFields()) > len(fields):  # a field this fast path does not know
-        return json_format.MessageToJson(payload, indent=None)
-    return "{" + ",".join(fields) + "}"
+def payload_json(payload: Payload) -> bytes:
+    if len(payload.ListFields()) > bool(payload.metadata) + bool(payload.data):  # a field this path does not know
+        return json_format.MessageToJson(payload, indent=None).encode()
+    metadata = ",".join(f'{_key_json(k)}:"{base64.b64encode(v).decode()}"' for k, v in payload.metadata.items())
+    return _object(metadata.encode(), base64.b64encode(payload.data))
 
 
-def render(parts: list[str]) -> bytes:
-    """The body for payloads already rendered by payload_json() or Item.json()."""
-    return ('{"payloads":[' + ",".join(parts) + "]}").encode() if parts else b"{}"
+def _object(metadata: bytes, data: bytes) -> bytes:
+    """A payload's JSON from its metadata pairs and its data, both already JSON, in one allocation."""
+    pieces = [b"{"]
+    if metadata:
+        pieces += (b'"metadata":{', metadata, b"}")
+    if data:
+        pieces += (b"," if metadata else b"", b'"data":"', data, b'"')
+    pieces.append(b"}")
+    return b"".join(pieces)
+
+
+def render(parts: list[bytes]) -> bytes:
+    """The body for payloads already rendered by payload_json() or Item.json(), built in one
+    allocation (a batch's reply is as large as its body)."""
+    if not parts:
+        return b"{}"
+    pieces = [b'{"payloads":[']
+    for part in parts:
+        pieces += (part, b",")
+    pieces[-1] = b"]}"
+    return b"".join(pieces)
 
 
 def render_payloads(payloads: list[Payload]) -> bytes:
