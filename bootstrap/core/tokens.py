@@ -132,7 +132,10 @@ def mint_token(
 def jwk_algorithm(jwk: dict) -> str:
     """The one algorithm a published key may verify with. Verifying only with it turns RS256
     claimed under an EC key's kid into InvalidAlgorithmError (PyJWT would raise a bare TypeError)."""
-    return jwk.get("alg") or {"EC": "ES256", "RSA": "RS256"}.get(jwk.get("kty"), "")
+    alg, kty = jwk.get("alg"), jwk.get("kty")
+    if alg:  # a JWKS is the publisher's JSON: any member may be of any type
+        return alg if isinstance(alg, str) else ""
+    return {"EC": "ES256", "RSA": "RS256"}.get(kty, "") if isinstance(kty, str) else ""
 
 
 ALGORITHMS = tuple(ALGORITHM_KEYS)

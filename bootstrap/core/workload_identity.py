@@ -306,10 +306,11 @@ def exchanged_token(
     lifetime: timedelta, now: datetime,
 ) -> Token:
     """The Temporal token: the bundle's shape, `lifetime` at most and never past the subject's exp."""
-    left = int(identity.claims["exp"] - now.timestamp())
+    left = identity.claims["exp"] - int(now.timestamp())  # integers: an exp past any float or timedelta is fine
     if left <= 0:
         raise Refused("subject token rejected: expired")
-    lifetime = min(lifetime, timedelta(seconds=left))
+    if left < lifetime.total_seconds():
+        lifetime = timedelta(seconds=left)
     subject = f"{identity.issuer.name}:{identity.subject}"
     return mint_token(key, role="workload", permissions=permissions, issuer=issuer, audience=audience,
                       lifetime=lifetime, subject=subject, now=now)
