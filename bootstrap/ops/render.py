@@ -11,10 +11,12 @@ from datetime import timedelta
 from pathlib import Path, PurePosixPath
 
 import jinja2
+import yaml
 
 from ..core.config import BundleConfig
 from ..core.durations import go_duration, human_duration
 from ..core.hsm import SOFTHSM_MODULE
+from ..core.tls_guard import require_closed_tls
 from .expiry import CRIT_SHARE, WARN_SHARE
 from ..errors import BundleError
 from .plan import DOMAINS
@@ -141,4 +143,12 @@ def render_all(config: BundleConfig, templates_dir: Path | None = None) -> dict[
             rendered[output] = env.get_template(template).render(values)
         except jinja2.TemplateError as exc:
             raise BundleError(f"template {template}: {exc}") from None
+    require_closed_tls(parsed_server_config(rendered["temporal.yaml"]), f"template {OUTPUTS['temporal.yaml']}")
     return rendered
+
+
+def parsed_server_config(text: str) -> object:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise BundleError(f"the rendered server config is not YAML: {' '.join(str(exc).split())}") from None

@@ -4,14 +4,19 @@ errors, never silently empty strings."""
 
 from __future__ import annotations
 
+import copy
 import shutil
 
 import pytest
 import yaml
+from hypothesis import given, settings
 
 from bootstrap.core.config import parse_config
+from bootstrap.core.tls_guard import require_closed_tls, tls_problems
 from bootstrap.errors import BundleError
 from bootstrap.ops.render import GENERATED_MARK, default_templates_dir, render_all
+from tests.export.tls_shapes import WEAKENINGS, weakened, weakenings
+from tests.unit.conftest import make_bundle, run_main, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -218,3 +223,62 @@ def test_without_oidc_the_server_trusts_only_our_jwks():
     auth = yaml.safe_load(render_all(config)["temporal.yaml"])["global"]["authorization"]
     assert auth["jwtKeyProvider"]["keySourceURIs"] == ["https://jwks:8443/jwks.json"]
     assert auth["permissionsClaimName"] == "groups"
+
+
+# --------------------------------------------------------------------------- TLS fails closed
+
+
+def test_the_rendered_server_tls_passes_the_guard(server_config):
+    assert tls_problems(server_config) == []
+
+
+@pytest.mark.parametrize("weakening", WEAKENINGS, ids=lambda w: f"{w[1]}:{'.'.join(w[0]) or 'tls'}")
+def test_the_guard_finds_every_single_weakening(server_config, weakening):
+    config = copy.deepcopy(server_config)
+    config["global"]["tls"] = weakened(config["global"]["tls"], {weakening})
+    problems = tls_problems(config)
+    assert problems, weakening
+    with pytest.raises(BundleError) as exc:
+        require_closed_tls(config, "temporal.yaml")
+    assert "\n" not in str(exc.value) and problems[0] in str(exc.value)
+
+
+@pytest.mark.parametrize("config", [None, [], "tls", {"global": None}, {"global": {"tls": []}},
+                                    {"global": {"tls": {"frontend": "x", "internode": {"server": []}}}}])
+def test_the_guard_refuses_shapes_that_are_not_a_config(config):
+    assert tls_problems(config)
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory):
+    """A bundle and a templates copy for planting server configs into render-config."""
+    directory = tmp_path_factory.mktemp("guard")
+    templates = directory / "templates"
+    shutil.copytree(default_templates_dir(), templates)
+    return make_bundle(directory / "bundle"), templates
+
+
+def _plant_server_config(templates, config: dict) -> None:
+    text = "{{ header }}\n{% raw %}" + yaml.safe_dump(config, sort_keys=False) + "{% endraw %}"
+    (templates / "temporal.yaml.j2").write_text(text)
+
+
+def test_a_planted_good_config_renders(guarded, server_config, tmp_path):
+    bundle, templates = guarded
+    _plant_server_config(templates, server_config)
+    result = run_main("render-config", "--config", bundle.config_path, "--out", bundle.root, "--templates", templates)
+    assert result.code == 0, result.err
+
+
+@settings(max_examples=15)
+@given(choices=weakenings())
+def test_render_config_refuses_a_server_config_that_fails_open(guarded, server_config, choices):
+    bundle, templates = guarded
+    config = copy.deepcopy(server_config)
+    config["global"]["tls"] = weakened(config["global"]["tls"], choices)
+    _plant_server_config(templates, config)
+    before = snapshot(bundle.root)
+    for command in ("render-config", "init"):
+        result = run_main(command, "--config", bundle.config_path, "--out", bundle.root, "--templates", templates)
+        result.assert_one_error("temporal.yaml.j2", "fail open")
+        assert snapshot(bundle.root) == before
