@@ -16,8 +16,9 @@ from ..core.durations import parse_duration
 from ..errors import BundleError
 from ..ops.expiry import check, fetch_jwks
 from ..core.pki import utcnow
+from ..servers import MAX_CONNECTIONS
 from .check_expiry import exit_code, prometheus_text, thresholds_of
-from .common import add_out
+from .common import add_out, serve_until_interrupted
 
 HELP = "serve check-expiry's metrics over HTTP for Prometheus (/metrics, /metrics/tokens, /healthz)"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -35,17 +36,21 @@ def add_parser(sub, name):
     option("--ca-file", type=Path, metavar="FILE", help="CA for an https --jwks-url (default: DIR/trust/ca.pem)")
     option("--timeout", default="5s", metavar="DURATION", help="timeout for fetching --jwks-url (default: 5s)")
     option("--textfile", type=Path, metavar="FILE", help="a metrics file to serve at /metrics/tokens")
+    option("--max-connections", type=int, default=MAX_CONNECTIONS,
+           help=f"open connections at most; the oldest idle one makes room (default: {MAX_CONNECTIONS})")
     parser.set_defaults(run=run, warn=None, crit=None)
 
 
 def run(args) -> int:
-    from aiohttp import web  # only this command and the HTTPS servers need it
+    from ..servers.http import Limits, Service  # aiohttp: only this command and the HTTPS servers need it
 
     thresholds = thresholds_of(args)  # a bad config fails now, not on the first scrape
     directory = Path(args.directory or args.out).resolve()
     timeout = parse_duration(args.timeout, "--timeout")
     if not 1 <= args.port <= 65535:
         raise BundleError(f"--port must be 1-65535, got {args.port}")
+    if args.max_connections < 1:
+        raise BundleError("--max-connections must be at least 1")
 
     def scrape() -> str:
         jwks = None
@@ -54,27 +59,51 @@ def run(args) -> int:
         report = check(directory, utcnow(), thresholds, jwks)
         return prometheus_text(report, exit_code(report))
 
+    try:  # the guarded listener: capped connections, header deadlines, bounded request heads
+        server = Service(exporter_app(OneScrapeAtATime(scrape), args.textfile), args.host, args.port, None,
+                         Limits(max_connections=args.max_connections))
+    except OSError as exc:
+        raise BundleError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    print(f"serving expiry metrics of {directory} at http://{args.host}:{args.port}/metrics", flush=True)
+    return serve_until_interrupted(server)
+
+
+class OneScrapeAtATime:
+    """The check runs in a worker thread, one at a time: requests that arrive while it runs share
+    its result. A flood of /metrics requests costs one check's memory (a JWKS of at most 1 MiB,
+    the certificates), not one per request."""
+
+    def __init__(self, scrape):
+        self.scrape, self._running = scrape, None
+
+    async def text(self) -> str:
+        if self._running is None:
+            self._running = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(None, self.scrape))
+            self._running.add_done_callback(self._finished)
+        return await asyncio.shield(self._running)
+
+    def _finished(self, _future) -> None:
+        self._running = None
+
+
+def exporter_app(scrapes: OneScrapeAtATime, textfile: Path | None):
+    from aiohttp import web
+
     async def metrics(_request):
-        text = await asyncio.get_running_loop().run_in_executor(None, scrape)
-        return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+        return web.Response(body=(await scrapes.text()).encode(), headers={"Content-Type": CONTENT_TYPE})
 
     async def tokens(_request):
-        if args.textfile is None:
+        if textfile is None:
             raise web.HTTPNotFound(text="no --textfile\n")
         try:
-            body = args.textfile.read_bytes()
+            body = textfile.read_bytes()
         except OSError as exc:  # the scrape fails: up == 0 for the job, which alerts
-            raise web.HTTPServiceUnavailable(text=f"cannot read {args.textfile}: {exc.strerror or exc}\n") from None
+            raise web.HTTPServiceUnavailable(text=f"cannot read {textfile}: {exc.strerror or exc}\n") from None
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def healthz(_request):
         return web.Response(text="ok\n")
 
-    app = web.Application()
+    app = web.Application(client_max_size=1024)  # GET only: no body is ever read
     app.add_routes([web.get("/metrics", metrics), web.get("/metrics/tokens", tokens), web.get("/healthz", healthz)])
-    print(f"serving expiry metrics of {directory} at http://{args.host}:{args.port}/metrics", flush=True)
-    try:
-        web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
-    except OSError as exc:
-        raise BundleError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
-    return 0
+    return app

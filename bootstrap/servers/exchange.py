@@ -18,6 +18,7 @@ request names the identity and what it was granted; tokens are never logged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.parse
@@ -144,6 +145,7 @@ class Exchange:
     def __init__(self, policy: ExchangePolicy, key: ReloadingKey, limits: Limits):
         self.policy, self.signing, self.limits = policy, key, limits
         self.keys = {i.issuer: IssuerKeys(i) for i in policy.workload.issuers}
+        self.guard = None  # the listener's connection guard, once the service has one
 
     @property
     def key(self) -> SigningKey:
@@ -180,7 +182,8 @@ class Exchange:
             raise OAuthError(400, "invalid_request", f"Content-Type must be {FORM_TYPE}")
         try:
             length = declared_length(request, self.limits)  # limits.max_body is MAX_FORM
-            body = await read_body(request, length, self.limits)
+            with self._evictable(request):
+                body = await read_body(request, length, self.limits)
         except Refusal as refusal:
             raise OAuthError(refusal.status, "invalid_request", refusal.message) from None
         try:
@@ -191,6 +194,19 @@ class Exchange:
         if len(set(names)) != len(names):  # RFC 6749 3.2: parameters must not repeat
             raise OAuthError(400, "invalid_request", "a parameter is repeated")
         return dict(pairs)
+
+    @contextlib.contextmanager
+    def _evictable(self, request: web.Request):
+        """While a body trickles in, its connection is evictable like an idle one: a thousand
+        connections that never finish their forms must not hold every slot (the guard refuses new
+        connections when none is idle). An evicted body ends in read_body's 408."""
+        if self.guard is not None:
+            self.guard.set_busy(request, False)
+        try:
+            yield
+        finally:
+            if self.guard is not None:
+                self.guard.set_busy(request, True)
 
     async def _grant(self, form: dict[str, str], audit: dict) -> dict:
         if form.get("grant_type") != GRANT_TYPE:
@@ -265,5 +281,5 @@ def make_server(host: str, port: int, *, policy: ExchangePolicy, key_file: Path,
     app.router.add_route("*", "/{tail:.*}", exchange.route)
     app.on_cleanup.append(lambda _app: exchange.close())
     service = Service(app, host, port, tls, limits)
-    service.exchange = exchange
+    service.exchange, exchange.guard = exchange, service.guard
     return service
