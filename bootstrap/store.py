@@ -8,6 +8,7 @@ import contextlib
 import fcntl
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,6 +183,31 @@ def read_secret(path: str | Path, where: str) -> str:
     if not value:
         raise BundleError(f"{where}: {path} is empty")
     return value
+
+
+def check_plain_path(root: Path, path: Path) -> None:
+    """Refuse a write that would go through a symbolic link: under root every component of path
+    must be a real directory and the file itself a regular file (or not exist yet). Checked (with
+    lstat, following nothing) while planning, so a refused run writes nothing."""
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        raise BundleError(f"{path} is not under {root}") from None
+    current = root
+    for depth, part in enumerate(parts, start=1):
+        current = current / part
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise BundleError(f"cannot use {current}: {exc.strerror or exc}") from None
+        leaf = depth == len(parts)
+        if stat.S_ISLNK(mode):
+            raise BundleError(f"{current} is a symbolic link: refusing to write {path} through it")
+        if not (stat.S_ISREG(mode) if leaf else stat.S_ISDIR(mode)):
+            kind = "regular file" if leaf else "directory"
+            raise BundleError(f"{current} is not a {kind}: refusing to write {path}")
 
 
 def _ensure_dir(directory: Path, root: Path) -> None:

@@ -7,12 +7,14 @@ import argparse
 import os
 import stat
 import sys
+import unicodedata
 from pathlib import Path
 
 from ..core.hsm import is_reference
-from ..ops.backup import CONFIG_NAME, DUMP_PREFIX, Archive, Entry, ca_fingerprint, check_dump, open_archive, parse_dump_stream, seal
+from ..ops.backup import (CONFIG_MODE, CONFIG_NAME, DUMP_PREFIX, Archive, Entry, check_dump, check_same_cluster, open_archive,
+                          parse_dump_stream, plan_config, plan_restore, seal)
 from ..errors import BundleError
-from ..store import Action, Layout, Skip, Write, apply, locked, parse_owners, read_optional, write_atomic
+from ..store import Layout, Write, apply, locked, parse_owners, read_optional, write_atomic
 from .common import add_config, add_out, add_owner, report
 
 HELP = "encrypted backup archive: create, verify, restore (bundle files), dump (one database)"
@@ -30,7 +32,6 @@ variable BACKUP_PASSPHRASE; never from the command line.
 ACTIONS = ("create", "verify", "restore", "dump")
 MIN_PASSPHRASE = 12
 ARCHIVE_MODE = 0o600
-CONFIG_MODE = 0o644
 
 
 def add_parser(sub, name):
@@ -80,9 +81,16 @@ def read_passphrase(path: Path | None, minimum: int) -> bytes:
         passphrase, source = os.environb.get(b"BACKUP_PASSPHRASE", b""), "BACKUP_PASSPHRASE"
         if not passphrase:
             raise BundleError("no passphrase: set BACKUP_PASSPHRASE_FILE (a file) or BACKUP_PASSPHRASE")
-    if len(passphrase) < minimum:
+    if characters(passphrase) < minimum:
         raise BundleError(f"the passphrase from {source} is too short (at least {minimum} characters)")
     return passphrase
+
+
+def characters(passphrase: bytes) -> int:
+    """Unicode characters after NFC normalization (e + combining accent is one), not bytes; a
+    byte that is not UTF-8 counts as one. The key is derived from the bytes as given, so
+    archives made before this count still open."""
+    return len(unicodedata.normalize("NFC", passphrase.decode("utf-8", errors="replace")))
 
 
 def parse_file_owner(spec: str | None) -> tuple[int, int] | None:
@@ -159,48 +167,22 @@ def load_archive(path: Path, passphrase: bytes) -> Archive:
     return open_archive(data, passphrase, str(path))
 
 
-def check_same_cluster(layout: Layout, archive: Archive) -> None:
-    """A bundle that already has a server CA takes back only its own cluster's archive."""
-    existing = read_optional(layout.ca_cert)
-    if existing is None:
-        return
-    here = ca_fingerprint(existing, str(layout.ca_cert))
-    if here != archive.server_ca_sha256:
-        raise BundleError(
-            f"the archive is from another cluster: its server CA is sha256 {archive.server_ca_sha256[:16]}..., "
-            f"this bundle's ({layout.ca_cert}) is {here[:16]}...; refusing to mix them"
-        )
-
-
 def restore(args, layout: Layout, archive: Archive) -> None:
     with locked(layout):
         actions = plan_restore(layout, archive)
-        config = plan_config(args.config_out, archive)
+        config = plan_config(args.config_out, archive) if args.config_out else None
+        if isinstance(config, Write):  # first: a host path is likelier to fail than the bundle
+            write_file(config, parse_file_owner(args.file_owner))
         apply(layout, actions)
-        if isinstance(config, Write):
-            write_atomic(config.path, config.data, config.mode, owner=parse_file_owner(args.file_owner))
     report(layout, actions + ([config] if config else []))
     print(f"restored {len(archive.bundle_files())} bundle files; server CA sha256 {archive.server_ca_sha256}")
 
 
-def plan_restore(layout: Layout, archive: Archive) -> list[Action]:
-    actions: list[Action] = []
-    for entry in archive.bundle_files():
-        path = layout.root / entry.name
-        same = read_optional(path) == entry.data and stat.S_IMODE(path.stat().st_mode) == entry.mode
-        actions.append(Skip(path, "already as in the archive") if same else Write(path, entry.data, entry.mode, "restored"))
-    return actions
-
-
-def plan_config(path: Path | None, archive: Archive) -> Action | None:
-    if path is None:
-        return None
-    data = archive.entries[CONFIG_NAME].data if CONFIG_NAME in archive.entries else None
-    if data is None:
-        raise BundleError("the archive holds no bundle.yaml")
-    if read_optional(path) == data:
-        return Skip(path, "already as in the archive")
-    return Write(path.resolve(), data, CONFIG_MODE, "restored")
+def write_file(action: Write, owner: tuple[int, int] | None) -> None:
+    try:
+        write_atomic(action.path, action.data, action.mode, owner=owner)
+    except OSError as exc:
+        raise BundleError(f"cannot write {action.path}: {exc.strerror or exc}") from None
 
 
 def summary(path: Path, archive: Archive) -> str:

@@ -11,10 +11,13 @@ Layout (all integers big-endian):
 
 The key is scrypt(passphrase, salt). The payload is a manifest (JSON, 4-byte length first) and
 the files' bytes in manifest order; the manifest holds each file's size, sha256 and mode, and the
-server CA's fingerprint, which names the cluster the archive belongs to.
+server CA's fingerprint. The cluster an archive belongs to is the fingerprint computed from its
+own private/ca.pem: the manifest's copy must agree, it is never trusted alone.
 
 Opening checks, in order: length and magic (truncated / not an archive), the check tag (wrong
-passphrase), the body tag (tampered), then every file's checksum. Any failure is one BundleError.
+passphrase), the body tag (tampered), the manifest's schema (strict JSON, known keys and types,
+safe unique names, sizes), every file's checksum, then the server CA. Any failure is one
+BundleError.
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ import binascii
 import hashlib
 import json
 import os
+import re
+import stat
 import struct
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidTag
@@ -37,6 +43,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from .. import __version__
 from ..errors import BundleError
+from ..store import Action, Layout, Skip, Write, check_plain_path, read_optional
+from .plan import DOMAINS
 
 MAGIC = b"TBBACKUP"
 VERSION = 1
@@ -51,7 +59,14 @@ BUNDLE_PREFIXES = ("private/", "codec-keys/", "codec-kek/")
 BUNDLE_NAMES = ("exchange/signing.key",)
 CONFIG_NAME = "bundle.yaml"
 DUMP_PREFIX = "databases/"
+DUMP_NAME = re.compile(r"databases/[^/]+\.dump")
+SERVER_CA = "private/ca.pem"  # its fingerprint names the cluster an archive belongs to
+MANIFEST_TYPES = {"format": int, "created": str, "bundle_version": str, "server_ca_sha256": str, "files": list}
+FILE_TYPES = {"name": str, "size": int, "sha256": str, "mode": int}
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+MAX_TEXT = 1024  # characters in a name or any other text field
 PGDUMP_MAGIC = b"PGDMP"  # pg_dump --format=custom
+CONFIG_MODE = 0o644
 
 
 @dataclass(frozen=True)
@@ -65,10 +80,7 @@ class Entry:
 class Archive:
     manifest: dict
     entries: dict[str, Entry]
-
-    @property
-    def server_ca_sha256(self) -> str:
-        return self.manifest["server_ca_sha256"]
+    server_ca_sha256: str  # computed from the archive's private/ca.pem, never taken from the manifest
 
     def bundle_files(self) -> list[Entry]:
         return [e for e in self.entries.values() if e.name.startswith(BUNDLE_PREFIXES) or e.name in BUNDLE_NAMES]
@@ -121,11 +133,19 @@ def seal(entries: list[Entry], passphrase: bytes, log2_n: int = SCRYPT_LOG2_N) -
     for entry in entries:
         check_name(entry.name)
     by_name = {e.name: e for e in entries}
-    if "private/ca.pem" not in by_name:
-        raise BundleError("a backup needs the server CA (private/ca.pem)")
-    manifest = build_manifest(entries, ca_fingerprint(by_name["private/ca.pem"].data, "private/ca.pem"))
+    if SERVER_CA not in by_name:
+        raise BundleError(f"a backup needs the server CA ({SERVER_CA})")
+    manifest = build_manifest(entries, ca_fingerprint(by_name[SERVER_CA].data, SERVER_CA))
+    return seal_manifest(manifest, b"".join(e.data for e in entries), passphrase, log2_n)
+
+
+def seal_manifest(manifest: Any, files: bytes, passphrase: bytes, log2_n: int = SCRYPT_LOG2_N) -> bytes:
+    """The archive for this manifest and the files' bytes, unchecked (tests seal crafted ones)."""
     encoded = json.dumps(manifest, sort_keys=True).encode()
-    payload = struct.pack(">I", len(encoded)) + encoded + b"".join(e.data for e in entries)
+    return seal_payload(struct.pack(">I", len(encoded)) + encoded + files, passphrase, log2_n)
+
+
+def seal_payload(payload: bytes, passphrase: bytes, log2_n: int = SCRYPT_LOG2_N) -> bytes:
     salt, check_nonce, body_nonce = os.urandom(16), os.urandom(12), os.urandom(12)
     key = derive_key(passphrase, salt, log2_n, SCRYPT_R, SCRYPT_P)
     header = HEADER.pack(MAGIC, VERSION, log2_n, SCRYPT_R, SCRYPT_P, salt, check_nonce, body_nonce,
@@ -176,24 +196,160 @@ def _split(data: bytes, what: str) -> tuple[bytes, bytes, bytes]:
 
 
 def _parse_payload(payload: bytes, what: str) -> Archive:
+    manifest, offset = _read_manifest(payload, what)
     try:
-        (size,) = struct.unpack(">I", payload[:4])
-        manifest = json.loads(payload[4 : 4 + size])
-        files = manifest["files"]
-        manifest["server_ca_sha256"]
-    except (struct.error, ValueError, KeyError, TypeError):
-        raise BundleError(f"{what}: unreadable manifest") from None
-    offset, entries = 4 + size, {}
-    for item in files:
+        check_manifest(manifest, len(payload) - offset)
+    except BundleError as exc:
+        raise BundleError(f"{what}: invalid manifest: {exc}") from None
+    entries = {}
+    for item in manifest["files"]:
         data = payload[offset : offset + item["size"]]
         offset += item["size"]
-        check_name(item["name"])
         if hashlib.sha256(data).hexdigest() != item["sha256"]:
             raise BundleError(f"{what}: checksum mismatch for {item['name']}")
-        entries[item["name"]] = Entry(item["name"], data, int(item["mode"]) & 0o777)
-    if offset != len(payload):
-        raise BundleError(f"{what}: the manifest does not account for every byte")
-    return Archive(manifest, entries)
+        entries[item["name"]] = Entry(item["name"], data, item["mode"] & 0o777)
+    return Archive(manifest, entries, _server_ca_of(manifest, entries, what))
+
+
+def _read_manifest(payload: bytes, what: str) -> tuple[Any, int]:
+    """The manifest's JSON (strict: no NaN, no key twice) and where the files' bytes start."""
+    if len(payload) < 4 or struct.unpack(">I", payload[:4])[0] > len(payload) - 4:
+        raise BundleError(f"{what}: unreadable manifest (its length is past the end)")
+    end = 4 + struct.unpack(">I", payload[:4])[0]
+    try:
+        return json.loads(payload[4:end], object_pairs_hook=_unique_keys, parse_constant=_no_constant), end
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
+        raise BundleError(f"{what}: unreadable manifest (not strict JSON)") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    if len({key for key, _ in pairs}) != len(pairs):
+        raise ValueError("a key appears twice")
+    return dict(pairs)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def check_manifest(manifest: Any, files_size: int) -> None:
+    """The manifest's schema, checked before any of it is used: exactly the known keys, each of
+    its type; names relative, normal, printable, unique and where a backup may hold files; sizes
+    that add up to the bytes that follow. Raises BundleError saying what is wrong."""
+    _check_keys(manifest, MANIFEST_TYPES, "the manifest")
+    if manifest["format"] != VERSION:
+        raise BundleError(f"format {manifest['format']} (this bundle reads {VERSION})")
+    _check_sha256(manifest["server_ca_sha256"], "server_ca_sha256")
+    names: set[str] = set()
+    for index, item in enumerate(manifest["files"]):
+        _check_file(item, f"files[{index}]")
+        if item["name"] in names:
+            raise BundleError(f"files[{index}]: {item['name']!r} is listed twice")
+        names.add(item["name"])
+    _check_tree(names)
+    if SERVER_CA not in names:
+        raise BundleError(f"it lists no server CA ({SERVER_CA}), which names the cluster")
+    if sum(item["size"] for item in manifest["files"]) != files_size:
+        raise BundleError("its sizes do not account for every byte of the archive")
+
+
+def _check_keys(value: Any, types: dict[str, type], where: str) -> None:
+    if not isinstance(value, dict):
+        raise BundleError(f"{where} is a {type(value).__name__}, not a mapping")
+    if set(value) != set(types):
+        unknown, missing = sorted(set(value) - set(types)), sorted(set(types) - set(value))
+        raise BundleError(f"{where}: unknown keys {unknown}, missing keys {missing}")
+    for key, expected in types.items():
+        # bool is an int in Python, never in a manifest
+        if not isinstance(value[key], expected) or isinstance(value[key], bool):
+            raise BundleError(f"{where}: {key} is a {type(value[key]).__name__}, not a {expected.__name__}")
+        if isinstance(value[key], str) and len(value[key]) > MAX_TEXT:
+            raise BundleError(f"{where}: {key} is longer than {MAX_TEXT} characters")
+
+
+def _check_file(item: Any, where: str) -> None:
+    _check_keys(item, FILE_TYPES, where)
+    _check_sha256(item["sha256"], f"{where}: sha256")
+    if item["size"] < 0:
+        raise BundleError(f"{where}: size {item['size']} is negative")
+    if not 0 <= item["mode"] <= 0o7777:
+        raise BundleError(f"{where}: mode {item['mode']} is not a file mode")
+    name = item["name"]
+    if not name.isprintable():  # NUL, control characters, lone surrogates from JSON escapes
+        raise BundleError(f"{where}: name {name!r} holds a character that is not printable")
+    check_name(name)
+    if name.startswith(DUMP_PREFIX) and not DUMP_NAME.fullmatch(name):
+        raise BundleError(f"{where}: {name!r} is not {DUMP_PREFIX}NAME.dump")
+
+
+def _check_sha256(value: str, where: str) -> None:
+    if not SHA256_HEX.fullmatch(value):
+        raise BundleError(f"{where} is not a sha256 in hex")
+
+
+def _check_tree(names: set[str]) -> None:
+    """No entry is a directory another entry needs (private/jwt as a file and private/jwt/x)."""
+    for name in names:
+        for parent in PurePosixPath(name).parents:
+            if str(parent) in names:
+                raise BundleError(f"{str(parent)!r} is a file, and {name!r} needs it to be a directory")
+
+
+def _server_ca_of(manifest: dict, entries: dict[str, Entry], what: str) -> str:
+    """The cluster's name, from the archive's own CA certificate: the manifest only repeats it."""
+    computed = ca_fingerprint(entries[SERVER_CA].data, f"{what}: {SERVER_CA}")
+    if computed != manifest["server_ca_sha256"]:
+        raise BundleError(f"{what}: invalid manifest: it names server CA sha256 {manifest['server_ca_sha256'][:16]}..., "
+                          f"the archive's {SERVER_CA} is {computed[:16]}...")
+    return computed
+
+
+# --------------------------------------------------------------------------- restoring
+
+
+def check_same_cluster(layout: Layout, archive: Archive) -> None:
+    """A bundle that already has a server CA takes back only its own cluster's archive. The server
+    CA names the cluster; each other domain CA both hold must match as well, since a server CA
+    certificate is public and could front another cluster's keys in a crafted archive."""
+    existing = read_optional(layout.ca_cert)
+    if existing is None:
+        return
+    here = ca_fingerprint(existing, str(layout.ca_cert))
+    if here != archive.server_ca_sha256:
+        raise BundleError(
+            f"the archive is from another cluster: its server CA is sha256 {archive.server_ca_sha256[:16]}..., "
+            f"this bundle's ({layout.ca_cert}) is {here[:16]}...; refusing to mix them"
+        )
+    for domain in DOMAINS:
+        cert = layout.domain_ca(domain)[0]
+        ours, theirs = read_optional(cert), archive.entries.get(layout.relative(cert))
+        if ours is not None and theirs is not None and \
+                ca_fingerprint(ours, str(cert)) != ca_fingerprint(theirs.data, f"the archive's {theirs.name}"):
+            raise BundleError(f"the archive is from another cluster: its {domain} CA differs from this bundle's "
+                              f"({cert}), although the server CA is the same; refusing to mix them")
+
+
+def plan_restore(layout: Layout, archive: Archive) -> list[Action]:
+    """Write each bundle file that differs; nothing through a symbolic link under the bundle."""
+    actions: list[Action] = []
+    for entry in archive.bundle_files():
+        path = layout.root / entry.name
+        check_plain_path(layout.root, path)
+        same = read_optional(path) == entry.data and stat.S_IMODE(path.stat().st_mode) == entry.mode
+        actions.append(Skip(path, "already as in the archive") if same else Write(path, entry.data, entry.mode, "restored"))
+    return actions
+
+
+def plan_config(path: Path, archive: Archive) -> Action:
+    """bundle.yaml to `path`: the file itself, never where a symbolic link there points."""
+    if CONFIG_NAME not in archive.entries:
+        raise BundleError("the archive holds no bundle.yaml")
+    path = Path(os.path.abspath(path))
+    check_plain_path(path.parent, path)
+    data = archive.entries[CONFIG_NAME].data
+    if read_optional(path) == data:
+        return Skip(path, "already as in the archive")
+    return Write(path, data, CONFIG_MODE, "restored")
 
 
 # --------------------------------------------------------------------------- dumps on stdin

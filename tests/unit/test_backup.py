@@ -5,14 +5,17 @@ archive is refused with one error line and nothing written."""
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import os
 import random
 import stat
+import struct
 
 import pytest
 
-from bootstrap.ops.backup import HEADER, PREFIX_SIZE, open_archive, parse_dump_stream
+from bootstrap.ops.backup import HEADER, PREFIX_SIZE, ca_fingerprint, open_archive, parse_dump_stream
 from bootstrap.errors import BundleError
 from bootstrap.core.pki import load_cert, signed_by
 from bootstrap.ops.plan import DOMAINS
@@ -283,3 +286,174 @@ def test_exchange_key_round_trips_so_live_exchanged_tokens_stay_valid(cli, bundl
     resumed = cli("rotate", "--config", bundle.config_path, "--out", target)  # the rotation carries on there
     assert resumed.code == 0 and "rotation exchange-key: phase published" in resumed.out, resumed
 
+
+
+# --------------------------------------------------------------------------- crafted archives
+# What the outside probes found (issue 26): each archive below is sealed with the right
+# passphrase, so it reaches the checks after decryption.
+
+
+def reseal(data: bytes, *, manifest=None, entries=None) -> bytes:
+    """The archive re-sealed after `manifest(dict) -> object` and/or `entries(dict) -> dict` changed it."""
+    from bootstrap.ops.backup import seal_manifest
+
+    opened = open_archive(data, PASSPHRASE.encode())
+    files = {name: entry.data for name, entry in opened.entries.items()}
+    files = entries(files) if entries else files
+    listed = copy.deepcopy(opened.manifest)
+    listed["files"] = [{"name": n, "size": len(d), "sha256": hashlib.sha256(d).hexdigest(), "mode": 0o600}
+                       for n, d in files.items()]
+    listed = manifest(listed) if manifest else listed
+    return seal_manifest(listed, b"".join(files.values()), PASSPHRASE.encode(), log2_n=14)
+
+
+def write_archive(tmp_path, data: bytes, name: str = "crafted.tbak"):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def test_the_cluster_check_uses_the_archives_own_ca_not_what_its_manifest_claims(cli, archive, bundle_maker, snap, tmp_path):
+    """Cluster B's archive whose manifest names cluster A's server CA fingerprint is still B's."""
+    other = bundle_maker()
+    theirs = ca_fingerprint(other.layout.ca_cert.read_bytes(), "A's CA")
+    crafted = write_archive(tmp_path, reseal(archive.read_bytes(), manifest=lambda m: {**m, "server_ca_sha256": theirs}))
+    assert_refused(cli, crafted, other.root, snap)
+    other.run("backup", "verify", "--archive", crafted).assert_one_error()
+
+
+def test_another_clusters_keys_behind_this_clusters_public_server_ca_are_refused(cli, archive, bundle_maker, snap, tmp_path):
+    """The server CA certificate is public (trust/ca.pem): copied into cluster B's archive it must
+    not carry B's other CAs and keys onto cluster A."""
+    other = bundle_maker()
+    theirs = other.layout.ca_cert.read_bytes()
+
+    def swap_ca(files):
+        return {**files, "private/ca.pem": theirs}
+
+    def name_it(manifest):
+        return {**manifest, "server_ca_sha256": ca_fingerprint(theirs, "A's CA")}
+
+    crafted = write_archive(tmp_path, reseal(archive.read_bytes(), entries=swap_ca, manifest=name_it))
+    assert_refused(cli, crafted, other.root, snap, "another cluster")
+
+
+def tree(root) -> dict[str, tuple]:
+    """Like the snap fixture, but links are recorded as links, never followed."""
+    found = {}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(directory, name)
+            st = os.lstat(path)
+            content = os.readlink(path) if stat.S_ISLNK(st.st_mode) else \
+                open(path, "rb").read() if stat.S_ISREG(st.st_mode) else None
+            found[os.path.relpath(path, root)] = (st.st_mode, st.st_mtime_ns, content)
+    return found
+
+
+@pytest.mark.parametrize("link", ["private", "private/jwt", "codec-keys/keys.json", "codec-kek"])
+def test_restore_follows_no_symlink_under_the_target(cli, archive, tmp_path, snap, link):
+    """A symlink anywhere on the way to a restored file (a directory or the file itself) is
+    refused before anything is written, inside the bundle or where the link points."""
+    target, outside = tmp_path / "target", tmp_path / "outside"
+    (target / link).parent.mkdir(parents=True)
+    outside.mkdir()
+    (outside / "keep").write_text("not the bundle's\n")
+    (target / link).symlink_to(outside if not link.endswith(".json") else outside / "keep")
+    before, outside_before = tree(target), snap(outside)
+    line = restore(cli, archive, target).assert_one_error("symbolic link", link)
+    assert PASSPHRASE not in line
+    assert tree(target) == before and snap(outside) == outside_before
+    assert os.path.islink(target / link)
+
+
+def test_restore_writes_no_config_through_a_symlink(cli, archive, tmp_path, snap):
+    target, outside = tmp_path / "target", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim.yaml").write_text("mine\n")
+    link = tmp_path / "bundle.yaml"
+    link.symlink_to(outside / "victim.yaml")
+    outside_before = snap(outside)
+    restore(cli, archive, target, "--config-out", link).assert_one_error("symbolic link")
+    assert snap(outside) == outside_before and not target.exists() and link.is_symlink()
+
+
+def crafted_manifests():
+    """(id, manifest -> manifest): each breaks one rule of the manifest's schema."""
+    def file_field(key, value, index=0):
+        def change(m):
+            m["files"][index][key] = value
+            return m
+        return change
+
+    def add_file(item):
+        def change(m):
+            m["files"].append(item)
+            return m
+        return change
+
+    def conflicting(m):  # a file where another entry needs a directory
+        m["files"].append({**m["files"][0], "name": "codec-keys/keys.json/x", "size": 0,
+                           "sha256": hashlib.sha256(b"").hexdigest()})
+        return m
+
+    empty = {"size": 0, "sha256": hashlib.sha256(b"").hexdigest(), "mode": 0o600}
+    return {
+        "nul in a name": file_field("name", "private/c\x00a.pem", -1),
+        "size a string": file_field("size", "12"),
+        "size a float": file_field("size", 12.0),
+        "size negative": file_field("size", -1),
+        "size a bool": file_field("size", True),
+        "mode a string": file_field("mode", "0600"),
+        "mode too large": file_field("mode", 1 << 40),
+        "sha256 a number": file_field("sha256", 5),
+        "name a list": file_field("name", ["private/ca.pem"]),
+        "name absolute": add_file({**empty, "name": "/private/x"}),
+        "name with ..": add_file({**empty, "name": "private/../x"}),
+        "name not normal": add_file({**empty, "name": "private//x"}),
+        "name a surrogate": add_file({**empty, "name": "private/\udcff"}),
+        "name twice": lambda m: add_file({**empty, "name": m["files"][0]["name"]})(m),
+        "file and directory": conflicting,
+        "unknown file key": file_field("owner", "root"),
+        "missing file key": lambda m: [m["files"][0].pop("mode"), m][1],
+        "unknown key": lambda m: {**m, "extra": 1},
+        "missing key": lambda m: {k: v for k, v in m.items() if k != "created"},
+        "files a mapping": lambda m: {**m, "files": {f["name"]: f for f in m["files"]}},
+        "file a list": lambda m: {**m, "files": [list(f.items()) for f in m["files"]]},
+        "format a string": lambda m: {**m, "format": "1"},
+        "fingerprint a number": lambda m: {**m, "server_ca_sha256": 7},
+        "a list": lambda m: [m],
+        "null": lambda m: None,
+    }
+
+
+@pytest.mark.parametrize("case", list(crafted_manifests()))
+def test_a_crafted_manifest_is_one_error_for_verify_and_restore(cli, archive, tmp_path, snap, case):
+    crafted = write_archive(tmp_path, reseal(archive.read_bytes(), manifest=crafted_manifests()[case]))
+    cli("backup", "verify", "--archive", crafted, "--out", tmp_path / "none").assert_one_error("manifest")
+    assert_refused(cli, crafted, tmp_path / "target", snap, "manifest")
+    assert not (tmp_path / "target").exists()
+
+
+def test_an_archive_without_its_server_ca_is_one_error(cli, archive, tmp_path):
+    crafted = write_archive(tmp_path, reseal(archive.read_bytes(), entries=lambda files: {
+        name: data for name, data in files.items() if name != "private/ca.pem"}))
+    cli("backup", "verify", "--archive", crafted, "--out", tmp_path / "none").assert_one_error("private/ca.pem")
+
+
+@pytest.mark.parametrize("manifest", [b"[" * 100_000, b'{"format": NaN}', b'{"format": 1, "format": 1}', b"\xff\xfe"])
+def test_an_unparsable_manifest_is_one_error(cli, tmp_path, manifest):
+    from bootstrap.ops.backup import seal_payload
+
+    crafted = write_archive(tmp_path, seal_payload(struct.pack(">I", len(manifest)) + manifest, PASSPHRASE.encode(), 14))
+    cli("backup", "verify", "--archive", crafted, "--out", tmp_path / "none").assert_one_error("manifest")
+
+
+@pytest.mark.parametrize("passphrase", ["é" * 11, "e\u0301" * 6 + "abcde"])
+def test_the_passphrase_minimum_counts_characters_not_bytes(fresh_bundle, dump_args, tmp_path, monkeypatch, passphrase):
+    """11 characters are 22 bytes in UTF-8; an e and a combining accent are one character (NFC)."""
+    assert len(passphrase.encode()) >= 12
+    monkeypatch.setenv("BACKUP_PASSPHRASE", passphrase)
+    fresh_bundle.run("backup", "create", "--archive", tmp_path / "s.tbak", *dump_args).assert_one_error("too short")
+    monkeypatch.setenv("BACKUP_PASSPHRASE", "é" * 12)
+    assert fresh_bundle.run("backup", "create", "--archive", tmp_path / "s.tbak", *dump_args).code == 0
