@@ -242,7 +242,7 @@ def _workload_secrets(config: BundleConfig, read: _Reader, n: dict[str, str], se
     registrar, jwks, codec = read.leaf("registrar", "system"), read.leaf("jwks", "server"), read.leaf("codec", "server")
     gate_server, gate_client = read.leaf("ui-gate", "server"), read.leaf("ui-gate", "client")
     return [
-        _tls_secret(n["web"], "Web UI (web.tls)", read.leaf("ui", "client"), server_ca),
+        _tls_secret(n["web"], "Web UI (web.additionalVolumes)", read.leaf("ui", "client"), server_ca),
         _admintools_secret(read, n["admintools"], server_ca),
         _bundle_secret(n["registrar"], "namespace registration Job", {
             "registrar/system.pem": registrar[0], "registrar/system.key": registrar[1],
