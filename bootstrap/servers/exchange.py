@@ -18,6 +18,7 @@ request names the identity and what it was granted; tokens are never logged.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -79,24 +80,32 @@ class IssuerKeys:
         token_file = Path(issuer.auth_token_file) if issuer.auth_token_file else None
         self.fetcher = JSONFetcher(cafile, token_file, limits)
         self._jwks: URLJWKS | None = self._keys_at(issuer.jwks_uri) if issuer.jwks_uri else None
-        self._discovery_failed_at = float("-inf")
+        self._discovery: asyncio.Future | None = None
+        self._discovery_failed_at, self._discovery_error = float("-inf"), ""
 
     def _keys_at(self, jwks_uri: str) -> URLJWKS:
         return URLJWKS(jwks_uri, self.fetcher.cafiles, token_file=self.fetcher.token_file, fetcher=self.fetcher)
 
     async def key_set(self, kid: str) -> dict:
         if self._jwks is None:
-            if time.monotonic() - self._discovery_failed_at < 5.0:
-                raise JWKSUnavailable(f"{self.issuer.discovery}: discovery failed recently")
-            try:
-                self._jwks = self._keys_at(await self._discover())
-            except FetchError as exc:
-                self._discovery_failed_at = time.monotonic()
-                raise JWKSUnavailable(f"{self.issuer.discovery}: {exc}") from None
+            if self._discovery is None:
+                if time.monotonic() - self._discovery_failed_at < 5.0:
+                    raise JWKSUnavailable(f"{self.issuer.discovery}: discovery failed recently")
+                self._discovery = asyncio.ensure_future(self._discover())
+            await asyncio.shield(self._discovery)  # every request waiting for discovery shares one fetch
+            if self._jwks is None:
+                raise JWKSUnavailable(f"{self.issuer.discovery}: {self._discovery_error}")
         return await self._jwks.key_set(kid)
 
-    async def _discover(self) -> str:
-        doc = await self.fetcher.get(self.issuer.discovery)
+    async def _discover(self) -> None:
+        try:
+            self._jwks = self._keys_at(self._jwks_uri(await self.fetcher.get(self.issuer.discovery)))
+        except FetchError as exc:
+            self._discovery_failed_at, self._discovery_error = time.monotonic(), str(exc)
+        finally:
+            self._discovery = None
+
+    def _jwks_uri(self, doc: dict) -> str:
         if doc.get("issuer") != self.issuer.issuer:
             raise FetchError(f"discovery document names issuer {clip(doc.get('issuer'))!r}")
         uri = doc.get("jwks_uri")
@@ -105,6 +114,8 @@ class IssuerKeys:
         return uri
 
     async def close(self) -> None:
+        if self._discovery is not None:
+            self._discovery.cancel()
         if self._jwks is not None:
             await self._jwks.close()
         await self.fetcher.close()
@@ -235,16 +246,11 @@ class Exchange:
                 "expires_in": token.claims["exp"] - token.claims["iat"]}
 
     async def _identity(self, subject: str, audit: dict):
-        try:
-            header = jwt.get_unverified_header(subject)
-            iss = jwt.decode(subject, options={"verify_signature": False}).get("iss")
-        except jwt.PyJWTError:
-            raise OAuthError(400, "invalid_request", "subject_token is not a JWT") from None
+        iss, kid = _unverified_iss_and_kid(subject)
         issuer = self.policy.workload.issuer_for(iss)
         audit["iss"] = clip(iss if isinstance(iss, str) else None)
         if issuer is None:
             raise OAuthError(400, "invalid_request", "subject_token is from an issuer this exchange does not trust")
-        kid = header.get("kid")
         if not isinstance(kid, str):
             raise OAuthError(400, "invalid_request", 'subject_token has no "kid" header')
         try:
@@ -262,6 +268,16 @@ class Exchange:
     async def close(self) -> None:
         for keys in self.keys.values():
             await keys.close()
+
+
+def _unverified_iss_and_kid(subject: str) -> tuple:
+    """Only these two values outlive the parse: a request may wait for its issuer's keys, and a
+    16 KiB token of nested arrays parses to ~20 times its size."""
+    try:
+        return (jwt.decode(subject, options={"verify_signature": False}).get("iss"),
+                jwt.get_unverified_header(subject).get("kid"))
+    except jwt.PyJWTError:
+        raise OAuthError(400, "invalid_request", "subject_token is not a JWT") from None
 
 
 def _closing(response: web.Response, request: web.Request) -> web.Response:

@@ -130,6 +130,31 @@ def test_the_exchange_reads_discovery_and_jwks_written_in_pieces(tmp_path):
     asyncio.run(scenario())
 
 
+def test_requests_waiting_for_discovery_share_one_fetch(tmp_path):
+    """A burst of exchanges before the issuer's keys are known costs one discovery and one JWKS
+    fetch (and their memory), not one per request."""
+    issuer = None
+
+    def script(path):
+        if path == "/.well-known/openid-configuration":
+            return in_pieces({"issuer": issuer.issuer, "jwks_uri": f"{issuer.issuer}/keys"})
+        return in_pieces(JWKS)
+
+    async def scenario():
+        nonlocal issuer
+        async with ScriptedServer(tmp_path, script) as server:
+            issuer = WorkloadIssuer("cluster", "kubernetes", f"https://localhost:{server.port}", "temporal-service",
+                                    ca_file=str(server.cafile))
+            keys = IssuerKeys(issuer)
+            try:
+                assert await asyncio.gather(*(keys.key_set("k1") for _ in range(50))) == [JWKS] * 50
+            finally:
+                await keys.close()
+            assert server.requests == ["/.well-known/openid-configuration", "/keys"]
+
+    asyncio.run(scenario())
+
+
 def test_a_stalled_refresh_fails_within_the_idle_timeout_and_the_last_good_keys_keep_serving(tmp_path):
     fetches = []
 
