@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ssl
+from dataclasses import replace
 from pathlib import Path
 
 from ..core.backend import codec_kek_for_serving
@@ -11,7 +12,6 @@ from ..core.config import check_origin, load_config
 from ..errors import BundleError
 from ..ops.oidc import jwks_cafiles
 from ..store import Layout
-from ..servers import MAX_CONNECTIONS
 from .common import add_config, add_out, serve_until_interrupted
 
 HELP = "serve /encode and /decode (Temporal's codec protocol) over HTTPS for the Web UI and CLI"
@@ -50,23 +50,24 @@ def add_parser(sub, name):
            help="plain HTTP (local debugging only: the Web UI refuses to send tokens to http endpoints)")
     option("--issuer", action="append", default=[], metavar="ISS",
            help="also accept tokens with this `iss` (repeatable; e.g. your OIDC provider's, with its --jwks-url)")
-    option("--max-connections", type=int, default=MAX_CONNECTIONS,
-           help=f"open connections at most; the oldest idle one makes room (default: {MAX_CONNECTIONS})")
+    option("--max-connections", type=int,
+           help="open connections at most; the oldest idle one makes room (default: what the container's "
+           "256 MB allows, 256; each may cost ~250 KB, so raise the memory limit with it)")
     option("--quiet-audit", action="store_true", help="do not log one line per encode/decode request")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from ..servers.codec import Policy, make_server  # needs the SDK and aiohttp; other commands do not
-    from ..servers.http import Limits
+    from ..servers.codec import LIMITS, Policy, make_server  # needs the SDK and aiohttp; other commands do not
 
     config = load_config(args.config)
     layout = Layout(Path(args.out).resolve())
     origins = tuple(check_origin(o, "--ui-origin") for o in args.ui_origin) if args.ui_origin else config.codec.ui_origins
     issuers = tuple(dict.fromkeys([config.jwt.issuer, *args.issuer]))
     policy = Policy(config.jwt.audience, config.codec.decrypt_role, origins, issuers, config.oidc.permissions_claim)
-    if args.max_connections < 1:
+    if args.max_connections is not None and args.max_connections < 1:
         raise BundleError("--max-connections must be at least 1")
+    limits = replace(LIMITS, max_connections=args.max_connections or LIMITS.max_connections)
     port = args.port or config.codec.port
     cert, key = (None, None) if args.insecure_http else layout.leaf("codec", "server")
     if not args.jwks_url and not layout.jwks.exists():
@@ -76,7 +77,7 @@ def run(args) -> int:
             args.host, port, keys_path=layout.codec_keys, kek=codec_kek_for_serving(config, layout), policy=policy,
             jwks_path=layout.jwks,
             jwks_urls=tuple(args.jwks_url or ()), jwks_cafile=jwks_cafiles(config, layout), cert=cert, key=key,
-            audit=not args.quiet_audit, limits=Limits(max_connections=args.max_connections),
+            audit=not args.quiet_audit, limits=limits,
         )
     except (OSError, ssl.SSLError) as exc:
         raise BundleError(f"cannot start the codec server on {args.host}:{port}: {exc}") from None

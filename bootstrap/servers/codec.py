@@ -55,11 +55,26 @@ NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 ALLOW_HEADERS = "Authorization, Authorization-Extras, Content-Type, X-Namespace"
 ALLOW_METHODS = "POST, OPTIONS"
 SMALL_BODY = 64 * 1024  # smaller bodies are handled on the event loop, larger ones in a thread
-# Bytes of bodies in flight at once. A request costs several times its body (JSON text, payload
-# bytes, base64 and JSON of the reply, TLS buffers): one 16 MiB body peaks near 100 MB, so large
-# bodies take turns; small ones (the Web UI's) have a pool of their own and never wait behind them.
-LARGE_BUDGET = 16 * 1024 * 1024
+
+# The memory the container has (compose: codec-server's mem_limit, SMALL_SERVICE_MEMORY, 256 MB)
+# holds, at worst, all of this at once (measured by tests/codec/test_codec_memory_limit.py):
+#   the process at rest (Python, aiohttp, protobuf, the SDK)              ~46 MB
+#   MAX_CONNECTIONS x a connection's worst: TLS state, a waiting request
+#     with a full head (http.MAX_HEAD) and full read buffers, ~250 KB      ~64 MB
+#   LARGE_BUDGET x a body's worst multiple (its bytes, the parsed JSON,
+#     base64-decoded data, the reply; wire.MAX_VALUES bounds the parse), ~5x ~42 MB
+#   SMALL_BUDGET x the same multiple                                       ~21 MB
+#   total ~173 MB of 256: a third to spare for the allocator's fragmentation.
+# The largest legitimate body: a Payloads field is at most Temporal's blob size limit
+# (limit.blobSize.error, 2 MB by default) and fits a 4 MB gRPC message; base64 and JSON make
+# 4 MB of payloads ~5.4 MiB of body.
+MAX_BODY = 8 * 1024 * 1024
+MAX_CONNECTIONS = 256
+# Bytes of bodies in flight at once: large bodies take turns; small ones (the Web UI's) have a pool
+# of their own and never wait behind them.
+LARGE_BUDGET = MAX_BODY
 SMALL_BUDGET = 4 * 1024 * 1024
+LIMITS = Limits(max_connections=MAX_CONNECTIONS, max_body=MAX_BODY)
 
 
 @dataclass(frozen=True)
@@ -268,7 +283,7 @@ def make_server(
     cert: Path | None = None,
     key: Path | None = None,
     audit: bool = True,
-    limits: Limits = Limits(),
+    limits: Limits = LIMITS,
 ) -> Service:
     """Fails at start (BundleError, OSError, ssl.SSLError) if the keys or the cert are unusable."""
     keys = KeyringFile(keys_path, kek)

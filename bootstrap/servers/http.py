@@ -37,6 +37,13 @@ TLS_RECORD = 16 * 1024
 READ_BUFFER = TLS_RECORD  # aiohttp pauses reading at twice this
 TLS_READ_BUFFER = 2 * TLS_RECORD
 REPLY_CHUNK = 64 * 1024  # a reply goes out in slices: TLS encrypts each into its own buffer
+# A request line and headers, all of them together (nginx's default: 4 buffers of 8k). aiohttp
+# bounds only each header (8190 bytes) and their count (128): a connection trickling 1 MB of
+# headers would hold ~2.3 MB of parser state, all of them together far more than a container has.
+MAX_HEAD = 32 * 1024
+# Parsed requests waiting behind the one being handled. Browsers, curl and the SDKs' HTTP clients
+# never pipeline; aiohttp would queue 32, each with its headers.
+MAX_QUEUED = 1
 SERVER = "temporal-bundle"
 
 
@@ -53,10 +60,28 @@ class _Protocol(web.RequestHandler):
     handler runs; here that answer is ours: audited, and without the parser's text (which echoes
     the caller's bytes) or the library's name and version."""
 
+    head_bytes = 0  # received since the last request's head ended, while no body was due
+    last_body = None  # the last parsed request's body stream
+
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         if hasattr(transport, "set_read_buffer_limits"):  # TLS: plain sockets have no such buffer
             transport.set_read_buffer_limits(high=TLS_READ_BUFFER)
+
+    def data_received(self, data: bytes) -> None:
+        parsed = self._request_count
+        super().data_received(data)
+        if self._request_count != parsed:  # a head ended: what follows is its body, or the next head
+            self.last_body, self.head_bytes = self._messages[-1][1] if self._messages else None, 0
+        elif self.last_body is None or self.last_body.is_eof():
+            self.head_bytes += len(data)
+        transport = self.transport
+        if (self.head_bytes > MAX_HEAD or len(self._messages) > MAX_QUEUED) and transport and not transport.is_closing():
+            peer = transport.get_extra_info("peername")
+            log_event("bad-request", status=431, remote=peer[0] if isinstance(peer, tuple) else None,
+                      outcome="refused: request head too large, or requests pipelined")
+            self.force_close()
+            transport.close()
 
     def handle_error(self, request, status=500, exc=None, message=None):
         if request.writer.output_size > 0:
@@ -144,9 +169,12 @@ async def read_body(request: web.BaseRequest, length: int, limits: Limits) -> by
                     break
                 body[filled:filled + len(chunk)] = chunk
                 filled += len(chunk)
-    except asyncio.TimeoutError:
+    except (asyncio.TimeoutError, ConnectionError):
         pass
     if filled < length:
+        # Freed now: a traceback through this frame, caught in a reference cycle, would keep the
+        # buffer until the collector's next run, which counts objects, not bytes.
+        del body
         raise Refusal(408, "request body incomplete or too slow")
     return body
 

@@ -33,6 +33,7 @@ from bootstrap.core.codec_keys import Keyring, KeySet
 from bootstrap.core.kek import FileKek
 from bootstrap.core.pki import utcnow
 from bootstrap.core.tokens import SigningKey, mint_token
+from bootstrap.servers.codec import MAX_BODY
 from tests.codec.test_codec_unit import legacy_encrypt
 from tests.harness import free_port, wait_until
 
@@ -248,10 +249,10 @@ def _empty_payloads_body(size: int) -> bytes:
     return b'{"payloads":[' + b"{}," * (count - 1) + b"{}]}"
 
 
-def test_16_mib_of_empty_payloads_from_the_lowest_token(bundle, codec):
+def test_a_maximal_body_of_empty_payloads_from_the_lowest_token(bundle, codec):
     _, _, out, _ = bundle
-    attack = _empty_payloads_body(16 * 1024 * 1024)
-    assert len(attack) <= 16 * 1024 * 1024
+    attack = _empty_payloads_body(MAX_BODY)
+    assert len(attack) <= MAX_BODY
     results = []
 
     def send():
@@ -266,12 +267,12 @@ def test_16_mib_of_empty_payloads_from_the_lowest_token(bundle, codec):
     for sender in senders:
         sender.join(30)
     assert [status for status, _ in results] == [413] * 3, results
-    print(f"16 MiB of empty payloads x3: {len(latencies)} legitimate decodes, slowest {max(latencies) * 1000:.0f} ms")
+    print(f"{MAX_BODY >> 20} MiB of empty payloads x3: {len(latencies)} legitimate decodes, slowest {max(latencies) * 1000:.0f} ms")
     assert latencies and max(latencies) < 1.0, latencies
     assert_within_memory(codec)
 
 
-def test_unauthenticated_16_mib_bodies_are_refused_unread(bundle, codec):
+def test_unauthenticated_maximal_bodies_are_refused_unread(bundle, codec):
     _, _, out, _ = bundle
     socks = []
     try:
@@ -279,7 +280,7 @@ def test_unauthenticated_16_mib_bodies_are_refused_unread(bundle, codec):
             raw = socket.create_connection(("127.0.0.1", codec.port), timeout=5)
             sock = codec.context.wrap_socket(raw, server_hostname="localhost")
             sock.sendall(b"POST /decode HTTP/1.1\r\nHost: localhost\r\nX-Namespace: orders\r\n"
-                         b"Content-Length: 16777216\r\n\r\n" + b"{" * 1024)  # the rest never comes: 401 first
+                         b"Content-Length: %d\r\n\r\n" % MAX_BODY + b"{" * 1024)  # the rest never comes: 401 first
             socks.append(sock)
         for sock in socks:
             assert sock.recv(64).startswith(b"HTTP/1.1 401")
@@ -291,9 +292,10 @@ def test_unauthenticated_16_mib_bodies_are_refused_unread(bundle, codec):
 
 
 def test_a_big_but_well_formed_body_is_bounded_too(bundle, codec):
-    """Echoed back to a low-privilege caller still encrypted: 15 MiB in and out, several at once."""
+    """Echoed back to a low-privilege caller still encrypted: a maximal body in and out, several at once."""
     _, _, out, _ = bundle
-    big = body(Payload(metadata={"encoding": b"binary/plain"}, data=os.urandom(11 * 1024 * 1024)))
+    big = body(Payload(metadata={"encoding": b"binary/plain"}, data=os.urandom((MAX_BODY - 200) * 3 // 4)))
+    assert len(big) <= MAX_BODY
     results = []
 
     def send():
@@ -308,7 +310,7 @@ def test_a_big_but_well_formed_body_is_bounded_too(bundle, codec):
     for sender in senders:
         sender.join(60)
     assert results == [200] * 4
-    print(f"15 MiB bodies x4: {len(latencies)} legitimate decodes, slowest {max(latencies) * 1000:.0f} ms")
+    print(f"{len(big) >> 20} MiB bodies x4: {len(latencies)} legitimate decodes, slowest {max(latencies) * 1000:.0f} ms")
     assert max(latencies) < 1.0, latencies
     assert_within_memory(codec)
 

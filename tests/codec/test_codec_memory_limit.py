@@ -32,11 +32,12 @@ from bootstrap.cli import main
 from bootstrap.core.codec import encrypt
 from bootstrap.core.codec_keys import KeySet
 from bootstrap.core.kek import FileKek
+from bootstrap.servers.codec import MAX_BODY, MAX_CONNECTIONS
+from bootstrap.servers.http import MAX_HEAD
 from tests.harness import free_port, wait_until
 from tests.memory_limit import MemoryLimit, parse_size
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.prod.yml"
-MAX_BODY = 16 * 1024 * 1024
 SECRET = b'"codec-memory-secret 4111-1111-1111-1111"'
 PLAIN = Payload(metadata={"encoding": b"json/plain"}, data=SECRET)
 CONFIG = textwrap.dedent("""\
@@ -86,6 +87,9 @@ class Codec:
         finally:
             conn.close()
 
+    def open_files(self) -> int:
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+
     def reset_peak(self) -> None:
         (self.cgroup.path / "memory.max_usage_in_bytes").write_text("0")
 
@@ -110,6 +114,7 @@ def codec(tmp_path_factory):
                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
         served = Codec(out, log, port, cgroup, process)
         wait_until(lambda: _healthy(served), 60, "serve-codec health")
+        served.files_at_rest = served.open_files()
         print(f"\ncodec-server limit {limit >> 20} MiB, idle {cgroup.usage / 2**20:.0f} MiB")
         try:
             yield served
@@ -138,7 +143,8 @@ def legitimate_decode(codec: Codec) -> float:
         conn.request("POST", "/decode", body=body, headers=codec.headers("mixed"))
         response = conn.getresponse()
         data = response.read()
-    except (OSError, http.client.HTTPException):
+    except (OSError, http.client.HTTPException) as exc:
+        print(f"legitimate decode failed: {exc!r}")
         return float("inf")
     finally:
         conn.close()
@@ -150,6 +156,8 @@ def legitimate_decode(codec: Codec) -> float:
 def under_attack(codec: Codec, attack) -> tuple[object, list[float], int]:
     """Runs attack() while a legitimate client decodes every 0.2 s; returns the attack's result,
     the legitimate latencies and the cgroup's peak during the attack."""
+    # The last attack's connections are gone (the server closes them asynchronously).
+    wait_until(lambda: codec.open_files() < codec.files_at_rest + 8, 60, "the last attack's connections to close")
     codec.reset_peak()
     latencies, done = [], threading.Event()
 
@@ -264,6 +272,64 @@ async def _idle_tls_connections(codec: Codec, count: int, hold: float) -> int:
     for writer in writers:
         writer.close()
     return len(writers)
+
+
+async def _waiting_requests(codec: Codec, count: int, head: int, hold: float) -> int:
+    """`count` connections each send a request with a valid token, a head of `head` bytes and the
+    start of a maximal body, which then stalls (the body budget is taken by the first)."""
+    gate = asyncio.Semaphore(100)
+    auth = "".join(f"{k}: {v}\r\n" for k, v in codec.headers("lowest").items())
+    start = f"POST /decode HTTP/1.1\r\nHost: localhost\r\nContent-Length: {MAX_BODY}\r\n{auth}"
+    filler = "".join(f"X-Filler-{i}: {'f' * 4000}\r\n" for i in range(max(0, head - len(start)) // 4020))
+    request = (start + filler + "\r\n").encode() + b"[" * (256 * 1024)
+
+    async def one():
+        async with gate:
+            with contextlib.suppress(OSError, asyncio.TimeoutError):
+                _, writer = await asyncio.wait_for(asyncio.open_connection(
+                    "127.0.0.1", codec.port, ssl=codec.context, server_hostname="localhost"), 20)
+                writer.write(request)
+                return writer
+
+    writers = [w for w in await asyncio.gather(*(one() for _ in range(count))) if w is not None]
+    await asyncio.sleep(hold)
+    alive = sum(1 for w in writers if not w.is_closing())
+    for writer in writers:
+        writer.close()
+    return alive
+
+
+def test_every_connection_waiting_with_a_full_head_and_a_stalled_body(codec):
+    alive, latencies, peak = under_attack(
+        codec, lambda: asyncio.run(_waiting_requests(codec, MAX_CONNECTIONS - 8, MAX_HEAD - 1024, 6.0)))
+    print(f"{MAX_CONNECTIONS - 8} waiting requests with {MAX_HEAD - 1024} byte heads: peak {peak / 2**20:.0f} MiB, "
+          f"slowest legitimate decode {max(latencies) * 1000:.0f} ms")
+    assert codec.cgroup.oom_kills == 0 and codec.process.poll() is None
+    assert latencies and max(latencies) < 1.0, latencies
+
+
+def test_heads_beyond_the_limit_are_cut_off(codec):
+    """1 MB of headers on half the connections (a full house would make the legitimate client's
+    connection the oldest idle one, which the guard evicts by design)."""
+    count = MAX_CONNECTIONS // 2
+    alive, latencies, peak = under_attack(
+        codec, lambda: asyncio.run(_waiting_requests(codec, count, 1024 * 1024, 4.0)))
+    print(f"{count} connections sending 1 MB heads: {alive} left open, peak {peak / 2**20:.0f} MiB")
+    assert alive == 0 and codec.cgroup.oom_kills == 0
+    assert latencies and max(latencies) < 1.0, latencies
+
+
+def test_pipelined_requests_are_cut_off(codec):
+    """aiohttp would queue 32 parsed requests a connection, each with its head."""
+    raw = socket.create_connection(("127.0.0.1", codec.port), timeout=5)
+    with codec.context.wrap_socket(raw, server_hostname="localhost") as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n" * 40)
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    assert answer.count(b"HTTP/1.1 200") <= 2, answer  # then closed, not 40 answers
+    wait_until(lambda: "requests pipelined" in codec.text(), 5, "the 431 audit line")
 
 
 def test_two_thousand_idle_tls_connections_and_a_maximal_batch(codec):

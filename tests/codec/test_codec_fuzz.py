@@ -1,0 +1,127 @@
+"""Hypothesis against the codec's body parser and its HTTP handlers: whatever the body, the
+answer is a 2xx or a 4xx (never a 5xx), the log holds no traceback and no internal error, and
+nothing under the bundle directory is written."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import textwrap
+import threading
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from temporalio.api.common.v1 import Payload
+
+from bootstrap.cli import main
+from bootstrap.core.codec import encrypt
+from bootstrap.core.codec_keys import KeySet
+from bootstrap.core.kek import FileKek
+from bootstrap.servers.codec import Policy, make_server
+from bootstrap.servers.events import Refusal
+from bootstrap.servers.wire import parse_items, parse_payloads
+
+CONFIG = textwrap.dedent("""\
+    namespaces: [{name: orders}, {name: payments}]
+    roles:
+      system: {permissions: ["temporal-system:admin"]}
+      worker: {permissions: ["orders:write"]}
+      client: {permissions: ["orders:write"]}
+      mixed: {permissions: ["orders:admin", "payments:read"]}
+      lowest: {permissions: ["orders:read"]}
+    persistence: {driver: sqlite, sqlite_path: /tmp/unused-codec-fuzz.db}
+    """)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    max_leaves=30)
+base64_text = st.binary(max_size=40).flatmap(lambda raw: st.sampled_from([
+    base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode().rstrip("=")]))
+field_values = base64_text | st.text(max_size=20) | json_values
+metadata_keys = st.sampled_from(["encoding", "encryption-key-id", "encryption-namespace"]) | st.text(max_size=10)
+payloads = st.fixed_dictionaries({}, optional={
+    "metadata": st.dictionaries(metadata_keys, field_values, max_size=4) | json_values,
+    "data": field_values})
+documents = st.fixed_dictionaries({}, optional={"payloads": st.lists(payloads, max_size=4) | json_values,
+                                                "other": json_values})
+bodies = (documents.map(lambda doc: json.dumps(doc).encode())
+          | json_values.map(lambda doc: json.dumps(doc).encode())
+          | st.binary(max_size=200))
+
+
+@settings(max_examples=600)
+@given(bodies)
+def test_parsing_any_body_is_items_or_a_4xx(body):
+    for parse in (parse_items, parse_payloads):
+        try:
+            items = parse(body)
+        except Refusal as refusal:
+            assert refusal.status in (400, 413), refusal.status
+            continue
+        if parse is parse_items:
+            for item in items:
+                try:
+                    item.check()
+                except Refusal as refusal:
+                    assert refusal.status == 400
+                    continue
+                assert json.loads(item.json()) is not None
+
+
+# --------------------------------------------------------------------------- the handlers
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("codec-fuzz")
+    config, out = root / "bundle.yaml", root / "out"
+    config.write_text(CONFIG)
+    assert main(["init", "--config", str(config), "--out", str(out), "-q"]) == 0
+    served = make_server("127.0.0.1", 0, keys_path=out / "codec-keys/keys.json", jwks_path=out / "jwks/jwks.json",
+                         kek=FileKek.load(out / "codec-kek/kek.key"), policy=Policy("temporal"), audit=True)
+    threading.Thread(target=served.serve_forever, daemon=True).start()
+    keys = KeySet.parse((out / "codec-keys/keys.json").read_bytes(), FileKek.load(out / "codec-kek/kek.key"))
+    sealed = encrypt(Payload(metadata={"encoding": b"json/plain"}, data=b'"fuzz secret"'), keys, "orders")
+    yield out, served.server_address[1], sealed
+    served.shutdown()
+    served.server_close()
+
+
+def snapshot(out):
+    return sorted((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in out.rglob("*"))
+
+
+def sealed_json(sealed: Payload) -> dict:
+    return {"metadata": {k: base64.b64encode(v).decode() for k, v in sealed.metadata.items()},
+            "data": base64.b64encode(sealed.data).decode()}
+
+
+# capfd is read (and emptied) once per example: sharing it across examples is the point.
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(body=bodies | st.lists(st.just("sealed"), max_size=3), path=st.sampled_from(["/decode", "/encode", "/orders/decode"]),
+       role=st.sampled_from(["system", "mixed", "lowest", "worker", None]),
+       namespace=st.sampled_from(["orders", "payments", "no-keys", "bad name", None]))
+def test_any_request_is_a_2xx_or_a_4xx_and_writes_nothing(server, capfd, body, path, role, namespace):
+    out, port, sealed = server
+    if isinstance(body, list):  # a batch of real ciphertexts, to reach the decryption path
+        body = json.dumps({"payloads": [sealed_json(sealed) for _ in body]}).encode()
+    before = snapshot(out)
+    headers = {"Content-Type": "application/json"}
+    if role:
+        headers["Authorization"] = "Bearer " + (out / "tokens" / f"{role}.jwt").read_text().strip()
+    if namespace:
+        headers["X-Namespace"] = namespace
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", path, body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+    finally:
+        conn.close()
+    assert 200 <= response.status < 300 or 400 <= response.status < 500, response.status
+    log = capfd.readouterr().err
+    assert "Traceback" not in log and '"internal-error"' not in log, log
+    assert snapshot(out) == before
