@@ -157,6 +157,7 @@ class Exchange:
         self.policy, self.signing, self.limits = policy, key, limits
         self.keys = {i.issuer: IssuerKeys(i) for i in policy.workload.issuers}
         self.guard = None  # the listener's connection guard, once the service has one
+        self._waiting, self.max_waiting = 0, max(1, limits.max_connections // 4)
 
     @property
     def key(self) -> SigningKey:
@@ -206,6 +207,18 @@ class Exchange:
             raise OAuthError(400, "invalid_request", "a parameter is repeated")
         return dict(pairs)
 
+    async def _issuer_keys(self, issuer: WorkloadIssuer, kid: str) -> dict:
+        """A request waiting for an issuer's keys holds its connection slot (it is inside the handler):
+        at most a quarter of the slots may wait, the rest stay free for requests whose keys are known
+        (a key set in hand answers without suspending, so only real waits count)."""
+        if self._waiting >= self.max_waiting:
+            raise JWKSUnavailable(f"{self._waiting} requests already wait for issuer keys")
+        self._waiting += 1
+        try:
+            return await self.keys[issuer.issuer].key_set(kid)
+        finally:
+            self._waiting -= 1
+
     @contextlib.contextmanager
     def _evictable(self, request: web.Request):
         """While a body trickles in, its connection is evictable like an idle one: a thousand
@@ -254,7 +267,7 @@ class Exchange:
         if not isinstance(kid, str):
             raise OAuthError(400, "invalid_request", 'subject_token has no "kid" header')
         try:
-            key_set = await self.keys[issuer.issuer].key_set(kid)
+            key_set = await self._issuer_keys(issuer, kid)
         except JWKSUnavailable as exc:
             log_event("issuer-keys-unavailable", issuer=issuer.name, error=clip(exc))
             raise OAuthError(503, "temporarily_unavailable", "the issuer's keys are unavailable") from None

@@ -1,0 +1,199 @@
+"""The JWKS server, the token exchange and the expiry exporter, each run for real (`python -m
+bootstrap serve-...`) inside a cgroup memory limit equal to its compose mem_limit (read from
+docker-compose.prod.yml, swap included), under 2000 connections that idle and the heaviest
+requests each one accepts (request heads of 127 headers of 8 KiB, the parser's limits; bodies at
+the exchange's form cap, sent but never finished). While the load is held, a legitimate request
+must be answered within 1 s, and the kernel must kill nothing. The peaks are printed."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import resource
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bootstrap.core.workload_identity import GRANT_TYPE, JWT_TOKEN_TYPE
+from tests.harness import free_port, wait_until
+from tests.memory_limit import MemoryLimit, parse_size
+from tests.unit.conftest import make_bundle
+
+ROOT = Path(__file__).resolve().parents[2]
+IDLE_CONNECTIONS = 2000
+HEAVY_CONNECTIONS = 1100  # more than a service admits (1024): every slot holds a heavy request
+HEADER_LINE = b"X-Pad-%03d: " + b"a" * 8000 + b"\r\n"  # under aiohttp's 8190-byte field limit
+CONFIG = ("namespaces: [{name: orders}]\n"
+          "workload_identity:\n  issuers:\n"
+          "    - {name: cluster, issuer: 'https://kubernetes.default.svc', audience: temporal-service}\n"
+          "    - {name: stalled, type: oidc, issuer: 'https://127.0.0.1:%d', audience: temporal-service}\n")
+
+
+def compose_memory_limit(service: str) -> int:
+    """mem_limit of `service` in docker-compose.prod.yml, with ${VAR:-default} as compose reads it."""
+    doc = yaml.safe_load((ROOT / "docker-compose.prod.yml").read_text())
+    value = str(doc["services"][service]["mem_limit"])
+    value = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: os.environ.get(m.group(1)) or m.group(2), value)
+    return parse_size(value)
+
+
+@pytest.fixture(scope="module")
+def stalled_issuer():
+    """An issuer whose discovery never answers: the kernel accepts, nobody reads (the fetch waits out
+    its idle timeout, and every exchange for the issuer waits with it)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1024)
+        yield f"https://127.0.0.1:{listener.getsockname()[1]}"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, stalled_issuer):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 16384), hard))  # this process holds the clients
+    bundle = make_bundle(tmp_path_factory.mktemp("memory"), CONFIG % int(stalled_issuer.rsplit(":", 1)[1]))
+    bundle.stalled_issuer = stalled_issuer
+    return bundle
+
+
+def waiting_exchange(issuer: str) -> bytes:
+    """A complete POST /token whose subject token names the stalled issuer, its header padded to
+    the form cap with empty arrays (~20x their size once parsed): it waits for the issuer's keys."""
+    header = {"alg": "ES256", "kid": "k", "pad": [[]] * 3700}
+    token = f"{b64(header)}.{b64({'iss': issuer, 'sub': 's'})}.c2ln"
+    form = urllib.parse.urlencode({"grant_type": GRANT_TYPE, "subject_token": token,
+                                   "subject_token_type": JWT_TOKEN_TYPE}).encode()
+    assert len(form) <= 16 * 1024, len(form)
+    return (b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(form)) + form
+
+
+def b64(doc) -> str:
+    return base64.urlsafe_b64encode(json.dumps(doc, separators=(",", ":")).encode()).rstrip(b"=").decode()
+
+
+SERVICES = {
+    # compose service: (argv after `python -m bootstrap`, TLS?, a legitimate request, its expected status)
+    "jwks": (["serve-jwks"], True, b"GET /jwks.json HTTP/1.1\r\nHost: jwks\r\n\r\n", 200),
+    "token-exchange": (["serve-exchange"], True, b"GET /healthz HTTP/1.1\r\nHost: exchange\r\n\r\n", 200),
+    "expiry-exporter": (["serve-expiry-metrics"], False, b"GET /healthz HTTP/1.1\r\nHost: exporter\r\n\r\n", 200),
+}
+
+
+# A request head just under servers/http.py's MAX_HEAD (32 KiB), and one of 1 MiB (aiohttp alone
+# allows 128 headers of 8190 bytes): both unfinished, held until the header deadline or refused.
+FULL_HEAD = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(HEADER_LINE % i for i in range(3)) + b"X-Last: " + b"a" * 7000
+HUGE_HEAD = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(HEADER_LINE % i for i in range(127))
+# The exchange's form cap declared, one byte short sent: the exchange waits for the rest (body_timeout).
+FORM_BODY = (b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+             b"Content-Length: 16384\r\n\r\n" + b"subject_token=" + b"a" * (16_383 - 14))
+# Requests each service answers, whose replies are never read.
+ANSWERED = {
+    "jwks": b"GET /jwks.json HTTP/1.1\r\nHost: x\r\n\r\n",
+    "token-exchange": (b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                       b"Content-Length: 16384\r\n\r\n" + b"a=" + b"b" * (16_384 - 2)),
+    "expiry-exporter": b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+}
+
+
+def heavy_requests(service: str, bundle) -> list[bytes]:
+    """The heaviest requests: heads at and over the cap, unfinished; for the exchange bodies at its
+    form cap, unfinished (held until the body deadline), and exchanges waiting for an issuer that
+    never answers; and requests answered, replies unread."""
+    exchange = [FORM_BODY, waiting_exchange(bundle.stalled_issuer)] if service == "token-exchange" else []
+    return [HUGE_HEAD, FULL_HEAD, *exchange, ANSWERED[service]]
+
+
+class Load:
+    def __init__(self, port: int, tls: ssl.SSLContext | None):
+        self.port, self.tls, self.writers = port, tls, []
+
+    async def open(self, count: int, payload: bytes = b"", parallel: int = 200) -> int:
+        gate = asyncio.Semaphore(parallel)
+
+        async def one():
+            async with gate:
+                try:
+                    reader, writer = await asyncio.wait_for(
+                        asyncio.open_connection("127.0.0.1", self.port, ssl=self.tls), 10)
+                    if payload:
+                        writer.write(payload)
+                        await asyncio.wait_for(writer.drain(), 10)
+                    self.writers.append(writer)
+                    return 1
+                except (OSError, asyncio.TimeoutError, ssl.SSLError):
+                    return 0  # evicted or refused: the service decides, the test measures
+
+        return sum(await asyncio.gather(*(one() for _ in range(count))))
+
+    def close(self):
+        for writer in self.writers:
+            writer.transport.abort()
+
+
+async def timed_request(port: int, tls: ssl.SSLContext | None, request: bytes) -> tuple[int, float]:
+    started = time.monotonic()
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, ssl=tls), 5)
+    writer.write(request)
+    status_line = await asyncio.wait_for(reader.readline(), 5)
+    elapsed = time.monotonic() - started
+    writer.transport.abort()
+    return int(status_line.split()[1]), elapsed
+
+
+def client_tls(bundle) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(bundle.root / "trust" / "ca.pem"))
+    context.check_hostname = False  # the leaf names the service, the test dials 127.0.0.1
+    return context
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_the_service_stays_within_its_compose_memory_limit(bundle, tmp_path, service):
+    argv, uses_tls, legitimate, expected = SERVICES[service]
+    limit, port = compose_memory_limit(service), free_port()
+    tls = client_tls(bundle) if uses_tls else None
+    log = (tmp_path / f"{service}.log").open("w+")
+    command = [sys.executable, "-m", "bootstrap", *argv, "--out", str(bundle.root), "--host", "127.0.0.1",
+               "--port", str(port)]
+    env = {**os.environ, "BUNDLE_CONFIG": str(bundle.config_path), "PYTHONPATH": str(ROOT)}
+    with MemoryLimit(limit) as cgroup:
+        process = cgroup.popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        try:
+            wait_until(lambda: b"serving" in Path(log.name).read_bytes() or process.poll() is not None, 30,
+                       f"{service} to start")
+            assert process.poll() is None, Path(log.name).read_text()
+            idle_peak = 0
+
+            async def scenario():
+                nonlocal idle_peak
+                load = Load(port, tls)
+                try:
+                    opened = await load.open(IDLE_CONNECTIONS)
+                    idle_peak = cgroup.peak
+                    heavy = 0
+                    for request in heavy_requests(service, bundle):
+                        heavy += await load.open(HEAVY_CONNECTIONS, request)
+                    status, seconds = await timed_request(port, tls, legitimate)
+                    return opened, heavy, status, seconds
+                finally:
+                    load.close()
+
+            opened, heavy, status, seconds = asyncio.run(scenario())
+            print(f"\n{service}: limit {limit >> 20} MiB; {opened} idle connections opened, peak "
+                  f"{idle_peak / 2**20:.1f} MiB; {heavy} heavy requests held, peak {cgroup.peak / 2**20:.1f} MiB; "
+                  f"legitimate request {status} in {seconds * 1000:.0f} ms; OOM kills {cgroup.oom_kills}")
+            assert cgroup.oom_kills == 0 and process.poll() is None, Path(log.name).read_text()[-2000:]
+            assert status == expected and seconds < 1.0, (status, seconds)
+        finally:
+            process.kill()
+            process.wait()
