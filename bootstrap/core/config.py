@@ -917,6 +917,8 @@ def _parse_oidc_user(sec: _Section, admin: bool = False) -> OIDCUser:
         password_hash="" if admin else sec.string("password_hash", ""),
     )
     sec.done()
+    if not all(isinstance(group, str) for group in user.groups):
+        raise BundleError(f"{sec.where}: groups must be a list of group names, got {list(user.groups)!r}")
     if not OIDC_USER_NAME.match(user.username):
         raise BundleError(f"{sec.where}: username {user.username!r}: lower-case letters, digits, '.', '_', '-'")
     if not EMAIL.match(user.email):

@@ -175,7 +175,7 @@ def _parse_binding(sec: _Section, issuers: tuple[WorkloadIssuer, ...], known: se
         chosen = tuple(i.name for i in issuers if i.type == "kubernetes")
         if not chosen:
             raise BundleError(f"{sec.where}: issuer is required (no kubernetes issuer to default to)")
-    elif named not in by_name:
+    elif not isinstance(named, str) or named not in by_name:
         raise BundleError(f"{sec.where}: issuer {named!r} is not one of the configured issuers")
     else:
         chosen = (named,)

@@ -79,6 +79,16 @@ BAD_CONFIGS = {
         NS + "keys: {backend: pkcs11, pkcs11: {module: /m.so, token_label: t, pin_file: pin}}\n", ["pin_file must be an absolute path"]),
     "keys-pkcs11-pin-in-config": (
         NS + "keys: {backend: pkcs11, pkcs11: {module: /m.so, token_label: t, pin: '1234'}}\n", ["unknown key 'pin'"]),
+    # Found by tests/unit/test_fuzz_config.py: a group that is not a name was a TypeError traceback.
+    "oidc-admin-group-a-list": (NS + "oidc: {admin: {groups: [[admins]]}}\n", ["oidc: admin", "groups"]),
+    "oidc-user-group-a-mapping": (
+        NS + "oidc:\n  users: [{username: ana, email: ana@example.com, groups: [{readers: 1}],\n"
+        "           password_hash: '$2b$12$mP2bg6ou44ckx/yzRSg5XejAc7jgemoDSJPQbfCcM0Y3.BhDq2.le'}]\n",
+        ["users[0]", "groups"]),
+    "workload-binding-issuer-a-list": (
+        NS + "workload_identity:\n  issuers: [{name: cluster, issuer: 'https://kubernetes.default.svc', audience: a}]\n"
+        "  bindings: [{issuer: [cluster], namespace: default, service_account: w, permissions: ['default:write']}]\n",
+        ["bindings[0]", "issuer"]),
 }
 
 COMMANDS = ["init", "generate-certs", "mint-tokens", "render-config"]
