@@ -46,7 +46,7 @@ from .auth import SYSTEM_NAMESPACE, Authenticator, JWKSUnavailable, grants, key_
 from .events import Refusal, clip, log_event
 from .http import Budget, Limits, ReloadingTLS, Service, cors_headers, cors_middleware
 from .http import declared_length, read_body, refusal_reply, reply, stream_reply
-from .wire import b64, parse_items, parse_payloads, payload_json, render, render_payloads
+from .wire import b64, count_values, parse_items, parse_payloads, payload_json, render, render_payloads
 
 ENCODE_ROLE = "write"
 NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
@@ -54,7 +54,11 @@ NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 # preflight passes, and ignored (only Authorization is checked).
 ALLOW_HEADERS = "Authorization, Authorization-Extras, Content-Type, X-Namespace"
 ALLOW_METHODS = "POST, OPTIONS"
-SMALL_BODY = 64 * 1024  # smaller bodies are handled on the event loop, larger ones in a thread
+# Bodies up to this size and this many JSON values (a Web UI batch: a few payloads of about a
+# dozen each) are handled on the event loop; the rest in a thread, so that the loop keeps answering
+# while 64 KiB of "[]," (20k values) is parsed.
+SMALL_BODY = 64 * 1024
+SMALL_VALUES = 2048
 
 # The memory the container has (compose: codec-server's mem_limit, SMALL_SERVICE_MEMORY, 256 MB)
 # holds, at worst, all of this at once (measured by tests/codec/test_codec_memory_limit.py):
@@ -62,9 +66,10 @@ SMALL_BODY = 64 * 1024  # smaller bodies are handled on the event loop, larger o
 #   MAX_CONNECTIONS x a connection's worst: TLS state, a waiting request
 #     with a full head (http.MAX_HEAD) and full read buffers, ~250 KB      ~64 MB
 #   LARGE_BUDGET x a body's worst multiple (its bytes, the parsed JSON,
-#     base64-decoded data, the reply; wire.MAX_VALUES bounds the parse), ~5x ~42 MB
-#   SMALL_BUDGET x the same multiple                                       ~21 MB
-#   total ~173 MB of 256: a third to spare for the allocator's fragmentation.
+#     base64-decoded data, plaintext, the reply; wire.MAX_VALUES bounds
+#     the parse), ~6.5x                                                   ~55 MB
+#   SMALL_BUDGET x the same multiple                                       ~26 MB
+#   total ~191 MB of 256: a quarter to spare for the allocator's fragmentation.
 # The largest legitimate body: a Payloads field is at most Temporal's blob size limit
 # (limit.blobSize.error, 2 MB by default) and fits a 4 MB gRPC message; base64 and JSON make
 # 4 MB of payloads ~5.4 MiB of body.
@@ -191,7 +196,7 @@ class CodecHandlers:
 
     async def transform(self, action: str, claims: dict, namespace: str, body: bytes):
         work = self.encode if action == "encode" else self.decode
-        if len(body) <= SMALL_BODY:
+        if len(body) <= SMALL_BODY and count_values(body) <= SMALL_VALUES:
             return work(claims, namespace, body)
         return await asyncio.get_running_loop().run_in_executor(self.pool, work, claims, namespace, body)
 

@@ -96,9 +96,14 @@ def _item(raw) -> Item:
     return Item(metadata, data)
 
 
+def count_values(body: bytes) -> int:
+    """At least the number of JSON values and object keys in body (see MAX_VALUES)."""
+    return body.count(b"[") + body.count(b"{") + body.count(b",") + body.count(b":")
+
+
 def check_size(body: bytes) -> None:
     """Refuses (413) a body that json.loads could blow up beyond a fixed multiple of its size."""
-    values = body.count(b"[") + body.count(b"{") + body.count(b",") + body.count(b":")
+    values = count_values(body)
     if values > MAX_VALUES:
         raise Refusal(413, f"more than {MAX_VALUES} JSON values (at most {MAX_PAYLOADS} payloads)")
     if len(body) > MAX_NON_ASCII_BODY and not body.isascii():
