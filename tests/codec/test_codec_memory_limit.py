@@ -11,7 +11,6 @@ import asyncio
 import base64
 import contextlib
 import http.client
-import json
 import os
 import re
 import socket
