@@ -16,8 +16,8 @@ own private/ca.pem: the manifest's copy must agree, it is never trusted alone.
 
 Opening checks, in order: length and magic (truncated / not an archive), the check tag (wrong
 passphrase), the body tag (tampered), the manifest's schema (strict JSON, known keys and types,
-safe unique names, sizes), every file's checksum, then the server CA. Any failure is one
-BundleError.
+safe unique names, sizes), every file's checksum, the server CA, then that each CA key is its
+certificate's. Any failure is one BundleError.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from .. import __version__
+from ..core.hsm import is_reference
+from ..core.pki import keys_match, load_cert, load_private_key
 from ..errors import BundleError
 from ..store import Action, Layout, Skip, Write, check_plain_path, read_optional
 from .plan import DOMAINS
@@ -63,6 +65,7 @@ DUMP_NAME = re.compile(r"databases/[^/]+\.dump")
 SERVER_CA = "private/ca.pem"  # its fingerprint names the cluster an archive belongs to
 MANIFEST_TYPES = {"format": int, "created": str, "bundle_version": str, "server_ca_sha256": str, "files": list}
 FILE_TYPES = {"name": str, "size": int, "sha256": str, "mode": int}
+CA_CERT = re.compile(r"private/ca(-[a-z0-9-]+)?\.pem")  # every domain's CA, current and next
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 MAX_TEXT = 1024  # characters in a name or any other text field
 PGDUMP_MAGIC = b"PGDMP"  # pg_dump --format=custom
@@ -208,7 +211,9 @@ def _parse_payload(payload: bytes, what: str) -> Archive:
         if hashlib.sha256(data).hexdigest() != item["sha256"]:
             raise BundleError(f"{what}: checksum mismatch for {item['name']}")
         entries[item["name"]] = Entry(item["name"], data, item["mode"] & 0o777)
-    return Archive(manifest, entries, _server_ca_of(manifest, entries, what))
+    server_ca = _server_ca_of(manifest, entries, what)
+    _check_ca_keys(entries, what)
+    return Archive(manifest, entries, server_ca)
 
 
 def _read_manifest(payload: bytes, what: str) -> tuple[Any, int]:
@@ -302,6 +307,19 @@ def _server_ca_of(manifest: dict, entries: dict[str, Entry], what: str) -> str:
         raise BundleError(f"{what}: invalid manifest: it names server CA sha256 {manifest['server_ca_sha256'][:16]}..., "
                           f"the archive's {SERVER_CA} is {computed[:16]}...")
     return computed
+
+
+def _check_ca_keys(entries: dict[str, Entry], what: str) -> None:
+    """Each CA key in the archive must be its certificate's: CA certificates are public (trust/),
+    so a crafted archive could pair one cluster's with another's keys. A key kept in a PKCS#11
+    token (the file holds its label) is the token's to vouch for."""
+    for name, entry in entries.items():
+        key = entries.get(name.removesuffix(".pem") + ".key")
+        if not CA_CERT.fullmatch(name) or key is None or is_reference(key.data):
+            continue
+        cert = load_cert(entry.data, f"{what}: {name}")
+        if not keys_match(cert, load_private_key(key.data, f"{what}: {key.name}")):
+            raise BundleError(f"{what}: {key.name} is not the key of {name}: refusing an archive that mixes them")
 
 
 # --------------------------------------------------------------------------- restoring

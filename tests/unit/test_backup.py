@@ -322,20 +322,20 @@ def test_the_cluster_check_uses_the_archives_own_ca_not_what_its_manifest_claims
     other.run("backup", "verify", "--archive", crafted).assert_one_error()
 
 
-def test_another_clusters_keys_behind_this_clusters_public_server_ca_are_refused(cli, archive, bundle_maker, snap, tmp_path):
-    """The server CA certificate is public (trust/ca.pem): copied into cluster B's archive it must
-    not carry B's other CAs and keys onto cluster A."""
+def test_another_clusters_domain_cas_behind_this_clusters_server_ca_are_refused(cli, archive, bundle_maker, snap, tmp_path):
+    """The server CA names the cluster, but an archive with cluster A's server CA pair and
+    cluster B's client, internode and database CAs must not carry B's CAs onto A."""
     other = bundle_maker()
     theirs = other.layout.ca_cert.read_bytes()
 
     def swap_ca(files):
-        return {**files, "private/ca.pem": theirs}
+        return {**files, "private/ca.pem": theirs, "private/ca.key": other.layout.ca_key.read_bytes()}
 
     def name_it(manifest):
         return {**manifest, "server_ca_sha256": ca_fingerprint(theirs, "A's CA")}
 
     crafted = write_archive(tmp_path, reseal(archive.read_bytes(), entries=swap_ca, manifest=name_it))
-    assert_refused(cli, crafted, other.root, snap, "another cluster")
+    assert_refused(cli, crafted, other.root, snap, "another cluster", "client CA")
 
 
 def tree(root) -> dict[str, tuple]:
@@ -457,3 +457,19 @@ def test_the_passphrase_minimum_counts_characters_not_bytes(fresh_bundle, dump_a
     fresh_bundle.run("backup", "create", "--archive", tmp_path / "s.tbak", *dump_args).assert_one_error("too short")
     monkeypatch.setenv("BACKUP_PASSPHRASE", "é" * 12)
     assert fresh_bundle.run("backup", "create", "--archive", tmp_path / "s.tbak", *dump_args).code == 0
+
+
+def test_another_clusters_keys_behind_all_of_this_clusters_public_cas_are_refused(cli, archive, bundle_maker, snap, tmp_path):
+    """Every CA certificate is public (trust/): an archive holding cluster A's CA certificates
+    with cluster B's CA keys is refused before anything is written, onto A or an empty directory."""
+    other = bundle_maker()
+    public = {name: path.read_bytes() for name, path in
+              ((n, other.root / n) for n in open_archive(archive.read_bytes(), PASSPHRASE.encode()).entries)
+              if name.startswith("private/ca") and name.endswith(".pem") and path.exists()}
+
+    def name_it(manifest):
+        return {**manifest, "server_ca_sha256": ca_fingerprint(public["private/ca.pem"], "A's CA")}
+
+    crafted = write_archive(tmp_path, reseal(archive.read_bytes(), entries=lambda files: {**files, **public}, manifest=name_it))
+    assert_refused(cli, crafted, other.root, snap, "is not the key of")
+    assert_refused(cli, crafted, tmp_path / "empty", snap, "is not the key of")

@@ -5,14 +5,13 @@ restore leaves its target byte-identical. The CLI runs in-process through bootst
 few examples run as a subprocess, to see the one line a real process prints).
 
 Budgets (max_examples), each test under 20 s on 2 shared cores: random manifest shapes 30,
-mutations of a valid manifest 40, damaged archives 60. Archives are sealed with scrypt log2(N) 14
+mutations of a valid manifest 45, damaged archives 60. Archives are sealed with scrypt log2(N) 14
 (the smallest an archive may ask for) to keep each example near 0.1 s."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import io
 import os
 import subprocess
@@ -166,7 +165,7 @@ def test_random_manifest_shapes_are_refused_in_one_line(base, data):
     check_archive(base, sealed(shape, files), must_fail=True)
 
 
-@settings(max_examples=40)
+@settings(max_examples=45)
 @given(data=st.data())
 def test_mutated_manifests_are_accepted_or_refused_in_one_line(base, data):
     manifest, files, _, _ = base
@@ -219,7 +218,6 @@ def test_the_untouched_archive_passes_the_same_checks(base):
     """The fuzz oracle is not vacuous: the real manifest, re-sealed, verifies and restores."""
     manifest, files, _, _ = base
     check_archive(base, sealed(manifest, files), must_fail=False)
-    assert hashlib.sha256(files).hexdigest()
 
 
 # --------------------------------------------------------------------------- as a real process
