@@ -20,14 +20,14 @@ import yaml
 
 from cryptography import x509
 
-from ..core import backend
-from ..core import pki
-from ..core.config import UI_GATE_HOST, BundleConfig
-from ..errors import BundleError
-from ..core.pki import CA, LeafCert
-from ..store import CA_KEY_MODE, CERT_MODE, KEY_MODE, Action, Delete, Layout, Skip, Write, read_optional
-from .upgrade import Version, check_step, image_version, parse_version
-from ..core.tokens import PERMISSIONS_CLAIM, SigningKey, Token, decode_unverified, jwks_bytes, mint_token
+from ...core import backend
+from ...core import pki
+from ...core.config import UI_GATE_HOST, BundleConfig
+from ...errors import BundleError
+from ...core.pki import CA, LeafCert
+from ...store import CA_KEY_MODE, CERT_MODE, KEY_MODE, Action, Delete, Layout, Skip, Write, read_optional
+from ..upgrade import Version, check_step, image_version, parse_version
+from ...core.tokens import PERMISSIONS_CLAIM, SigningKey, Token, decode_unverified, jwks_bytes, mint_token
 
 FORCE_HINT = "refusing to replace it without --force"
 
