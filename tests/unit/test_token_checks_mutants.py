@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from datetime import timedelta
 
 import jwt
 import pytest
 
-from bootstrap.core.tokens import SigningKey, jwks_document, mint_token
+from bootstrap.core.tokens import SigningKey, decode_unverified, jwk_thumbprint, jwks_bytes, jwks_document, mint_token
 from bootstrap.errors import BundleError
 from bootstrap.servers import auth
 from bootstrap.servers.auth import (Authenticator, CombinedJWKS, FileJWKS, JWKSUnavailable, URLJWKS, grants,
@@ -82,6 +83,38 @@ def refusal(authenticator: Authenticator, authorization: str | None) -> Refusal:
     with pytest.raises(Refusal) as refused:
         claims_of(authenticator, authorization)
     return refused.value
+
+
+# --------------------------------------------------------------------------- core.tokens
+
+
+def test_a_signing_key_that_is_not_pem_is_named_in_the_error():
+    with pytest.raises(BundleError, match="^signing key: not a readable"):
+        SigningKey.from_pem(b"not a key")
+    with pytest.raises(BundleError, match="^keys/x.pem: not a readable"):
+        SigningKey.from_pem(b"not a key", "keys/x.pem")
+
+
+def test_the_published_key_is_a_signature_key_named_by_its_thumbprint():
+    jwk = KEY.public_jwk()
+    assert (jwk["use"], jwk["alg"], jwk["kid"]) == ("sig", "ES256", jwk_thumbprint(jwk))
+    assert set(jwk) == {"kty", "crv", "x", "y", "kid", "use", "alg"}
+
+
+def test_jwks_bytes_are_two_space_indented_with_sorted_members():
+    """Same keys, same bytes: a re-run leaves jwks.json as it was."""
+    text = jwks_bytes([KEY]).decode()
+    assert text.splitlines()[:4] == ["{", '  "keys": [', "    {", '      "alg": "ES256",'] and text.endswith("  ]\n}\n")
+    members = re.findall(r'^      "(\w+)":', text, re.M)
+    assert members == sorted(members) == sorted(KEY.public_jwk())
+
+
+def test_decode_unverified_reads_any_token_without_its_key_or_clock():
+    stale = jwt.encode({"sub": "s", "exp": 1}, SigningKey.generate("ES256").private_key, algorithm="ES256",
+                       headers={"kid": "gone"})
+    assert decode_unverified(stale) == ({"alg": "ES256", "kid": "gone", "typ": "JWT"}, {"sub": "s", "exp": 1})
+    with pytest.raises(BundleError, match="^not a readable JWT: Not enough segments$"):
+        decode_unverified("garbage")
 
 
 # --------------------------------------------------------------------------- Authenticator
@@ -249,6 +282,16 @@ def test_combined_sources_merge_their_keys_and_pass_the_kid_on():
     assert combined.description == "one, two, three"
     assert asyncio.run(combined.key_set("z")) == {"keys": [{"kid": "a"}]}
     assert first.asked == empty.asked == broken.asked == ["z"]
+
+
+def test_a_source_without_a_cached_document_is_simply_asked():
+    class Plain:
+        description = "plain"
+
+        async def key_set(self, kid=None):
+            return {"keys": [{"kid": "p"}]}
+
+    assert asyncio.run(CombinedJWKS([Plain()]).key_set("p")) == {"keys": [{"kid": "p"}]}
 
 
 def test_combined_sources_all_down_is_unavailable_with_every_reason():
