@@ -9,6 +9,7 @@ import json
 import pytest
 from temporalio.api.common.v1 import Payload
 
+from bootstrap.servers import wire
 from bootstrap.servers.events import Refusal
 from bootstrap.servers.wire import (MAX_NON_ASCII_BODY, MAX_PAYLOADS, MAX_VALUES, Item, b64, check_size, count_values,
                                     parse_items, parse_payloads, payload_json, render, render_payloads)
@@ -115,10 +116,20 @@ def test_item_fields_decode_short_and_long_values_and_none():
     item = Item({"short": "QUJD", "long": long, "bad": "!!"}, "")
     assert (item.field("short"), item.field("long"), item.field("absent")) == (b"ABC", b"ABC" * 40, None)
     assert refused(item.field, "bad")[0] == 400
+    Item({"k": "dg==", "e": "eA"}, "ZA==").check()
     with pytest.raises(Refusal):
         Item({"bad": "!!"}, "").check()
     with pytest.raises(Refusal):
         Item({}, "!!").check()
+
+
+def test_only_short_metadata_values_are_kept_in_the_decode_cache():
+    """The cache holds 4096 values: long ones would make it hold 4096 bodies' worth."""
+    cache = wire._metadata_value
+    cache.cache_clear()
+    item = Item({"long": "QUJD" * 32 + "QQ==", "edge": "QUJD" * 32}, "")
+    assert item.field("long") == b"ABC" * 32 + b"A" and cache.cache_info().currsize == 0
+    assert item.field("edge") == b"ABC" * 32 and cache.cache_info().currsize == 1
 
 
 # --------------------------------------------------------------------------- what is written back
@@ -135,8 +146,8 @@ def test_payload_json_is_compact_proto3_json_and_leaves_empty_fields_out():
 
 def test_a_field_the_fast_path_does_not_know_goes_through_json_format():
     payload = Payload(data=b"d", external_payloads=[Payload.ExternalPayloadDetails(size_bytes=7)])
-    written = json.loads(payload_json(payload))
-    assert written == {"data": "ZA==", "externalPayloads": [{"sizeBytes": "7"}]}
+    written = payload_json(payload)
+    assert json.loads(written) == {"data": "ZA==", "externalPayloads": [{"sizeBytes": "7"}]} and b"\n" not in written
 
 
 def test_an_item_is_echoed_as_sent():
