@@ -263,7 +263,8 @@ def _check_keys(value: Any, types: dict[str, type], where: str) -> None:
         raise BundleError(f"{where} is a {type(value).__name__}, not a mapping")
     if set(value) != set(types):
         unknown, missing = sorted(set(value) - set(types)), sorted(set(types) - set(value))
-        raise BundleError(f"{where}: unknown keys {unknown}, missing keys {missing}")
+        shown = [key[:40] for key in unknown[:3]] + (["..."] if len(unknown) > 3 else [])
+        raise BundleError(f"{where}: unknown keys {shown}, missing keys {missing}")
     for key, expected in types.items():
         # bool is an int in Python, never in a manifest
         if not isinstance(value[key], expected) or isinstance(value[key], bool):
