@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The fault matrix under load, as figures: `make up` on stand-in images (a stack of its own), then
 tests/docker/fault_load.py's steady load of workflow starts, signals and completions while each
-fault of tests/docker/faults.py is injected in turn. Prints the README's table, and for the codec
+fault of tests/docker/faults.py is injected in turn. Prints the table of benchmarks/RESULTS.md, and for the codec
 server's outage whether a decode failed while it was down and how soon one worked again.
 
     python3 benchmarks/bench_faults.py [--keep]

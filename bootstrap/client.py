@@ -130,7 +130,7 @@ class TokenFileWatcher:
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
-# Where the kubelet projects a service-account token in the pod spec of the README's example.
+# Where the kubelet projects a service-account token in the pod spec of docs/workload-identity.md's example.
 PROJECTED_TOKEN = "/var/run/secrets/temporal/token"
 
 

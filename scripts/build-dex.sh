@@ -4,7 +4,7 @@
 # `go install module@version` refuses it: it is built from a scratch module instead.
 # Usage: scripts/build-dex.sh [VERSION]   -> prints the cached binary's path on stdout.
 # VERSION is a Go module version; the default, v0.0.0-20260303133905-11d2eeb52b42, is the
-# v2.45.1 tag (see README "Web UI login" for why this release and not a later master commit).
+# v2.45.1 tag (see docs/login.md for why this release and not a later master commit).
 set -euo pipefail
 version="${1:-${DEX_VERSION:-v0.0.0-20260303133905-11d2eeb52b42}}"
 export GOTOOLCHAIN="${GOTOOLCHAIN:-go1.27.3}"

@@ -18,7 +18,7 @@ from ..store import Layout, Write, apply, locked, parse_owners, read_optional, w
 from .common import add_config, add_out, add_owner, report
 
 HELP = "encrypted backup archive: create, verify, restore (bundle files), dump (one database)"
-DESCRIPTION = """The disaster-recovery archive (README: Backup and restore). The passphrase comes
+DESCRIPTION = """The disaster-recovery archive (docs/backup-and-upgrade.md). The passphrase comes
 from the file named by --passphrase-file (env BACKUP_PASSPHRASE_FILE) or from the environment
 variable BACKUP_PASSPHRASE; never from the command line.
 

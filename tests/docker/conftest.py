@@ -5,7 +5,7 @@ compose profile `monitoring`). Teardown dumps every log and removes the volumes.
 
 BUNDLE_TEST_KEYS_BACKEND=pkcs11 runs that shared stack with its CA and signing keys in the image's
 SoftHSM2 token (docker-compose.pkcs11.yml), so the whole tier, the attack matrices included, runs
-against a pkcs11 cluster; the default stays `file` (see README: Tests)."""
+against a pkcs11 cluster; the default stays `file` (see docs/testing.md)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 PostgreSQL): a steady load of workflow starts, signals and completions (tests/docker/fault_load.py,
 in a container on the edge network) runs while one fault at a time is injected. Each fault must
 lose no workflow (every started id completes, checked by id) and the load must be back within
-the fault's bound; the figures are printed as the README's table.
+the fault's bound; the figures are printed as the table in benchmarks/RESULTS.md.
 
 Covered: kill -9 of the Temporal server, PostgreSQL restarted, PostgreSQL stopped for 30 s, the
 JWKS server, the token refresher and the codec server down together for longer than both the JWKS
