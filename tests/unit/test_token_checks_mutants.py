@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import uuid
 from datetime import timedelta
 
 import jwt
 import pytest
 
-from bootstrap.core.tokens import SigningKey, decode_unverified, jwk_thumbprint, jwks_bytes, jwks_document, mint_token
+from bootstrap.core.tokens import (SigningKey, decode_unverified, jwk_algorithm, jwk_thumbprint, jwks_bytes, jwks_document,
+                                   mint_token, verify_token)
 from bootstrap.errors import BundleError
 from bootstrap.servers import auth
 from bootstrap.servers.auth import (Authenticator, CombinedJWKS, FileJWKS, JWKSUnavailable, URLJWKS, grants,
@@ -107,6 +109,50 @@ def test_jwks_bytes_are_two_space_indented_with_sorted_members():
     assert text.splitlines()[:4] == ["{", '  "keys": [', "    {", '      "alg": "ES256",'] and text.endswith("  ]\n}\n")
     members = re.findall(r'^      "(\w+)":', text, re.M)
     assert members == sorted(members) == sorted(KEY.public_jwk())
+
+
+def test_a_minted_token_carries_every_claim_and_header_the_server_reads():
+    first, second = (mint_token(KEY, role="worker", permissions=("orders:write",), issuer=ISSUER, audience=AUDIENCE,
+                                lifetime=timedelta(minutes=5)) for _ in range(2))
+    header, claims = decode_unverified(first.encoded)
+    assert header == {"alg": "ES256", "kid": KEY.kid, "typ": "JWT"}
+    assert claims == first.claims and set(claims) == {"sub", "iss", "aud", "iat", "nbf", "exp", "jti", "permissions",
+                                                      "groups"}
+    assert claims["nbf"] == claims["iat"] == claims["exp"] - 300
+    assert str(uuid.UUID(claims["jti"])) == claims["jti"] != second.claims["jti"]
+    assert (first.role, first.kid) == ("worker", KEY.kid)
+
+
+def test_verify_token_names_what_is_wrong_as_temporal_does():
+    with pytest.raises(jwt.InvalidTokenError, match='^malformed token - no "kid" header$'):
+        verify_token(jwt.encode({"sub": "x"}, KEY.private_key, algorithm="ES256"), KEY_SET, audience=AUDIENCE)
+    hs256 = jwt.encode({"sub": "x"}, "secret-secret-secret-secret-32by", algorithm="HS256", headers={"kid": KEY.kid})
+    with pytest.raises(jwt.InvalidAlgorithmError, match="^only ES256 and RS256 tokens are accepted$"):
+        verify_token(hs256, KEY_SET, audience=AUDIENCE)
+    with pytest.raises(jwt.InvalidTokenError, match=f"^unknown kid '{KEY.kid}'$"):
+        verify_token(token(), {}, audience=AUDIENCE)
+
+
+@pytest.mark.parametrize("jwk, algorithm", [
+    ({"alg": "ES256", "kty": "RSA"}, "ES256"),  # the publisher's alg wins over the key type
+    ({"alg": "HS256"}, "HS256"),
+    ({"alg": 5, "kty": "EC"}, ""),
+    ({"alg": "", "kty": "EC"}, "ES256"),
+    ({"kty": "EC"}, "ES256"),
+    ({"kty": "RSA"}, "RS256"),
+    ({"kty": "oct"}, ""),
+    ({"kty": ["EC"]}, ""),
+    ({}, ""),
+])
+def test_jwk_algorithm(jwk, algorithm):
+    assert jwk_algorithm(jwk) == algorithm
+
+
+@pytest.mark.parametrize("published, named", [({"alg": "HS256"}, "HS256"), ({"alg": None, "kty": "oct"}, "an unknown algorithm")])
+def test_a_key_published_for_another_algorithm_is_named_in_the_refusal(published, named):
+    jwks = {"keys": [{**KEY_SET["keys"][0], **published}]}
+    with pytest.raises(jwt.InvalidAlgorithmError, match=f"^key '{KEY.kid}' is for {named}, not ES256 or RS256$"):
+        verify_token(token(), jwks, audience=AUDIENCE)
 
 
 def test_decode_unverified_reads_any_token_without_its_key_or_clock():
