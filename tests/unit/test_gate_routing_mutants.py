@@ -46,3 +46,25 @@ def test_namespaces_are_read_from_the_configured_claim():
 ])
 def test_readable_namespaces(permissions, names):
     assert readable_namespaces({"groups": permissions}) == names
+
+
+class Details:
+    def __init__(self, method: str):
+        self.method = method
+
+
+@pytest.mark.parametrize("method, forwarded", [
+    ("/temporal.api.workflowservice.v1.WorkflowService/StartWorkflowExecution", True),
+    ("/temporal.api.operatorservice.v1.OperatorService/ListSearchAttributes", True),
+    ("/grpc.health.v1.Health/Check", True),
+    ("/grpc.health.v1.Health/Watch", False),
+    ("/temporal.api.adminservice.v1.AdminService/DescribeCluster", False),
+    ("/temporal.api.workflowservice.v1.WorkflowServiceX/StartWorkflowExecution", False),
+    ("temporal.api.workflowservice.v1.WorkflowService/StartWorkflowExecution", False),
+    ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", False),
+])
+def test_only_the_ui_services_and_the_health_check_are_routed(method, forwarded):
+    """Anything else gets UNIMPLEMENTED from the gate itself (the handler lookup returns None)."""
+    from bootstrap.servers import gate
+
+    assert (gate._Routes(None).service(Details(method)) is not None) == forwarded
