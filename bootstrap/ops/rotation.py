@@ -30,28 +30,15 @@ from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives import serialization
 
-from ..core import backend
 from ..core import pki
 from ..core.backend import codec_kek
 from ..core.codec_keys import plan_rotation as plan_codec_key_rotation
 from ..core.config import BundleConfig
 from ..errors import BundleError
 from ..core.pki import CA
-from .plan import (
-    DOMAINS,
-    active_signing_key,
-    load_ca,
-    load_cas,
-    load_exchange_key,
-    load_exchange_keys,
-    new_ca,
-    load_published_keys,
-    plan_jwks,
-    plan_leaves,
-    plan_tokens,
-)
+from .key_store import KEY_STORES, KeyStore
+from .plan import DOMAINS, load_ca, load_cas, new_ca, plan_leaves
 from ..store import CA_KEY_MODE, CERT_MODE, KEY_MODE, Action, Delete, Layout, Write, read_optional
-from ..core.tokens import SigningKey
 
 KINDS = ("certs", "signing-key", "exchange-key", "ca", "trust-domains", "codec-key")
 # Slack on top of the server's refresh intervals, for timer jitter and clock drift.
@@ -147,25 +134,13 @@ def step(config: BundleConfig, layout: Layout, kind: str, now: datetime, all_cer
         kek, _ = codec_kek(config, layout)
         action, message = plan_codec_key_rotation(layout, now, kek, namespaces)
         return Step("codec-key", "done", message, [action])
-    if kind == "signing-key":
-        return _step_signing_key(config, layout, now, probe)
-    if kind == "exchange-key":
-        return _step_exchange_key(config, layout, now, probe)
+    if kind in KEY_STORES:
+        return _step_key(KEY_STORES[kind](config, layout), config, layout, now, probe)
     return _step_ca(config, layout, now, kind)
 
 
 def _waiting(kind: str, phase: str, due: datetime, what: str) -> Step:
     return Step(kind, phase, f"phase {phase}", due=due, waiting_for=f"{what} (until {_iso(due)})")
-
-
-def _key_phase_wait(kind: str, state: dict, now: datetime, old_tokens_expire: str) -> Step | None:
-    """A key rollover's wait, if its phase is not due yet: after `published` the server must
-    refetch the JWKS; after `activated` the tokens the old key signed must expire."""
-    due = _parse_time(state["due"])
-    if now >= due:
-        return None
-    what = "the server to refetch the JWKS" if state["phase"] == "published" else old_tokens_expire
-    return _waiting(kind, state["phase"], due, what)
 
 
 # --------------------------------------------------------------------------- leaf certificates
@@ -178,154 +153,58 @@ def _step_certs(config: BundleConfig, layout: Layout, now: datetime, all_certs: 
     return Step("certs", "done", f"{changed} certificate(s) re-issued from the current CA", actions)
 
 
-# --------------------------------------------------------------------------- JWT signing key
-
-
-def _step_signing_key(config: BundleConfig, layout: Layout, now: datetime, probe=None) -> Step:
-    state = read_state(layout)
-    keys = load_published_keys(layout)
-    active = active_signing_key(layout, keys)
-    if state is None:
-        return _publish_new_key(config, layout, keys, active, now)
-    waiting = _key_phase_wait("signing-key", state, now, "tokens signed by the old key to expire")
-    if waiting is not None:
-        return waiting
-    if state["phase"] == "published":
-        if probe is not None and state["new_kid"] in keys and not probe(keys[state["new_kid"]]):
-            retry = now + margin(config)
-            return _waiting(
-                "signing-key", "published", retry,
-                "the server to accept the new key (it refetches the JWKS every jwt.refresh_interval; if it "
-                "cannot reach the JWKS URL, check the jwks service and that the server trusts its CA)",
-            )
-        return _activate_new_key(config, layout, keys, state, now)
-    if state["phase"] == "activated":
-        return _retire_old_keys(layout, keys, active)
-    raise BundleError(f"{layout.rotation_state}: unknown signing-key phase {state['phase']!r}")
-
-
-def _publish_new_key(config, layout, keys, active, now) -> Step:
-    pending = [k for kid, k in keys.items() if kid != active.kid]
-    actions: list[Action] = []
-    if pending:  # a crash after writing the key but before recording the phase: adopt it
-        new = pending[0]
-        note = f"resuming: published key {new.kid} was not recorded"
-    else:
-        new = SigningKey.generate(config.jwt.algorithm, lambda alg: backend.new_root_key(config, alg))
-        keys = {**keys, new.kid: new}
-        actions.append(Write(layout.signing_key(new.kid), new.private_pem(), KEY_MODE, "new signing key"))
-        note = f"new key {new.kid} published beside {active.kid}"
-    actions.append(plan_jwks(layout, list(keys.values()), force=False))
-    due = now + config.jwt.refresh_interval + margin(config)
-    actions.append(_state_write(layout, {"kind": "signing-key", "phase": "published", "new_kid": new.kid,
-                                         "old_kid": active.kid, "due": _iso(due)}))
-    return Step("signing-key", "published", note, actions, due, f"the server to refetch the JWKS (until {_iso(due)})")
-
-
-def _activate_new_key(config, layout, keys, state, now) -> Step:
-    new = keys.get(state["new_kid"])
-    if new is None:
-        raise BundleError(f"{layout.rotation_state}: new key {state['new_kid']} is missing from {layout.signing_keys}")
-    tokens, _ = plan_tokens(config, layout, new, force=False, now=now)
-    longest = max(role.token_lifetime for role in config.roles)
-    due = now + longest + margin(config)
-    actions = tokens + [
-        Write(layout.active_kid, (new.kid + "\n").encode(), CERT_MODE, "activated the new signing key"),
-        _state_write(layout, {**state, "phase": "activated", "due": _iso(due)}),
-    ]
-    return Step("signing-key", "activated", f"tokens now signed by {new.kid}", actions, due,
-                f"tokens signed by the old key to expire (until {_iso(due)})")
-
-
-def _retire_old_keys(layout, keys, active) -> Step:
-    retired = [kid for kid in keys if kid != active.kid]
-    actions: list[Action] = [Delete(layout.signing_key(kid), "retired signing key") for kid in retired]
-    actions.append(plan_jwks(layout, [active], force=False))
-    actions += _state_delete(layout, "signing-key")
-    return Step("signing-key", "done", f"retired {', '.join(retired) or 'nothing'}; JWKS publishes {active.kid} only", actions)
-
-
-# --------------------------------------------------------------------------- token exchange key
+# --------------------------------------------------------------------------- signing and exchange keys
 #
-# exchange/signing.key is the key the exchange signs with (and all it mounts); the key a rotation
-# publishes beside it, the next one and then the retiring one, waits in private/exchange-keys/.
+# One machine over either key store (key_store.py): publish the new key beside the active one,
+# activate it once the server has refetched the JWKS, retire the old once its tokens expired.
 
 
-def _step_exchange_key(config: BundleConfig, layout: Layout, now: datetime, probe=None) -> Step:
-    active = load_exchange_key(layout)
-    if active is None:
-        raise BundleError(f"{layout.exchange_signing_key} not found: no token exchange key to rotate "
-                          "(enable workload_identity and run init first)")
-    others = load_exchange_keys(layout)
+def _step_key(store: KeyStore, config: BundleConfig, layout: Layout, now: datetime, probe=None) -> Step:
     state = read_state(layout)
     if state is None:
-        return _publish_exchange_key(config, layout, active, others, now)
-    waiting = _key_phase_wait("exchange-key", state, now, "exchanged tokens signed by the old key to expire")
-    if waiting is not None:
-        return waiting
-    keys = {**others, active.kid: active}
+        return _publish_new_key(store, config, layout, now)
+    due = _parse_time(state["due"])
+    if now < due:
+        what = "the server to refetch the JWKS" if state["phase"] == "published" else store.old_tokens_expire
+        return _waiting(store.kind, state["phase"], due, what)
     if state["phase"] == "published":
-        new = keys.get(state["new_kid"])
+        new = store.keys.get(state["new_kid"])
         if probe is not None and new is not None and not probe(new):
-            return _waiting("exchange-key", "published", now + margin(config),
-                            "the server to accept the new exchange key (it refetches the JWKS every jwt.refresh_interval)")
-        return _activate_exchange_key(config, layout, keys, active, state, now)
+            return _waiting(store.kind, "published", now + margin(config), store.not_accepted)
+        return _activate_new_key(store, config, layout, state, now)
     if state["phase"] == "activated":
-        return _retire_exchange_key(layout, active, others, state)
-    raise BundleError(f"{layout.rotation_state}: unknown exchange-key phase {state['phase']!r}")
+        return _retire_old_keys(store, layout, state)
+    raise BundleError(f"{layout.rotation_state}: unknown {store.kind} phase {state['phase']!r}")
 
 
-def _publish_exchange_key(config, layout, active, others, now) -> Step:
-    pending = [k for kid, k in others.items() if kid != active.kid]
-    if len(pending) > 1:
-        raise BundleError(f"{layout.exchange_keys} holds {len(pending)} keys but no rotation is recorded; inspect it")
-    actions: list[Action] = []
+def _publish_new_key(store: KeyStore, config: BundleConfig, layout: Layout, now: datetime) -> Step:
+    pending = store.unrecorded()
     if pending:  # a crash after writing the key but before recording the phase: adopt it
-        new = pending[0]
-        note = f"resuming: published exchange key {new.kid} was not recorded"
+        new, actions = pending[0], []
+        note = f"resuming: published {store.noun} {new.kid} was not recorded"
     else:
-        new = SigningKey.generate(config.jwt.algorithm)
-        actions.append(Write(layout.exchange_key(new.kid), new.private_pem(), KEY_MODE, "next token exchange key"))
-        note = f"new exchange key {new.kid} published beside {active.kid}"
-    actions.append(plan_jwks(layout, list(load_published_keys(layout).values()), False, active, [new]))
+        new, actions = store.new_key()
+        note = f"new {store.noun} {new.kid} published beside {store.active.kid}"
+    actions.append(store.publish(new))
     due = now + config.jwt.refresh_interval + margin(config)
-    actions.append(_state_write(layout, {"kind": "exchange-key", "phase": "published", "new_kid": new.kid,
-                                         "old_kid": active.kid, "due": _iso(due)}))
-    return Step("exchange-key", "published", note, actions, due, f"the server to refetch the JWKS (until {_iso(due)})")
+    actions.append(_state_write(layout, {"kind": store.kind, "phase": "published", "new_kid": new.kid,
+                                         "old_kid": store.active.kid, "due": _iso(due)}))
+    return Step(store.kind, "published", note, actions, due, f"the server to refetch the JWKS (until {_iso(due)})")
 
 
-def _activate_exchange_key(config, layout, keys, active, state, now) -> Step:
-    new, old = keys.get(state["new_kid"]), keys.get(state["old_kid"])
-    if new is None or old is None:
-        missing = state["new_kid"] if new is None else state["old_kid"]
-        raise BundleError(f"{layout.rotation_state}: exchange key {missing} is neither in {layout.exchange_signing_key} "
-                          f"nor in {layout.exchange_keys}")
-    actions: list[Action] = []
-    # Old key kept published first, then the swap, then the next key's copy dropped: a crash
-    # anywhere leaves both keys published and this phase to run again.
-    if not layout.exchange_key(old.kid).exists():
-        actions.append(Write(layout.exchange_key(old.kid), old.private_pem(), KEY_MODE, "retiring token exchange key"))
-    if active.kid != new.kid:
-        actions.append(Write(layout.exchange_signing_key, new.private_pem(), KEY_MODE, "the token exchange signs with the new key"))
-    if layout.exchange_key(new.kid).exists():
-        actions.append(Delete(layout.exchange_key(new.kid), "promoted to exchange/signing.key"))
-    actions.append(plan_jwks(layout, list(load_published_keys(layout).values()), False, new, [old]))
-    due = now + config.workload_identity.token_lifetime + margin(config)
+def _activate_new_key(store: KeyStore, config: BundleConfig, layout: Layout, state: dict, now: datetime) -> Step:
+    new, actions = store.activate(state, now)
+    due = now + store.token_lifetime() + margin(config)
     actions.append(_state_write(layout, {**state, "phase": "activated", "due": _iso(due)}))
-    return Step("exchange-key", "activated", f"the exchange now signs with {new.kid}", actions, due,
-                f"exchanged tokens signed by the old key to expire (until {_iso(due)})")
+    return Step(store.kind, "activated", store.signs_with.format(kid=new.kid), actions, due,
+                f"{store.old_tokens_expire} (until {_iso(due)})")
 
 
-def _retire_exchange_key(layout, active, others, state) -> Step:
-    if active.kid != state["new_kid"]:
-        raise BundleError(f"{layout.exchange_signing_key} holds kid {active.kid}, not the rotation's new key "
-                          f"{state['new_kid']}; inspect it")
-    retired = [kid for kid in others if kid != active.kid]
-    actions: list[Action] = [Delete(layout.exchange_key(kid), "retired token exchange key") for kid in others]
-    actions.append(plan_jwks(layout, list(load_published_keys(layout).values()), False, active, []))
-    actions += _state_delete(layout, "exchange-key")
-    return Step("exchange-key", "done", f"retired {', '.join(retired) or 'nothing'}; JWKS publishes exchange key {active.kid} only",
-                actions)
+def _retire_old_keys(store: KeyStore, layout: Layout, state: dict) -> Step:
+    retired, actions = store.retire(state)
+    actions += _state_delete(layout, store.kind)
+    message = f"retired {', '.join(retired) or 'nothing'}; {store.publishes_only.format(kid=store.active.kid)}"
+    return Step(store.kind, "done", message, actions)
 
 
 # --------------------------------------------------------------------------- CAs
