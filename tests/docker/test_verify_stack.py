@@ -28,6 +28,7 @@ def test_make_verify_finds_no_wrong_pair_on_the_running_stack(running_stack):
     print(output[-6000:])
     assert result.returncode == 0, "\n".join(line for line in output.splitlines() if "WRONG" in line or "error" in line)
     found = summaries(result.stdout)
+    print(f"make verify: {found} (pairs, wrong) per vantage point")
     assert set(found) == {"edge", "backend", "monitoring", "container"} <= set(VANTAGES), found
     assert all(wrong == 0 for _, wrong in found.values()), found
     # From edge: every listener of the running services (unreachable or not) x ~28 credentials,
