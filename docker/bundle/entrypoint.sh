@@ -25,7 +25,7 @@ set -eu
 
 is_command() {
     case "$1" in
-        init|generate-certs|mint-tokens|render-config|serve-jwks|serve-codec|serve-exchange|serve-ui-gate|register-namespaces|check-expiry|serve-expiry-metrics|rotate|export-helm|backup|show-admin-password|compose-env|-h|--help|--version)
+        init|generate-certs|mint-tokens|render-config|serve-jwks|serve-codec|serve-exchange|serve-ui-gate|register-namespaces|check-expiry|serve-expiry-metrics|rotate|export-helm|backup|show-admin-password|compose-env|verify|-h|--help|--version)
             return 0 ;;
     esac
     return 1
