@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..core import backend
 from ..core.config import BundleConfig, load_config
 from ..store import Action, Layout, Skip, describe, parse_owners
+
+if TYPE_CHECKING:  # the expiry helpers import their ops lazily: most commands never check expiry
+    from ..ops.expiry import Report, Thresholds
 
 FORCE_HELP = "replace existing files, including the CA and the signing key (every client must then be re-issued)"
 
@@ -82,3 +87,22 @@ def serve_until_interrupted(server) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def thresholds_of(args) -> Thresholds:
+    """--warn/--crit, else --config's (or env BUNDLE_CONFIG's, when that file exists) thresholds."""
+    from ..ops.expiry_report import thresholds_from
+
+    return thresholds_from(args.warn, args.crit, args.config, os.environ.get("BUNDLE_CONFIG"))
+
+
+def write_prometheus(path: Path, report: Report, code: int) -> int:
+    """The expiry metrics textfile; a failed write is one error line and exit code 3."""
+    from ..ops.expiry_report import UNKNOWN, write_prometheus as write_prometheus_file
+
+    try:
+        write_prometheus_file(path, report, code)
+    except OSError as exc:
+        print(f"error: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return UNKNOWN
+    return code

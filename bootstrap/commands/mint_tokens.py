@@ -75,7 +75,8 @@ def run(args) -> int:
 
 
 def _write_expiry_metrics(path: Path, config, layout) -> None:
-    from .check_expiry import exit_code, prometheus_text, write_prometheus
+    from ..ops.expiry_report import exit_code
+    from .common import write_prometheus
 
     monitoring = config.monitoring
     report = check(layout.root / "tokens", utcnow(), Thresholds(monitoring.expiry_warn, monitoring.expiry_crit))

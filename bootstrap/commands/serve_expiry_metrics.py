@@ -17,8 +17,8 @@ from ..errors import BundleError
 from ..ops.expiry import check, fetch_jwks
 from ..core.pki import utcnow
 from ..servers import MAX_CONNECTIONS
-from .check_expiry import exit_code, prometheus_text, thresholds_of
-from .common import add_out, serve_until_interrupted
+from ..ops.expiry_report import exit_code, prometheus_text
+from .common import add_out, serve_until_interrupted, thresholds_of
 
 HELP = "serve check-expiry's metrics over HTTP for Prometheus (/metrics, /metrics/tokens, /healthz)"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

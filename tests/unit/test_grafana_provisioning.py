@@ -80,7 +80,7 @@ def exprs() -> str:
 
 
 def test_expiry_panels_read_what_the_expiry_exporter_serves():
-    served = set(re.findall(r"temporal_bundle_\w+", (REPO / "bootstrap" / "commands" / "check_expiry.py").read_text()))
+    served = set(re.findall(r"temporal_bundle_\w+", (REPO / "bootstrap" / "ops" / "expiry_report.py").read_text()))
     used = set(re.findall(r"temporal_bundle_\w+", exprs()))
     assert "temporal_bundle_expiry_timestamp_seconds" in used and "temporal_bundle_item_status" in used
     assert used <= served, used - served
