@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 import uuid
 from datetime import timedelta
 
@@ -153,6 +154,30 @@ def test_a_key_published_for_another_algorithm_is_named_in_the_refusal(published
     jwks = {"keys": [{**KEY_SET["keys"][0], **published}]}
     with pytest.raises(jwt.InvalidAlgorithmError, match=f"^key '{KEY.kid}' is for {named}, not ES256 or RS256$"):
         verify_token(token(), jwks, audience=AUDIENCE)
+
+
+def test_iss_is_required_only_when_issuers_are_given():
+    claims = decode_unverified(token())[1]
+    del claims["iss"]
+    anonymous = jwt.encode(claims, KEY.private_key, algorithm="ES256", headers={"kid": KEY.kid})
+    assert "iss" not in verify_token(anonymous, KEY_SET, audience=AUDIENCE)
+    with pytest.raises(jwt.MissingRequiredClaimError):
+        verify_token(anonymous, KEY_SET, audience=AUDIENCE, issuers=(ISSUER,))
+
+
+def test_leeway_is_passed_on_to_the_time_checks():
+    now = int(time.time())
+    stale = token(iat=now - 60, nbf=now - 60, exp=now - 5)
+    with pytest.raises(jwt.ExpiredSignatureError):
+        verify_token(stale, KEY_SET, audience=AUDIENCE)
+    assert verify_token(stale, KEY_SET, audience=AUDIENCE, leeway=30)["exp"] == now - 5
+
+
+@pytest.mark.parametrize("name", ["exp", "nbf", "iat"])
+def test_a_time_claim_that_is_not_an_integer_is_named(name):
+    value = decode_unverified(token())[1][name] + 0.5
+    with pytest.raises(jwt.InvalidTokenError, match=f"^{name} must be an integer NumericDate$"):
+        verify_token(token(**{name: value}), KEY_SET, audience=AUDIENCE)
 
 
 def test_decode_unverified_reads_any_token_without_its_key_or_clock():
