@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import stat
 import sys
-import unicodedata
 from pathlib import Path
 
-from ..core.hsm import is_reference
-from ..ops.backup import (CONFIG_MODE, CONFIG_NAME, DUMP_PREFIX, Archive, Entry, check_dump, check_same_cluster, open_archive,
-                          parse_dump_stream, plan_config, plan_restore, seal)
+from ..ops.backup import (ARCHIVE_MODE, MIN_PASSPHRASE, Archive, archive_entries, check_dump, check_passphrase,
+                          check_same_cluster, held_in_token, load_archive, open_archive, parse_dump_stream, plan_config,
+                          plan_restore, seal)
 from ..errors import BundleError
 from ..store import Layout, Write, apply, locked, parse_owners, read_optional, write_atomic
 from .common import add_config, add_out, add_owner, report
@@ -30,8 +28,6 @@ variable BACKUP_PASSPHRASE; never from the command line.
   dump     verify, then write one database's pg_dump (custom format) to stdout
 """
 ACTIONS = ("create", "verify", "restore", "dump")
-MIN_PASSPHRASE = 12
-ARCHIVE_MODE = 0o600
 
 
 def add_parser(sub, name):
@@ -81,16 +77,8 @@ def read_passphrase(path: Path | None, minimum: int) -> bytes:
         passphrase, source = os.environb.get(b"BACKUP_PASSPHRASE", b""), "BACKUP_PASSPHRASE"
         if not passphrase:
             raise BundleError("no passphrase: set BACKUP_PASSPHRASE_FILE (a file) or BACKUP_PASSPHRASE")
-    if characters(passphrase) < minimum:
-        raise BundleError(f"the passphrase from {source} is too short (at least {minimum} characters)")
+    check_passphrase(passphrase, source, minimum)
     return passphrase
-
-
-def characters(passphrase: bytes) -> int:
-    """Unicode characters after NFC normalization (e + combining accent is one), not bytes; a
-    byte that is not UTF-8 counts as one. The key is derived from the bytes as given, so
-    archives made before this count still open."""
-    return len(unicodedata.normalize("NFC", passphrase.decode("utf-8", errors="replace")))
 
 
 def parse_file_owner(spec: str | None) -> tuple[int, int] | None:
@@ -109,8 +97,7 @@ def create(args, layout: Layout, passphrase: bytes) -> int:
     owner = parse_file_owner(args.file_owner)
     dumps = read_dumps(args)
     with locked(layout):
-        entries = [config_entry(Path(args.config))] + bundle_entries(layout) + dump_entries(dumps)
-        data = seal(entries, passphrase)
+        data = seal(archive_entries(layout, Path(args.config), dumps), passphrase)
         write_atomic(archive_path, data, ARCHIVE_MODE, owner=owner)
     print(summary(archive_path, open_archive(data, passphrase)))
     return 0
@@ -130,41 +117,7 @@ def read_dumps(args) -> dict[str, bytes]:
     return dumps
 
 
-def config_entry(path: Path) -> Entry:
-    data = read_optional(path)
-    if data is None:
-        raise BundleError(f"{path} does not exist: the archive must hold the bundle config")
-    return Entry(CONFIG_NAME, data, CONFIG_MODE)
-
-
-def bundle_entries(layout: Layout) -> list[Entry]:
-    """Every file under private/ (CAs, signing keys, cluster.json, rotation state) and the codec
-    keys; temp and lock files (names starting with a dot) are not state."""
-    if read_optional(layout.ca_key) is None or read_optional(layout.ca_cert) is None:
-        raise BundleError(f"{layout.ca_cert} and {layout.ca_key} must exist: nothing to back up")
-    if read_optional(layout.codec_keys) is None:
-        raise BundleError(f"{layout.codec_keys} does not exist: run init first")
-    files = sorted(p for p in layout.private.rglob("*") if p.is_file() and not p.name.startswith("."))
-    files.append(layout.codec_keys)
-    if read_optional(layout.codec_kek) is not None:  # file backend; under pkcs11 the KEK is in the token
-        files.append(layout.codec_kek)
-    if read_optional(layout.exchange_signing_key) is not None:  # workload_identity: live exchanged tokens name its kid
-        files.append(layout.exchange_signing_key)
-    return [Entry(layout.relative(p), read_optional(p) or b"", stat.S_IMODE(p.stat().st_mode)) for p in files]
-
-
-def dump_entries(dumps: dict[str, bytes]) -> list[Entry]:
-    return [Entry(f"{DUMP_PREFIX}{name}.dump", data, ARCHIVE_MODE) for name, data in sorted(dumps.items())]
-
-
 # --------------------------------------------------------------------------- open, check, restore
-
-
-def load_archive(path: Path, passphrase: bytes) -> Archive:
-    data = read_optional(path)
-    if data is None:
-        raise BundleError(f"{path} does not exist")
-    return open_archive(data, passphrase, str(path))
 
 
 def restore(args, layout: Layout, archive: Archive) -> None:
@@ -194,8 +147,7 @@ def summary(path: Path, archive: Archive) -> str:
 
 
 def _token_note(archive: Archive) -> str:
-    """keys.backend pkcs11: the CA and signing keys are in the token, the archive has their labels."""
-    held = [e.name for e in archive.bundle_files() if is_reference(e.data)]
+    held = held_in_token(archive)
     if not held:
         return ""
     return (f"; root keys: {len(held)} CA/signing keys are in the PKCS#11 token and NOT in this archive "

@@ -30,6 +30,7 @@ import os
 import re
 import stat
 import struct
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -321,6 +322,69 @@ def _check_ca_keys(entries: dict[str, Entry], what: str) -> None:
         cert = load_cert(entry.data, f"{what}: {name}")
         if not keys_match(cert, load_private_key(key.data, f"{what}: {key.name}")):
             raise BundleError(f"{what}: {key.name} is not the key of {name}: refusing an archive that mixes them")
+
+
+# --------------------------------------------------------------------------- what goes in
+
+
+MIN_PASSPHRASE = 12  # characters, for a new archive; an existing one opens with whatever made it
+ARCHIVE_MODE = 0o600
+
+
+def check_passphrase(passphrase: bytes, source: str, minimum: int) -> None:
+    if passphrase_characters(passphrase) < minimum:
+        raise BundleError(f"the passphrase from {source} is too short (at least {minimum} characters)")
+
+
+def passphrase_characters(passphrase: bytes) -> int:
+    """Unicode characters after NFC normalization (e + combining accent is one), not bytes; a
+    byte that is not UTF-8 counts as one. The key is derived from the bytes as given, so
+    archives made before this count still open."""
+    return len(unicodedata.normalize("NFC", passphrase.decode("utf-8", errors="replace")))
+
+
+def archive_entries(layout: Layout, config_path: Path, dumps: dict[str, bytes]) -> list[Entry]:
+    """What an archive holds, in its order: bundle.yaml, the bundle's files, the dumps."""
+    return [config_entry(config_path)] + bundle_entries(layout) + dump_entries(dumps)
+
+
+def config_entry(path: Path) -> Entry:
+    data = read_optional(path)
+    if data is None:
+        raise BundleError(f"{path} does not exist: the archive must hold the bundle config")
+    return Entry(CONFIG_NAME, data, CONFIG_MODE)
+
+
+def bundle_entries(layout: Layout) -> list[Entry]:
+    """Every file under private/ (CAs, signing keys, cluster.json, rotation state) and the codec
+    keys; temp and lock files (names starting with a dot) are not state."""
+    if read_optional(layout.ca_key) is None or read_optional(layout.ca_cert) is None:
+        raise BundleError(f"{layout.ca_cert} and {layout.ca_key} must exist: nothing to back up")
+    if read_optional(layout.codec_keys) is None:
+        raise BundleError(f"{layout.codec_keys} does not exist: run init first")
+    files = sorted(p for p in layout.private.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files.append(layout.codec_keys)
+    if read_optional(layout.codec_kek) is not None:  # file backend; under pkcs11 the KEK is in the token
+        files.append(layout.codec_kek)
+    if read_optional(layout.exchange_signing_key) is not None:  # workload_identity: live exchanged tokens name its kid
+        files.append(layout.exchange_signing_key)
+    return [Entry(layout.relative(p), read_optional(p) or b"", stat.S_IMODE(p.stat().st_mode)) for p in files]
+
+
+def dump_entries(dumps: dict[str, bytes]) -> list[Entry]:
+    return [Entry(f"{DUMP_PREFIX}{name}.dump", data, ARCHIVE_MODE) for name, data in sorted(dumps.items())]
+
+
+def load_archive(path: Path, passphrase: bytes) -> Archive:
+    data = read_optional(path)
+    if data is None:
+        raise BundleError(f"{path} does not exist")
+    return open_archive(data, passphrase, str(path))
+
+
+def held_in_token(archive: Archive) -> list[str]:
+    """keys.backend pkcs11: the CA and signing keys are in the token, the archive has their labels."""
+    return [e.name for e in archive.bundle_files() if is_reference(e.data)]
 
 
 # --------------------------------------------------------------------------- restoring
