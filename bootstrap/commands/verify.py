@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..core.verify_plan import TOKEN_ATTACKS, VANTAGES
+from ..core.verify_plan import TOKEN_ATTACKS, VANTAGES, parse_route
 from ..errors import BundleError
 from .common import add_config, add_out, load
 
@@ -21,8 +21,9 @@ alg none, tampered, wrong audience and wrong namespace must be denied; a valid o
 Nothing is written to the bundle; no token or key is printed."""
 EPILOG = """\
 vantage points (--from):
-""" + "\n".join(f"  {name:<11} reaches {', '.join(v.reachable)}; must not reach {', '.join(v.unreachable) or '-'}"
-                for name, v in VANTAGES.items()) + """
+""" + "\n".join(f"  {name:<11} " + ("the listeners named by --listener-host (reachable) and --listener-blocked (not)"
+                                     if v.routed else f"reaches {', '.join(v.reachable)}; must not reach "
+                                     f"{', '.join(v.unreachable) or '-'}") for name, v in VANTAGES.items()) + """
 
 token attacks:
 """ + "\n".join(f"  {name:<17} {what}" for name, what in TOKEN_ATTACKS.items()) + """
@@ -44,6 +45,15 @@ def add_parser(sub, name):
                         "(--from host: one machine runs everything, e.g. 127.0.0.1)")
     parser.add_argument("--services", help="comma-separated services that run (make verify passes compose's list); "
                         "listeners of others are reported as not checked")
+    parser.add_argument("--listener-host", action="append", default=[], metavar="LISTENER=HOST[:PORT]",
+                        help="probe this listener there, where it must be reachable (repeatable; --from kubernetes: "
+                        "the export's verify Job names every listener it checks)")
+    parser.add_argument("--listener-blocked", action="append", default=[], metavar="LISTENER=HOST[:PORT]",
+                        help="probe this listener there, where it must NOT be reachable (repeatable; --from kubernetes: "
+                        "what the export's NetworkPolicies keep from the Job's pod)")
+    parser.add_argument("--without-keys", action="store_true",
+                        help="no CA or signing key here (the Kubernetes Job): present the certificates found under "
+                        "--out, skip expired certificates and the token attacks that need the signing key")
     parser.add_argument("--no-tokens", action="store_true", help="skip the token attacks on the frontend")
     parser.add_argument("--deadline", type=float, default=600.0, help="seconds for the whole matrix (default: 600)")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout instead of the table")
@@ -56,9 +66,14 @@ def run(args) -> int:
     if args.deadline <= 0:
         raise BundleError("--deadline must be positive")
     services = {s.strip() for s in args.services.split(",") if s.strip()} if args.services is not None else None
-    config, layout = load(args)  # activates the key backend: the expired certificates are signed by the CAs
+    routes = dict([parse_route(text, True) for text in args.listener_host]
+                  + [parse_route(text, False) for text in args.listener_blocked])
+    if VANTAGES[args.vantage].routed and not routes:
+        raise BundleError(f"--from {args.vantage} checks only the listeners named with --listener-host/--listener-blocked")
+    # With keys the backend is activated: the expired certificates are signed by the CAs.
+    config, layout = load(args, keys=not args.without_keys)
     report = verify(config, layout, args.vantage, host=args.host, services=services, tokens=not args.no_tokens,
-                    deadline_s=args.deadline)
+                    deadline_s=args.deadline, routes=routes, without_keys=args.without_keys)
     if args.json:
         print(json.dumps(report.as_dict(), indent=1))
     else:

@@ -20,6 +20,8 @@ import yaml
 from .. import __version__
 from ..core.config import CLUSTER_INFO_KEY, UI_GATE_HOST, BundleConfig, K8S_NAME
 from ..core.durations import go_duration
+from ..core.security_model import LISTENERS, Listener
+from ..core.verify_plan import least_role, policy_admits
 from ..core.tls_guard import require_closed_tls
 from ..errors import BundleError
 from .kube_secrets import token_patches
@@ -153,7 +155,15 @@ def names(config: BundleConfig) -> dict[str, str]:
         "issuer_ca": f"{prefix}-oidc-issuer-ca",
         "ui_gate": f"{prefix}-ui-gate",
         "cluster_info": f"{prefix}-cluster-info",
+        "verify": f"{prefix}-verify",
     }
+
+
+def chart_service(release: str, component: str, headless: bool = False) -> str:
+    """The chart's Service names (templates/server-service.yaml): `<fullname>-<component>` for the
+    frontend and internal-frontend, `<fullname>-<component>-headless` (the pods' own IPs, every
+    port) for each server service."""
+    return f"{_fullname(release)}-{component}" + ("-headless" if headless else "")
 
 
 def _fullname(release: str) -> str:
@@ -171,7 +181,33 @@ def secrets(config: BundleConfig, layout: Layout) -> list[Secret]:
         result.append(_refresher_secret(read, layout, n["refresher"]))
     if config.workload_identity.enabled:
         result.append(_exchange_secret(read, n["exchange"], server_ca))
-    return result + _oidc_secrets(config, read, n)
+    return result + _oidc_secrets(config, read, n) + [_verify_secret(read, n["verify"])]
+
+
+def _verify_secret(read: _Reader, name: str) -> Secret:
+    """The verify Job's own files: the CA certificates it checks servers with, nothing private.
+    It presents the least role's pair and token from that role's Secret (kept fresh by the
+    refresher) and forges the rest itself; no CA key and no signing key ever reaches it."""
+    layout = read.layout
+    return _bundle_secret(name, "verify Job (the server and internode CA certificates; no key)", {
+        _relative(layout, layout.trust_files(domain)[0]): read.trust(domain)[0] for domain in ("server", "internode")})
+
+
+def _relative(layout: Layout, path: Path) -> str:
+    return str(path.relative_to(layout.root))
+
+
+def verify_role_items(config: BundleConfig, layout: Layout) -> tuple[str, list[dict]] | None:
+    """(the role Secret, its items at the bundle paths verify reads) for the least role."""
+    role = least_role(config)
+    if role is None:
+        return None
+    cert, key = layout.leaf("clients", role)
+    files = {f"{role}.pem": cert, f"{role}.key": key}
+    if not config.workload_identity.enabled:  # else the role Secret holds no token
+        files[f"{role}.jwt"] = layout.token(role)
+    items = [{"key": k, "path": _relative(layout, path)} for k, path in sorted(files.items())]
+    return f"{names(config)['role']}-{role}", items
 
 
 def _oidc_secrets(config: BundleConfig, read: _Reader, n: dict[str, str]) -> list[Secret]:
@@ -457,11 +493,83 @@ def render_export(config: BundleConfig, layout: Layout, templates_dir: Path | No
         # Not under manifests/: an example for the application's namespace, never applied with ours.
         outputs["examples/workload-identity-worker.yaml"] = ("helm/workload-identity-worker.yaml.j2", CERT_MODE)
     rendered = {path: (_render(env, template, values), mode) for path, (template, mode) in outputs.items()}
+    # The Job's routes follow from what was just rendered: the Services and the NetworkPolicies.
+    values["verify"] = {"routes": verify_routes(config, _manifest_docs(rendered)),
+                        "role": verify_role_items(config, layout), "component": VERIFY_COMPONENT}
+    rendered["manifests/verify-job.yaml"] = (_render(env, "helm/verify-job.yaml.j2", values), CERT_MODE)
     require_closed_tls(composed_server_tls(rendered["values.yaml"][0]), f"values.yaml for chart {CHART_VERSION}")
     for secret in all_secrets:
         rendered[f"secrets/{secret.name}.yaml"] = (
             _render(env, "helm/secret.yaml.j2", {**values, "secret": secret}), KEY_MODE)
     return rendered
+
+
+# --------------------------------------------------------------------------- the verify Job's routes
+
+VERIFY_COMPONENT = "verify"
+
+
+def bundle_labels(release: str, component: str) -> dict[str, str]:
+    """templates/helm/_pod.j2 labels(): our own workloads' pod labels."""
+    return {"app.kubernetes.io/name": "temporal-bundle", "app.kubernetes.io/instance": release,
+            "app.kubernetes.io/component": component}
+
+
+def _server_component(listener: Listener) -> str:
+    """frontend_port, frontend_http_port, history_port+membership, ... -> frontend, history, ..."""
+    return listener.port.split("+")[0].removesuffix("_port").removesuffix("_http").replace("_", "-")
+
+
+def _chart_placement(config: BundleConfig, listener: Listener) -> tuple[str, int, dict[str, str]] | None:
+    component = _server_component(listener)
+    if component not in SERVER_SERVICES:
+        return None  # the metrics listener: the chart serves its own metrics port, not the bundle's
+    release = config.kubernetes.release
+    headless = "membership" in listener.port or component not in ("frontend", "internal-frontend")
+    labels = {"app.kubernetes.io/name": "temporal", "app.kubernetes.io/instance": release,
+              "app.kubernetes.io/component": component}
+    return chart_service(release, component, headless), listener.port_number(config.network), labels
+
+
+def _own_placement(config: BundleConfig, listener: Listener, docs: list[dict]) -> tuple[str, int, dict[str, str]] | None:
+    """The rendered Service in front of the listener's pods, and the port the pods listen on."""
+    labels = bundle_labels(config.kubernetes.release, listener.service)
+    pods = [d for d in docs if d.get("kind") == "Deployment" and d["spec"]["template"]["metadata"]["labels"] == labels]
+    services = [d for d in docs if d.get("kind") == "Service" and d["spec"].get("selector") == labels]
+    if not pods or not services:
+        return None
+    container_port = pods[0]["spec"]["template"]["spec"]["containers"][0]["ports"][0]
+    service_port = next(p for p in services[0]["spec"]["ports"]
+                        if p["targetPort"] in (container_port["name"], container_port["containerPort"]))
+    return f"{services[0]['metadata']['name']}:{service_port['port']}", container_port["containerPort"], labels
+
+
+def verify_routes(config: BundleConfig, docs: list[dict]) -> list[dict]:
+    """Each listener the export runs: where the verify Job finds it (a Service name and port) and
+    whether the rendered NetworkPolicies let the Job's pod reach it. Listeners the export does not
+    run (PostgreSQL, the Web UI's chart-served HTTP, monitoring) have no route: verify says so."""
+    policies = [d for d in docs if d.get("kind") == "NetworkPolicy"]
+    source = bundle_labels(config.kubernetes.release, VERIFY_COMPONENT)
+    routes = []
+    for listener in LISTENERS:
+        if listener.service == "temporal":
+            place = _chart_placement(config, listener)
+            place = place and (f"{place[0]}:{place[1]}", place[1], place[2])
+        elif listener.service == "temporal-ui":
+            place = None  # chart 1.6.0's web Service: plain HTTP behind the operator's Ingress
+        else:
+            place = _own_placement(config, listener, docs)
+        if place is not None:
+            where, pod_port, labels = place
+            reachable = policy_admits(policies, labels, pod_port, source)
+            routes.append({"listener": listener.name, "where": where, "reachable": reachable,
+                           "option": "--listener-host" if reachable else "--listener-blocked"})
+    return routes
+
+
+def _manifest_docs(rendered: dict[str, tuple[bytes, int]]) -> list[dict]:
+    return [d for path, (text, _) in sorted(rendered.items()) if path.startswith("manifests/")
+            for d in yaml.safe_load_all(text) if d]
 
 
 def _bundle_yaml(config: BundleConfig) -> str:

@@ -9,6 +9,13 @@ keys.backend pkcs11 they sign inside the token), and none. The forged certificat
 private temporary directory for the run only, never in the bundle. Tokens are minted with the
 bundle's active signing key or forged, in memory; no token and no key is ever printed.
 
+Without keys (the Kubernetes Job, `--without-keys`): no CA key and no signing key is there. The
+certificates presented are those found under the bundle directory (a role's), the foreign CA is
+made on the spot, the expired certificates are not tried; the role's own token (kept fresh by the
+token refresher) is the valid one and the base of the forgeries; the attacks that need the signing
+key (SIGNING_KEY_ATTACKS) are reported as not checked, and "wrong namespace" is the role's valid
+token on a namespace it names no permission for.
+
 Outcomes of one TLS probe (standard library only):
     unreachable: ...   no such name, connection refused, no route, connect timeout
     admitted           handshake done and the server answered what was sent after it (gRPC: its
@@ -45,8 +52,8 @@ from ..core.pki import CA, utcnow
 from ..core.security_model import LISTENERS
 from ..core.tokens import SigningKey, mint_token
 from ..core.verify_plan import (
-    ACCEPTED, DENIED, SERVER_LEAF, TOKEN_ATTACKS, VANTAGES, Credential, Pair, Probe, Skipped, deployed, host_of,
-    plan, port_of, token_expectation, unprovable, verdict,
+    ACCEPTED, DENIED, SERVER_LEAF, SIGNING_KEY_ATTACKS, TOKEN_ATTACKS, UNREACHABLE, VANTAGES, Credential, Pair, Probe,
+    Route, Skipped, deployed, plan, port_of, role_namespace, token_expectation, unprovable, verdict,
 )
 from ..errors import BundleError
 from ..store import Layout
@@ -107,10 +114,13 @@ class Report:
 # --------------------------------------------------------------------------- credentials
 
 
-def issued_credentials(config: BundleConfig, layout: Layout) -> list[Credential]:
+def issued_credentials(config: BundleConfig, layout: Layout, without_keys: bool = False) -> list[Credential]:
+    """Every issued pair; without keys, the pairs that are here (a Job mounts one role's)."""
     out = []
     for spec in leaf_specs(config):
         cert, key = layout.leaf(spec.directory, spec.name)
+        if without_keys and not (cert.is_file() and key.is_file()):
+            continue
         for path in (cert, key):
             if not path.is_file():
                 raise BundleError(f"{path} is missing: verify needs every issued certificate (run init first)")
@@ -118,13 +128,15 @@ def issued_credentials(config: BundleConfig, layout: Layout) -> list[Credential]
     return out
 
 
-def forged_credentials(config: BundleConfig, layout: Layout, workdir: Path) -> list[Credential]:
-    """A foreign CA's certificate copying the system role's CN and the internode name, and an
-    expired certificate from each domain's own CA; written to workdir (0600 keys)."""
+def forged_credentials(config: BundleConfig, layout: Layout, workdir: Path, without_keys: bool = False) -> list[Credential]:
+    """A foreign CA's certificate copying the system role's CN and the internode name, and (with
+    the CA keys) an expired certificate from each domain's own CA; written to workdir (0600 keys)."""
     net = config.network
     foreign = CA.create("Temporal Bundle CA", organization="Temporal Bundle")
     forged = [write_leaf(workdir, "foreign-ca", foreign.issue_cert(net.internode_server_name, common_name=SYSTEM_CN,
                                                                   usage="both"), "foreign", "both")]
+    if without_keys:
+        return forged
     cas, _ = load_cas(config, layout)
     now = utcnow()
     for domain in DOMAINS:
@@ -145,8 +157,8 @@ def write_leaf(workdir: Path, name: str, leaf, domain: str, usage: str, expired:
     return Credential(name, domain, usage, expired, str(cert), str(key))
 
 
-def all_credentials(config: BundleConfig, layout: Layout, workdir: Path) -> list[Credential]:
-    return [*issued_credentials(config, layout), *forged_credentials(config, layout, workdir),
+def all_credentials(config: BundleConfig, layout: Layout, workdir: Path, without_keys: bool = False) -> list[Credential]:
+    return [*issued_credentials(config, layout, without_keys), *forged_credentials(config, layout, workdir, without_keys),
             Credential("no certificate", "none", "")]
 
 
@@ -316,35 +328,52 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def forged_tokens(config: BundleConfig, valid: str) -> dict[str, str | None]:
+    """The attacks no signing key is needed for, built from one valid token: its claims re-signed
+    by a stranger's key (under the stranger's kid, and under the valid kid), unsigned, or with the
+    payload escalated to temporal-system:admin under the valid signature."""
+    header, payload, signature = valid.split(".")
+    head, claims = json.loads(_unb64(header)), json.loads(_unb64(payload))
+    escalated = {**claims, config.oidc.permissions_claim: ["temporal-system:admin"]}
+    stranger = SigningKey.generate(head["alg"])
+    return {
+        "valid": valid,
+        "no token": None,
+        "unknown kid": jwt.encode(claims, stranger.private_key, algorithm=stranger.algorithm,
+                                  headers={"kid": stranger.kid, "typ": "JWT"}),
+        "forged signature": jwt.encode(escalated, stranger.private_key, algorithm=stranger.algorithm,
+                                       headers={"kid": head.get("kid"), "typ": "JWT"}),
+        "alg none": f"{_b64_json({'alg': 'none', 'typ': 'JWT', 'kid': head.get('kid')})}.{_b64_json(escalated)}.",
+        "tampered": f"{header}.{_b64_json(escalated)}.{signature}",
+    }
+
+
 def attack_tokens(config: BundleConfig, layout: Layout, namespace: str) -> dict[str, str | None]:
     """TOKEN_ATTACKS' tokens: minted with the active signing key or forged; in memory only."""
     active = active_signing_key(layout, load_published_keys(layout))
-    read, admin = [f"{namespace}:read"], ["temporal-system:admin"]
+    read = [f"{namespace}:read"]
 
     def signed(permissions, key=active, audience=config.jwt.audience, now=None) -> str:
         return mint_token(key, role="verify", permissions=permissions, issuer=config.jwt.issuer, audience=audience,
                           lifetime=timedelta(minutes=10), now=now, claim=config.oidc.permissions_claim).encoded
 
     valid = signed(read)
-    header, payload, signature = valid.split(".")
-    claims = json.loads(_unb64(payload))
-    escalated = {name: (admin if value == read else value) for name, value in claims.items()}
-    stranger = SigningKey.generate(active.algorithm)
+    claims = json.loads(_unb64(valid.split(".")[1]))
     tokens = {
-        "valid": valid,
-        "no token": None,
+        **forged_tokens(config, valid),
         "expired": signed(read, now=utcnow() - timedelta(hours=1)),
-        "unknown kid": signed(read, key=stranger),
-        "forged signature": jwt.encode(escalated, stranger.private_key, algorithm=stranger.algorithm,
-                                       headers={"kid": active.kid, "typ": "JWT"}),
         "no kid": jwt.encode(claims, active.private_key, algorithm=active.algorithm),
-        "alg none": f"{_b64_json({'alg': 'none', 'typ': 'JWT', 'kid': active.kid})}.{_b64_json(escalated)}.",
-        "tampered": f"{header}.{_b64_json(escalated)}.{signature}",
         "wrong audience": signed(read, audience=f"not-{config.jwt.audience}"),
         "wrong namespace": signed([f"verify-not-{namespace}:admin"]),
     }
     assert set(tokens) == set(TOKEN_ATTACKS)
     return tokens
+
+
+def role_attack_tokens(config: BundleConfig, valid: str) -> dict[str, str | None]:
+    """Without the signing key: the forgeries, and the role's valid token for "wrong namespace"
+    (token_rows asks it for a namespace the token names no permission for)."""
+    return {**forged_tokens(config, valid), "wrong namespace": valid}
 
 
 @dataclass(frozen=True)
@@ -382,30 +411,56 @@ async def token_outcome(frontend: Frontend, token: str | None, namespace: str) -
         return f"error: {exc.status.name}: {exc.message[:160]}"
 
 
-def token_rows(config: BundleConfig, layout: Layout, frontend: Frontend, namespace: str) -> list[Row]:
-    tokens = attack_tokens(config, layout, namespace)
+def token_rows(frontend: Frontend, tokens: dict[str, str | None], namespace: str) -> list[Row]:
+    """Each attack's call on `namespace`; "wrong namespace" on one no token here names."""
+    attacks = [name for name in TOKEN_ATTACKS if name in tokens]
+    where = {name: f"verify-not-{namespace}" if name == "wrong namespace" else namespace for name in attacks}
 
     async def all_attacks() -> list[str]:
-        return [await token_outcome(frontend, tokens[name], namespace) for name in TOKEN_ATTACKS]
+        return [await token_outcome(frontend, tokens[name], where[name]) for name in attacks]
 
     outcomes = asyncio.run(all_attacks())
     listener = f"frontend gRPC, namespace {namespace}"
-    return [Row(listener, f"token: {name}", token_expectation(name), got) for name, got in zip(TOKEN_ATTACKS, outcomes)]
+    return [Row(listener, f"token: {name}", token_expectation(name), got) for name, got in zip(attacks, outcomes)]
 
 
-def frontend_of(config: BundleConfig, layout: Layout, server_names: dict[str, str], host: str | None, vantage) -> Frontend:
-    listener = next(l for l in LISTENERS if l.name == "frontend gRPC")
-    role = config.roles[0].name
+def frontend_of(pairs: list[Pair], layout: Layout, server_names: dict[str, str], role: str) -> Frontend | None:
+    """The frontend gRPC listener where this run probed it, if it must be reachable from here."""
+    probe = next((p.probe for p in pairs if p.listener == "frontend gRPC" and p.expected != UNREACHABLE), None)
+    if probe is None:
+        return None
     cert, key = layout.leaf("clients", role)
-    return Frontend(f"{host_of(listener, config, vantage, host)}:{port_of(listener, config)}", server_names["temporal"],
-                    layout.trust_files("server")[0].read_bytes(), cert.read_bytes(), key.read_bytes())
+    return Frontend(f"{probe.host}:{probe.port}", server_names["temporal"], Path(probe.roots).read_bytes(),
+                    cert.read_bytes(), key.read_bytes())
+
+
+def token_attack_rows(config: BundleConfig, layout: Layout, pairs: list[Pair], server_names: dict[str, str],
+                      without_keys: bool) -> tuple[list[Row], list[Skipped]]:
+    listener = "frontend gRPC token attacks"
+    if not without_keys:
+        frontend = frontend_of(pairs, layout, server_names, config.roles[0].name)
+        namespace = config.namespaces[0].name if config.namespaces else "default"
+        if frontend is None:
+            return [], []
+        return token_rows(frontend, attack_tokens(config, layout, namespace), namespace), []
+    role = next((c.name.removeprefix("clients/") for c in issued_credentials(config, layout, True)
+                 if c.name.startswith("clients/") and layout.token(c.name.removeprefix("clients/")).is_file()), None)
+    if role is None:
+        return [], [Skipped(listener, "no role's certificate and token here")]
+    namespace, frontend = role_namespace(config, role), frontend_of(pairs, layout, server_names, role)
+    if namespace is None or frontend is None:
+        return [], [Skipped(listener, f"role {role} reads no registered namespace, or the frontend is not reachable")]
+    tokens = role_attack_tokens(config, layout.token(role).read_text().strip())
+    return token_rows(frontend, tokens, namespace), [
+        Skipped(f"{listener}: {name}", "needs the signing key, which the Job never gets") for name in SIGNING_KEY_ATTACKS]
 
 
 # --------------------------------------------------------------------------- the whole run
 
 
 def verify(config: BundleConfig, layout: Layout, vantage_name: str, *, host: str | None = None,
-           services: set[str] | None = None, tokens: bool = True, deadline_s: float = 600) -> Report:
+           services: set[str] | None = None, tokens: bool = True, deadline_s: float = 600,
+           routes: dict[str, Route] | None = None, without_keys: bool = False) -> Report:
     started = time.monotonic()
     vantage = VANTAGES[vantage_name]
     specs = leaf_specs(config)
@@ -413,18 +468,22 @@ def verify(config: BundleConfig, layout: Layout, vantage_name: str, *, host: str
     server_names = {service: spec.common_name for spec in specs for service, leaf in SERVER_LEAF.items()
                     if leaf == (spec.directory, spec.name)}
     roots = {"server": str(layout.trust_files("server")[0]), "internode": str(layout.trust_files("internode")[0])}
+    if vantage.routed and services is None:  # the routes say what runs there
+        services = {l.service for l in LISTENERS if l.name in (routes or {})}
     listeners, skipped = deployed(config, issued, services)
     report = Report(vantage.name, skipped=skipped)
     with tempfile.TemporaryDirectory(prefix="temporal-bundle-verify-") as workdir:
-        credentials = all_credentials(config, layout, Path(workdir))
-        pairs, not_here = plan(config, listeners, credentials, vantage, server_names, roots, host)
+        credentials = all_credentials(config, layout, Path(workdir), without_keys)
+        pairs, not_here = plan(config, listeners, credentials, vantage, server_names, roots, host, routes)
         report.skipped += not_here
         outcomes = run_pairs(pairs, deadline_s)
     report.rows = [Row(p.listener, p.credential.name, p.expected, got) for p, got in zip(pairs, outcomes)]
     report.unprovable = unprovable(pairs)
-    frontend_reached = any(l.name == "frontend gRPC" for l in listeners) and "published" in vantage.reachable
-    if tokens and frontend_reached:
-        namespace = config.namespaces[0].name if config.namespaces else "default"
-        report.rows += token_rows(config, layout, frontend_of(config, layout, server_names, host, vantage), namespace)
+    if without_keys:
+        report.skipped.append(Skipped("every TLS listener: expired certificates", "needs the CA keys, which the Job never gets"))
+    if tokens:
+        rows, not_tried = token_attack_rows(config, layout, pairs, server_names, without_keys)
+        report.rows += rows
+        report.skipped += not_tried
     report.seconds = time.monotonic() - started
     return report
