@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from .durations import parse_duration
-from .claims import PERMISSIONS_CLAIM
-from ..errors import BundleError
+from ..durations import parse_duration
+from ..claims import PERMISSIONS_CLAIM
+from ...errors import BundleError
 
 SYSTEM_NAMESPACE = "temporal-system"
 # The gRPC gate the Web UI calls instead of the frontend (its compose service and Kubernetes Service name).
@@ -431,7 +431,7 @@ def _audience_of_external(raw: Any, jwt: JWTConfig, external: ExternalIssuer, so
 
 
 def _workload_identity():
-    from . import workload_identity  # it builds on this module's parsers, so it is imported late
+    from .. import workload_identity  # it builds on this module's parsers, so it is imported late
 
     return workload_identity
 
