@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core import backend
 from ..core.config import BundleConfig, load_config
+from ..errors import BundleError
+from ..servers import MAX_CONNECTIONS
 from ..store import Action, Layout, Skip, describe, parse_owners
 
 if TYPE_CHECKING:  # the expiry helpers import their ops lazily: most commands never check expiry
     from ..ops.expiry import Report, Thresholds
 
+MAX_CONNECTIONS_HELP = f"open connections at most; the oldest idle one makes room (default: {MAX_CONNECTIONS})"
 FORCE_HELP = "replace existing files, including the CA and the signing key (every client must then be re-issued)"
 
 
@@ -76,6 +80,31 @@ def report(layout: Layout, actions: list[Action], quiet: bool = False) -> None:
             print(f"{layout.relative(action.path)}: {action.reason}")
         else:
             print(describe(layout, action))
+
+
+def add_listen(parser: argparse.ArgumentParser, port_help: str, port_default: int | None = None) -> None:
+    """--host and --port of a serve-* command."""
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=port_default, help=port_help)
+
+
+def add_max_connections(parser: argparse.ArgumentParser, default: int | None = MAX_CONNECTIONS,
+                        help_text: str = MAX_CONNECTIONS_HELP) -> None:
+    parser.add_argument("--max-connections", type=int, default=default, help=help_text)
+
+
+def check_max_connections(value: int | None) -> None:
+    """None: the service's own default."""
+    if value is not None and value < 1:
+        raise BundleError("--max-connections must be at least 1")
+
+
+def start_service(what: str, host: str, port: int, make_server):
+    """make_server() or one error line: a port in use or a bad certificate is not a traceback."""
+    try:
+        return make_server()
+    except (OSError, ssl.SSLError) as exc:
+        raise BundleError(f"cannot start {what} on {host}:{port}: {exc}") from None
 
 
 def serve_until_interrupted(server) -> int:

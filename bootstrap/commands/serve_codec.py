@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ssl
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +11,8 @@ from ..core.config import check_origin, load_config
 from ..errors import BundleError
 from ..ops.oidc import jwks_cafiles
 from ..store import Layout
-from .common import add_config, add_out, serve_until_interrupted
+from .common import (add_config, add_listen, add_max_connections, add_out, check_max_connections, serve_until_interrupted,
+                     start_service)
 
 HELP = "serve /encode and /decode (Temporal's codec protocol) over HTTPS for the Web UI and CLI"
 DESCRIPTION = """Serve Temporal's remote codec protocol (POST /encode, POST /decode, GET /healthz)
@@ -37,8 +37,7 @@ def add_parser(sub, name):
     add_config(parser)
     add_out(parser)
     option = parser.add_argument
-    option("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
-    option("--port", type=int, help="port (default: codec.port from the config, 8888)")
+    add_listen(parser, "port (default: codec.port from the config, 8888)")
     option("--jwks-url", action="append", metavar="URL",
            help="verify tokens against this JWKS URL instead of jwks/jwks.json (repeatable: e.g. the bundle's "
            "https://jwks:8443/jwks.json and your OIDC provider's, for Web UI users); https is verified against "
@@ -50,9 +49,8 @@ def add_parser(sub, name):
            help="plain HTTP (local debugging only: the Web UI refuses to send tokens to http endpoints)")
     option("--issuer", action="append", default=[], metavar="ISS",
            help="also accept tokens with this `iss` (repeatable; e.g. your OIDC provider's, with its --jwks-url)")
-    option("--max-connections", type=int,
-           help="open connections at most; the oldest idle one makes room (default: what the container's "
-           "256 MB allows, 256; each may cost ~250 KB, so raise the memory limit with it)")
+    add_max_connections(parser, None, "open connections at most; the oldest idle one makes room (default: what the "
+                        "container's 256 MB allows, 256; each may cost ~250 KB, so raise the memory limit with it)")
     option("--quiet-audit", action="store_true", help="do not log one line per encode/decode request")
     parser.set_defaults(run=run)
 
@@ -65,22 +63,18 @@ def run(args) -> int:
     origins = tuple(check_origin(o, "--ui-origin") for o in args.ui_origin) if args.ui_origin else config.codec.ui_origins
     issuers = tuple(dict.fromkeys([config.jwt.issuer, *args.issuer]))
     policy = Policy(config.jwt.audience, config.codec.decrypt_role, origins, issuers, config.oidc.permissions_claim)
-    if args.max_connections is not None and args.max_connections < 1:
-        raise BundleError("--max-connections must be at least 1")
+    check_max_connections(args.max_connections)
     limits = replace(LIMITS, max_connections=args.max_connections or LIMITS.max_connections)
     port = args.port or config.codec.port
     cert, key = (None, None) if args.insecure_http else layout.leaf("codec", "server")
     if not args.jwks_url and not layout.jwks.exists():
         raise BundleError(f"{layout.jwks} not found; run generate-certs first, or pass --jwks-url")
-    try:
-        server = make_server(
-            args.host, port, keys_path=layout.codec_keys, kek=codec_kek_for_serving(config, layout), policy=policy,
-            jwks_path=layout.jwks,
-            jwks_urls=tuple(args.jwks_url or ()), jwks_cafile=jwks_cafiles(config, layout), cert=cert, key=key,
-            audit=not args.quiet_audit, limits=limits,
-        )
-    except (OSError, ssl.SSLError) as exc:
-        raise BundleError(f"cannot start the codec server on {args.host}:{port}: {exc}") from None
+    server = start_service("the codec server", args.host, port, lambda: make_server(
+        args.host, port, keys_path=layout.codec_keys, kek=codec_kek_for_serving(config, layout), policy=policy,
+        jwks_path=layout.jwks,
+        jwks_urls=tuple(args.jwks_url or ()), jwks_cafile=jwks_cafiles(config, layout), cert=cert, key=key,
+        audit=not args.quiet_audit, limits=limits,
+    ))
     scheme = "http" if args.insecure_http else "https"
     print(
         f"serving the codec at {scheme}://{args.host}:{port} (decrypts for {policy.decrypt_role}; "

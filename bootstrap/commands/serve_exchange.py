@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import ssl
 from pathlib import Path
 
 from ..core.config import load_config
 from ..errors import BundleError
 from ..ops.plan import load_exchange_key
-from ..servers import MAX_CONNECTIONS
 from ..store import Layout
-from .common import add_config, add_out, serve_until_interrupted
+from .common import (add_config, add_listen, add_max_connections, add_out, check_max_connections, serve_until_interrupted,
+                     start_service)
 
 HELP = "exchange workloads' service-account tokens for short-lived Temporal tokens (RFC 8693) over HTTPS"
 DESCRIPTION = """Serve POST /token (RFC 8693 token exchange) and GET /healthz over HTTPS with the
@@ -27,10 +26,8 @@ def add_parser(sub, name):
     parser = sub.add_parser(name, help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config(parser)
     add_out(parser)
-    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
-    parser.add_argument("--port", type=int, help="port (default: workload_identity.port, 8444)")
-    parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS,
-                        help=f"open connections at most; the oldest idle one makes room (default: {MAX_CONNECTIONS})")
+    add_listen(parser, "port (default: workload_identity.port, 8444)")
+    add_max_connections(parser)
     parser.set_defaults(run=run)
 
 
@@ -46,16 +43,13 @@ def run(args) -> int:
     key = load_exchange_key(layout)
     if key is None:
         raise BundleError(f"{layout.exchange_signing_key} not found; run generate-certs first")
-    if args.max_connections < 1:
-        raise BundleError("--max-connections must be at least 1")
+    check_max_connections(args.max_connections)
     cert, tls_key = layout.leaf("exchange", "server")
     policy = ExchangePolicy(workload, tuple(ns.name for ns in config.namespaces), config.jwt.issuer, config.jwt.audience)
     port = args.port or workload.port
-    try:
-        server = make_server(args.host, port, policy=policy, key_file=layout.exchange_signing_key, cert=cert, tls_key=tls_key,
-                             limits=Limits(max_connections=args.max_connections))
-    except (OSError, ssl.SSLError) as exc:
-        raise BundleError(f"cannot start the token exchange on {args.host}:{port}: {exc}") from None
+    server = start_service("the token exchange", args.host, port, lambda: make_server(
+        args.host, port, policy=policy, key_file=layout.exchange_signing_key, cert=cert, tls_key=tls_key,
+        limits=Limits(max_connections=args.max_connections)))
     issuers = ", ".join(f"{i.name} ({i.issuer})" for i in workload.issuers)
     print(f"serving the token exchange at https://{args.host}:{port}/token (kid {key.kid}; issuers: {issuers})", flush=True)
     return serve_until_interrupted(server)

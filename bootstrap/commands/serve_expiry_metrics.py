@@ -16,9 +16,8 @@ from ..core.durations import parse_duration
 from ..errors import BundleError
 from ..ops.expiry import check, fetch_jwks
 from ..core.pki import utcnow
-from ..servers import MAX_CONNECTIONS
 from ..ops.expiry_report import exit_code, prometheus_text
-from .common import add_out, serve_until_interrupted, thresholds_of
+from .common import add_listen, add_max_connections, add_out, check_max_connections, serve_until_interrupted, thresholds_of
 
 HELP = "serve check-expiry's metrics over HTTP for Prometheus (/metrics, /metrics/tokens, /healthz)"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -30,14 +29,12 @@ def add_parser(sub, name):
     option = parser.add_argument
     option("directory", nargs="?", metavar="DIR", help="directory to check on every scrape (default: --out)")
     option("--config", default=None, metavar="FILE", help="bundle.yaml with the monitoring thresholds (env BUNDLE_CONFIG)")
-    option("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
-    option("--port", type=int, default=9464, help="port (default: 9464)")
+    add_listen(parser, "port (default: 9464)", 9464)
     option("--jwks-url", metavar="URL", help="also report whether this JWKS can be fetched (temporal_bundle_jwks_up)")
     option("--ca-file", type=Path, metavar="FILE", help="CA for an https --jwks-url (default: DIR/trust/ca.pem)")
     option("--timeout", default="5s", metavar="DURATION", help="timeout for fetching --jwks-url (default: 5s)")
     option("--textfile", type=Path, metavar="FILE", help="a metrics file to serve at /metrics/tokens")
-    option("--max-connections", type=int, default=MAX_CONNECTIONS,
-           help=f"open connections at most; the oldest idle one makes room (default: {MAX_CONNECTIONS})")
+    add_max_connections(parser)
     parser.set_defaults(run=run, warn=None, crit=None)
 
 
@@ -49,8 +46,7 @@ def run(args) -> int:
     timeout = parse_duration(args.timeout, "--timeout")
     if not 1 <= args.port <= 65535:
         raise BundleError(f"--port must be 1-65535, got {args.port}")
-    if args.max_connections < 1:
-        raise BundleError("--max-connections must be at least 1")
+    check_max_connections(args.max_connections)
 
     def scrape() -> str:
         jwks = None

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import ssl
 from pathlib import Path
 
 from ..errors import BundleError
-from ..servers import MAX_CONNECTIONS
 from ..store import Layout
-from .common import add_out, serve_until_interrupted
+from .common import add_listen, add_max_connections, add_out, check_max_connections, serve_until_interrupted, start_service
 
 HELP = "serve jwks.json over HTTPS (re-read on change) with /healthz"
 
@@ -16,11 +14,9 @@ HELP = "serve jwks.json over HTTPS (re-read on change) with /healthz"
 def add_parser(sub, name):
     parser = sub.add_parser(name, help=HELP, description=HELP + ".")
     add_out(parser)
-    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
-    parser.add_argument("--port", type=int, default=8443, help="port (default: 8443)")
+    add_listen(parser, "port (default: 8443)", 8443)
     parser.add_argument("--insecure-http", action="store_true", help="plain HTTP (local debugging only)")
-    parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS,
-                        help=f"open connections at most; the oldest idle one makes room (default: {MAX_CONNECTIONS})")
+    add_max_connections(parser)
     parser.set_defaults(run=run)
 
 
@@ -32,12 +28,9 @@ def run(args) -> int:
     cert, key = (None, None) if args.insecure_http else layout.leaf("jwks", "server")
     if not layout.jwks.exists():
         raise BundleError(f"{layout.jwks} not found; run generate-certs first")
-    if args.max_connections < 1:
-        raise BundleError("--max-connections must be at least 1")
-    try:
-        server = make_server(args.host, args.port, layout.jwks, cert, key, Limits(max_connections=args.max_connections))
-    except (OSError, ssl.SSLError) as exc:
-        raise BundleError(f"cannot start JWKS server on {args.host}:{args.port}: {exc}") from None
+    check_max_connections(args.max_connections)
+    server = start_service("JWKS server", args.host, args.port, lambda: make_server(
+        args.host, args.port, layout.jwks, cert, key, Limits(max_connections=args.max_connections)))
     scheme = "http" if args.insecure_http else "https"
     print(f"serving {layout.jwks} at {scheme}://{args.host}:{args.port}/jwks.json", flush=True)
     return serve_until_interrupted(server)
