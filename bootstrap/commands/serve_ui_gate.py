@@ -25,7 +25,14 @@ upstream with the user's token. The gate holds no token.
 TLS: ui-gate/server.{pem,key} to callers, who need a client-domain certificate
 (trust/client/ca.pem: the UI's ui/client.pem); ui-gate/client.{pem,key} to the frontend, verified
 with trust/ca.pem. Certificates are read at start: restart the gate after a rotation (make rotate
-does)."""
+does).
+
+Limits (any client-domain certificate reaches the gate): messages up to 4 MiB each way (the
+frontend's own request limit); a call without a valid token is refused before its body is read
+(but the health check and GetSystemInfo, which the frontend answers without one); message slots
+as many as the container's memory limit (its cgroup's; 256m if none) holds at the worst case;
+one certificate holds at most half of the slots and an eighth of --max-concurrent-calls; at most
+512 connections, 100 streams each."""
 
 
 def add_parser(sub, name):
@@ -44,8 +51,9 @@ def add_parser(sub, name):
            help="also accept tokens with this `iss` (repeatable; the OIDC provider's), besides jwt.issuer")
     option("--cluster-info", type=Path, required=True, metavar="FILE",
            help="the GetClusterInfo answer written by register-namespaces --cluster-info")
-    option("--max-concurrent-calls", type=int, default=1000,
-           help="calls in flight at most; more are refused with RESOURCE_EXHAUSTED (default: 1000)")
+    option("--max-concurrent-calls", type=int, default=256,
+           help="calls in flight at most, one certificate an eighth of them; more are refused with "
+           "RESOURCE_EXHAUSTED (default: 256)")
     parser.set_defaults(run=run)
 
 
@@ -56,6 +64,7 @@ def run(args) -> int:
     layout = Layout(Path(args.out).resolve())
     if args.max_concurrent_calls < 1:
         raise BundleError("--max-concurrent-calls must be at least 1")
+    budget = _budget(args)
     net = config.network
     upstream = args.upstream or f"{net.frontend_host}:{net.frontend_port}"
     server_cert, server_key = layout.leaf("ui-gate", "server")
@@ -63,21 +72,33 @@ def run(args) -> int:
     tls = GateTLS(server_cert, server_key, layout.trust_files("client")[0], layout.trust_bundle,
                   net.frontend_host, client_cert, client_key)
     issuers = tuple(dict.fromkeys([config.jwt.issuer, *args.issuer]))
-    return asyncio.run(_serve(args, tls, upstream, config, issuers, layout))
+    return asyncio.run(_serve(args, tls, upstream, config, issuers, layout, budget))
 
 
-async def _serve(args, tls, upstream: str, config, issuers: tuple[str, ...], layout: Layout) -> int:
+def _budget(args):
+    from ..servers.gate import DEFAULT_MEMORY, GateBudget, container_memory
+
+    memory = container_memory() or DEFAULT_MEMORY  # the container's limit (compose's mem_limit)
+    try:
+        return GateBudget(memory, args.max_concurrent_calls).checked()
+    except ValueError as exc:
+        raise BundleError(str(exc)) from None
+
+
+async def _serve(args, tls, upstream: str, config, issuers: tuple[str, ...], layout: Layout, budget) -> int:
     from ..servers.auth import Authenticator, key_sources
     from ..servers.gate import start_gate
 
     sources = key_sources(None, tuple(args.jwks_url), jwks_cafiles(config, layout))
     auth = Authenticator(sources, config.jwt.audience, issuers)
     try:
-        gate = await start_gate(args.host, args.port, upstream, tls, auth, args.cluster_info,
-                                config.oidc.permissions_claim, args.max_concurrent_calls)
+        gate = await start_gate(args.host, args.port, upstream, tls, auth, args.cluster_info, budget,
+                                config.oidc.permissions_claim)
     except (OSError, RuntimeError) as exc:
         raise BundleError(f"cannot start the UI gate on {args.host}:{args.port}: {exc}") from None
-    print(f"serving the UI gate on {args.host}:{gate.port} -> {upstream} (cluster info: {args.cluster_info})", flush=True)
+    print(f"serving the UI gate on {args.host}:{gate.port} -> {upstream} (cluster info: {args.cluster_info}; "
+          f"{budget.memory >> 20} MiB: {budget.slots} message slots, {budget.calls} calls, "
+          f"{budget.connections} connections)", flush=True)
     try:
         await gate.server.wait_for_termination()
     finally:

@@ -17,11 +17,22 @@ does the gate answer itself:
 Nothing else is answered or changed. Only the WorkflowService, the OperatorService and the gRPC
 health check are forwarded (the UI uses nothing else); AdminService and anything unknown get
 UNIMPLEMENTED from the gate.
+
+Every caller holds a client-domain certificate, and every application role has one, so the gate's
+memory is bounded by construction, not by trust (see GateBudget): messages are no larger than the
+frontend accepts; a call's body is read only once its token verifies (the frontend refuses every
+other call but the health check and GetSystemInfo, so the gate refuses it first, unread) and a
+message slot is free; slots are as many as the container's memory holds at the worst case, and one
+certificate holds at most half of them and an eighth of the calls, so no single holder locks the
+UI out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +53,23 @@ HOP_METADATA = frozenset({"user-agent", "content-type", "te", "host", "grpc-time
                           "grpc-accept-encoding", "grpc-message-type"})
 # Temporal's rich error details (e.g. WorkflowExecutionAlreadyStarted) ride in this trailer.
 STATUS_DETAILS = "grpc-status-details-bin"
-MAX_MESSAGE_BYTES = 128 * 1024 * 1024  # the frontend's own default ceiling
+GET_SYSTEM_INFO = WORKFLOW_SERVICE + "GetSystemInfo"
+# What the frontend's authorizer lets through without a token (Check, GetSystemInfo): the SDK and
+# the health check ask these first. The frontend refuses every other call without a valid token.
+TOKENLESS_METHODS = frozenset({HEALTH_CHECK, GET_SYSTEM_INFO})
+MIB = 1024 * 1024
+# The frontend's own limit. Temporal v1.32.2 (the release compose pins) builds the frontend's server
+# from GetFrontendGRPCServerOptions (common/rpc/rpc.go: credentials only) plus keepalive and
+# interceptors (service/frontend/fx.go): no grpc.MaxRecvMsgSize, so grpc-go's default applies,
+# defaultServerMaxReceiveMessageSize = 4 MiB (google.golang.org/grpc v1.83.2, server.go, the version
+# its go.mod pins). The same file's MaxHTTPAPIRequestBytes says so too ("the max gRPC request size").
+# A larger request would be refused there anyway.
+MAX_REQUEST_BYTES = 4 * MIB
+# Answers are capped alike: the frontend sends up to 2 GiB and the UI takes 64 MiB, so a cap is ours
+# to choose, and every byte of it is multiplied by the calls in flight (GateBudget).
+MAX_RESPONSE_BYTES = 4 * MIB
+# A caller that opened a call has this long to send its body, and to take the answer.
+BODY_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -69,7 +96,11 @@ class GateTLS:
 
 
 class ClusterInfoFile:
-    """The GetClusterInfoResponse the registration job recorded (protobuf JSON), re-read when it changes."""
+    """The GetClusterInfoResponse the registration job recorded (protobuf JSON), re-read when it
+    changes. Anything else (unreadable, not that message, larger than MAX_BYTES) is logged and
+    answers None: the caller then gets the frontend's own refusal."""
+
+    MAX_BYTES = 64 * 1024  # the recorded answer is about 1 KiB
 
     def __init__(self, path: Path):
         self.path = path
@@ -83,7 +114,11 @@ class ClusterInfoFile:
             stat = self.path.stat()
             stamp = (stat.st_mtime_ns, stat.st_size)
             if stamp != self._stamp:
-                message = json_format.Parse(self.path.read_text(), GetClusterInfoResponse())
+                with self.path.open("rb") as handle:  # replaced, not rewritten, by its writer: one read
+                    recorded = handle.read(self.MAX_BYTES + 1)
+                if len(recorded) > self.MAX_BYTES:
+                    raise ValueError(f"larger than {self.MAX_BYTES} bytes")
+                message = json_format.Parse(recorded.decode(), GetClusterInfoResponse())
                 self._answer, self._stamp = message.SerializeToString(), stamp
         except (OSError, ValueError, json_format.ParseError) as exc:
             log_event("gate-cluster-info-unreadable", path=str(self.path), error=clip(exc))
@@ -114,10 +149,104 @@ def readable_namespaces(claims: dict, claim: str = PERMISSIONS_CLAIM) -> list[st
     return sorted(names)
 
 
+def bearer_of(metadata) -> str | None:
+    return next((v for k, v in metadata if k == "authorization" and isinstance(v, str)), None)
+
+
+def caller_of(context: grpc.aio.ServicerContext) -> bytes:
+    """Who holds the call: the client certificate (every caller has one), else the peer address."""
+    certificate = context.auth_context().get("x509_pem_cert")
+    return certificate[0] if certificate else context.peer().encode()
+
+
+def slot_wait(context: grpc.aio.ServicerContext) -> float:
+    remaining = context.time_remaining()
+    return 3 * BODY_SECONDS if remaining is None else max(0.0, min(remaining, 3 * BODY_SECONDS))
+
+
+async def read_body(context: grpc.aio.ServicerContext) -> bytes:
+    try:
+        body = await asyncio.wait_for(context.read(), BODY_SECONDS)
+    except asyncio.TimeoutError:
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no request message within {BODY_SECONDS:.0f} s")
+    if body is grpc.aio.EOF:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
+    return body
+
+
+async def send_answer(context: grpc.aio.ServicerContext, answer: bytes) -> None:
+    """The answer, taken by the caller within BODY_SECONDS (a caller that never reads it frees its slot)."""
+    try:
+        await asyncio.wait_for(context.write(answer), BODY_SECONDS)
+    except asyncio.TimeoutError:
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"the answer was not taken within {BODY_SECONDS:.0f} s")
+
+
+class ThrottledLog:
+    """One event line per second at most (with how many were left out): refusals come as fast as a
+    certificate holder can open streams."""
+
+    def __init__(self, event: str, every: float = 1.0):
+        self.event, self.every = event, every
+        self._last, self._left_out = float("-inf"), 0
+
+    def log(self, **fields) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every:
+            self._left_out += 1
+            return
+        log_event(self.event, **fields, left_out=self._left_out or None)
+        self._last, self._left_out = now, 0
+
+
+class Admission:
+    """Calls in flight and message slots, in all and per caller: a caller holds at most an eighth of
+    the calls and half of the slots, so one certificate cannot lock the others (the UI) out."""
+
+    def __init__(self, calls: int, slots: int):
+        self.calls, self.caller_calls = calls, max(1, calls // 8)
+        self.slots, self.caller_slots = asyncio.Semaphore(slots), max(1, slots // 2)
+        self._in_flight = 0
+        self._by_caller: Counter[bytes] = Counter()
+        self._caller_semaphores: dict[bytes, asyncio.Semaphore] = {}
+
+    def enter(self, caller: bytes) -> bool:
+        if self._in_flight >= self.calls or self._by_caller[caller] >= self.caller_calls:
+            return False
+        self._in_flight += 1
+        self._by_caller[caller] += 1
+        return True
+
+    def leave(self, caller: bytes) -> None:
+        self._in_flight -= 1
+        self._by_caller[caller] -= 1
+        if not self._by_caller[caller]:
+            del self._by_caller[caller]
+            self._caller_semaphores.pop(caller, None)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, caller: bytes, wait: float):
+        """Yields whether a slot was had within `wait` seconds (and holds it for the block)."""
+        mine = self._caller_semaphores.setdefault(caller, asyncio.Semaphore(self.caller_slots))
+        held = []
+        try:
+            for semaphore in (mine, self.slots):
+                await asyncio.wait_for(semaphore.acquire(), wait)
+                held.append(semaphore)
+        except asyncio.TimeoutError:
+            pass
+        try:
+            yield len(held) == 2
+        finally:
+            for semaphore in held:
+                semaphore.release()
+
+
 class Gate:
     def __init__(self, channel: grpc.aio.Channel, auth: Authenticator, cluster_info: ClusterInfoFile,
-                 claim: str = PERMISSIONS_CLAIM):
+                 admission: Admission, claim: str = PERMISSIONS_CLAIM):
         self.channel, self.auth, self.cluster_info, self.claim = channel, auth, cluster_info, claim
+        self.admission, self.refusals = admission, ThrottledLog("gate-refused")
         self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
 
     async def upstream(self, method: str, request: bytes, metadata, timeout: float | None) -> bytes:
@@ -126,23 +255,53 @@ class Gate:
             call = self._calls[method] = self.channel.unary_unary(method)  # bytes in, bytes out
         return await call(request, metadata=metadata, timeout=timeout)
 
-    async def handle(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        metadata = forwarded_metadata(context.invocation_metadata())
+    async def call(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        """One call, admitted before its body is read: the caller's certificate within its share,
+        its token valid (but for TOKENLESS_METHODS), a message slot free."""
+        caller = caller_of(context)
+        if not self.admission.enter(caller):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in flight")
+        try:
+            metadata = forwarded_metadata(context.invocation_metadata())
+            if method not in TOKENLESS_METHODS:
+                await self.authenticate(method, metadata, context)
+            async with self.admission.slot(caller, slot_wait(context)) as held:
+                if not held:
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the gate is busy: try again")
+                # The body is held by handle() alone, which lets go of it as soon as the frontend answered.
+                answer = await self.handle(method, await read_body(context), metadata, context)
+                await send_answer(context, answer)
+        finally:
+            self.admission.leave(caller)
+
+    async def authenticate(self, method: str, metadata, context) -> None:
+        """Refuse, unread, a call the frontend would refuse for its token (with the frontend's words)."""
+        try:
+            await self.auth.claims(bearer_of(metadata))
+        except Refusal as refusal:
+            self.refusals.log(method=method.rsplit("/", 1)[1], reason=refusal.message, detail=refusal.detail)
+            if refusal.status == 503:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, refusal.message)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "Request unauthorized.")
+
+    async def handle(self, method: str, request: bytes, metadata, context: grpc.aio.ServicerContext) -> bytes:
         try:
             return await self.upstream(method, request, metadata, context.time_remaining())
-        except grpc.aio.AioRpcError as refused:
-            answer = None
-            if refused.code() == grpc.StatusCode.PERMISSION_DENIED and method in (GET_CLUSTER_INFO, LIST_NAMESPACES):
-                answer = await self.answer_for_namespace_user(method, metadata, context)
+        except grpc.aio.AioRpcError as exc:
+            # grpc's failed call, its task and this error's traceback form a cycle that holds the
+            # request (up to MAX_REQUEST_BYTES) until the cyclic GC runs: cut it, so the bytes go now.
+            exc.__traceback__ = None
+            code, details, trailers = exc.code(), exc.details() or "", returned_trailers(exc.trailing_metadata())
+        del request
+        if code == grpc.StatusCode.PERMISSION_DENIED and method in (GET_CLUSTER_INFO, LIST_NAMESPACES):
+            answer = await self.answer_for_namespace_user(method, metadata, context)
             if answer is not None:
                 return answer
-            await context.abort(refused.code(), refused.details() or "",
-                                trailing_metadata=returned_trailers(refused.trailing_metadata()))
+        await context.abort(code, details, trailing_metadata=trailers)
 
     async def answer_for_namespace_user(self, method: str, metadata, context) -> bytes | None:
-        authorization = next((v for k, v in metadata if k == "authorization" and isinstance(v, str)), None)
         try:
-            claims = await self.auth.claims(authorization)
+            claims = await self.auth.claims(bearer_of(metadata))
         except Refusal as refusal:
             log_event("gate-refused", method=method.rsplit("/", 1)[1], reason=refusal.message, detail=refusal.detail)
             return None
@@ -182,14 +341,14 @@ class _Routes(grpc.GenericRpcHandler):
         if not (method == HEALTH_CHECK or method.startswith(FORWARDED_PREFIXES)):
             return None  # UNIMPLEMENTED
 
-        async def behaviour(request: bytes, context) -> bytes:
-            return await self.gate.handle(method, request, context)
+        async def behaviour(requests, context) -> None:
+            await self.gate.call(method, context)
 
-        return grpc.unary_unary_rpc_method_handler(behaviour)
+        # Streaming on our side (unary on the wire, as the frontend's): the gate runs as the call's
+        # headers arrive, so it admits or refuses a call before its body is read.
+        return grpc.stream_stream_rpc_method_handler(behaviour)
 
 
-MESSAGE_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
 # gRPC's default reconnect backoff grows to 120 s: after a server restart (make rotate, upgrade,
 # or simply starting before the frontend) the UI would stay cut off that long. Retry after 0.25 s
 # at first and never wait more than 2 s between attempts. (min_reconnect_backoff_ms is left alone:
@@ -197,9 +356,96 @@ MESSAGE_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reconnect_backoff_ms", 2000)]
 
 
+# The memory a gate costs at worst, in parts that are each bounded by construction.
+# (Measured in tests/server/test_ui_gate_memory.py, charged to the gate's cgroup as compose's limit is.)
+BASELINE_BYTES = 80 * MIB  # the interpreter with grpc, temporalio's protos, jwt, aiohttp (64 MiB RSS), arenas
+PER_CONNECTION_BYTES = 64 * 1024  # an idle TLS HTTP/2 connection (measured: ~62 KB), TLS and HTTP/2 state
+PER_CALL_BYTES = 32 * 1024  # an admitted call without its body: its metadata (at most 16 KiB), task, core state
+# A slot carries one call's messages, each at most twice at a time: the request as read and as sent
+# on, the answer as received and as sent back (gRPC frees each side's buffer once it is passed on).
+SLOT_BYTES = 2 * (MAX_REQUEST_BYTES + MAX_RESPONSE_BYTES)
+HEADROOM = 0.15  # of the container's memory, left unplanned (allocator fragmentation, page cache)
+# Connections beyond this are closed as they come. Only the UI server (one connection, multiplexed)
+# and the health check call the gate; this is a memory bound, not a share.
+MAX_CONNECTIONS = 64
+# Streams a connection may have open; the UI server (grpc-go) queues its further calls itself.
+STREAMS_PER_CONNECTION = 16
+# Calls gRPC holds before the gate's loop takes them, first come first served: all the streams the
+# connections may have open, so none is shed (gRPC sheds at random, the UI's as well, past its
+# default of 1000) and the UI's call waits behind at most this many refusals (~0.5 s measured).
+PENDING_CALLS = MAX_CONNECTIONS * STREAMS_PER_CONNECTION
+DEFAULT_MEMORY = 256 * MIB  # compose's mem_limit, assumed where no limit can be read
+UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a number near 2**63
+
+
+@dataclass(frozen=True)
+class GateBudget:
+    """memory >= BASELINE + connections x PER_CONNECTION + calls x PER_CALL + slots x SLOT (+ HEADROOM)."""
+
+    memory: int
+    calls: int
+    connections: int = MAX_CONNECTIONS
+
+    @property
+    def slots(self) -> int:
+        planned = int(self.memory * (1 - HEADROOM))
+        fixed = BASELINE_BYTES + self.connections * PER_CONNECTION_BYTES + self.calls * PER_CALL_BYTES
+        return max(0, (planned - fixed) // SLOT_BYTES)
+
+    def checked(self) -> "GateBudget":
+        if self.slots < 2:
+            raise ValueError(f"{self.memory // MIB} MiB of memory hold {self.slots} message slot(s) of "
+                             f"{SLOT_BYTES // MIB} MiB beside {self.calls} calls and {self.connections} "
+                             "connections; the gate needs 2: give it more memory or fewer calls")
+        return self
+
+    def server_options(self) -> list[tuple[str, int]]:
+        return [("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
+                ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION),
+                ("grpc.server.max_pending_requests", PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", 2 * PENDING_CALLS),
+                ("grpc.max_allowed_incoming_connections", self.connections),
+                ("grpc.server_handshake_timeout_ms", int(BODY_SECONDS * 1000)),
+                # HTTP/2 flow control as the bound on bodies not yet read: without BDP probing a
+                # stream's window stays at its initial 64 KiB until the gate asks for the message,
+                # so a call waiting for its slot holds that much of its body, not all of it
+                # (measured: 32 calls waiting on one connection, 220 MiB with probing, 107 without).
+                ("grpc.http2.bdp_probe", 0)]
+
+
+UPSTREAM_MESSAGE_OPTIONS = [("grpc.max_send_message_length", MAX_REQUEST_BYTES),
+                            ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES)]
+
+
+def container_memory(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """This process's cgroup memory limit (v2 memory.max, or v1 memory.limit_in_bytes), None if unlimited or unreadable."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "-", "")
+        relative = path.lstrip("/")
+        if controllers == "":
+            limit = root / relative / "memory.max"
+        elif "memory" in controllers.split(","):
+            limit = root / "memory" / relative / "memory.limit_in_bytes"
+        else:
+            continue
+        try:
+            text = limit.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < UNLIMITED:
+            return int(text)
+    return None
+
+
 class RunningGate:
-    def __init__(self, server: grpc.aio.Server, channel: grpc.aio.Channel, auth: Authenticator, port: int):
-        self.server, self.channel, self.auth, self.port = server, channel, auth, port
+    def __init__(self, server: grpc.aio.Server, channel: grpc.aio.Channel, auth: Authenticator, port: int,
+                 budget: GateBudget):
+        self.server, self.channel, self.auth, self.port, self.budget = server, channel, auth, port, budget
 
     async def stop(self, grace: float = 1.0) -> None:
         await self.server.stop(grace)
@@ -208,16 +454,17 @@ class RunningGate:
 
 
 async def start_gate(host: str, port: int, upstream: str, tls: GateTLS, auth: Authenticator,
-                     cluster_info: Path, claim: str = PERMISSIONS_CLAIM,
-                     max_concurrent_calls: int | None = None) -> RunningGate:
+                     cluster_info: Path, budget: GateBudget, claim: str = PERMISSIONS_CLAIM) -> RunningGate:
     """A started gate (port 0: any free port, see .port). Fails (OSError, RuntimeError) if the TLS
-    files are unusable or the port cannot be bound."""
+    files are unusable or the port cannot be bound, ValueError if the budget holds too little."""
+    budget.checked()
     channel = grpc.aio.secure_channel(upstream, tls.channel_credentials(), options=[
-        ("grpc.ssl_target_name_override", tls.upstream_server_name), *MESSAGE_OPTIONS, *RECONNECT_OPTIONS])
-    server = grpc.aio.server(options=MESSAGE_OPTIONS, maximum_concurrent_rpcs=max_concurrent_calls)
-    server.add_generic_rpc_handlers((_Routes(Gate(channel, auth, ClusterInfoFile(cluster_info), claim)),))
+        ("grpc.ssl_target_name_override", tls.upstream_server_name), *UPSTREAM_MESSAGE_OPTIONS, *RECONNECT_OPTIONS])
+    server = grpc.aio.server(options=budget.server_options())
+    gate = Gate(channel, auth, ClusterInfoFile(cluster_info), Admission(budget.calls, budget.slots), claim)
+    server.add_generic_rpc_handlers((_Routes(gate),))
     bound = server.add_secure_port(f"{host}:{port}", tls.server_credentials())
     if not bound:
         raise OSError(f"cannot listen on {host}:{port}")
     await server.start()
-    return RunningGate(server, channel, auth, bound)
+    return RunningGate(server, channel, auth, bound, budget)

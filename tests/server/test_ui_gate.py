@@ -4,8 +4,8 @@ A user whose token names namespaces only (`default:read`) is refused GetClusterI
 ListNamespaces by the frontend itself; through the gate they get the recorded cluster info and
 exactly the namespaces the frontend lets them describe. Everything else still goes to the frontend
 with their token and is authorized there: the gate gives no right the token lacks. Invalid tokens
-(expired, unknown kid, forged with a known kid, wrong audience, alg none, a tampered payload) get
-the frontend's refusal, never a gate answer. Callers need a client-domain certificate; the gate
+(expired, unknown kid, forged with a known kid, wrong audience, alg none, a tampered payload) get a
+refusal (the gate's own, in the frontend's words, before it reads a body), never a gate answer. Callers need a client-domain certificate; the gate
 forwards nothing but the WorkflowService, the OperatorService and the health check.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import socket
 import ssl
 import subprocess
@@ -22,6 +23,7 @@ import threading
 import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import grpc
 import pytest
@@ -39,7 +41,7 @@ from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
 from bootstrap.core.pki import utcnow
 from bootstrap.core.tokens import SigningKey
-from tests.harness import free_port, wait_until
+from tests.harness import free_port, temporal_bin_dir, wait_until
 from tests.server.forged_tokens import alg_none, b64, forged_with_known_kid, token
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
@@ -69,10 +71,12 @@ def gate(sqlite_cluster, tmp_path_factory):
     process.wait(10)
 
 
-def _start_gate(cluster, upstream: str, info, log_name: str = "ui-gate.log") -> tuple[subprocess.Popen, str]:
+def _start_gate(cluster, upstream: str, info, log_name: str = "ui-gate.log",
+                popen=subprocess.Popen) -> tuple[subprocess.Popen, str]:
+    """`python -m bootstrap serve-ui-gate` as compose runs it; `popen` may start it inside a MemoryLimit."""
     port = free_port()
     log = open(cluster.workdir / log_name, "ab")
-    process = subprocess.Popen(
+    process = popen(
         [sys.executable, "-m", "bootstrap", "serve-ui-gate", "--config", str(cluster.config_path), "--out",
          str(cluster.bundle), "--host", "127.0.0.1", "--port", str(port), "--upstream", upstream,
          "--cluster-info", str(info), "--jwks-url", f"https://localhost:{cluster.jwks_port}/jwks.json"],
@@ -176,7 +180,7 @@ def test_the_gate_gives_a_reader_no_right_the_token_lacks(gate):
 
 @pytest.mark.parametrize("case", ["no token", "expired", "unknown kid", "forged with known kid", "wrong audience",
                                   "alg none", "tampered payload", "worker only", "garbage"])
-def test_invalid_or_insufficient_tokens_get_the_frontends_refusal_not_a_gate_answer(gate, case):
+def test_invalid_or_insufficient_tokens_get_a_refusal_not_a_gate_answer(gate, case):
     cluster, address, _ = gate
     wanted = ["default:read"]
     bearer = {
@@ -200,11 +204,8 @@ def test_invalid_or_insufficient_tokens_get_the_frontends_refusal_not_a_gate_ans
     _run(check())
 
 
-def _raw_call(cluster, address: str, method: str, cert: str = "ui/client") -> grpc.StatusCode:
-    bundle = cluster.bundle
-    credentials = grpc.ssl_channel_credentials((bundle / "trust/ca.pem").read_bytes(), (bundle / f"{cert}.key").read_bytes(),
-                                               (bundle / f"{cert}.pem").read_bytes())
-    with grpc.secure_channel(address, credentials, options=[("grpc.ssl_target_name_override", "ui-gate")]) as channel:
+def _raw_call(cluster, address: str, method: str, cert: str = "ui/client", server_name: str = "ui-gate") -> grpc.StatusCode:
+    with grpc.secure_channel(address, _credentials(cluster, cert), options=[("grpc.ssl_target_name_override", server_name)]) as channel:
         try:
             channel.unary_unary(method)(b"", timeout=10, metadata=(("authorization", f"Bearer {cluster.token('system')}"),))
         except grpc.RpcError as exc:
@@ -212,11 +213,47 @@ def _raw_call(cluster, address: str, method: str, cert: str = "ui/client") -> gr
     return grpc.StatusCode.OK
 
 
+def released_server_methods() -> dict[str, list[str]]:
+    """Every gRPC method of the Temporal server's own services (admin, history, matching, test) as
+    the release the tests run (tests/harness temporal_bin_dir: 1.32.2, compose's pin) generates
+    them: its Go stubs (api/*/v1/service_grpc.pb.go, `<Service>_<Method>_FullMethodName`) in the
+    module cache the build filled. Names from the protocol, never typed by hand. (The frontend's
+    own gRPC reflection would list them too, but with the authorizer on it refuses reflection even
+    to a system admin: "Request unauthorized.")"""
+    version = temporal_bin_dir().name.removeprefix("temporal-")
+    cache = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True).stdout.strip()
+    stubs = sorted((Path(cache) / f"go.temporal.io/server@v{version}" / "api").glob("*/v1/service_grpc.pb.go"))
+    assert stubs, f"no generated service stubs of temporal v{version} under {cache}"
+    methods: dict[str, list[str]] = {}
+    for stub in stubs:
+        for full_name in re.findall(r'_FullMethodName\s*=\s*"(/[^"]+)"', stub.read_text()):
+            service, method = full_name[1:].rsplit("/", 1)
+            methods.setdefault(service, []).append(method)
+    return methods
+
+
+def _credentials(cluster, cert: str) -> grpc.ChannelCredentials:
+    bundle = cluster.bundle
+    return grpc.ssl_channel_credentials((bundle / "trust/ca.pem").read_bytes(), (bundle / f"{cert}.key").read_bytes(),
+                                        (bundle / f"{cert}.pem").read_bytes())
+
+
+FORWARDED_SERVICES = ("temporal.api.workflowservice.v1.WorkflowService", "temporal.api.operatorservice.v1.OperatorService")
+
+
 def test_only_the_ui_services_are_forwarded(gate):
     cluster, address, _ = gate
-    # The system token would pass the frontend's AdminService check: the gate never forwards it.
-    assert _raw_call(cluster, address, "/temporal.api.adminservice.v1.AdminService/DescribeCluster") == grpc.StatusCode.UNIMPLEMENTED
+    served = released_server_methods()
+    admin = "temporal.server.api.adminservice.v1.AdminService"
+    assert admin in served, sorted(served)
+    # The frontend serves the admin API (a system token passes its check): the name is the real one.
+    assert _raw_call(cluster, cluster.address, f"/{admin}/DescribeCluster", cert="clients/system",
+                     server_name="localhost") == grpc.StatusCode.OK
+    for service, methods in served.items():
+        for method in methods if service == admin else methods[:3]:
+            assert _raw_call(cluster, address, f"/{service}/{method}") == grpc.StatusCode.UNIMPLEMENTED, (service, method)
     assert _raw_call(cluster, address, "/grpc.health.v1.Health/Check") == grpc.StatusCode.OK
+    assert _raw_call(cluster, address, f"/{FORWARDED_SERVICES[0]}/GetSystemInfo") == grpc.StatusCode.OK
 
 
 @pytest.mark.parametrize("cert,admitted", [("ui/client", True), ("clients/reader", True), ("server/internode", False),
