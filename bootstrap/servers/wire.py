@@ -44,6 +44,8 @@ def b64(text) -> bytes:
         raise _bad("bytes fields must be base64 strings")
     if not text.isascii():  # before any copy: a non-ASCII str takes up to 4 bytes a character
         raise _bad("invalid base64")
+    if not _padding_completes_a_group(text):
+        raise _bad("invalid base64")
     try:
         return binascii.a2b_base64(text, strict_mode=True)
     except (binascii.Error, ValueError):
@@ -53,6 +55,14 @@ def b64(text) -> bytes:
         return binascii.a2b_base64(standard + b"=" * (-len(standard) % 4), strict_mode=True)
     except (binascii.Error, ValueError):
         raise _bad("invalid base64") from None
+
+
+def _padding_completes_a_group(text: str) -> bool:
+    """Go's protojson, the frontend's parser, takes "=" only where it completes the last group of
+    four; binascii's strict mode also takes padding after a complete group ("QUJD=")."""
+    tail = text[-3:]
+    pads = len(tail) - len(tail.rstrip("="))
+    return pads == 0 or (pads <= 2 and len(text) % 4 == 0)
 
 
 # Metadata values repeat across a batch (encoding, key id, namespace): decode each once.

@@ -102,6 +102,12 @@ def test_base64_with_stray_characters_is_refused_not_skipped(text):
     assert refused(b64, text) == (400, BAD + "invalid base64")
 
 
+@pytest.mark.parametrize("text", ["QUJD=", "QUJD==", "QUJD===", "QUI==", "QQ===", "====", "_w===", "-_-_="])
+def test_padding_that_completes_no_group_is_refused_as_temporal_refuses_it(text):
+    # Go's protojson (the frontend's parser) takes "=" only where it completes the last group.
+    assert refused(b64, text) == (400, BAD + "invalid base64")
+
+
 @pytest.mark.parametrize("value", [None, 5, b"QUJD", ["QUJD"]])
 def test_base64_fields_must_be_strings(value):
     assert refused(b64, value) == (400, BAD + "bytes fields must be base64 strings")
