@@ -274,7 +274,7 @@ def parse_route(text: str, reachable: bool) -> tuple[str, Route]:
     host, colon, port = where.rpartition(":")
     if not colon:
         host, port = where, ""
-    if not host or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+    if not host or (colon and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536)):
         raise BundleError(f"route {text!r}: expected LISTENER=HOST[:PORT] with a port 1-65535")
     return name, Route(host, int(port) if port else None, reachable)
 
