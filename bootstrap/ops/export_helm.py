@@ -26,7 +26,7 @@ from ..core.tls_guard import require_closed_tls
 from ..errors import BundleError
 from .kube_secrets import token_patches
 from .oidc import client_secret_path, dex_config_path, issuer_ca_path
-from .plan import recorded_shards
+from .plan import codec_sans, recorded_shards
 from .render import default_templates_dir, environment, render_all
 from ..store import CERT_MODE, KEY_MODE, Layout, read_optional
 
@@ -51,7 +51,7 @@ WEB_TLS_MOUNT = f"{TLS_MOUNT}/web"
 ISSUER_CA_MOUNT = f"{TLS_MOUNT}/oidc-issuer"
 SERVER_SERVICES = ("frontend", "internal-frontend", "history", "matching", "worker")
 # The UI gate listens where the frontend does, as in compose; its Service is named like its
-# certificate (config.ui_gate_sans), and the Web UI reaches the frontend only through it.
+# certificate (plan.pki.ui_gate_sans), and the Web UI reaches the frontend only through it.
 UI_GATE_PORT = 7233
 
 
@@ -118,7 +118,7 @@ def _check_browser_urls(config: BundleConfig) -> None:
         raise BundleError(f"{where}: the UI's origin {ui_url(config)} is not in codec.ui_origins; the browser's "
                           "codec calls would fail CORS (add it there)")
     host = urlsplit(codec_url(config)).hostname
-    if host not in config.codec_sans():
+    if host not in codec_sans(config):
         raise BundleError(f"{where}: codec_url host {host!r} is not in the codec server's certificate; add it to codec.sans")
 
 

@@ -32,6 +32,7 @@ from bootstrap.core.codec_keys import Keyring, KeySet, plan_codec_keys
 from bootstrap.core.kek import FileKek
 from bootstrap.servers.auth import URLJWKS, grants, role_for
 from bootstrap.core.config import parse_config
+from bootstrap.ops.plan import codec_sans
 from bootstrap.errors import BundleError
 from bootstrap.store import Layout, Skip, Write
 from tests.unit.conftest import make_bundle
@@ -371,7 +372,7 @@ def test_codec_config_defaults():
     # The UI is served over HTTPS on localhost (its cert's name; Secure session cookies).
     assert codec.ui_origins == ("https://localhost:8080",)
     assert parse_config({"network": {"ui_port": 9090}}).codec.ui_origins[0] == "https://localhost:9090"
-    assert parse_config({"codec": {"sans": ["codec.example.com"]}}).codec_sans() == (
+    assert codec_sans(parse_config({"codec": {"sans": ["codec.example.com"]}})) == (
         "codec-server", "codec.example.com", "localhost", "127.0.0.1")
 
 

@@ -308,44 +308,9 @@ class BundleConfig:
         known = ", ".join(r.name for r in self.roles)
         raise BundleError(f"unknown role {name!r} (configured roles: {known})")
 
-    def frontend_sans(self) -> tuple[str, ...]:
-        return _unique((self.network.frontend_host, *self.network.frontend_sans, "localhost", "127.0.0.1"))
-
-    def internode_sans(self) -> tuple[str, ...]:
-        return _unique((self.network.internode_server_name, self.network.frontend_host, "localhost", "127.0.0.1"))
-
-    def postgres_sans(self) -> tuple[str, ...]:
-        return _unique((self.persistence.host, *self.persistence.postgres_sans, "localhost", "127.0.0.1"))
-
-    def jwks_sans(self) -> tuple[str, ...]:
-        return _unique((self.network.jwks_host, *self.network.jwks_sans, "localhost", "127.0.0.1"))
-
-    def exchange_sans(self) -> tuple[str, ...]:
-        wi, k8s = self.workload_identity, self.kubernetes.namespace
-        # Workers in other Kubernetes namespaces reach it by its Service's namespaced names.
-        in_cluster = (f"{wi.host}.{k8s}.svc", f"{wi.host}.{k8s}.svc.cluster.local")
-        return _unique((wi.host, *wi.sans, *in_cluster, "localhost", "127.0.0.1"))
-
-    def codec_sans(self) -> tuple[str, ...]:
-        return _unique((self.codec.host, *self.codec.sans, "localhost", "127.0.0.1"))
-
-    def dex_sans(self) -> tuple[str, ...]:
-        return _unique((self.oidc.host, "dex", *self.oidc.sans, "localhost", "127.0.0.1"))
-
-    def ui_gate_sans(self) -> tuple[str, ...]:
-        # Kubernetes reaches it by its Service's namespaced names.
-        k8s = self.kubernetes.namespace
-        return _unique((UI_GATE_HOST, f"{UI_GATE_HOST}.{k8s}.svc", f"{UI_GATE_HOST}.{k8s}.svc.cluster.local", "localhost", "127.0.0.1"))
-
-    def ui_sans(self) -> tuple[str, ...]:
-        return _unique((self.oidc.ui_public_host, self.network.ui_host, "localhost", "127.0.0.1"))
-
     @property
     def ui_url(self) -> str:
         return f"https://{self.oidc.ui_public_host}:{self.network.ui_port}"
-
-    def grafana_sans(self) -> tuple[str, ...]:
-        return _unique((self.oidc.ui_public_host, self.network.grafana_host, "localhost", "127.0.0.1"))
 
     @property
     def grafana_url(self) -> str:
@@ -362,10 +327,6 @@ class BundleConfig:
         if self.oidc.external:
             return self.oidc.external.jwks_uri
         return self.dex_jwks_url if self.oidc.enabled else ""
-
-
-def _unique(items) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(items))
 
 
 # --------------------------------------------------------------------------- loading

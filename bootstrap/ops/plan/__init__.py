@@ -4,7 +4,8 @@ Planning reads and validates everything first and returns a list of actions; onl
 store carry them out. So a corrupt key or a bad config fails before a single byte is written.
 What happens to a file already on disk: see force.py.
 
-  pki.py      one CA per trust domain, trust bundles, leaf certificates (DOMAINS, leaf_specs)
+  pki.py      one CA per trust domain, trust bundles, leaf certificates (DOMAINS, leaf_specs, the
+              servers' SANs)
   keys.py     JWT signing keys, the JWKS, the token exchange's key
   cluster.py  private/cluster.json (history shard count, last Temporal release)
   tokens.py   role tokens and the registrar's token
@@ -22,13 +23,14 @@ from .keys import (
     plan_jwks,
     plan_signing_key,
 )
-from .pki import DOMAINS, leaf_specs, load_ca, load_cas, new_ca, plan_ca, plan_leaves
+from .pki import DOMAINS, codec_sans, leaf_specs, load_ca, load_cas, new_ca, plan_ca, plan_leaves
 from .tokens import plan_registrar_token, plan_tokens
 
 __all__ = [
     "DOMAINS",
     "FORCE_HINT",
     "active_signing_key",
+    "codec_sans",
     "leaf_specs",
     "load_ca",
     "load_cas",

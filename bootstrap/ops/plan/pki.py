@@ -43,31 +43,31 @@ class LeafSpec:
 def leaf_specs(config: BundleConfig) -> list[LeafSpec]:
     net, db = config.network, config.persistence
     specs = [
-        LeafSpec("server", "frontend", net.frontend_host, config.frontend_sans(), "server", "server"),
-        LeafSpec("server", "internode", net.internode_server_name, config.internode_sans(), "both", "internode"),
+        LeafSpec("server", "frontend", net.frontend_host, frontend_sans(config), "server", "server"),
+        LeafSpec("server", "internode", net.internode_server_name, internode_sans(config), "both", "internode"),
         # The server container's health check calls the frontend's gRPC health (no token needed).
         LeafSpec("server", "health", "temporal-healthcheck", (), "client", "client"),
-        LeafSpec("jwks", "server", net.jwks_host, config.jwks_sans(), "server", "server"),
+        LeafSpec("jwks", "server", net.jwks_host, jwks_sans(config), "server", "server"),
         LeafSpec("ui", "client", "temporal-ui", (), "client", "client"),
         # The UI gate: the UI's server (callers need a client-domain cert), the frontend's client.
-        LeafSpec("ui-gate", "server", UI_GATE_HOST, config.ui_gate_sans(), "server", "server"),
+        LeafSpec("ui-gate", "server", UI_GATE_HOST, ui_gate_sans(config), "server", "server"),
         LeafSpec("ui-gate", "client", "temporal-ui-gate", (), "client", "client"),
-        LeafSpec("codec", "server", config.codec.host, config.codec_sans(), "server", "server"),
+        LeafSpec("codec", "server", config.codec.host, codec_sans(config), "server", "server"),
         LeafSpec("registrar", "system", "temporal-bundle:system", (), "client", "client"),
     ]
     if config.oidc.enabled:
         # HTTPS for Dex (the issuer), and for Grafana (compose profile monitoring), which logs in
         # through the same Dex.
-        specs.append(LeafSpec("dex", "server", config.oidc.host, config.dex_sans(), "server", "server"))
-        specs.append(LeafSpec("grafana", "server", config.oidc.ui_public_host, config.grafana_sans(), "server", "server"))
+        specs.append(LeafSpec("dex", "server", config.oidc.host, dex_sans(config), "server", "server"))
+        specs.append(LeafSpec("grafana", "server", config.oidc.ui_public_host, grafana_sans(config), "server", "server"))
     if config.oidc.ui_login:
         # HTTPS for the Web UI itself (Secure session cookies), with Dex or an external issuer.
-        specs.append(LeafSpec("ui", "server", config.oidc.ui_public_host, config.ui_sans(), "server", "server"))
+        specs.append(LeafSpec("ui", "server", config.oidc.ui_public_host, ui_sans(config), "server", "server"))
     if config.workload_identity.enabled:
-        specs.append(LeafSpec("exchange", "server", config.workload_identity.host, config.exchange_sans(), "server", "server"))
+        specs.append(LeafSpec("exchange", "server", config.workload_identity.host, exchange_sans(config), "server", "server"))
     if db.driver == "postgres":
         specs += [
-            LeafSpec("postgres", "server", db.host, config.postgres_sans(), "server", "server"),
+            LeafSpec("postgres", "server", db.host, postgres_sans(config), "server", "server"),
             # PostgreSQL `cert` auth maps the client certificate's CN to the database user.
             LeafSpec("dbclient", db.user, db.user, (), "client", "database"),
         ]
@@ -75,6 +75,65 @@ def leaf_specs(config: BundleConfig) -> list[LeafSpec]:
         LeafSpec("clients", role.name, f"temporal-bundle:{role.name}", (), "client", "client") for role in config.roles
     ]
     return specs
+
+
+# --------------------------------------------------------------------------- SANs of the server certificates
+# Each also names localhost and 127.0.0.1, for health checks and port-forwards on the host itself.
+
+LOOPBACK = ("localhost", "127.0.0.1")
+
+
+def frontend_sans(config: BundleConfig) -> tuple[str, ...]:
+    return _unique((config.network.frontend_host, *config.network.frontend_sans, *LOOPBACK))
+
+
+def internode_sans(config: BundleConfig) -> tuple[str, ...]:
+    return _unique((config.network.internode_server_name, config.network.frontend_host, *LOOPBACK))
+
+
+def postgres_sans(config: BundleConfig) -> tuple[str, ...]:
+    return _unique((config.persistence.host, *config.persistence.postgres_sans, *LOOPBACK))
+
+
+def jwks_sans(config: BundleConfig) -> tuple[str, ...]:
+    return _unique((config.network.jwks_host, *config.network.jwks_sans, *LOOPBACK))
+
+
+def exchange_sans(config: BundleConfig) -> tuple[str, ...]:
+    wi = config.workload_identity
+    # Workers in other Kubernetes namespaces reach it by its Service's namespaced names.
+    return _unique((wi.host, *wi.sans, *_service_names(wi.host, config), *LOOPBACK))
+
+
+def codec_sans(config: BundleConfig) -> tuple[str, ...]:
+    return _unique((config.codec.host, *config.codec.sans, *LOOPBACK))
+
+
+def dex_sans(config: BundleConfig) -> tuple[str, ...]:
+    return _unique((config.oidc.host, "dex", *config.oidc.sans, *LOOPBACK))
+
+
+def ui_gate_sans(config: BundleConfig) -> tuple[str, ...]:
+    # Kubernetes reaches it by its Service's namespaced names.
+    return _unique((UI_GATE_HOST, *_service_names(UI_GATE_HOST, config), *LOOPBACK))
+
+
+def ui_sans(config: BundleConfig) -> tuple[str, ...]:
+    return _unique((config.oidc.ui_public_host, config.network.ui_host, *LOOPBACK))
+
+
+def grafana_sans(config: BundleConfig) -> tuple[str, ...]:
+    return _unique((config.oidc.ui_public_host, config.network.grafana_host, *LOOPBACK))
+
+
+def _service_names(service: str, config: BundleConfig) -> tuple[str, str]:
+    """A Kubernetes Service's names from other namespaces: <svc>.<ns>.svc[.cluster.local]."""
+    k8s = config.kubernetes.namespace
+    return f"{service}.{k8s}.svc", f"{service}.{k8s}.svc.cluster.local"
+
+
+def _unique(items) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
 
 
 # --------------------------------------------------------------------------- CAs, one per trust domain
