@@ -2,8 +2,8 @@
 warning/critical thresholds and, optionally, against the JWKS the server fetches.
 
 Modelled on `step certificate needs-renewal`. Nothing here prints: `scan` and `fetch_jwks` read,
-`evaluate` judges, `check` does both into a Report, and the command decides how to show it and
-which exit code it means. An unreadable file never raises; it becomes an item with a problem.
+`evaluate` judges, `check` does both into a Report; expiry_report.py shows it and says which
+exit code it means. An unreadable file never raises; it becomes an item with a problem.
 """
 
 from __future__ import annotations
