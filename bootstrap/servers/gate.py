@@ -358,12 +358,12 @@ RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reco
 
 # The memory a gate costs at worst, in parts that are each bounded by construction.
 # (Measured in tests/server/test_ui_gate_memory.py, charged to the gate's cgroup as compose's limit is.)
-BASELINE_BYTES = 80 * MIB  # the interpreter with grpc, temporalio's protos, jwt, aiohttp (64 MiB RSS), arenas
+BASELINE_BYTES = 56 * MIB  # the interpreter with grpc, temporalio's protos, jwt, aiohttp: 40-49 MiB measured
 PER_CONNECTION_BYTES = 64 * 1024  # an idle TLS HTTP/2 connection (measured: ~62 KB), TLS and HTTP/2 state
 PER_CALL_BYTES = 32 * 1024  # an admitted call without its body: its metadata (at most 16 KiB), task, core state
-# A slot carries one call's messages, each at most twice at a time: the request as read and as sent
-# on, the answer as received and as sent back (gRPC frees each side's buffer once it is passed on).
-SLOT_BYTES = 2 * (MAX_REQUEST_BYTES + MAX_RESPONSE_BYTES)
+# A slot carries one call's messages, each up to three times at once: the request as read by gRPC,
+# as bytes here, as sent on; the answer alike (measured: ~20 MiB a slot of 4 MiB requests).
+SLOT_BYTES = 3 * (MAX_REQUEST_BYTES + MAX_RESPONSE_BYTES)
 HEADROOM = 0.15  # of the container's memory, left unplanned (allocator fragmentation, page cache)
 # Connections beyond this are closed as they come. Only the UI server (one connection, multiplexed)
 # and the health check call the gate; this is a memory bound, not a share.

@@ -266,3 +266,21 @@ def test_idle_connections_and_header_only_streams_do_not_lock_the_ui_out(gate):
 
     gate.run(check())
     gate.report("header-only streams on 100 connections and 2000 idle connections")
+
+
+def test_every_slot_full_of_4_mib_calls_stays_within_the_planned_memory(gate):
+    """Three certificates (each holds at most half of the slots): every slot carries a 4 MiB request."""
+    async def check():
+        certs = (ATTACKER, "clients/system", "registrar/system")
+        channels = [_channel(gate.cluster.bundle, gate.address, cert, own_connection=True) for cert in certs]
+        bearer = gate.bearer("reader")
+        calls = [channels[i % 3].unary_unary(START)(_start_request(MAX_REQUEST_BYTES - 1024), metadata=bearer, timeout=120)
+                 for i in range(60)]
+        codes = await asyncio.gather(*map(_code, calls))
+        assert set(codes) <= {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+        for channel in channels:
+            await channel.close()
+
+    gate.run(check())
+    gate.report("60 concurrent 4 MiB calls from 3 certificates (every slot full)")
+    assert gate.limit.peak < 0.85 * gate.limit.limit  # the gate's plan leaves 15 % unplanned
