@@ -189,7 +189,7 @@ def route_of(listener: Listener, config: BundleConfig, vantage: Vantage, host: s
     route named for it overrides the host (and port), and alone decides on a routed vantage."""
     named = routes.get(listener.name)
     if vantage.routed:
-        return named or Skipped(listener.name, f"no route to it named for {vantage.name}")
+        return named or Skipped(listener.name, "not run there: no --listener-host/--listener-blocked for it")
     if listener.reach not in vantage.reachable + vantage.unreachable:
         return Skipped(listener.name, f"reach {listener.reach}: not checked from {vantage.name}")
     reachable = listener.reach in vantage.reachable

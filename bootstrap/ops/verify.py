@@ -468,8 +468,8 @@ def verify(config: BundleConfig, layout: Layout, vantage_name: str, *, host: str
     server_names = {service: spec.common_name for spec in specs for service, leaf in SERVER_LEAF.items()
                     if leaf == (spec.directory, spec.name)}
     roots = {"server": str(layout.trust_files("server")[0]), "internode": str(layout.trust_files("internode")[0])}
-    if vantage.routed and services is None:  # the routes say what runs there
-        services = {l.service for l in LISTENERS if l.name in (routes or {})}
+    if vantage.routed and services is None:  # every service may run there: its routes decide (plan)
+        services = {l.service for l in LISTENERS}
     listeners, skipped = deployed(config, issued, services)
     report = Report(vantage.name, skipped=skipped)
     with tempfile.TemporaryDirectory(prefix="temporal-bundle-verify-") as workdir:
