@@ -41,8 +41,15 @@ json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
 kids = st.sampled_from([KEY.kid, OTHER.kid]) | json_values
 algs = st.sampled_from(["ES256", "RS256", "HS256", "none", "EdDSA", "es256"]) | json_values
-now = int(utcnow().timestamp())
-times = st.sampled_from([now - 3600, now, now + 3600, 10 ** 400]) | json_values
+
+
+def current() -> int:
+    """Now, read when a token is made: the suite runs for minutes, longer than a token lives."""
+    return int(utcnow().timestamp())
+
+
+IMPORTED_AT = current()  # fuzzed time claims only: whether they are stale is part of the fuzz
+times = st.sampled_from([IMPORTED_AT - 3600, IMPORTED_AT, IMPORTED_AT + 3600, 10 ** 400]) | json_values
 claim_names = st.sampled_from(["sub", "iss", "aud", "exp", "iat", "nbf", PERMISSIONS_CLAIM, "kubernetes.io", "jti"])
 
 
@@ -72,6 +79,7 @@ def headers(draw):
 @st.composite
 def tokens(draw, issuer=ISSUER, audience=AUDIENCE, key=KEY, base=None):
     """A valid token with one thing changed: most examples get past the signature check."""
+    now = current()
     body = {"sub": "repo:x", "iss": issuer, "aud": audience, "iat": now - 60, "nbf": now - 60, "exp": now + 600,
             PERMISSIONS_CLAIM: ["orders:admin"], **(base or {})}
     header = segment({"alg": "ES256", "kid": key.kid, "typ": "JWT"})
@@ -131,6 +139,7 @@ def test_fuzzed_bearer_tokens_are_verified_or_refused_with_401(token, scheme):
 
 
 def test_a_signed_token_with_a_huge_permissions_array_is_checked_quickly():
+    now = current()
     permissions = [f"ns-{i}:read" for i in range(200_000)] + [{"a": 1}, 7, None, "orders:admin"]
     body = {"sub": "svc", "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 60, PERMISSIONS_CLAIM: permissions}
     token = signed(segment({"alg": "ES256", "kid": KEY.kid}), segment(body))
@@ -160,6 +169,7 @@ documents = st.one_of(json_values, st.fixed_dictionaries(
 @given(jwk=jwk_members)
 def test_verify_token_raises_only_jwt_errors_for_any_published_key_shape(jwk):
     """verify_token's contract: a PyJWTError on any failure (the callers map it to 401 / 400)."""
+    now = current()
     token = signed(segment({"alg": "ES256", "kid": KEY.kid}),
                    segment({"sub": "s", "aud": AUDIENCE, "iat": now, "exp": now + 60}))
     try:
@@ -305,6 +315,7 @@ def test_fuzzed_exchange_forms_are_answered_2xx_or_4xx_json(exchange, form):
 
 
 def test_a_subject_token_expiring_beyond_any_float_gets_the_configured_lifetime_not_a_500(exchange):
+    now = current()
     loop, client = exchange
     body = {"sub": "repo:x", "iss": ISSUER, "aud": "temporal-service", "iat": now, "nbf": now, "exp": 10 ** 400}
     token = signed(segment({"alg": "ES256", "kid": ISSUER_KEY.kid}), segment(body), ISSUER_KEY)
@@ -320,6 +331,7 @@ def test_a_subject_token_expiring_beyond_any_float_gets_the_configured_lifetime_
 
 def test_a_valid_exchange_still_succeeds(exchange):
     """The fuzz above must be able to reach the 200 path: one plain valid exchange."""
+    now = current()
     loop, client = exchange
     body = {"sub": "repo:x", "iss": ISSUER, "aud": "temporal-service", "iat": now, "nbf": now, "exp": now + 600}
     token = signed(segment({"alg": "ES256", "kid": ISSUER_KEY.kid}), segment(body), ISSUER_KEY)
