@@ -1,0 +1,246 @@
+"""The `oidc:` section: the embedded Dex (its users, groups and upstream connectors) or an external
+issuer in its place."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from ..claims import PERMISSIONS_CLAIM
+from ...errors import BundleError
+from .reader import NAMESPACE_ROLES, ROLE_NAME, SYSTEM_NAMESPACE, Section, check_permission
+from .sections import NetworkConfig
+
+# Upstream identity providers Dex may federate (Dex's connector type names).
+OIDC_CONNECTOR_TYPES = ("github", "google", "oidc", "ldap")
+BCRYPT_HASH = re.compile(r"^\$2[aby]\$(1[0-9]|2[0-9]|3[01])\$[./A-Za-z0-9]{53}$")
+OIDC_USER_NAME = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+@dataclass(frozen=True)
+class OIDCUser:
+    username: str
+    email: str
+    groups: tuple[str, ...]  # names from OIDCConfig.groups
+    password_hash: str = ""  # bcrypt; empty for the admin, whose hash the bootstrap generates
+
+
+@dataclass(frozen=True)
+class OIDCConnector:
+    """An upstream identity provider for Dex. `config` is passed to Dex as is, except that each
+    `<key>_file` entry is replaced by `<key>` with the file's content (secrets stay out of here)."""
+
+    type: str
+    id: str
+    name: str
+    config: tuple[tuple[str, Any], ...]
+    secret_files: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class ExternalIssuer:
+    """A company IdP (Okta, Entra ID, Keycloak, Google...) in place of the embedded Dex. Its JWKS
+    URL is given, not discovered: the bootstrap renders with no network (compose-env, --network
+    none), and the server accepts only an http(s) key source it can fetch at start."""
+
+    issuer: str
+    jwks_uri: str
+    client_id: str
+    client_secret_file: str
+    ca_file: str = ""  # a PEM the server, UI and codec trust for the issuer (a private CA)
+    groups_claim: str = "groups"
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    use_id_token: bool = False  # the UI sends the ID token (aud = client id) instead of the access token
+
+
+@dataclass(frozen=True)
+class OIDCConfig:
+    """Dex, the Web UI's OIDC provider. The UI's client id is jwt.audience: Temporal checks one
+    audience, and Dex sets `aud` to the client id, so role tokens and UI logins share it."""
+
+    enabled: bool = True
+    host: str = "auth.localhost"  # the issuer's host: the browser and the UI container both resolve it
+    port: int = 5556
+    ui_public_host: str = "localhost"  # where the browser opens the UI: https://<this>:<ui_port>
+    token_lifetime: timedelta = timedelta(hours=1)
+    admin: OIDCUser = OIDCUser("admin", "admin@example.com", ("admins",))
+    groups: tuple[tuple[str, tuple[str, ...]], ...] = (("admins", ("temporal-system:admin",)),)
+    users: tuple[OIDCUser, ...] = ()
+    connectors: tuple[OIDCConnector, ...] = ()
+    sans: tuple[str, ...] = ()
+    external: ExternalIssuer | None = None  # only with enabled: false
+
+    @property
+    def issuer(self) -> str:
+        return f"https://{self.host}:{self.port}/dex"
+
+    @property
+    def ui_login(self) -> bool:
+        """The Web UI logs users in: through the embedded Dex or an external issuer."""
+        return self.enabled or self.external is not None
+
+    @property
+    def login_issuer(self) -> str:
+        return self.external.issuer if self.external else self.issuer
+
+    @property
+    def permissions_claim(self) -> str:
+        return self.external.groups_claim if self.external else PERMISSIONS_CLAIM
+
+    def permissions_of(self, user: OIDCUser) -> tuple[str, ...]:
+        mapping = dict(self.groups)
+        return tuple(dict.fromkeys(p for group in user.groups for p in mapping[group]))
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_oidc(sec: Section, namespaces: set[str], net: NetworkConfig) -> OIDCConfig:
+    d = OIDCConfig
+    enabled = sec.boolean("enabled", True)
+    sec.seen.add("external")
+    external = _parse_external(sec) if sec.data.get("external") is not None else None
+    if external is not None and enabled:
+        raise BundleError(f"{sec.where}: external needs enabled: false (the embedded Dex and an external issuer "
+                          "exclude each other)")
+    groups = _parse_oidc_groups(sec.section("groups"), namespaces) if "groups" in sec.data else d.groups
+    oidc = OIDCConfig(
+        enabled=enabled,
+        host=sec.host("host", d.host),
+        port=sec.port("port", d.port),
+        ui_public_host=sec.host("ui_public_host", d.ui_public_host),
+        token_lifetime=sec.duration("token_lifetime", d.token_lifetime),
+        admin=_parse_oidc_user(sec.section("admin"), admin=True) if "admin" in sec.data else d.admin,
+        groups=groups,
+        users=tuple(_parse_oidc_user(Section(u, f"{sec.where}: users[{i}]")) for i, u in enumerate(sec.list("users"))),
+        connectors=tuple(_parse_connector(Section(c, f"{sec.where}: connectors[{i}]"))
+                         for i, c in enumerate(sec.list("connectors"))),
+        sans=sec.names("sans"),
+        external=external,
+    )
+    sec.seen.add("groups")
+    sec.done()
+    if external is None:
+        _check_oidc(oidc, sec.where, net)
+    return oidc
+
+
+# Keys that configure the embedded Dex: meaningless (so refused) next to an external issuer.
+DEX_ONLY_KEYS = ("host", "port", "token_lifetime", "admin", "groups", "users", "connectors", "sans")
+# Registered JWT claims: never a permissions claim.
+REGISTERED_CLAIMS = ("iss", "sub", "aud", "exp", "nbf", "iat", "jti", "azp", "nonce")
+CLAIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,127}$")
+
+
+def _parse_external(oidc: Section) -> ExternalIssuer:
+    for key in DEX_ONLY_KEYS:
+        if oidc.data.get(key) is not None:
+            raise BundleError(f"{oidc.where}: {key} configures the embedded Dex; with external, users and groups "
+                              "live in your identity provider")
+    sec = oidc.section("external")
+    use_id_token = sec.boolean("use_id_token", False)
+    scopes = tuple(sec.list("scopes")) or ExternalIssuer.scopes
+    external = ExternalIssuer(
+        issuer=sec.https_url("issuer", required=True),
+        jwks_uri=sec.https_url("jwks_uri", required=True),
+        client_id=sec.string("client_id", ""),
+        client_secret_file=sec.file_path("client_secret_file", required=True),
+        ca_file=sec.file_path("ca_file", required=False),
+        groups_claim=sec.string("groups_claim", ExternalIssuer.groups_claim),
+        scopes=scopes,
+        use_id_token=use_id_token,
+    )
+    sec.done()
+    if not external.client_id or external.client_id != external.client_id.strip() or "," in external.client_id:
+        raise BundleError(f"{sec.where}: client_id is required (the OIDC client id your identity provider gave the UI)")
+    if not CLAIM_NAME.match(external.groups_claim) or external.groups_claim in REGISTERED_CLAIMS:
+        raise BundleError(f"{sec.where}: groups_claim {external.groups_claim!r} is not a claim name for permissions")
+    if any(not isinstance(s, str) or not re.match(r"^[!#-\[\]-~]+$", s) for s in scopes) or "openid" not in scopes:
+        raise BundleError(f"{sec.where}: scopes must be a list of scope names including 'openid', got {list(scopes)!r}")
+    return external
+
+
+def _parse_oidc_groups(sec: Section, namespaces: set[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    groups = []
+    for name, permissions in sec.data.items():
+        where = f"{sec.where}: {name}"
+        if not isinstance(name, str) or not ROLE_NAME.match(name):
+            raise BundleError(f"{where}: invalid group name (lower-case letters, digits, '-')")
+        if not isinstance(permissions, list) or not permissions:
+            raise BundleError(f"{where}: expected a non-empty list of '<namespace>:<role>' permissions")
+        groups.append((name, tuple(check_permission(p, namespaces, where) for p in permissions)))
+        sec.seen.add(name)
+    return tuple(groups)
+
+
+def _parse_oidc_user(sec: Section, admin: bool = False) -> OIDCUser:
+    user = OIDCUser(
+        username=sec.string("username", "admin" if admin else ""),
+        email=sec.string("email", "admin@example.com" if admin else ""),
+        groups=tuple(sec.list("groups") or (["admins"] if admin else [])),
+        password_hash="" if admin else sec.string("password_hash", ""),
+    )
+    sec.done()
+    if not all(isinstance(group, str) for group in user.groups):
+        raise BundleError(f"{sec.where}: groups must be a list of group names, got {list(user.groups)!r}")
+    if not OIDC_USER_NAME.match(user.username):
+        raise BundleError(f"{sec.where}: username {user.username!r}: lower-case letters, digits, '.', '_', '-'")
+    if not EMAIL.match(user.email):
+        raise BundleError(f"{sec.where}: email {user.email!r} is not an e-mail address (Dex logs users in by it)")
+    if not admin and not BCRYPT_HASH.match(user.password_hash):
+        raise BundleError(f"{sec.where}: password_hash must be a bcrypt hash ($2b$...), never a password")
+    return user
+
+
+def _parse_connector(sec: Section) -> OIDCConnector:
+    kind = sec.choice("type", "", OIDC_CONNECTOR_TYPES)
+    ident, name = sec.string("id", kind), sec.string("name", kind)
+    body = sec.section("config")
+    sec.done()
+    config, files = [], []
+    for key, value in body.data.items():
+        if not isinstance(key, str):
+            raise BundleError(f"{body.where}: keys must be strings")
+        if key.endswith("_file"):
+            if not isinstance(value, str) or not value.startswith("/"):
+                raise BundleError(f"{body.where}: {key} must be an absolute path to a file holding the secret")
+            files.append((key.removesuffix("_file"), value))
+        elif re.search(r"secret|password", key, re.IGNORECASE):
+            raise BundleError(f"{body.where}: {key}: secrets are read from files; use {key}_file: /path")
+        else:
+            config.append((key, value))
+    if not OIDC_USER_NAME.match(ident):
+        raise BundleError(f"{sec.where}: id {ident!r}: lower-case letters, digits, '.', '_', '-'")
+    return OIDCConnector(kind, ident, name, tuple(config), tuple(files))
+
+
+def _check_oidc(oidc: OIDCConfig, where: str, net: NetworkConfig) -> None:
+    known = {name for name, _ in oidc.groups}
+    users = (oidc.admin, *oidc.users)
+    for user in users:
+        for group in user.groups:
+            if group not in known:
+                raise BundleError(f"{where}: user {user.username!r}: group {group!r} is not defined in oidc.groups")
+    for attr in ("username", "email"):
+        values = [getattr(u, attr) for u in users]
+        if len(set(values)) != len(values):
+            raise BundleError(f"{where}: two users share the {attr} {sorted(v for v in values if values.count(v) > 1)[0]!r}")
+    if f"{SYSTEM_NAMESPACE}:read" not in _implied(oidc.permissions_of(oidc.admin)):
+        raise BundleError(f"{where}: admin: needs a group granting '{SYSTEM_NAMESPACE}:admin' (the UI lists namespaces with it)")
+    ids = [c.id for c in oidc.connectors]
+    if len(set(ids)) != len(ids) or "local" in ids:
+        raise BundleError(f"{where}: connector ids must be unique and not 'local' (the built-in password login)")
+    if oidc.port in (net.ui_port, net.frontend_port, net.grafana_port):
+        raise BundleError(f"{where}: port {oidc.port} is already used by the UI, Grafana or the frontend")
+
+
+def _implied(permissions: tuple[str, ...]) -> set[str]:
+    """A permission also grants the lower roles on its scope (the authorizer compares bit flags)."""
+    out = set()
+    for permission in permissions:
+        scope, role = permission.split(":")
+        out |= {f"{scope}:{r}" for r in NAMESPACE_ROLES[: NAMESPACE_ROLES.index(role) + 1]}
+    return out
