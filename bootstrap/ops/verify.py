@@ -411,10 +411,11 @@ async def token_outcome(frontend: Frontend, token: str | None, namespace: str) -
         return f"error: {exc.status.name}: {exc.message[:160]}"
 
 
-def token_rows(frontend: Frontend, tokens: dict[str, str | None], namespace: str) -> list[Row]:
-    """Each attack's call on `namespace`; "wrong namespace" on one no token here names."""
+def token_rows(frontend: Frontend, tokens: dict[str, str | None], namespace: str, elsewhere: str | None = None) -> list[Row]:
+    """Each attack's call on `namespace`; "wrong namespace" on `elsewhere` when given (the role's
+    valid token, on a namespace it names no permission for)."""
     attacks = [name for name in TOKEN_ATTACKS if name in tokens]
-    where = {name: f"verify-not-{namespace}" if name == "wrong namespace" else namespace for name in attacks}
+    where = {name: elsewhere if name == "wrong namespace" and elsewhere else namespace for name in attacks}
 
     async def all_attacks() -> list[str]:
         return [await token_outcome(frontend, tokens[name], where[name]) for name in attacks]
@@ -451,7 +452,7 @@ def token_attack_rows(config: BundleConfig, layout: Layout, pairs: list[Pair], s
     if namespace is None or frontend is None:
         return [], [Skipped(listener, f"role {role} reads no registered namespace, or the frontend is not reachable")]
     tokens = role_attack_tokens(config, layout.token(role).read_text().strip())
-    return token_rows(frontend, tokens, namespace), [
+    return token_rows(frontend, tokens, namespace, f"verify-not-{namespace}"), [
         Skipped(f"{listener}: {name}", "needs the signing key, which the Job never gets") for name in SIGNING_KEY_ATTACKS]
 
 
