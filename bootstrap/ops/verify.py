@@ -53,7 +53,7 @@ from ..core.security_model import LISTENERS
 from ..core.tokens import SigningKey, mint_token
 from ..core.verify_plan import (
     ACCEPTED, DENIED, SERVER_LEAF, SIGNING_KEY_ATTACKS, TOKEN_ATTACKS, UNREACHABLE, VANTAGES, Credential, Pair, Probe,
-    Route, Skipped, deployed, plan, port_of, role_namespace, token_expectation, unprovable, verdict,
+    Route, Skipped, deployed, plan, role_namespace, token_expectation, unprovable, verdict,
 )
 from ..errors import BundleError
 from ..store import Layout
