@@ -20,6 +20,7 @@ from bootstrap.core.security_model import LISTENERS
 from bootstrap.core.verify_plan import SIGNING_KEY_ATTACKS, TOKEN_ATTACKS, port_of
 from tests.export.conftest import secrets_of
 from tests.harness import REPO, free_port
+from tests.memory_limit import MemoryLimit, parse_size
 from tests.unit.conftest import run_main
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(900)]
@@ -95,9 +96,15 @@ def run_job(cluster, exported, root, enforced: bool = True):
     args, env = materialize_job(exported, root)
     args, dropped = on_loopback(args, load_config(cluster.config_path), enforced)
     assert not list((root / "bundle").rglob("private")), "the Job must get no private/ directory"
-    result = subprocess.run([sys.executable, "-m", "bootstrap", *args, "--json"], cwd=REPO, capture_output=True,
-                            text=True, env={**os.environ, **env}, timeout=800)
-    return result, dropped, args
+    # In a real cgroup with the Job container's memory limit (swap included).
+    limit = _job(exported)["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+    with MemoryLimit(parse_size(limit.replace("Mi", "m"))) as memory:
+        process = memory.popen([sys.executable, "-m", "bootstrap", *args, "--json"], cwd=REPO, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **env})
+        out, err = process.communicate(timeout=800)
+        assert memory.oom_kills == 0, f"the verify Job needs more than its {limit}"
+        peak = memory.peak
+    return subprocess.CompletedProcess(args, process.returncode, out, err), dropped, (peak, limit)
 
 
 @pytest.fixture(scope="module")
@@ -106,13 +113,14 @@ def job_run(pg_cluster, exported, tmp_path_factory):
 
 
 def test_the_exported_job_passes_against_the_real_cluster(job_run):
-    result, dropped, args = job_run
+    result, dropped, (peak, limit) = job_run
     assert result.stdout, result.stderr[-3000:]
     report = json.loads(result.stdout)
     wrong = [f"{r['listener']} <- {r['credential']}: expected {r['expected']}, got {r['got']}"
              for r in report["rows"] if not r["ok"]]
     print(f"\nexported verify Job on the PostgreSQL cluster: {report['pairs']} pairs, {report['wrong']} wrong, "
-          f"{report['seconds']}s; routes not run here: {dropped}")
+          f"{report['seconds']}s, peak RSS {peak / 2**20:.0f} MiB of the Job's {limit}; routes not run here: {dropped}")
+    assert peak < parse_size(limit.replace("Mi", "m")) * 0.75, "the Job's memory limit leaves too little headroom"
     assert result.returncode == 0 and not wrong and report["passed"], wrong or result.stderr[-3000:]
     by_listener: dict[str, set[str]] = {}
     for row in report["rows"]:
