@@ -2,13 +2,15 @@
 what the Job mounts (its projected Secrets and the bundle.yaml ConfigMap) and its own args, with
 each route's Service name swapped for this machine's: listeners the Job must reach at 127.0.0.1
 and their port here, listeners its NetworkPolicies keep from it at a closed loopback port (what a
-dropped or rejected connection looks like to the pod). 0 wrong pairs, and the token attacks done
-with the role's token alone: no CA key and no signing key was there (issue 26 item 2)."""
+dropped or rejected connection looks like to the pod); the codec server runs from its own exported
+Deployment. 0 wrong pairs, and the token attacks done with the role's token alone: no CA key and
+no signing key was there (issue 26 item 2)."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -18,14 +20,14 @@ import yaml
 from bootstrap.core.config import load_config
 from bootstrap.core.security_model import LISTENERS
 from bootstrap.core.verify_plan import SIGNING_KEY_ATTACKS, TOKEN_ATTACKS, port_of
-from tests.export.conftest import secrets_of
-from tests.harness import REPO, free_port
+from tests.export.conftest import materialize, secrets_of
+from tests.harness import REPO, free_port, wait_until
 from tests.memory_limit import MemoryLimit, parse_size
 from tests.unit.conftest import run_main
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(900)]
 
-RUNNING = {"temporal", "jwks", "postgresql"}  # what the harness runs
+RUNNING = {"temporal", "jwks", "postgresql", "codec-server"}  # the harness's, and the codec server started here
 ROUTE_OPTIONS = ("--listener-host", "--listener-blocked")
 
 
@@ -68,7 +70,36 @@ def materialize_job(dest, root) -> tuple[list[str], dict[str, str]]:
     return container["args"], env
 
 
-def on_loopback(args: list[str], config, enforced: bool = True) -> tuple[list[str], list[str]]:
+def start_codec_server(cluster, dest, root) -> tuple[subprocess.Popen, int]:
+    """The codec server from its exported Deployment, on a free port, fetching the harness's JWKS."""
+    deployment = next(d for d in yaml.safe_load_all((dest / "manifests" / "codec-server.yaml").read_text())
+                      if d and d["kind"] == "Deployment")
+    args, env = materialize(dest, deployment, root)
+    config, port = load_config(cluster.config_path), free_port()
+    args = [a.replace(config.jwks_url, f"https://localhost:{cluster.jwks_port}/jwks.json") for a in args]
+    args = [str(port) if a == str(config.codec.port) else a for a in args]
+    log = (root / "codec.log").open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "bootstrap", *args], cwd=REPO, env={**os.environ, **env},
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def listening() -> bool:
+        assert process.poll() is None, (root / "codec.log").read_text()[-2000:]
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(listening, 30, "the exported codec server")
+    return process, port
+
+
+@pytest.fixture(scope="module")
+def codec_port(pg_cluster, exported, tmp_path_factory):
+    process, port = start_codec_server(pg_cluster, exported, tmp_path_factory.mktemp("codec-root"))
+    yield port
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def on_loopback(args: list[str], config, codec_port: int, enforced: bool = True) -> tuple[list[str], list[str]]:
     """The args with each route moved to this machine; routes to services the harness does not
     run and the Job must reach are dropped (returned, to be said). enforced=False: the blocked
     listeners answer at their real port, as where no CNI enforces the NetworkPolicies."""
@@ -85,16 +116,17 @@ def on_loopback(args: list[str], config, enforced: bool = True) -> tuple[list[st
         if option == "--listener-blocked" and (enforced or listener.service not in RUNNING):
             out += [option, f"{name}=127.0.0.1:{closed}"]
         elif listener.service in RUNNING:
-            out += [option, f"{name}=127.0.0.1:{port_of(listener, config)}"]
+            port = codec_port if listener.service == "codec-server" else port_of(listener, config)
+            out += [option, f"{name}=127.0.0.1:{port}"]
         else:
             dropped.append(name)
         i += 2
     return out, dropped
 
 
-def run_job(cluster, exported, root, enforced: bool = True):
+def run_job(cluster, exported, root, codec_port: int, enforced: bool = True):
     args, env = materialize_job(exported, root)
-    args, dropped = on_loopback(args, load_config(cluster.config_path), enforced)
+    args, dropped = on_loopback(args, load_config(cluster.config_path), codec_port, enforced)
     assert not list((root / "bundle").rglob("private")), "the Job must get no private/ directory"
     # In a real cgroup with the Job container's memory limit (swap included).
     limit = _job(exported)["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
@@ -108,8 +140,8 @@ def run_job(cluster, exported, root, enforced: bool = True):
 
 
 @pytest.fixture(scope="module")
-def job_run(pg_cluster, exported, tmp_path_factory):
-    return run_job(pg_cluster, exported, tmp_path_factory.mktemp("verify-job-root"))
+def job_run(pg_cluster, exported, codec_port, tmp_path_factory):
+    return run_job(pg_cluster, exported, tmp_path_factory.mktemp("verify-job-root"), codec_port)
 
 
 def test_the_exported_job_passes_against_the_real_cluster(job_run):
@@ -127,6 +159,7 @@ def test_the_exported_job_passes_against_the_real_cluster(job_run):
         by_listener.setdefault(row["listener"], set()).add(row["expected"])
     assert by_listener["frontend gRPC"] == {"admitted", "refused"}
     assert by_listener["history"] == {"unreachable"}
+    assert by_listener["codec server"] == {"admitted"}  # TLS for every pod; its tokens decide
     assert by_listener["JWKS"] == {"unreachable"}  # the JWKS policy admits server pods, codec and gate only
 
 
@@ -156,9 +189,9 @@ def test_nothing_the_job_holds_is_printed(job_run, exported):
         assert value.decode() not in result.stdout + result.stderr
 
 
-def test_the_job_fails_where_the_policies_are_not_enforced(pg_cluster, exported, tmp_path):
+def test_the_job_fails_where_the_policies_are_not_enforced(pg_cluster, exported, codec_port, tmp_path):
     """The blocked listeners answering (a CNI without NetworkPolicy): the Job exits 1 and names them."""
-    result, _, _ = run_job(pg_cluster, exported, tmp_path, enforced=False)
+    result, _, _ = run_job(pg_cluster, exported, tmp_path, codec_port, enforced=False)
     report = json.loads(result.stdout)
     wrong = {(r["listener"], r["credential"]) for r in report["rows"] if not r["ok"]}
     print(f"\nthe Job with the policies not enforced: {report['pairs']} pairs, {report['wrong']} wrong: "
