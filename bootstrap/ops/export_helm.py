@@ -528,7 +528,8 @@ def _chart_placement(config: BundleConfig, listener: Listener) -> tuple[str, int
     headless = "membership" in listener.port or component not in ("frontend", "internal-frontend")
     labels = {"app.kubernetes.io/name": "temporal", "app.kubernetes.io/instance": release,
               "app.kubernetes.io/component": component}
-    return chart_service(release, component, headless), listener.port_number(config.network), labels
+    port = listener.port_number(config.network)  # the chart's Services take the pods' own ports
+    return f"{chart_service(release, component, headless)}:{port}", port, labels
 
 
 def _own_placement(config: BundleConfig, listener: Listener, docs: list[dict]) -> tuple[str, int, dict[str, str]] | None:
@@ -554,7 +555,6 @@ def verify_routes(config: BundleConfig, docs: list[dict]) -> list[dict]:
     for listener in LISTENERS:
         if listener.service == "temporal":
             place = _chart_placement(config, listener)
-            place = place and (f"{place[0]}:{place[1]}", place[1], place[2])
         elif listener.service == "temporal-ui":
             place = None  # chart 1.6.0's web Service: plain HTTP behind the operator's Ingress
         else:
