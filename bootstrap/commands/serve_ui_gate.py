@@ -32,7 +32,7 @@ frontend's own request limit); a call without a valid token is refused before it
 (but the health check and GetSystemInfo, which the frontend answers without one); message slots
 as many as the container's memory limit (its cgroup's; 256m if none) holds at the worst case;
 one certificate holds at most half of the slots and an eighth of --max-concurrent-calls; at most
-512 connections, 100 streams each."""
+32 connections, 16 streams each (the UI server queues its further calls itself)."""
 
 
 def add_parser(sub, name):

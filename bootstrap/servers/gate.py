@@ -367,12 +367,13 @@ SLOT_BYTES = 3 * (MAX_REQUEST_BYTES + MAX_RESPONSE_BYTES)
 HEADROOM = 0.15  # of the container's memory, left unplanned (allocator fragmentation, page cache)
 # Connections beyond this are closed as they come. Only the UI server (one connection, multiplexed)
 # and the health check call the gate; this is a memory bound, not a share.
-MAX_CONNECTIONS = 64
+MAX_CONNECTIONS = 32
 # Streams a connection may have open; the UI server (grpc-go) queues its further calls itself.
 STREAMS_PER_CONNECTION = 16
 # Calls gRPC holds before the gate's loop takes them, first come first served: all the streams the
 # connections may have open, so none is shed (gRPC sheds at random, the UI's as well, past its
-# default of 1000) and the UI's call waits behind at most this many refusals (~0.5 s measured).
+# default of 1000) and the UI's call waits behind at most this many refusals (slowest UI call
+# under a flood on every connection: 0.14-0.36 s measured).
 PENDING_CALLS = MAX_CONNECTIONS * STREAMS_PER_CONNECTION
 DEFAULT_MEMORY = 256 * MIB  # compose's mem_limit, assumed where no limit can be read
 UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a number near 2**63

@@ -77,6 +77,8 @@ async def _code(call) -> grpc.StatusCode:
     try:
         await call
     except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            print(f"UNAVAILABLE: {exc.details()}")
         return exc.code()
     return grpc.StatusCode.OK
 
@@ -272,9 +274,12 @@ def test_every_slot_full_of_4_mib_calls_stays_within_the_planned_memory(gate):
     """Three certificates (each holds at most half of the slots): every slot carries a 4 MiB request."""
     async def check():
         certs = (ATTACKER, "clients/system", "registrar/system")
-        channels = [_channel(gate.cluster.bundle, gate.address, cert, own_connection=True) for cert in certs]
+        # Two connections a certificate, 10 calls each: within the gate's streams per connection.
+        channels = [_channel(gate.cluster.bundle, gate.address, cert, own_connection=True) for cert in certs * 2]
+        for channel in channels:  # once a flood before has let go of the gate's connections
+            await asyncio.wait_for(channel.channel_ready(), 60)
         bearer = gate.bearer("reader")
-        calls = [channels[i % 3].unary_unary(START)(_start_request(MAX_REQUEST_BYTES - 1024), metadata=bearer, timeout=120)
+        calls = [channels[i % 6].unary_unary(START)(_start_request(MAX_REQUEST_BYTES - 1024), metadata=bearer, timeout=120)
                  for i in range(60)]
         codes = await asyncio.gather(*map(_code, calls))
         assert set(codes) <= {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
