@@ -128,3 +128,17 @@ def _job_args(exported, tmp_path, monkeypatch) -> list[str]:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return args
+
+
+def test_the_exported_gate_has_the_memory_budget_of_the_compose_gate(exported):
+    """The gate derives its message slots from its container's memory: the pod's limit must give it
+    as many as compose's mem_limit does, so a Kubernetes UI is not starved where compose's is not."""
+    from bootstrap.servers.gate import GateBudget
+    from tests.memory_limit import compose_memory_limit, parse_size
+
+    gate = manifest(exported, "manifests/ui-gate.yaml", "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    limit = parse_size(gate["resources"]["limits"]["memory"].replace("Mi", "m").replace("Gi", "g"))
+    args = gate["args"]
+    calls = int(args[args.index("--max-concurrent-calls") + 1]) if "--max-concurrent-calls" in args else 256
+    pod, compose = GateBudget(limit, calls), GateBudget(compose_memory_limit("ui-gate"), 256)
+    assert pod.slots >= compose.slots >= 2, (pod.slots, compose.slots)
