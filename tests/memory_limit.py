@@ -8,11 +8,15 @@ Nothing skips: without a memory controller the caller gets an exception, and the
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
+COMPOSE_FILE = Path(__file__).resolve().parent.parent / "docker-compose.prod.yml"
 CGROUP_ROOT = Path(os.environ.get("MEMORY_CGROUP_ROOT", "/sys/fs/cgroup/memory"))
 
 
@@ -23,6 +27,14 @@ def parse_size(text: str) -> int:
     if text and text[-1] in units:
         return int(float(text[:-1]) * units[text[-1]])
     return int(text)
+
+
+def compose_memory_limit(service: str) -> int:
+    """The service's mem_limit in docker-compose.prod.yml as compose resolves it: `${VAR:-256m}`
+    takes VAR from the environment, else the default."""
+    value = str(yaml.safe_load(COMPOSE_FILE.read_text())["services"][service]["mem_limit"])
+    value = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: os.environ.get(m.group(1)) or m.group(2), value)
+    return parse_size(value)
 
 
 @dataclass

@@ -12,7 +12,6 @@ import base64
 import contextlib
 import http.client
 import os
-import re
 import socket
 import ssl
 import subprocess
@@ -23,7 +22,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
 
@@ -34,9 +32,8 @@ from bootstrap.core.kek import FileKek
 from bootstrap.servers.codec import MAX_BODY, MAX_CONNECTIONS
 from bootstrap.servers.http import MAX_HEAD
 from tests.harness import free_port, wait_until
-from tests.memory_limit import MemoryLimit, parse_size
+from tests.memory_limit import MemoryLimit, compose_memory_limit
 
-COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.prod.yml"
 SECRET = b'"codec-memory-secret 4111-1111-1111-1111"'
 PLAIN = Payload(metadata={"encoding": b"json/plain"}, data=SECRET)
 CONFIG = textwrap.dedent("""\
@@ -50,12 +47,6 @@ CONFIG = textwrap.dedent("""\
     persistence: {driver: sqlite, sqlite_path: /tmp/unused-codec-memory.db}
     """)
 
-
-def compose_memory_limit(service: str = "codec-server") -> int:
-    """The service's mem_limit as compose resolves it with no variable set (`${VAR:-256m}`)."""
-    value = str(yaml.safe_load(COMPOSE.read_text())["services"][service]["mem_limit"])
-    default = re.fullmatch(r"\$\{\w+:-([^}]+)\}", value)
-    return parse_size(default.group(1) if default else value)
 
 
 # --------------------------------------------------------------------------- the server
@@ -106,7 +97,7 @@ def codec(tmp_path_factory):
     config, out, log, port = root / "bundle.yaml", root / "out", root / "codec.log", free_port()
     config.write_text(CONFIG)
     assert main(["init", "--config", str(config), "--out", str(out), "-q"]) == 0
-    limit = compose_memory_limit()
+    limit = compose_memory_limit("codec-server")
     with MemoryLimit(limit) as cgroup, open(log, "wb") as sink:
         process = cgroup.popen([sys.executable, "-m", "bootstrap", "serve-codec", "--config", str(config),
                                 "--out", str(out), "--host", "127.0.0.1", "--port", str(port)],

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import resource
 import socket
 import ssl
@@ -23,18 +22,16 @@ from pathlib import Path
 
 import grpc
 import pytest
-import yaml
 from temporalio.api.common.v1 import Payload, Payloads, WorkflowType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, StartWorkflowExecutionRequest
 
 from tests.harness import REPO
-from tests.memory_limit import MemoryLimit, parse_size
+from tests.memory_limit import MemoryLimit, compose_memory_limit
 from tests.server.test_ui_gate import FORWARDED_SERVICES, _start_gate
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(900)]
 
-COMPOSE = REPO / "docker-compose.prod.yml"
 START = f"/{FORWARDED_SERVICES[0]}/StartWorkflowExecution"  # the names test_ui_gate checks against the frontend
 DESCRIBE_NAMESPACE = f"/{FORWARDED_SERVICES[0]}/DescribeNamespace"
 MIB = 1024 * 1024
@@ -43,12 +40,6 @@ MIB = 1024 * 1024
 MAX_REQUEST_BYTES = 4 * MIB
 ATTACKER = "clients/reader"  # an application role's certificate: client domain, like the UI's
 
-
-def compose_memory_limit(service: str = "ui-gate") -> int:
-    """The service's mem_limit as compose resolves it with no variable set (`${VAR:-256m}`)."""
-    value = str(yaml.safe_load(COMPOSE.read_text())["services"][service]["mem_limit"])
-    default = re.fullmatch(r"\$\{\w+:-([^}]+)\}", value)
-    return parse_size(default.group(1) if default else value)
 
 
 def _credentials(bundle: Path, cert: str) -> grpc.ChannelCredentials:
@@ -123,7 +114,7 @@ def gate(sqlite_cluster, tmp_path_factory):
     subprocess.run([sys.executable, "-m", "bootstrap", "register-namespaces", "--config", str(cluster.config_path),
                     "--out", str(cluster.bundle), "--address", cluster.address, "--cluster-info", str(info)],
                    check=True, capture_output=True, text=True, timeout=120)
-    with MemoryLimit(compose_memory_limit()) as limit:
+    with MemoryLimit(compose_memory_limit("ui-gate")) as limit:
         process, address = _start_gate(cluster, cluster.address, info, "ui-gate-memory.log", popen=limit.popen)
         gate = Gate(cluster, address, limit, cluster.workdir / "ui-gate-memory.log")
         gate.run(gate.ui_call_seconds())  # warm: token keys fetched, protos loaded, as a UI in use

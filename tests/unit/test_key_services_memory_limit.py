@@ -11,7 +11,6 @@ import asyncio
 import base64
 import json
 import os
-import re
 import resource
 import ssl
 import subprocess
@@ -22,12 +21,11 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-import yaml
 
 from bootstrap.core.pki import CA
 from bootstrap.core.workload_identity import GRANT_TYPE, JWT_TOKEN_TYPE
 from tests.harness import free_port, wait_until
-from tests.memory_limit import MemoryLimit, parse_size
+from tests.memory_limit import MemoryLimit, compose_memory_limit
 from tests.unit.conftest import make_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,13 +37,6 @@ CONFIG = ("namespaces: [{name: orders}]\n"
           "    - {name: cluster, issuer: 'https://kubernetes.default.svc', audience: temporal-service}\n"
           "    - {name: stalled, type: oidc, issuer: '%s', audience: temporal-service, ca_file: '%s'}\n")
 
-
-def compose_memory_limit(service: str) -> int:
-    """mem_limit of `service` in docker-compose.prod.yml, with ${VAR:-default} as compose reads it."""
-    doc = yaml.safe_load((ROOT / "docker-compose.prod.yml").read_text())
-    value = str(doc["services"][service]["mem_limit"])
-    value = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: os.environ.get(m.group(1)) or m.group(2), value)
-    return parse_size(value)
 
 
 @pytest.fixture(scope="module")
