@@ -38,7 +38,7 @@ from ..core.workload_identity import (ACCESS_TOKEN_TYPE, GRANT_TYPE, ISSUED_TOKE
 from .auth import JWKSUnavailable, URLJWKS
 from .events import Refusal, clip, log_event
 from .fetch import FetchError, FetchLimits, JSONFetcher
-from .http import Limits, ReloadingTLS, Service, _stamp, declared_length, read_body
+from .http import Limits, ReloadingTLS, Service, declared_length, file_stamp, read_body
 
 TOKEN_PATH = "/token"
 MAX_FORM = 16 * 1024  # a service-account token is ~1 KiB; nothing legitimate comes near this
@@ -135,7 +135,7 @@ class ReloadingKey:
 
     def current(self) -> SigningKey:
         try:
-            stamp = _stamp(self.path)
+            stamp = file_stamp(self.path)
             if stamp != self._stamp:
                 key = SigningKey.from_pem(self.path.read_bytes(), str(self.path))
                 if self._key is not None and key.kid != self._key.kid:

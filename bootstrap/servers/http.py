@@ -218,7 +218,8 @@ async def stream_reply(request: web.BaseRequest, body: bytes, headers: dict) -> 
 # --------------------------------------------------------------------------- TLS
 
 
-def _stamp(*paths: Path) -> tuple:
+def file_stamp(*paths: Path) -> tuple:
+    """What changes when a file is rewritten or replaced: (mtime, size, inode) of each."""
     return tuple((p.stat().st_mtime_ns, p.stat().st_size, p.stat().st_ino) for p in paths)
 
 
@@ -241,7 +242,7 @@ class ReloadingTLS:
         return ctx
 
     def context(self) -> ssl.SSLContext:
-        stamp = _stamp(self.cert, self.key)
+        stamp = file_stamp(self.cert, self.key)
         if stamp != self._stamp:
             try:
                 self._context, self._stamp = self._build(), stamp
