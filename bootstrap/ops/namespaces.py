@@ -129,7 +129,7 @@ async def register_all(
     # in one refresh, instead of one refresh per namespace. The calls of each step run side by
     # side: this job is the last step of `make up` before the UI starts.
     *outcomes, cluster_info = await asyncio.gather(
-        *(_named(ns, _while_starting(lambda ns=ns: ensure_namespace(client, ns, update_retention), deadline))
+        *(_named(ns, while_starting(lambda ns=ns: ensure_namespace(client, ns, update_retention), deadline))
           for ns in config.namespaces),
         _cluster_info(client, deadline), return_exceptions=True)
     _raise_first_error([*outcomes, cluster_info])
@@ -161,13 +161,13 @@ async def _cluster_info(client, deadline: float) -> str:
     from temporalio.service import RPCError
 
     try:
-        info = await _while_starting(lambda: client.workflow_service.get_cluster_info(GetClusterInfoRequest()), deadline)
+        info = await while_starting(lambda: client.workflow_service.get_cluster_info(GetClusterInfoRequest()), deadline)
     except RPCError as exc:
         raise BundleError(f"GetClusterInfo: {exc.status.name}: {_one_line(exc)}") from None
     return json_format.MessageToJson(info, sort_keys=True)
 
 
-async def _while_starting(call, deadline: float):
+async def while_starting(call, deadline: float):
     """`call()` again while the frontend answers UNAVAILABLE: the job starts with the server and
     reaches it as soon as its health check passes, when a dependency may still be warming up.
     Registering is idempotent (an existing namespace is 'exists'), so a retry is safe."""

@@ -10,7 +10,7 @@ import time
 import pytest
 from temporalio.service import RPCError, RPCStatusCode
 
-from bootstrap.ops.namespaces import BRISK_POLL_S, _while_starting
+from bootstrap.ops.namespaces import BRISK_POLL_S, while_starting
 
 
 def _failing(statuses: list[RPCStatusCode], result="registered"):
@@ -27,7 +27,7 @@ def _failing(statuses: list[RPCStatusCode], result="registered"):
 
 def test_unavailable_is_retried_until_the_call_succeeds():
     call, calls = _failing([RPCStatusCode.UNAVAILABLE, RPCStatusCode.UNAVAILABLE])
-    assert asyncio.run(_while_starting(call, time.monotonic() + 30)) == "registered"
+    assert asyncio.run(while_starting(call, time.monotonic() + 30)) == "registered"
     assert len(calls) == 3
 
 
@@ -36,13 +36,13 @@ def test_unavailable_is_retried_until_the_call_succeeds():
 def test_any_other_refusal_ends_at_once(status):
     call, calls = _failing([status])
     with pytest.raises(RPCError) as refused:
-        asyncio.run(_while_starting(call, time.monotonic() + 30))
+        asyncio.run(while_starting(call, time.monotonic() + 30))
     assert refused.value.status == status and len(calls) == 1
 
 
 def test_unavailable_past_the_deadline_is_final():
     call, calls = _failing([RPCStatusCode.UNAVAILABLE] * 100)
     with pytest.raises(RPCError) as refused:
-        asyncio.run(_while_starting(call, time.monotonic() + 0.6))
+        asyncio.run(while_starting(call, time.monotonic() + 0.6))
     assert refused.value.status == RPCStatusCode.UNAVAILABLE
     assert 2 <= len(calls) <= 0.6 / BRISK_POLL_S + 2  # one try per interval, then it gives up
