@@ -20,11 +20,11 @@ from typing import Any
 import yaml
 
 from ..claims import PERMISSIONS_CLAIM
+from ..permissions import NAMESPACE_ROLES, SYSTEM_NAMESPACE
 from ...errors import BundleError
 from .oidc import (BCRYPT_HASH, EMAIL, OIDC_CONNECTOR_TYPES, OIDC_USER_NAME, ExternalIssuer, OIDCConfig, OIDCConnector,
                    OIDCUser, parse_oidc)
-from .reader import (DNS_NAME, IMAGE_REF, K8S_NAME, NAMESPACE_NAME, NAMESPACE_ROLES, ROLE_NAME, SYSTEM_NAMESPACE, Section,
-                     check_host, check_origin, check_permission)
+from .reader import DNS_NAME, IMAGE_REF, K8S_NAME, NAMESPACE_NAME, ROLE_NAME, Section, check_host, check_origin, check_permission
 from .sections import (CLUSTER_INFO_KEY, CODEC_DECRYPT_ROLES, FRONTEND_EXPOSURES, JWT_ALGORITHMS, KEY_ALGORITHMS,
                        KUBERNETES_IMAGES, KUBERNETES_SERVICES, PERSISTENCE_DRIVERS, TOKEN_MINTING, UI_GATE_HOST,
                        CodecConfig, JWTConfig, KeysConfig, KubernetesConfig, MonitoringConfig, NetworkConfig,

@@ -9,8 +9,9 @@ from datetime import timedelta
 from typing import Any
 
 from ..claims import PERMISSIONS_CLAIM
+from ..permissions import SYSTEM_NAMESPACE, implied
 from ...errors import BundleError
-from .reader import NAMESPACE_ROLES, ROLE_NAME, SYSTEM_NAMESPACE, Section, check_permission
+from .reader import ROLE_NAME, Section, check_permission
 from .sections import NetworkConfig
 
 # Upstream identity providers Dex may federate (Dex's connector type names).
@@ -228,7 +229,7 @@ def _check_oidc(oidc: OIDCConfig, where: str, net: NetworkConfig) -> None:
         values = [getattr(u, attr) for u in users]
         if len(set(values)) != len(values):
             raise BundleError(f"{where}: two users share the {attr} {sorted(v for v in values if values.count(v) > 1)[0]!r}")
-    if f"{SYSTEM_NAMESPACE}:read" not in _implied(oidc.permissions_of(oidc.admin)):
+    if f"{SYSTEM_NAMESPACE}:read" not in implied(oidc.permissions_of(oidc.admin)):
         raise BundleError(f"{where}: admin: needs a group granting '{SYSTEM_NAMESPACE}:admin' (the UI lists namespaces with it)")
     ids = [c.id for c in oidc.connectors]
     if len(set(ids)) != len(ids) or "local" in ids:
@@ -236,11 +237,3 @@ def _check_oidc(oidc: OIDCConfig, where: str, net: NetworkConfig) -> None:
     if oidc.port in (net.ui_port, net.frontend_port, net.grafana_port):
         raise BundleError(f"{where}: port {oidc.port} is already used by the UI, Grafana or the frontend")
 
-
-def _implied(permissions: tuple[str, ...]) -> set[str]:
-    """A permission also grants the lower roles on its scope (the authorizer compares bit flags)."""
-    out = set()
-    for permission in permissions:
-        scope, role = permission.split(":")
-        out |= {f"{scope}:{r}" for r in NAMESPACE_ROLES[: NAMESPACE_ROLES.index(role) + 1]}
-    return out

@@ -3,16 +3,18 @@ URLs, browser origins, absolute paths, permissions, name patterns)."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import timedelta
-from typing import Any
+from typing import Any, Iterator, NamedTuple
 
 from ..durations import parse_duration
+from ..permissions import NAMESPACE_ROLES, split_permission
 from ...errors import BundleError
 
-SYSTEM_NAMESPACE = "temporal-system"
-NAMESPACE_ROLES = ("worker", "read", "write", "admin")
 # Temporal accepts almost anything, but ':' would break the "<ns>:<role>" claim format and names
 # that are not DNS-ish break CLI quoting and metrics labels, so we hold the line here.
 NAMESPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -27,6 +29,39 @@ HTTPS_URL = re.compile(r"^https://(" + BRACKETED_IPV6 + r"|[^/:@?#\[\]]+)(:[0-9]
 ORIGIN = re.compile(r"^(https?)://(" + BRACKETED_IPV6 + r"|[^/:@?#\[\]]+)(?::([0-9]{1,5}))?$")
 
 
+class KeyRead(NamedTuple):
+    """One key a Section method read: the mapping, the key, the method's name and its other arguments."""
+    data: dict
+    key: Any
+    how: str
+    args: tuple
+
+
+# Set only while config_schema derives bundle.schema.json from what the parser reads.
+_READS: ContextVar[list[KeyRead] | None] = ContextVar("section_reads", default=None)
+
+
+@contextmanager
+def recording_reads() -> Iterator[list[KeyRead]]:
+    """Every key read while inside, outermost method first (string() before the get() it calls)."""
+    reads: list[KeyRead] = []
+    token = _READS.set(reads)
+    try:
+        yield reads
+    finally:
+        _READS.reset(token)
+
+
+def _recorded(method):
+    @functools.wraps(method)
+    def read(self, key, *args, **kwargs):
+        reads = _READS.get()
+        if reads is not None:
+            reads.append(KeyRead(self.data, key, method.__name__, args + tuple(kwargs.items())))
+        return method(self, key, *args, **kwargs)
+    return read
+
+
 class Section:
     """A mapping read key by key; `done()` rejects whatever was not read (unknown keys)."""
 
@@ -35,72 +70,85 @@ class Section:
             raise BundleError(f"{where}: expected a mapping, got {type(data).__name__}")
         self.data, self.where, self.seen = data, where, set()
 
+    @_recorded
     def get(self, key: str, default: Any) -> Any:
         self.seen.add(key)
         value = self.data.get(key, default)
         return default if value is None else value
 
+    @_recorded
     def section(self, key: str) -> Section:
         return Section(self.get(key, {}), f"{self.where}: {key}")
 
+    @_recorded
     def list(self, key: str) -> list:
         value = self.get(key, [])
         if not isinstance(value, list):
             raise BundleError(f"{self.where}: {key} must be a list")
         return value
 
+    @_recorded
     def string(self, key: str, default: str) -> str:
         value = self.get(key, default)
         if not isinstance(value, str):
             raise BundleError(f"{self.where}: {key} must be a string, got {value!r}")
         return value
 
+    @_recorded
     def boolean(self, key: str, default: bool) -> bool:
         value = self.get(key, default)
         if not isinstance(value, bool):
             raise BundleError(f"{self.where}: {key} must be true or false")
         return value
 
+    @_recorded
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.string(key, default)
         if value not in choices:
             raise BundleError(f"{self.where}: {key} must be one of {', '.join(choices)}; got {value!r}")
         return value
 
+    @_recorded
     def duration(self, key: str, default: timedelta) -> timedelta:
         self.seen.add(key)
         if self.data.get(key) is None:
             return default
         return parse_duration(self.data[key], f"{self.where}: {key}")
 
+    @_recorded
     def port(self, key: str, default: int) -> int:
         value = self.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
             raise BundleError(f"{self.where}: {key} must be a port number 1-65535, got {value!r}")
         return value
 
+    @_recorded
     def integer(self, key: str, default: int, low: int, high: int) -> int:
         value = self.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise BundleError(f"{self.where}: {key} must be an integer {low}..{high}, got {value!r}")
         return value
 
+    @_recorded
     def names(self, key: str) -> tuple[str, ...]:
         values = self.list(key)
         for value in values:
             check_host(value, f"{self.where}: {key}")
         return tuple(values)
 
+    @_recorded
     def host(self, key: str, default: str) -> str:
         value = self.string(key, default)
         check_host(value, f"{self.where}: {key}")
         return value
 
+    @_recorded
     def optional_host(self, key: str) -> str:
         """A host name, or "" when the key is absent or null."""
         self.seen.add(key)
         return "" if self.data.get(key) is None else self.host(key, "")
 
+    @_recorded
     def https_url(self, key: str, *, required: bool, ipv6_hosts: bool = True) -> str:
         """An https URL without query or fragment ("" when absent and not required)."""
         value = self.string(key, "")
@@ -114,6 +162,7 @@ class Section:
         check_host(match.group(1).strip("[]"), f"{self.where}: {key}")
         return value
 
+    @_recorded
     def file_path(self, key: str, *, required: bool) -> str:
         """The absolute path of a file the bootstrap reads ("" when absent and not required)."""
         value = self.string(key, "")
@@ -165,9 +214,10 @@ def check_origin(value: Any, where: str) -> str:
 
 
 def check_permission(permission: Any, known: set[str], where: str) -> str:
-    if not isinstance(permission, str) or permission.count(":") != 1:
+    parts = split_permission(permission)
+    if parts is None:
         raise BundleError(f"{where}: permission {permission!r} is not '<namespace>:<role>'")
-    namespace, role = permission.split(":")
+    namespace, role = parts
     if role not in NAMESPACE_ROLES:
         raise BundleError(f"{where}: permission {permission!r}: role must be one of {', '.join(NAMESPACE_ROLES)}")
     if namespace == "system":

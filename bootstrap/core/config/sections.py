@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 
+from ..permissions import NAMESPACE_ROLES
 from ...errors import BundleError
 from .reader import IMAGE_REF, K8S_NAME, Section, check_origin
 
@@ -25,7 +26,7 @@ TOKEN_MINTING = ("in-cluster", "outside")
 # Image overrides: the chart's server, admin-tools and UI images, and ours (JWKS, codec, jobs).
 KUBERNETES_IMAGES = ("server", "admintools", "ui", "bundle", "dex")
 # Roles the codec server may require for decrypting: a bare <ns>:worker grants nothing (see default_roles).
-CODEC_DECRYPT_ROLES = ("read", "write", "admin")
+CODEC_DECRYPT_ROLES = NAMESPACE_ROLES[NAMESPACE_ROLES.index("read"):]
 
 
 @dataclass(frozen=True)

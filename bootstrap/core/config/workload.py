@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from ..permissions import NAMESPACE_ROLES, SYSTEM_NAMESPACE
 from ...errors import BundleError
-from .reader import NAMESPACE_ROLES, SYSTEM_NAMESPACE, Section, check_permission
+from .reader import Section, check_permission
 
 ISSUER_TYPES = ("kubernetes", "oidc")
 NAMESPACE_PLACEHOLDER = "{namespace}"
