@@ -12,21 +12,13 @@ on), and a block after a "## Alternative" line replaces the top-level section it
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bootstrap.core.config import parse_config
+from bootstrap.ops.config_schema import EXAMPLE, FREE_CONTENT, FREE_KEYS, example_variants  # noqa: F401 (re-exported)
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = REPO / "bundle.example.yaml"
-# Maps whose keys are names the operator chooses (role names, group names), and one whose whole
-# content is passed on unread (a Dex connector's settings).
-FREE_KEYS = ("roles", "oidc.groups")
-FREE_CONTENT = "oidc.connectors.config"
-SETTING = re.compile(r"^(\s*)# (.*)$")
 
 
 class _Recording(dict):
@@ -91,37 +83,6 @@ def generic(path: str) -> str:
             rest = path[len(free) + 1:].split(".", 1)
             return ".".join([free, "*", *rest[1:]])
     return path
-
-
-def example_variants(text: str | None = None) -> list[dict]:
-    """The example with every setting switched on: the main document, then one per alternative
-    block (the main document with that block's top-level section in place of its own)."""
-    text = EXAMPLE.read_text() if text is None else text
-    main, alternatives = _split_alternatives(text.splitlines())
-    base = yaml.safe_load("\n".join(_switch_on(main)))
-    variants = [base]
-    for block in alternatives:
-        replacement = yaml.safe_load("\n".join(_switch_on(block)))
-        variants.append({**base, **replacement})
-    return variants
-
-
-def _split_alternatives(lines: list[str]) -> tuple[list[str], list[list[str]]]:
-    main, alternatives, current = [], [], None
-    for line in lines:
-        if line.startswith("## Alternative"):
-            current = []
-            alternatives.append(current)
-        elif current is not None and SETTING.match(line):
-            current.append(line)
-        else:
-            current = None
-            main.append(line)
-    return main, alternatives
-
-
-def _switch_on(lines: list[str]) -> list[str]:
-    return [SETTING.sub(r"\1\2", line) if not line.lstrip().startswith("##") else line for line in lines]
 
 
 def accepted_keys() -> set[str]:

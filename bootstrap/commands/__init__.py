@@ -25,6 +25,7 @@ COMMANDS = {
     "compose-env": "compose_env",
     "serve-ui-gate": "serve_ui_gate",
     "verify": "verify",
+    "config-schema": "config_schema",
 }
 
 
