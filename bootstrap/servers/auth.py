@@ -1,5 +1,5 @@
-"""Who may use the codec: the JWKS sources tokens are verified against, the token check, and
-Temporal's role lattice.
+"""Who may use the codec: the JWKS sources tokens are verified against and the token check (Temporal's
+role lattice is core.permissions).
 
 JWKS fetches never hold a lock: the event loop runs one fetch per source at a time (later callers
 wait for that one), a token whose kid is already known is verified against the cached set while a
@@ -17,43 +17,18 @@ from typing import TYPE_CHECKING
 
 import jwt
 
-from ..core.tokens import PERMISSIONS_CLAIM, verify_token
+# The role model lives in core.permissions; re-exported for the servers and tests that import it from here.
+from ..core.permissions import ROLE_BITS, SYSTEM_NAMESPACE, grants, role_for  # noqa: F401
+from ..core.tokens import verify_token
 from ..errors import BundleError
 from .events import Refusal, clip, log_event
 
 if TYPE_CHECKING:
     from .fetch import FetchLimits, JSONFetcher
 
-ROLE_BITS = {"worker": 1, "read": 2, "write": 4, "admin": 8}
-SYSTEM_NAMESPACE = "temporal-system"
-
 
 class JWKSUnavailable(Exception):
     pass
-
-
-# --------------------------------------------------------------------------- role lattice
-
-
-def role_for(claims: dict, namespace: str, claim: str = PERMISSIONS_CLAIM) -> int:
-    """The role bits a token holds on `namespace`, as Temporal's default claim mapper and
-    authorizer compute them: namespace grants and system grants OR-ed separately, the better wins."""
-    namespace_bits = system_bits = 0
-    permissions = claims.get(claim)
-    for permission in permissions if isinstance(permissions, list) else []:
-        if not isinstance(permission, str) or permission.count(":") != 1:
-            continue
-        scope, role = permission.split(":")
-        bits = ROLE_BITS.get(role.lower(), 0)
-        if scope == SYSTEM_NAMESPACE:
-            system_bits |= bits
-        elif scope == namespace:
-            namespace_bits |= bits
-    return max(namespace_bits, system_bits)
-
-
-def grants(claims: dict, namespace: str, required: str, claim: str = PERMISSIONS_CLAIM) -> bool:
-    return role_for(claims, namespace, claim) >= ROLE_BITS[required]
 
 
 # --------------------------------------------------------------------------- key sources
