@@ -38,8 +38,9 @@ from pathlib import Path
 
 import grpc
 
-from .auth import SYSTEM_NAMESPACE, Authenticator, ROLE_BITS, role_for
+from .auth import Authenticator
 from .events import Refusal, clip, log_event
+from ..core.permissions import SYSTEM_NAMESPACE, grants, permissions_of, split_permission
 from ..core.tokens import PERMISSIONS_CLAIM
 
 WORKFLOW_SERVICE = "/temporal.api.workflowservice.v1.WorkflowService/"
@@ -139,14 +140,8 @@ def returned_trailers(metadata) -> tuple[tuple[str, str | bytes], ...]:
 def readable_namespaces(claims: dict, claim: str = PERMISSIONS_CLAIM) -> list[str]:
     """The namespaces a token grants read (or more) on by name; temporal-system grants are not
     namespaces, and a caller holding one gets the frontend's own answers anyway."""
-    names = set()
-    permissions = claims.get(claim)
-    for permission in permissions if isinstance(permissions, list) else ():
-        if isinstance(permission, str) and permission.count(":") == 1:
-            namespace = permission.split(":")[0]
-            if namespace and namespace != SYSTEM_NAMESPACE and role_for(claims, namespace, claim) >= ROLE_BITS["read"]:
-                names.add(namespace)
-    return sorted(names)
+    named = {parts[0] for parts in map(split_permission, permissions_of(claims, claim)) if parts}
+    return sorted(ns for ns in named if ns and ns != SYSTEM_NAMESPACE and grants(claims, ns, "read", claim))
 
 
 def bearer_of(metadata) -> str | None:
