@@ -21,6 +21,7 @@ import yaml
 
 from ..core.config import parse_config
 from ..core.config.reader import KeyRead, recording_reads
+from ..errors import BundleError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "bundle.example.yaml"
 SCHEMA_FILE = EXAMPLE.with_name("bundle.schema.json")
@@ -46,12 +47,18 @@ def example_variants(text: str | None = None) -> list[dict]:
     block (the main document with that block's top-level section in place of its own)."""
     text = EXAMPLE.read_text() if text is None else text
     main, alternatives = _split_alternatives([line for line in text.splitlines() if not line.startswith(MODELINE)])
-    base = yaml.safe_load("\n".join(_switch_on(main)))
-    variants = [base]
-    for block in alternatives:
-        replacement = yaml.safe_load("\n".join(_switch_on(block)))
-        variants.append({**base, **replacement})
-    return variants
+    base = _load("\n".join(_switch_on(main)))
+    return [base, *({**base, **_load("\n".join(_switch_on(block)))} for block in alternatives)]
+
+
+def _load(text: str) -> dict:
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise BundleError("the example config with its settings switched on is not valid YAML") from None
+    if not isinstance(document, dict):
+        raise BundleError("the example config with its settings switched on is not a mapping")
+    return document
 
 
 def _split_alternatives(lines: list[str]) -> tuple[list[str], list[list[str]]]:

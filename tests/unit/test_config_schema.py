@@ -8,12 +8,14 @@ the test dependencies."""
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from bootstrap.core.config import parse_config
 from bootstrap.errors import BundleError
@@ -25,8 +27,14 @@ EMITTED = {"$schema", "title", "description", "default", "type", "properties", "
            "minimum", "maximum", "pattern"}
 
 
+@functools.cache
 def schema() -> dict:
     return json.loads(SCHEMA_FILE.read_text())
+
+
+@functools.cache
+def switched_on() -> tuple[dict, ...]:
+    return tuple(example_variants())
 
 
 def _is(value, kind: str) -> bool:
@@ -139,3 +147,57 @@ def test_what_the_parser_refuses_the_schema_refuses(path, value):
 def test_the_validator_refuses_an_unknown_key():
     """The check above can fail: the validator itself sees an unknown key."""
     assert errors({"bogus": 1}, {"type": "object", "properties": {}, "additionalProperties": False})
+
+
+def test_a_broken_example_is_one_error_line(tmp_path):
+    broken = tmp_path / "example.yaml"
+    broken.write_text("cluster:\n  # name: [unclosed\n")
+    for example in (broken, tmp_path / "missing.yaml"):
+        run = subprocess.run([sys.executable, "-c", "import sys; from bootstrap.cli import main; "
+                              f"sys.exit(main(['config-schema', '--example', {str(example)!r}]))"],
+                             cwd=REPO, capture_output=True, text=True)
+        assert (run.returncode, run.stdout) == (1, "")
+        assert run.stderr.startswith("error: ") and run.stderr.count("\n") == 1, run.stderr
+
+
+def _leaves(value, path=()):
+    """Every (path, value) below a document, list items by index."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    found = []
+    for key, item in items:
+        found += [((*path, key), item), *_leaves(item, (*path, key))]
+    return found
+
+
+def _replaced(document, path, value):
+    document = copy.deepcopy(document)
+    target = document
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return document
+
+
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 70000), st.floats(0, 2), st.sampled_from(
+    ["", "x", "7d", "30s", "https://idp.example.com", "/run/secret", "sqlite", "ecdsa-p256", "default:write"]),
+    st.lists(st.sampled_from(["a", "default:read"]), max_size=2), st.just({}))
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_whatever_the_parser_accepts_the_schema_accepts(data):
+    """Fuzz: one value of a switched-on example replaced by another; if the parser takes the
+    result, the schema must too (the schema may refuse more: it cannot express every semantic check)."""
+    variants = switched_on()
+    document = variants[data.draw(st.integers(0, len(variants) - 1))]
+    leaves = _leaves(document)
+    path, value = data.draw(st.sampled_from(leaves))
+    # Mostly values of the same type taken from elsewhere in the example, so that the parser often accepts.
+    alike = [other for _, other in leaves if type(other) is type(value)]
+    changed = _replaced(document, path, data.draw(st.one_of(st.sampled_from(alike), VALUES)))
+    try:
+        parse_config(changed)
+    except BundleError:
+        return
+    assert errors(changed, schema()) == []
+
