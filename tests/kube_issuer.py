@@ -24,7 +24,9 @@ import jwt
 from aiohttp import web
 
 from bootstrap.core.pki import CA, utcnow
-from bootstrap.servers.http import Limits, ReloadingTLS, Service
+from bootstrap.servers.http import Limits
+from bootstrap.servers.service import Service
+from bootstrap.servers.tls import ReloadingTLS
 from bootstrap.core.tokens import SigningKey
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"

@@ -39,7 +39,8 @@ def add_parser(sub, name):
 
 
 def run(args) -> int:
-    from ..servers.http import Limits, Service  # aiohttp: only this command and the HTTPS servers need it
+    from ..servers.http import Limits
+    from ..servers.service import Service  # aiohttp: only this command and the HTTPS servers need it
 
     thresholds = thresholds_of(args)  # a bad config fails now, not on the first scrape
     directory = Path(args.directory or args.out).resolve()

@@ -44,8 +44,10 @@ from ..core.codec import ENCODING, KEY_ID_HEADER, NAMESPACE_HEADER, CodecError, 
 from ..errors import BundleError
 from .auth import SYSTEM_NAMESPACE, Authenticator, JWKSUnavailable, grants, key_sources, role_for
 from .events import Refusal, clip, log_event
-from .http import Budget, Limits, ReloadingTLS, Service, cors_headers, cors_middleware
+from .http import Budget, Limits, cors_headers, cors_middleware
 from .http import declared_length, read_body, refusal_reply, reply, stream_reply
+from .service import Service
+from .tls import ReloadingTLS
 from .wire import b64, count_values, parse_items, parse_payloads, payload_json, render, render_payloads
 
 ENCODE_ROLE = "write"
@@ -64,7 +66,7 @@ SMALL_VALUES = 2048
 # holds, at worst, all of this at once (measured by tests/codec/test_codec_memory_limit.py):
 #   the process at rest (Python, aiohttp, protobuf, the SDK)              ~46 MB
 #   MAX_CONNECTIONS x a connection's worst: TLS state, a waiting request
-#     with a full head (http.MAX_HEAD) and full read buffers, ~250 KB      ~64 MB
+#     with a full head (connections.MAX_HEAD) and full read buffers, ~250 KB      ~64 MB
 #   LARGE_BUDGET x a body's worst multiple (its bytes, the parsed JSON,
 #     base64-decoded data, plaintext, the reply; wire.MAX_VALUES bounds
 #     the parse), ~6.5x                                                   ~55 MB

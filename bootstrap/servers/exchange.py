@@ -38,7 +38,9 @@ from ..core.workload_identity import (ACCESS_TOKEN_TYPE, GRANT_TYPE, ISSUED_TOKE
 from .auth import JWKSUnavailable, URLJWKS
 from .events import Refusal, clip, log_event
 from .fetch import FetchError, FetchLimits, JSONFetcher
-from .http import Limits, ReloadingTLS, Service, declared_length, file_stamp, read_body
+from .http import Limits, declared_length, read_body
+from .service import Service
+from .tls import ReloadingTLS, file_stamp
 
 TOKEN_PATH = "/token"
 MAX_FORM = 16 * 1024  # a service-account token is ~1 KiB; nothing legitimate comes near this

@@ -2,7 +2,7 @@
 
 The JWKS file is re-read when it changes, and so are the TLS cert and key, so a key rollover or a
 certificate rotation needs no restart. GET /healthz answers 200 while the current JWKS parses;
-anything else but /jwks.json (or /.well-known/jwks.json) is 404. Runs on servers/http.py's
+anything else but /jwks.json (or /.well-known/jwks.json) is 404. Runs on servers/service.py's
 guarded aiohttp service: bounded connections, header deadlines, no thread per connection.
 """
 
@@ -16,7 +16,9 @@ from pathlib import Path
 from aiohttp import web
 
 from .events import log_event
-from .http import Limits, ReloadingTLS, Service, reply
+from .http import Limits, reply
+from .service import Service
+from .tls import ReloadingTLS
 
 JWKS_PATHS = ("/jwks.json", "/.well-known/jwks.json")
 

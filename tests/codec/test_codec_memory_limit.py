@@ -30,7 +30,7 @@ from bootstrap.core.codec import encrypt
 from bootstrap.core.codec_keys import KeySet
 from bootstrap.core.kek import FileKek
 from bootstrap.servers.codec import MAX_BODY, MAX_CONNECTIONS
-from bootstrap.servers.http import MAX_HEAD
+from bootstrap.servers.connections import MAX_HEAD
 from tests.harness import free_port, wait_until
 from tests.memory_limit import MemoryLimit, compose_memory_limit
 

@@ -208,7 +208,8 @@ def test_a_reissued_certificate_is_served_without_a_restart(served):
 def test_a_bug_is_a_500_without_internals_and_one_log_event(capfd):
     from aiohttp import web
 
-    from bootstrap.servers.http import Limits, Service
+    from bootstrap.servers.http import Limits
+    from bootstrap.servers.service import Service
 
     async def broken(request):
         raise RuntimeError("cannot open /srv/secret/keys.json")

@@ -108,7 +108,7 @@ SERVICES = {
 }
 
 
-# A request head just under servers/http.py's MAX_HEAD (32 KiB), and one of 1 MiB (aiohttp alone
+# A request head just under servers/connections.py's MAX_HEAD (32 KiB), and one of 1 MiB (aiohttp alone
 # allows 128 headers of 8190 bytes): both unfinished, held until the header deadline or refused.
 FULL_HEAD = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(HEADER_LINE % i for i in range(3)) + b"X-Last: " + b"a" * 7000
 HUGE_HEAD = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(HEADER_LINE % i for i in range(127))

@@ -1,0 +1,57 @@
+"""TLS for the bundle's HTTPS services: a context that follows certificate re-issues, and
+asyncio's TLS buffers cut down to one record per connection."""
+
+from __future__ import annotations
+
+import asyncio.sslproto
+import contextlib
+import ssl
+from pathlib import Path
+
+TLS_RECORD = 16 * 1024
+TLS_READ_BUFFER = 2 * TLS_RECORD  # what one connection may buffer of a body nobody reads yet (see connections.py)
+
+
+def file_stamp(*paths: Path) -> tuple:
+    """What changes when a file is rewritten or replaced: (mtime, size, inode) of each."""
+    return tuple((p.stat().st_mtime_ns, p.stat().st_size, p.stat().st_ino) for p in paths)
+
+
+class ReloadingTLS:
+    """The listener's SSLContext hands every handshake the context for the current cert and key
+    files (via the SNI callback, which runs for every ClientHello), rebuilt when they change.
+    A half-written pair (cert replaced, key not yet) keeps the last good context."""
+
+    def __init__(self, cert: Path, key: Path):
+        self.cert, self.key = Path(cert), Path(key)
+        self._stamp, self._context = None, None
+        self.context()  # fail at start, not on the first handshake, if the pair is unusable
+        self.listener = self._build()
+        self.listener.sni_callback = self._select
+
+    def _build(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self.cert, self.key)
+        return ctx
+
+    def context(self) -> ssl.SSLContext:
+        stamp = file_stamp(self.cert, self.key)
+        if stamp != self._stamp:
+            try:
+                self._context, self._stamp = self._build(), stamp
+            except (OSError, ssl.SSLError):
+                if self._context is None:
+                    raise
+        return self._context
+
+    def _select(self, sslobj, server_name, listener) -> None:
+        with contextlib.suppress(OSError, ssl.SSLError):
+            sslobj.context = self.context()
+
+
+
+def shrink_tls_buffers() -> None:
+    """asyncio's TLS transport gives every connection a 256 KiB read buffer from accept on:
+    a thousand idle connections would hold 256 MB. One TLS record (16 KiB) is all a read needs."""
+    asyncio.sslproto.SSLProtocol.max_size = TLS_RECORD
