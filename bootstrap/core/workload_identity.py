@@ -33,6 +33,7 @@ import jwt
 
 from .config.workload import (NAMESPACE_PLACEHOLDER, Binding, WorkloadIdentityConfig, WorkloadIssuer,
                               parse_workload_identity)
+from .permissions import split_permission
 from .tokens import SigningKey, Token, mint_token, verify_token
 
 KUBE_CLAIM = "kubernetes.io"
@@ -118,10 +119,11 @@ def permissions_for(policy: WorkloadIdentityConfig, identity: Identity, namespac
         if not _matches(binding, identity):
             continue
         for permission in binding.permissions:
-            if permission.startswith(NAMESPACE_PLACEHOLDER + ":"):
+            scope, role = split_permission(permission)  # validated when the config was read
+            if scope == NAMESPACE_PLACEHOLDER:
                 if identity.namespace not in namespaces:
                     continue
-                permission = identity.namespace + permission[len(NAMESPACE_PLACEHOLDER):]
+                permission = f"{identity.namespace}:{role}"
             granted.append(permission)
     return tuple(dict.fromkeys(granted))
 
