@@ -36,7 +36,7 @@ def uncommented(text: str, dex: bool) -> str:
     "## Alternative" block dropped) or with the external IdP (that block replacing Dex)."""
     if dex:
         text = re.sub(r"(?ms)^## Alternative[^\n]*\n.*?(?=^## )", "", text)
-    return re.sub(r"(?m)^(\s*)# (?!#)", r"\1", text)
+    return re.sub(r"(?m)^(\s*)# (?!#|yaml-language-server:)", r"\1", text)  # the modeline stays a comment
 
 
 # The example as shipped, and with every section on (oidc with Dex, oidc with an external IdP):
