@@ -32,6 +32,7 @@ from aiohttp import web
 
 from ..errors import BundleError
 from ..core.tokens import SigningKey
+from ..core.watched import WatchedFile
 from ..core.workload_identity import (ACCESS_TOKEN_TYPE, GRANT_TYPE, ISSUED_TOKEN_TYPE, JWT_TOKEN_TYPE, Refused,
                                  WorkloadIdentityConfig, WorkloadIssuer, exchanged_token, permissions_for,
                                  verify_subject)
@@ -40,7 +41,7 @@ from .events import Refusal, clip, log_event
 from .fetch import FetchError, FetchLimits, JSONFetcher
 from .http import Limits, declared_length, read_body
 from .service import Service
-from .tls import ReloadingTLS, file_stamp
+from .tls import ReloadingTLS
 
 TOKEN_PATH = "/token"
 MAX_FORM = 16 * 1024  # a service-account token is ~1 KiB; nothing legitimate comes near this
@@ -132,23 +133,22 @@ class ReloadingKey:
     load keeps the last good key, as the TLS pair does."""
 
     def __init__(self, path: Path):
-        self.path, self._stamp, self._key = Path(path), None, None
+        self.path = Path(path)
+        self._file = WatchedFile(self.path, lambda p: SigningKey.from_pem(p.read_bytes(), str(p)))
         self.current()  # fail at start, not on the first exchange
 
     def current(self) -> SigningKey:
+        previous = self._file.last
         try:
-            stamp = file_stamp(self.path)
-            if stamp != self._stamp:
-                key = SigningKey.from_pem(self.path.read_bytes(), str(self.path))
-                if self._key is not None and key.kid != self._key.kid:
-                    log_event("signing-key-reloaded", kid=key.kid, previous=self._key.kid)
-                self._key, self._stamp = key, stamp
+            key = self._file.current()
         except (OSError, BundleError) as exc:
-            if self._key is None:
+            if previous is None:
                 raise
-            log_event("signing-key-unusable", error=clip(str(exc)), kept=self._key.kid)
-            self._stamp = None
-        return self._key
+            log_event("signing-key-unusable", error=clip(str(exc)), kept=previous.kid)
+            return previous
+        if previous is not None and key.kid != previous.kid:
+            log_event("signing-key-reloaded", kid=key.kid, previous=previous.kid)
+        return key
 
 
 # --------------------------------------------------------------------------- the exchange

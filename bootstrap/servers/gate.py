@@ -42,6 +42,7 @@ from .auth import Authenticator
 from .events import Refusal, clip, log_event
 from ..core.permissions import SYSTEM_NAMESPACE, grants, permissions_of, split_permission
 from ..core.tokens import PERMISSIONS_CLAIM
+from ..core.watched import WatchedFile
 
 WORKFLOW_SERVICE = "/temporal.api.workflowservice.v1.WorkflowService/"
 FORWARDED_PREFIXES = (WORKFLOW_SERVICE, "/temporal.api.operatorservice.v1.OperatorService/")
@@ -105,26 +106,26 @@ class ClusterInfoFile:
 
     def __init__(self, path: Path):
         self.path = path
-        self._stamp, self._answer = None, None
+        self._file = WatchedFile(path, self._parse)
 
-    def answer(self) -> bytes | None:
+    def _parse(self, path: Path) -> bytes:
         from google.protobuf import json_format
         from temporalio.api.workflowservice.v1 import GetClusterInfoResponse
 
+        with path.open("rb") as handle:  # replaced, not rewritten, by its writer: one read
+            recorded = handle.read(self.MAX_BYTES + 1)
+        if len(recorded) > self.MAX_BYTES:
+            raise ValueError(f"larger than {self.MAX_BYTES} bytes")
+        return json_format.Parse(recorded.decode(), GetClusterInfoResponse()).SerializeToString()
+
+    def answer(self) -> bytes | None:
+        from google.protobuf import json_format
+
         try:
-            stat = self.path.stat()
-            stamp = (stat.st_mtime_ns, stat.st_size)
-            if stamp != self._stamp:
-                with self.path.open("rb") as handle:  # replaced, not rewritten, by its writer: one read
-                    recorded = handle.read(self.MAX_BYTES + 1)
-                if len(recorded) > self.MAX_BYTES:
-                    raise ValueError(f"larger than {self.MAX_BYTES} bytes")
-                message = json_format.Parse(recorded.decode(), GetClusterInfoResponse())
-                self._answer, self._stamp = message.SerializeToString(), stamp
+            return self._file.current()
         except (OSError, ValueError, json_format.ParseError) as exc:
             log_event("gate-cluster-info-unreadable", path=str(self.path), error=clip(exc))
             return None
-        return self._answer
 
 
 def forwarded_metadata(metadata) -> tuple[tuple[str, str | bytes], ...]:

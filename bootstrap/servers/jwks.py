@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 
 from aiohttp import web
 
+from ..core.watched import WatchedFile
 from .events import log_event
 from .http import Limits, reply
 from .service import Service
@@ -23,24 +23,24 @@ from .tls import ReloadingTLS
 JWKS_PATHS = ("/jwks.json", "/.well-known/jwks.json")
 
 
+def jwks_bytes(path: Path) -> bytes:
+    """The file's bytes; ValueError unless they are a JWKS document."""
+    data = path.read_bytes()
+    doc = json.loads(data)
+    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+        raise ValueError("not a JWKS document")
+    return data
+
+
 class JWKSSource:
     """The JWKS bytes of `path`, re-read when its mtime, size or inode change."""
 
     def __init__(self, path: Path):
-        self.path, self._stamp, self._data, self._lock = Path(path), None, None, threading.Lock()
+        self.path, self._file = Path(path), WatchedFile(path, jwks_bytes)
 
     def current(self) -> bytes:
         """Raises ValueError/OSError if the file is missing or not a JWKS."""
-        with self._lock:
-            st = self.path.stat()
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-            if stamp != self._stamp:
-                data = self.path.read_bytes()
-                doc = json.loads(data)
-                if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
-                    raise ValueError("not a JWKS document")
-                self._stamp, self._data = stamp, data
-            return self._data
+        return self._file.current()
 
 
 def _handler(source: JWKSSource):

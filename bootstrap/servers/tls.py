@@ -8,13 +8,10 @@ import contextlib
 import ssl
 from pathlib import Path
 
+from ..core.watched import WatchedFile
+
 TLS_RECORD = 16 * 1024
 TLS_READ_BUFFER = 2 * TLS_RECORD  # what one connection may buffer of a body nobody reads yet (see connections.py)
-
-
-def file_stamp(*paths: Path) -> tuple:
-    """What changes when a file is rewritten or replaced: (mtime, size, inode) of each."""
-    return tuple((p.stat().st_mtime_ns, p.stat().st_size, p.stat().st_ino) for p in paths)
 
 
 class ReloadingTLS:
@@ -24,7 +21,7 @@ class ReloadingTLS:
 
     def __init__(self, cert: Path, key: Path):
         self.cert, self.key = Path(cert), Path(key)
-        self._stamp, self._context = None, None
+        self._pair = WatchedFile(self.cert, lambda _: self._build(), also=(self.key,))
         self.context()  # fail at start, not on the first handshake, if the pair is unusable
         self.listener = self._build()
         self.listener.sni_callback = self._select
@@ -36,19 +33,16 @@ class ReloadingTLS:
         return ctx
 
     def context(self) -> ssl.SSLContext:
-        stamp = file_stamp(self.cert, self.key)
-        if stamp != self._stamp:
-            try:
-                self._context, self._stamp = self._build(), stamp
-            except (OSError, ssl.SSLError):
-                if self._context is None:
-                    raise
-        return self._context
+        try:
+            return self._pair.current()
+        except (OSError, ssl.SSLError):
+            if self._pair.last is None:
+                raise
+            return self._pair.last
 
     def _select(self, sslobj, server_name, listener) -> None:
         with contextlib.suppress(OSError, ssl.SSLError):
             sslobj.context = self.context()
-
 
 
 def shrink_tls_buffers() -> None:
