@@ -24,6 +24,7 @@ import pytest
 
 from bootstrap.core.pki import CA
 from bootstrap.core.workload_identity import GRANT_TYPE, JWT_TOKEN_TYPE
+from bootstrap.servers import MAX_CONNECTIONS
 from tests.harness import free_port, wait_until
 from tests.memory_limit import MemoryLimit, compose_memory_limit
 from tests.unit.conftest import make_bundle
@@ -124,15 +125,18 @@ ANSWERED = {
 }
 
 
-def heavy_requests(service: str, bundle) -> list[bytes]:
-    """The heaviest requests: heads at and over the cap, unfinished; for the exchange bodies at its
-    form cap, unfinished (held until the body deadline), and exchanges waiting for an issuer that
-    never answers; and requests answered, replies unread."""
-    heads = [HUGE_HEAD, FULL_HEAD, ANSWERED[service]]
+def heavy_requests(service: str, bundle) -> list[tuple[bytes, int]]:
+    """The heaviest requests, each with how many connections send it: heads at and over the cap,
+    unfinished; for the exchange bodies at its form cap, unfinished (held until the body deadline),
+    and exchanges waiting for an issuer that never answers; and requests answered, replies unread."""
+    heads = [(HUGE_HEAD, HEAVY_CONNECTIONS), (FULL_HEAD, HEAVY_CONNECTIONS), (ANSWERED[service], HEAVY_CONNECTIONS)]
     if service != "token-exchange":
         return heads
-    # Last, so the legitimate request comes while they wait (the issuer's fetch gives up after 5 s).
-    return [*heads, FORM_BODY, waiting_exchange(bundle.stalled_issuer)]
+    # Last, so the legitimate request comes while they wait (the issuer's fetch gives up after
+    # 10 s). A quarter of the slots may wait; a few more than that exercise the cap without
+    # spending seconds on handshakes a loaded host might push past the fetch's deadline.
+    waiting = MAX_CONNECTIONS // 4 + 64
+    return [*heads, (FORM_BODY, HEAVY_CONNECTIONS), (waiting_exchange(bundle.stalled_issuer), waiting)]
 
 
 class Load:
@@ -202,8 +206,8 @@ def test_the_service_stays_within_its_compose_memory_limit(bundle, tmp_path, ser
                     opened = await load.open(IDLE_CONNECTIONS)
                     idle_peak = cgroup.peak
                     heavy = 0
-                    for request in heavy_requests(service, bundle):
-                        heavy += await load.open(HEAVY_CONNECTIONS, request)
+                    for request, count in heavy_requests(service, bundle):
+                        heavy += await load.open(count, request)
                     await asyncio.sleep(1.0)  # the burst is in; what is measured is the load it holds
                     status, seconds = await timed_request(port, tls, legitimate)
                     # The exchanges were still waiting (their discovery gives up at 10 s, and says so).
