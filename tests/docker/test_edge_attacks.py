@@ -36,6 +36,7 @@ import pytest
 from cryptography import x509
 
 from bootstrap.core.config import load_config
+from bootstrap.core.verify_plan import probe_mode
 from bootstrap.core.pki import CA, utcnow
 from bootstrap.ops.plan import DOMAINS, leaf_specs
 from bootstrap.core.security_model import LISTENERS, Listener
@@ -83,17 +84,6 @@ def expected(listener: Listener, credential: Credential, reachable: bool = False
         return "plaintext-http"
     return "admitted" if credential.passes(listener.admits) else "refused"
 
-
-def probe_mode(listener: Listener) -> str:
-    if listener.admits == "plaintext":
-        return "plaintext"
-    if listener.service == "postgresql":
-        return "postgres"
-    if "membership" in listener.name:
-        return "membership"
-    if listener.service in ("temporal", "ui-gate") and "HTTP" not in listener.name:
-        return "grpc"  # frontend, internal-frontend, history, matching, worker, the UI gate
-    return "https"  # frontend HTTP API, JWKS, codec server
 
 
 def server_identity(listener: Listener, config) -> tuple[str, str]:
@@ -169,6 +159,7 @@ from datetime import timedelta
 from pathlib import Path
 from bootstrap.core import backend
 from bootstrap.core.config import load_config
+from bootstrap.core.verify_plan import probe_mode
 from bootstrap.core.pki import CA, utcnow
 from bootstrap.store import Layout
 backend.activate(load_config(Path("/etc/temporal-bundle/bundle.yaml")))
