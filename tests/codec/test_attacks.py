@@ -36,8 +36,9 @@ from bootstrap.core.tokens import SigningKey, mint_token
 from bootstrap.servers.codec import MAX_BODY
 from tests.codec.test_codec_unit import legacy_encrypt
 from tests.harness import free_port, wait_until
+from tests.memory_limit import compose_memory_limit
 
-MEMORY_LIMIT_KB = 256 * 1024  # the compose file's mem_limit for the codec container
+MEMORY_LIMIT_KB = compose_memory_limit("codec-server") // 1024  # the codec container's mem_limit
 PLAIN = Payload(metadata={"encoding": b"json/plain"}, data=b'"card 4111"')
 CONFIG = textwrap.dedent("""\
     namespaces: [{name: orders}, {name: payments}]
