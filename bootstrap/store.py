@@ -248,6 +248,29 @@ def write_atomic(path: Path, data: bytes, mode: int, root: Path | None = None, o
     _fsync_dir(path.parent)
 
 
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: int, owner: tuple[int, int] | None = None):
+    """write_atomic for data too large to hold: yields a binary file in path's directory; on a
+    clean exit it is fsynced and renamed over path, on an exception it is removed (nothing written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb", closefd=False) as out:
+            yield out
+        os.fsync(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)
+    _fsync_dir(path.parent)
+
+
 def remove(path: Path) -> None:
     path.unlink(missing_ok=True)
     _fsync_dir(path.parent)
