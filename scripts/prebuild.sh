@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every build the tests need, side by side instead of one after another, each cached by version
 # (a warm run only checks the caches): the Go builds of temporal-server (the pinned release and
-# the upgrade test's previous one), Dex, ui-server and configcheck; the Debian base image; then
-# the stand-in images of both releases, which need all of those.
+# the upgrade test's previous one), Dex, ui-server, configcheck and grpc-health-probe; the Debian
+# base image; then the stand-in images of both releases, which need all of those.
 # Each job logs to build/prebuild/<job>.log; the figures printed are wall seconds per job.
 # Env: UPGRADE_FROM_RELEASE (1.31.2), TEMPORAL_BUNDLE_CACHE, STANDIN_PREFIX, GOTOOLCHAIN.
 set -euo pipefail
@@ -45,6 +45,7 @@ bash scripts/docker-engine.sh start >/dev/null
 start_job temporal configcheck
 start_job "temporal-$old_release" bash scripts/build-temporal.sh "$old_release"
 start_job dex bash scripts/build-dex.sh
+start_job grpc-health-probe bash scripts/build-health-probe.sh
 start_job ui-server bash scripts/build-images.sh ui-server
 start_job base-image bash scripts/build-images.sh base
 wait_jobs
