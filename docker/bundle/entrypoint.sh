@@ -10,8 +10,8 @@
 # Only for `init`, and only where the compose file asks through these variables:
 #   BUNDLE_LOCK_OWNER=UID:GID  pre-create $BUNDLE_DIR/.bundle.lock with this owner, so the
 #                              token refresher (non-root) can take the same lock as the bootstrap
-#   BUNDLE_TOOLS_DIR=DIR       copy the `temporal` CLI there (health checks of the server image,
-#                              which ships without a client)
+#   BUNDLE_TOOLS_DIR=DIR       copy grpc-health-probe (the server's health check: its image ships
+#                              without a client) and the `temporal` CLI there
 #   BUNDLE_PG_PASSWORD_FILE=F  create a random PostgreSQL superuser password once (the postgres
 #                              image refuses to initialise without one; pg_hba never accepts
 #                              passwords, so it is never used to log in), owned like F's directory
@@ -43,15 +43,20 @@ prepare_init() {
     fi
 }
 
+copy_tool() {  # NAME WHAT: replace $BUNDLE_TOOLS_DIR/NAME atomically when it differs
+    tool="$(command -v "$1")"
+    if ! cmp -s "$tool" "$BUNDLE_TOOLS_DIR/$1"; then
+        cp "$tool" "$BUNDLE_TOOLS_DIR/.$1.tmp"
+        chmod 0755 "$BUNDLE_TOOLS_DIR/.$1.tmp"
+        mv "$BUNDLE_TOOLS_DIR/.$1.tmp" "$BUNDLE_TOOLS_DIR/$1"
+        echo "wrote $BUNDLE_TOOLS_DIR/$1: $2"
+    fi
+}
+
 after_init() {
     if [ -n "${BUNDLE_TOOLS_DIR:-}" ]; then
-        cli="$(command -v temporal)"
-        if ! cmp -s "$cli" "$BUNDLE_TOOLS_DIR/temporal"; then
-            cp "$cli" "$BUNDLE_TOOLS_DIR/.temporal.tmp"
-            chmod 0755 "$BUNDLE_TOOLS_DIR/.temporal.tmp"
-            mv "$BUNDLE_TOOLS_DIR/.temporal.tmp" "$BUNDLE_TOOLS_DIR/temporal"
-            echo "wrote $BUNDLE_TOOLS_DIR/temporal: temporal CLI for health checks"
-        fi
+        copy_tool grpc-health-probe "the server's gRPC health check"
+        copy_tool temporal "temporal CLI (docker/bench/docker-compose.plain.yml checks with it)"
     fi
     if [ -n "${BUNDLE_PG_PASSWORD_FILE:-}" ] && [ ! -s "$BUNDLE_PG_PASSWORD_FILE" ]; then
         pw_dir="$(dirname "$BUNDLE_PG_PASSWORD_FILE")"
