@@ -172,6 +172,39 @@ def test_startup_order_waits_for_health_and_jobs(resolved):
         assert deps[name]["bootstrap"]["condition"] == "service_completed_successfully", name
 
 
+# The gRPC health checks: grpc-health-probe over mutual TLS, verifying the server's cert against
+# our CA under the name it carries, asking for the frontend's WorkflowService (SERVING only once
+# membership is ready); the server image ships no client, so its probe comes from bundle-tools.
+GRPC_HEALTH_CHECKS = {
+    "temporal": ("/opt/bundle-tools/grpc-health-probe", "/bundle/server/health", "temporal"),
+    "ui-gate": ("grpc-health-probe", "/bundle/ui-gate/client", "ui-gate"),
+}
+
+
+def _seconds(value: str) -> float:
+    return float(value.removesuffix("s"))
+
+
+@pytest.mark.parametrize("name", sorted(GRPC_HEALTH_CHECKS))
+def test_grpc_health_checks_use_grpc_health_probe_over_mutual_tls(resolved, name):
+    probe, client, server_name = GRPC_HEALTH_CHECKS[name]
+    healthcheck = resolved["services"][name]["healthcheck"]
+    kind, executable, *flags = healthcheck["test"]
+    assert (kind, executable) == ("CMD", probe)
+    options = dict(flag.partition("=")[::2] for flag in flags)
+    assert options == {
+        "-addr": "127.0.0.1:7233", "-tls": "", "-tls-ca-cert": "/bundle/trust/ca.pem",
+        "-tls-client-cert": f"{client}.pem", "-tls-client-key": f"{client}.key",
+        "-tls-server-name": server_name, "-service": "temporal.api.workflowservice.v1.WorkflowService",
+        "-connect-timeout": options["-connect-timeout"], "-rpc-timeout": options["-rpc-timeout"],
+    }
+    # Docker kills a check that outlasts its timeout: the probe must give up first, and say why.
+    assert _seconds(options["-connect-timeout"]) + _seconds(options["-rpc-timeout"]) < _seconds(healthcheck["timeout"])
+    mounted = {v["target"] for v in resolved["services"][name]["volumes"]}
+    for path in (probe, options["-tls-ca-cert"], options["-tls-client-cert"]):
+        assert not path.startswith("/") or str(Path(path).parent) in mounted, (name, path)
+
+
 def test_postgres_admits_every_pool_of_every_temporal_service(resolved):
     """Each Temporal service in the container opens its own pools: their sum, plus room for the
     schema job, backups and the superuser's reserved slots, fits PostgreSQL's max_connections."""
