@@ -34,7 +34,8 @@ from bootstrap.cli import main  # noqa: E402
 from bootstrap.core.codec import encrypt  # noqa: E402
 from bootstrap.core.codec_keys import KeySet  # noqa: E402
 from bootstrap.core.kek import FileKek  # noqa: E402
-from tests.harness import free_port, wait_until  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
+from tests.support.waits import wait_until  # noqa: E402
 
 CASES = [(1, 1), (1, 8), (50, 1), (50, 8), (1000, 1), (1000, 8)]  # (payloads, concurrency)
 CONFIG = textwrap.dedent("""\

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from temporalio.client import Client  # noqa: E402
 
 from bootstrap.client import connect  # noqa: E402
-from tests.harness import LocalCluster  # noqa: E402
+from tests.support.cluster import LocalCluster  # noqa: E402
 from tests.server.workflows import GreetingWorkflow  # noqa: E402
 
 

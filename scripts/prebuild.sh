@@ -37,7 +37,7 @@ wait_jobs() {  # fails after all jobs ended if any failed, with the tail of its 
 
 configcheck() {  # after temporal-server: its go.mod follows the server's, so modules are shared
   bash scripts/build-temporal.sh
-  python3 -c 'from tests.harness import configcheck_bin; print(configcheck_bin())'
+  python3 -c 'from tests.support.binaries import configcheck_bin; print(configcheck_bin())'
 }
 
 started=$SECONDS

@@ -35,7 +35,8 @@ from bootstrap.core.pki import utcnow
 from bootstrap.core.tokens import SigningKey, mint_token
 from bootstrap.servers.codec import MAX_BODY
 from tests.codec.test_codec_unit import legacy_encrypt
-from tests.harness import free_port, wait_until
+from tests.support.ports import free_port
+from tests.support.waits import wait_until
 from tests.memory_limit import compose_memory_limit
 
 MEMORY_LIMIT_KB = compose_memory_limit("codec-server") // 1024  # the codec container's mem_limit

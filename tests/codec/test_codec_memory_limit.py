@@ -31,7 +31,8 @@ from bootstrap.core.codec_keys import KeySet
 from bootstrap.core.kek import FileKek
 from bootstrap.servers.codec import MAX_BODY, MAX_CONNECTIONS
 from bootstrap.servers.connections import MAX_HEAD
-from tests.harness import free_port, wait_until
+from tests.support.ports import free_port
+from tests.support.waits import wait_until
 from tests.memory_limit import MemoryLimit, compose_memory_limit
 
 SECRET = b'"codec-memory-secret 4111-1111-1111-1111"'

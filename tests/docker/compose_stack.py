@@ -13,13 +13,14 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 STANDIN_ENV = REPO / "build" / "standin-images.env"
@@ -98,12 +99,6 @@ def grafana_files() -> tuple[str, ...]:
     the Grafana image is on the engine; else the override that leaves Grafana out (no registry here,
     no Debian package, and its frontend needs a Node build), so the rest of the profile runs."""
     return () if image_present(grafana_image()) else (GRAFANA_ABSENT,)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def unique_project(prefix: str) -> str:

@@ -18,7 +18,8 @@ import yaml
 
 from bootstrap.core.tokens import verify_token
 from tests.export.conftest import materialize
-from tests.harness import REPO, free_port
+from tests.support.paths import REPO
+from tests.support.ports import free_port
 
 
 def _manifest(exported: Path, name: str, kind: str) -> dict:

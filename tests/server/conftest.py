@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness import LocalCluster
+from tests.support.cluster import LocalCluster
 from tests.hsm.conftest import softhsm_token
 
 EXTRA_ROLES = {

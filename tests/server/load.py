@@ -13,7 +13,7 @@ from temporalio.worker import Worker
 
 from bootstrap.core import pki
 from bootstrap.client import TokenFileWatcher, connect
-from tests.harness import LocalCluster
+from tests.support.cluster import LocalCluster
 from tests.server.workflows import GreetingWorkflow, greet
 
 

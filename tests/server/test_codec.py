@@ -34,7 +34,9 @@ from bootstrap.servers.codec import Policy, make_server
 from bootstrap.core.config import load_config
 from bootstrap.core.pki import utcnow
 from bootstrap.core.tokens import SigningKey
-from tests.harness import free_port, run_cli, temporal_cli, wait_until
+from tests.support.ports import free_port
+from tests.support.binaries import run_cli, temporal_cli
+from tests.support.waits import wait_until
 from tests.server.forged_tokens import alg_none, forged_with_known_kid, token
 from tests.server.workflows import GreetingWorkflow, greet
 

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from bootstrap.cli import main
-from tests.harness import configcheck_bin, temporal_bin_dir
+from tests.support.binaries import configcheck_bin, temporal_bin_dir
 
 
 def test_rendered_server_config_has_no_unknown_keys(cluster):

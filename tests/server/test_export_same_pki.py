@@ -14,7 +14,8 @@ import yaml
 from bootstrap.core import pki
 from tests.export import chart
 from tests.export.conftest import secrets_of
-from tests.harness import LocalCluster, run_cli, temporal_cli
+from tests.support.cluster import LocalCluster
+from tests.support.binaries import run_cli, temporal_cli
 
 ROLE_SECRET = "temporal-bundle-role-client"
 

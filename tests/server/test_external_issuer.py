@@ -17,7 +17,10 @@ import pytest
 import yaml
 
 from bootstrap.core.tokens import SigningKey
-from tests.harness import LocalCluster, free_port, temporal_cli, wait_until
+from tests.support.cluster import LocalCluster
+from tests.support.ports import free_port
+from tests.support.binaries import temporal_cli
+from tests.support.waits import wait_until
 from tests.oidc_issuer import CompanyIssuer
 
 CLIENT_ID = "temporal-ui-0c7f"

@@ -12,7 +12,7 @@ import jwt
 import pytest
 
 from bootstrap.core.hsm import is_reference
-from tests.harness import run_cli
+from tests.support.binaries import run_cli
 from tests.server.test_authorization import identity, run
 
 pytestmark = pytest.mark.timeout(900)

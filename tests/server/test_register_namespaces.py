@@ -7,7 +7,7 @@ import shutil
 
 import yaml
 
-from tests.harness import run_cli
+from tests.support.binaries import run_cli
 
 
 def _config_with(cluster, tmp_path, **namespace_overrides):

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from bootstrap.core import pki
-from tests.harness import LocalCluster
+from tests.support.cluster import LocalCluster
 from tests.hsm.conftest import softhsm_token
 from tests.server.load import under_load
 

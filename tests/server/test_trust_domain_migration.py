@@ -15,7 +15,8 @@ from bootstrap.core.pki import CA
 from bootstrap.ops.plan import DOMAINS, leaf_specs
 from bootstrap.store import Layout
 from bootstrap.client import connect
-from tests.harness import LocalCluster, run_cli
+from tests.support.cluster import LocalCluster
+from tests.support.binaries import run_cli
 from tests.server.load import under_load
 from tests.server.test_trust_domains import Credential, client_context, postgres_login, probe_tls, run_matrix
 from tests.server.workflows import GreetingWorkflow, greet

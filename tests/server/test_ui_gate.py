@@ -41,7 +41,9 @@ from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
 from bootstrap.core.pki import utcnow
 from bootstrap.core.tokens import SigningKey
-from tests.harness import free_port, temporal_bin_dir, wait_until
+from tests.support.ports import free_port
+from tests.support.binaries import temporal_bin_dir
+from tests.support.waits import wait_until
 from tests.server.forged_tokens import alg_none, b64, forged_with_known_kid, token
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
@@ -215,7 +217,7 @@ def _raw_call(cluster, address: str, method: str, cert: str = "ui/client", serve
 
 def released_server_methods() -> dict[str, list[str]]:
     """Every gRPC method of the Temporal server's own services (admin, history, matching, test) as
-    the release the tests run (tests/harness temporal_bin_dir: 1.32.2, compose's pin) generates
+    the release the tests run (tests/support/binaries.py temporal_bin_dir: 1.32.2, compose's pin) generates
     them: its Go stubs (api/*/v1/service_grpc.pb.go, `<Service>_<Method>_FullMethodName`) in the
     module cache the build filled. Names from the protocol, never typed by hand. (The frontend's
     own gRPC reflection would list them too, but with the authorizer on it refuses reflection even

@@ -23,7 +23,9 @@ from temporalio.service import RPCStatusCode, TLSConfig
 from tests.export.conftest import materialize, secrets_of
 from tests.export.kube_api import stand_in_api_server
 from tests.export.test_oidc_export import env_of, manifest, web_mounts
-from tests.harness import REPO, free_port, wait_until
+from tests.support.paths import REPO
+from tests.support.ports import free_port
+from tests.support.waits import wait_until
 from tests.server.test_ui_gate import _status
 from tests.unit.conftest import run_main
 

@@ -18,7 +18,8 @@ from bootstrap import cli
 from bootstrap.core import hsm
 from bootstrap.core.verify_plan import TOKEN_ATTACKS
 from bootstrap.ops import verify as verify_ops
-from tests.harness import REPO, LocalCluster
+from tests.support.paths import REPO
+from tests.support.cluster import LocalCluster
 
 SERVICES = "temporal,jwks,postgresql"  # what the harness runs: the other listeners are reported, not probed
 

@@ -21,7 +21,9 @@ from bootstrap.core.config import load_config
 from bootstrap.core.security_model import LISTENERS
 from bootstrap.core.verify_plan import SIGNING_KEY_ATTACKS, TOKEN_ATTACKS, port_of
 from tests.export.conftest import materialize, secrets_of
-from tests.harness import REPO, free_port, wait_until
+from tests.support.paths import REPO
+from tests.support.ports import free_port
+from tests.support.waits import wait_until
 from tests.memory_limit import MemoryLimit, parse_size
 from tests.unit.conftest import run_main
 

@@ -6,7 +6,7 @@ kube-apiserver: k8s.io/kubernetes is on the Go module proxy, but its go.mod repl
 modules with local paths, so kube-apiserver cannot be built from the proxy (see README).
 
 The token exchange runs as `python -m bootstrap serve-exchange`, the real temporal-server
-(tests/harness.py) trusts only the bundle's JWKS, in which the exchange's key is published.
+(tests/support/cluster.py) trusts only the bundle's JWKS, in which the exchange's key is published.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ from bootstrap.ops.plan import load_exchange_key
 from bootstrap.store import Layout
 from bootstrap.core.tokens import SigningKey
 from bootstrap.core.workload_identity import GRANT_TYPE, JWT_TOKEN_TYPE
-from tests.harness import LocalCluster, free_port, wait_until
+from tests.support.cluster import LocalCluster
+from tests.support.ports import free_port
+from tests.support.waits import wait_until
 from tests.kube_issuer import AUDIENCE, KubeIssuer
 from tests.server.workflows import GreetingWorkflow, greet
 

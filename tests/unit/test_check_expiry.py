@@ -21,6 +21,7 @@ from bootstrap.ops.expiry import Thresholds, check
 from bootstrap.servers.jwks import make_server
 from bootstrap.core.pki import CA, utcnow
 from bootstrap.core.tokens import SigningKey, mint_token
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = "namespaces: [{name: default}]\npersistence: {driver: sqlite, sqlite_path: /tmp/unused-check-expiry.db}\n"
@@ -260,12 +261,6 @@ def test_empty_directory_is_exit_3(tmp_path, capsys):
 def test_invalid_thresholds_are_exit_3(bundle, capsys, warn, crit):
     assert run_check(bundle, "--warn", warn, "--crit", crit) == 3
     assert capsys.readouterr().err.startswith("error: --")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_unreachable_jwks_url_is_exit_3(bundle, capsys):

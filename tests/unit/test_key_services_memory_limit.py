@@ -25,7 +25,8 @@ import pytest
 from bootstrap.core.pki import CA
 from bootstrap.core.workload_identity import GRANT_TYPE, JWT_TOKEN_TYPE
 from bootstrap.servers import MAX_CONNECTIONS
-from tests.harness import free_port, wait_until
+from tests.support.ports import free_port
+from tests.support.waits import wait_until
 from tests.memory_limit import MemoryLimit, compose_memory_limit
 from tests.unit.conftest import make_bundle
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from bootstrap.errors import BundleError
 from bootstrap.ops.expiry import CRITICAL, EXPIRED, OK, WARNING, Thresholds, expiry_status
 from bootstrap.core.pki import CA, utcnow
 from bootstrap.ops.render import render_all
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CLAMP = re.compile(r"clamp_max\(temporal_bundle_lifetime_seconds \* ([0-9.]+), ([0-9]+)\)")
@@ -169,12 +169,6 @@ def test_lifetime_metric_lets_rules_apply_the_share(bundle, tmp_path):
     lines = [l for l in metrics.read_text().splitlines() if l.startswith("temporal_bundle_lifetime_seconds{")]
     assert lines and all(float(l.rsplit(" ", 1)[1]) > 0 for l in lines)
     assert any('name="tokens/system.jwt"' in l and l.endswith(" 3600") for l in lines)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str) -> tuple[int, str]:
