@@ -23,8 +23,8 @@ memory is bounded by construction, not by trust (see GateBudget): messages are n
 frontend accepts; a call's body is read only once its token verifies (the frontend refuses every
 other call but the health check and GetSystemInfo, so the gate refuses it first, unread) and a
 message slot is free; slots are as many as the container's memory holds at the worst case, and one
-certificate holds at most half of them and an eighth of the calls, so no single holder locks the
-UI out.
+certificate holds at most half of them and an eighth of the calls, and one peer address a quarter
+of the connections (front.py), so no single holder locks the UI out.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import grpc
 
 from .auth import Authenticator
 from .events import Refusal, clip, log_event
+from .front import RELAY_BYTES, Front, PeerShares, private_socket_path
 from ..core.permissions import SYSTEM_NAMESPACE, grants, permissions_of, split_permission
 from ..core.tokens import PERMISSIONS_CLAIM
 from ..core.watched import WatchedFile
@@ -355,7 +356,8 @@ RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reco
 # The memory a gate costs at worst, in parts that are each bounded by construction.
 # (Measured in tests/server/test_ui_gate_memory.py, charged to the gate's cgroup as compose's limit is.)
 BASELINE_BYTES = 56 * MIB  # the interpreter with grpc, temporalio's protos, jwt, aiohttp: 40-49 MiB measured
-PER_CONNECTION_BYTES = 64 * 1024  # an idle TLS HTTP/2 connection (measured: ~62 KB), TLS and HTTP/2 state
+# An idle TLS HTTP/2 connection (measured: ~62 KB of TLS and HTTP/2 state), and the front's relay of it.
+PER_CONNECTION_BYTES = 64 * 1024 + RELAY_BYTES
 PER_CALL_BYTES = 32 * 1024  # an admitted call without its body: its metadata (at most 16 KiB), task, core state
 # A slot carries one call's messages, each up to three times at once: the request as read by gRPC,
 # as bytes here, as sent on; the answer alike (measured: ~20 MiB a slot of 4 MiB requests).
@@ -364,6 +366,9 @@ HEADROOM = 0.15  # of the container's memory, left unplanned (allocator fragment
 # Connections beyond this are closed as they come. Only the UI server (one connection, multiplexed)
 # and the health check call the gate; this is a memory bound, not a share.
 MAX_CONNECTIONS = 32
+# One peer address holds at most this many of them (the front), so a certificate holder opening
+# all it can leaves the UI room to reconnect; the UI needs one, a health check one more.
+PEER_CONNECTIONS = MAX_CONNECTIONS // 4
 # Streams a connection may have open; the UI server (grpc-go) queues its further calls itself.
 STREAMS_PER_CONNECTION = 16
 # Calls gRPC holds before the gate's loop takes them, first come first served: all the streams the
@@ -440,14 +445,18 @@ def container_memory(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path =
 
 
 class RunningGate:
-    def __init__(self, server: grpc.aio.Server, channel: grpc.aio.Channel, auth: Authenticator, port: int,
-                 budget: GateBudget):
-        self.server, self.channel, self.auth, self.port, self.budget = server, channel, auth, port, budget
+    def __init__(self, server: grpc.aio.Server, front: Front, channel: grpc.aio.Channel, auth: Authenticator,
+                 port: int, budget: GateBudget):
+        self.server, self.front, self.channel, self.auth = server, front, channel, auth
+        self.port, self.budget = port, budget
 
     async def stop(self, grace: float = 1.0) -> None:
+        self.front.stop()
         await self.server.stop(grace)
         await self.channel.close()
         await self.auth.jwks.close()
+        self.front.upstream.unlink(missing_ok=True)
+        self.front.upstream.parent.rmdir()
 
 
 async def start_gate(host: str, port: int, upstream: str, tls: GateTLS, auth: Authenticator,
@@ -460,8 +469,14 @@ async def start_gate(host: str, port: int, upstream: str, tls: GateTLS, auth: Au
     server = grpc.aio.server(options=budget.server_options())
     gate = Gate(channel, auth, ClusterInfoFile(cluster_info), Admission(budget.calls, budget.slots), claim)
     server.add_generic_rpc_handlers((_Routes(gate),))
-    bound = server.add_secure_port(f"{host}:{port}", tls.server_credentials())
-    if not bound:
-        raise OSError(f"cannot listen on {host}:{port}")
+    relayed = private_socket_path()
+    if not server.add_secure_port(f"unix:{relayed}", tls.server_credentials()):
+        raise OSError(f"cannot listen on {relayed}")
     await server.start()
-    return RunningGate(server, channel, auth, bound, budget)
+    front = Front(relayed, PeerShares(budget.connections, PEER_CONNECTIONS))
+    try:
+        bound = await front.start(host, port)
+    except OSError:
+        await server.stop(None)
+        raise
+    return RunningGate(server, front, channel, auth, bound, budget)
