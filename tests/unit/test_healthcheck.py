@@ -1,6 +1,7 @@
-"""bundle-healthcheck (docker/bundle/healthcheck.py), the probe docker runs in the bundle's
-containers: healthy only on HTTP 200 over a verified TLS connection, or on tokens with a third
-of their lifetime left; anything else, including a wrong command line, is exit 1."""
+"""The bundle's health checks. bundle-healthcheck (docker/bundle/healthcheck.py): healthy only on
+HTTP 200 over a verified TLS connection, or on tokens with a third of their lifetime left; anything
+else, including a wrong command line, is exit 1. grpc-health-probe as docker-compose.prod.yml runs
+it: healthy only on SERVING from the listener it is pointed at, over mutual TLS with our CA."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 import pytest
+import yaml
 
 from bootstrap.core.pki import CA
 
@@ -94,7 +98,10 @@ def test_anything_but_a_verified_200_is_unhealthy(server, case, capsys):
 
 @pytest.mark.parametrize("argv", [[], ["https"], ["https", "https://localhost/healthz"], ["nope", "x"],
                                   ["https", "https://localhost/healthz", "--ca"],
-                                  ["https", "https://localhost/healthz", "--bogus", "x"]])
+                                  ["https", "https://localhost/healthz", "--bogus", "x"],
+                                  ["https", "https://localhost/healthz", "--ca", "x", "--timeout", "1"],
+                                  ["tokens"], ["tokens", "a", "b"],
+                                  ["grpc-health", "127.0.0.1:7233", "--ca=x"]])  # grpc-health-probe's job now
 def test_a_wrong_command_line_is_unhealthy_never_dockers_reserved_code(argv):
     assert healthcheck.main(argv) == 1
 
@@ -123,55 +130,125 @@ def test_the_script_runs_as_docker_runs_it(server):
     assert result.returncode == 0, result.stderr
 
 
+WORKFLOW_SERVICE = "temporal.api.workflowservice.v1.WorkflowService"
+SERVING, NOT_SERVING, UNKNOWN = b"\x08\x01", b"\x08\x02", b""
+
+
 @pytest.fixture(scope="module")
-def grpc_server(tmp_path_factory):
-    """A gRPC server (grpcio, mutual TLS) whose health answer each test sets: the probe speaks
-    HTTP/2 itself, so it is checked against a real gRPC implementation."""
-    import grpc
+def probe() -> str:
+    """The cached grpc-health-probe build (scripts/prebuild.sh makes it; built here if missing)."""
+    out = subprocess.run(["bash", str(REPO / "scripts/build-health-probe.sh")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip().splitlines()[-1]
 
-    directory = tmp_path_factory.mktemp("grpc-health")
-    ca = CA.create()
-    (directory / "ca.pem").write_bytes(ca.cert_pem())
-    server_cert, server_key = _write(directory, "server", ca.issue_cert("ui-gate", usage="server"))
-    _write(directory, "client", ca.issue_cert(common_name="probe", usage="client"))
-    _write(directory, "foreign", CA.create("Foreign CA").issue_cert(common_name="probe", usage="client"))
-    state = {"answer": b"\x08\x01"}
 
-    def check(request, context):
-        if state["answer"] is None:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "upstream down")
-        return state["answer"]
+def _grpc_health_server(credentials, state: dict) -> tuple[grpc.Server, int]:
+    """grpcio serving grpc.health.v1.Health/Check: the answer for the requested service from
+    state (the frontend answers per service too), an error status for None."""
+    def check(request: bytes, context):
+        service = request[2:2 + request[1]].decode() if request[:1] == b"\n" else ""
+        answer = state.get(service)
+        if answer is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+        return answer
 
     handler = grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
         "Check": grpc.unary_unary_rpc_method_handler(check)})
-    server = grpc.server(__import__("concurrent.futures").futures.ThreadPoolExecutor(4))
+    server = grpc.server(futures.ThreadPoolExecutor(4))
     server.add_generic_rpc_handlers((handler,))
-    credentials = grpc.ssl_server_credentials([(server_key.read_bytes(), server_cert.read_bytes())],
-                                              root_certificates=ca.cert_pem(), require_client_auth=True)
-    port = server.add_secure_port("127.0.0.1:0", credentials)
+    address = "127.0.0.1:0"
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     server.start()
-    yield directory, port, state
-    server.stop(0)
+    return server, port
 
 
-def _grpc_probe(directory: Path, port: int, client: str = "client", server_name: str = "ui-gate") -> int:
-    return healthcheck.main(["grpc-health", f"127.0.0.1:{port}", f"--ca={directory / 'ca.pem'}",
-                             f"--cert={directory / client}.pem", f"--key={directory / client}.key",
-                             f"--server-name={server_name}", "--timeout=5"])
+@pytest.fixture(scope="module")
+def listeners(tmp_path_factory):
+    """The gate as compose's probe sees it (mutual TLS, a server cert for ui-gate from our CA),
+    and wrong listeners on the same name: one with a cert from another CA, one in plaintext."""
+    directory = tmp_path_factory.mktemp("grpc-health")
+    ca, foreign = CA.create(), CA.create("Foreign CA")
+    (directory / "ca.pem").write_bytes(ca.cert_pem())
+    server_cert, server_key = _write(directory, "server", ca.issue_cert("ui-gate", usage="server"))
+    impostor_cert, impostor_key = _write(directory, "impostor", foreign.issue_cert("ui-gate", usage="server"))
+    _write(directory, "client", ca.issue_cert(common_name="probe", usage="client"))
+    _write(directory, "foreign-client", foreign.issue_cert(common_name="probe", usage="client"))
+    state = {WORKFLOW_SERVICE: SERVING, "": SERVING}
+    ours = grpc.ssl_server_credentials([(server_key.read_bytes(), server_cert.read_bytes())],
+                                       root_certificates=ca.cert_pem(), require_client_auth=True)
+    # The impostor takes any client certificate and answers SERVING: only our CA stops the probe.
+    impostor = grpc.ssl_server_credentials([(impostor_key.read_bytes(), impostor_cert.read_bytes())])
+    servers = {name: _grpc_health_server(credentials, state if name == "ours" else {WORKFLOW_SERVICE: SERVING})
+               for name, credentials in (("ours", ours), ("impostor", impostor), ("plaintext", None))}
+    yield directory, {name: port for name, (_, port) in servers.items()}, state
+    for server, _ in servers.values():
+        server.stop(0)
 
 
-@pytest.mark.parametrize("answer,healthy", [(b"\x08\x01", True), (b"\x08\x02", False), (b"", False), (None, False)])
-def test_grpc_health_is_healthy_only_on_serving(grpc_server, answer, healthy):
-    directory, port, state = grpc_server
-    state["answer"] = answer  # SERVING, NOT_SERVING, UNKNOWN, an error status
+def _compose_probe_argv(probe: str, directory: Path, port: int) -> list[str]:
+    """The ui-gate's health check from docker-compose.prod.yml, its files and address moved here."""
+    doc = yaml.safe_load((REPO / "docker-compose.prod.yml").read_text())
+    kind, _, *flags = doc["services"]["ui-gate"]["healthcheck"]["test"]
+    assert kind == "CMD"
+    moved = {"/bundle/trust/ca.pem": directory / "ca.pem", "/bundle/ui-gate/client.pem": directory / "client.pem",
+             "/bundle/ui-gate/client.key": directory / "client.key"}
+    argv = [probe]
+    for flag in flags:
+        name, has_value, value = flag.partition("=")
+        if name == "-addr":
+            value = f"127.0.0.1:{port}"
+        elif name == "-connect-timeout":
+            value = "1s"  # a refused handshake is retried until then: 1 s is plenty on loopback
+        argv.append(f"{name}={moved.get(value, value)}" if has_value else flag)
+    return argv
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("answer,healthy", [(SERVING, True), (NOT_SERVING, False), (UNKNOWN, False), (None, False)])
+def test_the_compose_probe_is_healthy_only_on_serving(probe, listeners, answer, healthy):
+    directory, ports, state = listeners
+    state[WORKFLOW_SERVICE] = answer  # SERVING, NOT_SERVING, UNKNOWN, an error status
     try:
-        assert _grpc_probe(directory, port) == (0 if healthy else 1)
+        result = _run(_compose_probe_argv(probe, directory, ports["ours"]))
+        assert (result.returncode == 0) == healthy, result.stderr
     finally:
-        state["answer"] = b"\x08\x01"
+        state[WORKFLOW_SERVICE] = SERVING
 
 
-def test_grpc_health_needs_the_right_ca_and_server_name(grpc_server):
-    directory, port, _ = grpc_server
-    assert _grpc_probe(directory, port) == 0
-    assert _grpc_probe(directory, port, client="foreign") == 1  # the server refuses the client cert
-    assert _grpc_probe(directory, port, server_name="temporal") == 1  # not a SAN of the server cert
+def test_the_compose_probe_asks_for_the_workflow_service_not_the_whole_server(probe, listeners):
+    """The frontend's "" is SERVING as soon as it listens; its WorkflowService only once
+    membership is ready."""
+    directory, ports, state = listeners
+    state[WORKFLOW_SERVICE] = NOT_SERVING
+    try:
+        assert _run(_compose_probe_argv(probe, directory, ports["ours"])).returncode != 0
+    finally:
+        state[WORKFLOW_SERVICE] = SERVING
+
+
+def _without(argv: list[str], *names: str) -> list[str]:
+    return [a for a in argv if a.partition("=")[0] not in names]
+
+
+@pytest.mark.parametrize("case", ["impostor's CA", "plaintext listener", "no client cert", "foreign client cert",
+                                  "wrong server name"])
+def test_the_compose_probe_fails_on_a_wrong_or_unauthenticated_listener(probe, listeners, case):
+    """Each case changes one thing against the healthy run; every listener here answers SERVING."""
+    directory, ports, _ = listeners
+    healthy = _compose_probe_argv(probe, directory, ports["ours"])
+    assert _run(healthy).returncode == 0
+    argv = {
+        "impostor's CA": _compose_probe_argv(probe, directory, ports["impostor"]),
+        "plaintext listener": _compose_probe_argv(probe, directory, ports["plaintext"]),
+        "no client cert": _without(healthy, "-tls-client-cert", "-tls-client-key"),
+        "foreign client cert": [a.replace(f"{directory}/client.", f"{directory}/foreign-client.") for a in healthy],
+        "wrong server name": [a.replace("-tls-server-name=ui-gate", "-tls-server-name=temporal") for a in healthy],
+    }[case]
+    assert argv != healthy
+    result = _run(argv)
+    assert result.returncode != 0, result.stdout
+    assert "SERVING" not in result.stdout, result.stdout
+    assert result.returncode in (2, 3), result.stderr  # connection or RPC failure: refused, not unhealthy
