@@ -37,7 +37,7 @@ from bootstrap.servers.codec import MAX_BODY
 from tests.codec.test_codec_unit import legacy_encrypt
 from tests.support.ports import free_port
 from tests.support.waits import wait_until
-from tests.memory_limit import compose_memory_limit
+from tests.support.memory_limit import compose_memory_limit
 
 MEMORY_LIMIT_KB = compose_memory_limit("codec-server") // 1024  # the codec container's mem_limit
 PLAIN = Payload(metadata={"encoding": b"json/plain"}, data=b'"card 4111"')

@@ -33,7 +33,7 @@ from bootstrap.servers.codec import MAX_BODY, MAX_CONNECTIONS
 from bootstrap.servers.connections import MAX_HEAD
 from tests.support.ports import free_port
 from tests.support.waits import wait_until
-from tests.memory_limit import MemoryLimit, compose_memory_limit
+from tests.support.memory_limit import MemoryLimit, compose_memory_limit
 
 SECRET = b'"codec-memory-secret 4111-1111-1111-1111"'
 PLAIN = Payload(metadata={"encoding": b"json/plain"}, data=SECRET)

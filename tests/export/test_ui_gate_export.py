@@ -134,7 +134,7 @@ def test_the_exported_gate_has_the_memory_budget_of_the_compose_gate(exported):
     """The gate derives its message slots from its container's memory: the pod's limit must give it
     as many as compose's mem_limit does, so a Kubernetes UI is not starved where compose's is not."""
     from bootstrap.servers.gate import GateBudget
-    from tests.memory_limit import compose_memory_limit, parse_size
+    from tests.support.memory_limit import compose_memory_limit, parse_size
 
     gate = manifest(exported, "manifests/ui-gate.yaml", "Deployment")["spec"]["template"]["spec"]["containers"][0]
     limit = parse_size(gate["resources"]["limits"]["memory"].replace("Mi", "m").replace("Gi", "g"))

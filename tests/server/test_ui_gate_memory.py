@@ -27,7 +27,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, StartWorkflowExecutionRequest
 
 from tests.support.paths import REPO
-from tests.memory_limit import MemoryLimit, compose_memory_limit
+from tests.support.memory_limit import MemoryLimit, compose_memory_limit
 from tests.server.test_ui_gate import FORWARDED_SERVICES, _start_gate
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(900)]

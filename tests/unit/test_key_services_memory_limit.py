@@ -27,7 +27,7 @@ from bootstrap.core.workload_identity import GRANT_TYPE, JWT_TOKEN_TYPE
 from bootstrap.servers import MAX_CONNECTIONS
 from tests.support.ports import free_port
 from tests.support.waits import wait_until
-from tests.memory_limit import MemoryLimit, compose_memory_limit
+from tests.support.memory_limit import MemoryLimit, compose_memory_limit
 from tests.unit.conftest import make_bundle
 
 ROOT = Path(__file__).resolve().parents[2]

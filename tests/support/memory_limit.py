@@ -16,7 +16,9 @@ from pathlib import Path
 
 import yaml
 
-COMPOSE_FILE = Path(__file__).resolve().parent.parent / "docker-compose.prod.yml"
+from tests.support.paths import REPO
+
+COMPOSE_FILE = REPO / "docker-compose.prod.yml"
 CGROUP_ROOT = Path(os.environ.get("MEMORY_CGROUP_ROOT", "/sys/fs/cgroup/memory"))
 
 
