@@ -4,7 +4,7 @@ It serves what the Temporal server, the UI and the codec server read from an OID
 HTTPS with a CA of its own (a private company CA): the discovery document and the JWKS, open to
 anyone as real providers serve them, and it mints tokens shaped like an OIDC ID token (iss, sub,
 aud = the client id, iat, exp, a kid header, RS256) with the user's groups in a claim of the
-operator's choosing. Built on tests/kube_issuer.py's HTTPS issuer.
+operator's choosing. Built on tests/support/kube_issuer.py's HTTPS issuer.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import jwt
 
 from bootstrap.core.pki import utcnow
 from bootstrap.core.tokens import SigningKey
-from tests.kube_issuer import JWKS_PATH, KubeIssuer
+from tests.support.kube_issuer import JWKS_PATH, KubeIssuer
 
 
 @dataclass

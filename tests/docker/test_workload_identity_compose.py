@@ -1,5 +1,5 @@
 """The token exchange as compose runs it (`--profile workload-identity`), with a local issuer in the
-role of the cluster: tests/kube_issuer.py (a STAND-IN for kube-apiserver, see there) as a container
+role of the cluster: tests/support/kube_issuer.py (a STAND-IN for kube-apiserver, see there) as a container
 on the edge network. Only bootstrap, the exchange and the issuer start: what the exchanged token
 is worth at the real Temporal server is tests/server/test_workload_identity.py's subject."""
 
@@ -17,7 +17,7 @@ import yaml
 
 from bootstrap.core.tokens import verify_token
 from bootstrap.core.workload_identity import GRANT_TYPE, JWT_TOKEN_TYPE
-from tests.kube_issuer import AUDIENCE, KubeIssuer
+from tests.support.kube_issuer import AUDIENCE, KubeIssuer
 
 from .compose_stack import REPO, ComposeStack, build_standin_images, unique_project
 from tests.support.ports import free_port
@@ -41,7 +41,7 @@ class WorkloadStack(ComposeStack):
 def _override(path: Path, issuer_dir: Path) -> Path:
     path.write_text(yaml.safe_dump({"services": {"kube-issuer": {
         "image": "${BUNDLE_IMAGE}", "user": "10001:10001", "read_only": True, "cap_drop": ["ALL"],
-        "profiles": ["workload-identity"], "entrypoint": ["python3", "-m", "tests.kube_issuer"],
+        "profiles": ["workload-identity"], "entrypoint": ["python3", "-m", "tests.support.kube_issuer"],
         "command": ["/issuer", str(ISSUER_PORT), ISSUER_HOST], "working_dir": "/opt/e2e",
         "networks": {"edge": {"aliases": [ISSUER_HOST]}},
         "volumes": [f"{REPO / 'tests'}:/opt/e2e/tests:ro", f"{issuer_dir}:/issuer:ro"],

@@ -1,6 +1,6 @@
 """Workload identity against the real Temporal server (issue 16).
 
-The subject tokens come from tests/kube_issuer.py: a STAND-IN for kube-apiserver that serves OIDC
+The subject tokens come from tests/support/kube_issuer.py: a STAND-IN for kube-apiserver that serves OIDC
 discovery and the JWKS at kube-apiserver's paths, with its claims and RS256 keys. It is not a real
 kube-apiserver: k8s.io/kubernetes is on the Go module proxy, but its go.mod replaces its staging
 modules with local paths, so kube-apiserver cannot be built from the proxy (see README).
@@ -38,7 +38,7 @@ from bootstrap.core.workload_identity import GRANT_TYPE, JWT_TOKEN_TYPE
 from tests.support.cluster import LocalCluster
 from tests.support.ports import free_port
 from tests.support.waits import wait_until
-from tests.kube_issuer import AUDIENCE, KubeIssuer
+from tests.support.kube_issuer import AUDIENCE, KubeIssuer
 from tests.server.workflows import GreetingWorkflow, greet
 
 

@@ -123,7 +123,7 @@ class KubeIssuer:
 
 
 def main(argv: list[str]) -> None:
-    """python -m tests.kube_issuer DIR PORT HOST: serve the files write_files() put in DIR (the
+    """python -m tests.support.kube_issuer DIR PORT HOST: serve the files write_files() put in DIR (the
     docker tier runs it as a container in the role of the cluster's API server)."""
     directory, port, host = Path(argv[0]), int(argv[1]), argv[2]
     key = SigningKey.from_pem((directory / "sa-signing.key").read_bytes())
