@@ -1,5 +1,5 @@
 """oidc.external against the real server: Web UI users of a company IdP (a stand-in HTTPS issuer
-with a private CA, tests/oidc_issuer.py) get exactly the permissions their groups claim says, and
+with a private CA, tests/support/oidc_issuer.py) get exactly the permissions their groups claim says, and
 tokens from any other issuer, for another audience or with the permissions under another claim
 are refused. The bundle's own role tokens keep working next to them. The codec server, started as
 compose starts it (--jwks-url, --issuer), checks the same tokens."""
@@ -21,7 +21,7 @@ from tests.support.cluster import LocalCluster
 from tests.support.ports import free_port
 from tests.support.binaries import temporal_cli
 from tests.support.waits import wait_until
-from tests.oidc_issuer import CompanyIssuer
+from tests.support.oidc_issuer import CompanyIssuer
 
 CLIENT_ID = "temporal-ui-0c7f"
 # Not "groups": proves permissionsClaimName follows oidc.external.groups_claim (role tokens too).
