@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from . import hsm
 from ..errors import BundleError
-from .kek import FileKek, Kek, plan_file_kek
+from .kek import FileKek, FileKeks, Kek, plan_file_kek
+from .namespace_keys import parse_manifest
+from .namespace_plan import Custody
 from ..store import Action, Layout, read_optional
 
 
@@ -33,8 +35,36 @@ def new_root_key(config, algorithm: str):
     return generate_key(algorithm)
 
 
-def codec_kek(config, layout: Layout) -> tuple[Kek, list[Action]]:
-    """The KEK that wraps the payload data keys, and the writes that create it if needed."""
+def codec_kek(config, layout: Layout) -> tuple[Custody, list[Action]]:
+    """What wraps the payload data keys (namespace_plan.Custody), and the writes that create the
+    bundle-wide KEK if needed: per-namespace KEKs once the bundle has per-namespace custody (its
+    keys.json is a manifest), else the one KEK of the single-KEK keys.json."""
+    keks = _namespace_keks(config, layout)
+    previous = FileKeks(layout.codec_kek.parent) if config.keys.backend == "pkcs11" else None
+    if migrated(layout):
+        return Custody(keks, None, previous), []
+    single, actions = single_codec_kek(config, layout)
+    return Custody(keks, single, previous, (_file_single(layout),)), actions
+
+
+def migrated(layout: Layout) -> bool:
+    data = read_optional(layout.codec_keys)
+    return data is not None and parse_manifest(data, str(layout.codec_keys)) is not None
+
+
+def _namespace_keks(config, layout: Layout):
+    if config.keys.backend != "pkcs11":
+        return FileKeks(layout.codec_kek.parent)
+    return hsm.TokenKeks(session(config), config.keys.kek_label)
+
+
+def _file_single(layout: Layout) -> FileKek | None:
+    data = read_optional(layout.codec_kek)
+    return FileKek(data) if data is not None else None
+
+
+def single_codec_kek(config, layout: Layout) -> tuple[Kek, list[Action]]:
+    """The one KEK of a single-KEK keys.json, and the writes that create it if needed."""
     if config.keys.backend != "pkcs11":
         return plan_file_kek(layout)
     wrapped = b'"wrapped-v2"' in (read_optional(layout.codec_keys) or b"")
@@ -53,8 +83,11 @@ def previous_kek(config, layout: Layout) -> FileKek | None:
     return FileKek.load(layout.codec_kek)
 
 
-def codec_kek_for_serving(config, layout: Layout) -> Kek:
-    """The KEK a running codec server unwraps with; never creates one."""
+def codec_kek_for_serving(config, layout: Layout):
+    """What a running codec server unwraps with; never creates a key: every namespace's KEK
+    (FileKeks / TokenKeks) under per-namespace custody, else the single KEK."""
+    if migrated(layout):
+        return _namespace_keks(config, layout)
     if config.keys.backend != "pkcs11":
         return FileKek.load(layout.codec_kek)
     kek = session(config).kek(config.keys.kek_label, create=False)

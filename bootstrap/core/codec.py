@@ -45,8 +45,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import DecodeError
 from temporalio.api.common.v1 import Payload
 
-from .codec_keys import Keyring, KeySet, load_source
+from .codec_keys import LEGACY, Keyring, KeySet, load_source
+from .kek import FileKeks
+from .namespace_keys import Manifest, parse_manifest, parse_ring, ring_path
+from .watched import WatchedFile
 from ..errors import BundleError
+from ..store import read_optional
 
 ENCODING = b"binary/encrypted"
 KEY_ID_HEADER = "encryption-key-id"
@@ -132,41 +136,96 @@ def open_sealed(keyring: Keys, key_id: str, namespace: str | None, data: bytes) 
 
 
 class KeyringFile:
-    """The data keys at `path`, re-read whenever the file changes (mtime, size, inode): the
-    per-namespace KeySet, unwrapped with `kek` (default: the file KEK in the bundle's
-    codec-kek/kek.key), or a pre-v2 plaintext Keyring.
+    """The data keys at `path` (codec-keys/keys.json), re-read whenever a file changes
+    (watched.WatchedFile: inode, mtime, size):
+      - a per-namespace manifest (namespace_keys.py): each listed ring, from its own file, unwrapped
+        with its own namespace's KEK; `kek` is a KEK source (kek.FileKeks, hsm.TokenKeks; default:
+        the bundle's codec-kek/<ns>.key files). A ring this process holds no KEK for is left shut;
+      - a single-KEK KeySet, unwrapped with `kek` (default: codec-kek/kek.key);
+      - a pre-v2 plaintext Keyring.
 
-    The bootstrap replaces the file atomically, so a reader never sees half of it; should it
-    become unreadable anyway, the last good keys stay in use and `error` says why."""
+    The bootstrap replaces each file atomically, so a reader never sees half of it; should one
+    become unreadable anyway, its last good keys stay in use and `error` says why."""
 
     def __init__(self, path: str | Path, kek=None):
         self.path = Path(path)
         self.kek = kek
-        self._stamp, self._keyring, self._lock = None, None, threading.Lock()
         self.error: str | None = None
+        self._file = WatchedFile(self.path, self._parse)
+        self._rings: dict[str, WatchedFile] = {}
+        self._last: Keys | None = None
+        self._parts: tuple = ()
+        self._lock = threading.Lock()
 
-    def _kek(self):
+    def _single_kek(self):
+        kek = self.kek
+        if kek is None or hasattr(kek, "single"):
+            kek = (kek or self._keks()).single()
+            if kek is None:
+                raise BundleError(f"{self.path.parent.parent / 'codec-kek' / 'kek.key'} not found: "
+                                  "the data keys' key-encryption key (run init first)")
+        return kek
+
+    def _keks(self):
         if self.kek is None:
-            from .kek import FileKek
-
-            self.kek = FileKek.load(self.path.parent.parent / "codec-kek" / "kek.key")
+            self.kek = FileKeks(self.path.parent.parent / "codec-kek")
         return self.kek
+
+    def _parse(self, path: Path):
+        data = read_optional(path)
+        if data is None:
+            raise BundleError(f"{path} not found; run generate-certs (or init) first")
+        manifest = parse_manifest(data, str(path))
+        return manifest if manifest is not None else load_source(path, self._single_kek)
 
     def current(self) -> Keys:
         with self._lock:
+            errors: list[str] = []
             try:
-                st = os.stat(self.path)
-                stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-            except OSError:
-                stamp = None
-            if self._keyring is None or stamp != self._stamp:
-                try:
-                    self._keyring, self._stamp, self.error = load_source(self.path, self._kek), stamp, None
-                except BundleError as exc:
-                    if self._keyring is None:
-                        raise
-                    self.error = str(exc)
-            return self._keyring
+                source = self._file.current()
+            except (OSError, BundleError) as exc:
+                if self._file.last is None:
+                    if isinstance(exc, FileNotFoundError):
+                        raise BundleError(f"{self.path} not found; run generate-certs (or init) first") from None
+                    raise exc if isinstance(exc, BundleError) else BundleError(f"{self.path}: {exc}") from None
+                source = self._file.last
+                errors.append(str(exc))
+            if isinstance(source, Manifest):
+                source = self._namespaces(source, errors)
+            self.error = "; ".join(errors) or None
+            return source
+
+    def _namespaces(self, manifest: Manifest, errors: list[str]) -> KeySet:
+        keks = self._keks()
+        if not hasattr(keks, "files"):
+            raise BundleError(f"{self.path} lists one ring per namespace: pass a KEK source (kek.FileKeks, "
+                              "hsm.TokenKeks), not a single KEK")
+        rings = {}
+        for ns in manifest.all():
+            watched = self._rings.get(ns)
+            if watched is None:
+                watched = self._rings[ns] = WatchedFile(
+                    ring_path(self.path.parent, ns), functools.partial(self._parse_ring, ns), also=keks.files(ns))
+            try:
+                rings[ns] = watched.current()
+            except (OSError, BundleError) as exc:
+                if watched.last is not None:
+                    rings[ns] = watched.last
+                    errors.append(str(exc))
+                elif not isinstance(exc, OSError):  # OSError: no ring or no KEK here: not ours to open
+                    errors.append(str(exc))
+        parts = tuple(rings.items())
+        if self._last is None or len(parts) != len(self._parts) or any(
+                a[0] != b[0] or a[1] is not b[1] for a, b in zip(parts, self._parts)):
+            legacy = rings.pop(LEGACY, None)
+            self._last, self._parts = KeySet(rings, legacy), parts
+        return self._last
+
+    def _parse_ring(self, namespace: str, path: Path) -> Keyring:
+        data = read_optional(path)
+        if data is None:
+            raise OSError(f"{path} not found")
+        return parse_ring(data, namespace, self._keks().kek(namespace), str(path))
 
 
 class EncryptionCodec(temporalio.converter.PayloadCodec, temporalio.converter.WithSerializationContext):

@@ -16,6 +16,9 @@ Within a ring the active key encrypts and every listed key decrypts; a rotation 
 never drops one. A bundle made before v2 had one plaintext ring for every namespace,
 {"active": ..., "keys": {...}}: `init` (or generate-certs) migrates it into "legacy", wrapped and
 kept for decoding old history only, and gives every namespace a ring of its own.
+
+This single-KEK format is what `migrate-codec-keys` moves to per-namespace custody
+(namespace_keys.py: one ring file and one KEK per namespace).
 """
 
 from __future__ import annotations
@@ -52,13 +55,13 @@ class Keyring:
 
     @classmethod
     def generate(cls, now: datetime, avoid=()) -> "Keyring":
-        key_id = _fresh_id(now, avoid)
+        key_id = fresh_id(now, avoid)
         return cls(key_id, {key_id: secrets.token_bytes(KEY_BYTES)})
 
     @classmethod
     def parse(cls, data: bytes, what: str = "codec keys") -> "Keyring":
         """The pre-v2 plaintext format (still what tests and old bundles hold)."""
-        return cls.from_doc(_json(data, what), what, _plain_key)
+        return cls.from_doc(parse_json(data, what), what, _plain_key)
 
     @classmethod
     def from_doc(cls, doc, what: str, decode) -> "Keyring":
@@ -82,11 +85,11 @@ class Keyring:
         return {"active": self.active, "keys": {k: base64.b64encode(encode(k, v)).decode() for k, v in sorted(self.keys.items())}}
 
     def to_bytes(self) -> bytes:
-        return _dump(self.to_doc(lambda _id, key: key))
+        return dump_json(self.to_doc(lambda _id, key: key))
 
     def rotated(self, now: datetime, avoid=()) -> "Keyring":
         """A new active key; every old key kept, for decoding."""
-        key_id = _fresh_id(now, {*self.keys, *avoid})
+        key_id = fresh_id(now, {*self.keys, *avoid})
         return Keyring(key_id, {**self.keys, key_id: secrets.token_bytes(KEY_BYTES)})
 
     # The key-source interface codec.py encrypts and decrypts through (KeySet has the same):
@@ -110,7 +113,7 @@ class KeySet:
 
     @classmethod
     def parse(cls, data: bytes, kek: Kek, what: str = "codec keys") -> "KeySet":
-        doc = _json(data, what)
+        doc = parse_json(data, what)
         if isinstance(doc, dict) and set(doc) == {"active", "keys"}:
             raise BundleError(f"{what}: a pre-v2 plaintext keyring; run init (or generate-certs) to migrate it")
         if not isinstance(doc, dict) or doc.get("format") != FORMAT or not set(doc) <= {"format", "kek", "namespaces", "legacy"}:
@@ -121,16 +124,16 @@ class KeySet:
         namespaces = doc.get("namespaces")
         if not isinstance(namespaces, dict):
             raise BundleError(f"{what}: namespaces must map namespace names to key rings")
-        rings = {ns: _unwrap_ring(ring, ns, kek, what) for ns, ring in namespaces.items()}
-        legacy = _unwrap_ring(doc["legacy"], LEGACY, kek, what) if "legacy" in doc else None
+        rings = {ns: unwrap_ring(ring, ns, kek, what) for ns, ring in namespaces.items()}
+        legacy = unwrap_ring(doc["legacy"], LEGACY, kek, what) if "legacy" in doc else None
         return cls(rings, legacy, kek.kek_id)
 
     def to_bytes(self, kek: Kek) -> bytes:
         doc = {"format": FORMAT, "kek": kek.kek_id,
-               "namespaces": {ns: _wrap_ring(ring, ns, kek) for ns, ring in sorted(self.rings.items())}}
+               "namespaces": {ns: wrap_ring(ring, ns, kek) for ns, ring in sorted(self.rings.items())}}
         if self.legacy is not None:
-            doc["legacy"] = _wrap_ring(self.legacy, LEGACY, kek)
-        return _dump(doc)
+            doc["legacy"] = wrap_ring(self.legacy, LEGACY, kek)
+        return dump_json(doc)
 
     def all_ids(self) -> set[str]:
         ids = {k for ring in self.rings.values() for k in ring.keys}
@@ -173,11 +176,11 @@ def _aad(namespace: str, key_id: str) -> bytes:
     return b"temporal-bundle data key\x00" + namespace.encode() + b"\x00" + key_id.encode()
 
 
-def _wrap_ring(ring: Keyring, namespace: str, kek: Kek) -> dict:
+def wrap_ring(ring: Keyring, namespace: str, kek: Kek) -> dict:
     return ring.to_doc(lambda key_id, key: kek.wrap(key, _aad(namespace, key_id)))
 
 
-def _unwrap_ring(doc, namespace: str, kek: Kek, what: str) -> Keyring:
+def unwrap_ring(doc, namespace: str, kek: Kek, what: str) -> Keyring:
     label = "the pre-v2 ring" if namespace == LEGACY else f"namespace {namespace!r}"
 
     def unwrap(key_id: str, blob: bytes) -> bytes:
@@ -192,7 +195,7 @@ def _unwrap_ring(doc, namespace: str, kek: Kek, what: str) -> Keyring:
     return Keyring.from_doc(doc, f"{what} ({label})", unwrap)
 
 
-def _json(data: bytes, what: str):
+def parse_json(data: bytes, what: str):
     try:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError):
@@ -210,11 +213,11 @@ def _plain_key(_key_id: str, raw: bytes) -> bytes:
     return raw
 
 
-def _dump(doc: dict) -> bytes:
+def dump_json(doc: dict) -> bytes:
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
 
-def _fresh_id(now: datetime, avoid) -> str:
+def fresh_id(now: datetime, avoid) -> str:
     key_id = new_key_id(now)
     while key_id in avoid:
         key_id = new_key_id(now)
@@ -232,7 +235,7 @@ def load_source(path, kek_factory) -> "Keyring | KeySet":
     data = read_optional(path)
     if data is None:
         raise BundleError(f"{path} not found; run generate-certs (or init) first")
-    doc = _json(data, str(path))
+    doc = parse_json(data, str(path))
     if isinstance(doc, dict) and set(doc) == {"active", "keys"}:
         return Keyring.parse(data, str(path))
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
@@ -247,7 +250,15 @@ def load_keyset(path, kek: Kek) -> KeySet:
     return KeySet.parse(data, kek, str(path))
 
 
-def plan_codec_keys(layout: Layout, force: bool, now: datetime, namespaces, kek: Kek, previous: Kek | None = None) -> list[Action]:
+def plan_codec_keys(layout: Layout, force: bool, now: datetime, namespaces, kek, previous: Kek | None = None) -> list[Action]:
+    """The data keys' plan. `kek` is a KEK (the single-KEK keys.json), or what backend.codec_kek
+    returns (namespace_plan.Custody), which plans per-namespace custody once a bundle has it."""
+    if hasattr(kek, "plan"):
+        return kek.plan(layout, force, now, namespaces, previous)
+    return plan_single_kek_keys(layout, force, now, namespaces, kek, previous)
+
+
+def plan_single_kek_keys(layout: Layout, force: bool, now: datetime, namespaces, kek: Kek, previous: Kek | None = None) -> list[Action]:
     """Create the key set if missing, give every configured namespace a ring, migrate a pre-v2
     plaintext ring. Unreadable keys are replaced only with --force; readable ones are never
     dropped, not even with --force (they are the only way to read history already written):
@@ -259,7 +270,7 @@ def plan_codec_keys(layout: Layout, force: bool, now: datetime, namespaces, kek:
     try:
         keyset = KeySet.parse(existing, kek, str(path))
     except KeyringMismatch:
-        if previous is None or _json(existing, str(path)).get("kek") != previous.kek_id:
+        if previous is None or parse_json(existing, str(path)).get("kek") != previous.kek_id:
             raise
         # Moved to another backend: the same data keys, re-wrapped under the new KEK.
         moved = KeySet.parse(existing, previous, str(path)).with_namespaces(names, now)
@@ -292,7 +303,8 @@ def _parse_legacy(data: bytes, what: str) -> Keyring | None:
 
 
 def plan_rotation(layout: Layout, now: datetime, kek: Kek, namespaces=None) -> tuple[Action, str]:
-    """`rotate --kind codec-key [--namespace NS]`: one atomic write; consumers re-read the file."""
+    """`rotate --kind codec-key [--namespace NS]` of a single-KEK keys.json: one atomic write;
+    consumers re-read the file. (Per-namespace custody: namespace_plan.Custody.rotate.)"""
     keyset = load_keyset(layout.codec_keys, kek)
     names = tuple(namespaces or sorted(keyset.rings))
     new = keyset.rotated(names, now)

@@ -148,6 +148,33 @@ class TokenKek:
             raise UnwrapError("does not unwrap") from None
 
 
+class TokenKeks:
+    """One AES KEK per namespace inside the token, labelled `<kek_label>:<namespace>` (and
+    `<kek_label>:_legacy` for the pre-v2 ring), each CKA_EXTRACTABLE=false and CKA_SENSITIVE=true:
+    the key for `orders` unwraps nothing of `payments`. `single()` is the bundle-wide KEK
+    labelled `<kek_label>` a bundle had before per-namespace custody."""
+
+    def __init__(self, session: TokenSession, base_label: str):
+        self.session, self.base_label = session, base_label
+
+    def label(self, namespace: str) -> str:
+        from .kek import key_name
+
+        return f"{self.base_label}:{key_name(namespace)}"
+
+    def files(self, namespace: str) -> tuple:
+        return ()
+
+    def kek(self, namespace: str) -> "TokenKek | None":
+        return self.session.kek(self.label(namespace), create=False)
+
+    def create(self, namespace: str):
+        return self.session.kek(self.label(namespace), create=True), None
+
+    def single(self) -> "TokenKek | None":
+        return self.session.kek(self.base_label, create=False)
+
+
 # --------------------------------------------------------------------------- keys for cryptography
 
 

@@ -77,3 +77,49 @@ def plan_file_kek(layout: Layout) -> tuple[FileKek, list[Action]]:
                           "restore it from your backup (a new one would make every data key unreadable)")
     key = FileKek.generate_bytes()
     return FileKek(key), [Write(layout.codec_kek, key, KEY_MODE, "created")]
+
+
+# --------------------------------------------------------------------------- one KEK per namespace
+
+LEGACY_NAME = "_legacy"  # the pre-v2 shared ring's files: no namespace name starts with "_"
+
+
+def key_name(namespace: str) -> str:
+    """The file (or token label) suffix of a namespace's KEK and ring; "" is the pre-v2 ring."""
+    return LEGACY_NAME if namespace == "" else namespace
+
+
+class FileKeks:
+    """codec-kek/<namespace>.key: one file KEK per namespace (the `file` backend under per-namespace
+    custody). A process holds only the files it is given: a KEK that is not there is None, and
+    that namespace's ring stays shut to it. `single()` is the bundle-wide codec-kek/kek.key a bundle
+    had before per-namespace custody (migration reads it, then drops it)."""
+
+    def __init__(self, directory):
+        from pathlib import Path
+
+        self.directory = Path(directory)
+        self._created: dict[str, FileKek] = {}
+
+    def path(self, namespace: str):
+        return self.directory / f"{key_name(namespace)}.key"
+
+    def files(self, namespace: str) -> tuple:
+        """The files whose change means the KEK changed (watched beside the ring)."""
+        return (self.path(namespace),)
+
+    def kek(self, namespace: str) -> FileKek | None:
+        if namespace in self._created:
+            return self._created[namespace]
+        data = read_optional(self.path(namespace))
+        return FileKek(data) if data is not None else None
+
+    def create(self, namespace: str) -> tuple[FileKek, Action | None]:
+        """A new KEK for a namespace that has no ring yet, and the write that keeps it."""
+        key = FileKek.generate_bytes()
+        self._created[namespace] = FileKek(key)
+        return self._created[namespace], Write(self.path(namespace), key, KEY_MODE, "created: this namespace's own KEK")
+
+    def single(self) -> FileKek | None:
+        data = read_optional(self.directory / "kek.key")
+        return FileKek(data) if data is not None else None

@@ -68,7 +68,8 @@ class Custody:
             raise BundleError(f"{layout.codec_keys} not found: nothing to migrate (run init first)")
         manifest = parse_manifest(data, str(layout.codec_keys))
         if manifest is not None:
-            return plan_rings(layout, self, False, now, namespaces, manifest, None)
+            actions = plan_rings(layout, self, False, now, namespaces, manifest, None)
+            return [Skip(a.path, "already migrated, skipped") if isinstance(a, Skip) else a for a in actions]
         return plan_rings(layout, self, False, now, namespaces, Manifest(()), self.old_keyset(layout, data))
 
     def old_keyset(self, layout: Layout, data: bytes) -> KeySet:

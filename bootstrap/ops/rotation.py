@@ -19,7 +19,8 @@ ca:           (none) --a new CA per trust domain in private/ca[-<domain>]-next.*
 trust-domains: the same three phases for the domains a bundle made before trust domains still
               shares with the server CA: each gets a CA of its own; the server CA stays.
 certs:        one step: leaves due for renewal (or all, with --all) re-issued from the current CA.
-codec-key:    one step: a new payload data key made active; every old key kept for decoding.
+codec-key:    one step: a new payload data key made active; every old key kept for decoding (per
+              namespace with --namespace; under per-namespace custody each ring is its own write).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from cryptography.hazmat.primitives import serialization
 
 from ..core import pki
 from ..core.backend import codec_kek
-from ..core.codec_keys import plan_rotation as plan_codec_key_rotation
 from ..core.config import BundleConfig
 from ..errors import BundleError
 from ..core.pki import CA
@@ -131,9 +131,9 @@ def step(config: BundleConfig, layout: Layout, kind: str, now: datetime, all_cer
     if kind == "certs":
         return _step_certs(config, layout, now, all_certs)
     if kind == "codec-key":
-        kek, _ = codec_kek(config, layout)
-        action, message = plan_codec_key_rotation(layout, now, kek, namespaces)
-        return Step("codec-key", "done", message, [action])
+        custody, _ = codec_kek(config, layout)
+        actions, message = custody.rotate(layout, now, namespaces)
+        return Step("codec-key", "done", message, actions)
     if kind in KEY_STORES:
         return _step_key(KEY_STORES[kind](config, layout), config, layout, now, probe)
     return _step_ca(config, layout, now, kind)
