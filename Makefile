@@ -263,12 +263,10 @@ verify: $(BUNDLE_CONFIG_FILE) ## attack the running stack from each network: eve
 	exit $$status
 
 .PHONY: export
-export: $(BUNDLE_CONFIG_FILE) ## copy ROLE's client cert, key, token and the CA to DEST (default ./client-credentials/ROLE)
+export: $(BUNDLE_CONFIG_FILE) ## copy ROLE's client cert, key, token, the CA and key-service.json (never a data key or KEK) to DEST (default ./client-credentials/ROLE)
 	@mkdir -p "$(DEST)"
 	$(COMPOSE) run --rm --no-deps --volume "$(abspath $(DEST)):/export" bootstrap sh -ec '\
-	  cp /bundle/trust/ca.pem /export/ca.pem; \
-	  cp /bundle/clients/$(ROLE).pem /bundle/clients/$(ROLE).key /export/; \
-	  cp /bundle/tokens/$(ROLE).jwt /export/$(ROLE).jwt; \
+	  temporal-bundle export-role --role "$(ROLE)" --dest /export -q; \
 	  chown $(shell id -u):$(shell id -g) /export/*; chmod 0600 /export/$(ROLE).key /export/$(ROLE).jwt'
 	@ls -l "$(DEST)"
 

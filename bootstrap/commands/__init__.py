@@ -26,6 +26,8 @@ COMMANDS = {
     "serve-ui-gate": "serve_ui_gate",
     "verify": "verify",
     "config-schema": "config_schema",
+    "migrate-codec-keys": "migrate_codec_keys",
+    "export-role": "export_role",
 }
 
 

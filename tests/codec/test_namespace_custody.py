@@ -1,0 +1,194 @@
+"""Per-namespace custody (issue 28): one ring and one KEK per namespace, so what opens `orders`
+opens nothing of `payments`; the migration from the single-KEK keys.json is resumable, idempotent,
+says what it did, and every payload written before it still opens; rotation per namespace; the
+worker export holds no key material of any namespace."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import textwrap
+from pathlib import Path
+
+import pytest
+from temporalio.api.common.v1 import Payload
+
+from bootstrap.cli import main
+from bootstrap.core.codec import CodecError, KeyringFile, decrypt, encrypt
+from bootstrap.core.backend import codec_kek
+from bootstrap.core.codec_keys import KeySet
+from bootstrap.core.config import load_config
+from bootstrap.core.kek import FileKek
+from bootstrap.core.namespace_keys import parse_ring
+from bootstrap.core.pki import utcnow
+from bootstrap.store import Layout, apply
+from tests.unit.conftest import make_bundle
+
+CONFIG = textwrap.dedent("""\
+    namespaces: [{name: orders}, {name: payments}]
+    roles:
+      system: {permissions: ["temporal-system:admin"]}
+      worker: {permissions: ["orders:write"]}
+      client: {permissions: ["orders:write"]}
+      payments-worker: {permissions: ["payments:write"]}
+      reader: {permissions: ["orders:read", "payments:read"]}
+    persistence: {driver: sqlite, sqlite_path: /tmp/unused-ns-custody.db}
+    """)
+PLAIN = Payload(metadata={"encoding": b"json/plain"}, data=b'"card 4111"')
+
+
+def cli(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+@pytest.fixture
+def single(tmp_path):
+    """A bundle as init makes it today: one keys.json wrapped by one KEK."""
+    made = make_bundle(tmp_path, CONFIG)
+    return made.config_path, made.root
+
+
+def old_keyset(out: Path) -> KeySet:
+    return KeySet.parse((out / "codec-keys/keys.json").read_bytes(), FileKek.load(out / "codec-kek/kek.key"))
+
+
+def migrate(config, out, capsys) -> str:
+    capsys.readouterr()
+    assert cli("migrate-codec-keys", "--config", config, "--out", out) == 0
+    return capsys.readouterr().out
+
+
+@pytest.fixture
+def migrated(single, capsys):
+    config, out = single
+    history = {ns: encrypt(PLAIN, old_keyset(out), ns) for ns in ("orders", "payments")}
+    migrate(config, out, capsys)
+    return config, out, history
+
+
+def test_migration_gives_each_namespace_its_ring_and_kek_and_old_history_opens(single, capsys):
+    config, out = single
+    before = old_keyset(out)
+    history = {ns: encrypt(PLAIN, before, ns) for ns in ("orders", "payments")}
+    said = migrate(config, out, capsys)
+    assert "migrated from keys.json" in said and "dropped: the bundle-wide KEK" in said, said
+    assert sorted(p.name for p in (out / "codec-keys").iterdir()) == ["keys.json", "orders.json", "payments.json"]
+    assert sorted(p.name for p in (out / "codec-kek").iterdir()) == ["orders.key", "payments.key"]
+    for key in (out / "codec-kek").iterdir():
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    manifest = json.loads((out / "codec-keys/keys.json").read_text())
+    assert manifest == {"format": "per-namespace-v1", "namespaces": ["orders", "payments"], "legacy": False}
+    keys = KeyringFile(out / "codec-keys/keys.json").current()
+    assert keys.rings == before.rings, "same key ids and bytes: only the wrapping changed"
+    for ns, sealed in history.items():
+        assert decrypt(sealed, keys) == PLAIN
+    # Run again: nothing written, and it says so.
+    snapshot = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    again = migrate(config, out, capsys)
+    assert again.count("already migrated, skipped") == 3, again
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot
+
+
+def test_migration_killed_half_way_is_finished_by_the_next_run(single, capsys):
+    """The migration's writes applied up to orders' ring only (a kill -9 there), then run again."""
+    config, out = single
+    sealed = encrypt(PLAIN, old_keyset(out), "payments")
+    conf, layout = load_config(config), Layout(out)
+    custody, _ = codec_kek(conf, layout)
+    actions = custody.migrate(layout, utcnow(), ["orders", "payments"])
+    cut = next(i for i, a in enumerate(actions) if a.path.name == "orders.json") + 1
+    apply(layout, actions[:cut])
+    assert (out / "codec-kek/payments.key").exists() and not (out / "codec-keys/payments.json").exists()
+    kek_payments = (out / "codec-kek/payments.key").read_bytes()
+    # Meanwhile a worker on the old keys.json still runs: it is untouched until the manifest.
+    assert decrypt(sealed, KeyringFile(out / "codec-keys/keys.json").current()) == PLAIN
+    said = migrate(config, out, capsys)
+    assert "orders.json: already migrated, skipped" in said and "payments.json: migrated from keys.json" in said, said
+    assert (out / "codec-kek/payments.key").read_bytes() == kek_payments, "a KEK left behind is used, not replaced"
+    assert decrypt(sealed, KeyringFile(out / "codec-keys/keys.json").current()) == PLAIN
+
+
+def test_each_kek_opens_only_its_own_namespace(migrated):
+    _, out, history = migrated
+    orders_kek = FileKek.load(out / "codec-kek/orders.key")
+    payments_ring = (out / "codec-keys/payments.json").read_bytes()
+    with pytest.raises(Exception, match="wrapped by key-encryption key"):
+        parse_ring(payments_ring, "payments", orders_kek, "payments.json")
+    # The payments ring renamed to orders.json: refused for what it says it is.
+    with pytest.raises(Exception, match="holds the ring of namespace 'payments'"):
+        parse_ring(payments_ring, "orders", orders_kek, "orders.json")
+
+
+def test_a_payments_ring_copied_into_an_orders_worker_opens_nothing(migrated, tmp_path):
+    """An orders worker given local keys: its ring and its KEK. A copy of payments' ring (even
+    listed in its manifest) stays shut: it holds no KEK for it."""
+    _, out, history = migrated
+    worker = tmp_path / "worker"
+    (worker / "codec-keys").mkdir(parents=True), (worker / "codec-kek").mkdir()
+    shutil.copy(out / "codec-keys/orders.json", worker / "codec-keys")
+    shutil.copy(out / "codec-kek/orders.key", worker / "codec-kek")
+    shutil.copy(out / "codec-keys/payments.json", worker / "codec-keys")  # the attack
+    (worker / "codec-keys/keys.json").write_bytes((out / "codec-keys/keys.json").read_bytes())
+    keys = KeyringFile(worker / "codec-keys/keys.json").current()
+    assert set(keys.rings) == {"orders"}
+    assert decrypt(history["orders"], keys) == PLAIN
+    with pytest.raises(CodecError, match="unknown key id"):
+        decrypt(history["payments"], keys)
+    # And its own KEK over the payments ring under the orders name: refused, the last good kept.
+    source = KeyringFile(worker / "codec-keys/keys.json")
+    source.current()
+    os.replace(worker / "codec-keys/payments.json", worker / "codec-keys/orders.json")
+    assert set(source.current().rings) == {"orders"} and "holds the ring of namespace 'payments'" in source.error
+
+
+def test_rotation_per_namespace_and_init_keep_custody(migrated, capsys):
+    config, out, history = migrated
+    payments_before = (out / "codec-keys/payments.json").read_bytes()
+    source = KeyringFile(out / "codec-keys/keys.json")
+    before = source.current()
+    assert cli("rotate", "--config", config, "--out", out, "--kind", "codec-key", "--namespace", "orders") == 0
+    after = source.current()  # re-read without a restart
+    assert after.rings["orders"].active not in before.rings["orders"].keys
+    assert set(before.rings["orders"].keys) < set(after.rings["orders"].keys)
+    assert (out / "codec-keys/payments.json").read_bytes() == payments_before
+    assert decrypt(history["orders"], after) == PLAIN
+    assert cli("rotate", "--config", config, "--out", out, "--kind", "codec-key", "--namespace", "nope") == 1
+    # init keeps the layout; a new namespace gets its own ring and KEK.
+    Path(config).write_text(CONFIG.replace("{name: payments}", "{name: payments}, {name: billing}"))
+    capsys.readouterr()
+    assert cli("init", "--config", config, "--out", out) == 0
+    assert (out / "codec-kek/billing.key").exists() and not (out / "codec-kek/kek.key").exists()
+    keys = KeyringFile(out / "codec-keys/keys.json").current()
+    assert set(keys.rings) == {"orders", "payments", "billing"} and decrypt(history["payments"], keys) == PLAIN
+
+
+def test_a_missing_namespace_kek_is_one_error_and_never_replaced(migrated, capsys):
+    config, out, _ = migrated
+    (out / "codec-kek/payments.key").unlink()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert cli("generate-certs", "--config", config, "--out", out) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "payments.key, which is missing: restore it from your backup" in err[0], err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_worker_export_holds_no_ring_and_no_kek(migrated, tmp_path):
+    config, out, _ = migrated
+    dest = tmp_path / "export"
+    assert cli("export-role", "--config", config, "--out", out, "--role", "worker", "--dest", dest, "-q") == 0
+    names = sorted(p.name for p in dest.rglob("*") if p.is_file())
+    assert names == ["ca.pem", "key-service.json", "worker.jwt", "worker.key", "worker.pem"]
+    doc = json.loads((dest / "key-service.json").read_text())
+    assert doc["namespaces"] == ["orders"] and doc["url"].endswith("/v1/keys")
+    secrets = [p.read_bytes() for p in (out / "codec-kek").iterdir()] + [p.read_bytes() for p in (out / "codec-keys").iterdir()]
+    for path in dest.rglob("*"):
+        data = path.read_bytes()
+        assert not any(s in data for s in secrets), f"{path.name} holds codec material"
+        assert b"namespace-ring" not in data and b"wrapped-v2" not in data
+    reader = tmp_path / "reader"
+    assert cli("export-role", "--config", config, "--out", out, "--role", "reader", "--dest", reader, "-q") == 0
+    assert not (reader / "key-service.json").exists(), "read is not enough to encrypt"
+    assert cli("export-role", "--config", config, "--out", out, "--role", "nope", "--dest", reader) == 1
