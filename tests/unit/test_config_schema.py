@@ -20,7 +20,8 @@ from hypothesis import given, settings, strategies as st
 from bootstrap.core.config import parse_config
 from bootstrap.errors import BundleError
 from bootstrap.ops.config_schema import SCHEMA_FILE, schema_text
-from tests.config_keys import EXAMPLE, REPO, accepted_keys, example_variants
+from tests.support.config_keys import EXAMPLE, accepted_keys, example_variants
+from tests.support.paths import REPO
 
 TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None), "number": (int, float)}
 EMITTED = {"$schema", "title", "description", "default", "type", "properties", "additionalProperties", "items", "enum",

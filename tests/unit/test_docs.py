@@ -13,7 +13,7 @@ or Python; HTML comments are ignored):
 - bundle.yaml keys: every key of a ```yaml block (unless its first line is `# file: <other file>`),
   and every span `section.key[.key...]` or `section.key: value` whose first segment is a top-level
   section (file and domain names like `cluster.json`, `kubernetes.io` excepted), must be a key the
-  config parser accepts (tests/config_keys.py learns them from the parser).
+  config parser accepts (tests/support/config_keys.py learns them from the parser).
 - Repository paths in spans (starting with tests/, scripts/, benchmarks/, bootstrap/, docker/,
   templates/, tools/, docs/; no placeholders or wildcards) exist.
 - Every relative link resolves to a file, and its #anchor to a heading of that file (GitHub's slugs).
@@ -32,7 +32,8 @@ import yaml
 
 from bootstrap.cli import build_parser
 from bootstrap.commands import COMMANDS
-from tests.config_keys import EXAMPLE, REPO, accepted_keys, generic, keys_present
+from tests.support.config_keys import EXAMPLE, accepted_keys, generic, keys_present
+from tests.support.paths import REPO
 
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "benchmarks" / "RESULTS.md"]
 # Options of other programs named in the docs: the temporal CLI, docker compose, Alertmanager.

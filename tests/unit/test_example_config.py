@@ -6,7 +6,7 @@ from __future__ import annotations
 import yaml
 
 from bootstrap.core.config import load_config, parse_config
-from tests.config_keys import EXAMPLE, accepted_keys, example_variants, generic, keys_present, keys_read
+from tests.support.config_keys import EXAMPLE, accepted_keys, example_variants, generic, keys_present, keys_read
 
 
 def test_the_example_as_shipped_loads():

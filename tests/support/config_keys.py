@@ -12,13 +12,10 @@ on), and a block after a "## Alternative" line replaces the top-level section it
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from bootstrap.core.config import parse_config
 from bootstrap.ops.config_schema import EXAMPLE, FREE_CONTENT, FREE_KEYS, example_variants  # noqa: F401 (re-exported)
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 class _Recording(dict):
