@@ -24,7 +24,7 @@ from temporalio.client import Client  # noqa: E402
 
 from bootstrap.client import connect  # noqa: E402
 from tests.support.cluster import LocalCluster  # noqa: E402
-from tests.server.workflows import GreetingWorkflow  # noqa: E402
+from tests.support.workflows import GreetingWorkflow  # noqa: E402
 
 
 async def _client(cluster: LocalCluster) -> Client:

@@ -40,7 +40,7 @@ from temporalio.service import RPCError, TLSConfig
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from bootstrap.client import RoleCredentials, connect
-from tests.server.workflows import GreetingWorkflow, greet
+from tests.support.workflows import GreetingWorkflow, greet
 
 BUNDLE = "/bundle"
 ADDRESS = os.environ.get("E2E_ADDRESS", "temporal:7233")

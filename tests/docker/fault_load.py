@@ -35,7 +35,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from bootstrap.client import connect
-from tests.server.workflows import greet
+from tests.support.workflows import greet
 
 BUNDLE = "/bundle"
 ADDRESS = os.environ.get("E2E_ADDRESS", "temporal:7233")

@@ -14,7 +14,7 @@ from temporalio.worker import Worker
 from bootstrap.core import pki
 from bootstrap.client import TokenFileWatcher, connect
 from tests.support.cluster import LocalCluster
-from tests.server.workflows import GreetingWorkflow, greet
+from tests.support.workflows import GreetingWorkflow, greet
 
 
 class Load:

@@ -28,7 +28,7 @@ from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
 from bootstrap.core.pki import CA, utcnow
 from bootstrap.core.tokens import SigningKey, mint_token
-from tests.server.workflows import GreetingWorkflow
+from tests.support.workflows import GreetingWorkflow
 
 
 @pytest.fixture(params=["file-keys", "pkcs11-keys"])

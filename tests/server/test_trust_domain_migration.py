@@ -19,7 +19,7 @@ from tests.support.cluster import LocalCluster
 from tests.support.binaries import run_cli
 from tests.server.load import under_load
 from tests.server.test_trust_domains import Credential, client_context, postgres_login, probe_tls, run_matrix
-from tests.server.workflows import GreetingWorkflow, greet
+from tests.support.workflows import GreetingWorkflow, greet
 
 
 def into_one_ca_layout(cluster: LocalCluster) -> None:

@@ -13,7 +13,7 @@ from temporalio.client import Schedule, ScheduleActionStartWorkflow, ScheduleInt
 from temporalio.worker import Worker
 
 from bootstrap.client import connect
-from tests.server.workflows import GreetingWorkflow, greet
+from tests.support.workflows import GreetingWorkflow, greet
 
 
 async def _connect(cluster, role, namespace="default"):

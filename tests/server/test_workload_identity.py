@@ -39,7 +39,7 @@ from tests.support.cluster import LocalCluster
 from tests.support.ports import free_port
 from tests.support.waits import wait_until
 from tests.support.kube_issuer import AUDIENCE, KubeIssuer
-from tests.server.workflows import GreetingWorkflow, greet
+from tests.support.workflows import GreetingWorkflow, greet
 
 
 class WorkloadCluster(LocalCluster):
