@@ -37,7 +37,7 @@ from bootstrap.core.tokens import SigningKey
 from tests.support.ports import free_port
 from tests.support.binaries import run_cli, temporal_cli
 from tests.support.waits import wait_until
-from tests.server.forged_tokens import alg_none, forged_with_known_kid, token
+from tests.support.forged_tokens import alg_none, forged_with_known_kid, token
 from tests.support.workflows import GreetingWorkflow, greet
 
 SECRET = "card 4111-1111-1111-1111"

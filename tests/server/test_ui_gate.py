@@ -44,7 +44,7 @@ from bootstrap.core.tokens import SigningKey
 from tests.support.ports import free_port
 from tests.support.binaries import temporal_bin_dir
 from tests.support.waits import wait_until
-from tests.server.forged_tokens import alg_none, b64, forged_with_known_kid, token
+from tests.support.forged_tokens import alg_none, b64, forged_with_known_kid, token
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
 
