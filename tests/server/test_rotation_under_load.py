@@ -11,7 +11,7 @@ import pytest
 from bootstrap.core import pki
 from tests.support.cluster import LocalCluster
 from tests.hsm.conftest import softhsm_token
-from tests.server.load import under_load
+from tests.support.load import under_load
 
 
 @pytest.fixture(scope="module", params=["file", "pkcs11"])

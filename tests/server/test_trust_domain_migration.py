@@ -17,7 +17,7 @@ from bootstrap.store import Layout
 from bootstrap.client import connect
 from tests.support.cluster import LocalCluster
 from tests.support.binaries import run_cli
-from tests.server.load import under_load
+from tests.support.load import under_load
 from tests.server.test_trust_domains import Credential, client_context, postgres_login, probe_tls, run_matrix
 from tests.support.workflows import GreetingWorkflow, greet
 
