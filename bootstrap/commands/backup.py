@@ -6,17 +6,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from itertools import chain
 from pathlib import Path
 
-from ..ops.backup import (ARCHIVE_MODE, MIN_PASSPHRASE, Archive, archive_entries, check_dump, check_passphrase,
-                          check_same_cluster, held_in_token, load_archive, open_archive, parse_dump_stream, plan_config,
-                          plan_restore, seal)
 from ..errors import BundleError
+from ..ops.backup import (MIN_PASSPHRASE, Archive, archive_entries, check_passphrase, create_archive, held_in_token,
+                          load_archive, write_dump)
+from ..ops.dump_stream import file_dump, read_dump_stream
+from ..ops.restore_plan import check_same_cluster, plan_config, plan_restore
 from ..store import Layout, Write, apply, locked, parse_owners, read_optional, write_atomic
 from .common import add_config, add_out, add_owner, report
 
 HELP = "encrypted backup archive: create, verify, restore (bundle files), dump (one database)"
-DESCRIPTION = """The disaster-recovery archive (docs/backup-and-upgrade.md). The passphrase comes
+DESCRIPTION = """The disaster-recovery archive (docs/backup-and-upgrade.md), streamed: memory does
+not grow with the databases. The passphrase comes
 from the file named by --passphrase-file (env BACKUP_PASSPHRASE_FILE) or from the environment
 variable BACKUP_PASSPHRASE; never from the command line.
 
@@ -52,18 +55,19 @@ def run(args) -> int:
     layout = Layout(Path(args.out).resolve(), parse_owners(args.owner))
     if args.action == "create":
         return create(args, layout, passphrase)
+    if args.action == "dump":
+        if not args.database:
+            raise BundleError("backup dump needs --database NAME")
+        write_dump(args.archive, passphrase, args.database, lambda data: sys.stdout.buffer.write(data),
+                   lambda archive: check_same_cluster(layout, archive))
+        sys.stdout.buffer.flush()
+        return 0
     archive = load_archive(args.archive, passphrase)
     check_same_cluster(layout, archive)
     if args.action == "verify":
         print(summary(args.archive, archive))
-    elif args.action == "restore":
-        restore(args, layout, archive)
     else:
-        if not args.database:
-            raise BundleError("backup dump needs --database NAME")
-        data = archive.dump(args.database)
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        restore(args, layout, archive)
     return 0
 
 
@@ -95,26 +99,12 @@ def create(args, layout: Layout, passphrase: bytes) -> int:
     if archive_path.exists():
         raise BundleError(f"{archive_path} already exists; a backup never replaces another, choose a new name")
     owner = parse_file_owner(args.file_owner)
-    dumps = read_dumps(args)
+    files = [file_dump(spec) for spec in args.dump]  # each file exists before anything starts
     with locked(layout):
-        data = seal(archive_entries(layout, Path(args.config), dumps), passphrase)
-        write_atomic(archive_path, data, ARCHIVE_MODE, owner=owner)
-    print(summary(archive_path, open_archive(data, passphrase)))
+        entries = archive_entries(layout, Path(args.config))
+    dumps = read_dump_stream(sys.stdin.buffer) if args.dumps_stdin else iter(())
+    print(summary(archive_path, create_archive(archive_path, entries, chain(dumps, files), passphrase, owner)))
     return 0
-
-
-def read_dumps(args) -> dict[str, bytes]:
-    dumps: dict[str, bytes] = {}
-    if args.dumps_stdin:
-        dumps.update(parse_dump_stream(sys.stdin.read()))
-    for spec in args.dump:
-        name, _, path = spec.partition("=")
-        data = read_optional(Path(path)) if name and path else None
-        if data is None:
-            raise BundleError(f"--dump {spec!r}: expected NAME=FILE with an existing file")
-        check_dump(name, data)
-        dumps[name] = data
-    return dumps
 
 
 # --------------------------------------------------------------------------- open, check, restore

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import os
 import random
@@ -15,7 +16,10 @@ import struct
 
 import pytest
 
-from bootstrap.ops.backup import HEADER, PREFIX_SIZE, ca_fingerprint, open_archive, parse_dump_stream
+from bootstrap.core.archive_stream import HEADER, PREFIX_SIZE
+from bootstrap.ops.archive_manifest import ca_fingerprint
+from bootstrap.ops.backup import open_archive
+from bootstrap.ops.dump_stream import read_dump_stream
 from bootstrap.errors import BundleError
 from bootstrap.core.pki import load_cert, signed_by
 from bootstrap.ops.plan import DOMAINS
@@ -130,6 +134,10 @@ def test_passphrase_from_a_file(cli, fresh_bundle, dump_args, tmp_path, monkeypa
     path = tmp_path / "f.tbak"
     assert fresh_bundle.run("backup", "create", "--archive", path, "--passphrase-file", secret, *dump_args).code == 0
     assert open_archive(path.read_bytes(), b"a file-borne passphrase").databases() == list(DUMPS)
+
+
+def parse_dump_stream(text: str) -> dict[str, bytes]:
+    return {s.name[len("databases/"):-len(".dump")]: b"".join(s.pieces) for s in read_dump_stream(io.BytesIO(text.encode()))}
 
 
 def test_dump_stream_from_make_backup_is_parsed_and_checked():
@@ -295,7 +303,7 @@ def test_exchange_key_round_trips_so_live_exchanged_tokens_stay_valid(cli, bundl
 
 def reseal(data: bytes, *, manifest=None, entries=None) -> bytes:
     """The archive re-sealed after `manifest(dict) -> object` and/or `entries(dict) -> dict` changed it."""
-    from bootstrap.ops.backup import seal_manifest
+    from bootstrap.ops.archive_v2 import seal_records
 
     opened = open_archive(data, PASSPHRASE.encode())
     files = {name: entry.data for name, entry in opened.entries.items()}
@@ -304,7 +312,9 @@ def reseal(data: bytes, *, manifest=None, entries=None) -> bytes:
     listed["files"] = [{"name": n, "size": len(d), "sha256": hashlib.sha256(d).hexdigest(), "mode": 0o600}
                        for n, d in files.items()]
     listed = manifest(listed) if manifest else listed
-    return seal_manifest(listed, b"".join(files.values()), PASSPHRASE.encode(), log2_n=14)
+    out = io.BytesIO()
+    seal_records(out, [(n, 0o600, d) for n, d in files.items()], listed, PASSPHRASE.encode(), log2_n=14)
+    return out.getvalue()
 
 
 def write_archive(tmp_path, data: bytes, name: str = "crafted.tbak"):
@@ -443,9 +453,14 @@ def test_an_archive_without_its_server_ca_is_one_error(cli, archive, tmp_path):
 
 @pytest.mark.parametrize("manifest", [b"[" * 100_000, b'{"format": NaN}', b'{"format": 1, "format": 1}', b"\xff\xfe"])
 def test_an_unparsable_manifest_is_one_error(cli, tmp_path, manifest):
-    from bootstrap.ops.backup import seal_payload
+    from bootstrap.ops.archive_v1 import seal_payload
+    from bootstrap.ops.archive_v2 import seal_records
 
     crafted = write_archive(tmp_path, seal_payload(struct.pack(">I", len(manifest)) + manifest, PASSPHRASE.encode(), 14))
+    cli("backup", "verify", "--archive", crafted, "--out", tmp_path / "none").assert_one_error("manifest")
+    out = io.BytesIO()
+    seal_records(out, [], manifest, PASSPHRASE.encode(), 14)
+    crafted = write_archive(tmp_path, out.getvalue(), "crafted-2.tbak")
     cli("backup", "verify", "--archive", crafted, "--out", tmp_path / "none").assert_one_error("manifest")
 
 
