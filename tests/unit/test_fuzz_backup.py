@@ -24,7 +24,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bootstrap.cli import main
-from bootstrap.ops.backup import FILE_TYPES, MANIFEST_TYPES, open_archive, seal_manifest
+from bootstrap.ops.archive_manifest import FILE_TYPES, MANIFEST_TYPES
+from bootstrap.ops.archive_v1 import seal_manifest
+from bootstrap.ops.backup import open_archive
 
 PASSPHRASE = "fuzzing passphrase, long enough"
 LOG2_N = 14
@@ -45,7 +47,7 @@ def base(ec_bundle, tmp_path_factory):
                "--passphrase-file", secret, "--dump", f"temporal={dump}")[0] == 0
     opened = open_archive(archive.read_bytes(), PASSPHRASE.encode())
     files = b"".join(opened.entries[item["name"]].data for item in opened.manifest["files"])
-    return opened.manifest, files, secret, work
+    return {**opened.manifest, "format": 1}, files, secret, work  # re-sealed in format 1 (in memory)
 
 
 def cli(*args) -> tuple[int, str, str]:
