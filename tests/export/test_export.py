@@ -13,7 +13,7 @@ import yaml
 from bootstrap.core import pki
 from bootstrap.core.tls_guard import tls_problems
 from bootstrap.ops.render import render_all
-from tests.export import chart
+from tests.support import chart
 from tests.export.conftest import export, private_keys_in, public_bytes, read_tree, secrets_of
 from tests.support.binaries import configcheck_bin
 from tests.unit.conftest import make_bundle, run_main, snapshot

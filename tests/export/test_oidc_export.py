@@ -14,7 +14,7 @@ import yaml
 from bootstrap.core import pki
 from bootstrap.core.pki import CA
 from bootstrap.ops.oidc import admin_hash_path, client_secret_path
-from tests.export import chart
+from tests.support import chart
 from tests.export.conftest import export, read_tree, secrets_of
 from tests.export.test_export import KUBERNETES_VERSION, _configcheck, documents
 from tests.unit.conftest import make_bundle

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from bootstrap.core import pki
-from tests.export import chart
+from tests.support import chart
 from tests.export.conftest import secrets_of
 from tests.support.cluster import LocalCluster
 from tests.support.binaries import run_cli, temporal_cli
@@ -91,7 +91,7 @@ MOUNT_ROOT = "/etc/temporal/tls"
 
 def _with_the_charts_server_tls(cluster) -> None:
     """after_init: the server's global.tls replaced by what chart 1.6.0 composes from the exported
-    values (tests/export/chart.py), every file read from the exported Secret mounted there (the
+    values (tests/support/chart.py), every file read from the exported Secret mounted there (the
     mounts re-rooted under the work dir)."""
     dest = _export_for_kubernetes(cluster, cluster.workdir / "k8s")
     values, secrets = yaml.safe_load((dest / "values.yaml").read_text()), secrets_of(dest)
