@@ -9,7 +9,7 @@ import base64
 import pytest
 
 from tests.export.conftest import export, secrets_of
-from tests.export.kube_api import stand_in_api_server
+from tests.support.kube_api import stand_in_api_server
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from temporalio.client import Client
 from temporalio.service import RPCStatusCode, TLSConfig
 
 from tests.export.conftest import materialize, secrets_of
-from tests.export.kube_api import stand_in_api_server
+from tests.support.kube_api import stand_in_api_server
 from tests.export.test_oidc_export import env_of, manifest, web_mounts
 from tests.support.paths import REPO
 from tests.support.ports import free_port
