@@ -13,7 +13,7 @@ from bootstrap.core.tls_guard import tls_problems
 from bootstrap.ops.render import default_templates_dir
 from tests.support import chart
 from tests.export.conftest import export, read_tree
-from tests.export.tls_shapes import weakened, weakenings
+from tests.support.tls_shapes import weakened, weakenings
 from tests.unit.conftest import snapshot
 
 

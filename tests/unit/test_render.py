@@ -15,7 +15,7 @@ from bootstrap.core.config import parse_config
 from bootstrap.core.tls_guard import require_closed_tls, tls_problems
 from bootstrap.errors import BundleError
 from bootstrap.ops.render import GENERATED_MARK, default_templates_dir, render_all
-from tests.export.tls_shapes import WEAKENINGS, weakened, weakenings
+from tests.support.tls_shapes import WEAKENINGS, weakened, weakenings
 from tests.unit.conftest import make_bundle, run_main, snapshot
 
 
