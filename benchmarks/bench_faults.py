@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO))
 
 from bootstrap.core.config import load_config  # noqa: E402
 from tests.docker import faults  # noqa: E402
-from tests.docker.compose_stack import ComposeStack, build_standin_images, unique_project  # noqa: E402
+from tests.support.compose_stack import ComposeStack, build_standin_images, unique_project  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from .compose_stack import TIMINGS, ComposeStack, build_standin_images, grafana_files, grafana_image, unique_project
+from tests.support.compose_stack import TIMINGS, ComposeStack, build_standin_images, grafana_files, grafana_image, unique_project
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from tests.docker.compose_stack import REPO, ComposeStack, StackError, run
+from tests.support.compose_stack import ComposeStack, StackError, run
+from tests.support.paths import REPO
 
 LANES = 3
 SETTLE_S = 8  # load running before the fault, and after the stack answers again

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .compose_stack import REPO
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.docker
 

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from bootstrap.ops.plan import DOMAINS
 from bootstrap.store import Layout
 
-from .compose_stack import LONG_RUNNING, ONE_SHOT, TIMINGS, ComposeStack, run
+from tests.support.compose_stack import LONG_RUNNING, ONE_SHOT, TIMINGS, ComposeStack, run
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 

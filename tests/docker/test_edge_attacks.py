@@ -42,7 +42,8 @@ from bootstrap.ops.plan import DOMAINS, leaf_specs
 from bootstrap.core.security_model import LISTENERS, Listener
 from bootstrap.store import Layout
 
-from .compose_stack import GRAFANA_ABSENT, REPO, TIMINGS, ComposeStack, grafana_image, run
+from tests.support.compose_stack import GRAFANA_ABSENT, TIMINGS, ComposeStack, grafana_image, run
+from tests.support.paths import REPO
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]
 

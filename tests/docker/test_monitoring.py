@@ -28,7 +28,7 @@ from bootstrap.ops.expiry import CRITICAL, EXPIRED, WARNING, Thresholds, expiry_
 from bootstrap.core.pki import CA, utcnow
 from bootstrap.ops.render import render_all
 
-from .compose_stack import GRAFANA_ABSENT, ComposeStack, grafana_image, run
+from tests.support.compose_stack import GRAFANA_ABSENT, ComposeStack, grafana_image, run
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 

@@ -16,7 +16,7 @@ import time
 import pytest
 import yaml
 
-from .compose_stack import TIMINGS, ComposeStack, build_standin_images, unique_project
+from tests.support.compose_stack import TIMINGS, ComposeStack, build_standin_images, unique_project
 
 pytestmark = [pytest.mark.own_stack, pytest.mark.docker, pytest.mark.timeout(2400)]
 

@@ -19,7 +19,8 @@ from bootstrap.core.tokens import verify_token
 from bootstrap.core.workload_identity import GRANT_TYPE, JWT_TOKEN_TYPE
 from tests.support.kube_issuer import AUDIENCE, KubeIssuer
 
-from .compose_stack import REPO, ComposeStack, build_standin_images, unique_project
+from tests.support.compose_stack import ComposeStack, build_standin_images, unique_project
+from tests.support.paths import REPO
 from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.own_stack, pytest.mark.docker, pytest.mark.timeout(900)]

@@ -14,7 +14,7 @@ import yaml
 
 from bootstrap.errors import BundleError
 from bootstrap.ops.upgrade import NOTHING_TO_DO, Version, check_step, image_version, main, parse_version
-from tests.docker.compose_stack import REPO
+from tests.support.paths import REPO
 
 OLD = "temporalio/server:1.31.5"
 NEW_SERVER, NEW_TOOLS = "temporalio/server:1.32.2", "temporalio/admin-tools:1.32.2"

@@ -12,7 +12,6 @@ import fcntl
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -20,9 +19,9 @@ from pathlib import Path
 
 import yaml
 
+from tests.support.paths import REPO
 from tests.support.ports import free_port
 
-REPO = Path(__file__).resolve().parents[2]
 STANDIN_ENV = REPO / "build" / "standin-images.env"
 IMAGE_VARS = ("TEMPORAL_SERVER_IMAGE", "TEMPORAL_ADMINTOOLS_IMAGE", "POSTGRES_IMAGE", "TEMPORAL_UI_IMAGE", "DEX_IMAGE",
               "BUNDLE_IMAGE", "PROMETHEUS_IMAGE", "ALERTMANAGER_IMAGE")
