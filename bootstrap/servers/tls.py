@@ -26,10 +26,24 @@ class ReloadingTLS:
         self.listener = self._build()
         self.listener.sni_callback = self._select
 
+    client_ca: Path | None = None
+
+    def ask_client_certs(self, ca: Path) -> None:
+        """Ask every client for a certificate (optional: browsers send none) and verify one that is
+        sent against `ca`; the handler reads the verified one from the transport's `peercert`."""
+        self.client_ca = Path(ca)
+        self._pair = WatchedFile(self.cert, lambda _: self._build(), also=(self.key, self.client_ca))
+        self.context()
+        self.listener = self._build()
+        self.listener.sni_callback = self._select
+
     def _build(self) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(self.cert, self.key)
+        if self.client_ca is not None:
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+            ctx.load_verify_locations(self.client_ca)
         return ctx
 
     def context(self) -> ssl.SSLContext:
