@@ -229,7 +229,8 @@ class KeyringFile:
 
 
 class EncryptionCodec(temporalio.converter.PayloadCodec, temporalio.converter.WithSerializationContext):
-    """AES-256-GCM payload codec over a Keyring or KeySet, or a KeyringFile that follows rotations.
+    """AES-256-GCM payload codec over a Keyring or KeySet, a KeyringFile that follows rotations,
+    or key_client.KeyServiceKeys (the rings fetched from the key service: a worker holding no KEK).
 
     Encodes for the namespace of the SDK's serialization context, else for `namespace`."""
 
@@ -238,6 +239,9 @@ class EncryptionCodec(temporalio.converter.PayloadCodec, temporalio.converter.Wi
             keys = KeyringFile(keys, kek)
         self._keys, self.namespace = keys, namespace
         self.keyring()  # fail at construction, not on the first workflow, if the file is bad
+        check = getattr(keys, "check", None)  # a remote key source (key_client.KeyServiceKeys)
+        if check is not None and namespace:
+            check(namespace)
 
     def with_context(self, context: temporalio.converter.SerializationContext) -> "EncryptionCodec":
         namespace = getattr(context, "namespace", None)

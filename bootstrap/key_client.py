@@ -1,0 +1,179 @@
+"""Data keys from the codec server's key service, for workers that hold no key-encryption key.
+
+    from bootstrap.core.codec import data_converter
+    from bootstrap.key_client import KeyServiceKeys
+    keys = KeyServiceKeys.from_export("/etc/worker")           # what `make export ROLE=worker` wrote
+    converter = data_converter(keys, namespace="orders")
+
+The worker authenticates with its client certificate (mutual TLS) and its role's token, and gets
+only the rings of the namespaces its token may write to (servers/key_service.py). Rings live in
+this process's memory only, for the service's `ttl` (60 s); a payload with a key id the cached
+ring does not know (a rotation since) fetches the ring again, at most once per `unknown_every`.
+If the service cannot be reached, a cached ring keeps serving until `lifetime` (300 s) after it
+was fetched; a worker with no cached ring fails with one line naming the service and the cause.
+A refusal (401/403) drops the cached ring at once.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+from .core.codec import CodecError
+from .core.codec_keys import Keyring
+from .core.watched import WatchedFile
+
+LIFETIME = 300.0
+UNKNOWN_EVERY = 1.0
+TIMEOUT = 5.0
+
+
+class KeyServiceError(CodecError):
+    """The key service refused, or could not be reached and no cached ring is left."""
+
+
+@dataclass
+class _Cached:
+    ring: Keyring
+    fetched: float
+    ttl: float
+
+
+class KeyServiceKeys:
+    """The codec's key source (encrypting/decrypting/known, like a KeySet) over the key service."""
+
+    def __init__(self, url: str, *, cafile, cert, key, token_file, lifetime: float = LIFETIME,
+                 unknown_every: float = UNKNOWN_EVERY, timeout: float = TIMEOUT, clock=time.monotonic):
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise KeyServiceError(f"key service URL {url!r}: must be https://host[:port]/path")
+        self.url, self.host, self.port, self.base = url, parts.hostname, parts.port or 443, parts.path.rstrip("/")
+        self.token_file, self.lifetime, self.unknown_every = Path(token_file), lifetime, unknown_every
+        self.timeout, self.clock = timeout, clock
+        self._tls = WatchedFile(Path(cert), lambda _: self._context(cafile, cert, key), also=(Path(key), Path(cafile)))
+        self._cache: dict[str, _Cached] = {}
+        self._asked: dict[str, float] = {}
+        self._conn: http.client.HTTPSConnection | None = None
+        self._conn_context: ssl.SSLContext | None = None
+        self._lock = threading.Lock()
+        self.fetches = 0
+
+    @classmethod
+    def from_export(cls, directory, **options) -> "KeyServiceKeys":
+        """From an export directory: key-service.json, ca.pem and the role's .pem/.key/.jwt."""
+        directory = Path(directory)
+        try:
+            doc = json.loads((directory / "key-service.json").read_text())
+            [token] = sorted(directory.glob("*.jwt"))
+        except (OSError, ValueError) as exc:
+            raise KeyServiceError(f"{directory}: not a worker export with key-service.json and one token ({exc})") from None
+        role = token.stem
+        return cls(doc["url"], cafile=directory / doc.get("ca", "ca.pem"), cert=directory / f"{role}.pem",
+                   key=directory / f"{role}.key", token_file=token, **options)
+
+    # ---- the key-source interface codec.py encrypts and decrypts through
+
+    def encrypting(self, namespace: str) -> tuple[str, bytes]:
+        ring = self.ring(namespace)
+        return ring.active, ring.keys[ring.active]
+
+    def decrypting(self, key_id: str, namespace: str | None) -> bytes | None:
+        if namespace is None:
+            return None  # payloads from before the namespace binding: only the codec server opens them
+        key = self.ring(namespace).keys.get(key_id)
+        now = self.clock()
+        if key is None and now - self._asked.get(namespace, float("-inf")) >= self.unknown_every:
+            key = self.ring(namespace, refresh=True).keys.get(key_id)  # rotated since we fetched?
+        return key
+
+    def known(self) -> list[str]:
+        return sorted(k for cached in self._cache.values() for k in cached.ring.keys)
+
+    def check(self, namespace: str) -> None:
+        """Fail now, not on the first workflow, if this worker cannot get the namespace's keys."""
+        self.ring(namespace)
+
+    # ---- the cache
+
+    def ring(self, namespace: str, refresh: bool = False) -> Keyring:
+        with self._lock:
+            cached, now = self._cache.get(namespace), self.clock()
+            if cached is not None and not refresh and now - cached.fetched < cached.ttl:
+                return cached.ring
+            self._asked[namespace] = now
+            try:
+                ring, ttl = self._fetch(namespace)
+            except KeyServiceError:
+                self._cache.pop(namespace, None)  # refused: nothing cached may serve any more
+                raise
+            except (OSError, http.client.HTTPException, ssl.SSLError, ValueError) as exc:
+                if cached is not None and now - cached.fetched < self.lifetime:
+                    return cached.ring
+                raise CodecError(f"key service {self.url} unreachable ({type(exc).__name__}: {exc}); "
+                                 f"no cached data keys for namespace {namespace!r}") from None
+            self._cache[namespace] = _Cached(ring, self.clock(), min(ttl, self.lifetime))
+            return ring
+
+    def _fetch(self, namespace: str) -> tuple[Keyring, float]:
+        token = self.token_file.read_text().strip()
+        status, body = self._get(f"{self.base}/{quote(namespace, safe='')}", token)
+        self.fetches += 1
+        if status in (400, 401, 403, 404):
+            reason = _error_of(body)
+            raise KeyServiceError(f"key service {self.url} refused the data keys of namespace {namespace!r} "
+                                  f"({status}: {reason})")
+        if status != 200:
+            raise ValueError(f"HTTP {status}")
+        doc = json.loads(body)
+        if doc.get("namespace") != namespace:
+            raise ValueError("the reply is for another namespace")
+        ring = Keyring.from_doc({"active": doc["active"], "keys": doc["keys"]}, "key service reply", lambda _id, raw: raw)
+        return ring, float(doc.get("ttl", 60))
+
+    def _get(self, path: str, token: str) -> tuple[int, bytes]:
+        for attempt in (0, 1):  # a kept-alive connection the server closed meanwhile: once more, fresh
+            conn = self._connection()
+            try:
+                conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+                response = conn.getresponse()
+                return response.status, response.read(64 * 1024)
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self._conn = None
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _connection(self) -> http.client.HTTPSConnection:
+        context = self._tls.current()
+        if self._conn is None or self._conn_context is not context:  # new certificate: new connection
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=context)
+            self._conn_context = context
+        return self._conn
+
+    @staticmethod
+    def _context(cafile, cert, key) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(cafile))
+        ctx.load_cert_chain(str(cert), str(key))
+        return ctx
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def _error_of(body: bytes) -> str:
+    try:
+        return str(json.loads(body).get("error"))[:200]
+    except (ValueError, AttributeError):
+        return "no reason given"
