@@ -59,7 +59,7 @@ def keep_client_files(stack: ComposeStack) -> Path:
 def run_client_with(stack: ComposeStack, held, *args: str) -> dict:
     argv = ["docker", "run", "--rm", "--network", stack.network("edge"), "--read-only", "--cap-drop", "ALL",
             "-v", f"{held}:/bundle:ro", "-v", f"{REPO / 'tests'}:/opt/e2e/tests:ro",
-            "--workdir", "/opt/e2e", stack.images["BUNDLE_IMAGE"], "python3", "-m", "tests.docker.e2e_client", *args]
+            "--workdir", "/opt/e2e", stack.images["BUNDLE_IMAGE"], "python3", "-m", "tests.support.e2e_client", *args]
     result = run(argv, timeout=180, check=False)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     assert lines, (result.stdout[-3000:], result.stderr[-3000:])

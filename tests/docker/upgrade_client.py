@@ -27,7 +27,7 @@ from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from bootstrap.client import connect
-from tests.docker.e2e_client import ADDRESS, BUNDLE, NAMESPACE, SERVER_NAME
+from tests.support.e2e_client import ADDRESS, BUNDLE, NAMESPACE, SERVER_NAME
 
 SIGNAL_VALUE = "go after the upgrade"
 

@@ -298,8 +298,8 @@ class ComposeStack:
         return {line.split()[1]: line.split()[0] for line in out.splitlines() if line.strip()}
 
     def run_client(self, *args: str, network: str = "edge", timeout: float = 180, volumes: tuple[str, ...] = (),
-                   user: str | None = None, module: str = "tests.docker.e2e_client") -> dict:
-        """tests/docker/e2e_client.py (as a module of the tests package) in the bundle image on the compose network, with the client
+                   user: str | None = None, module: str = "tests.support.e2e_client") -> dict:
+        """tests/support/e2e_client.py (as a module of the tests package) in the bundle image on the compose network, with the client
         volumes read-only (and `volumes`, more bundle directories, e.g. "dbclient"); its JSON result (raises if it
         printed none). `user` for reading another service's 0600 key (e.g. "1000:1000" for dbclient/)."""
         argv = [

@@ -1,6 +1,6 @@
 """Runs INSIDE a container on the compose network (the bundle image: Python SDK + bootstrap.client),
 with the bundle's trust/, clients/ and tokens/ volumes mounted read-only under /bundle and this
-tests package importable (python3 -m tests.docker.e2e_client ...).
+tests package importable (python3 -m tests.support.e2e_client ...).
 
     python3 e2e_client.py run WORKFLOW_ID     worker (worker cert + token) and starter (client
                                               cert + token) to a completed workflow
