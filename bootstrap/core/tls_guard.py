@@ -4,7 +4,7 @@ open to any client, is refused before it is written anywhere.
 Temporal (v1.31.2) builds a listener's TLS only when the group's `server` section has a
 certificate: a `server` section with client CAs but no certFile/keyFile is TLS off, a plaintext
 listener (on the internal-frontend, system admin for every caller). Helm chart values that look
-right can compose exactly that (see bootstrap/ops/export_helm.py), so the rendered config itself is
+right can compose exactly that (see bootstrap/ops/export_helm/export.py), so the rendered config itself is
 checked, not the values that made it.
 """
 
