@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.own_stack, pytest.mark.docker, pytest.mark.timeout(240
 OLD_RELEASE = os.environ.get("UPGRADE_FROM_RELEASE", "1.31.2")
 SERVER_VARS = ("TEMPORAL_SERVER_IMAGE", "TEMPORAL_ADMINTOOLS_IMAGE")
 DONE_ID, TIMER_ID, SIGNAL_ID, QUEUE = "up-completed", "up-timer", "up-signal", "up-waiting-queue"
-CLIENT = "tests.docker.upgrade_client"
+CLIENT = "tests.support.upgrade_client"
 TIMER_SECONDS = "45"  # longer than backup + schema job + server replacement take to start
 
 

@@ -1,14 +1,14 @@
 """Runs INSIDE a container on the compose network (like e2e_client.py, whose volumes and
 environment it shares): workflows that wait across `make upgrade`.
 
-    python3 -m tests.docker.upgrade_client start QUEUE TIMER_ID SIGNAL_ID SECONDS
+    python3 -m tests.support.upgrade_client start QUEUE TIMER_ID SIGNAL_ID SECONDS
         a worker on QUEUE starts a workflow sleeping SECONDS and one waiting for a signal, and
         stops once both have a timer / a completed first workflow task (they then wait on the server)
-    python3 -m tests.docker.upgrade_client finish QUEUE TIMER_ID SIGNAL_ID
+    python3 -m tests.support.upgrade_client finish QUEUE TIMER_ID SIGNAL_ID
         a worker on QUEUE; signal the waiting workflow; both must complete
-    python3 -m tests.docker.upgrade_client reader WORKFLOW_ID
+    python3 -m tests.support.upgrade_client reader WORKFLOW_ID
         the `reader` role (<ns>:read) can describe WORKFLOW_ID and is denied starting a workflow
-    python3 -m tests.docker.upgrade_client history WORKFLOW_ID
+    python3 -m tests.support.upgrade_client history WORKFLOW_ID
         its status and event type names (EVENT_TYPE_TIMER_FIRED, ...), as the client role
 
 Prints one JSON object on stdout; exit 0 when every expectation held.
