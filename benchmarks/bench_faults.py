@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The fault matrix under load, as figures: `make up` on stand-in images (a stack of its own), then
-tests/docker/fault_load.py's steady load of workflow starts, signals and completions while each
+tests/support/fault_load.py's steady load of workflow starts, signals and completions while each
 fault of tests/docker/faults.py is injected in turn. Prints the table of benchmarks/RESULTS.md, and for the codec
 server's outage whether a decode failed while it was down and how soon one worked again.
 

@@ -1,5 +1,5 @@
 """The fault matrix's machinery, shared by tests/docker/test_faults.py and benchmarks/bench_faults.py:
-run tests/docker/fault_load.py in a container on the edge network, inject one fault into the
+run tests/support/fault_load.py in a container on the edge network, inject one fault into the
 compose stack on the real engine, stop the load, and measure.
 
 Per fault: workflows lost (every id whose start succeeded must complete, checked by id; "late"
@@ -58,7 +58,7 @@ def load_argv(stack: ComposeStack, *args: str, detach: bool = True) -> list[str]
         "-v", f"{stack.volume('bundle-codec-keys')}:/bundle/codec-keys:ro",
         "-v", f"{stack.volume('bundle-codec-kek')}:/bundle/codec-kek:ro",
         "-v", f"{REPO / 'tests'}:/opt/e2e/tests:ro", "--workdir", "/opt/e2e",
-        stack.images["BUNDLE_IMAGE"], "python3", "-m", "tests.docker.fault_load", *args,
+        stack.images["BUNDLE_IMAGE"], "python3", "-m", "tests.support.fault_load", *args,
     ]
 
 

@@ -1,5 +1,5 @@
 """The fault matrix under load, on the docker tier's shared stack (real engine, real server, real
-PostgreSQL): a steady load of workflow starts, signals and completions (tests/docker/fault_load.py,
+PostgreSQL): a steady load of workflow starts, signals and completions (tests/support/fault_load.py,
 in a container on the edge network) runs while one fault at a time is injected. Each fault must
 lose no workflow (every started id completes, checked by id) and the load must be back within
 the fault's bound; the figures are printed as the table in benchmarks/RESULTS.md.

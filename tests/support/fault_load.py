@@ -1,7 +1,7 @@
 """A steady load for the fault matrix. Runs INSIDE a container on the edge network (the bundle
 image, the client volumes read-only, this tests package importable), like e2e_client.py:
 
-    python3 -m tests.docker.fault_load LANES
+    python3 -m tests.support.fault_load LANES
 
 Each lane, over and over: start a workflow with a fresh id, signal it, and move on; the worker
 completes it once signalled. A call that fails is counted and retried as an application would
@@ -9,7 +9,7 @@ completes it once signalled. A call that fails is counted and retried as an appl
 the lanes finish their current workflow, then every started id must complete: the last line on
 stdout is a JSON summary (ids started, completed, late, every call's time and outcome).
 
-    python3 -m tests.docker.fault_load finish QUEUE ID...
+    python3 -m tests.support.fault_load finish QUEUE ID...
 
 A fresh worker on QUEUE for the ids that were late: those still not complete are lost.
 
