@@ -198,7 +198,7 @@ def all_credentials(stack: ComposeStack, config, workdir: Path) -> list[Credenti
 
 def run_attacker(stack: ComposeStack, workdir: Path, command: str, plan: dict, timeout: float,
                  network: str | None = None) -> dict:
-    """tests/docker/attack_probe.py in the bundle image, on the edge network only (`network`: another
+    """tests/support/attack_probe.py in the bundle image, on the edge network only (`network`: another
     docker network for the controls, e.g. container:ID for a service's own loopback)."""
     plan_name = f"{command}-{len(list(workdir.glob('*.json')))}.json"
     (workdir / plan_name).write_text(json.dumps(plan))
@@ -212,7 +212,7 @@ def run_attacker(stack: ComposeStack, workdir: Path, command: str, plan: dict, t
         "--user", "0:0", "--cap-drop", "ALL", "--cap-add", "DAC_OVERRIDE", "--security-opt", "no-new-privileges:true",
         *volumes, "-v", f"{workdir}:{FORGED}:ro",
         "-v", f"{REPO / 'tests'}:/opt/e2e/tests:ro", "--workdir", "/opt/e2e",
-        stack.images["BUNDLE_IMAGE"], "python3", "-m", "tests.docker.attack_probe", command, str(FORGED / plan_name),
+        stack.images["BUNDLE_IMAGE"], "python3", "-m", "tests.support.attack_probe", command, str(FORGED / plan_name),
     ]
     result = run(argv, timeout=timeout, check=False)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]

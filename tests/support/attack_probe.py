@@ -3,8 +3,8 @@ the bundle's certificate volumes and the test's forged certificates mounted read
 (listener, credential) probe is `temporal-bundle verify`'s own (bootstrap/ops/verify.py, installed
 in the image); the namespace attempts use `temporal` (the CLI).
 
-    python3 -m tests.docker.attack_probe matrix PLAN.json      every (listener, credential) probe
-    python3 -m tests.docker.attack_probe namespaces PLAN.json  namespace creation attempts
+    python3 -m tests.support.attack_probe matrix PLAN.json      every (listener, credential) probe
+    python3 -m tests.support.attack_probe namespaces PLAN.json  namespace creation attempts
 
 PLAN.json is written by tests/docker/test_edge_attacks.py, which also holds the expectations:
 this side only reports what happened, as one JSON object on stdout.
@@ -33,7 +33,7 @@ import sys
 import time
 
 from bootstrap.core.verify_plan import Credential, Pair, Probe
-from bootstrap.ops.verify import probe_pair
+from bootstrap.ops.verify_probe import probe_pair
 
 
 def probe(spec: dict) -> str:
