@@ -329,3 +329,72 @@ def test_a_file_bundle_moved_to_pkcs11(token, tmp_path):
     assert all(is_reference(p.read_bytes()) for p in root_key_files(out))
     assert files_with_private_pem(out) == leaf_key_paths(config, out)
     assert_consistent(config, out)
+
+
+# --------------------------------------------------------------------------- per-namespace custody (issue 28)
+
+
+def test_per_namespace_keks_in_the_token_are_non_extractable_and_open_only_their_namespace(token, hsm_bundle):
+    """migrate-codec-keys under pkcs11: one AES key per namespace in the token, labelled
+    <kek_label>:<ns>, each sensitive and never extractable; each ring unwraps with its own only."""
+    config, out = hsm_bundle
+    before = json.loads((out / "codec-keys/keys.json").read_text())
+    result = token.cli("migrate-codec-keys", "--config", config, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "orders.json: migrated from keys.json" in result.stdout, result.stdout
+    assert not (out / "codec-kek").exists(), "no KEK file under pkcs11"
+    for ns in ("orders", "payments"):
+        ring = json.loads((out / f"codec-keys/{ns}.json").read_text())
+        assert ring["kek"].startswith(f"pkcs11:temporal-bundle-codec-kek:{ns}:"), ring["kek"]
+        assert set(ring["keys"]) == set(before["namespaces"][ns]["keys"])
+        found = token.python(PROBE, token.module, token.label, PIN, f"temporal-bundle-codec-kek:{ns}")
+        assert found.returncode == 0, found.stderr
+        got = json.loads(found.stdout)["kek"]
+        assert got["sensitive"] and not got["extractable"] and got["never_extractable"] and got["local"], got
+        assert got["read"] == "AttributeSensitive" and got["wrap"].startswith("KeyUnextractable"), got
+    code = """
+import sys
+from pathlib import Path
+from bootstrap.core import backend
+from bootstrap.core.config import load_config
+from bootstrap.core.codec import KeyringFile, encrypt, decrypt
+from bootstrap.core.namespace_keys import parse_ring
+from bootstrap.store import Layout
+from temporalio.api.common.v1 import Payload
+config, layout = load_config(sys.argv[1]), Layout(Path(sys.argv[2]))
+keks = backend.codec_kek_for_serving(config, layout)
+keys = KeyringFile(layout.codec_keys, keks).current()
+p = Payload(metadata={"encoding": b"json/plain"}, data=b'"x"')
+assert decrypt(encrypt(p, keys, "payments"), keys) == p
+try:
+    parse_ring((layout.codec_keys.parent / "payments.json").read_bytes(), "payments", keks.kek("orders"), "payments.json")
+except Exception as exc:
+    print("refused:", exc)
+print(sorted(keys.rings))
+"""
+    result = token.python(code, config, out)
+    assert result.returncode == 0, result.stderr
+    assert "['orders', 'payments']" in result.stdout and "refused: payments.json: wrapped by key-encryption key" in result.stdout
+    rotated = token.cli("rotate", "--config", config, "--out", out, "--kind", "codec-key", "--namespace", "orders")
+    assert rotated.returncode == 0, rotated.stderr
+    again = token.cli("migrate-codec-keys", "--config", config, "--out", out)
+    assert again.returncode == 0 and again.stdout.count("already migrated, skipped") == 3, again.stdout
+
+
+def test_a_per_namespace_file_bundle_moved_to_pkcs11(token, tmp_path):
+    """Per-namespace file KEKs, then keys.backend pkcs11: init re-wraps each ring under its own
+    token key and drops that namespace's codec-kek/<ns>.key; the data keys stay the same."""
+    config, out = tmp_path / "bundle.yaml", tmp_path / "out"
+    config.write_text(token.config().split("keys:")[0])
+    assert token.cli("init", "--config", config, "--out", out, "-q").returncode == 0
+    assert token.cli("migrate-codec-keys", "--config", config, "--out", out, "-q").returncode == 0
+    before = {ns: json.loads((out / f"codec-keys/{ns}.json").read_text()) for ns in ("orders", "payments")}
+    assert all(doc["kek"].startswith("file:") for doc in before.values())
+    config.write_text(token.config())
+    moved = token.cli("init", "--config", config, "--out", out)
+    assert moved.returncode == 0, moved.stderr
+    assert moved.stdout.count("re-wrapped under the new backend's key-encryption key") == 2, moved.stdout
+    assert not list((out / "codec-kek").glob("*.key"))
+    for ns, doc in before.items():
+        after = json.loads((out / f"codec-keys/{ns}.json").read_text())
+        assert after["kek"].startswith(f"pkcs11:temporal-bundle-codec-kek:{ns}:") and set(after["keys"]) == set(doc["keys"])
