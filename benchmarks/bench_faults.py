@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The fault matrix under load, as figures: `make up` on stand-in images (a stack of its own), then
 tests/support/fault_load.py's steady load of workflow starts, signals and completions while each
-fault of tests/docker/faults.py is injected in turn. Prints the table of benchmarks/RESULTS.md, and for the codec
+fault of tests/support/faults.py is injected in turn. Prints the table of benchmarks/RESULTS.md, and for the codec
 server's outage whether a decode failed while it was down and how soon one worked again.
 
     python3 benchmarks/bench_faults.py [--keep]
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bootstrap.core.config import load_config  # noqa: E402
-from tests.docker import faults  # noqa: E402
+from tests.support import faults  # noqa: E402
 from tests.support.compose_stack import ComposeStack, build_standin_images, unique_project  # noqa: E402
 
 

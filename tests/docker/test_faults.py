@@ -24,7 +24,7 @@ import pytest
 from bootstrap.core.config import load_config
 
 from tests.support.compose_stack import LONG_RUNNING
-from .faults import (
+from tests.support.faults import (
     TABLE_HEAD, Outcome, bundle_command, digests, free_space, full_volume_copy, refresher_window_s,
     remove_volume, service_faults, under_fault, wait_healthy,
 )
