@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from bootstrap.core.hsm import is_reference, label_for, parse_reference
 
 from tests.support.compose_stack import HSM_PIN_PATH, HSM_TOKEN_LABEL, SOFTHSM_MODULE, TIMINGS, ComposeStack, build_standin_images, run, unique_project
-from .key_search import KeySearch
+from tests.support.key_search import KeySearch
 
 pytestmark = [pytest.mark.docker, pytest.mark.own_stack]
 WORKFLOW_ID = "pkcs11-stack-workflow"

@@ -1,4 +1,4 @@
-"""The private-key search of the pkcs11 stack test (tests/docker/key_search.py) finds a key of ours
+"""The private-key search of the pkcs11 stack test (tests/support/key_search.py) finds a key of ours
 in every form it claims to, and only ours: a search that finds nothing must be able to find."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization as s
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.docker.key_search import KeySearch
+from tests.support.key_search import KeySearch
 
 NOISE = b"\x00\x30\x82 some bytes \x30\x13\x06\x07" * 50
 
