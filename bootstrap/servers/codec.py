@@ -46,7 +46,7 @@ from .auth import SYSTEM_NAMESPACE, Authenticator, JWKSUnavailable, grants, key_
 from .events import Refusal, clip, log_event
 from .http import Budget, Limits, cors_headers, cors_middleware
 from .http import declared_length, read_body, refusal_reply, reply, stream_reply
-from .service import Service
+from .service import ErrorReplies, Service
 from .tls import ReloadingTLS
 from .wire import b64, count_values, parse_items, parse_payloads, payload_json, render, render_payloads
 
@@ -56,6 +56,10 @@ NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 # preflight passes, and ignored (only Authorization is checked).
 ALLOW_HEADERS = "Authorization, Authorization-Extras, Content-Type, X-Namespace"
 ALLOW_METHODS = "POST, OPTIONS"
+# Any path whose last segment is encode or decode, trailing slashes allowed. aiohttp matches routes
+# against the path with %2F still encoded (request.path has it decoded): a separator is either.
+_SEP = "(?:/|%2F)"
+CODEC_PATH = "/{prefix:(?:.*%s)?}{action:encode|decode}{slash:%s*}" % (_SEP, _SEP)
 # Bodies up to this size and this many JSON values (a Web UI batch: a few payloads of about a
 # dozen each) are handled on the event loop; the rest in a thread, so that the loop keeps answering
 # while 64 KiB of "[]," (20k values) is parsed.
@@ -109,11 +113,6 @@ class _Audit:
                       remote=self.remote, status=status, outcome=outcome, **counts)
 
 
-def _action(path: str) -> str | None:
-    last = path.rstrip("/").rsplit("/", 1)[-1]
-    return last if last in ("encode", "decode") else None
-
-
 class CodecHandlers:
     def __init__(self, keys: KeyringFile, auth: Authenticator, policy: Policy, limits: Limits, audit: bool):
         self.keys, self.auth, self.policy, self.limits, self.audit = keys, auth, policy, limits, audit
@@ -121,19 +120,7 @@ class CodecHandlers:
         # One thread: under the GIL a second one would only add switching; large bodies take turns anyway.
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codec")
 
-    # ---- routing
-
-    async def route(self, request: web.Request) -> web.StreamResponse:
-        action = _action(request.path)
-        if request.method == "OPTIONS":
-            return self.preflight(request)
-        if request.method == "GET" and request.path == "/healthz":
-            return await self.health()
-        if request.method == "POST" and action:
-            return await self.codec(request, action)
-        if action:
-            return reply(405, {"error": "use POST"}, {"Allow": ALLOW_METHODS}, close=request.body_exists)
-        return reply(404, {"error": "not found"}, close=request.body_exists)
+    # ---- the CORS preflight (any path) and health
 
     def preflight(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Origin") not in self.policy.ui_origins:
@@ -142,7 +129,7 @@ class CodecHandlers:
             "Access-Control-Allow-Methods": ALLOW_METHODS, "Access-Control-Allow-Headers": ALLOW_HEADERS,
             "Access-Control-Max-Age": "600"})
 
-    async def health(self) -> web.StreamResponse:
+    async def health(self, request: web.Request) -> web.StreamResponse:
         try:
             self.keys.current()
             await self.auth.jwks.key_set()
@@ -156,22 +143,22 @@ class CodecHandlers:
 
     # ---- one codec request
 
-    async def codec(self, request: web.Request, action: str) -> web.StreamResponse:
+    async def codec(self, request: web.Request) -> web.StreamResponse:
+        action = request.match_info["action"]
         audit = _Audit(action, request.remote, self.audit)
-        body_read = False
         try:
             claims = await self.admit(request, audit)
             length = declared_length(request, self.limits)
             budget = self.small if length <= SMALL_BODY else self.large
             async with budget.hold(length, self.limits.body_timeout):
-                body, body_read = await read_body(request, length, self.limits), True
+                body = await read_body(request, length, self.limits)
                 status, result, outcome, counts = await self.transform(action, claims, audit.namespace, body)
                 del body
                 audit.write(status, outcome, **counts)
                 return await stream_reply(request, result, cors_headers(request, self.policy.ui_origins))
         except Refusal as refusal:
             audit.write(refusal.status, "refused", reason=refusal.message, detail=refusal.detail)
-            return refusal_reply(refusal, body_unread=not body_read)
+            raise  # answered by the service's error middleware
 
     async def admit(self, request: web.Request, audit: _Audit) -> dict:
         """Origin, token and role; raises Refusal. Nothing of the body has been read yet."""
@@ -276,6 +263,19 @@ def _memo(decide):
     return cached
 
 
+def _not_found() -> web.Response:
+    return reply(404, {"error": "not found"})
+
+
+def _not_allowed(path: str, allowed: set[str]) -> web.Response:
+    if path == "/healthz":  # GET only, and any other method there a 404, as it has always been
+        return _not_found()
+    methods = sorted(allowed)  # OPTIONS, the preflight, is answered on every path
+    return reply(405, {"error": "use " + " or ".join(methods)}, {"Allow": ", ".join([*methods, "OPTIONS"])})
+
+
+REPLIES = ErrorReplies(_not_found, _not_allowed, refusal_reply)
+
 
 def make_server(
     host: str,
@@ -298,9 +298,11 @@ def make_server(
     jwks = key_sources(jwks_path, jwks_urls, jwks_cafile)
     tls = ReloadingTLS(cert, key) if cert and key else None
     handlers = CodecHandlers(keys, Authenticator(jwks, policy.audience, policy.issuers), policy, limits, audit)
-    app = web.Application(middlewares=[cors_middleware(policy.ui_origins)], client_max_size=limits.max_body)
-    app.router.add_route("*", "/{tail:.*}", handlers.route)
+    app = web.Application(middlewares=[cors_middleware(policy.ui_origins, handlers.preflight)],
+                          client_max_size=limits.max_body)
+    app.router.add_route("GET", "/healthz", handlers.health)
+    app.router.add_route("POST", CODEC_PATH, handlers.codec)
     app.on_cleanup.append(lambda _app: jwks.close())
-    service = Service(app, host, port, tls, limits)
+    service = Service(app, host, port, tls, limits, REPLIES)
     service.jwks = jwks
     return service

@@ -39,10 +39,10 @@ def reply(status: int, doc: dict, headers: dict | None = None, close: bool = Fal
     return response
 
 
-def refusal_reply(refusal: Refusal, body_unread: bool) -> web.Response:
+def refusal_reply(refusal: Refusal) -> web.Response:
+    """The service's error middleware closes the connection when the body was not read."""
     headers = {"WWW-Authenticate": 'Bearer realm="temporal-codec"'} if refusal.status == 401 else None
-    # An unread body is never drained: the connection closes instead, so refusing costs nothing.
-    return reply(refusal.status, {"error": refusal.message}, headers, close=body_unread)
+    return reply(refusal.status, {"error": refusal.message}, headers)
 
 
 class Budget:
@@ -113,10 +113,16 @@ def cors_headers(request: web.BaseRequest, origins: tuple[str, ...]) -> dict:
     return {"Vary": "Origin", "Access-Control-Allow-Origin": origin, "Access-Control-Allow-Credentials": "true"}
 
 
-def cors_middleware(origins: tuple[str, ...]):
+def cors_middleware(origins: tuple[str, ...], preflight=None):
+    """With `preflight(request) -> response`, an OPTIONS request on any path is a CORS preflight,
+    answered before (and whatever) the router found."""
+
     @web.middleware
     async def cors(request: web.BaseRequest, handler):
-        response = await handler(request)
+        if preflight is not None and request.method == "OPTIONS":
+            response = preflight(request)
+        else:
+            response = await handler(request)
         if not response.prepared:  # a streamed reply set them itself
             response.headers.update(cors_headers(request, origins))
         return response

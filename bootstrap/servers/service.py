@@ -8,11 +8,15 @@ import gc
 import logging
 import resource
 import threading
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 from aiohttp import web
 
 from .connections import READ_BUFFER, ConnectionGuard, Protocol, listen
-from .events import clip, log_event
+from .events import Refusal, clip, log_event
 from .http import SERVER, Limits, reply
 from .tls import ReloadingTLS, shrink_tls_buffers
 
@@ -35,18 +39,39 @@ def raise_fd_limit(wanted: int) -> None:
 # --------------------------------------------------------------------------- the service
 
 
+@dataclass(frozen=True)
+class ErrorReplies:
+    """A service's own JSON for a path no route has, a method a route does not take (given the
+    path and the methods its routes do take), and a handler's Refusal."""
+
+    not_found: Callable[[], web.Response]
+    not_allowed: Callable[[str, set[str]], web.Response]
+    refused: Callable[[Refusal], web.Response]
+
+    def answer(self, request: web.BaseRequest, error: Exception) -> web.Response:
+        if isinstance(error, Refusal):
+            return self.refused(error)
+        if isinstance(error, web.HTTPMethodNotAllowed):
+            return self.not_allowed(request.path, set(error.allowed_methods))
+        return self.not_found()
+
+
 class Service:
     """An aiohttp application on a guarded listener, with the interface of socketserver's
     servers: `server_address`, `serve_forever()` (blocks), `shutdown()` (from another thread),
-    `server_close()`."""
+    `server_close()`. With `replies`, the router's 404 and 405 and a handler's Refusal are answered
+    with them; without, aiohttp's own answers stand."""
 
-    def __init__(self, app: web.Application, host: str, port: int, tls: ReloadingTLS | None, limits: Limits):
+    def __init__(self, app: web.Application, host: str, port: int, tls: ReloadingTLS | None, limits: Limits,
+                 replies: ErrorReplies | None = None):
         raise_fd_limit(limits.max_connections + 64)
         quiet_library_logs()
         shrink_tls_buffers()
         self.app, self.tls, self.limits = app, tls, limits
         self.guard = ConnectionGuard(limits)
-        app.middlewares[0:0] = [self.guard.middleware(), _errors]
+        app.middlewares.insert(0, self.guard.middleware())
+        # Innermost: an error reply is the application's reply, with its CORS headers.
+        app.middlewares.append(_errors(replies))
         app.on_response_prepare.append(_server_header)
         self.socket = listen(host, port, self.guard)
         self.server_address = self.socket.getsockname()[:2]
@@ -90,17 +115,33 @@ class Service:
         self.socket.close()
 
 
-@web.middleware
-async def _errors(request: web.BaseRequest, handler):
-    """A bug answers 500 without internals and leaves one event in the log (aiohttp's own
-    logger, which would print the traceback, is quiet)."""
-    try:
-        return await handler(request)
-    except (web.HTTPException, ConnectionError, asyncio.CancelledError):
-        raise
-    except Exception as exc:  # noqa: BLE001 (the point is to catch what nothing else did)
-        log_event("internal-error", path=clip(request.path), error=type(exc).__name__, detail=clip(exc))
-        return reply(500, {"error": "internal error"}, close=True)
+def _errors(replies: ErrorReplies | None):
+    @web.middleware
+    async def errors(request: web.BaseRequest, handler):
+        """A bug answers 500 without internals and leaves one event in the log: the exception's
+        type and where it was raised, never its text (it may quote a payload) or a traceback
+        (aiohttp's own logger, which would print one, is quiet)."""
+        try:
+            return await handler(request)
+        except (web.HTTPNotFound, web.HTTPMethodNotAllowed, Refusal) as error:
+            if replies is None:
+                raise
+            response = replies.answer(request, error)
+        except (web.HTTPException, ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 (the point is to catch what nothing else did)
+            log_event("internal-error", path=clip(request.path), error=type(exc).__name__, at=_raised_at(exc))
+            return reply(500, {"error": "internal error"}, close=True)
+        if request.body_exists and not request.content.at_eof():
+            response.force_close()  # an unread body is never drained: the connection closes instead
+        return response
+
+    return errors
+
+
+def _raised_at(exc: Exception) -> str | None:
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else None
 
 
 async def _server_header(request: web.BaseRequest, response: web.StreamResponse) -> None:

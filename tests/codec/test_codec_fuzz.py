@@ -9,9 +9,10 @@ import http.client
 import json
 import textwrap
 import threading
+import urllib.parse
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from temporalio.api.common.v1 import Payload
 
@@ -125,3 +126,101 @@ def test_any_request_is_a_2xx_or_a_4xx_and_writes_nothing(server, capfd, body, p
     log = capfd.readouterr().err
     assert "Traceback" not in log and '"internal-error"' not in log, log
     assert snapshot(out) == before
+
+
+# --------------------------------------------------------------------------- routing
+
+# The routing the codec server has always had, written down once: only the last path segment
+# (decoded, trailing slashes ignored) selects encode or decode, so `https://codec:8888/{ns}/decode`
+# works; OPTIONS anywhere is a CORS preflight; GET /healthz; everything else a JSON 404.
+UI = "https://ui.example.com"
+SEGMENTS = st.sampled_from(["decode", "encode", "healthz", "orders", "", ".", "..", "%2F", "%2f", "%25", "%64ecode",
+                            "decode%2F", "%2Fdecode", "x%252Fdecode", "decod%C3%A9", "DECODE", "~a-b_c"])
+raw_paths = st.builds(lambda parts, tail, query: "/" + "/".join(parts) + tail + query,
+                      st.lists(SEGMENTS | st.text("abcdefz019-._~:@!$&'()*+,;=", max_size=6), max_size=4),
+                      st.sampled_from(["", "/", "//", "%2F"]), st.sampled_from(["", "?x=1", "?decode"]))
+METHODS = st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "PROPFIND"])
+
+
+def expected_route(method: str, raw_path: str) -> str:
+    path = urllib.parse.unquote(raw_path.split("?", 1)[0])
+    action = path.rstrip("/").rsplit("/", 1)[-1] in ("encode", "decode")
+    if method == "OPTIONS":
+        return "preflight"
+    if method == "GET" and path == "/healthz":
+        return "health"
+    if action:
+        return "codec" if method == "POST" else "not allowed"
+    return "not found"
+
+
+@pytest.fixture(scope="module")
+def routed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("codec-routes")
+    config, out = root / "bundle.yaml", root / "out"
+    config.write_text(CONFIG)
+    assert main(["init", "--config", str(config), "--out", str(out), "-q"]) == 0
+    served = make_server("127.0.0.1", 0, keys_path=out / "codec-keys/keys.json", jwks_path=out / "jwks/jwks.json",
+                         kek=FileKek.load(out / "codec-kek/kek.key"), policy=Policy("temporal", ui_origins=(UI,)))
+    threading.Thread(target=served.serve_forever, daemon=True).start()
+    yield served.server_address[1]
+    served.shutdown()
+    served.server_close()
+
+
+def send(port: int, method: str, path: str, headers: dict, body: bytes | None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response, response.read()
+    finally:
+        conn.close()
+
+
+EDGES = [("POST", "/healthz"), ("HEAD", "/healthz"), ("GET", "/healthz/"), ("GET", "/healthz?x=1"), ("POST", "/orders/decode"),
+         ("POST", "/decode/"), ("POST", "//encode"), ("POST", "/a%2Fdecode"), ("PUT", "/decode%2F"), ("HEAD", "/decode"),
+         ("POST", "/a%252Fdecode"), ("POST", "/decodex"), ("OPTIONS", "/nowhere"), ("OPTIONS", "*"), ("POST", "/")]
+
+
+def with_edges(test):
+    for method, path in EDGES:
+        test = example(method=method, path=path, origin=None, body=b"{}")(test)
+    return test
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=METHODS, path=raw_paths, origin=st.sampled_from([None, UI, "https://evil.example"]),
+       body=st.sampled_from([None, b"", b"{}", b"x" * 300]))
+@with_edges
+def test_any_path_and_method_is_routed_as_it_always_was(routed, capfd, method, path, origin, body):
+    headers = {"Origin": origin} if origin else {}
+    response, data = send(routed, method, path, headers, body)
+    route, log = expected_route(method, path), capfd.readouterr().err
+    assert "Traceback" not in log and '"internal-error"' not in log, log
+    assert response.getheader("Vary") == "Origin"
+    assert response.getheader("Access-Control-Allow-Origin") == (origin if origin == UI else None)
+    assert response.getheader("Cache-Control") == (None if route == "preflight" and origin == UI else "no-store")
+    doc = json.loads(data) if method != "HEAD" and response.status != 204 else None
+    unread = bool(body)  # nothing here reads a body: every request is refused before that
+    if route == "preflight":
+        assert (response.status, doc) == ((204, None) if origin == UI else (403, {"error": "origin not allowed"}))
+        assert response.getheader("Access-Control-Allow-Methods") == ("POST, OPTIONS" if origin == UI else None)
+        return
+    if route == "health":
+        assert (response.status, doc) == (200, {"status": "ok"})
+        return
+    events = [json.loads(line) for line in log.splitlines() if '"event":"codec"' in line]
+    if route == "codec":
+        expected = (403, {"error": "origin not allowed"}) if origin not in (None, UI) else (401, doc)
+        assert (response.status, doc) == expected and doc["error"]
+        assert [(e["status"], e["outcome"]) for e in events] == [(response.status, "refused")]
+        assert unread <= response.will_close
+        return
+    assert events == []
+    if route == "not allowed":
+        assert (response.status, response.getheader("Allow")) == (405, "POST, OPTIONS")
+        assert doc in (None, {"error": "use POST"})
+    else:
+        assert response.status == 404 and doc in (None, {"error": "not found"})
+    assert response.will_close == unread
