@@ -35,7 +35,7 @@ from bootstrap.core.config import parse_config
 from bootstrap.ops.plan import codec_sans
 from bootstrap.errors import BundleError
 from bootstrap.store import Layout, Skip, Write
-from tests.unit.conftest import make_bundle
+from tests.support.bundles import make_bundle
 
 NOW = datetime(2026, 1, 2, tzinfo=timezone.utc)
 CONFIG = textwrap.dedent("""\

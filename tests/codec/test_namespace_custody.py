@@ -24,7 +24,7 @@ from bootstrap.core.kek import FileKek
 from bootstrap.core.namespace_keys import parse_ring
 from bootstrap.core.pki import utcnow
 from bootstrap.store import Layout, apply
-from tests.unit.conftest import make_bundle
+from tests.support.bundles import make_bundle
 
 CONFIG = textwrap.dedent("""\
     namespaces: [{name: orders}, {name: payments}]

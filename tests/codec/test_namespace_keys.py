@@ -19,7 +19,7 @@ from bootstrap.core.codec_keys import Keyring, KeySet, KeyringMismatch
 from bootstrap.core.kek import FileKek
 from bootstrap.core.pki import utcnow
 from tests.codec.test_codec_unit import legacy_encrypt
-from tests.unit.conftest import make_bundle
+from tests.support.bundles import make_bundle
 
 CONFIG = textwrap.dedent("""\
     namespaces: [{name: orders}, {name: payments}]

@@ -11,7 +11,7 @@ import yaml
 
 from bootstrap.core import pki
 from bootstrap.errors import BundleError
-from tests.unit.conftest import Bundle, make_bundle, run_main
+from tests.support.bundles import Bundle, make_bundle, run_main
 
 CONFIG = """\
 namespaces: [{name: default}, {name: other}]

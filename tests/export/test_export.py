@@ -16,7 +16,7 @@ from bootstrap.ops.render import render_all
 from tests.support import chart
 from tests.export.conftest import export, private_keys_in, public_bytes, read_tree, secrets_of
 from tests.support.binaries import configcheck_bin
-from tests.unit.conftest import make_bundle, run_main, snapshot
+from tests.support.bundles import make_bundle, run_main, snapshot
 
 # A current Kubernetes version whose schemas kubernetes-validate ships (no download needed).
 KUBERNETES_VERSION = "1.37.0"

@@ -17,7 +17,7 @@ from bootstrap.ops.oidc import admin_hash_path, client_secret_path
 from tests.support import chart
 from tests.export.conftest import export, read_tree, secrets_of
 from tests.export.test_export import KUBERNETES_VERSION, _configcheck, documents
-from tests.unit.conftest import make_bundle
+from tests.support.bundles import make_bundle
 
 
 def env_of(values: dict, component: str = "web") -> dict:

@@ -14,7 +14,7 @@ from bootstrap.ops.render import default_templates_dir
 from tests.support import chart
 from tests.export.conftest import export, read_tree
 from tests.support.tls_shapes import weakened, weakenings
-from tests.unit.conftest import snapshot
+from tests.support.bundles import snapshot
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from tests.export.conftest import materialize, private_keys_in, public_bytes, se
 from tests.support.kube_api import SERVICE_ACCOUNT_TOKEN, stand_in_api_server
 from tests.export.test_oidc_export import manifest
 from tests.export.test_workload_identity_export import by_kind
-from tests.unit.conftest import run_main
+from tests.support.bundles import run_main
 
 GATE_SECRET, CLUSTER_INFO = "temporal-bundle-ui-gate", "temporal-bundle-cluster-info"
 

@@ -12,7 +12,7 @@ from bootstrap.ops.plan import load_exchange_key, load_signing_keys
 from bootstrap.store import Layout
 from tests.export.conftest import export, private_keys_in, public_bytes, secrets_of
 from tests.export.test_export import KUBERNETES_VERSION, documents
-from tests.unit.conftest import make_bundle
+from tests.support.bundles import make_bundle
 
 SA = "/var/run/secrets/kubernetes.io/serviceaccount"
 CONFIG = f"""\
@@ -115,7 +115,7 @@ def test_turning_it_off_removes_the_exchange_files(wi_export, tmp_path):
     shutil.copytree(dest, copy)
     off = tmp_path / "bundle.yaml"
     off.write_text(CONFIG.split("workload_identity:")[0])
-    from tests.unit.conftest import run_main
+    from tests.support.bundles import run_main
 
     result = run_main("export-helm", "--config", off, "--out", bundle.root, "--dest", copy)
     assert result.code == 0, result.err

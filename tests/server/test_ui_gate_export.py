@@ -27,7 +27,7 @@ from tests.support.paths import REPO
 from tests.support.ports import free_port
 from tests.support.waits import wait_until
 from tests.server.test_ui_gate import _status
-from tests.unit.conftest import run_main
+from tests.support.bundles import run_main
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
 

@@ -25,7 +25,7 @@ from tests.support.paths import REPO
 from tests.support.ports import free_port
 from tests.support.waits import wait_until
 from tests.support.memory_limit import MemoryLimit, parse_size
-from tests.unit.conftest import run_main
+from tests.support.bundles import run_main
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(900)]
 

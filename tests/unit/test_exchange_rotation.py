@@ -18,7 +18,7 @@ from bootstrap.ops.rotation import current_kind, margin, read_state, step
 from bootstrap.servers.exchange import ReloadingKey
 from bootstrap.store import apply, locked
 from bootstrap.core.tokens import SigningKey, jwks_document, mint_token, verify_token
-from tests.unit.conftest import Bundle, make_bundle
+from tests.support.bundles import Bundle, make_bundle
 
 NS = "namespaces: [{name: orders}]\njwt: {refresh_interval: 30s}\n"
 WI = ("workload_identity:\n  token_lifetime: 2m\n  issuers:\n"

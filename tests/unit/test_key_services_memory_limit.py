@@ -28,7 +28,7 @@ from bootstrap.servers import MAX_CONNECTIONS
 from tests.support.ports import free_port
 from tests.support.waits import wait_until
 from tests.support.memory_limit import MemoryLimit, compose_memory_limit
-from tests.unit.conftest import make_bundle
+from tests.support.bundles import make_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 IDLE_CONNECTIONS = 2000

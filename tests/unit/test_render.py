@@ -16,7 +16,7 @@ from bootstrap.core.tls_guard import require_closed_tls, tls_problems
 from bootstrap.errors import BundleError
 from bootstrap.ops.render import GENERATED_MARK, default_templates_dir, render_all
 from tests.support.tls_shapes import WEAKENINGS, weakened, weakenings
-from tests.unit.conftest import make_bundle, run_main, snapshot
+from tests.support.bundles import make_bundle, run_main, snapshot
 
 
 @pytest.fixture(scope="module")

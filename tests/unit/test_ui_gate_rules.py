@@ -6,7 +6,7 @@ import pytest
 
 from bootstrap.cli import main
 from bootstrap.servers.gate import forwarded_metadata, readable_namespaces, returned_trailers
-from tests.unit.conftest import make_bundle
+from tests.support.bundles import make_bundle
 
 
 @pytest.mark.parametrize("permissions,names", [

@@ -14,7 +14,7 @@ from bootstrap.errors import BundleError
 from bootstrap.core.pki import utcnow
 from bootstrap.core.tokens import SigningKey, jwks_document, verify_token
 from bootstrap.core.workload_identity import Refused, exchanged_token, permissions_for, verify_subject
-from tests.unit.conftest import make_bundle, run_main
+from tests.support.bundles import make_bundle, run_main
 
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 NS = "namespaces: [{name: orders}, {name: billing}]\n"
