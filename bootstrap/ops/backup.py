@@ -25,6 +25,7 @@ from typing import BinaryIO
 
 from ..core.archive_stream import MAGIC, SCRYPT_LOG2_N
 from ..core.hsm import is_reference
+from ..core.namespace_keys import custody_files
 from ..errors import BundleError
 from ..store import Layout, atomic_file, read_optional
 from .archive_manifest import CONFIG_NAME, DUMP_PREFIX, Archive, Entry
@@ -71,9 +72,7 @@ def bundle_entries(layout: Layout) -> list[Entry]:
     if read_optional(layout.codec_keys) is None:
         raise BundleError(f"{layout.codec_keys} does not exist: run init first")
     files = sorted(p for p in layout.private.rglob("*") if p.is_file() and not p.name.startswith("."))
-    files.append(layout.codec_keys)
-    if read_optional(layout.codec_kek) is not None:  # file backend; under pkcs11 the KEK is in the token
-        files.append(layout.codec_kek)
+    files += custody_files(layout)  # keys.json and the KEK file(s), or each namespace's ring and KEK
     if read_optional(layout.exchange_signing_key) is not None:  # workload_identity: live exchanged tokens name its kid
         files.append(layout.exchange_signing_key)
     return [Entry(layout.relative(p), read_optional(p) or b"", stat.S_IMODE(p.stat().st_mode)) for p in files]
