@@ -101,3 +101,23 @@ def ring_ids(data: bytes | None) -> set[str]:
         return set(doc.get("keys", {})) if isinstance(doc, dict) else set()
     except BundleError:
         return set()
+
+
+def custody_files(layout) -> list[Path]:
+    """The data keys' files a backup must hold: keys.json, and then either the bundle-wide
+    codec-kek/kek.key (single KEK, file backend) or each listed ring and its KEK file (none under
+    pkcs11: the KEKs are in the token). A ring the manifest lists but the disk lacks is an error."""
+    from ..store import read_optional
+
+    files = [layout.codec_keys]
+    data = read_optional(layout.codec_keys)
+    manifest = parse_manifest(data, str(layout.codec_keys)) if data is not None else None
+    if manifest is None:
+        return files + ([layout.codec_kek] if layout.codec_kek.exists() else [])
+    for ns in manifest.all():
+        ring = ring_path(layout.codec_keys.parent, ns)
+        if not ring.exists():
+            raise BundleError(f"{ring} is missing but {layout.codec_keys} lists it")
+        kek = layout.codec_kek.parent / f"{key_name(ns)}.key"
+        files += [ring, *([kek] if kek.exists() else [])]
+    return files

@@ -192,3 +192,15 @@ def test_worker_export_holds_no_ring_and_no_kek(migrated, tmp_path):
     assert cli("export-role", "--config", config, "--out", out, "--role", "reader", "--dest", reader, "-q") == 0
     assert not (reader / "key-service.json").exists(), "read is not enough to encrypt"
     assert cli("export-role", "--config", config, "--out", out, "--role", "nope", "--dest", reader) == 1
+
+
+def test_a_backup_holds_every_namespace_ring_and_kek(migrated):
+    from bootstrap.ops.backup import bundle_entries
+
+    _, out, _ = migrated
+    names = {e.name for e in bundle_entries(Layout(out))}
+    assert {"codec-keys/keys.json", "codec-keys/orders.json", "codec-keys/payments.json",
+            "codec-kek/orders.key", "codec-kek/payments.key"} <= names
+    (out / "codec-keys/payments.json").unlink()
+    with pytest.raises(Exception, match="payments.json is missing"):
+        bundle_entries(Layout(out))
