@@ -1,88 +1,16 @@
-"""The export tier: a bundle made by a real `init`, exported by the real `export-helm` command."""
+"""The export tier: a bundle made by a real `init`, exported by the real `export-helm` command
+(the helpers are in tests/support/exports.py)."""
 
 from __future__ import annotations
 
-import base64
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from bootstrap.core import pki
-from bootstrap.errors import BundleError
-from tests.support.bundles import Bundle, make_bundle, run_main
-
-CONFIG = """\
-namespaces: [{name: default}, {name: other}]
-persistence: {num_history_shards: 8}
-kubernetes:
-  namespace: temporal-prod
-  replicas: {history: 3, matching: 2}
-  frontend_exposure: loadbalancer
-"""
-
-
-def export(bundle, dest: Path, *extra):
-    return run_main("export-helm", "--config", bundle.config_path, "--out", bundle.root, "--dest", dest, *extra)
-
-
-def read_tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def secrets_of(dest: Path) -> dict[str, dict[str, bytes]]:
-    """Secret name -> {key: decoded bytes}, from every file under secrets/."""
-    result = {}
-    for path in sorted((dest / "secrets").glob("*.yaml")):
-        doc = yaml.safe_load(path.read_text())
-        result[doc["metadata"]["name"]] = {k: base64.b64decode(v) for k, v in doc["data"].items()}
-    return result
-
-
-def private_keys_in(data: bytes) -> list:
-    """Every PEM private key in a Secret value, parsed (whatever the key is called)."""
-    keys, marker = [], b"-----BEGIN "
-    for block in data.split(marker)[1:]:
-        pem = marker + block
-        if b"PRIVATE KEY-----" in pem.split(b"\n", 1)[0]:
-            end = pem.index(b"-----END")
-            pem = pem[: pem.index(b"\n", end) + 1] if b"\n" in pem[end:] else pem
-            try:
-                keys.append(pki.load_private_key(pem, "secret value"))
-            except BundleError:
-                pytest.fail("a Secret holds a PEM private key we cannot parse")
-    return keys
-
-
-def public_bytes(key) -> bytes:
-    return pki.public_key_bytes(key.public_key())
-
-
-def materialize(exported: Path, workload: dict, root: Path,
-                configmaps: dict[str, dict[str, str]] | None = None) -> tuple[list[str], dict[str, str]]:
-    """Write what the workload's container mounts under root; return its args and environment.
-    ConfigMaps: the bundle.yaml one as exported, others with the data given in configmaps (what
-    something else put there at run time), else as exported."""
-    spec = workload["spec"]["template"]["spec"]
-    volumes, container = {v["name"]: v for v in spec["volumes"]}, spec["containers"][0]
-    secrets = secrets_of(exported)
-    exported_maps = {d["metadata"]["name"]: d.get("data") or {} for path in sorted((exported / "manifests").glob("*.yaml"))
-                     for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] == "ConfigMap"}
-    exported_maps.update(configmaps or {})
-    for mount in container["volumeMounts"]:
-        target, volume = root / mount["mountPath"].lstrip("/"), volumes[mount["name"]]
-        target.mkdir(parents=True, exist_ok=True)
-        if "secret" in volume:
-            data = secrets[volume["secret"]["secretName"]]
-            for item in volume["secret"]["items"]:
-                (target / item["path"]).parent.mkdir(parents=True, exist_ok=True)
-                (target / item["path"]).write_bytes(data[item["key"]])
-        elif "configMap" in volume:
-            for key, text in exported_maps[volume["configMap"]["name"]].items():
-                (target / key).write_text(text)
-    env = {e["name"]: str(root / e["value"].lstrip("/")) for e in container.get("env", [])}
-    return container["args"], env
+from tests.support.bundles import Bundle, make_bundle
+from tests.support.exports import CONFIG, export
 
 
 @pytest.fixture(scope="session")

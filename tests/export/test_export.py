@@ -14,7 +14,7 @@ from bootstrap.core import pki
 from bootstrap.core.tls_guard import tls_problems
 from bootstrap.ops.render import render_all
 from tests.support import chart
-from tests.export.conftest import export, private_keys_in, public_bytes, read_tree, secrets_of
+from tests.support.exports import export, private_keys_in, public_bytes, read_tree, secrets_of
 from tests.support.binaries import configcheck_bin
 from tests.support.bundles import make_bundle, run_main, snapshot
 

@@ -15,7 +15,7 @@ from bootstrap.core import pki
 from bootstrap.core.pki import CA
 from bootstrap.ops.oidc import admin_hash_path, client_secret_path
 from tests.support import chart
-from tests.export.conftest import export, read_tree, secrets_of
+from tests.support.exports import export, read_tree, secrets_of
 from tests.export.test_export import KUBERNETES_VERSION, _configcheck, documents
 from tests.support.bundles import make_bundle
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from bootstrap.core.tls_guard import tls_problems
 from bootstrap.ops.render import default_templates_dir
 from tests.support import chart
-from tests.export.conftest import export, read_tree
+from tests.support.exports import export, read_tree
 from tests.support.tls_shapes import weakened, weakenings
 from tests.support.bundles import snapshot
 

@@ -8,7 +8,7 @@ import base64
 
 import pytest
 
-from tests.export.conftest import export, secrets_of
+from tests.support.exports import export, secrets_of
 from tests.support.kube_api import stand_in_api_server
 
 

@@ -10,7 +10,7 @@ import yaml
 
 from bootstrap.ops.plan import load_exchange_key, load_signing_keys
 from bootstrap.store import Layout
-from tests.export.conftest import export, private_keys_in, public_bytes, secrets_of
+from tests.support.exports import export, private_keys_in, public_bytes, secrets_of
 from tests.export.test_export import KUBERNETES_VERSION, documents
 from tests.support.bundles import make_bundle
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from bootstrap.core.tokens import verify_token
-from tests.export.conftest import materialize
+from tests.support.exports import materialize
 from tests.support.paths import REPO
 from tests.support.ports import free_port
 

@@ -13,7 +13,7 @@ import yaml
 
 from bootstrap.core import pki
 from tests.support import chart
-from tests.export.conftest import secrets_of
+from tests.support.exports import secrets_of
 from tests.support.cluster import LocalCluster
 from tests.support.binaries import run_cli, temporal_cli
 

@@ -20,7 +20,7 @@ from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, GetClust
 from temporalio.client import Client
 from temporalio.service import RPCStatusCode, TLSConfig
 
-from tests.export.conftest import materialize, secrets_of
+from tests.support.exports import materialize, secrets_of
 from tests.support.kube_api import stand_in_api_server
 from tests.export.test_oidc_export import env_of, manifest, web_mounts
 from tests.support.paths import REPO

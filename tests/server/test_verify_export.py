@@ -20,7 +20,7 @@ import yaml
 from bootstrap.core.config import load_config
 from bootstrap.core.security_model import LISTENERS
 from bootstrap.core.verify_plan import SIGNING_KEY_ATTACKS, TOKEN_ATTACKS, port_of
-from tests.export.conftest import materialize, secrets_of
+from tests.support.exports import materialize, secrets_of
 from tests.support.paths import REPO
 from tests.support.ports import free_port
 from tests.support.waits import wait_until
