@@ -58,9 +58,12 @@ def run(args) -> int:
     if args.action == "dump":
         if not args.database:
             raise BundleError("backup dump needs --database NAME")
-        write_dump(args.archive, passphrase, args.database, lambda data: sys.stdout.buffer.write(data),
-                   lambda archive: check_same_cluster(layout, archive))
-        sys.stdout.buffer.flush()
+        try:
+            write_dump(args.archive, passphrase, args.database, lambda data: sys.stdout.buffer.write(data),
+                       lambda archive: check_same_cluster(layout, archive))
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            raise BundleError("the reader of the dump (pg_restore?) closed the pipe before its end") from None
         return 0
     archive = load_archive(args.archive, passphrase)
     check_same_cluster(layout, archive)
