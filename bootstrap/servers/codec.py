@@ -46,6 +46,7 @@ from .auth import SYSTEM_NAMESPACE, Authenticator, JWKSUnavailable, grants, key_
 from .events import Refusal, clip, log_event
 from .http import Budget, Limits, cors_headers, cors_middleware
 from .http import declared_length, read_body, refusal_reply, reply, stream_reply
+from .key_service import install as install_key_service
 from .service import ErrorReplies, Service
 from .tls import ReloadingTLS
 from .wire import b64, count_values, parse_items, parse_payloads, payload_json, render, render_payloads
@@ -302,6 +303,7 @@ def make_server(
                           client_max_size=limits.max_body)
     app.router.add_route("GET", "/healthz", handlers.health)
     app.router.add_route("POST", CODEC_PATH, handlers.codec)
+    install_key_service(app, keys, handlers.auth, policy, tls, audit)
     app.on_cleanup.append(lambda _app: jwks.close())
     service = Service(app, host, port, tls, limits, REPLIES)
     service.jwks = jwks
