@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from ..core.archive_stream import SCRYPT_LOG2_N, Sealer, open_stream
+from ..core.archive_stream import CHUNK_LOG2, SCRYPT_LOG2_N, Sealer, open_stream
 from ..errors import BundleError
 from .archive_manifest import (DUMP_PREFIX, SERVER_CA, Archive, Entry, build_manifest, ca_fingerprint, check_manifest,
                                check_entry_name, check_name, checked_archive, parse_manifest)
@@ -46,7 +46,7 @@ class Source:
 
 
 def seal_archive(out: BinaryIO, entries: list[Entry], dumps: Iterable[Source], passphrase: bytes,
-                 log2_n: int = SCRYPT_LOG2_N) -> dict:
+                 log2_n: int = SCRYPT_LOG2_N, chunk_log2: int = CHUNK_LOG2) -> dict:
     """Seal the entries, then the dumps as they arrive, then the manifest; returns the manifest.
     A dump source that raises leaves the stream without its final chunk (it never opens)."""
     for entry in entries:
@@ -55,7 +55,7 @@ def seal_archive(out: BinaryIO, entries: list[Entry], dumps: Iterable[Source], p
     if SERVER_CA not in by_name:
         raise BundleError(f"a backup needs the server CA ({SERVER_CA})")
     server_ca = ca_fingerprint(by_name[SERVER_CA].data, SERVER_CA)
-    sealer = Sealer(out, passphrase, log2_n)
+    sealer = Sealer(out, passphrase, log2_n, chunk_log2)
     files = [_write_file(sealer, e.name, e.mode, [e.data]) for e in entries]
     for dump in dumps:
         check_name(dump.name)
@@ -69,10 +69,10 @@ def seal_archive(out: BinaryIO, entries: list[Entry], dumps: Iterable[Source], p
 
 
 def seal_records(out: BinaryIO, files: list[tuple[str, int, bytes]], manifest: Any, passphrase: bytes,
-                 log2_n: int = SCRYPT_LOG2_N) -> None:
+                 log2_n: int = SCRYPT_LOG2_N, chunk_log2: int = CHUNK_LOG2) -> None:
     """A format-2 archive of these (name, mode, bytes) and this manifest (bytes: as they are),
     unchecked (tests craft them)."""
-    sealer = Sealer(out, passphrase, log2_n)
+    sealer = Sealer(out, passphrase, log2_n, chunk_log2)
     for name, mode, data in files:
         _write_file(sealer, name, mode, [data])
     _write_manifest(sealer, manifest)
