@@ -3,8 +3,9 @@
 The body is read to its end (a document may arrive in many TCP segments, seconds apart), never
 past `max_bytes` (a larger one is an error, not a truncated parse), within `total` seconds
 overall and `idle` seconds between bytes. https is verified against the system CAs plus the
-configured CA files that exist, re-read for every fetch (CA rotations). The result must be a JSON
-object. Every failure is one FetchError whose message names what went wrong, never the body.
+configured CA files that exist (or those files alone, `system_cas=False`), re-read for every fetch
+(CA rotations). The result must be a JSON object. Every failure is one FetchError whose message
+names what went wrong, never the body; a FetchTimeout when time ran out.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ class FetchError(Exception):
     """A document that could not be fetched or is not a JSON object; the message is safe to log."""
 
 
+class FetchTimeout(FetchError):
+    """The document was not complete within the total time, or the peer went idle."""
+
+
 @dataclass(frozen=True)
 class FetchLimits:
     max_bytes: int = MAX_DOCUMENT_BYTES
@@ -38,9 +43,9 @@ class JSONFetcher:
     """GET url -> a JSON object. One connection pool for the fetcher's life; `close()` it."""
 
     def __init__(self, cafiles: Path | tuple[Path | None, ...] | None = (), token_file: Path | None = None,
-                 limits: FetchLimits = FetchLimits()):
+                 limits: FetchLimits = FetchLimits(), system_cas: bool = True):
         self.cafiles = cafiles if isinstance(cafiles, tuple) else (cafiles,)
-        self.token_file, self.limits = token_file, limits
+        self.token_file, self.limits, self.system_cas = token_file, limits, system_cas
         self._session: aiohttp.ClientSession | None = None
 
     async def get(self, url: str) -> dict:
@@ -49,8 +54,8 @@ class JSONFetcher:
                 body = await self._body(url)
         except TimeoutError as exc:  # aiohttp's idle timeout is a TimeoutError too
             idle = isinstance(exc, aiohttp.ServerTimeoutError)
-            raise FetchError(f"no byte for {self.limits.idle:g} s" if idle
-                             else f"not complete within {self.limits.total:g} s") from None
+            raise FetchTimeout(f"no byte for {self.limits.idle:g} s" if idle
+                               else f"not complete within {self.limits.total:g} s") from None
         except (OSError, aiohttp.ClientError) as exc:  # ssl.SSLError is an OSError
             raise FetchError(_describe(exc)) from None
         return parse_object(body)
@@ -71,10 +76,15 @@ class JSONFetcher:
             return bytes(body)
 
     def _tls(self) -> ssl.SSLContext:
-        context = ssl.create_default_context()
-        for cafile in self.cafiles:
-            if cafile is not None and Path(cafile).exists():
-                context.load_verify_locations(cafile=str(cafile))
+        cafiles = [str(cafile) for cafile in self.cafiles if cafile is not None and Path(cafile).exists()]
+        if self.system_cas:
+            context = ssl.create_default_context()
+        elif cafiles:  # given a CA file, create_default_context loads no system CA
+            context = ssl.create_default_context(cafile=cafiles.pop(0))
+        else:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # trusts nothing: every https fetch fails
+        for cafile in cafiles:
+            context.load_verify_locations(cafile=cafile)
         return context
 
     def _headers(self) -> dict:
