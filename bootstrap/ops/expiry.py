@@ -9,10 +9,7 @@ problem.
 
 from __future__ import annotations
 
-import json
-import ssl
-import urllib.error
-import urllib.request
+import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -99,43 +96,42 @@ class Report:
 def fetch_jwks(url: str, ca_file: Path, timeout: timedelta) -> Jwks:
     """The published keys, or a Jwks with `error` set; never raises for network or content errors."""
     try:
-        return Jwks(url, keys_by_kid(json.loads(download(url, ca_file, timeout))))
-    except (OSError, ValueError, ssl.SSLError) as exc:
-        return Jwks(url, error=describe_fetch_error(exc))
+        return Jwks(url, keys_by_kid(fetch_document(url, ca_file, timeout)))
     except BundleError as exc:
         return Jwks(url, error=str(exc))
 
 
-def download(url: str, ca_file: Path, timeout: timedelta) -> bytes:
+def fetch_document(url: str, ca_file: Path, timeout: timedelta) -> dict:
+    """The bundle's one HTTPS JSON fetch (servers/fetch.py), trusting ca_file alone, within
+    `timeout` overall; a failure is a BundleError saying why."""
+    from ..servers.fetch import FetchError, FetchLimits, FetchTimeout, JSONFetcher  # aiohttp: only with a JWKS URL
+
     scheme = url.split("://", 1)[0].lower()
     if scheme not in ("http", "https"):
         raise BundleError(f"unsupported JWKS URL {url!r} (http:// or https:// only)")
-    context = None
-    if scheme == "https":
-        if not ca_file.is_file():
-            raise BundleError(f"CA file {ca_file} not found (use --ca-file)")
-        context = ssl.create_default_context(cafile=str(ca_file))
-    with urllib.request.urlopen(url, timeout=timeout.total_seconds(), context=context) as response:
-        body = response.read(MAX_JWKS_BYTES + 1)
-    if len(body) > MAX_JWKS_BYTES:
-        raise BundleError(f"the JWKS URL returned more than {MAX_JWKS_BYTES} bytes")
-    return body
+    if scheme == "https" and not ca_file.is_file():
+        raise BundleError(f"CA file {ca_file} not found (use --ca-file)")
+    seconds = timeout.total_seconds()
+    fetcher = JSONFetcher((ca_file,), limits=FetchLimits(MAX_JWKS_BYTES, total=seconds, idle=seconds), system_cas=False)
+
+    async def once() -> dict:
+        try:
+            return await fetcher.get(url)
+        finally:
+            await fetcher.close()
+
+    try:
+        return asyncio.run(once())
+    except FetchTimeout as exc:
+        raise BundleError(f"cannot fetch: timed out ({exc})") from None
+    except FetchError as exc:
+        raise BundleError(f"cannot fetch: {exc}") from None
 
 
 def keys_by_kid(document: object) -> dict:
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise BundleError("the JWKS URL did not return a JWKS document")
     return {k["kid"]: k for k in document["keys"] if isinstance(k, dict) and isinstance(k.get("kid"), str)}
-
-
-def describe_fetch_error(exc: Exception) -> str:
-    if isinstance(exc, urllib.error.HTTPError):
-        return f"HTTP {exc.code} {exc.reason}"
-    if isinstance(exc, urllib.error.URLError):
-        return f"cannot fetch: {exc.reason}"
-    if isinstance(exc, json.JSONDecodeError):
-        return "the JWKS URL did not return JSON"
-    return f"cannot fetch: {exc}"
 
 
 # --- judging ---------------------------------------------------------------------------------
