@@ -18,7 +18,7 @@ from bootstrap.core.hsm import is_reference, label_for, parse_reference
 from bootstrap.ops.plan import DOMAINS, leaf_specs
 from bootstrap.store import Layout
 from bootstrap.core.tokens import verify_token
-from tests.hsm.conftest import PIN
+from tests.support.hsm import PIN
 
 PEM_PRIVATE = b"PRIVATE KEY-----"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.cluster import LocalCluster
-from tests.hsm.conftest import softhsm_token
+from tests.support.hsm import softhsm_token
 
 EXTRA_ROLES = {
     # For the authorization matrix: one namespace only, and read-only.

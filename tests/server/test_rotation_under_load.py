@@ -10,7 +10,7 @@ import pytest
 
 from bootstrap.core import pki
 from tests.support.cluster import LocalCluster
-from tests.hsm.conftest import softhsm_token
+from tests.support.hsm import softhsm_token
 from tests.support.load import under_load
 
 
