@@ -40,7 +40,7 @@ from .auth import JWKSUnavailable, URLJWKS
 from .events import Refusal, clip, log_event
 from .fetch import FetchError, FetchLimits, JSONFetcher
 from .http import Limits, declared_length, read_body
-from .service import Service
+from .service import ErrorReplies, Service
 from .tls import ReloadingTLS
 
 TOKEN_PATH = "/token"
@@ -165,29 +165,18 @@ class Exchange:
     def key(self) -> SigningKey:
         return self.signing.current()
 
-    async def route(self, request: web.Request) -> web.StreamResponse:
-        if request.path == "/healthz" and request.method == "GET":
-            return oauth_reply(200, {"status": "ok", "kid": self.key.kid})
-        if request.path != TOKEN_PATH:
-            return _closing(oauth_reply(404, {"error": "not_found"}), request)
-        if request.method != "POST":
-            response = _closing(oauth_reply(405, {"error": "invalid_request", "error_description": "use POST"}), request)
-            response.headers["Allow"] = "POST"
-            return response
-        return await self.exchange(request)
+    async def health(self, request: web.Request) -> web.StreamResponse:
+        return oauth_reply(200, {"status": "ok", "kid": self.key.kid})
 
     async def exchange(self, request: web.Request) -> web.StreamResponse:
         audit: dict = {"remote": request.remote}
-        body_read = False
         try:
             form = await self._form(request)
-            body_read = True
             doc = await self._grant(form, audit)
         except OAuthError as refusal:
             log_event("token-exchange", status=refusal.status, outcome="refused", error=refusal.error,
                       reason=clip(refusal.message), **audit)
-            response = oauth_reply(refusal.status, {"error": refusal.error, "error_description": refusal.message})
-            return response if body_read else _closing(response, request)
+            raise  # answered by the service's error middleware
         log_event("token-exchange", status=200, outcome="issued", expires_in=doc["expires_in"], **audit)
         return oauth_reply(200, doc)
 
@@ -295,10 +284,24 @@ def _unverified_iss_and_kid(subject: str) -> tuple:
         raise OAuthError(400, "invalid_request", "subject_token is not a JWT") from None
 
 
-def _closing(response: web.Response, request: web.Request) -> web.Response:
-    if request.body_exists:  # an unread body is never drained: the connection closes instead
-        response.force_close()
+def _not_found() -> web.Response:
+    return oauth_reply(404, {"error": "not_found"})
+
+
+def _not_allowed(path: str, allowed: set[str]) -> web.Response:
+    if path != TOKEN_PATH:  # /healthz is GET only, and any other method there a 404, as it has always been
+        return _not_found()
+    response = oauth_reply(405, {"error": "invalid_request", "error_description": "use POST"})
+    response.headers["Allow"] = "POST"
     return response
+
+
+def _refused(refusal: Refusal) -> web.Response:
+    error = refusal.error if isinstance(refusal, OAuthError) else "invalid_request"
+    return oauth_reply(refusal.status, {"error": error, "error_description": refusal.message})
+
+
+REPLIES = ErrorReplies(_not_found, _not_allowed, _refused)
 
 
 def make_server(host: str, port: int, *, policy: ExchangePolicy, key_file: Path, cert: Path | None, tls_key: Path | None,
@@ -309,8 +312,9 @@ def make_server(host: str, port: int, *, policy: ExchangePolicy, key_file: Path,
     exchange = Exchange(policy, ReloadingKey(key_file), limits)
     tls = ReloadingTLS(cert, tls_key) if cert and tls_key else None
     app = web.Application(client_max_size=MAX_FORM)
-    app.router.add_route("*", "/{tail:.*}", exchange.route)
+    app.router.add_route("GET", "/healthz", exchange.health)
+    app.router.add_route("POST", TOKEN_PATH, exchange.exchange)
     app.on_cleanup.append(lambda _app: exchange.close())
-    service = Service(app, host, port, tls, limits)
+    service = Service(app, host, port, tls, limits, REPLIES)
     service.exchange, exchange.guard = exchange, service.guard
     return service
