@@ -13,11 +13,12 @@ re-mints the files, and this watcher hands the new token to the live client and 
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .core.watched import WatchedFile
 from .errors import BundleError
 
 
@@ -92,27 +93,30 @@ async def connect(
 
 
 class TokenFileWatcher:
-    """Polls a token file and sets `client.api_key` when it changes (no reconnect needed)."""
+    """Polls a token file and sets `client.api_key` when it changes (no reconnect needed). The file
+    as it is at start counts as seen: the client connected with it."""
 
     def __init__(self, client, path: str | Path, interval: float = 5.0):
         self.client, self.path, self.interval = client, Path(path), interval
-        self._stamp = self._current_stamp()
+        self._file, self._changed = WatchedFile(self.path, self._read), False
+        with contextlib.suppress(OSError, BundleError):
+            self._file.current()
+        self._changed = False
 
-    def _current_stamp(self):
-        try:
-            stat = os.stat(self.path)
-        except OSError:
-            return None
-        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    def _read(self, path: Path) -> str:
+        token = read_token(path)
+        self._changed = True  # WatchedFile parses only a file whose (inode, mtime, size) changed
+        return token
 
     def refresh_once(self) -> bool:
-        """Apply the file's token if it changed; True when the client got a new token."""
-        stamp = self._current_stamp()
-        if stamp is None or stamp == self._stamp:
+        """Apply the file's token if it changed; True when the client got a new token. Raises
+        BundleError for a changed file that holds no token; a missing file is no change."""
+        try:
+            token = self._file.current()
+        except OSError:
             return False
-        token = read_token(self.path)
-        self._stamp = stamp
-        if token == self.client.api_key:
+        changed, self._changed = self._changed, False
+        if not changed or token == self.client.api_key:
             return False
         self.client.api_key = token
         return True
