@@ -25,7 +25,8 @@ required`, `temporal-system:<role>` counting for every namespace):
     payload comes back unchanged, still encrypted (200), as if no codec were set, and the audit
     line says it was refused.
 Then the body: Content-Length required (411), at most `max_body` (413), read within the body
-deadline, while holding a share of a process-wide body budget. Each request writes one JSON audit
+deadline, while holding a share of a process-wide body budget; one token (issuer and subject) has
+at most an eighth of the connections inside handlers at once, further requests get 429. Each request writes one JSON audit
 line to stderr; tokens and payloads are never logged.
 """
 
@@ -43,6 +44,7 @@ from ..core.tokens import PERMISSIONS_CLAIM
 from ..core.codec import ENCODING, KEY_ID_HEADER, NAMESPACE_HEADER, CodecError, KeyringFile, encrypt_all, open_sealed
 from ..errors import BundleError
 from .auth import SYSTEM_NAMESPACE, Authenticator, JWKSUnavailable, grants, key_sources, role_for
+from .connections import CallerShare, caller_of
 from .events import Refusal, clip, log_event
 from .http import Budget, Limits, cors_headers, cors_middleware
 from .http import declared_length, read_body, refusal_reply, reply, stream_reply
@@ -118,6 +120,8 @@ class CodecHandlers:
     def __init__(self, keys: KeyringFile, auth: Authenticator, policy: Policy, limits: Limits, audit: bool):
         self.keys, self.auth, self.policy, self.limits, self.audit = keys, auth, policy, limits, audit
         self.small, self.large = Budget(SMALL_BUDGET), Budget(LARGE_BUDGET)
+        # One token's requests inside handlers: an eighth of the connections (32 of 256).
+        self.callers = CallerShare(max(1, limits.max_connections // 8))
         # One thread: under the GIL a second one would only add switching; large bodies take turns anyway.
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codec")
 
@@ -151,12 +155,13 @@ class CodecHandlers:
             claims = await self.admit(request, audit)
             length = declared_length(request, self.limits)
             budget = self.small if length <= SMALL_BODY else self.large
-            async with budget.hold(length, self.limits.body_timeout):
-                body = await read_body(request, length, self.limits)
-                status, result, outcome, counts = await self.transform(action, claims, audit.namespace, body)
-                del body
-                audit.write(status, outcome, **counts)
-                return await stream_reply(request, result, cors_headers(request, self.policy.ui_origins))
+            with self.callers.hold(caller_of(claims)):
+                async with budget.hold(length, self.limits.body_timeout):
+                    body = await read_body(request, length, self.limits)
+                    status, result, outcome, counts = await self.transform(action, claims, audit.namespace, body)
+                    del body
+                    audit.write(status, outcome, **counts)
+                    return await stream_reply(request, result, cors_headers(request, self.policy.ui_origins))
         except Refusal as refusal:
             audit.write(refusal.status, "refused", reason=refusal.message, detail=refusal.detail)
             raise  # answered by the service's error middleware

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from .events import log_event
+from .events import Refusal, log_event
 from .http import SERVER, Limits, reply
 from .tls import TLS_READ_BUFFER, TLS_RECORD
 
@@ -178,3 +178,32 @@ def listen(host: str, port: int, guard: ConnectionGuard) -> _Listener:
         raise
     sock.guard = guard
     return sock
+
+
+class CallerShare:
+    """Requests one caller (a token's issuer and subject) may have inside handlers at once.
+
+    A request inside its handler is busy: the oldest-idle eviction cannot reach it, and it may wait
+    up to the body deadline for a body that never comes. Without a share, one valid token could hold
+    every connection that way; with it, at most `per_caller` of them, and its further requests are
+    refused at once (429) and their connections closed."""
+
+    def __init__(self, per_caller: int):
+        self.per_caller = per_caller
+        self.busy: dict[tuple, int] = {}
+
+    @contextlib.contextmanager
+    def hold(self, caller: tuple):
+        if self.busy.get(caller, 0) >= self.per_caller:
+            raise Refusal(429, "too many requests in flight for this token")
+        self.busy[caller] = self.busy.get(caller, 0) + 1
+        try:
+            yield
+        finally:
+            self.busy[caller] -= 1
+            if not self.busy[caller]:
+                del self.busy[caller]
+
+
+def caller_of(claims: dict) -> tuple:
+    return (claims.get("iss"), claims.get("sub"))

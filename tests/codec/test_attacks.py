@@ -383,6 +383,58 @@ def test_a_thousand_slow_connections(bundle, codec):
     assert_within_memory(codec)
 
 
+async def _bodies_that_never_come(codec: Served, bearer: str, count: int) -> tuple[list, int]:
+    """`count` connections that send a complete, authorized request head and then none of the
+    body they announce; returns them and how many the server refused at once (429)."""
+    head = (f"POST /decode HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {bearer}\r\n"
+            "X-Namespace: orders\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n").encode()
+    gate = asyncio.Semaphore(32)
+
+    async def one():
+        async with gate:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", codec.port, ssl=codec.context, server_hostname="localhost"), 20)
+                writer.write(head)
+                status = await asyncio.wait_for(reader.readline(), 1.0)
+            except asyncio.TimeoutError:
+                return writer, None  # waiting for the body: the server holds this request
+            except OSError:
+                return None, None
+        return writer, status
+
+    held = await asyncio.gather(*(one() for _ in range(count)))
+    refused = sum(1 for _, status in held if status and b" 429 " in status)
+    return [writer for writer, _ in held if writer is not None], refused
+
+
+def test_one_token_cannot_hold_every_connection_with_bodies_that_never_come(bundle, codec):
+    """A valid token of the lowest role announces bodies on 300 connections and never sends them:
+    each request waits inside its handler for up to the body deadline (30 s), where the oldest-idle
+    eviction cannot reach it. One token holds at most an eighth of the connections that way; the
+    rest are refused at once, and another caller's decode still answers."""
+    _, _, out, _ = bundle
+
+    async def attack():
+        writers, refused = await _bodies_that_never_come(codec, token(out, "lowest"), 300)
+        try:
+            latencies = []
+            for _ in range(5):
+                latencies.append(await asyncio.to_thread(timed_decode, codec, out))
+                await asyncio.sleep(0.3)
+            return refused, latencies
+        finally:
+            for writer in writers:
+                writer.close()
+
+    refused, latencies = asyncio.run(attack())
+    print(f"300 bodies that never come: {refused} refused at once (429); decodes meanwhile, slowest "
+          f"{max(latencies) * 1000:.0f} ms")
+    assert refused >= 300 - 32 - 8, refused  # an eighth of 256 connections held, a few still in their handshake
+    assert max(latencies) < 1.0, latencies
+    assert_within_memory(codec)
+
+
 # --------------------------------------------------------------------------- log injection
 
 
