@@ -131,7 +131,12 @@ def write_dump(path: Path, passphrase: bytes, database: str, write: Callable[[by
             raise BundleError(f"{path} changed while it was read: refusing to restore from it")
         source.seek(0)
         wanted = f"{DUMP_PREFIX}{database}.dump"
-        read_archive(source, passphrase, str(path), sink=lambda name, piece: name == wanted and write(piece))
+
+        def sink(name: str, piece: bytes) -> None:
+            if name == wanted:
+                write(piece)
+
+        read_archive(source, passphrase, str(path), sink=sink)
     return archive
 
 
