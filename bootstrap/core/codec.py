@@ -36,6 +36,7 @@ import dataclasses
 import functools
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -145,7 +146,11 @@ class KeyringFile:
       - a pre-v2 plaintext Keyring.
 
     The bootstrap replaces each file atomically, so a reader never sees half of it; should one
-    become unreadable anyway, its last good keys stay in use and `error` says why."""
+    become unreadable anyway, its last good keys stay in use and `error` says why. Per-namespace
+    files are checked at most every `check_every` seconds (a rotation is seen within 0.1 s): a
+    check stats the manifest and every ring and KEK file."""
+
+    check_every = 0.1
 
     def __init__(self, path: str | Path, kek=None):
         self.path = Path(path)
@@ -155,6 +160,7 @@ class KeyringFile:
         self._rings: dict[str, WatchedFile] = {}
         self._last: Keys | None = None
         self._parts: tuple = ()
+        self._checked: float | None = None
         self._lock = threading.Lock()
 
     def _single_kek(self):
@@ -179,6 +185,8 @@ class KeyringFile:
         return manifest if manifest is not None else load_source(path, self._single_kek)
 
     def current(self) -> Keys:
+        if self._checked is not None and time.monotonic() - self._checked < self.check_every:
+            return self._last  # per-namespace: each call would otherwise stat every ring and KEK file
         with self._lock:
             errors: list[str] = []
             try:
@@ -192,6 +200,9 @@ class KeyringFile:
                 errors.append(str(exc))
             if isinstance(source, Manifest):
                 source = self._namespaces(source, errors)
+                self._checked = time.monotonic() if not errors else None
+            else:
+                self._last, self._checked = source, None
             self.error = "; ".join(errors) or None
             return source
 

@@ -13,6 +13,7 @@ import json
 import ssl
 import textwrap
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -177,6 +178,7 @@ def test_rotation_is_fetched_on_an_unknown_key_id(served):
     old = keys.ring("orders")
     assert main(["rotate", "--config", str(served.out.parent / "bundle.yaml"), "--out", str(served.out),
                  "--kind", "codec-key", "--namespace", "orders", "-q"]) == 0
+    time.sleep(KeyringFile.check_every + 0.05)  # the codec server sees a rotation within check_every
     rotated = all_keys(served.out)
     fresh = encrypt(PLAIN, rotated, "orders")
     assert fresh.metadata["encryption-key-id"].decode() not in old.keys

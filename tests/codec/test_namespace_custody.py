@@ -10,6 +10,7 @@ import os
 import shutil
 import stat
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,7 @@ def test_a_payments_ring_copied_into_an_orders_worker_opens_nothing(migrated, tm
     source = KeyringFile(worker / "codec-keys/keys.json")
     source.current()
     os.replace(worker / "codec-keys/payments.json", worker / "codec-keys/orders.json")
+    time.sleep(KeyringFile.check_every + 0.05)
     assert set(source.current().rings) == {"orders"} and "holds the ring of namespace 'payments'" in source.error
 
 
@@ -149,7 +151,8 @@ def test_rotation_per_namespace_and_init_keep_custody(migrated, capsys):
     source = KeyringFile(out / "codec-keys/keys.json")
     before = source.current()
     assert cli("rotate", "--config", config, "--out", out, "--kind", "codec-key", "--namespace", "orders") == 0
-    after = source.current()  # re-read without a restart
+    time.sleep(KeyringFile.check_every + 0.05)
+    after = source.current()  # re-read without a restart, within check_every
     assert after.rings["orders"].active not in before.rings["orders"].keys
     assert set(before.rings["orders"].keys) < set(after.rings["orders"].keys)
     assert (out / "codec-keys/payments.json").read_bytes() == payments_before
