@@ -5,6 +5,7 @@ nothing under the bundle directory is written."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import textwrap
@@ -75,20 +76,28 @@ def test_parsing_any_body_is_items_or_a_4xx(body):
 # --------------------------------------------------------------------------- the handlers
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("codec-fuzz")
+@contextlib.contextmanager
+def codec_server(root, policy: Policy):
+    """A codec server on a fresh bundle under `root`, plain HTTP: (bundle directory, server)."""
     config, out = root / "bundle.yaml", root / "out"
     config.write_text(CONFIG)
     assert main(["init", "--config", str(config), "--out", str(out), "-q"]) == 0
     served = make_server("127.0.0.1", 0, keys_path=out / "codec-keys/keys.json", jwks_path=out / "jwks/jwks.json",
-                         kek=FileKek.load(out / "codec-kek/kek.key"), policy=Policy("temporal"), audit=True)
+                         kek=FileKek.load(out / "codec-kek/kek.key"), policy=policy, audit=True)
     threading.Thread(target=served.serve_forever, daemon=True).start()
-    keys = KeySet.parse((out / "codec-keys/keys.json").read_bytes(), FileKek.load(out / "codec-kek/kek.key"))
-    sealed = encrypt(Payload(metadata={"encoding": b"json/plain"}, data=b'"fuzz secret"'), keys, "orders")
-    yield out, served.server_address[1], sealed
-    served.shutdown()
-    served.server_close()
+    try:
+        yield out, served
+    finally:
+        served.shutdown()
+        served.server_close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with codec_server(tmp_path_factory.mktemp("codec-fuzz"), Policy("temporal")) as (out, served):
+        keys = KeySet.parse((out / "codec-keys/keys.json").read_bytes(), FileKek.load(out / "codec-kek/kek.key"))
+        sealed = encrypt(Payload(metadata={"encoding": b"json/plain"}, data=b'"fuzz secret"'), keys, "orders")
+        yield out, served.server_address[1], sealed
 
 
 def snapshot(out):
@@ -153,16 +162,8 @@ def expected_route(method: str, raw_path: str) -> str:
 
 @pytest.fixture(scope="module")
 def routed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("codec-routes")
-    config, out = root / "bundle.yaml", root / "out"
-    config.write_text(CONFIG)
-    assert main(["init", "--config", str(config), "--out", str(out), "-q"]) == 0
-    served = make_server("127.0.0.1", 0, keys_path=out / "codec-keys/keys.json", jwks_path=out / "jwks/jwks.json",
-                         kek=FileKek.load(out / "codec-kek/kek.key"), policy=Policy("temporal", ui_origins=(UI,)))
-    threading.Thread(target=served.serve_forever, daemon=True).start()
-    yield served.server_address[1]
-    served.shutdown()
-    served.server_close()
+    with codec_server(tmp_path_factory.mktemp("codec-routes"), Policy("temporal", ui_origins=(UI,))) as (_, served):
+        yield served.server_address[1]
 
 
 @settings(max_examples=500, suppress_health_check=[HealthCheck.function_scoped_fixture])
