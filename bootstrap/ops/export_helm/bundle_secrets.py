@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...core.config import BundleConfig
+from ...core.namespace_keys import custody_files
 from ...errors import BundleError
 from ...store import Layout, read_optional
 from ..oidc import client_secret_path, dex_config_path, issuer_ca_path
@@ -173,10 +174,10 @@ def _issuer_ca(read: BundleReader) -> dict[str, bytes]:
 
 
 def _codec_kek(layout) -> dict[str, bytes]:
-    """The file backend's KEK rides with the codec server (the only pod that unwraps data keys);
-    under pkcs11 it stays in the token and the pod reaches the token instead."""
-    data = read_optional(layout.codec_kek)
-    return {"codec-kek/kek.key": data} if data is not None else {}
+    """The file backend's KEK(s) ride with the codec server (the only pod that unwraps data keys),
+    and under per-namespace custody each namespace's ring; under pkcs11 the KEKs stay in the token
+    and the pod reaches the token instead."""
+    return {layout.relative(p): read_optional(p) or b"" for p in custody_files(layout)[1:]}
 
 
 def _tls_secret(name: str, consumer: str, pair: tuple[bytes, bytes], ca: bytes) -> Secret:
