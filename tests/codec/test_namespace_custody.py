@@ -207,3 +207,25 @@ def test_a_backup_holds_every_namespace_ring_and_kek(migrated):
     (out / "codec-keys/payments.json").unlink()
     with pytest.raises(Exception, match="payments.json is missing"):
         bundle_entries(Layout(out))
+
+
+def test_kubernetes_export_gives_the_rings_and_keks_to_the_codec_server_only(tmp_path, capsys):
+    import base64
+
+    import yaml
+
+    made = make_bundle(tmp_path, CONFIG.replace("persistence: {driver: sqlite, sqlite_path: /tmp/unused-ns-custody.db}",
+                                                "persistence: {driver: postgres}"))
+    config, out, dest = made.config_path, made.root, tmp_path / "helm"
+    assert cli("migrate-codec-keys", "--config", config, "--out", out, "-q") == 0
+    assert cli("export-helm", "--config", config, "--out", out, "--dest", dest, "-q") == 0
+    secrets = {p.read_bytes() for d in ("codec-kek", "codec-keys") for p in (out / d).iterdir() if p.name != "keys.json"}
+    holders = {}
+    for path in (dest / "secrets").glob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            for key, value in ((doc or {}).get("data") or {}).items():
+                if base64.b64decode(value) in secrets:
+                    holders.setdefault(doc["metadata"]["name"], set()).add(key)
+    assert len(holders) == 1, f"only the codec server's Secret may hold rings or KEKs: {holders}"
+    [held] = holders.values()
+    assert held == {"codec-keys-orders.json", "codec-keys-payments.json", "codec-kek-orders.key", "codec-kek-payments.key"}
