@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-from ..ops.oidc import plan_oidc
 from ..core.pki import utcnow
-from ..store import apply, locked
+from ..ops.generate import plan_generate
+from ..ops.oidc import plan_oidc
 from ..ops.plan import plan_registrar_token, plan_tokens
-from . import generate_certs, render_config
+from ..ops.render_plan import plan_render
+from ..store import apply, locked
 from .common import load, report, standard
 
 HELP = "generate-certs + mint-tokens + render-config (+ Dex's config), in one idempotent run"
@@ -33,12 +35,13 @@ def run(args) -> int:
     with locked(layout):
         # Everything is planned before anything is written: a corrupt token or a hand-edited
         # config file stops the run with the disk untouched.
-        pki = generate_certs.plan(config, layout, args.force, now)
+        pki = plan_generate(config, layout, args.force, now)
         token_actions, _ = plan_tokens(config, layout, pki.signing_key, args.force, now)
         registrar = plan_registrar_token(config, layout, pki.signing_key, args.force, now)
-        rendered = render_config.plan(config, layout, args.force, args.templates, args.server_image)
+        rendered = plan_render(config, layout, args.force, args.templates, args.server_image)
         oidc = plan_oidc(config, layout, args.force)
         actions = apply(layout, pki.actions + token_actions + registrar + rendered + oidc)
     report(layout, actions, args.quiet)
-    generate_certs.warn_shared(pki.shared_domains)
+    if pki.warning:
+        print(pki.warning, file=sys.stderr)
     return 0

@@ -11,8 +11,6 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "bootstrap"
 COMMANDS = sorted(p for p in (PACKAGE / "commands").glob("*.py") if p.name != "__init__.py")
 SHARED = {"common"}
-# init still composes generate-certs' and render-config's plans; their planning belongs in ops.
-STILL_IMPORTS_SIBLINGS = {"init"}
 
 
 def sibling_imports(path: Path) -> set[str]:
@@ -24,10 +22,7 @@ def sibling_imports(path: Path) -> set[str]:
     return found - SHARED
 
 
-@pytest.mark.parametrize("path", [
-    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="known debt")) if p.stem in STILL_IMPORTS_SIBLINGS else p
-    for p in COMMANDS
-], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", COMMANDS, ids=lambda p: p.stem)
 def test_a_command_imports_no_sibling_command(path):
     assert sibling_imports(path) == set()
 
