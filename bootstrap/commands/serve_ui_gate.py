@@ -76,7 +76,7 @@ def run(args) -> int:
 
 
 def _budget(args):
-    from ..servers.gate import DEFAULT_MEMORY, GateBudget, container_memory
+    from ..servers.gate_budget import DEFAULT_MEMORY, GateBudget, container_memory
 
     memory = container_memory() or DEFAULT_MEMORY  # the container's limit (compose's mem_limit)
     try:

@@ -190,19 +190,13 @@ def test_any_authorization_header_gets_claims_or_one_401(authorization):
 
 # --------------------------------------------------------------------------- limits by construction
 
-from bootstrap.servers.gate import (  # noqa: E402
-    MAX_REQUEST_BYTES,
-    MIB,
-    SLOT_BYTES,
-    Admission,
-    GateBudget,
-    container_memory,
-)
+from bootstrap.servers.gate import Admission  # noqa: E402
+from bootstrap.servers.gate_budget import MAX_REQUEST_BYTES, MIB, SLOT_BYTES, GateBudget, container_memory  # noqa: E402
 
 
 def test_the_budget_at_composes_limit_holds_the_worst_case_with_headroom():
     budget = GateBudget(256 * MIB, calls=256).checked()
-    from bootstrap.servers.gate import BASELINE_BYTES, HEADROOM, PER_CALL_BYTES, PER_CONNECTION_BYTES
+    from bootstrap.servers.gate_budget import BASELINE_BYTES, HEADROOM, PER_CALL_BYTES, PER_CONNECTION_BYTES
 
     worst = (BASELINE_BYTES + budget.connections * PER_CONNECTION_BYTES + budget.calls * PER_CALL_BYTES
              + budget.slots * SLOT_BYTES)
