@@ -14,22 +14,8 @@ from bootstrap.core import pki
 from bootstrap.core.tls_guard import tls_problems
 from bootstrap.ops.render import render_all
 from tests.support import chart
-from tests.support.exports import export, private_keys_in, public_bytes, read_tree, secrets_of
-from tests.support.binaries import configcheck_bin
 from tests.support.bundles import make_bundle, run_main, snapshot
-
-# A current Kubernetes version whose schemas kubernetes-validate ships (no download needed).
-KUBERNETES_VERSION = "1.37.0"
-
-
-def documents(dest: Path) -> list[tuple[str, dict]]:
-    docs = []
-    for path in sorted(dest.rglob("*.yaml")):
-        if path.name == "values.yaml":
-            continue
-        docs += [(str(path.relative_to(dest)), d) for d in yaml.safe_load_all(path.read_text()) if d is not None]
-    return docs
-
+from tests.support.exports import KUBERNETES_VERSION, configcheck, documents, export, private_keys_in, public_bytes, read_tree, secrets_of
 
 def test_every_manifest_and_secret_passes_strict_validation(exported):
     docs = documents(exported)
@@ -90,11 +76,6 @@ def test_values_carry_the_bundle(values, bundle):
     assert server["config"]["clusterMetadata"]["currentClusterName"] == bundle.config.cluster_name
 
 
-def _configcheck(config: dict, path: Path) -> subprocess.CompletedProcess:
-    path.write_text(yaml.safe_dump(config))
-    return subprocess.run([str(configcheck_bin()), str(path)], capture_output=True, text=True)
-
-
 def test_dynamic_config_is_the_compose_one(values, bundle):
     compose = yaml.safe_load(render_all(bundle.config)["dynamic_config.yaml"])
     assert values["server"]["dynamicConfig"] == compose
@@ -105,14 +86,14 @@ def test_composed_server_config_passes_configcheck(values, tmp_path):
     path = tmp_path / "temporal.yaml"
     composed = chart.server_config(values)
     # Unknown to the strict decoder: exactly the chart's own fixed keys, nothing from our values.
-    complaints = [line for line in _configcheck(composed, path).stderr.splitlines() if "not found in type" in line]
+    complaints = [line for line in configcheck(composed, path).stderr.splitlines() if "not found in type" in line]
     assert len(complaints) == len(chart.CHART_FIXED_UNKNOWN), complaints
     config = chart.without_chart_fixed_unknown(composed)
-    result = _configcheck(config, path)
+    result = configcheck(config, path)
     assert result.returncode == 0, result.stderr
     # The same checker refuses a misspelt key in the part we pass through.
     config["global"]["tls"]["refreshIntervall"] = "1m"
-    assert _configcheck(config, path).returncode != 0
+    assert configcheck(config, path).returncode != 0
 
 
 def test_values_set_nothing_the_released_chart_lacks(values):

@@ -15,29 +15,8 @@ from bootstrap.core import pki
 from bootstrap.core.pki import CA
 from bootstrap.ops.oidc import admin_hash_path, client_secret_path
 from tests.support import chart
-from tests.support.exports import export, read_tree, secrets_of
-from tests.export.test_export import KUBERNETES_VERSION, _configcheck, documents
 from tests.support.bundles import make_bundle
-
-
-def env_of(values: dict, component: str = "web") -> dict:
-    """name -> value, or ("secret", name, key) for a valueFrom."""
-    env = {}
-    for item in values[component]["additionalEnv"]:
-        ref = item.get("valueFrom", {}).get("secretKeyRef")
-        env[item["name"]] = ("secret", ref["name"], ref["key"]) if ref else item["value"]
-        assert ref or isinstance(item["value"], str), f"{item['name']}: Kubernetes wants a string"
-    return env
-
-
-def web_mounts(values: dict) -> dict[str, dict]:
-    """mount path -> volume source, for the web pods."""
-    volumes = {v["name"]: v for v in values["web"]["additionalVolumes"]}
-    return {m["mountPath"]: volumes[m["name"]] for m in values["web"]["additionalVolumeMounts"]}
-
-
-def manifest(dest, path: str, kind: str) -> dict:
-    return next(d for d in yaml.safe_load_all((dest / path).read_text()) if d and d["kind"] == kind)
+from tests.support.exports import KUBERNETES_VERSION, configcheck, documents, env_of, export, manifest, read_tree, secrets_of, web_mounts
 
 
 def assert_no_secret_value_outside_secrets(dest, extra: tuple[bytes, ...] = ()) -> None:
@@ -236,7 +215,7 @@ def test_external_export_is_valid_and_leaks_nothing(external_export, tmp_path):
     assert_no_secret_value_outside_secrets(external_export, (b"company-idp-secret-0123456789",))
     values = yaml.safe_load((external_export / "values.yaml").read_text())
     config = chart.without_chart_fixed_unknown(chart.server_config(values))
-    result = _configcheck(config, tmp_path / "temporal.yaml")
+    result = configcheck(config, tmp_path / "temporal.yaml")
     assert result.returncode == 0, result.stderr
 
 

@@ -10,11 +10,9 @@ import pytest
 
 from bootstrap.core import pki
 from bootstrap.ops.namespaces import Registration
-from tests.support.exports import materialize, private_keys_in, public_bytes, secrets_of
-from tests.support.kube_api import SERVICE_ACCOUNT_TOKEN, stand_in_api_server
-from tests.export.test_oidc_export import manifest
-from tests.export.test_workload_identity_export import by_kind
 from tests.support.bundles import run_main
+from tests.support.exports import by_kind, manifest, materialize, private_keys_in, public_bytes, secrets_of
+from tests.support.kube_api import SERVICE_ACCOUNT_TOKEN, stand_in_api_server
 
 GATE_SECRET, CLUSTER_INFO = "temporal-bundle-ui-gate", "temporal-bundle-cluster-info"
 

@@ -16,8 +16,7 @@ from bootstrap.core.security_model import LISTENERS
 from bootstrap.core.verify_plan import least_role, parse_route, policy_admits
 from bootstrap.errors import BundleError
 from bootstrap.ops.export_helm import VERIFY_COMPONENT, bundle_labels, chart_service, names, verify_routes
-from tests.support.exports import private_keys_in, public_bytes, secrets_of
-from tests.export.test_export import KUBERNETES_VERSION
+from tests.support.exports import KUBERNETES_VERSION, private_keys_in, public_bytes, secrets_of
 
 INTERNODE = [l.name for l in LISTENERS if l.admits == "internode"]
 

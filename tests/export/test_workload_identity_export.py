@@ -10,9 +10,8 @@ import yaml
 
 from bootstrap.ops.plan import load_exchange_key, load_signing_keys
 from bootstrap.store import Layout
-from tests.support.exports import export, private_keys_in, public_bytes, secrets_of
-from tests.export.test_export import KUBERNETES_VERSION, documents
 from tests.support.bundles import make_bundle
+from tests.support.exports import KUBERNETES_VERSION, by_kind, documents, export, private_keys_in, public_bytes, secrets_of
 
 SA = "/var/run/secrets/kubernetes.io/serviceaccount"
 CONFIG = f"""\
@@ -36,10 +35,6 @@ def wi_export(tmp_path_factory):
     result = export(bundle, dest)
     assert result.code == 0, result.err
     return bundle, dest
-
-
-def by_kind(dest, kind: str) -> dict[str, dict]:
-    return {d["metadata"]["name"]: d for _, d in documents(dest) if d["kind"] == kind}
 
 
 def test_every_document_passes_strict_validation(wi_export):

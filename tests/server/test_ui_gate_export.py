@@ -20,14 +20,13 @@ from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, GetClust
 from temporalio.client import Client
 from temporalio.service import RPCStatusCode, TLSConfig
 
-from tests.support.exports import materialize, secrets_of
+from tests.server.test_ui_gate import _status
+from tests.support.bundles import run_main
+from tests.support.exports import env_of, manifest, materialize, secrets_of, web_mounts
 from tests.support.kube_api import stand_in_api_server
-from tests.export.test_oidc_export import env_of, manifest, web_mounts
 from tests.support.paths import REPO
 from tests.support.ports import free_port
 from tests.support.waits import wait_until
-from tests.server.test_ui_gate import _status
-from tests.support.bundles import run_main
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
 

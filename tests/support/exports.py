@@ -4,6 +4,7 @@ decoded, private keys found), and lay out what a workload's container would moun
 from __future__ import annotations
 
 import base64
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import yaml
 
 from bootstrap.core import pki
 from bootstrap.errors import BundleError
+from tests.support.binaries import configcheck_bin
 from tests.support.bundles import run_main
 
 CONFIG = """\
@@ -83,3 +85,45 @@ def materialize(exported: Path, workload: dict, root: Path,
                 (target / key).write_text(text)
     env = {e["name"]: str(root / e["value"].lstrip("/")) for e in container.get("env", [])}
     return container["args"], env
+
+
+# A current Kubernetes version whose schemas kubernetes-validate ships (no download needed).
+KUBERNETES_VERSION = "1.37.0"
+
+
+def documents(dest: Path) -> list[tuple[str, dict]]:
+    docs = []
+    for path in sorted(dest.rglob("*.yaml")):
+        if path.name == "values.yaml":
+            continue
+        docs += [(str(path.relative_to(dest)), d) for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    return docs
+
+
+def configcheck(config: dict, path: Path) -> subprocess.CompletedProcess:
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run([str(configcheck_bin()), str(path)], capture_output=True, text=True)
+
+
+def env_of(values: dict, component: str = "web") -> dict:
+    """name -> value, or ("secret", name, key) for a valueFrom."""
+    env = {}
+    for item in values[component]["additionalEnv"]:
+        ref = item.get("valueFrom", {}).get("secretKeyRef")
+        env[item["name"]] = ("secret", ref["name"], ref["key"]) if ref else item["value"]
+        assert ref or isinstance(item["value"], str), f"{item['name']}: Kubernetes wants a string"
+    return env
+
+
+def web_mounts(values: dict) -> dict[str, dict]:
+    """mount path -> volume source, for the web pods."""
+    volumes = {v["name"]: v for v in values["web"]["additionalVolumes"]}
+    return {m["mountPath"]: volumes[m["name"]] for m in values["web"]["additionalVolumeMounts"]}
+
+
+def manifest(dest, path: str, kind: str) -> dict:
+    return next(d for d in yaml.safe_load_all((dest / path).read_text()) if d and d["kind"] == kind)
+
+
+def by_kind(dest, kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for _, d in documents(dest) if d["kind"] == kind}
