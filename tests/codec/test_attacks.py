@@ -34,10 +34,10 @@ from bootstrap.core.kek import FileKek
 from bootstrap.core.pki import utcnow
 from bootstrap.core.tokens import SigningKey, mint_token
 from bootstrap.servers.codec import MAX_BODY
-from tests.codec.test_codec_unit import legacy_encrypt
+from tests.support.codec import legacy_encrypt
+from tests.support.memory_limit import compose_memory_limit
 from tests.support.ports import free_port
 from tests.support.waits import wait_until
-from tests.support.memory_limit import compose_memory_limit
 
 MEMORY_LIMIT_KB = compose_memory_limit("codec-server") // 1024  # the codec container's mem_limit
 PLAIN = Payload(metadata={"encoding": b"json/plain"}, data=b'"card 4111"')

@@ -36,6 +36,7 @@ from bootstrap.ops.plan import codec_sans
 from bootstrap.errors import BundleError
 from bootstrap.store import Layout, Skip, Write
 from tests.support.bundles import make_bundle
+from tests.support.codec import legacy_encrypt
 
 NOW = datetime(2026, 1, 2, tzinfo=timezone.utc)
 CONFIG = textwrap.dedent("""\
@@ -96,15 +97,6 @@ def test_the_key_id_is_bound_as_associated_data():
     relabelled = Payload(metadata={**sealed.metadata, KEY_ID_HEADER: b"alias"}, data=sealed.data)
     with pytest.raises(CodecError, match="failed authentication"):
         decrypt(relabelled, twin)
-
-
-def legacy_encrypt(payload: Payload, keyring: Keyring) -> Payload:
-    """What encrypt() wrote before payloads were bound to a namespace (issue 11), verbatim."""
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    key_id, nonce = keyring.active, os.urandom(12)
-    sealed = AESGCM(keyring.keys[key_id]).encrypt(nonce, payload.SerializeToString(), ENCODING + b"\x00" + key_id.encode())
-    return Payload(metadata={"encoding": ENCODING, KEY_ID_HEADER: key_id.encode()}, data=nonce + sealed)
 
 
 @pytest.mark.parametrize("relabel", [b"payments", b"orders\x00", b"", None])

@@ -18,8 +18,8 @@ from bootstrap.core.codec import CodecError, KeyringFile, decrypt, encrypt
 from bootstrap.core.codec_keys import Keyring, KeySet, KeyringMismatch
 from bootstrap.core.kek import FileKek
 from bootstrap.core.pki import utcnow
-from tests.codec.test_codec_unit import legacy_encrypt
 from tests.support.bundles import make_bundle
+from tests.support.codec import legacy_encrypt
 
 CONFIG = textwrap.dedent("""\
     namespaces: [{name: orders}, {name: payments}]
