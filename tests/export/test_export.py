@@ -17,6 +17,7 @@ from tests.support import chart
 from tests.support.bundles import make_bundle, run_main, snapshot
 from tests.support.exports import KUBERNETES_VERSION, configcheck, documents, export, private_keys_in, public_bytes, read_tree, secrets_of
 
+
 def test_every_manifest_and_secret_passes_strict_validation(exported):
     docs = documents(exported)
     kinds = {d["kind"] for _, d in docs}

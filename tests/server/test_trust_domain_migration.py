@@ -15,10 +15,10 @@ from bootstrap.core.pki import CA
 from bootstrap.ops.plan import DOMAINS, leaf_specs
 from bootstrap.store import Layout
 from bootstrap.client import connect
-from tests.support.cluster import LocalCluster
 from tests.support.binaries import run_cli
+from tests.support.cluster import LocalCluster
 from tests.support.load import under_load
-from tests.server.test_trust_domains import Credential, client_context, postgres_login, probe_tls, run_matrix
+from tests.support.trust_domains import Credential, client_context, postgres_login, probe_tls, run_matrix
 from tests.support.workflows import GreetingWorkflow, greet
 
 

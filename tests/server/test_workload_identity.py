@@ -273,7 +273,7 @@ def test_exchange_listener_attack_matrix(wi, tmp_path):
     what the entry says, and whoever is admitted still gets no token for a forged subject token
     (a foreign key claiming the cluster key's kid) or none at all."""
     from bootstrap.core.security_model import LISTENERS
-    from tests.server.test_trust_domains import client_context, credentials, expected, probe_tls
+    from tests.support.trust_domains import client_context, credentials, expected, probe_tls
 
     listeners = [l for l in LISTENERS if l.service == "token-exchange"]
     assert len(listeners) == 1 and listeners[0].port_number(None) == 8444
