@@ -12,8 +12,8 @@ import jwt
 import pytest
 
 from bootstrap.core.hsm import is_reference
+from tests.support.authorization import identity, run
 from tests.support.binaries import run_cli
-from tests.server.test_authorization import identity, run
 
 pytestmark = pytest.mark.timeout(900)
 
