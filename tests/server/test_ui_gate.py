@@ -37,14 +37,15 @@ from temporalio.api.workflowservice.v1 import (
 )
 from temporalio.api.common.v1 import WorkflowType
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode, TLSConfig
+from temporalio.service import RPCStatusCode, TLSConfig
 
 from bootstrap.core.pki import utcnow
 from bootstrap.core.tokens import SigningKey
-from tests.support.ports import free_port
 from tests.support.binaries import temporal_bin_dir
-from tests.support.waits import wait_until
 from tests.support.forged_tokens import alg_none, b64, forged_with_known_kid, token
+from tests.support.ports import free_port
+from tests.support.ui_gate import FORWARDED_SERVICES, call_status, start_gate
+from tests.support.waits import wait_until
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
 
@@ -67,31 +68,10 @@ def gate(sqlite_cluster, tmp_path_factory):
     subprocess.run([sys.executable, "-m", "bootstrap", "register-namespaces", "--config", str(cluster.config_path),
                     "--out", str(cluster.bundle), "--address", cluster.address, "--cluster-info", str(info)],
                    check=True, capture_output=True, text=True, timeout=120)
-    process, address = _start_gate(cluster, cluster.address, info)
+    process, address = start_gate(cluster, cluster.address, info)
     yield cluster, address, info
     process.terminate()
     process.wait(10)
-
-
-def _start_gate(cluster, upstream: str, info, log_name: str = "ui-gate.log",
-                popen=subprocess.Popen) -> tuple[subprocess.Popen, str]:
-    """`python -m bootstrap serve-ui-gate` as compose runs it; `popen` may start it inside a MemoryLimit."""
-    port = free_port()
-    log = open(cluster.workdir / log_name, "ab")
-    process = popen(
-        [sys.executable, "-m", "bootstrap", "serve-ui-gate", "--config", str(cluster.config_path), "--out",
-         str(cluster.bundle), "--host", "127.0.0.1", "--port", str(port), "--upstream", upstream,
-         "--cluster-info", str(info), "--jwks-url", f"https://localhost:{cluster.jwks_port}/jwks.json"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-
-    def listening() -> bool:
-        assert process.poll() is None, (cluster.workdir / log_name).read_text()[-2000:]
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
-
-    wait_until(listening, 30, "the UI gate")
-    return process, f"127.0.0.1:{port}"
 
 
 async def _client(cluster, address: str, token: str | None, cert: str = "ui/client", server_name: str = "ui-gate") -> Client:
@@ -115,22 +95,14 @@ async def _list(cluster, address, token, **kwargs) -> list[str]:
     return sorted(n.namespace_info.name for n in answer.namespaces)
 
 
-async def _status(call) -> RPCStatusCode | None:
-    try:
-        await call
-    except RPCError as exc:
-        return exc.status
-    return None
-
-
 def test_the_frontend_itself_refuses_the_two_cluster_calls_to_a_namespace_reader(gate):
     cluster, _, _ = gate
     frontend_cert = "clients/reader"
 
     async def check():
         client = await _client(cluster, cluster.address, cluster.token("reader"), cert=frontend_cert, server_name="localhost")
-        assert await _status(client.workflow_service.list_namespaces(ListNamespacesRequest())) == RPCStatusCode.PERMISSION_DENIED
-        assert await _status(client.workflow_service.get_cluster_info(GetClusterInfoRequest())) == RPCStatusCode.PERMISSION_DENIED
+        assert await call_status(client.workflow_service.list_namespaces(ListNamespacesRequest())) == RPCStatusCode.PERMISSION_DENIED
+        assert await call_status(client.workflow_service.get_cluster_info(GetClusterInfoRequest())) == RPCStatusCode.PERMISSION_DENIED
 
     _run(check())
 
@@ -169,13 +141,13 @@ def test_the_gate_gives_a_reader_no_right_the_token_lacks(gate):
     async def check():
         client = await _client(cluster, address, cluster.token("reader"))
         service = client.workflow_service
-        assert await _status(service.describe_namespace(DescribeNamespaceRequest(namespace="other"))) in REFUSED
-        assert await _status(service.describe_namespace(DescribeNamespaceRequest(namespace="default"))) is None
+        assert await call_status(service.describe_namespace(DescribeNamespaceRequest(namespace="other"))) in REFUSED
+        assert await call_status(service.describe_namespace(DescribeNamespaceRequest(namespace="default"))) is None
         start = StartWorkflowExecutionRequest(
             namespace="default", workflow_id=f"gate-{uuid.uuid4()}", workflow_type=WorkflowType(name="Greeting"),
             task_queue=TaskQueue(name="gate", kind=TaskQueueKind.TASK_QUEUE_KIND_NORMAL), request_id=str(uuid.uuid4()),
         )
-        assert await _status(service.start_workflow_execution(start)) == RPCStatusCode.PERMISSION_DENIED
+        assert await call_status(service.start_workflow_execution(start)) == RPCStatusCode.PERMISSION_DENIED
 
     _run(check())
 
@@ -200,8 +172,8 @@ def test_invalid_or_insufficient_tokens_get_a_refusal_not_a_gate_answer(gate, ca
     async def check():
         client = await _client(cluster, address, None)  # the frontend refuses even GetSystemInfo to a bad token
         client.api_key = bearer
-        assert await _status(client.workflow_service.list_namespaces(ListNamespacesRequest())) in REFUSED
-        assert await _status(client.workflow_service.get_cluster_info(GetClusterInfoRequest())) in REFUSED
+        assert await call_status(client.workflow_service.list_namespaces(ListNamespacesRequest())) in REFUSED
+        assert await call_status(client.workflow_service.get_cluster_info(GetClusterInfoRequest())) in REFUSED
 
     _run(check())
 
@@ -238,9 +210,6 @@ def _credentials(cluster, cert: str) -> grpc.ChannelCredentials:
     bundle = cluster.bundle
     return grpc.ssl_channel_credentials((bundle / "trust/ca.pem").read_bytes(), (bundle / f"{cert}.key").read_bytes(),
                                         (bundle / f"{cert}.pem").read_bytes())
-
-
-FORWARDED_SERVICES = ("temporal.api.workflowservice.v1.WorkflowService", "temporal.api.operatorservice.v1.OperatorService")
 
 
 def test_only_the_ui_services_are_forwarded(gate):
@@ -285,11 +254,11 @@ def test_a_missing_cluster_record_refuses_instead_of_inventing_one(gate):
     saved = info.read_bytes()
     info.unlink()
     try:
-        status = _run(_status(_client_call_cluster_info(cluster, address)))
+        status = _run(call_status(_client_call_cluster_info(cluster, address)))
         assert status == RPCStatusCode.PERMISSION_DENIED  # the frontend's own answer
     finally:
         info.write_bytes(saved)
-    assert _run(_status(_client_call_cluster_info(cluster, address))) is None
+    assert _run(call_status(_client_call_cluster_info(cluster, address))) is None
 
 
 async def _client_call_cluster_info(cluster, address):
@@ -341,7 +310,7 @@ def test_the_gate_reaches_a_frontend_that_starts_after_it_within_seconds(gate):
     (and grows to 120 s); the gate's is capped at 2 s."""
     cluster, _, info = gate
     upstream_port = free_port()
-    process, address = _start_gate(cluster, f"127.0.0.1:{upstream_port}", info, "ui-gate-late-upstream.log")
+    process, address = start_gate(cluster, f"127.0.0.1:{upstream_port}", info, "ui-gate-late-upstream.log")
     forwarder = _Forwarder(upstream_port, cluster.address)
     try:
         refused_until = time.monotonic() + 35  # long enough for the default backoff to reach ~17 s

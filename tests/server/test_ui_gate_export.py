@@ -20,12 +20,12 @@ from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, GetClust
 from temporalio.client import Client
 from temporalio.service import RPCStatusCode, TLSConfig
 
-from tests.server.test_ui_gate import _status
 from tests.support.bundles import run_main
 from tests.support.exports import env_of, manifest, materialize, secrets_of, web_mounts
 from tests.support.kube_api import stand_in_api_server
 from tests.support.paths import REPO
 from tests.support.ports import free_port
+from tests.support.ui_gate import call_status
 from tests.support.waits import wait_until
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
@@ -105,7 +105,7 @@ def test_the_exported_gate_serves_a_namespace_reader_once_the_job_recorded_the_c
         async def before():
             client = await _web_client(cluster, exported, gate, reader)
             # Nothing recorded yet: the frontend's own refusal, nothing invented.
-            assert await _status(client.workflow_service.get_cluster_info(GetClusterInfoRequest())) == RPCStatusCode.PERMISSION_DENIED
+            assert await call_status(client.workflow_service.get_cluster_info(GetClusterInfoRequest())) == RPCStatusCode.PERMISSION_DENIED
 
         asyncio.run(before())
 
@@ -127,7 +127,7 @@ def test_the_exported_gate_serves_a_namespace_reader_once_the_job_recorded_the_c
             assert [n.namespace_info.name for n in listed.namespaces] == ["default"]
             # Nothing beyond the token: a namespace it does not name stays refused by the frontend.
             other = DescribeNamespaceRequest(namespace="other")
-            assert await _status(client.workflow_service.describe_namespace(other)) == RPCStatusCode.PERMISSION_DENIED
+            assert await call_status(client.workflow_service.describe_namespace(other)) == RPCStatusCode.PERMISSION_DENIED
 
         asyncio.run(after())
     finally:

@@ -26,9 +26,9 @@ from temporalio.api.common.v1 import Payload, Payloads, WorkflowType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, StartWorkflowExecutionRequest
 
-from tests.support.paths import REPO
 from tests.support.memory_limit import MemoryLimit, compose_memory_limit
-from tests.server.test_ui_gate import FORWARDED_SERVICES, _start_gate
+from tests.support.paths import REPO
+from tests.support.ui_gate import FORWARDED_SERVICES, start_gate
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(900)]
 
@@ -115,7 +115,7 @@ def gate(sqlite_cluster, tmp_path_factory):
                     "--out", str(cluster.bundle), "--address", cluster.address, "--cluster-info", str(info)],
                    check=True, capture_output=True, text=True, timeout=120)
     with MemoryLimit(compose_memory_limit("ui-gate")) as limit:
-        process, address = _start_gate(cluster, cluster.address, info, "ui-gate-memory.log", popen=limit.popen)
+        process, address = start_gate(cluster, cluster.address, info, "ui-gate-memory.log", popen=limit.popen)
         gate = Gate(cluster, address, limit, cluster.workdir / "ui-gate-memory.log")
         gate.run(gate.ui_call_seconds())  # warm: token keys fetched, protos loaded, as a UI in use
         yield gate
