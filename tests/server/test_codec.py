@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import os
 import ssl
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 import uuid
@@ -30,14 +28,14 @@ from bootstrap.client import connect
 from bootstrap.core.codec import ENCODING, KEY_ID_HEADER, NAMESPACE_HEADER, data_converter, decrypt
 from bootstrap.core.codec_keys import Keyring, KeySet
 from bootstrap.core.kek import FileKek
-from bootstrap.servers.codec import Policy, make_server
 from bootstrap.core.config import load_config
 from bootstrap.core.pki import utcnow
 from bootstrap.core.tokens import SigningKey
-from tests.support.ports import free_port
-from tests.support.binaries import run_cli, temporal_cli
-from tests.support.waits import wait_until
+from tests.support.binaries import run_cli
+from tests.support.codec import in_process_codec_server
 from tests.support.forged_tokens import alg_none, forged_with_known_kid, token
+from tests.support.ports import free_port
+from tests.support.waits import wait_until
 from tests.support.workflows import GreetingWorkflow, greet
 
 SECRET = "card 4111-1111-1111-1111"
@@ -116,27 +114,6 @@ def decode(cluster, server, payloads, bearer=None, namespace="default", path="/d
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@contextlib.contextmanager
-def in_process_codec_server(cluster):
-    config = load_config(cluster.config_path)
-    server = make_server(
-        "127.0.0.1", 0,
-        keys_path=cluster.bundle / "codec-keys" / "keys.json",
-        policy=Policy(config.jwt.audience, config.codec.decrypt_role, config.codec.ui_origins),
-        jwks_path=cluster.bundle / "jwks" / "jwks.json",
-        cert=cluster.bundle / "codec" / "server.pem",
-        key=cluster.bundle / "codec" / "server.key",
-        audit=False,
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"https://localhost:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,18 @@
-"""Payloads as older releases of the codec wrote them, for the tests that check they still decrypt
-and cannot be passed off as something else."""
+"""The codec server started in-process for a cluster of the server tier, and payloads as older
+releases of the codec wrote them (they must still decrypt, and cannot be passed off as something else)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 
 from temporalio.api.common.v1 import Payload
 
 from bootstrap.core.codec import ENCODING, KEY_ID_HEADER
 from bootstrap.core.codec_keys import Keyring
+from bootstrap.core.config import load_config
+from bootstrap.servers.codec import Policy, make_server
 
 
 def legacy_encrypt(payload: Payload, keyring: Keyring) -> Payload:
@@ -18,3 +22,24 @@ def legacy_encrypt(payload: Payload, keyring: Keyring) -> Payload:
     key_id, nonce = keyring.active, os.urandom(12)
     sealed = AESGCM(keyring.keys[key_id]).encrypt(nonce, payload.SerializeToString(), ENCODING + b"\x00" + key_id.encode())
     return Payload(metadata={"encoding": ENCODING, KEY_ID_HEADER: key_id.encode()}, data=nonce + sealed)
+
+
+@contextlib.contextmanager
+def in_process_codec_server(cluster):
+    config = load_config(cluster.config_path)
+    server = make_server(
+        "127.0.0.1", 0,
+        keys_path=cluster.bundle / "codec-keys" / "keys.json",
+        policy=Policy(config.jwt.audience, config.codec.decrypt_role, config.codec.ui_origins),
+        jwks_path=cluster.bundle / "jwks" / "jwks.json",
+        cert=cluster.bundle / "codec" / "server.pem",
+        key=cluster.bundle / "codec" / "server.key",
+        audit=False,
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://localhost:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
