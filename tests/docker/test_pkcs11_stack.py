@@ -227,7 +227,7 @@ def test_every_listener_admits_exactly_its_trust_domain_with_the_keys_in_the_tok
     from bootstrap.core.config import load_config
     from bootstrap.core.security_model import LISTENERS
 
-    from .test_edge_attacks import all_credentials, run_matrix
+    from tests.support.edge_attacks import all_credentials, run_matrix
 
     stack = hsm_stack
     config = load_config(stack.config)
