@@ -87,8 +87,7 @@ class KeyServiceKeys:
         if namespace is None:
             return None  # payloads from before the namespace binding: only the codec server opens them
         key = self.ring(namespace).keys.get(key_id)
-        now = self.clock()
-        if key is None and now - self._asked.get(namespace, float("-inf")) >= self.unknown_every:
+        if key is None and self.clock() - self._asked.get(namespace, float("-inf")) >= self.unknown_every:
             key = self.ring(namespace, refresh=True).keys.get(key_id)  # rotated since we fetched?
         return key
 
@@ -102,6 +101,9 @@ class KeyServiceKeys:
     # ---- the cache
 
     def ring(self, namespace: str, refresh: bool = False) -> Keyring:
+        cached = self._cache.get(namespace)  # the fast path takes no lock: one dict read is atomic
+        if cached is not None and not refresh and self.clock() - cached.fetched < cached.ttl:
+            return cached.ring
         with self._lock:
             cached, now = self._cache.get(namespace), self.clock()
             if cached is not None and not refresh and now - cached.fetched < cached.ttl:
