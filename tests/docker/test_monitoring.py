@@ -269,7 +269,7 @@ def test_no_application_container_reaches_the_metrics(running_stack):
 def test_every_grafana_dashboard_query_runs_on_this_prometheus(running_stack):
     """Each provisioned panel's query is valid PromQL for this Prometheus and returns series (after
     one workflow, every panel has data), with or without a Grafana image on the engine."""
-    from tests.unit.test_monitoring import dashboard_exprs
+    from tests.support.monitoring import dashboard_exprs
 
     assert running_stack.run_client("run", "monitoring-dashboard-wf")["ok"]
     empty = []

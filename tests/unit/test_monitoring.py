@@ -25,9 +25,10 @@ from bootstrap.errors import BundleError
 from bootstrap.ops.expiry import CRITICAL, EXPIRED, OK, WARNING, Thresholds, expiry_status
 from bootstrap.core.pki import CA, utcnow
 from bootstrap.ops.render import render_all
+from tests.support.monitoring import GRAFANA, dashboard_exprs
+from tests.support.paths import REPO
 from tests.support.ports import free_port
 
-REPO = Path(__file__).resolve().parents[2]
 CLAMP = re.compile(r"clamp_max\(temporal_bundle_lifetime_seconds \* ([0-9.]+), ([0-9]+)\)")
 CONFIG = "namespaces: [{name: default}]\npersistence: {driver: sqlite, sqlite_path: /tmp/unused-monitoring.db}\n"
 
@@ -211,17 +212,6 @@ def test_exporter_serves_certificates_live_and_the_refreshers_token_file(bundle,
 
 
 # --- Grafana: provisioning files only (no Grafana image is built or run here) -----------------
-
-GRAFANA = REPO / "docker" / "grafana"
-
-
-def dashboard_exprs() -> list[str]:
-    exprs = []
-    for path in sorted((GRAFANA / "dashboards").glob("*.json")):
-        for panel in json.loads(path.read_text())["panels"]:
-            exprs += [t["expr"] for t in panel["targets"]]
-    return exprs
-
 
 def test_grafana_dashboards_use_the_provisioned_prometheus():
     """Grafana is not a Debian package and its image needs a frontend build: none is built here, so
