@@ -18,28 +18,17 @@ import json
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from bootstrap.ops.plan import DOMAINS
-from bootstrap.store import Layout
-
-from tests.support.compose_stack import LONG_RUNNING, ONE_SHOT, TIMINGS, ComposeStack, run
+from tests.support.compose_stack import LONG_RUNNING, ONE_SHOT, TIMINGS, ComposeStack, ca_fingerprint, run
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
 WORKFLOW_ID = "compose-e2e-greeting"
-
-
-def ca_fingerprint(stack: ComposeStack) -> dict[str, str]:
-    """SHA-256 of every trust domain's CA certificate (server, client, internode, database)."""
-    files = stack.read_bundle_files(*(str(Layout(Path(".")).domain_ca(d)[0]) for d in DOMAINS))
-    return {path: hashlib.sha256(x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)).hexdigest()
-            for path, pem in files.items()}
 
 
 def service_states(stack: ComposeStack) -> dict[str, dict]:

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.compose_stack import TIMINGS, ComposeStack, build_standin_images, run, unique_project
+from tests.support.compose_stack import TIMINGS, ComposeStack, build_standin_images, ca_fingerprint, run, unique_project
 from tests.support.paths import REPO
-from .test_compose_stack import ca_fingerprint
 
 pytestmark = [pytest.mark.own_stack, pytest.mark.docker, pytest.mark.timeout(2400)]
 

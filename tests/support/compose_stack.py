@@ -7,6 +7,7 @@ Nothing here skips: no engine, a failed image build or a stack that never gets h
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import fcntl
 import os
@@ -18,7 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
+from bootstrap.ops.plan import DOMAINS
+from bootstrap.store import Layout
 from tests.support.paths import REPO
 from tests.support.ports import free_port
 
@@ -322,3 +327,10 @@ class ComposeStack:
         out = json.loads(lines[-1])
         out["exit_code"] = result.returncode
         return out
+
+
+def ca_fingerprint(stack: ComposeStack) -> dict[str, str]:
+    """SHA-256 of every trust domain's CA certificate (server, client, internode, database)."""
+    files = stack.read_bundle_files(*(str(Layout(Path(".")).domain_ca(d)[0]) for d in DOMAINS))
+    return {path: hashlib.sha256(x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)).hexdigest()
+            for path, pem in files.items()}
