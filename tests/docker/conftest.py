@@ -1,6 +1,6 @@
 """One compose stack for the whole docker tier (session scope): test_compose_stack.py brings it up
 with `make up` and drives it through restarts and rotation; test_edge_attacks.py attacks the same
-stack from the edge network; test_monitoring.py queries its Prometheus (the stack runs with the
+stack from the edge network; test_monitoring_stack.py queries its Prometheus (the stack runs with the
 compose profile `monitoring`). Teardown dumps every log and removes the volumes.
 
 BUNDLE_TEST_KEYS_BACKEND=pkcs11 runs that shared stack with its CA and signing keys in the image's

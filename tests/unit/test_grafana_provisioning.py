@@ -3,7 +3,7 @@ as files (tests/unit/test_monitoring.py checks the dashboard's panels too): ever
 profile provisions; that datasource is the profile's Prometheus over the monitoring network; the
 login is Dex's generic OAuth with the client the bootstrap renders, its secret read from the
 bundle, and the role mapping (evaluated as Grafana does, JMESPath) gives Admin to cluster admins
-only. Whether Grafana itself logs in and loads them is tests/docker/test_monitoring.py's check.
+only. Whether Grafana itself logs in and loads them is tests/docker/test_monitoring_stack.py's check.
 """
 
 from __future__ import annotations

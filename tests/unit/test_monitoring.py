@@ -2,7 +2,7 @@
 check-expiry's judgement, Prometheus scrapes what the compose file names, check-expiry takes its
 defaults from the same bundle.yaml, and the exporter serves what check-expiry computes.
 
-(The PromQL itself is evaluated by real Prometheus in tests/docker/test_monitoring.py.)"""
+(The PromQL itself is evaluated by real Prometheus in tests/docker/test_monitoring_stack.py.)"""
 
 from __future__ import annotations
 
@@ -215,7 +215,7 @@ def test_exporter_serves_certificates_live_and_the_refreshers_token_file(bundle,
 
 def test_grafana_dashboards_use_the_provisioned_prometheus():
     """Grafana is not a Debian package and its image needs a frontend build: none is built here, so
-    this checks the files only; tests/docker/test_monitoring.py runs every query on real Prometheus."""
+    this checks the files only; tests/docker/test_monitoring_stack.py runs every query on real Prometheus."""
     datasources = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"]
     assert [d["uid"] for d in datasources] == ["temporal-bundle-prometheus"]
     assert datasources[0]["url"] == "http://prometheus:9090"  # the compose service, monitoring network
