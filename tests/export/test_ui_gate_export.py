@@ -1,7 +1,7 @@
 """export-helm and the UI gate: the Web UI reaches the frontend through it, as in compose. The gate's
 Secret holds its two certificates and the CAs that check them (no token, no other key), the
 registration Job may patch exactly the one ConfigMap the gate reads the cluster info from, and
-only the Web UI's pods may connect to it. (tests/server/test_ui_gate_export.py runs both from
+only the Web UI's pods may connect to it. (tests/server/test_ui_gate_export_cluster.py runs both from
 their manifests against a real server.)"""
 
 from __future__ import annotations
