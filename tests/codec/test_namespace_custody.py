@@ -229,3 +229,24 @@ def test_kubernetes_export_gives_the_rings_and_keks_to_the_codec_server_only(tmp
     assert len(holders) == 1, f"only the codec server's Secret may hold rings or KEKs: {holders}"
     [held] = holders.values()
     assert held == {"codec-keys-orders.json", "codec-keys-payments.json", "codec-kek-orders.key", "codec-kek-payments.key"}
+
+
+def test_a_pre_v2_ring_migrates_to_a_ring_only_the_codec_server_holds(single, capsys, tmp_path):
+    """A bundle still on the pre-v2 shared plaintext ring: its ring becomes _legacy.json under a
+    KEK of its own; payloads written with it (bound or not) still open; no worker export has it."""
+    from tests.support.codec import legacy_encrypt
+
+    config, out = single
+    old_ring = KeySet({}).with_namespaces(["x"], utcnow()).rings["x"]
+    (out / "codec-keys/keys.json").write_bytes(old_ring.to_bytes())
+    (out / "codec-kek/kek.key").unlink()
+    bound, unbound = encrypt(PLAIN, old_ring, "orders"), legacy_encrypt(PLAIN, old_ring)
+    said = migrate(config, out, capsys)
+    assert "_legacy.json: migrated from keys.json" in said, said
+    assert json.loads((out / "codec-keys/keys.json").read_text())["legacy"] is True
+    keys = KeyringFile(out / "codec-keys/keys.json").current()
+    assert keys.legacy == old_ring and decrypt(bound, keys) == PLAIN and decrypt(unbound, keys) == PLAIN
+    assert set(keys.rings) == {"orders", "payments"}
+    assert cli("export-role", "--config", config, "--out", out, "--role", "worker", "--dest", tmp_path / "w", "-q") == 0
+    legacy_bytes = {(out / "codec-keys/_legacy.json").read_bytes(), (out / "codec-kek/_legacy.key").read_bytes()}
+    assert not any(p.read_bytes() in legacy_bytes for p in (tmp_path / "w").iterdir())
