@@ -9,7 +9,7 @@ settings.register_profile("bundle", database=None, derandomize=True, deadline=No
 settings.load_profile("bundle")
 
 # Cheap tiers first, so a broken core fails within a minute instead of after the compose stack.
-TIER_ORDER = ("unit", "codec", "export", "rotation", "server", "docker")
+TIER_ORDER = ("unit", "codec", "export", "hsm", "rotation", "server", "docker")
 
 
 def _tier(item) -> int:
