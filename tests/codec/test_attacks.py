@@ -1,8 +1,10 @@
-"""Issue 11's attacks, replayed against the real servers started the way docker-compose.prod.yml
-starts them (`serve-jwks --port`, `serve-codec --port --jwks-url https://...`: TLS on), as
-subprocesses on 127.0.0.1. A bundle holds namespaces `orders` and `payments`; the attacker's role
-is admin on `orders` and reader on `payments`. Each attack must fail, and the server must stay
-responsive and within its container's 256 MB (read from /proc/<pid>/status)."""
+"""Attacks on the codec and JWKS servers (other namespaces' payloads, oversized and malformed
+bodies, slow and held connections, forged audit lines), replayed against the real servers started
+the way docker-compose.prod.yml starts them (`serve-jwks --port`, `serve-codec --port --jwks-url
+https://...`: TLS on), as subprocesses on 127.0.0.1. A bundle holds namespaces `orders` and
+`payments`; the attacker's role is admin on `orders` and reader on `payments`. Each attack must
+fail, and the server must stay responsive and within its container's 256 MB (read from
+/proc/<pid>/status)."""
 
 from __future__ import annotations
 

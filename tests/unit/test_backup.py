@@ -297,7 +297,7 @@ def test_exchange_key_round_trips_so_live_exchanged_tokens_stay_valid(cli, bundl
 
 
 # --------------------------------------------------------------------------- crafted archives
-# What the outside probes found (issue 26): each archive below is sealed with the right
+# What outside probes of the archive format found: each archive below is sealed with the right
 # passphrase, so it reaches the checks after decryption.
 
 
