@@ -1,4 +1,5 @@
-"""The key service (issue 28): what a worker pays for holding no KEK.
+"""The key service (workers fetch their namespaces' rings from the codec server): what a worker
+pays for holding no KEK.
 
     python benchmarks/bench_key_service.py [--seconds 3] [--workers 100]
 

@@ -1,5 +1,5 @@
-"""The key service on the codec server (issue 28), on a bundle made by `init`, without a Temporal
-server: a worker with mutual TLS and its own token gets only the rings of the namespaces it may
+"""The key service on the codec server (workers fetch their namespaces' rings), on a bundle made
+by `init`, without a Temporal server: a worker with mutual TLS and its own token gets only the rings of the namespaces it may
 write to; every refusal is one audit line without key bytes; the SDK mode caches, re-fetches on
 rotation, outlives a key service outage for its cache lifetime only, and a new worker without
 the service fails with one clear line."""

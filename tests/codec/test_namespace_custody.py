@@ -1,4 +1,4 @@
-"""Per-namespace custody (issue 28): one ring and one KEK per namespace, so what opens `orders`
+"""Per-namespace custody: one ring and one KEK per namespace, so what opens `orders`
 opens nothing of `payments`; the migration from the single-KEK keys.json is resumable, idempotent,
 says what it did, and every payload written before it still opens; rotation per namespace; the
 worker export holds no key material of any namespace."""

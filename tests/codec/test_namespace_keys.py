@@ -1,4 +1,4 @@
-"""One data key ring per namespace, wrapped by a key-encryption key (issue 17): B's ring does not
+"""One data key ring per namespace, wrapped by a key-encryption key: B's ring does not
 hold A's keys, a ring moved under another namespace's name does not unwrap, and a bundle with the
 pre-v2 shared plaintext ring migrates without losing a byte of old history."""
 

@@ -1,4 +1,4 @@
-"""The verify Job export-helm ships (issue 26 item 2, Kubernetes): what it mounts holds no private
+"""The verify Job export-helm ships (Kubernetes): what it mounts holds no private
 key of any CA and not the signing key, the pod passes strict validation, and which listeners it
 must reach (or must NOT) follows from the rendered Services and NetworkPolicies, not from a list."""
 

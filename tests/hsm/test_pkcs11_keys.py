@@ -1,4 +1,4 @@
-"""keys.backend: pkcs11 on a real SoftHSM2 token (issue 17): every CA key and JWT signing key is
+"""keys.backend: pkcs11 on a real SoftHSM2 token: every CA key and JWT signing key is
 made inside the token as non-extractable, certificates and tokens are signed there, the bundle
 directory, the backup archive and the rendered files hold no private byte of them, and the token
 refuses to export them. Bad module, token or PIN: one clear error, nothing written."""
@@ -331,7 +331,7 @@ def test_a_file_bundle_moved_to_pkcs11(token, tmp_path):
     assert_consistent(config, out)
 
 
-# --------------------------------------------------------------------------- per-namespace custody (issue 28)
+# --------------------------------------------------------------------------- per-namespace custody
 
 
 def test_per_namespace_keks_in_the_token_are_non_extractable_and_open_only_their_namespace(token, hsm_bundle):

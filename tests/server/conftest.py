@@ -43,7 +43,7 @@ def cluster(request):
 
 @pytest.fixture(scope="session")
 def pkcs11_cluster(tmp_path_factory):
-    """A cluster whose CAs and JWT signing keys never left a SoftHSM2 token (issue 17); it refetches
+    """A cluster whose CAs and JWT signing keys never left a SoftHSM2 token; it refetches
     the JWKS every 2 s, for the rotation test. `hsm_env` is what a process needs to reach the token."""
     env, keys = softhsm_token(tmp_path_factory.mktemp("softhsm"), "cluster")
     with pytest.MonkeyPatch.context() as patch:  # `init` runs as a CLI subprocess and signs in the token

@@ -1,5 +1,5 @@
 """Payload encryption against the real server: history holds only ciphertext, and the codec server
-decrypts it only for tokens whose role grants the namespace (issue 6).
+decrypts it only for tokens whose role grants the namespace.
 
 The codec server runs in-process on 127.0.0.1 with the bundle's own certificate, data keys and
 JWKS; one test also runs it as `python -m bootstrap serve-codec`, and one reads the history through
@@ -189,7 +189,7 @@ def test_valid_tokens_without_the_grant_get_ciphertext_back(sqlite_cluster, code
 
 @pytest.mark.parametrize("who", ["admin-of-other-namespace", "admin-asking-for-other"])
 def test_tokens_without_any_role_on_the_namespace_get_403(sqlite_cluster, codec_server, encrypted_run, who):
-    """Issue 11: a caller with no role at all on the request's namespace is refused before its body
+    """A caller with no role at all on the request's namespace is refused before its body
     is read (these got 200 and their ciphertext back before)."""
     cluster = sqlite_cluster
     bearer, namespace = {
@@ -369,8 +369,8 @@ def test_serve_codec_command(sqlite_cluster, encrypted_run):
 
 
 def test_a_payload_replayed_into_another_namespace_is_refused_even_for_a_system_admin(sqlite_cluster, codec_server):
-    """Issue 17: a workflow runs in `other` with the codec; its encrypted input is then replayed
-    as the input of a workflow in `default`. The codec server decrypts it in `other`'s history
+    """Payloads are bound to their namespace: a workflow runs in `other` with the codec; its
+    encrypted input is then replayed as the input of a workflow in `default`. The codec server decrypts it in `other`'s history
     for other's admin, and refuses it in `default`'s history even to temporal-system:admin."""
     from temporalio.common import RawValue
 

@@ -1,5 +1,5 @@
-"""The real Temporal server on a bundle whose CA and JWT signing keys never left a SoftHSM2 token
-(issue 17): the key files are references only, and a signing-key rotation done in the token is
+"""The real Temporal server on a bundle whose CA and JWT signing keys never left a SoftHSM2 token:
+the key files are references only, and a signing-key rotation done in the token is
 accepted once the server has refetched the JWKS. The whole authorization matrix runs on this
 cluster too (tests/server/test_authorization.py, the pkcs11-keys cases)."""
 

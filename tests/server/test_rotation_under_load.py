@@ -16,7 +16,7 @@ from tests.support.load import under_load
 
 @pytest.fixture(scope="module", params=["file", "pkcs11"])
 def fast_cluster(request, tmp_path_factory):
-    """With keys.backend pkcs11 (issue 17) the CA and signing keys live in a SoftHSM2 token: every
+    """With keys.backend pkcs11 the CA and signing keys live in a SoftHSM2 token: every
     certificate and token the rotations issue is signed there."""
     with pytest.MonkeyPatch.context() as patch:
         keys = None

@@ -1,6 +1,6 @@
 """`temporal-bundle verify` against the real server: the production config passes with 0 wrong
 pairs; a deliberately weakened one fails and names the pairs; and nothing verify used (tokens,
-private keys) shows up in the server's logs or verify's own output (issue 26 items 2 and 8)."""
+private keys) shows up in the server's logs or verify's own output."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ each route's Service name swapped for this machine's: listeners the Job must rea
 and their port here, listeners its NetworkPolicies keep from it at a closed loopback port (what a
 dropped or rejected connection looks like to the pod); the codec server runs from its own exported
 Deployment. 0 wrong pairs, and the token attacks done with the role's token alone: no CA key and
-no signing key was there (issue 26 item 2)."""
+no signing key was there."""
 
 from __future__ import annotations
 

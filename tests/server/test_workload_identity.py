@@ -1,4 +1,5 @@
-"""Workload identity against the real Temporal server (issue 16).
+"""Workload identity (Kubernetes service-account tokens exchanged for bundle tokens) against the
+real Temporal server.
 
 The subject tokens come from tests/support/kube_issuer.py: a STAND-IN for kube-apiserver that serves OIDC
 discovery and the JWKS at kube-apiserver's paths, with its claims and RS256 keys. It is not a real

@@ -330,7 +330,7 @@ def test_check_expiry_reports_rsa_token_under_an_ec_kid_instead_of_crashing(sign
     assert jwks_problem(Item("tokens/worker.jwt", "token", kid=key.kid, encoded=good), published) is None
 
 
-# --------------------------------------------------------------------------- aligned with Temporal (issue 11)
+# --------------------------------------------------------------------------- aligned with Temporal's JWT verifier
 
 
 @pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
