@@ -21,7 +21,7 @@ from temporalio.client import Client
 from temporalio.service import RPCStatusCode, TLSConfig
 
 from tests.support.bundles import run_main
-from tests.support.exports import env_of, manifest, materialize, secrets_of, web_mounts
+from tests.support.exports import env_of, export_cluster, manifest, materialize, secrets_of, web_mounts
 from tests.support.kube_api import stand_in_api_server
 from tests.support.paths import REPO
 from tests.support.ports import free_port
@@ -38,10 +38,7 @@ def _replace_value(args: list[str], option: str, value: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def exported(pg_cluster, tmp_path_factory):
-    dest = tmp_path_factory.mktemp("k8s-export") / "out"
-    result = run_main("export-helm", "--config", pg_cluster.config_path, "--out", pg_cluster.bundle, "--dest", dest)
-    assert result.code == 0, result.err
-    return dest
+    return export_cluster(pg_cluster, tmp_path_factory.mktemp("k8s-export") / "out")
 
 
 def _web_client(cluster, dest, address: str, token: str):

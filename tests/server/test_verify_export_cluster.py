@@ -20,12 +20,11 @@ import yaml
 from bootstrap.core.config import load_config
 from bootstrap.core.security_model import LISTENERS
 from bootstrap.core.verify_plan import SIGNING_KEY_ATTACKS, TOKEN_ATTACKS, port_of
-from tests.support.exports import materialize, secrets_of
+from tests.support.exports import export_cluster, materialize, secrets_of
+from tests.support.memory_limit import MemoryLimit, parse_size
 from tests.support.paths import REPO
 from tests.support.ports import free_port
 from tests.support.waits import wait_until
-from tests.support.memory_limit import MemoryLimit, parse_size
-from tests.support.bundles import run_main
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(900)]
 
@@ -35,10 +34,7 @@ ROUTE_OPTIONS = ("--listener-host", "--listener-blocked")
 
 @pytest.fixture(scope="module")
 def exported(pg_cluster, tmp_path_factory):
-    dest = tmp_path_factory.mktemp("k8s-verify") / "out"
-    result = run_main("export-helm", "--config", pg_cluster.config_path, "--out", pg_cluster.bundle, "--dest", dest)
-    assert result.code == 0, result.err
-    return dest
+    return export_cluster(pg_cluster, tmp_path_factory.mktemp("k8s-verify") / "out")
 
 
 def _job(dest) -> dict:

@@ -29,6 +29,13 @@ def export(bundle, dest: Path, *extra):
     return run_main("export-helm", "--config", bundle.config_path, "--out", bundle.root, "--dest", dest, *extra)
 
 
+def export_cluster(cluster, dest: Path) -> Path:
+    """export-helm of a server-tier cluster's bundle into dest; dest."""
+    result = run_main("export-helm", "--config", cluster.config_path, "--out", cluster.bundle, "--dest", dest)
+    assert result.code == 0, result.err
+    return dest
+
+
 def read_tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
