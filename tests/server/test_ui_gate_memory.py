@@ -9,15 +9,10 @@ holds) must be answered within a second while each attack runs. Peaks are printe
 from __future__ import annotations
 
 import asyncio
-import os
-import resource
-import socket
-import ssl
 import subprocess
 import sys
 import time
 import uuid
-from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -26,33 +21,18 @@ from temporalio.api.common.v1 import Payload, Payloads, WorkflowType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, StartWorkflowExecutionRequest
 
+from tests.support.gate_attacks import MIB, START, gate_channel
 from tests.support.memory_limit import MemoryLimit, compose_memory_limit
 from tests.support.paths import REPO
 from tests.support.ui_gate import FORWARDED_SERVICES, start_gate
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(900)]
 
-START = f"/{FORWARDED_SERVICES[0]}/StartWorkflowExecution"  # the names test_ui_gate checks against the frontend
 DESCRIBE_NAMESPACE = f"/{FORWARDED_SERVICES[0]}/DescribeNamespace"
-MIB = 1024 * 1024
 # The frontend's own receive limit: grpc-go's default, which Temporal v1.32.2 leaves as it is
 # (service/frontend/fx.go, common/rpc/rpc.go GetFrontendGRPCServerOptions: no MaxRecvMsgSize).
 MAX_REQUEST_BYTES = 4 * MIB
 ATTACKER = "clients/reader"  # an application role's certificate: client domain, like the UI's
-
-
-
-def _credentials(bundle: Path, cert: str) -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials((bundle / "trust/ca.pem").read_bytes(), (bundle / f"{cert}.key").read_bytes(),
-                                        (bundle / f"{cert}.pem").read_bytes())
-
-
-def _channel(bundle: Path, address: str, cert: str, own_connection: bool = False) -> grpc.aio.Channel:
-    options = [("grpc.ssl_target_name_override", "ui-gate"), ("grpc.max_send_message_length", 256 * MIB),
-               ("grpc.max_receive_message_length", 256 * MIB)]
-    if own_connection:
-        options.append(("grpc.use_local_subchannel_pool", 1))
-    return grpc.aio.secure_channel(address, _credentials(bundle, cert), options=options)
 
 
 def _start_request(size: int) -> bytes:
@@ -86,7 +66,7 @@ class Gate:
 
     async def ui_call_seconds(self) -> float:
         """The UI's call (its certificate, a reader's token, its standing connection): seconds to an answer."""
-        self.ui = self.ui or _channel(self.cluster.bundle, self.address, "ui/client")
+        self.ui = self.ui or gate_channel(self.cluster.bundle, self.address, "ui/client")
         started = time.monotonic()
         answer = await self.ui.unary_unary(DESCRIBE_NAMESPACE)(
             DescribeNamespaceRequest(namespace="default").SerializeToString(), metadata=self.bearer("reader"), timeout=10)
@@ -126,7 +106,7 @@ def gate(sqlite_cluster, tmp_path_factory):
 
 def test_the_gate_takes_no_message_larger_than_the_frontend_does(gate):
     async def check():
-        channel = _channel(gate.cluster.bundle, gate.address, ATTACKER)
+        channel = gate_channel(gate.cluster.bundle, gate.address, ATTACKER)
         start = channel.unary_unary(START)
         bearer = gate.bearer("reader")
         # The largest the gate takes reaches the frontend (which refuses this reader the start).
@@ -143,7 +123,7 @@ def test_the_gate_takes_no_message_larger_than_the_frontend_does(gate):
 
 def test_without_a_token_a_body_is_refused_unread(gate):
     async def check():
-        channel = _channel(gate.cluster.bundle, gate.address, ATTACKER)
+        channel = gate_channel(gate.cluster.bundle, gate.address, ATTACKER)
         # Headers only, no body ever: the refusal comes anyway, so the gate never waited to read one.
         call = channel.stream_stream(START)()  # headers; no body, ever
         assert await asyncio.wait_for(call.code(), 2.0) == grpc.StatusCode.PERMISSION_DENIED
@@ -157,7 +137,7 @@ def test_without_a_token_a_body_is_refused_unread(gate):
 
 def test_many_large_calls_at_once_stay_in_memory(gate):
     async def check():
-        channels = [_channel(gate.cluster.bundle, gate.address, ATTACKER, own_connection=True) for _ in range(4)]
+        channels = [gate_channel(gate.cluster.bundle, gate.address, ATTACKER, own_connection=True) for _ in range(4)]
         bearer = gate.bearer("reader")
         calls = [channels[i % len(channels)].unary_unary(START)(_start_request(MAX_REQUEST_BYTES - 1024),
                                                                 metadata=bearer, timeout=120) for i in range(48)]
@@ -176,68 +156,11 @@ def test_many_large_calls_at_once_stay_in_memory(gate):
     gate.report("48 concurrent 4 MiB calls on 4 connections")
 
 
-def _attack(address: str, bundle: str, cert: str, seconds: float, idle: int, streams: int, token: str) -> None:
-    """In its own process: header-only streams (tokenless, and with a valid token) on as many of 100
-    connections as the gate takes, reopened as the gate closes them, and `idle` TLS+HTTP/2
-    connections that never call."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    bundle_path = Path(bundle)
-
-    async def flood():
-        channels = [_channel(bundle_path, address, cert, own_connection=True) for _ in range(100)]
-        ready = await asyncio.gather(*(asyncio.wait_for(c.channel_ready(), 10) for c in channels), return_exceptions=True)
-        channels = [c for c, r in zip(channels, ready) if not isinstance(r, BaseException)]  # what the gate admitted
-        print(f"stream connections the gate took: {len(channels)} of 100", flush=True)
-        sockets = _idle_connections(address, bundle_path, cert, idle)
-        print(f"idle connections the gate kept: {sum(1 for s in sockets if s is not None)} of {idle}", flush=True)
-        metadata = [(), (("authorization", f"Bearer {token}"),)]
-        outcomes = Counter()
-        deadline = time.monotonic() + seconds
-
-        async def keep_open(channel, n):
-            while time.monotonic() < deadline:
-                call = channel.stream_stream(START)(metadata=metadata[n % 2])  # headers; no body, ever
-                try:
-                    outcomes[(await asyncio.wait_for(call.code(), max(0.01, deadline - time.monotonic()))).name] += 1
-                except asyncio.TimeoutError:
-                    outcomes["still open at the end"] += 1
-                    call.cancel()
-
-        flooding = asyncio.gather(*(keep_open(c, n) for c in channels for n in range(streams)))
-        try:
-            await asyncio.wait_for(flooding, seconds + 15)
-        except asyncio.TimeoutError:
-            pass
-        print(f"header-only streams, by outcome: {dict(outcomes)}", flush=True)
-
-    asyncio.run(flood())
-    os._exit(0)  # past grpc's channels and the idle sockets, whatever they still wait for
-
-
-def _idle_connections(address: str, bundle: Path, cert: str, count: int) -> list:
-    host, port = address.split(":")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(bundle / "trust/ca.pem")
-    context.load_cert_chain(bundle / f"{cert}.pem", bundle / f"{cert}.key")
-    context.set_alpn_protocols(["h2"])
-    held, started = [], time.monotonic()
-    for _ in range(count):
-        try:
-            tls = context.wrap_socket(socket.create_connection((host, int(port)), 1), server_hostname="ui-gate")
-            tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-            held.append(tls)
-        except OSError:  # beyond the gate's connection limit: closed as it comes (or not accepted)
-            held.append(None)
-    print(f"{count} idle connections opened in {time.monotonic() - started:.1f} s", flush=True)
-    return held
-
-
 def test_idle_connections_and_header_only_streams_do_not_lock_the_ui_out(gate):
     async def check():
         await gate.ui_call_seconds()  # the UI's connection, standing before the attack
-        code = ("from tests.server.test_ui_gate_memory import _attack; import sys; "
-                "_attack(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), sys.argv[7])")
+        code = ("from tests.support.gate_attacks import hold_gate; import sys; "
+                "hold_gate(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), sys.argv[7])")
         # Niced: in production the attacker's CPU is its own host's, not the gate's (here both share 2 cores).
         attacker = subprocess.Popen(["nice", "-n", "19", sys.executable, "-c", code, gate.address, str(gate.cluster.bundle), ATTACKER, "40",
                                      "2000", "32", gate.cluster.token("reader")],
@@ -266,7 +189,7 @@ def test_every_slot_full_of_4_mib_calls_stays_within_the_planned_memory(gate):
     async def check():
         certs = (ATTACKER, "clients/system", "registrar/system")
         # Two connections a certificate, 10 calls each: within the gate's streams per connection.
-        channels = [_channel(gate.cluster.bundle, gate.address, cert, own_connection=True) for cert in certs * 2]
+        channels = [gate_channel(gate.cluster.bundle, gate.address, cert, own_connection=True) for cert in certs * 2]
         for channel in channels:  # once a flood before has let go of the gate's connections
             await asyncio.wait_for(channel.channel_ready(), 60)
         bearer = gate.bearer("reader")
