@@ -29,10 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-try:  # the harness is moving from tests/harness.py to tests/support/
-    from tests.support.cluster import LocalCluster  # noqa: E402
-except ImportError:
-    from tests.harness import LocalCluster  # noqa: E402
+from tests.support.cluster import LocalCluster  # noqa: E402
 
 # The last commit with the Python grpc-health check (removed in the next one).
 OLD_CHECK = "53a0851:docker/bundle/healthcheck.py"
