@@ -322,6 +322,12 @@ def test_a_big_but_well_formed_body_is_bounded_too(bundle, codec):
 # --------------------------------------------------------------------------- slow connections
 
 
+async def _connect(codec: Served):
+    """A TLS connection to `codec` as (reader, writer), within 20 s."""
+    return await asyncio.wait_for(
+        asyncio.open_connection("127.0.0.1", codec.port, ssl=codec.context, server_hostname="localhost"), 20)
+
+
 async def _slow_clients(codec: Served, count: int, seconds: float) -> int:
     """`count` TLS connections that send a request header a byte at a time; returns how many the
     server had closed by the end (evicted or timed out)."""
@@ -330,8 +336,7 @@ async def _slow_clients(codec: Served, count: int, seconds: float) -> int:
     async def one():
         async with gate:
             try:
-                _, writer = await asyncio.wait_for(
-                    asyncio.open_connection("127.0.0.1", codec.port, ssl=codec.context, server_hostname="localhost"), 20)
+                _, writer = await _connect(codec)
             except (OSError, asyncio.TimeoutError):
                 return None
         return writer
@@ -395,15 +400,14 @@ async def _bodies_that_never_come(codec: Served, bearer: str, count: int) -> tup
     async def one():
         async with gate:
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection("127.0.0.1", codec.port, ssl=codec.context, server_hostname="localhost"), 20)
-                writer.write(head)
-                status = await asyncio.wait_for(reader.readline(), 1.0)
-            except asyncio.TimeoutError:
-                return writer, None  # waiting for the body: the server holds this request
-            except OSError:
+                reader, writer = await _connect(codec)
+            except (OSError, asyncio.TimeoutError):
                 return None, None
-        return writer, status
+            writer.write(head)
+            try:
+                return writer, await asyncio.wait_for(reader.readline(), 1.0)
+            except (asyncio.TimeoutError, OSError):
+                return writer, None  # no answer within 1 s: the server holds this request, waiting for its body
 
     held = await asyncio.gather(*(one() for _ in range(count)))
     refused = sum(1 for _, status in held if status and b" 429 " in status)
