@@ -1,6 +1,6 @@
 """Runs INSIDE the attacker's container (the bundle image, on the compose `edge` network only, with
 the bundle's certificate volumes and the test's forged certificates mounted read-only). Each
-(listener, credential) probe is `temporal-bundle verify`'s own (bootstrap/ops/verify.py, installed
+(listener, credential) probe is `temporal-bundle verify`'s own (bootstrap/ops/verify_probe.py, installed
 in the image); the namespace attempts use `temporal` (the CLI).
 
     python3 -m tests.support.attack_probe matrix PLAN.json      every (listener, credential) probe
