@@ -63,7 +63,7 @@ SERVER_LEAF = {
     "postgresql": ("postgres", "server"),
 }
 
-# Outcome words shared with the prober (bootstrap.ops.verify): a probe's result starts with one.
+# Outcome words shared with the prober (bootstrap.ops.verify_probe): a probe's result starts with one.
 ADMITTED, REFUSED, UNREACHABLE, PLAINTEXT = "admitted", "refused", "unreachable", "plaintext-http"
 ACCEPTED, DENIED = "accepted", "denied"
 
