@@ -45,8 +45,17 @@ CONFIG = textwrap.dedent("""\
       client: {permissions: ["orders:write"]}
       mixed: {permissions: ["orders:admin"]}
       lowest: {permissions: ["orders:read"]}
+      %s
     persistence: {driver: sqlite, sqlite_path: /tmp/unused-codec-memory.db}
     """)
+# One token may hold an eighth of the connections inside requests (429 beyond): the worst cases take
+# eight tokens of the lowest role, spread round-robin, so every connection can still be held.
+ATTACKERS = ("lowest", *(f"reader{n}" for n in range(2, 9)))
+CONFIG %= "\n  ".join(f'{role}: {{permissions: ["orders:read"]}}' for role in ATTACKERS[1:])
+
+
+def attacker(index: int) -> str:
+    return ATTACKERS[index % len(ATTACKERS)]
 
 
 
@@ -244,7 +253,7 @@ def test_the_worst_body_shapes_fit_the_containers_memory(codec, shape):
     body = make()
     assert len(body) <= MAX_BODY
     statuses, latencies, peak = under_attack(
-        codec, lambda: concurrently(copies, lambda _: codec.post("/decode", body, codec.headers("lowest"))))
+        codec, lambda: concurrently(copies, lambda i: codec.post("/decode", body, codec.headers(attacker(i)))))
     print(f"{shape}: {copies} x {len(body) / 2**20:.1f} MiB -> {sorted(set(map(str, statuses)))}, "
           f"peak {peak / 2**20:.0f} MiB of {codec.cgroup.limit >> 20}, "
           f"slowest legitimate decode {max(latencies) * 1000:.0f} ms ({len(latencies)})")
@@ -291,20 +300,22 @@ async def _waiting_requests(codec: Codec, count: int, head: int, hold: float) ->
     """`count` connections each send a request with a valid token, a head of `head` bytes and the
     start of a maximal body, which then stalls (the body budget is taken by the first)."""
     gate = asyncio.Semaphore(100)
-    auth = "".join(f"{k}: {v}\r\n" for k, v in codec.headers("lowest").items())
-    start = f"POST /decode HTTP/1.1\r\nHost: localhost\r\nContent-Length: {MAX_BODY}\r\n{auth}"
-    filler = "".join(f"X-Filler-{i}: {'f' * 4000}\r\n" for i in range(max(0, head - len(start)) // 4020))
-    request = (start + filler + "\r\n").encode() + b"[" * (256 * 1024)
 
-    async def one():
+    def request(index: int) -> bytes:
+        auth = "".join(f"{k}: {v}\r\n" for k, v in codec.headers(attacker(index)).items())
+        start = f"POST /decode HTTP/1.1\r\nHost: localhost\r\nContent-Length: {MAX_BODY}\r\n{auth}"
+        filler = "".join(f"X-Filler-{i}: {'f' * 4000}\r\n" for i in range(max(0, head - len(start)) // 4020))
+        return (start + filler + "\r\n").encode() + b"[" * (256 * 1024)
+
+    async def one(index):
         async with gate:
             with contextlib.suppress(OSError, asyncio.TimeoutError):
                 _, writer = await asyncio.wait_for(asyncio.open_connection(
                     "127.0.0.1", codec.port, ssl=codec.context, server_hostname="localhost"), 20)
-                writer.write(request)
+                writer.write(request(index))
                 return writer
 
-    writers = [w for w in await asyncio.gather(*(one() for _ in range(count))) if w is not None]
+    writers = [w for w in await asyncio.gather(*(one(i) for i in range(count))) if w is not None]
     await asyncio.sleep(hold)
     alive = sum(1 for w in writers if not w.is_closing())
     for writer in writers:
