@@ -56,9 +56,10 @@ class _Side(asyncio.BufferedProtocol):
     transport: asyncio.Transport | None = None
     other: "_Side | None" = None
     ended = False  # the peer of this side sent EOF
+    early: list[bytes]  # what came before the other side was there (one read at most)
 
     def connection_made(self, transport) -> None:
-        self.transport = transport
+        self.transport, self.early = transport, []
         self.buffer = memoryview(bytearray(READ_CHUNK))
         transport.set_write_buffer_limits(high=WRITE_BUFFER)
 
@@ -66,7 +67,12 @@ class _Side(asyncio.BufferedProtocol):
         return self.buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.other.transport.write(bytes(self.buffer[:nbytes]))
+        data = bytes(self.buffer[:nbytes])
+        if self.other is None:  # not joined yet: keep this one read and read no more until then
+            self.early.append(data)
+            self.transport.pause_reading()
+            return
+        self.other.transport.write(data)
 
     def eof_received(self) -> bool:
         self.ended = True
@@ -103,6 +109,8 @@ class _Caller(_Side):
             transport.abort()
             return
         self.peer = peer
+        # Some Python 3.11 releases (Debian bookworm's 3.11.2) start reading after connection_made
+        # even when it paused reading: buffer_updated keeps that read until the upstream is there.
         transport.pause_reading()
         self.front.relay(self)
 
@@ -160,6 +168,9 @@ class Front:
             upstream.transport.close()
             return
         caller.other, upstream.other = upstream, caller
+        for data in caller.early:
+            upstream.transport.write(data)
+        caller.early.clear()
         caller.transport.resume_reading()
 
     def stop(self) -> None:

@@ -127,6 +127,37 @@ def test_a_caller_that_never_reads_stops_the_relay_instead_of_filling_its_buffer
     asyncio.run(check())
 
 
+class SlowFront(Front):
+    """A front whose upstream connection takes a while, on a runtime that reads before it is there
+    (Debian bookworm's Python 3.11.2 starts reading after connection_made although it paused)."""
+
+    def relay(self, caller) -> None:
+        caller.transport.resume_reading()
+
+        async def later():
+            await asyncio.sleep(0.3)
+            super(SlowFront, self).relay(caller)
+
+        asyncio.ensure_future(later())
+
+
+def test_bytes_sent_before_the_upstream_is_connected_arrive_once_and_in_order():
+    async def check():
+        upstream = Upstream()
+        await upstream.start()
+        front = SlowFront(upstream.path, PeerShares(8, 3))
+        port = await front.start("127.0.0.1", 0)
+        reader, writer = await _connect(port)
+        payload = os.urandom(200_000)  # more than one read: the rest waits in the kernel
+        writer.write(payload)
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(-1), 30) == payload
+        writer.close()
+        front.stop()
+
+    asyncio.run(check())
+
+
 @pytest.mark.parametrize("per_peer", [0])
 def test_a_share_of_nothing_refuses_every_connection(per_peer):
     async def check():
