@@ -17,7 +17,8 @@ class Listener:
     name: str
     port: str  # a NetworkConfig attribute, or a literal port for services outside the server
     # What TLS admits: a trust domain whose client certificates pass ("client", "internode",
-    # "database"), "any" (TLS without client certificates), or "plaintext".
+    # "database"), "client-optional" (none, or a client-domain one), "any" (TLS without client
+    # certificates), or "plaintext".
     admits: str
     token: str  # what a caller needs beyond the TLS layer
     # Where it is reachable in the compose stack: "published" (host loopback and the edge
@@ -58,7 +59,8 @@ LISTENERS = (
     Listener("worker membership", "worker_port+membership", "internode", "none", "container"),
     Listener("metrics", "metrics_port", "plaintext", "none (read-only metrics)", "monitoring"),
     Listener("JWKS", "jwks_port", "any", "none (public keys)", "backend", service="jwks"),
-    Listener("codec server", "8888", "any", "a role token; plaintext only for codec.decrypt_role", "published",
+    Listener("codec server", "8888", "client-optional", "a role token; plaintext only for codec.decrypt_role; a namespace's "
+             "data keys (key service) only with a client cert and write there", "published",
              service="codec-server"),
     Listener("Web UI", "8080", "any", "an OIDC login (the frontend checks the user's token)", "published",
              service="temporal-ui"),
@@ -86,8 +88,20 @@ ADMITS = {
     "internode": "the internode cert only",
     "database": "the database client cert only",
     "any": "TLS, no client cert asked",
+    "client-optional": "no client cert, or a client-domain one (asked, optional: the key service needs it)",
     "plaintext": "no TLS",
 }
+
+
+def tls_admits(admits: str, domain: str, usage: str, expired: bool) -> bool:
+    """Whether a listener that admits `admits` completes the TLS handshake with a certificate of
+    `domain` ("none": no certificate sent, "foreign": another CA's) for `usage`."""
+    if admits in ("any", "plaintext") or (admits == "client-optional" and domain == "none"):
+        return True
+    wanted = "client" if admits == "client-optional" else admits
+    return domain == wanted and usage in ("client", "both") and not expired
+
+
 REACH = {
     "published": "host (127.0.0.1) and the edge network",
     "edge": "edge network (not published)",

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from ..errors import BundleError
 from .config import SYSTEM_NAMESPACE, BundleConfig
-from .security_model import LISTENERS, Listener
+from .security_model import LISTENERS, Listener, tls_admits
 
 REACHES = ("published", "edge", "backend", "monitoring", "container")
 
@@ -79,9 +79,7 @@ class Credential:
 
     def passes(self, admits: str) -> bool:
         """What a listener that admits `admits` must do with this credential at the TLS layer."""
-        if admits in ("any", "plaintext"):
-            return True
-        return self.domain == admits and self.usage in ("client", "both") and not self.expired
+        return tls_admits(admits, self.domain, self.usage, self.expired)
 
 
 @dataclass(frozen=True)

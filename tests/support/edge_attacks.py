@@ -13,7 +13,7 @@ from pathlib import Path
 from cryptography import x509
 
 from bootstrap.core.pki import CA, utcnow
-from bootstrap.core.security_model import Listener
+from bootstrap.core.security_model import Listener, tls_admits
 from bootstrap.core.verify_plan import probe_mode
 from bootstrap.ops.plan import DOMAINS, leaf_specs
 from bootstrap.store import Layout
@@ -53,9 +53,7 @@ class Credential:
 
     def passes(self, admits: str) -> bool:
         """What a listener that admits `admits` must do with this credential at the TLS layer."""
-        if admits in ("any", "plaintext"):
-            return True
-        return self.domain == admits and self.usage in ("client", "both") and not self.expired
+        return tls_admits(admits, self.domain, self.usage, self.expired)
 
 
 def expected(listener: Listener, credential: Credential, reachable: bool = False) -> str:

@@ -163,6 +163,8 @@ def _workload_secrets(config: BundleConfig, read: BundleReader, n: dict[str, str
         _bundle_secret(n["codec"], "codec server", {
             "codec/server.pem": codec[0], "codec/server.key": codec[1],
             "codec-keys/keys.json": read.file(layout.codec_keys), "trust/ca.pem": server_ca,
+            # The key service asks for a client-domain certificate (workers); browsers send none.
+            "trust/client/ca.pem": read.trust("client")[0],
             **_codec_kek(layout), **(_issuer_ca(read) if issuer_ca_exported(config) else {}),
         }),
     ]
