@@ -11,7 +11,7 @@ call. Two tokens:
 - `temporal-system:read` (an operator): the frontend allows every call, so direct and through the
   gate do the same work and the difference is the gate's hop;
 - `default:read` (a namespace user), through the gate only: the frontend refuses GetClusterInfo
-  and the gate answers it itself (the path issue 29's namespace users take).
+  and the gate answers it itself (the path namespace-only users take).
 The frontend's visibility rate limit (10 calls/s per namespace by default) is raised for this
 cluster, so the figures are the gate's and the server's, not the limiter's.
 For each case prints calls/s, p50 and p99 per call (all four methods together), and the CPU

@@ -1,4 +1,4 @@
-"""The audit trail in workflow history (issue 29): with `frontend.enablePrincipalPropagation` on
+"""The audit trail in workflow history: with `frontend.enablePrincipalPropagation` on
 (templates/dynamic_config.yaml.j2), the real server (PostgreSQL, mTLS, JWT) stamps every history
 event a call causes with the caller's token subject, and the history the CLI shows names them.
 

@@ -1,5 +1,5 @@
 """A worker of `orders`, given exactly what `make export ROLE=...` gives it, against the real
-server (issue 28): the `payments` history it may get hold of is ciphertext only, for every payload
+server: the `payments` history it may get hold of is ciphertext only, for every payload
 kind (input, memo, signal, activity input and result, workflow result, failure), and the key
 service gives its token no `payments` ring. The bundle is migrated to per-namespace custody, the
 codec server (with its key service) runs in-process with the bundle's certificate."""

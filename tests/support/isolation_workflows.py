@@ -1,5 +1,5 @@
 """A workflow that puts a secret into every payload kind a history holds: input, memo (set by the
-starter), signal, activity input and result, workflow result, and a failure (issue 28)."""
+starter), signal, activity input and result, workflow result, and a failure."""
 
 from datetime import timedelta
 
