@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import urllib.request
 from pathlib import Path
@@ -34,19 +33,13 @@ from bootstrap.cli import main  # noqa: E402
 from bootstrap.core.codec import encrypt  # noqa: E402
 from bootstrap.core.codec_keys import KeySet  # noqa: E402
 from bootstrap.core.kek import FileKek  # noqa: E402
+from tests.support.codec import codec_config  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tests.support.waits import wait_until  # noqa: E402
 
 CASES = [(1, 1), (1, 8), (50, 1), (50, 8), (1000, 1), (1000, 8)]  # (payloads, concurrency)
-CONFIG = textwrap.dedent("""\
-    namespaces: [{name: orders}]
-    roles:
-      system: {permissions: ["temporal-system:admin"]}
-      worker: {permissions: ["orders:write"]}
-      client: {permissions: ["orders:write"]}
-    network: {jwks_host: localhost, jwks_port: %d}
-    persistence: {driver: sqlite, sqlite_path: /tmp/unused-bench-codec.db}
-    """)
+CONFIG = codec_config("bench-codec", namespaces=("orders",), roles=("system", "worker", "client"),
+                      network="{jwks_host: localhost, jwks_port: %d}")
 
 
 def start(argv: list[str], log: Path, url: str, ca: Path) -> subprocess.Popen:

@@ -23,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 import urllib.request
@@ -37,17 +36,11 @@ from bootstrap.cli import main  # noqa: E402
 from bootstrap.core.codec import EncryptionCodec, KeyringFile  # noqa: E402
 from bootstrap.core.tokens import SigningKey, mint_token  # noqa: E402
 from bootstrap.key_client import KeyServiceKeys  # noqa: E402
+from tests.support.codec import codec_config  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tests.support.waits import wait_until  # noqa: E402
 
-CONFIG = textwrap.dedent("""\
-    namespaces: [{name: orders}, {name: payments}]
-    roles:
-      system: {permissions: ["temporal-system:admin"]}
-      worker: {permissions: ["orders:write"]}
-      client: {permissions: ["orders:write"]}
-    persistence: {driver: sqlite, sqlite_path: /tmp/unused-bench-key-service.db}
-    """)
+CONFIG = codec_config("bench-key-service", roles=("system", "worker", "client"))
 
 
 def bundle(work: Path) -> Path:

@@ -17,7 +17,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from datetime import timedelta
@@ -36,24 +35,15 @@ from bootstrap.core.kek import FileKek
 from bootstrap.core.pki import utcnow
 from bootstrap.core.tokens import SigningKey, mint_token
 from bootstrap.servers.codec import MAX_BODY
-from tests.support.codec import legacy_encrypt
+from tests.support.codec import codec_config, legacy_encrypt
 from tests.support.memory_limit import compose_memory_limit
 from tests.support.ports import free_port
 from tests.support.waits import wait_until
 
 MEMORY_LIMIT_KB = compose_memory_limit("codec-server") // 1024  # the codec container's mem_limit
 PLAIN = Payload(metadata={"encoding": b"json/plain"}, data=b'"card 4111"')
-CONFIG = textwrap.dedent("""\
-    namespaces: [{name: orders}, {name: payments}]
-    roles:
-      system: {permissions: ["temporal-system:admin"]}
-      worker: {permissions: ["orders:write"]}
-      client: {permissions: ["orders:write"]}
-      mixed: {permissions: ["orders:admin", "payments:read"]}
-      lowest: {permissions: ["orders:read"]}
-    network: {jwks_host: localhost, jwks_port: %d}  # certs name localhost and 127.0.0.1
-    persistence: {driver: sqlite, sqlite_path: /tmp/unused-codec-attacks.db}
-    """)
+# The certificates name localhost and 127.0.0.1.
+CONFIG = codec_config("codec-attacks", network="{jwks_host: localhost, jwks_port: %d}")
 
 
 # --------------------------------------------------------------------------- the servers

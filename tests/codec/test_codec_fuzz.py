@@ -8,7 +8,6 @@ import base64
 import contextlib
 import http.client
 import json
-import textwrap
 import threading
 
 import pytest
@@ -23,18 +22,10 @@ from bootstrap.core.kek import FileKek
 from bootstrap.servers.codec import Policy, make_server
 from bootstrap.servers.events import Refusal
 from bootstrap.servers.wire import parse_items, parse_payloads
+from tests.support.codec import codec_config
 from tests.support.routes import METHODS, decoded_path, raw_paths, send, with_examples
 
-CONFIG = textwrap.dedent("""\
-    namespaces: [{name: orders}, {name: payments}]
-    roles:
-      system: {permissions: ["temporal-system:admin"]}
-      worker: {permissions: ["orders:write"]}
-      client: {permissions: ["orders:write"]}
-      mixed: {permissions: ["orders:admin", "payments:read"]}
-      lowest: {permissions: ["orders:read"]}
-    persistence: {driver: sqlite, sqlite_path: /tmp/unused-codec-fuzz.db}
-    """)
+CONFIG = codec_config("codec-fuzz")
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

@@ -11,7 +11,6 @@ import base64
 import http.client
 import json
 import ssl
-import textwrap
 import threading
 import time
 from datetime import timedelta
@@ -26,15 +25,9 @@ from bootstrap.core.pki import utcnow
 from bootstrap.core.tokens import SigningKey, mint_token
 from bootstrap.key_client import KeyServiceError, KeyServiceKeys
 from bootstrap.servers.codec import Policy, make_server
+from tests.support.codec import codec_config
 
-CONFIG = textwrap.dedent("""\
-    namespaces: [{name: orders}, {name: payments}]
-    roles:
-      system: {permissions: ["temporal-system:admin"]}
-      worker: {permissions: ["orders:write"]}
-      client: {permissions: ["orders:write"]}
-    persistence: {driver: sqlite, sqlite_path: /tmp/unused-key-service.db}
-    """)
+CONFIG = codec_config("key-service", roles=("system", "worker", "client"))
 PLAIN = Payload(metadata={"encoding": b"json/plain"}, data=b'"card 4111"')
 
 

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import stat
-import textwrap
 import time
 from pathlib import Path
 
@@ -26,17 +25,10 @@ from bootstrap.core.namespace_keys import parse_ring
 from bootstrap.core.pki import utcnow
 from bootstrap.store import Layout, apply
 from tests.support.bundles import make_bundle
+from tests.support.codec import codec_config
 
-CONFIG = textwrap.dedent("""\
-    namespaces: [{name: orders}, {name: payments}]
-    roles:
-      system: {permissions: ["temporal-system:admin"]}
-      worker: {permissions: ["orders:write"]}
-      client: {permissions: ["orders:write"]}
-      payments-worker: {permissions: ["payments:write"]}
-      reader: {permissions: ["orders:read", "payments:read"]}
-    persistence: {driver: sqlite, sqlite_path: /tmp/unused-ns-custody.db}
-    """)
+CONFIG = codec_config("ns-custody", roles=("system", "worker", "client"),
+                      more_roles={"payments-worker": ["payments:write"], "reader": ["orders:read", "payments:read"]})
 PLAIN = Payload(metadata={"encoding": b"json/plain"}, data=b'"card 4111"')
 
 
