@@ -33,6 +33,7 @@ from tests.support.cluster import LocalCluster
 from tests.support.ports import free_port
 from tests.support.waits import wait_until
 from tests.support.oidc_issuer import CompanyIssuer
+from tests.support.workflows import retry_namespace_cache
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
 
@@ -159,16 +160,6 @@ def principals_of(events, event_type: str) -> list[tuple[str, str] | None]:
     return found
 
 
-async def _retry_namespace_cache(coro_factory, attempts=40):
-    # A just-registered namespace reaches the frontend's cache within ~10s; until then calls fail.
-    for attempt in range(attempts):
-        try:
-            return await coro_factory()
-        except Exception as exc:  # noqa: BLE001
-            if "not found" not in str(exc).lower() or attempt == attempts - 1:
-                raise
-            await asyncio.sleep(0.5)
-
 
 async def _first_task_completed(handle) -> int:
     """The event id of the first WorkflowTaskCompleted: the worker has run the workflow once."""
@@ -196,7 +187,7 @@ def _started_and_acted_on(cluster, act):
         starter = await _role_client(cluster, "client")
         queue, workflow_id = f"audit-{uuid.uuid4()}", f"audit-wf-{uuid.uuid4()}"
         async with Worker(worker_client, task_queue=queue, workflows=[AwaitPokes]):
-            handle = await _retry_namespace_cache(
+            handle = await retry_namespace_cache(
                 lambda: starter.start_workflow(AwaitPokes.run, id=workflow_id, task_queue=queue))
             first_task = await _first_task_completed(handle)
             return workflow_id, await act(handle, first_task)
@@ -261,7 +252,7 @@ def test_a_schedule_started_workflow_names_the_server(cluster):
         starter = await _role_client(cluster, "client")
         queue, schedule_id = f"audit-{uuid.uuid4()}", f"audit-sched-{uuid.uuid4()}"
         async with Worker(worker_client, task_queue=queue, workflows=[AwaitPokes]):
-            schedule = await _retry_namespace_cache(lambda: starter.create_schedule(schedule_id, Schedule(
+            schedule = await retry_namespace_cache(lambda: starter.create_schedule(schedule_id, Schedule(
                 action=ScheduleActionStartWorkflow(AwaitPokes.run, id=f"{schedule_id}-wf", task_queue=queue),
                 spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(seconds=2))]))))
             try:

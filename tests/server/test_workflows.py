@@ -13,22 +13,12 @@ from temporalio.client import Schedule, ScheduleActionStartWorkflow, ScheduleInt
 from temporalio.worker import Worker
 
 from bootstrap.client import connect
-from tests.support.workflows import GreetingWorkflow, greet
+from tests.support.workflows import GreetingWorkflow, greet, retry_namespace_cache
 
 
 async def _connect(cluster, role, namespace="default"):
     return await connect(cluster.address, bundle_dir=cluster.bundle, role=role, namespace=namespace, server_name="localhost")
 
-
-async def _retry_namespace_cache(coro_factory, attempts=40):
-    # A just-registered namespace reaches the frontend's cache within ~10s; until then starts fail.
-    for attempt in range(attempts):
-        try:
-            return await coro_factory()
-        except Exception as exc:  # noqa: BLE001
-            if "not found" not in str(exc).lower() or attempt == attempts - 1:
-                raise
-            await asyncio.sleep(0.5)
 
 
 def test_worker_and_starter_complete_a_workflow(cluster):
@@ -37,7 +27,7 @@ def test_worker_and_starter_complete_a_workflow(cluster):
         starter = await _connect(cluster, "client")
         queue = f"tq-{uuid.uuid4()}"
         async with Worker(worker_client, task_queue=queue, workflows=[GreetingWorkflow], activities=[greet]):
-            handle = await _retry_namespace_cache(
+            handle = await retry_namespace_cache(
                 lambda: starter.start_workflow(GreetingWorkflow.run, "bundle", id=f"wf-{uuid.uuid4()}", task_queue=queue)
             )
             result = await asyncio.wait_for(handle.result(), 60)
@@ -56,7 +46,7 @@ def test_schedule_created_with_client_token_fires(cluster):
         queue = f"tq-{uuid.uuid4()}"
         schedule_id = f"sched-{uuid.uuid4()}"
         async with Worker(worker_client, task_queue=queue, workflows=[GreetingWorkflow], activities=[greet]):
-            handle = await _retry_namespace_cache(
+            handle = await retry_namespace_cache(
                 lambda: starter.create_schedule(
                     schedule_id,
                     Schedule(

@@ -169,3 +169,16 @@ def plant(path: Path, data: bytes) -> None:
         os.chmod(path, 0o600)
     path.write_bytes(data)
     os.chmod(path, mode)
+
+
+def tree(root: Path) -> dict[str, tuple]:
+    """Every path under root, links as links: (mode, mtime_ns, bytes or link target)."""
+    found = {}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(directory, name)
+            info = os.lstat(path)
+            content = os.readlink(path) if os.path.islink(path) else \
+                Path(path).read_bytes() if os.path.isfile(path) else None
+            found[os.path.relpath(path, root)] = (info.st_mode, info.st_mtime_ns, content)
+    return found

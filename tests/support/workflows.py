@@ -1,5 +1,6 @@
 """Tiny workflow + activity used by the real-server tests and benchmarks."""
 
+import asyncio
 from datetime import timedelta
 
 from temporalio import activity, workflow
@@ -15,3 +16,15 @@ class GreetingWorkflow:
     @workflow.run
     async def run(self, name: str) -> str:
         return await workflow.execute_activity(greet, name, start_to_close_timeout=timedelta(seconds=30))
+
+
+async def retry_namespace_cache(coro_factory, attempts=40):
+    """coro_factory() until it stops failing with "not found": a just-registered namespace reaches
+    the frontend's cache within ~10 s, and until then calls on it fail."""
+    for attempt in range(attempts):
+        try:
+            return await coro_factory()
+        except Exception as exc:  # noqa: BLE001
+            if "not found" not in str(exc).lower() or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.5)

@@ -27,6 +27,7 @@ from bootstrap.cli import main
 from bootstrap.ops.archive_manifest import FILE_TYPES, MANIFEST_TYPES
 from bootstrap.ops.archive_v1 import seal_manifest
 from bootstrap.ops.backup import open_archive
+from tests.support.bundles import tree
 
 PASSPHRASE = "fuzzing passphrase, long enough"
 LOG2_N = 14
@@ -56,18 +57,6 @@ def cli(*args) -> tuple[int, str, str]:
         code = main([str(a) for a in args])
     return code, out.getvalue(), err.getvalue()
 
-
-def tree(root: Path) -> dict[str, tuple]:
-    """Every path under root, links as links: (mode, mtime, bytes or link target)."""
-    found = {}
-    for directory, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = os.path.join(directory, name)
-            st_ = os.lstat(path)
-            content = os.readlink(path) if os.path.islink(path) else \
-                Path(path).read_bytes() if os.path.isfile(path) else None
-            found[os.path.relpath(path, root)] = (st_.st_mode, st_.st_mtime_ns, content)
-    return found
 
 
 def assert_one_error_or_ok(result: tuple[int, str, str]) -> bool:

@@ -25,6 +25,7 @@ from bootstrap.core.archive_stream import PREFIX_SIZE, TAG_SIZE, Sealer
 from bootstrap.ops.archive_v2 import Source, seal_archive
 from bootstrap.ops.backup import archive_entries
 from bootstrap.store import Layout
+from tests.support.bundles import tree
 
 PASSPHRASE = "fuzzing passphrase, long enough"
 LOG2_N, CHUNK_LOG2 = 14, 12
@@ -52,17 +53,6 @@ def cli(*args) -> tuple[int, bytes, str]:
     out.flush()
     return code, raw.getvalue(), err.getvalue()
 
-
-def tree(root: Path) -> dict[str, tuple]:
-    found = {}
-    for directory, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = os.path.join(directory, name)
-            st_ = os.lstat(path)
-            content = os.readlink(path) if os.path.islink(path) else \
-                Path(path).read_bytes() if os.path.isfile(path) else None
-            found[os.path.relpath(path, root)] = (st_.st_mode, st_.st_mtime_ns, content)
-    return found
 
 
 def ok_or_one_error(result: tuple[int, bytes, str]) -> bool:
