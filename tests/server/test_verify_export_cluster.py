@@ -157,7 +157,8 @@ def test_the_exported_job_passes_against_the_real_cluster(job_run):
         by_listener.setdefault(row["listener"], set()).add(row["expected"])
     assert by_listener["frontend gRPC"] == {"admitted", "refused"}
     assert by_listener["history"] == {"unreachable"}
-    assert by_listener["codec server"] == {"admitted"}  # TLS for every pod; its tokens decide
+    # No certificate or a client-domain one (the key service asks for it); a foreign CA's is refused.
+    assert by_listener["codec server"] == {"admitted", "refused"}
     assert by_listener["JWKS"] == {"unreachable"}  # the JWKS policy admits server pods, codec and gate only
 
 
