@@ -1,0 +1,189 @@
+"""Terminal login's pieces without a network: Dex's public client for the CLI, PKCE (S256), state
+and nonce, the authorization URL, the loopback callback's parser (fuzzed), the Temporal CLI profile
+(TOML) written into a file that may hold the user's own profiles, and the session's expiry rule.
+
+The flow itself, against the real Dex, the real temporal-server and the real temporal CLI, is in
+tests/server/test_terminal_login.py."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import sys
+import urllib.parse
+from datetime import timedelta
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bootstrap.core.cli_login import (CALLBACK_PATH, CliProfile, authorization_url, is_stale, merge_profile,
+                                      new_pkce, new_secret, parse_callback, redirect_uri, remove_profile)
+from bootstrap.errors import BundleError
+from bootstrap.ops.oidc import CLI_CLIENT_ID, dex_config_path
+
+NAMESPACES = [{"name": "default"}, {"name": "orders"}]
+
+
+# --------------------------------------------------------------------------- Dex's clients
+
+
+def test_dex_has_a_public_cli_client_the_ui_client_trusts(tmp_path, cli):
+    config = tmp_path / "bundle.yaml"
+    config.write_text(yaml.safe_dump({"namespaces": NAMESPACES}))
+    assert cli("init", "--config", config, "--out", tmp_path / "out").code == 0
+    from bootstrap.store import Layout
+    dex = yaml.safe_load(dex_config_path(Layout((tmp_path / "out").resolve())).read_text())
+    clients = {c["id"]: c for c in dex["staticClients"]}
+    # Public, no secret, no redirect URI listed: Dex v2.45.1 then admits http://127.0.0.1:<any port>/...
+    # (RFC 8252 loopback) and nothing else but its out-of-band page (validateRedirectURI).
+    assert clients[CLI_CLIENT_ID] == {"id": CLI_CLIENT_ID, "name": "Temporal CLI (temporal-bundle login)", "public": True}
+    # The server checks one audience, the UI client's id (jwt.audience): the CLI may ask Dex for it
+    # (scope audience:server:client_id:temporal) because the UI client names it a trusted peer.
+    assert clients["temporal"]["trustedPeers"] == [CLI_CLIENT_ID]
+    assert "trustedPeers" not in clients["grafana"]
+    assert dex["oauth2"]["grantTypes"] == ["authorization_code", "refresh_token"]  # still no device flow
+
+
+# --------------------------------------------------------------------------- PKCE, state, URL
+
+
+def test_pkce_is_s256_of_a_fresh_verifier():
+    one, two = new_pkce(), new_pkce()
+    assert one.verifier != two.verifier
+    assert 43 <= len(one.verifier) <= 128 and set(one.verifier) <= set(
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+    digest = base64.urlsafe_b64encode(hashlib.sha256(one.verifier.encode()).digest()).rstrip(b"=").decode()
+    assert one.challenge == digest and one.method == "S256"
+    assert len({new_secret() for _ in range(50)}) == 50 and len(new_secret()) >= 43
+
+
+def test_authorization_url_carries_everything_and_keeps_the_endpoints_query():
+    pkce = new_pkce()
+    url = authorization_url("https://idp.example/auth?tenant=a", client_id="temporal-cli",
+                            redirect="http://127.0.0.1:4242/callback", scopes=("openid", "groups"),
+                            state="S", nonce="N", challenge=pkce.challenge)
+    parts = urllib.parse.urlsplit(url)
+    query = dict(urllib.parse.parse_qsl(parts.query))
+    assert parts.netloc == "idp.example" and parts.path == "/auth"
+    assert query == {"tenant": "a", "response_type": "code", "client_id": "temporal-cli",
+                     "redirect_uri": "http://127.0.0.1:4242/callback", "scope": "openid groups", "state": "S",
+                     "nonce": "N", "code_challenge": pkce.challenge, "code_challenge_method": "S256"}
+    assert redirect_uri(4242) == "http://127.0.0.1:4242/callback"
+
+
+# --------------------------------------------------------------------------- the callback
+
+
+def test_the_callback_gives_the_code_for_the_right_state():
+    assert parse_callback(f"{CALLBACK_PATH}?code=abc&state=S1", "S1") == "abc"
+
+
+@pytest.mark.parametrize("target, message", [
+    ("/callback?code=abc&state=S2", "state does not match"),
+    ("/callback?code=abc", "state does not match"),
+    ("/callback?state=S1", "no code"),
+    ("/callback?code=&state=S1", "no code"),
+    ("/callback?error=access_denied&error_description=User+said+no&state=S1", "access_denied: User said no"),
+    ("/callback?error=invalid_scope&state=S2", "state does not match"),  # a forged error is not believed either
+    ("/callback?code=a&code=b&state=S1", "repeats"),
+    ("/elsewhere?code=abc&state=S1", "not the login callback"),
+    ("/callback?code=abc&state=S1&error=x", "x"),
+    ("/callback?error=%1b%5b31mred&state=S1", "\\x1b[31mred"),
+    ("/callback?code=caf%C3%A9&state=S1", "not an authorization code"),
+])
+def test_a_bad_callback_is_one_error(target, message):
+    with pytest.raises(BundleError) as caught:
+        parse_callback(target, "S1")
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value) and "\x1b" not in str(caught.value)
+
+
+@settings(max_examples=400)
+@given(st.text(max_size=300), st.text(min_size=1, max_size=40))
+def test_the_callback_parser_never_fails_another_way(target, state):
+    try:
+        code = parse_callback(target, state)
+    except BundleError as exc:
+        text = str(exc)
+        assert text and "\n" not in text and "\r" not in text and len(text) < 400
+        return
+    # Accepted only with exactly our state and one non-empty code, on the callback path.
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(target).query, keep_blank_values=True))
+    assert urllib.parse.urlsplit(target).path == CALLBACK_PATH and query.get("state") == state and code
+    assert "error" not in query
+
+
+@settings(max_examples=200)
+@given(st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7e), max_size=80), st.text(max_size=80),
+       st.text(min_size=1, max_size=40))
+def test_a_callback_with_our_state_and_a_code_always_parses(code, junk, state):
+    target = f"{CALLBACK_PATH}?" + urllib.parse.urlencode({"code": code, "state": state, "x": junk})
+    if code:
+        assert parse_callback(target, state) == code
+    else:
+        with pytest.raises(BundleError):
+            parse_callback(target, state)
+
+
+# --------------------------------------------------------------------------- the profile
+
+
+PROFILE = CliProfile(name="bundle", address="localhost:7233", api_key="eyJ.a.b", ca_path="/b/trust/ca.pem",
+                     cert_path="/b/clients/client.pem", key_path="/b/clients/client.key", server_name="temporal",
+                     namespace="orders")
+
+
+def parsed(text: str) -> dict:
+    tomllib = pytest.importorskip("tomllib") if sys.version_info < (3, 11) else __import__("tomllib")
+    return tomllib.loads(text)
+
+
+def test_the_profile_is_the_clis_toml():
+    doc = parsed(merge_profile(None, PROFILE))
+    assert doc == {"profile": {"bundle": {
+        "address": "localhost:7233", "namespace": "orders", "api_key": "eyJ.a.b",
+        "tls": {"client_cert_path": "/b/clients/client.pem", "client_key_path": "/b/clients/client.key",
+                "server_ca_cert_path": "/b/trust/ca.pem", "server_name": "temporal"}}}}
+
+
+def test_other_profiles_and_comments_are_kept_and_ours_replaced():
+    mine = '# my settings\n[profile.default]\naddress = "prod:7233"\n\n[profile.default.tls]\nserver_name = "x"\n'
+    first = merge_profile(mine, PROFILE)
+    assert first.startswith(mine)
+    second = merge_profile(first, CliProfile(**{**PROFILE.__dict__, "api_key": "eyJ.new.token"}))
+    assert second.count("[profile.bundle]") == 1 and "eyJ.a.b" not in second
+    doc = parsed(second)
+    assert doc["profile"]["default"] == {"address": "prod:7233", "tls": {"server_name": "x"}}
+    assert doc["profile"]["bundle"]["api_key"] == "eyJ.new.token"
+    assert remove_profile(second, "bundle") == mine
+    assert remove_profile(merge_profile(None, PROFILE), "bundle") is None  # nothing else: the file goes
+
+
+@pytest.mark.parametrize("existing", [
+    '[profile.bundle]\naddress = "theirs:7233"\n',
+    '[profile."bundle".tls]\nserver_name = "theirs"\n',
+    'profile.bundle.address = "theirs:7233"\n',
+])
+def test_a_profile_we_did_not_write_is_never_replaced(existing):
+    with pytest.raises(BundleError, match="not written by temporal-bundle login"):
+        merge_profile(existing, PROFILE)
+
+
+def test_a_file_that_is_not_toml_is_refused():
+    with pytest.raises(BundleError, match="not valid TOML"):
+        merge_profile("[profile.default\naddress = 1\n", PROFILE)
+
+
+@pytest.mark.parametrize("field, value", [("name", "has space"), ("name", "a.b"), ("name", ""),
+                                          ("address", "host:7233\n[profile.x]"), ("api_key", "tok\"en")])
+def test_values_cannot_break_out_of_the_profile(field, value):
+    with pytest.raises(BundleError):
+        merge_profile(None, CliProfile(**{**PROFILE.__dict__, field: value}))
+
+
+def test_a_token_is_stale_within_the_window():
+    assert is_stale(expires_at=1000, now=950, window=timedelta(seconds=60))
+    assert not is_stale(expires_at=1000, now=900, window=timedelta(seconds=60))
+    assert is_stale(expires_at=1000, now=2000, window=timedelta(0))
