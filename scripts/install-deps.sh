@@ -9,11 +9,15 @@ need_apt=()
 # libnss3-tools: certutil, which gives that browser an NSS database trusting the bundle's CA.
 # gcc, libc6-dev: the Dex stand-in is built with cgo (its SQLite storage), as the official image.
 # softhsm2: a real PKCS#11 token for keys.backend pkcs11 (tests/hsm).
-for pkg in docker.io iptables debootstrap postgresql openssl curl chromium libnss3-tools gcc libc6-dev softhsm2; do
+# slapd, ldap-utils: a real OpenLDAP directory behind Dex's LDAP connector (tests/support/ldap.py
+# runs its own slapd from a generated config; the package's own instance is left unconfigured).
+for pkg in docker.io iptables debootstrap postgresql openssl curl chromium libnss3-tools gcc libc6-dev softhsm2 slapd ldap-utils; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
   export DEBIAN_FRONTEND=noninteractive
+  # No system-wide directory: the tests start slapd themselves, on a loopback port of their own.
+  echo "slapd slapd/no_configuration boolean true" | debconf-set-selections
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${need_apt[@]}"
 fi

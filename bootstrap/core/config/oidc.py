@@ -215,7 +215,78 @@ def _parse_connector(sec: Section) -> OIDCConnector:
             config.append((key, value))
     if not OIDC_USER_NAME.match(ident):
         raise BundleError(f"{sec.where}: id {ident!r}: lower-case letters, digits, '.', '_', '-'")
+    if kind == "ldap":
+        check_ldap_connector(dict(config), dict(files), body.where)
     return OIDCConnector(kind, ident, name, tuple(config), tuple(files))
+
+
+# Dex v2.45.1's LDAP connector (connector/ldap/ldap.go, Config): the options it reads. Dex decodes
+# connector configs leniently, so a misspelt key would be dropped silently; here it is an error.
+LDAP_KEYS = ("host", "insecureNoSSL", "insecureSkipVerify", "startTLS", "rootCA", "clientCert", "clientKey",
+             "rootCAData", "bindDN", "usernamePrompt", "userSearch", "groupSearch")
+LDAP_USER_SEARCH = ("baseDN", "filter", "username", "scope", "idAttr", "emailAttr", "nameAttr",
+                    "preferredUsernameAttr", "emailSuffix")
+LDAP_GROUP_SEARCH = ("baseDN", "filter", "scope", "userMatchers", "nameAttr")
+LDAP_MATCHER = ("userAttr", "groupAttr", "recursionGroupAttr")
+LDAP_SCOPES = ("sub", "one")
+
+
+def _ldap_strings(body: Any, known: tuple[str, ...], required: tuple[str, ...], where: str) -> dict:
+    if not isinstance(body, dict):
+        raise BundleError(f"{where}: expected a mapping")
+    for key, value in body.items():
+        if key not in known:
+            raise BundleError(f"{where}: unknown key {key!r} (Dex's LDAP connector reads {', '.join(known)})")
+        if key != "userMatchers" and not isinstance(value, (str, bool)):
+            raise BundleError(f"{where}: {key} must be a string, got {value!r}")
+    for key in required:
+        if not isinstance(body.get(key), str) or not body[key].strip():
+            raise BundleError(f"{where}: {key} is required")
+    scope = body.get("scope")
+    if scope is not None and scope not in LDAP_SCOPES:
+        raise BundleError(f"{where}: scope must be one of {', '.join(LDAP_SCOPES)}, got {scope!r}")
+    return body
+
+
+def check_ldap_connector(config: dict, files: dict, where: str) -> None:
+    """What Dex's LDAP connector needs to log anyone in (it starts without these and fails every
+    login), and no option that weakens it: passwords cross this connection."""
+    if "bindPW" in config:
+        raise BundleError(f"{where}: bindPW: secrets are read from files; use bindPW_file: /path")
+    for key in config:
+        if key not in LDAP_KEYS:
+            raise BundleError(f"{where}: unknown key {key!r} (Dex's LDAP connector reads {', '.join(LDAP_KEYS)})")
+    if not isinstance(config.get("host"), str) or not config["host"].strip():
+        raise BundleError(f"{where}: host " + ("must be a string" if "host" in config else "is required")
+                          + " (host:port of the directory, LDAPS on 636 unless startTLS)")
+    for key in ("insecureNoSSL", "startTLS", "insecureSkipVerify"):
+        if key in config and not isinstance(config[key], bool):
+            raise BundleError(f"{where}: {key} must be true or false")
+    if config.get("insecureNoSSL"):
+        raise BundleError(f"{where}: insecureNoSSL sends every password in clear; use LDAPS or startTLS")
+    if config.get("insecureSkipVerify"):
+        raise BundleError(f"{where}: insecureSkipVerify accepts any certificate; give rootCA instead")
+    if "bindDN" in config and "bindPW" not in files:
+        raise BundleError(f"{where}: bindDN needs bindPW_file (the service account's password, read at render)")
+    if "bindPW" in files and "bindDN" not in config:
+        raise BundleError(f"{where}: bindPW_file needs bindDN")
+    if "userSearch" not in config:
+        raise BundleError(f"{where}: userSearch.baseDN is required")
+    user = _ldap_strings(config["userSearch"], LDAP_USER_SEARCH, (), f"{where}: userSearch")
+    for key in ("baseDN", "username", "idAttr", "emailAttr"):  # Dex v2.45.1 defaults none of them
+        if not isinstance(user.get(key), str) or not user[key].strip():
+            raise BundleError(f"{where}: userSearch.{key} is required")
+    if "groupSearch" in config:
+        group = _ldap_strings(config["groupSearch"], LDAP_GROUP_SEARCH, (), f"{where}: groupSearch")
+        for key in ("baseDN", "nameAttr"):
+            if not isinstance(group.get(key), str) or not group[key].strip():
+                raise BundleError(f"{where}: groupSearch.{key} is required")
+        matchers = group.get("userMatchers")
+        if not isinstance(matchers, list) or not matchers:
+            raise BundleError(f"{where}: groupSearch.userMatchers is required (e.g. [{{userAttr: DN, groupAttr: member}}])")
+        for i, matcher in enumerate(matchers):
+            _ldap_strings(matcher, LDAP_MATCHER, ("userAttr", "groupAttr"),
+                          f"{where}: groupSearch.userMatchers[{i}]")
 
 
 def _check_oidc(oidc: OIDCConfig, where: str, net: NetworkConfig) -> None:
