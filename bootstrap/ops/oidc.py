@@ -52,6 +52,9 @@ def grafana_secret_path(layout: Layout) -> Path:
 
 # Grafana's client id at Dex (its generic OAuth login; compose profile monitoring).
 GRAFANA_CLIENT_ID = "grafana"
+# `temporal-bundle login`'s client at Dex: public (PKCE, no secret), no redirect URI listed, so Dex
+# admits only http://127.0.0.1:<any port>/... loopback redirects (RFC 8252) and its own OOB page.
+CLI_CLIENT_ID = "temporal-cli"
 
 
 def dex_config_path(layout: Layout) -> Path:
@@ -167,12 +170,13 @@ def render_dex_config(config: BundleConfig, layout: Layout, admin_hash: str, cli
             "name": "Temporal Web UI",
             "secret": client_secret,
             "redirectURIs": [f"{config.ui_url}/auth/sso/callback"],
+            "trustedPeers": [CLI_CLIENT_ID],  # the CLI may ask for a token with the server's audience
         }, {
             "id": GRAFANA_CLIENT_ID,
             "name": "Grafana",
             "secret": grafana_secret,
             "redirectURIs": [f"{config.grafana_url}/login/generic_oauth"],
-        }],
+        }, {"id": CLI_CLIENT_ID, "name": "Temporal CLI (temporal-bundle login)", "public": True}],
         "enablePasswordDB": True,
         "staticPasswords": [_static_user(config, oidc.admin, admin_hash)]
         + [_static_user(config, user, user.password_hash) for user in oidc.users],

@@ -84,9 +84,11 @@ def test_dex_config_holds_only_a_hash_of_the_admin_password(tmp_path, cli):
     grafana = grafana_secret_path(layout).read_text().strip()
     assert len(grafana) >= 32 and grafana != secret
     assert dex["staticClients"] == [{"id": "temporal", "name": "Temporal Web UI", "secret": secret,
-                                     "redirectURIs": ["https://localhost:8080/auth/sso/callback"]},
+                                     "redirectURIs": ["https://localhost:8080/auth/sso/callback"],
+                                     "trustedPeers": ["temporal-cli"]},
                                     {"id": "grafana", "name": "Grafana", "secret": grafana,
-                                     "redirectURIs": ["https://localhost:3000/login/generic_oauth"]}]
+                                     "redirectURIs": ["https://localhost:3000/login/generic_oauth"]},
+                                    {"id": "temporal-cli", "name": "Temporal CLI (temporal-bundle login)", "public": True}]
     # v2.45.1: no device flow (it leaks the client secret), code flow only.
     assert dex["oauth2"]["grantTypes"] == ["authorization_code", "refresh_token"]
     assert dex["issuer"] == "https://auth.localhost:5556/dex"
