@@ -22,116 +22,24 @@ import urllib.parse
 import urllib.request
 import uuid
 from datetime import timedelta
-from pathlib import Path
 
 import jwt
 import pytest
-from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
-from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
-from bootstrap.client import RoleCredentials, connect_workload
+from bootstrap.client import connect_workload
 from bootstrap.ops.plan import load_exchange_key
 from bootstrap.store import Layout
 from bootstrap.core.tokens import SigningKey
 from bootstrap.core.workload_identity import GRANT_TYPE, JWT_TOKEN_TYPE
-from tests.support.cluster import LocalCluster
-from tests.support.ports import free_port
-from tests.support.waits import wait_until
-from tests.support.kube_issuer import AUDIENCE, KubeIssuer
 from tests.support.workflows import GreetingWorkflow, greet
-
-
-class WorkloadCluster(LocalCluster):
-    """The harness's cluster with workload_identity pointing at the stand-in issuer."""
-
-    issuer: KubeIssuer | None = None
-    exchange_port: int = 0
-    exchange_lifetime: str = "5m"
-
-    def bundle_config(self) -> dict:
-        doc = super().bundle_config()
-        doc["workload_identity"] = {
-            "port": self.exchange_port,
-            "token_lifetime": self.exchange_lifetime,
-            "issuers": [{"name": "cluster", "issuer": self.issuer.issuer, "audience": AUDIENCE,
-                         "ca_file": str(self.issuer.ca_file), "auth_token_file": str(self.issuer.token_file)}],
-        }
-        return doc
+from tests.support.workload import (denied, describe, exchange_url, post_exchange, project, raw_client,
+                                    start_greeting, workload_cluster)
 
 
 @pytest.fixture(scope="module")
 def wi(tmp_path_factory):
     yield from workload_cluster(tmp_path_factory.mktemp("workload-identity"))
-
-
-def workload_cluster(workdir: Path, exchange_lifetime: str = "5m", **kwargs):
-    """The stand-in issuer, the cluster and `serve-exchange`, stopped after the yield."""
-    issuer = KubeIssuer(workdir / "issuer", free_port()).start()
-    cluster = WorkloadCluster(workdir / "cluster", **kwargs)
-    cluster.issuer, cluster.exchange_port, cluster.exchange_lifetime = issuer, free_port(), exchange_lifetime
-    try:
-        cluster.start_registered()
-        argv = [sys.executable, "-m", "bootstrap", "serve-exchange", "--config", str(cluster.config_path),
-                "--out", str(cluster.bundle), "--host", "127.0.0.1"]
-        cluster.exchange_log = workdir / "exchange.log"
-        cluster._spawn(argv, cluster.exchange_log, None)
-        ctx = ssl.create_default_context(cafile=str(cluster.bundle / "trust" / "ca.pem"))
-        health = f"https://localhost:{cluster.exchange_port}/healthz"
-        wait_until(lambda: urllib.request.urlopen(health, context=ctx, timeout=2).status == 200, 30, "token exchange")
-        yield cluster
-    finally:
-        cluster.stop()
-        issuer.stop()
-
-
-def exchange_url(cluster) -> str:
-    return f"https://localhost:{cluster.exchange_port}/token"
-
-
-def post_exchange(cluster, subject: str, **extra) -> tuple[int, dict]:
-    form = {"grant_type": GRANT_TYPE, "subject_token": subject, "subject_token_type": JWT_TOKEN_TYPE, **extra}
-    request = urllib.request.Request(exchange_url(cluster), data=urllib.parse.urlencode(form).encode(),
-                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
-    ctx = ssl.create_default_context(cafile=str(cluster.bundle / "trust" / "ca.pem"))
-    try:
-        with urllib.request.urlopen(request, context=ctx, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def project(cluster, tmp_path, **kwargs) -> Path:
-    path = tmp_path / "token"
-    cluster.issuer.project(path, cluster.issuer.service_account_token(**kwargs))
-    return path
-
-
-async def raw_client(cluster, token: str, namespace: str = "default") -> Client:
-    creds = RoleCredentials.load(cluster.bundle, "worker", with_token=False)
-    return await Client.connect(cluster.address, namespace=namespace, tls=creds.tls_config("localhost"), api_key=token)
-
-
-async def describe(client: Client, namespace: str) -> None:
-    await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace=namespace))
-
-
-async def start_greeting(client: Client, queue: str) -> str:
-    for attempt in range(40):  # a just-registered namespace reaches the frontend cache within ~10s
-        try:
-            return await client.execute_workflow(GreetingWorkflow.run, "pod", id=f"wi-{uuid.uuid4()}", task_queue=queue,
-                                                 execution_timeout=timedelta(seconds=30))
-        except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND or attempt == 39:
-                raise
-            await asyncio.sleep(0.5)
-
-
-def denied(exc: BaseException) -> bool:
-    if isinstance(exc, RPCError):
-        return exc.status in (RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.UNAUTHENTICATED)
-    return "PermissionDenied" in str(exc) or "Request unauthorized" in str(exc) or "unauthorized" in str(exc).lower()
 
 
 # --------------------------------------------------------------------------- the happy path and its bounds
