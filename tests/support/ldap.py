@@ -46,10 +46,11 @@ class Person:
     password: str
     mail: str
     name: str
+    rdn: str = ""  # named by cn=<this> instead of uid=<uid>
 
     @property
     def dn(self) -> str:
-        return f"uid={escape_dn(self.uid)},{PEOPLE}"
+        return f"cn={escape_dn(self.rdn)},{PEOPLE}" if self.rdn else f"uid={escape_dn(self.uid)},{PEOPLE}"
 
 
 @dataclass(frozen=True)
@@ -84,14 +85,16 @@ DEFAULT_PEOPLE = (
     Person("alice", "alice-pw-1", "alice@example.com", "Alice Payments"),
     Person("bob", "bob-pw-2", "bob@example.com", "Bob Sre"),
     Person("carol", "carol-pw-3", "carol@example.com", "Carol Nogroup"),
-    # A uid (so a DN) holding filter syntax: her group search must find her groups only.
-    Person("eve*)(member=*", "eve-pw-4", "eve@example.com", "Eve Injection"),
+    # A DN holding filter syntax: her group search, (member=<her DN>), must find her groups only.
+    # (Her uid is plain: Dex v2.45.1 escapes a login name twice, so a uid with filter characters
+    # cannot log in at all.)
+    Person("eve", "eve-pw-4", "eve@example.com", "Eve Injection", rdn="eve*)(member=*"),
     Person("mallory", "mallory-pw-5", "mallory@example.com", "Mallory Literal"),
 )
 DEFAULT_GROUPS = (
     Group("payments-oncall", ("alice",)),
     Group("sre", ("bob",)),
-    Group(INJECTION_GROUP, ("eve*)(member=*",)),
+    Group(INJECTION_GROUP, ("eve",)),
     # Named like a Temporal permission: it must grant nothing unless the mapping names it.
     Group("payments:admin", ("mallory",)),
     # Everyone's: a group search that ignored the user would return it for anyone anyway.
@@ -107,7 +110,8 @@ class Directory:
     people: tuple[Person, ...] = DEFAULT_PEOPLE
     groups: tuple[Group, ...] = DEFAULT_GROUPS
     root_password: str = field(default_factory=lambda: base64.urlsafe_b64encode(os.urandom(18)).decode())
-    service_password: str = field(default_factory=lambda: base64.urlsafe_b64encode(os.urandom(18)).decode())
+    # With '$' in it: Dex expands $NAME in connector configs unless DEX_EXPAND_ENV=false.
+    service_password: str = field(default_factory=lambda: "s$$vc-$HOME-" + base64.urlsafe_b64encode(os.urandom(12)).decode())
     process: subprocess.Popen | None = None
 
     @property
@@ -245,7 +249,8 @@ access to *
             f"userPassword: {ssha(self.service_password)}\n",
         ]
         for p in self.people:
-            entries.append(f"dn: {p.dn}\nobjectClass: inetOrgPerson\nuid: {p.uid}\ncn: {p.name}\nsn: {p.name.split()[-1]}\n"
+            entries.append(f"dn: {p.dn}\nobjectClass: inetOrgPerson\nuid: {p.uid}\ncn: {p.name}\n"
+                           + (f"cn: {p.rdn}\n" if p.rdn else "") + f"sn: {p.name.split()[-1]}\n"
                            f"mail: {p.mail}\nuserPassword: {ssha(p.password)}\n")
         for g in self.groups:
             members = "".join(f"member: {dn}\n" for dn in (PLACEHOLDER_MEMBER, *(self.person(u).dn for u in g.members)))
