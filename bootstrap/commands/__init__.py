@@ -28,6 +28,10 @@ COMMANDS = {
     "config-schema": "config_schema",
     "migrate-codec-keys": "migrate_codec_keys",
     "export-role": "export_role",
+    "pitr": "pitr",
+    "check-backup": "check_backup",
+    "login": "login",
+    "logout": "logout",
 }
 
 
