@@ -11,7 +11,7 @@ from typing import Any
 from ..claims import PERMISSIONS_CLAIM
 from ..permissions import SYSTEM_NAMESPACE, implied
 from ...errors import BundleError
-from .reader import ROLE_NAME, Section, check_permission
+from .reader import Section, check_permission
 from .sections import NetworkConfig
 
 # Upstream identity providers Dex may federate (Dex's connector type names).
@@ -19,6 +19,9 @@ OIDC_CONNECTOR_TYPES = ("github", "google", "oidc", "ldap")
 BCRYPT_HASH = re.compile(r"^\$2[aby]\$(1[0-9]|2[0-9]|3[01])\$[./A-Za-z0-9]{53}$")
 OIDC_USER_NAME = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# A group as a directory names it (`payments-oncall`, `cn=sre,ou=groups,dc=example,dc=com`,
+# `acme:platform`): printable, no surrounding spaces, at most 512 characters.
+GROUP_NAME = re.compile(r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]{0,510}[^\s\x00-\x1f\x7f])?$")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class OIDCConfig:
     ui_public_host: str = "localhost"  # where the browser opens the UI: https://<this>:<ui_port>
     token_lifetime: timedelta = timedelta(hours=1)
     admin: OIDCUser = OIDCUser("admin", "admin@example.com", ("admins",))
+    # group -> permissions, for the bundle's users and every connector's groups (core/login_groups)
     groups: tuple[tuple[str, tuple[str, ...]], ...] = (("admins", ("temporal-system:admin",)),)
     users: tuple[OIDCUser, ...] = ()
     connectors: tuple[OIDCConnector, ...] = ()
@@ -168,8 +172,9 @@ def _parse_oidc_groups(sec: Section, namespaces: set[str]) -> tuple[tuple[str, t
     groups = []
     for name, permissions in sec.data.items():
         where = f"{sec.where}: {name}"
-        if not isinstance(name, str) or not ROLE_NAME.match(name):
-            raise BundleError(f"{where}: invalid group name (lower-case letters, digits, '-')")
+        if not isinstance(name, str) or not GROUP_NAME.match(name):
+            raise BundleError(f"{sec.where}: {name!r}: invalid group name (the name your directory gives it: "
+                              "printable, no surrounding spaces, at most 512 characters)")
         if not isinstance(permissions, list) or not permissions:
             raise BundleError(f"{where}: expected a non-empty list of '<namespace>:<role>' permissions")
         groups.append((name, tuple(check_permission(p, namespaces, where) for p in permissions)))

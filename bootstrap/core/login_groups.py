@@ -1,0 +1,121 @@
+"""People who log in through Dex (the Web UI, the terminal): their directory groups, of any name,
+become Temporal permissions through one table, `oidc.groups` in bundle.yaml. Pure.
+
+    oidc:
+      groups:
+        payments-oncall: ["payments:write"]
+        "cn=sre,ou=groups,dc=example,dc=com": ["temporal-system:read"]
+
+A verified Dex token names its connector and the user's id there (Dex's `sub` is a small protobuf
+of both) and carries the user's groups as the connector returned them (LDAP's cn or DN, GitHub's
+org:team...). The permissions are:
+  - for an upstream connector (LDAP, GitHub, OIDC...): the union of the mapped permissions of the
+    token's groups that the table names, exactly (case and spaces count). A group the table does
+    not name grants nothing, whatever it looks like: a group literally called `payments:admin`
+    is just a name;
+  - for Dex's own password database (connector `local`, the bundle's `oidc.users` and `admin`):
+    what the table grants the user's configured groups now, looked up by user id; the groups Dex
+    wrote into the token are not read.
+The table itself is checked when bundle.yaml is read: every permission names a configured
+namespace (or temporal-system) and a role Temporal's authorizer knows.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from .claims import PERMISSIONS_CLAIM
+
+LOCAL_CONNECTOR = "local"  # Dex's password database: the bundle's own users
+USER_ID_PREFIX = "temporal-bundle-"  # ops/oidc renders each bundle user's Dex userID so
+PRINCIPAL_PREFIX = "user"
+
+
+def mapped_permissions(groups: Any, mapping) -> tuple[str, ...]:
+    """The permissions `mapping` ((group, permissions) pairs) gives these groups; non-strings and
+    unmapped names give nothing. Order: the groups', duplicates dropped."""
+    table = dict(mapping)
+    if not isinstance(groups, list):
+        return ()
+    granted: list[str] = []
+    for group in groups:
+        if isinstance(group, str) and group in table:
+            granted.extend(table[group])
+    return tuple(dict.fromkeys(granted))
+
+
+def dex_subject(sub: Any) -> tuple[str, str] | None:
+    """(user id, connector id) from Dex's `sub`: base64url (no padding) of the protobuf message
+    {1: user_id, 2: conn_id}. None for anything else."""
+    if not isinstance(sub, str) or not sub or len(sub) > 2048:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(sub + "=" * (-len(sub) % 4))
+    except (ValueError, TypeError):
+        return None
+    fields: dict[int, str] = {}
+    i = 0
+    while i < len(raw):
+        key, i = _varint(raw, i)
+        if key is None or key & 7 != 2:  # only length-delimited fields belong here
+            return None
+        length, i = _varint(raw, i)
+        if length is None or i + length > len(raw):
+            return None
+        try:
+            fields[key >> 3] = raw[i:i + length].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        i += length
+    if set(fields) != {1, 2} or not fields[1] or not fields[2]:
+        return None
+    return fields[1], fields[2]
+
+
+def _varint(raw: bytes, i: int) -> tuple[int | None, int]:
+    value = shift = 0
+    while i < len(raw) and shift < 35:
+        byte = raw[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, i
+        shift += 7
+    return None, i
+
+
+def login_principal(claims: dict) -> str:
+    """The name the exchanged token carries as `sub` (what history's principal shows):
+    user:<connector>:<user id>, e.g. user:ldap:alice, user:local:admin."""
+    found = dex_subject(claims.get("sub"))
+    if found is None:
+        return f"{PRINCIPAL_PREFIX}:{claims.get('sub')}"
+    user_id, connector = found
+    if connector == LOCAL_CONNECTOR:
+        user_id = user_id.removeprefix(USER_ID_PREFIX)
+    return f"{PRINCIPAL_PREFIX}:{connector}:{user_id}"
+
+
+def login_permissions(claims: dict, oidc, claim: str = PERMISSIONS_CLAIM) -> tuple[str, ...]:
+    """What a verified Dex token grants under `oidc` (the OIDCConfig): see the module's doc."""
+    found = dex_subject(claims.get("sub"))
+    if found is None:
+        return ()
+    user_id, connector = found
+    if connector == LOCAL_CONNECTOR:
+        users = {USER_ID_PREFIX + u.username: u for u in (oidc.admin, *oidc.users)}
+        user = users.get(user_id)
+        return oidc.permissions_of(user) if user is not None else ()
+    if connector not in {c.id for c in oidc.connectors}:
+        return ()  # a connector this bundle does not configure (a Dex config out of date)
+    return mapped_permissions(claims.get(claim), oidc.groups)
+
+
+def unmapped_reason(claims: dict, claim: str = PERMISSIONS_CLAIM, shown: int = 5) -> str:
+    """Why a user who logged in got nothing: safe to show them (their own groups, clipped)."""
+    groups = [g for g in claims.get(claim) or [] if isinstance(g, str)] if isinstance(claims.get(claim), list) else []
+    if not groups:
+        return "you are in no group the directory reported; oidc.groups maps groups to Temporal permissions"
+    named = ", ".join(repr(g[:80]) for g in groups[:shown]) + (f" and {len(groups) - shown} more" if len(groups) > shown else "")
+    return f"none of your groups ({named}) is mapped to a Temporal permission in oidc.groups"
