@@ -33,7 +33,8 @@ from ..core.cli_login import (CROSS_CLIENT_SCOPE, LOOPBACK_HOST, CliProfile, aut
 from ..core.tokens import verify_token
 from ..core.workload_identity import GRANT_TYPE, JWT_TOKEN_TYPE
 from ..errors import BundleError
-from ..store import KEY_MODE, read_optional, remove, write_atomic
+from ..store import KEY_MODE, Layout, read_optional, remove, write_atomic
+from .oidc import CLI_CLIENT_ID, issuer_ca_path
 
 MAX_RESPONSE = 1024 * 1024
 HTTP_TIMEOUT = 15.0
@@ -481,9 +482,6 @@ class Options:
 def resolve(options: Options, config, bundle_dir: Path | None) -> tuple[Target, CliProfile]:
     """The login target and the profile (without its token) from the options, falling back on
     bundle.yaml (`config`, None when there is none) and the bundle directory's files."""
-    from .oidc import CLI_CLIENT_ID, issuer_ca_path  # noqa: PLC0415 - only login needs Dex's names
-    from ..store import Layout
-
     layout = Layout(bundle_dir) if bundle_dir else None
     external = config.oidc.external if config else None
     issuer = options.issuer or (config.oidc.login_issuer if config and config.oidc.ui_login else "")
@@ -496,7 +494,9 @@ def resolve(options: Options, config, bundle_dir: Path | None) -> tuple[Target, 
     if external is not None:
         scopes = tuple(dict.fromkeys((*external.scopes, "offline_access")))
     else:
-        cross = (f"{CROSS_CLIENT_SCOPE}{audience}",) if audience != client_id and not options.exchange_url else ()
+        # aud then holds the server's audience (and ours): the frontend and an exchange checking
+        # jwt.audience both take the ID token.
+        cross = (f"{CROSS_CLIENT_SCOPE}{audience}",) if audience != client_id else ()
         scopes = DEX_SCOPES + cross
     cafiles = list(options.ca_files)
     if not cafiles and layout is not None:

@@ -187,3 +187,84 @@ def test_a_token_is_stale_within_the_window():
     assert is_stale(expires_at=1000, now=950, window=timedelta(seconds=60))
     assert not is_stale(expires_at=1000, now=900, window=timedelta(seconds=60))
     assert is_stale(expires_at=1000, now=2000, window=timedelta(0))
+
+
+# --------------------------------------------------------------------------- options, the listener
+
+
+def test_defaults_come_from_the_bundle(tmp_path, cli):
+    from bootstrap.core.config import load_config
+    from bootstrap.ops.login import Options, resolve
+
+    config_path = tmp_path / "bundle.yaml"
+    config_path.write_text(yaml.safe_dump({"namespaces": NAMESPACES}))
+    assert cli("init", "--config", config_path, "--out", tmp_path / "out").code == 0
+    out = (tmp_path / "out").resolve()
+    target, profile = resolve(Options(profile="p"), load_config(config_path), out)
+    assert target.issuer == "https://auth.localhost:5556/dex" and target.client_id == CLI_CLIENT_ID
+    assert target.audience == "temporal" and target.cafiles == (str(out / "trust" / "ca.pem"),)
+    assert target.scopes == ("openid", "profile", "email", "groups", "offline_access",
+                             "audience:server:client_id:temporal")
+    assert (profile.address, profile.server_name) == ("localhost:7233", "temporal")
+    assert profile.cert_path == str(out / "clients" / "client.pem") and profile.key_path == str(out / "clients" / "client.key")
+    with pytest.raises(BundleError, match="client certificate .* not found"):
+        resolve(Options(profile="p", cert_role="nobody"), load_config(config_path), out)
+    with pytest.raises(BundleError, match="no issuer"):
+        resolve(Options(profile="p"), None, out)
+
+
+def test_a_company_idp_gets_its_own_scopes(tmp_path):
+    from bootstrap.core.config import parse_config
+    from bootstrap.ops.login import Options, resolve
+
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    config = parse_config({"namespaces": NAMESPACES, "oidc": {"enabled": False, "external": {
+        "issuer": "https://login.example.com/acme", "jwks_uri": "https://login.example.com/acme/keys",
+        "client_id": "temporal-ui", "client_secret_file": str(secret), "scopes": ["openid", "email"]}}})
+    pem = tmp_path / "x.pem"
+    pem.write_text("x")
+    target, _ = resolve(Options(profile="p", client_id="cli-app", tls_ca=str(pem), tls_cert=str(pem), tls_key=str(pem),
+                                ca_files=(str(pem),)), config, None)
+    assert (target.issuer, target.audience, target.scopes) == (
+        "https://login.example.com/acme", "temporal-ui", ("openid", "email", "offline_access"))
+
+
+def test_the_listener_serves_one_request_then_closes():
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from bootstrap.ops.login import CallbackListener
+
+    listener = CallbackListener("S1")
+    url = redirect_uri(listener.port)
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    result = {}
+    waiter = threading.Thread(target=lambda: result.update(code=listener.wait(10)))
+    waiter.start()
+    with direct.open(f"{url}?code=abc&state=S1", timeout=5) as response:
+        assert response.status == 200 and b"return to the terminal" in response.read()
+    waiter.join(10)
+    assert result == {"code": "abc"}
+    with pytest.raises(urllib.error.URLError):
+        direct.open(f"{url}?code=abc&state=S1", timeout=5)
+
+
+def test_a_port_in_use_is_one_error():
+    import socket
+
+    from bootstrap.ops.login import CallbackListener
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(BundleError, match="cannot listen on 127.0.0.1:"):
+            CallbackListener("S", taken.getsockname()[1])
+
+
+def test_no_callback_in_time_is_one_error():
+    from bootstrap.ops.login import CallbackListener
+
+    with pytest.raises(BundleError, match="no login callback reached http://127.0.0.1:.* within 0.3 s"):
+        CallbackListener("S").wait(0.3)
