@@ -30,9 +30,7 @@ from google.protobuf import json_format  # noqa: E402
 from temporalio.api.common.v1 import Payload, Payloads  # noqa: E402
 
 from bootstrap.cli import main  # noqa: E402
-from bootstrap.core.codec import encrypt  # noqa: E402
-from bootstrap.core.codec_keys import KeySet  # noqa: E402
-from bootstrap.core.kek import FileKek  # noqa: E402
+from bootstrap.core.codec import KeyringFile, encrypt  # noqa: E402
 from tests.support.codec import codec_config  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tests.support.waits import wait_until  # noqa: E402
@@ -59,8 +57,7 @@ def start(argv: list[str], log: Path, url: str, ca: Path) -> subprocess.Popen:
 
 
 def request_body(out: Path, count: int) -> bytes:
-    kek = FileKek.load(out / "codec-kek/kek.key")
-    keyring = KeySet.parse((out / "codec-keys/keys.json").read_bytes(), kek)
+    keyring = KeyringFile(out / "codec-keys/keys.json").current()  # one ring and one KEK per namespace
     plain = Payload(metadata={"encoding": b"binary/plain"}, data=os.urandom(1024))
     return json_format.MessageToJson(Payloads(payloads=[encrypt(plain, keyring, "orders")] * count)).encode()
 

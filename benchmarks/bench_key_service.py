@@ -3,7 +3,7 @@ pays for holding no KEK.
 
     python benchmarks/bench_key_service.py [--seconds 3] [--workers 100]
 
-A bundle migrated to per-namespace custody; `serve-codec` started as a process, as compose starts
+A bundle as init makes it (per-namespace custody); `serve-codec` started as a process, as compose starts
 it (TLS on, client certificates asked for, audit lines on, written to a file). Prints:
   - SDK encode+decode throughput (EncryptionCodec, 1 KB payloads, batches of 1 and of 50) with
     local keys (KeyringFile over the ring and KEK files) and with the key service (cached ring);
@@ -46,8 +46,7 @@ CONFIG = codec_config("bench-key-service", roles=("system", "worker", "client"))
 def bundle(work: Path) -> Path:
     config, out = work / "bundle.yaml", work / "out"
     config.write_text(CONFIG)
-    for argv in (["init"], ["migrate-codec-keys"]):
-        assert main([*argv, "--config", str(config), "--out", str(out), "-q"]) == 0
+    assert main(["init", "--config", str(config), "--out", str(out), "-q"]) == 0  # one ring and KEK per namespace
     kid = (out / "private/jwt/active").read_text().strip()
     key = SigningKey.from_pem((out / f"private/jwt/{kid}.key").read_bytes())
     from datetime import timedelta

@@ -38,10 +38,11 @@ def new_root_key(config, algorithm: str):
 def codec_kek(config, layout: Layout) -> tuple[Custody, list[Action]]:
     """What wraps the payload data keys (namespace_plan.Custody), and the writes that create the
     bundle-wide KEK if needed: per-namespace KEKs once the bundle has per-namespace custody (its
-    keys.json is a manifest), else the one KEK of the single-KEK keys.json."""
+    keys.json is a manifest) and for a new bundle (no keys.json yet), else the one KEK of a
+    single-KEK keys.json made before per-namespace custody (kept until migrate-codec-keys)."""
     keks = _namespace_keks(config, layout)
     previous = FileKeks(layout.codec_kek.parent) if config.keys.backend == "pkcs11" else None
-    if migrated(layout):
+    if migrated(layout) or read_optional(layout.codec_keys) is None:
         return Custody(keks, None, previous), []
     single, actions = single_codec_kek(config, layout)
     return Custody(keks, single, previous, (_file_single(layout),)), actions

@@ -37,6 +37,8 @@ class Custody:
 
     def plan(self, layout: Layout, force: bool, now: datetime, namespaces, previous: Kek | None = None) -> list[Action]:
         manifest = read_manifest(layout)
+        if manifest is None and self.single is None and read_optional(layout.codec_keys) is None:
+            manifest = Manifest(())  # a new bundle: per-namespace custody from the start
         if manifest is None:
             if self.single is None:
                 raise BundleError(f"{layout.codec_keys}: no key-encryption key for the single-KEK keys.json")

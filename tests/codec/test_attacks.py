@@ -31,11 +31,9 @@ from temporalio.api.common.v1 import Payload, Payloads
 from bootstrap.cli import main
 from bootstrap.core.codec import encrypt
 from bootstrap.core.codec_keys import Keyring, KeySet
-from bootstrap.core.kek import FileKek
-from bootstrap.core.pki import utcnow
 from bootstrap.core.tokens import SigningKey, mint_token
 from bootstrap.servers.codec import MAX_BODY
-from tests.support.codec import codec_config, legacy_encrypt
+from tests.support.codec import add_legacy_ring, bundle_keys, codec_config, legacy_encrypt
 from tests.support.memory_limit import compose_memory_limit
 from tests.support.ports import free_port
 from tests.support.waits import wait_until
@@ -151,16 +149,12 @@ def headers(bearer: str, namespace: str = "orders") -> dict:
 
 
 def keyring(out: Path) -> KeySet:
-    return KeySet.parse((out / "codec-keys/keys.json").read_bytes(), FileKek.load(out / "codec-kek/kek.key"))
+    return bundle_keys(out)
 
 
 def with_legacy_ring(out: Path) -> Keyring:
     """A bundle migrated from the pre-v2 shared ring: that ring, kept (wrapped) for decoding."""
-    kek, keys = FileKek.load(out / "codec-kek/kek.key"), keyring(out)
-    if keys.legacy is None:
-        keys = KeySet(keys.rings, Keyring.generate(utcnow()))
-        (out / "codec-keys/keys.json").write_bytes(keys.to_bytes(kek))
-    return keys.legacy
+    return add_legacy_ring(out)
 
 
 def timed_decode(codec: Served, out: Path) -> float:

@@ -17,12 +17,10 @@ from temporalio.api.common.v1 import Payload
 
 from bootstrap.cli import main
 from bootstrap.core.codec import encrypt
-from bootstrap.core.codec_keys import KeySet
-from bootstrap.core.kek import FileKek
 from bootstrap.servers.codec import Policy, make_server
 from bootstrap.servers.events import Refusal
 from bootstrap.servers.wire import parse_items, parse_payloads
-from tests.support.codec import codec_config
+from tests.support.codec import bundle_keys, codec_config
 from tests.support.routes import METHODS, decoded_path, raw_paths, send, with_examples
 
 CONFIG = codec_config("codec-fuzz")
@@ -74,7 +72,7 @@ def codec_server(root, policy: Policy):
     config.write_text(CONFIG)
     assert main(["init", "--config", str(config), "--out", str(out), "-q"]) == 0
     served = make_server("127.0.0.1", 0, keys_path=out / "codec-keys/keys.json", jwks_path=out / "jwks/jwks.json",
-                         kek=FileKek.load(out / "codec-kek/kek.key"), policy=policy, audit=True)
+                         policy=policy, audit=True)
     threading.Thread(target=served.serve_forever, daemon=True).start()
     try:
         yield out, served
@@ -86,7 +84,7 @@ def codec_server(root, policy: Policy):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     with codec_server(tmp_path_factory.mktemp("codec-fuzz"), Policy("temporal")) as (out, served):
-        keys = KeySet.parse((out / "codec-keys/keys.json").read_bytes(), FileKek.load(out / "codec-kek/kek.key"))
+        keys = bundle_keys(out)
         sealed = encrypt(Payload(metadata={"encoding": b"json/plain"}, data=b'"fuzz secret"'), keys, "orders")
         yield out, served.server_address[1], sealed
 

@@ -28,9 +28,9 @@ from temporalio.api.common.v1 import Payload, Payloads
 from bootstrap.cli import main
 from bootstrap.core.codec import encrypt
 from bootstrap.core.codec_keys import KeySet
-from bootstrap.core.kek import FileKek
 from bootstrap.servers.codec import MAX_BODY, MAX_CONNECTIONS
 from bootstrap.servers.connections import MAX_HEAD
+from tests.support.codec import bundle_keys
 from tests.support.ports import free_port
 from tests.support.waits import wait_until
 from tests.support.memory_limit import MemoryLimit, compose_memory_limit
@@ -98,7 +98,7 @@ class Codec:
 
 
 def keyset(out: Path) -> KeySet:
-    return KeySet.parse((out / "codec-keys/keys.json").read_bytes(), FileKek.load(out / "codec-kek/kek.key"))
+    return bundle_keys(out)
 
 
 @pytest.fixture(scope="module")
@@ -418,7 +418,7 @@ def test_the_log_holds_no_payload_token_or_key(codec):
         secrets[f"{role} token"] = token
         secrets[f"{role} token signature"] = token.rsplit(".", 1)[1]
     keys = {f"data key {key_id}": key for ring in keyset(codec.out).rings.values() for key_id, key in ring.keys.items()}
-    keys["KEK"] = (codec.out / "codec-kek/kek.key").read_bytes()
+    keys.update({f"KEK {p.name}": p.read_bytes() for p in (codec.out / "codec-kek").iterdir()})
     for name, key in keys.items():
         for alphabet, encode in (("standard", base64.b64encode), ("urlsafe", base64.urlsafe_b64encode)):
             secrets[f"{name} ({alphabet})"] = encode(key).decode().rstrip("=")

@@ -7,6 +7,7 @@ import json
 import socket
 import ssl
 import textwrap
+import time
 import threading
 import urllib.error
 import urllib.request
@@ -17,12 +18,12 @@ from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
 
 from bootstrap.cli import main
-from bootstrap.core.codec import KEY_ID_HEADER, encrypt
-from bootstrap.core.codec_keys import Keyring, KeySet
-from bootstrap.core.kek import FileKek
+from bootstrap.core.codec import KEY_ID_HEADER, KeyringFile, encrypt
+from bootstrap.core.codec_keys import Keyring
 from bootstrap.servers.codec import Policy, make_server
 from bootstrap.core.pki import utcnow
 from bootstrap.core.tokens import SigningKey, mint_token
+from tests.support.codec import bundle_keys
 
 CONFIG = textwrap.dedent("""\
     namespaces: [{name: default}]
@@ -93,7 +94,8 @@ def test_follows_a_data_key_rotation(served):
     status, data = post(out, url + "/encode", body(PLAIN), headers(out))
     [before] = json_format.Parse(data, Payloads()).payloads
     assert main(["rotate", "--config", str(config), "--out", str(out), "--kind", "codec-key", "-q"]) == 0
-    keys = KeySet.parse((out / "codec-keys/keys.json").read_bytes(), FileKek.load(out / "codec-kek/kek.key"))
+    time.sleep(KeyringFile.check_every + 0.05)  # per-namespace rings are re-checked every check_every
+    keys = bundle_keys(out)
     active = keys.rings["default"].active
     status, data = post(out, url + "/encode", body(PLAIN), headers(out))
     [after] = json_format.Parse(data, Payloads()).payloads

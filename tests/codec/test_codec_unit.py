@@ -36,7 +36,7 @@ from bootstrap.ops.plan import codec_sans
 from bootstrap.errors import BundleError
 from bootstrap.store import Layout, Skip, Write
 from tests.support.bundles import make_bundle
-from tests.support.codec import legacy_encrypt
+from tests.support.codec import bundle_keys, legacy_encrypt
 
 NOW = datetime(2026, 1, 2, tzinfo=timezone.utc)
 CONFIG = textwrap.dedent("""\
@@ -291,21 +291,22 @@ def bundle(tmp_path):
 
 
 def keyset(out: Path) -> KeySet:
-    return KeySet.parse((out / "codec-keys" / "keys.json").read_bytes(), FileKek.load(out / "codec-kek" / "kek.key"))
+    return bundle_keys(out)
 
 
 def test_init_writes_the_keyring_0600_and_the_codec_server_cert(bundle):
     _, out = bundle
     keys = out / "codec-keys" / "keys.json"
     assert stat.S_IMODE(keys.stat().st_mode) == 0o600
-    assert stat.S_IMODE((out / "codec-kek" / "kek.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((out / "codec-keys" / "default.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE((out / "codec-kek" / "default.key").stat().st_mode) == 0o600
     assert set(keyset(out).rings) == {"default"}
     assert (out / "codec" / "server.pem").is_file() and (out / "codec" / "server.key").is_file()
     # The data keys live apart from every TLS key: an application mounting codec-keys/ gets no key
     # to impersonate the codec server, and the codec server's directory holds no data keys. The
     # KEK has a directory of its own: the wrapped keys alone open nothing.
-    assert sorted(p.name for p in keys.parent.iterdir()) == ["keys.json"]
-    assert sorted(p.name for p in (out / "codec-kek").iterdir()) == ["kek.key"]
+    assert sorted(p.name for p in keys.parent.iterdir()) == ["default.json", "keys.json"]
+    assert sorted(p.name for p in (out / "codec-kek").iterdir()) == ["default.key"]
     assert not list((out / "codec").glob("*.json"))
 
 

@@ -25,7 +25,7 @@ from bootstrap.core.namespace_keys import parse_ring
 from bootstrap.core.pki import utcnow
 from bootstrap.store import Layout, apply
 from tests.support.bundles import make_bundle
-from tests.support.codec import codec_config
+from tests.support.codec import bundle_keys, codec_config, kek_files, single_kek_bundle
 
 CONFIG = codec_config("ns-custody", roles=("system", "worker", "client"),
                       more_roles={"payments-worker": ["payments:write"], "reader": ["orders:read", "payments:read"]})
@@ -38,9 +38,48 @@ def cli(*argv) -> int:
 
 @pytest.fixture
 def single(tmp_path):
-    """A bundle as init makes it today: one keys.json wrapped by one KEK."""
+    """A bundle as init made it before per-namespace custody: one keys.json wrapped by one KEK."""
     made = make_bundle(tmp_path, CONFIG)
+    single_kek_bundle(made.root)
     return made.config_path, made.root
+
+
+def test_init_gives_a_new_bundle_one_ring_and_one_kek_per_namespace(tmp_path, capsys):
+    made = make_bundle(tmp_path, CONFIG)
+    out = made.root
+    manifest = json.loads((out / "codec-keys/keys.json").read_text())
+    assert manifest == {"format": "per-namespace-v1", "namespaces": ["orders", "payments"], "legacy": False}
+    assert sorted(p.name for p in (out / "codec-keys").iterdir()) == ["keys.json", "orders.json", "payments.json"]
+    assert kek_files(out) == ["orders.key", "payments.key"], "no bundle-wide codec-kek/kek.key"
+    for key in (out / "codec-kek").iterdir():
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    keys = bundle_keys(out)
+    assert set(keys.rings) == {"orders", "payments"} and keys.legacy is None
+    with pytest.raises(Exception, match="wrapped by key-encryption key"):
+        parse_ring((out / "codec-keys/payments.json").read_bytes(), "payments",
+                   FileKek.load(out / "codec-kek/orders.key"), "payments.json")
+    # A second init changes nothing; migrate-codec-keys has nothing to do.
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert cli("init", "--config", made.config_path, "--out", out) == 0
+    said = migrate(made.config_path, out, capsys)
+    assert "already migrated, skipped" in said, said
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_single_kek_bundle_keeps_working_until_migrated(single, capsys):
+    """init on a bundle made before per-namespace custody keeps its layout (its workers may hold
+    keys.json and kek.key), and every payload it wrote opens, before and after the migration."""
+    config, out = single
+    history = {ns: encrypt(PLAIN, old_keyset(out), ns) for ns in ("orders", "payments")}
+    assert cli("init", "--config", config, "--out", out) == 0
+    assert json.loads((out / "codec-keys/keys.json").read_text())["format"] == "wrapped-v2"
+    assert kek_files(out) == ["kek.key"]
+    for ns, sealed in history.items():
+        assert decrypt(sealed, bundle_keys(out)) == PLAIN
+    migrate(config, out, capsys)
+    assert kek_files(out) == ["orders.key", "payments.key"]
+    for ns, sealed in history.items():
+        assert decrypt(sealed, bundle_keys(out)) == PLAIN
 
 
 def old_keyset(out: Path) -> KeySet:

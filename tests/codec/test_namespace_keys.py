@@ -1,6 +1,7 @@
-"""One data key ring per namespace, wrapped by a key-encryption key: B's ring does not
-hold A's keys, a ring moved under another namespace's name does not unwrap, and a bundle with the
-pre-v2 shared plaintext ring migrates without losing a byte of old history."""
+"""The single-KEK keys.json of bundles made before per-namespace custody (kept working until
+migrate-codec-keys): one data key ring per namespace, wrapped by one key-encryption key: B's ring
+does not hold A's keys, a ring moved under another namespace's name does not unwrap, and a bundle
+with the pre-v2 shared plaintext ring migrates without losing a byte of old history."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from bootstrap.core.codec_keys import Keyring, KeySet, KeyringMismatch
 from bootstrap.core.kek import FileKek
 from bootstrap.core.pki import utcnow
 from tests.support.bundles import make_bundle
-from tests.support.codec import legacy_encrypt
+from tests.support.codec import legacy_encrypt, single_kek_bundle
 
 CONFIG = textwrap.dedent("""\
     namespaces: [{name: orders}, {name: payments}]
@@ -31,6 +32,7 @@ PLAIN = Payload(metadata={"encoding": b"json/plain"}, data=b'"card 4111"')
 @pytest.fixture
 def bundle(tmp_path):
     made = make_bundle(tmp_path, CONFIG)
+    single_kek_bundle(made.root)
     return made.config_path, made.root
 
 

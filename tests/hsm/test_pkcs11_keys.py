@@ -18,6 +18,7 @@ from bootstrap.core.hsm import is_reference, label_for, parse_reference
 from bootstrap.ops.plan import DOMAINS, leaf_specs
 from bootstrap.store import Layout
 from bootstrap.core.tokens import verify_token
+from tests.support.codec import single_kek_bundle
 from tests.support.hsm import PIN
 
 PEM_PRIVATE = b"PRIVATE KEY-----"
@@ -27,7 +28,7 @@ PEM_PRIVATE = b"PRIVATE KEY-----"
 PROBE = """
 import json, sys, pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
-module, label, pin, kek_label, *keys = sys.argv[1:]
+module, label, pin, kek_labels, *keys = sys.argv[1:]
 out = {}
 with pkcs11.lib(module).get_token(token_label=label).open(user_pin=pin, rw=True) as s:
     wrapper = s.generate_key(KeyType.AES, 256, store=False, template={Attribute.WRAP: True})
@@ -45,8 +46,9 @@ with pkcs11.lib(module).get_token(token_label=label).open(user_pin=pin, rw=True)
     for key in keys:
         [priv] = s.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: key})
         out[key] = attempts(priv, Attribute.VALUE if priv.key_type == KeyType.EC else Attribute.PRIVATE_EXPONENT)
-    [kek] = s.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: kek_label})
-    out["kek"] = attempts(kek, Attribute.VALUE)
+    for kek_label in filter(None, kek_labels.split(",")):
+        [kek] = s.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: kek_label})
+        out[kek_label] = attempts(kek, Attribute.VALUE)
 print(json.dumps(out))
 """
 
@@ -94,9 +96,26 @@ def assert_consistent(config_path: Path, out: Path) -> None:
         assert claims["sub"] == f"temporal-bundle:{role.name}"
 
 
+KEK_LABELS = "temporal-bundle-codec-kek:orders,temporal-bundle-codec-kek:payments"  # one per namespace
+
+
+def token_labels(token, prefix: str) -> list[str]:
+    """The labels of the token's secret keys that start with `prefix`."""
+    code = """
+import sys, pkcs11
+from pkcs11 import Attribute, ObjectClass
+module, label, pin, prefix = sys.argv[1:]
+with pkcs11.lib(module).get_token(token_label=label).open(user_pin=pin) as s:
+    print("\\n".join(sorted(o.label for o in s.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY}) if o.label.startswith(prefix))))
+"""
+    result = token.python(code, token.module, token.label, PIN, prefix)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
 def probe(token, out: Path) -> dict:
     labels = [parse_reference(p.read_bytes(), str(p)) for p in root_key_files(out)]
-    result = token.python(PROBE, token.module, token.label, PIN, "temporal-bundle-codec-kek", *labels)
+    result = token.python(PROBE, token.module, token.label, PIN, KEK_LABELS, *labels)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -126,7 +145,7 @@ def test_init_keeps_every_root_key_in_the_token(token, hsm_bundle):
 def test_the_token_refuses_to_export_the_keys(token, hsm_bundle):
     _, out = hsm_bundle
     found = probe(token, out)
-    assert len(found) == len(DOMAINS) + 2  # four CAs, the signing key, the KEK
+    assert len(found) == len(DOMAINS) + 3  # four CAs, the signing key, a KEK per namespace
     for label, got in found.items():
         assert got["sensitive"] and not got["extractable"] and got["never_extractable"] and got["local"], (label, got)
         assert got["read"] == "AttributeSensitive", (label, got)
@@ -157,9 +176,14 @@ def test_backup_and_rendered_files_hold_no_root_key(token, hsm_bundle, tmp_path)
 
 
 def test_payload_keys_are_wrapped_by_the_token_kek(token, hsm_bundle):
+    """A new bundle under pkcs11: one token key per namespace (<kek_label>:<ns>), no bundle-wide one."""
     _, out = hsm_bundle
     doc = json.loads((out / "codec-keys/keys.json").read_text())
-    assert doc["kek"].startswith("pkcs11:temporal-bundle-codec-kek:") and set(doc["namespaces"]) == {"orders", "payments"}
+    assert doc == {"format": "per-namespace-v1", "namespaces": ["orders", "payments"], "legacy": False}
+    for ns in ("orders", "payments"):
+        ring = json.loads((out / f"codec-keys/{ns}.json").read_text())
+        assert ring["kek"].startswith(f"pkcs11:temporal-bundle-codec-kek:{ns}:"), ring["kek"]
+    assert token_labels(token, "temporal-bundle-codec-kek") == KEK_LABELS.split(",")
     # The codec (as the codec server runs it) unwraps them with the token and round-trips a payload.
     code = """
 import sys
@@ -209,15 +233,13 @@ def test_ca_rotation_in_the_token(token, hsm_bundle):
 
 def test_codec_key_rotation_with_the_token_kek(token, hsm_bundle):
     config, out = hsm_bundle
-    before = json.loads((out / "codec-keys/keys.json").read_text())
+    before = {ns: json.loads((out / f"codec-keys/{ns}.json").read_text()) for ns in ("orders", "payments")}
     result = token.cli("rotate", "--config", config, "--out", out, "--kind", "codec-key", "--namespace", "orders")
     assert result.returncode == 0, result.stderr
-    after = json.loads((out / "codec-keys/keys.json").read_text())
-    orders, payments = after["namespaces"]["orders"], after["namespaces"]["payments"]
-    assert set(before["namespaces"]["orders"]["keys"]) < set(orders["keys"]) and len(orders["keys"]) == 2
-    # Re-wrapped with fresh nonces, so compare ids: payments keeps its one key.
-    assert set(payments["keys"]) == set(before["namespaces"]["payments"]["keys"])
-    assert payments["active"] == before["namespaces"]["payments"]["active"]
+    orders, payments = (json.loads((out / f"codec-keys/{ns}.json").read_text()) for ns in ("orders", "payments"))
+    assert set(before["orders"]["keys"]) < set(orders["keys"]) and len(orders["keys"]) == 2
+    assert orders["kek"] == before["orders"]["kek"], "still wrapped by orders' own token key"
+    assert payments == before["payments"], "payments' ring untouched"
 
 
 # --------------------------------------------------------------------------- bad input
@@ -312,6 +334,7 @@ def test_a_file_bundle_moved_to_pkcs11(token, tmp_path):
     config, out = tmp_path / "bundle.yaml", tmp_path / "out"
     config.write_text(token.config().split("keys:")[0])
     assert token.cli("init", "--config", config, "--out", out, "-q").returncode == 0
+    single_kek_bundle(out)  # as init made it before per-namespace custody
     before = json.loads((out / "codec-keys/keys.json").read_text())
     assert before["kek"].startswith("file:") and (out / "codec-kek/kek.key").exists()
 
@@ -338,6 +361,7 @@ def test_per_namespace_keks_in_the_token_are_non_extractable_and_open_only_their
     """migrate-codec-keys under pkcs11: one AES key per namespace in the token, labelled
     <kek_label>:<ns>, each sensitive and never extractable; each ring unwraps with its own only."""
     config, out = hsm_bundle
+    assert token.single_kek_bundle(config, out).startswith("pkcs11:temporal-bundle-codec-kek:")
     before = json.loads((out / "codec-keys/keys.json").read_text())
     result = token.cli("migrate-codec-keys", "--config", config, "--out", out)
     assert result.returncode == 0, result.stderr
@@ -349,7 +373,7 @@ def test_per_namespace_keks_in_the_token_are_non_extractable_and_open_only_their
         assert set(ring["keys"]) == set(before["namespaces"][ns]["keys"])
         found = token.python(PROBE, token.module, token.label, PIN, f"temporal-bundle-codec-kek:{ns}")
         assert found.returncode == 0, found.stderr
-        got = json.loads(found.stdout)["kek"]
+        got = json.loads(found.stdout)[f"temporal-bundle-codec-kek:{ns}"]
         assert got["sensitive"] and not got["extractable"] and got["never_extractable"] and got["local"], got
         assert got["read"] == "AttributeSensitive" and got["wrap"].startswith("KeyUnextractable"), got
     code = """

@@ -27,12 +27,11 @@ from temporalio.worker import Worker
 from bootstrap.client import connect
 from bootstrap.core.codec import ENCODING, KEY_ID_HEADER, NAMESPACE_HEADER, data_converter, decrypt
 from bootstrap.core.codec_keys import Keyring, KeySet
-from bootstrap.core.kek import FileKek
 from bootstrap.core.config import load_config
 from bootstrap.core.pki import utcnow
 from bootstrap.core.tokens import SigningKey
 from tests.support.binaries import run_cli
-from tests.support.codec import in_process_codec_server
+from tests.support.codec import bundle_keys, in_process_codec_server
 from tests.support.forged_tokens import alg_none, forged_with_known_kid, token
 from tests.support.ports import free_port
 from tests.support.waits import wait_until
@@ -45,8 +44,7 @@ SECRET = "card 4111-1111-1111-1111"
 
 
 def keyset(cluster) -> KeySet:
-    return KeySet.parse((cluster.bundle / "codec-keys" / "keys.json").read_bytes(),
-                        FileKek.load(cluster.bundle / "codec-kek" / "kek.key"))
+    return bundle_keys(cluster.bundle)
 
 
 def keyring(cluster, namespace="default") -> Keyring:

@@ -1,8 +1,8 @@
 """A worker of `orders`, given exactly what `make export ROLE=...` gives it, against the real
 server: the `payments` history it may get hold of is ciphertext only, for every payload
 kind (input, memo, signal, activity input and result, workflow result, failure), and the key
-service gives its token no `payments` ring. The bundle is migrated to per-namespace custody, the
-codec server (with its key service) runs in-process with the bundle's certificate."""
+service gives its token no `payments` ring. The bundle is as init makes it (one ring and one KEK
+per namespace), the codec server (with its key service) runs in-process with the bundle's certificate."""
 
 from __future__ import annotations
 
@@ -29,14 +29,12 @@ ROLES = {"orders-worker": {"permissions": ["orders:write"], "token_lifetime": "1
          "payments-worker": {"permissions": ["payments:write"], "token_lifetime": "1h"}}
 
 
-def migrate(cluster: LocalCluster) -> None:
-    run_cli("migrate-codec-keys", "--config", str(cluster.config_path), "--out", str(cluster.bundle))
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     cluster = LocalCluster(tmp_path_factory.mktemp("cluster-isolation"), namespaces=("orders", "payments"),
-                           extra_roles=ROLES, after_init=migrate).start_registered()
+                           extra_roles=ROLES).start_registered()
+    manifest = json.loads((cluster.bundle / "codec-keys/keys.json").read_text())
+    assert manifest["format"] == "per-namespace-v1", "init gives a new bundle per-namespace custody"
     yield cluster
     cluster.stop()
 

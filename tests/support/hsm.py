@@ -66,9 +66,35 @@ class Token:
         return subprocess.run([sys.executable, "-m", "bootstrap", *map(str, args)], env=self.env,
                               capture_output=True, text=True, timeout=300)
 
+    def single_kek_bundle(self, config: Path, out: Path) -> str:
+        """The bundle at `out` back in the single-KEK layout (SINGLE_KEK_CODE); the KEK's id."""
+        result = self.python(SINGLE_KEK_CODE, config, out)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
     def python(self, code: str, *args) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-c", code, *map(str, args)], env=self.env,
                               capture_output=True, text=True, timeout=120)
+
+
+# Turns a bundle init made under pkcs11 (one token key per namespace) into one as init made it
+# before per-namespace custody: every ring in one codec-keys/keys.json wrapped by the one token key
+# labelled keys.pkcs11.kek_label. Run in the token's process: argv = bundle.yaml, bundle directory.
+SINGLE_KEK_CODE = """
+import sys
+from pathlib import Path
+from bootstrap.core import backend
+from bootstrap.core.codec_keys import plan_single_kek_keys
+from bootstrap.core.config import load_config
+from bootstrap.core.pki import utcnow
+from bootstrap.store import Layout, apply
+config, layout = load_config(sys.argv[1]), Layout(Path(sys.argv[2]))
+for path in layout.codec_keys.parent.iterdir():
+    path.unlink()
+kek = backend.session(config).kek(config.keys.kek_label, create=True)
+apply(layout, plan_single_kek_keys(layout, False, utcnow(), [ns.name for ns in config.namespaces], kek))
+print(kek.kek_id)
+"""
 
 
 def softhsm_token(root: Path, label: str) -> tuple[dict, dict]:

@@ -76,7 +76,7 @@ def test_create_writes_one_0600_archive_and_says_what_it_holds(fresh_bundle, arc
     for domain in DOMAINS:
         cert, key = fresh_bundle.layout.domain_ca(domain)
         assert {fresh_bundle.layout.relative(cert), fresh_bundle.layout.relative(key)} <= names
-    assert {"private/cluster.json", "codec-keys/keys.json", "codec-kek/kek.key", "bundle.yaml",
+    assert {"private/cluster.json", "codec-keys/keys.json", "codec-keys/default.json", "codec-kek/default.key", "bundle.yaml",
             "databases/temporal.dump", "databases/temporal_visibility.dump"} <= names
     assert any(n.startswith("private/jwt/") and n.endswith(".key") for n in names)
 
@@ -93,7 +93,7 @@ def test_round_trip_onto_an_empty_directory_then_init_keeps_every_ca_and_key(cli
     assert result.code == 0, result.err
     assert private_files(target) == private_files(fresh_bundle.root)
     assert (target / "codec-keys" / "keys.json").read_bytes() == fresh_bundle.layout.codec_keys.read_bytes()
-    assert (target / "codec-kek" / "kek.key").read_bytes() == fresh_bundle.layout.codec_kek.read_bytes()
+    assert (target / "codec-kek" / "other.key").read_bytes() == (fresh_bundle.root / "codec-kek" / "other.key").read_bytes()
     assert config_out.read_bytes() == fresh_bundle.config_path.read_bytes()
     assert "BEGIN" not in result.out
     again = restore(cli, archive, target, "--config-out", config_out)  # what `make restore` does on this host
