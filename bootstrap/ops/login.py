@@ -14,8 +14,10 @@ Nothing is written before every check has passed; no token, code or verifier is 
 from __future__ import annotations
 
 import html
+import http.client
 import json
 import os
+import socket
 import ssl
 import time
 import urllib.error
@@ -75,6 +77,37 @@ def _https(url: str, what: str) -> str:
     return url
 
 
+def is_localhost(host: str) -> bool:
+    return host == "localhost" or host.endswith(".localhost")
+
+
+class _LoopbackConnection(http.client.HTTPSConnection):
+    """RFC 6761: `*.localhost` is loopback. Browsers resolve it so, and the bundle's issuer is
+    https://auth.localhost:5556/dex by default, but glibc without nss-myhostname does not: connect
+    to 127.0.0.1 while TLS still verifies the certificate for the name."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = lambda address, *rest, **kw: socket.create_connection(
+            ("127.0.0.1", address[1]), *rest, **kw)
+
+
+class _LoopbackHandler(urllib.request.HTTPSHandler):
+    def __init__(self, context: ssl.SSLContext):
+        super().__init__(context=context)
+        self.tls = context
+
+    def https_open(self, req):
+        return self.do_open(_LoopbackConnection, req, context=self.tls)
+
+
+def _opener(url: str, context: ssl.SSLContext):
+    if is_localhost(urllib.parse.urlsplit(url).hostname or ""):
+        # No proxy either: a proxy would resolve the name its own way.
+        return urllib.request.build_opener(urllib.request.ProxyHandler({}), _LoopbackHandler(context))
+    return urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
+
+
 def request_json(url: str, context: ssl.SSLContext, form: dict | None = None) -> tuple[int, dict]:
     """(status, JSON object) of a GET, or a form POST; an HTTP error's JSON body is returned too."""
     data = urllib.parse.urlencode(form).encode() if form is not None else None
@@ -84,7 +117,7 @@ def request_json(url: str, context: ssl.SSLContext, form: dict | None = None) ->
     request = urllib.request.Request(url, data=data, headers=headers)
     where = urllib.parse.urlsplit(url).netloc
     try:
-        with urllib.request.urlopen(request, context=context, timeout=HTTP_TIMEOUT) as response:
+        with _opener(url, context).open(request, timeout=HTTP_TIMEOUT) as response:
             status, body = response.status, response.read(MAX_RESPONSE + 1)
     except urllib.error.HTTPError as exc:
         status, body = exc.code, exc.read(MAX_RESPONSE + 1)

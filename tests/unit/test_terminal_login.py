@@ -268,3 +268,64 @@ def test_no_callback_in_time_is_one_error():
 
     with pytest.raises(BundleError, match="no login callback reached http://127.0.0.1:.* within 0.3 s"):
         CallbackListener("S").wait(0.3)
+
+
+def test_a_dot_localhost_issuer_is_reached_on_loopback_with_its_name_verified(tmp_path):
+    """The bundle's default issuer is https://auth.localhost:5556/dex: browsers resolve *.localhost to
+    loopback (RFC 6761), this machine's resolver does not; login connects to 127.0.0.1 and still
+    checks the certificate for auth.localhost."""
+    import datetime as dt
+    import json as json_module
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from bootstrap.ops.login import request_json, tls_context
+
+    def self_signed(name: str, stem: str):
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = dt.datetime.now(dt.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+                .not_valid_after(now + dt.timedelta(hours=1))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+                .sign(key, hashes.SHA256()))
+        (tmp_path / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (tmp_path / f"{stem}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                                 serialization.PrivateFormat.PKCS8,
+                                                                 serialization.NoEncryption()))
+        return tmp_path / f"{stem}.pem", tmp_path / f"{stem}.key"
+
+    class Reply(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = json_module.dumps({"host": self.headers["Host"]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    cert, key = self_signed("auth.localhost", "right")
+    server = HTTPServer(("127.0.0.1", 0), Reply)
+    serving = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    serving.load_cert_chain(cert, key)
+    server.socket = serving.wrap_socket(server.socket, server_side=True)
+    port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        status, doc = request_json(f"https://auth.localhost:{port}/x", tls_context((cert,)))
+        assert (status, doc) == (200, {"host": f"auth.localhost:{port}"})
+        other, _ = self_signed("other.localhost", "wrong")
+        with pytest.raises(BundleError, match="cannot reach"):  # the name is still verified
+            request_json(f"https://auth.localhost:{port}/x", tls_context((other,)))
+    finally:
+        server.shutdown()
