@@ -31,6 +31,7 @@ from .sections import (CLUSTER_INFO_KEY, CODEC_DECRYPT_ROLES, FRONTEND_EXPOSURES
                        PersistenceConfig, PKIConfig, parse_codec, parse_jwt, parse_keys, parse_kubernetes,
                        parse_monitoring, parse_network, parse_persistence, parse_pki)
 from .workload import WorkloadIdentityConfig, parse_workload_identity
+from .database_backup import DatabaseBackupConfig, parse_database_backup
 
 __all__ = [
     "BCRYPT_HASH", "CLUSTER_INFO_KEY", "CODEC_DECRYPT_ROLES", "DNS_NAME", "EMAIL", "FRONTEND_EXPOSURES", "IMAGE_REF",
@@ -73,6 +74,7 @@ class BundleConfig:
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     workload_identity: WorkloadIdentityConfig = field(default_factory=WorkloadIdentityConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    database_backup: DatabaseBackupConfig = field(default_factory=DatabaseBackupConfig)
     # Where the bundle directory is mounted as the Temporal server sees it (/bundle in compose).
     bundle_dir: str = "/bundle"
     source: str = "<defaults>"
@@ -154,6 +156,7 @@ def parse_config(data: Any, source: str = "<config>") -> BundleConfig:
     kubernetes = parse_kubernetes(top.section("kubernetes"))
     keys = parse_keys(top.section("keys"))
     monitoring = parse_monitoring(top.section("monitoring"))
+    database_backup = parse_database_backup(top.section("database_backup"))
     workload = parse_workload_identity(top.section("workload_identity"), tuple(n.name for n in namespaces))
     top.done()
     if oidc.external is not None and workload.enabled and oidc.permissions_claim != PERMISSIONS_CLAIM:
@@ -164,7 +167,7 @@ def parse_config(data: Any, source: str = "<config>") -> BundleConfig:
     if not config.bundle_dir.startswith("/"):
         raise BundleError(f"{source}: bundle_dir must be an absolute path, got {config.bundle_dir!r}")
     return replace(config, roles=roles, codec=codec, oidc=oidc, kubernetes=kubernetes, workload_identity=workload, keys=keys,
-                   monitoring=monitoring)
+                   monitoring=monitoring, database_backup=database_backup)
 
 
 def _audience_of_external(raw: Any, jwt: JWTConfig, external: ExternalIssuer, source: str) -> JWTConfig:
