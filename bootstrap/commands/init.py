@@ -9,6 +9,7 @@ from pathlib import Path
 from ..core.pki import utcnow
 from ..ops.generate import plan_generate
 from ..ops.oidc import plan_oidc
+from ..ops.pgbackrest import plan_pgbackrest
 from ..ops.plan import plan_registrar_token, plan_tokens
 from ..ops.render_plan import plan_render
 from ..store import apply, locked
@@ -40,7 +41,8 @@ def run(args) -> int:
         registrar = plan_registrar_token(config, layout, pki.signing_key, args.force, now)
         rendered = plan_render(config, layout, args.force, args.templates, args.server_image)
         oidc = plan_oidc(config, layout, args.force)
-        actions = apply(layout, pki.actions + token_actions + registrar + rendered + oidc)
+        wal = plan_pgbackrest(config, layout, args.force, args.templates) if config.persistence.driver == "postgres" else []
+        actions = apply(layout, pki.actions + token_actions + registrar + rendered + oidc + wal)
     report(layout, actions, args.quiet)
     if pki.warning:
         print(pki.warning, file=sys.stderr)
