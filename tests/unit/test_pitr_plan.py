@@ -1,0 +1,112 @@
+"""`temporal-bundle pitr`: a point-in-time recovery target checked against the pgBackRest
+repository's `info --output=json` before `make restore-pitr` stops or writes anything. Every
+refusal is one `error:` line, exit 1 and nothing on stdout (so the Makefile's restore never runs);
+a good target prints pgbackrest restore's options.
+
+The info documents are shaped as pgBackRest 2.45 prints them (captured from a real repository)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+FULL_STOP = NOW - timedelta(days=2)
+DIFF_STOP = NOW - timedelta(hours=3)
+
+
+def backup(label: str, kind: str, stop: datetime, error: bool = False) -> dict:
+    stop_s = int(stop.timestamp())
+    return {"archive": {"start": "000000010000000000000002", "stop": "000000010000000000000002"},
+            "backrest": {"format": 5, "version": "2.45"}, "database": {"id": 1, "repo-key": 1}, "error": error,
+            "info": {"delta": 22992600, "repository": {"delta": 3358896, "size": 3358896}, "size": 22992600},
+            "label": label, "lsn": {"start": "0/2000028", "stop": "0/2000100"}, "prior": None, "reference": None,
+            "timestamp": {"start": stop_s - 30, "stop": stop_s}, "type": kind}
+
+
+def info(backups: list[dict], code: int = 0, message: str = "ok", repo_message: str = "ok") -> str:
+    return json.dumps([{"archive": [], "backup": backups, "cipher": "aes-256-cbc", "db": [], "name": "temporal",
+                        "repo": [{"cipher": "aes-256-cbc", "key": 1, "status": {"code": code, "message": repo_message}}],
+                        "status": {"code": code, "lock": {"backup": {"held": False}}, "message": message}}])
+
+
+GOOD = info([backup("20261204-010000F", "full", FULL_STOP),
+             backup("20261204-010000F_20261206-010000D", "diff", DIFF_STOP)])
+
+
+@pytest.fixture
+def pitr(cli, tmp_path):
+    def run(time: str, text: str = GOOD):
+        path = tmp_path / "info.json"
+        path.write_text(text)
+        return cli("pitr", "--time", time, "--info", path)
+    return run
+
+
+def pg(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S+00")
+
+
+def refused(result, *words: str) -> None:
+    assert result.code == 1, result
+    assert result.out == "", result.out  # no restore options: the Makefile's restore never starts
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def test_a_time_before_the_first_backup_is_refused(pitr):
+    refused(pitr(pg(FULL_STOP - timedelta(seconds=1))), "before the end of the first backup", "20261204-010000F")
+
+
+def test_a_time_in_the_future_is_refused(pitr):
+    refused(pitr(pg(NOW + timedelta(minutes=5))), "in the future")
+
+
+@pytest.mark.parametrize("time", ["2026-12-06 10:40", "2026-12-06 10:40:00", "yesterday", "", "2026-13-40 10:00:00+00",
+                                  "2026-12-06 10:40:00+00; rm -rf /"])
+def test_a_time_without_offset_or_not_a_time_is_refused(pitr, time):
+    refused(pitr(time), "TIME")
+
+
+@pytest.mark.parametrize("code,words", [(1, "no backup yet"), (2, "no backup yet"), (3, "no backup yet"),
+                                        (99, "cannot be read"), (4, "cannot be read")])
+def test_a_repository_without_backups_or_unreadable_is_refused(pitr, code, words):
+    refused(pitr("latest", info([], code=code, message="other", repo_message="[FormatError] unable to load info file")),
+            words)
+
+
+def test_a_repository_whose_backups_all_have_errors_is_refused(pitr):
+    refused(pitr("latest", info([backup("20261204-010000F", "full", FULL_STOP, error=True)])), "no good backup")
+
+
+@pytest.mark.parametrize("text", ["", "not json", "{}", "[]", json.dumps([{"name": "other"}]),
+                                  info([{"label": "x"}])])
+def test_garbage_info_is_refused(pitr, text):
+    refused(pitr("latest", text))
+
+
+def test_a_time_between_backups_restores_the_last_backup_before_it(pitr):
+    target = DIFF_STOP - timedelta(hours=1)
+    result = pitr(pg(target))
+    assert result.code == 0, result
+    assert result.out.splitlines() == ["--set=20261204-010000F", "--type=time",
+                                       f"--target={target:%Y-%m-%d %H:%M:%S}.000000+00"]
+    assert "full backup 20261204-010000F" in result.err
+
+
+def test_a_time_after_the_last_backup_restores_it_and_replays_to_the_time(pitr):
+    target = NOW - timedelta(minutes=1)
+    result = pitr(target.astimezone(timezone(timedelta(hours=2))).isoformat())  # another offset, same instant
+    assert result.code == 0, result
+    assert result.out.splitlines() == ["--set=20261204-010000F_20261206-010000D", "--type=time",
+                                       f"--target={target:%Y-%m-%d %H:%M:%S}.000000+00"]
+
+
+def test_latest_restores_the_newest_backup_to_the_end_of_the_archive(pitr):
+    result = pitr("latest")
+    assert result.code == 0, result
+    assert result.out.splitlines() == ["--set=20261204-010000F_20261206-010000D", "--type=default"]
