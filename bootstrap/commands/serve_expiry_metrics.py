@@ -34,6 +34,7 @@ def add_parser(sub, name):
     option("--ca-file", type=Path, metavar="FILE", help="CA for an https --jwks-url (default: DIR/trust/ca.pem)")
     option("--timeout", default="5s", metavar="DURATION", help="timeout for fetching --jwks-url (default: 5s)")
     option("--textfile", type=Path, metavar="FILE", help="a metrics file to serve at /metrics/tokens")
+    option("--backup-textfile", type=Path, metavar="FILE", help="the db-backup service's report to serve at /metrics/backup")
     add_max_connections(parser)
     parser.set_defaults(run=run, warn=None, crit=None)
 
@@ -57,7 +58,7 @@ def run(args) -> int:
         return prometheus_text(report, exit_code(report))
 
     try:  # the guarded listener: capped connections, header deadlines, bounded request heads
-        server = Service(exporter_app(OneScrapeAtATime(scrape), args.textfile), args.host, args.port, None,
+        server = Service(exporter_app(OneScrapeAtATime(scrape), args.textfile, args.backup_textfile), args.host, args.port, None,
                          Limits(max_connections=args.max_connections))
     except OSError as exc:
         raise BundleError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
@@ -83,24 +84,26 @@ class OneScrapeAtATime:
         self._running = None
 
 
-def exporter_app(scrapes: OneScrapeAtATime, textfile: Path | None):
+def exporter_app(scrapes: OneScrapeAtATime, textfile: Path | None, backup_textfile: Path | None = None):
     from aiohttp import web
 
     async def metrics(_request):
         return web.Response(body=(await scrapes.text()).encode(), headers={"Content-Type": CONTENT_TYPE})
 
-    async def tokens(_request):
-        if textfile is None:
-            raise web.HTTPNotFound(text="no --textfile\n")
+    async def tokens(request):
+        path = textfile if request.path == "/metrics/tokens" else backup_textfile
+        if path is None:
+            raise web.HTTPNotFound(text=f"no file to serve at {request.path}\n")
         try:
-            body = textfile.read_bytes()
+            body = path.read_bytes()
         except OSError as exc:  # the scrape fails: up == 0 for the job, which alerts
-            raise web.HTTPServiceUnavailable(text=f"cannot read {textfile}: {exc.strerror or exc}\n") from None
+            raise web.HTTPServiceUnavailable(text=f"cannot read {path}: {exc.strerror or exc}\n") from None
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def healthz(_request):
         return web.Response(text="ok\n")
 
     app = web.Application(client_max_size=1024)  # GET only: no body is ever read
-    app.add_routes([web.get("/metrics", metrics), web.get("/metrics/tokens", tokens), web.get("/healthz", healthz)])
+    app.add_routes([web.get("/metrics", metrics), web.get("/metrics/tokens", tokens), web.get("/metrics/backup", tokens),
+                    web.get("/healthz", healthz)])
     return app

@@ -30,6 +30,7 @@ OUTPUTS = {
     # The `monitoring` compose profile's Prometheus (rules share check-expiry's thresholds).
     "prometheus.yml": "prometheus.yml.j2",
     "alert-rules.yml": "alert-rules.yml.j2",
+    "backup-alert-rules.yml": "backup-alert-rules.yml.j2",  # database backups (db-backup's report)
 }
 # Where Prometheus finds the expiry exporter (the compose service of the monitoring profile).
 EXPIRY_EXPORTER = "expiry-exporter:9464"
@@ -120,6 +121,7 @@ def monitoring_context(config: BundleConfig) -> dict:
         "frontend_error_ratio": mon.frontend_error_ratio,
         "persistence_p99_seconds": mon.persistence_latency_p99.total_seconds(),
         "persistence_p99_human": human_duration(mon.persistence_latency_p99),
+        "backup": config.database_backup,
     }
 
 

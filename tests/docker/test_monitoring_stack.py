@@ -83,7 +83,8 @@ def test_prometheus_scrapes_temporal_and_the_expiry_reports(running_stack):
     def all_up():
         targets = prom(running_stack, "/api/v1/targets")["activeTargets"]
         health = {t["labels"]["job"]: t["health"] for t in targets}
-        return health if health == {"temporal": "up", "bundle-expiry": "up", "bundle-token-expiry": "up"} else None
+        return health if health == {"temporal": "up", "bundle-expiry": "up", "bundle-token-expiry": "up",
+                                    "bundle-db-backup": "up"} else None
 
     wait_until("every target up", all_up, timeout=90)
     # The certificates the exporter checks and the tokens the refresher checks, all there.
@@ -113,7 +114,7 @@ def test_promtool_accepts_the_rendered_config_and_rules(running_stack):
     active = prom(running_stack, "/api/v1/alertmanagers")["activeAlertmanagers"]
     assert [a["url"] for a in active] == ["http://alertmanager:9093/api/v2/alerts"], active
     loaded = prom(running_stack, "/api/v1/rules")["groups"]
-    assert {g["name"] for g in loaded} == {"temporal-bundle-expiry", "temporal-bundle-server"}
+    assert {g["name"] for g in loaded} == {"temporal-bundle-expiry", "temporal-bundle-server", "temporal-bundle-backup"}
 
 
 # --------------------------------------------------------------------------- rules = check-expiry

@@ -95,7 +95,8 @@ def test_prometheus_scrapes_the_compose_names():
     # The server binds its metrics to the alias only the monitoring network resolves.
     assert services["temporal"]["networks"]["monitoring"]["aliases"] == [config.network.metrics_host]
     assert compose["networks"]["monitoring"]["internal"] is True
-    assert [f"/bundle/config/{Path(p).name}" for p in prom["rule_files"]] == ["/bundle/config/alert-rules.yml"]
+    assert [f"/bundle/config/{Path(p).name}" for p in prom["rule_files"]] == ["/bundle/config/alert-rules.yml",
+                                                                              "/bundle/config/backup-alert-rules.yml"]
     assert "bundle-config:/bundle/config:ro" in services["prometheus"]["volumes"]
     for name in ("prometheus", "expiry-exporter", "alertmanager"):
         assert services[name]["profiles"] == ["monitoring"]
