@@ -137,6 +137,16 @@ class TokenKek:
                                        mechanism_param=pkcs11.GCMParams(nonce, aad, 128))
         return nonce + bytes(sealed)
 
+    def destroy(self) -> None:
+        """C_DestroyObject: the key is gone from the token (what it wrapped opens no more)."""
+        import pkcs11
+
+        try:
+            with _lock:
+                self._key.destroy()
+        except pkcs11.PKCS11Error as exc:
+            raise BundleError(f"PKCS#11: cannot destroy the key {self.kek_id!r}: {type(exc).__name__}") from None
+
     def unwrap(self, blob: bytes, aad: bytes) -> bytes:
         import pkcs11
 

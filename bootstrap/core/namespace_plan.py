@@ -71,8 +71,35 @@ class Custody:
         manifest = parse_manifest(data, str(layout.codec_keys))
         if manifest is not None:
             actions = plan_rings(layout, self, False, now, namespaces, manifest, None)
-            return [Skip(a.path, "already migrated, skipped") if isinstance(a, Skip) else a for a in actions]
-        return plan_rings(layout, self, False, now, namespaces, Manifest(()), self.old_keyset(layout, data))
+            actions = [Skip(a.path, "already migrated, skipped") if isinstance(a, Skip) else a for a in actions]
+        else:
+            actions = plan_rings(layout, self, False, now, namespaces, Manifest(()), self.old_keyset(layout, data))
+        single = getattr(self.keks, "directory", None)
+        if single is not None and not any(isinstance(a, Delete) and a.path == single / "kek.key" for a in actions):
+            actions.append(Skip(single / "kek.key", "already removed, skipped"))
+        return actions
+
+    def retire_single(self, layout: Layout) -> str | None:
+        """After the migration's writes, under pkcs11: the bundle-wide token KEK (`<kek_label>`)
+        destroyed, once keys.json is the manifest and no listed ring is wrapped by it; a re-run
+        finds it gone ("already destroyed, skipped"). None under the file backend (its kek.key
+        is the plan's last Delete)."""
+        label = getattr(self.keks, "base_label", None)
+        if label is None:
+            return None
+        kek = self.keks.single()
+        if kek is None:
+            return f"token key {label!r}: already destroyed, skipped"
+        manifest = read_manifest(layout)
+        if manifest is None:
+            raise BundleError(f"{layout.codec_keys} is not migrated yet: token key {label!r} kept")
+        for ns in manifest.all():
+            path = ring_path(layout.codec_keys.parent, ns)
+            data = read_optional(path)
+            if data is None or ring_header(data, ns, str(path))["kek"] == kek.kek_id:
+                raise BundleError(f"{path} is missing or still wrapped by token key {label!r}: the key is kept")
+        kek.destroy()
+        return f"destroyed token key {label!r}: the bundle-wide KEK wraps nothing any more"
 
     def old_keyset(self, layout: Layout, data: bytes) -> KeySet:
         what = str(layout.codec_keys)

@@ -120,7 +120,21 @@ def test_migration_gives_each_namespace_its_ring_and_kek_and_old_history_opens(s
     snapshot = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     again = migrate(config, out, capsys)
     assert again.count("already migrated, skipped") == 3, again
+    assert "codec-kek/kek.key: already removed, skipped" in again, again
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot
+
+
+def test_migration_killed_before_it_removed_the_old_kek_removes_it_on_the_next_run(single, capsys):
+    config, out = single
+    conf, layout = load_config(config), Layout(out)
+    custody, _ = codec_kek(conf, layout)
+    actions = custody.migrate(layout, utcnow(), ["orders", "payments"])
+    assert actions[-1].path.name == "kek.key", "the bundle-wide KEK goes last, after the manifest"
+    apply(layout, actions[:-1])
+    assert (out / "codec-kek/kek.key").exists()
+    said = migrate(config, out, capsys)
+    assert "removed codec-kek/kek.key: dropped: the bundle-wide KEK wraps nothing any more" in said, said
+    assert kek_files(out) == ["orders.key", "payments.key"]
 
 
 def test_migration_killed_half_way_is_finished_by_the_next_run(single, capsys):

@@ -366,6 +366,9 @@ def test_per_namespace_keks_in_the_token_are_non_extractable_and_open_only_their
     result = token.cli("migrate-codec-keys", "--config", config, "--out", out)
     assert result.returncode == 0, result.stderr
     assert "orders.json: migrated from keys.json" in result.stdout, result.stdout
+    assert ("destroyed token key 'temporal-bundle-codec-kek': the bundle-wide KEK wraps nothing any more"
+            in result.stdout), result.stdout
+    assert token_labels(token, "temporal-bundle-codec-kek") == KEK_LABELS.split(","), "the old KEK is gone"
     assert not (out / "codec-kek").exists(), "no KEK file under pkcs11"
     for ns in ("orders", "payments"):
         ring = json.loads((out / f"codec-keys/{ns}.json").read_text())
@@ -403,6 +406,39 @@ print(sorted(keys.rings))
     assert rotated.returncode == 0, rotated.stderr
     again = token.cli("migrate-codec-keys", "--config", config, "--out", out)
     assert again.returncode == 0 and again.stdout.count("already migrated, skipped") == 3, again.stdout
+    assert "token key 'temporal-bundle-codec-kek': already destroyed, skipped" in again.stdout, again.stdout
+
+
+def test_a_migration_killed_before_it_destroyed_the_old_token_kek_destroys_it_on_the_next_run(token, hsm_bundle):
+    """The migration's file writes all done (manifest included), then a kill before the old
+    token key is destroyed: the next run destroys it. A ring still wrapped by it keeps it."""
+    config, out = hsm_bundle
+    token.single_kek_bundle(config, out)
+    code = """
+import sys
+from pathlib import Path
+from bootstrap.core import backend
+from bootstrap.core.config import load_config
+from bootstrap.core.pki import utcnow
+from bootstrap.store import Layout, apply
+config, layout = load_config(sys.argv[1]), Layout(Path(sys.argv[2]))
+custody, kek_actions = backend.codec_kek(config, layout)
+apply(layout, kek_actions + custody.migrate(layout, utcnow(), [ns.name for ns in config.namespaces]))
+"""
+    killed = token.python(code, config, out)
+    assert killed.returncode == 0, killed.stderr
+    assert "temporal-bundle-codec-kek" in token_labels(token, "temporal-bundle-codec-kek")
+    # A ring put back under the old KEK (a restore gone wrong): the old KEK is kept, and it says why.
+    orders = (out / "codec-keys/orders.json").read_bytes()
+    ring = json.loads(orders)
+    (out / "codec-keys/orders.json").write_text(json.dumps({**ring, "kek": "pkcs11:temporal-bundle-codec-kek:00"}))
+    kept = token.cli("migrate-codec-keys", "--config", config, "--out", out)
+    assert kept.returncode == 1 and "temporal-bundle-codec-kek" in token_labels(token, "temporal-bundle-codec-kek")
+    (out / "codec-keys/orders.json").write_bytes(orders)
+    done = token.cli("migrate-codec-keys", "--config", config, "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert "destroyed token key 'temporal-bundle-codec-kek'" in done.stdout, done.stdout
+    assert token_labels(token, "temporal-bundle-codec-kek") == KEK_LABELS.split(",")
 
 
 def test_a_per_namespace_file_bundle_moved_to_pkcs11(token, tmp_path):
