@@ -2,7 +2,7 @@
 the bundle's rendered config, its public client `temporal-cli`), the real temporal-server (mTLS,
 JWT, Dex's JWKS among its key sources) and the real temporal CLI 1.9.1 reading the profile.
 
-A test plays the browser (tests/support/dex_process.Browser): it opens the URL `login` prints,
+A test plays the browser (tests/support/login_browser.Browser): it opens the URL `login` prints,
 fills Dex's password form for a static user whose groups are `default:read`, and follows the
 redirect to the loopback listener."""
 
@@ -25,7 +25,8 @@ import pytest
 from bootstrap.ops.login import session_path
 from tests.support.binaries import temporal_cli
 from tests.support.cluster import LocalCluster
-from tests.support.dex_process import Browser, DexProcess
+from tests.support.dex import Dex
+from tests.support.login_browser import Browser
 from tests.support.ports import free_port
 from tests.support.waits import wait_until
 
@@ -48,7 +49,7 @@ class LoginCluster(LocalCluster):
 
     dex_port: int = 0
     exchange_port: int = 0
-    dex: DexProcess | None = None
+    dex: Dex | None = None
 
     def bundle_config(self) -> dict:
         doc = super().bundle_config()
@@ -66,7 +67,8 @@ class LoginCluster(LocalCluster):
 
 
 def _start_dex(cluster: LoginCluster) -> None:
-    cluster.dex = DexProcess(cluster.config_path, cluster.bundle, cluster.workdir / "dex").start()
+    (cluster.workdir / "dex").mkdir()
+    cluster.dex = Dex(cluster.bundle, cluster.workdir / "dex", cluster.dex_port).start()
 
 
 @pytest.fixture(scope="module")

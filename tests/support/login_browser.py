@@ -1,103 +1,19 @@
-"""The real Dex (v2.45.1, the cached cgo build of scripts/build-dex.sh) on loopback, serving the
-bundle's own rendered config: ops/oidc.render_dex_config with the secrets `init` generated, only
-the listen address, the telemetry port and the SQLite file moved for a test. Its HTTPS certificate
-is the bundle's dex/server.pem (server CA), as in compose.
-
-Also a minimal browser for it: follow redirects with cookies, post the password form, stop at the
-loopback callback (or deliver it), as a person's browser would."""
+"""A person's browser, for terminal login's tests: follow Dex's redirects with cookies, fill its
+password form, stop at the loopback callback (plain http) and deliver it as a browser would.
+Dex itself runs from tests/support/dex.py."""
 
 from __future__ import annotations
 
 import html.parser
-import os
-import signal
 import ssl
-import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.cookiejar import CookieJar
 from pathlib import Path
 
-import yaml
-
-from bootstrap.core.config import load_config
-from bootstrap.ops.oidc import admin_hash_path, client_secret_path, grafana_secret_path, render_dex_config
-from bootstrap.store import Layout
-from tests.support.paths import REPO
-from tests.support.ports import free_port
-from tests.support.waits import HarnessError, wait_until
-
-
-def dex_binary() -> Path:
-    out = subprocess.run(["bash", str(REPO / "scripts" / "build-dex.sh")], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise HarnessError(f"building dex failed:\n{out.stderr[-3000:]}")
-    return Path(out.stdout.strip().splitlines()[-1])
-
-
-@dataclass
-class DexProcess:
-    config_path: Path  # bundle.yaml, with oidc.host localhost and oidc.port free
-    bundle: Path
-    workdir: Path
-    process: subprocess.Popen | None = None
-    log: Path = field(init=False)
-
-    def __post_init__(self):
-        self.config = load_config(self.config_path)
-        self.layout = Layout(self.bundle.resolve())
-        self.log = self.workdir / "dex.log"
-
-    @property
-    def issuer(self) -> str:
-        return self.config.oidc.issuer
-
-    @property
-    def ca_file(self) -> Path:
-        return self.layout.trust_bundle
-
-    def render(self) -> Path:
-        layout = self.layout
-        text = render_dex_config(self.config, layout, admin_hash_path(layout).read_text().strip(),
-                                 client_secret_path(layout).read_text().strip(),
-                                 grafana_secret_path(layout).read_text().strip())
-        doc = yaml.safe_load(text)
-        doc["storage"]["config"]["file"] = str(self.workdir / "dex.db")
-        doc["web"]["https"] = f"127.0.0.1:{self.config.oidc.port}"
-        doc["telemetry"]["http"] = f"127.0.0.1:{free_port()}"
-        path = self.workdir / "dex.yaml"
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        os.chmod(path, 0o600)
-        return path
-
-    def start(self, timeout: float = 30) -> "DexProcess":
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        config = self.render()
-        self.process = subprocess.Popen([str(dex_binary()), "serve", str(config)], stdout=open(self.log, "ab"),
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-        context = ssl.create_default_context(cafile=str(self.ca_file))
-
-        def ready() -> bool:
-            if self.process.poll() is not None:
-                raise HarnessError(f"dex exited: {self.log.read_text(errors='replace')[-2000:]}")
-            url = f"{self.issuer}/.well-known/openid-configuration"
-            return urllib.request.urlopen(url, context=context, timeout=2).status == 200
-
-        wait_until(ready, timeout, "dex discovery")
-        return self
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-
-
-# --------------------------------------------------------------------------- a browser
+from tests.support.waits import HarnessError
 
 
 class _Forms(html.parser.HTMLParser):
