@@ -50,6 +50,8 @@ def add_parser(sub, name):
     parser.add_argument("--cert-role", default="client", help="whose client certificate to use from --out (default: client); "
                         "it opens TLS only, the token decides what you may do")
     parser.add_argument("--namespace", default="", help="the profile's default namespace")
+    parser.add_argument("--connector", default="",
+                        help="Dex connector to log in with (e.g. ldap), skipping Dex's choice of connectors")
     parser.add_argument("--exchange-url", default="",
                         help="trade the IdP's ID token for a bundle token at this RFC 8693 token exchange (serve-exchange)")
     parser.add_argument("--port", type=int, default=0, help="loopback port for the callback (default: an ephemeral one)")
@@ -75,7 +77,7 @@ def run(args) -> int:
     options = Options(profile=args.profile, issuer=args.issuer, client_id=args.client_id, audience=args.audience,
                       ca_files=tuple(args.ca_file), address=args.address, server_name=args.server_name,
                       tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key, cert_role=args.cert_role,
-                      namespace=args.namespace, exchange_url=args.exchange_url)
+                      namespace=args.namespace, exchange_url=args.exchange_url, connector=args.connector)
     target, profile = resolve(options, config, out.resolve() if out.is_dir() else None)
     session = current(load_session(cli_config, args.profile), target, profile, cli_config)
     if session is not None:

@@ -66,12 +66,13 @@ def redirect_uri(port: int) -> str:
 
 
 def authorization_url(endpoint: str, *, client_id: str, redirect: str, scopes: tuple[str, ...], state: str, nonce: str,
-                      challenge: str) -> str:
+                      challenge: str, connector: str = "") -> str:
+    """`connector`: Dex's connector_id (e.g. ldap), which skips its page of connectors."""
     parts = urllib.parse.urlsplit(endpoint)
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     query += [("response_type", "code"), ("client_id", client_id), ("redirect_uri", redirect),
               ("scope", " ".join(scopes)), ("state", state), ("nonce", nonce), ("code_challenge", challenge),
-              ("code_challenge_method", "S256")]
+              ("code_challenge_method", "S256"), *([("connector_id", connector)] if connector else [])]
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query, quote_via=urllib.parse.quote)))
 
 

@@ -312,6 +312,7 @@ class Target:
     scopes: tuple[str, ...]
     cafiles: tuple[str, ...] = ()  # extra roots for the issuer and the exchange (absolute paths)
     exchange_url: str = ""
+    connector: str = ""  # Dex's connector_id: go straight to that login (ldap, github...)
 
 
 @dataclass(frozen=True)
@@ -364,7 +365,7 @@ def login(target: Target, profile: CliProfile, cli_config: Path, *, announce, po
     try:
         url = authorization_url(provider.authorization_endpoint, client_id=target.client_id,
                                 redirect=redirect_uri(listener.port), scopes=target.scopes, state=state, nonce=nonce,
-                                challenge=pkce.challenge)
+                                challenge=pkce.challenge, connector=target.connector)
         announce(url)
         code = listener.wait(timeout)
     finally:
@@ -510,6 +511,7 @@ class Options:
     cert_role: str = "client"
     namespace: str = ""
     exchange_url: str = ""
+    connector: str = ""
 
 
 def resolve(options: Options, config, bundle_dir: Path | None) -> tuple[Target, CliProfile]:
@@ -560,7 +562,8 @@ def resolve(options: Options, config, bundle_dir: Path | None) -> tuple[Target, 
     if not profile.address:
         raise BundleError("no frontend address: give --address host:port, or a bundle.yaml (--config)")
     target = Target(issuer=issuer, client_id=client_id, audience=audience, scopes=scopes,
-                    cafiles=tuple(str(Path(p).resolve()) for p in cafiles), exchange_url=options.exchange_url)
+                    cafiles=tuple(str(Path(p).resolve()) for p in cafiles), exchange_url=options.exchange_url,
+                    connector=options.connector)
     return target, profile
 
 

@@ -26,6 +26,7 @@ from bootstrap.ops.login import session_path
 from tests.support.binaries import temporal_cli
 from tests.support.cluster import LocalCluster
 from tests.support.dex import Dex
+from tests.support.ldap import GROUPS, PEOPLE, SERVICE_DN, start_directory
 from tests.support.login_browser import Browser
 from tests.support.ports import free_port
 from tests.support.waits import wait_until
@@ -36,32 +37,52 @@ USER = {"username": "ana", "email": "ana@example.com", "groups": ["default-reade
 PROFILE = "ana"
 
 
-def dex_subject(username: str, connector: str = "local") -> str:
-    """Dex's `sub`: base64url(protobuf IDTokenSubject{user_id, conn_id}) (server/internal/codec.go)."""
-    user = f"temporal-bundle-{username}".encode()
+def dex_subject(user_id: str, connector: str = "local") -> str:
+    """Dex's `sub`: base64url(protobuf IDTokenSubject{user_id, conn_id}) (server/internal/codec.go);
+    a bundle user's id is temporal-bundle-<username>, an LDAP user's their uid (idAttr)."""
+    user = user_id.encode()
     raw = b"\x0a" + bytes([len(user)]) + user + b"\x12" + bytes([len(connector)]) + connector.encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+def ldap_connector(directory, bind_pw_file: Path) -> dict:
+    """Dex's LDAP connector for tests/support/ldap.py's directory (people by uid, groups by cn)."""
+    return {"type": "ldap", "id": "ldap", "name": "Directory", "config": {
+        "host": directory.host, "rootCA": str(directory.ca_pem), "bindDN": SERVICE_DN, "bindPW_file": str(bind_pw_file),
+        "userSearch": {"baseDN": PEOPLE, "filter": "(objectClass=inetOrgPerson)", "username": "uid",
+                       "idAttr": "uid", "emailAttr": "mail", "nameAttr": "cn"},
+        "groupSearch": {"baseDN": GROUPS, "filter": "(objectClass=groupOfNames)",
+                        "userMatchers": [{"userAttr": "DN", "groupAttr": "member"}], "nameAttr": "cn"}}}
+
+
 class LoginCluster(LocalCluster):
     """The harness's cluster with the embedded Dex on loopback (started after init, before the
-    server, which waits for every key source) and the token exchange trusting Dex for ana."""
+    server, which waits for every key source), its LDAP connector to a real slapd, and the token
+    exchange trusting Dex for ana and for alice from the directory."""
 
     dex_port: int = 0
     exchange_port: int = 0
     dex: Dex | None = None
+    directory = None
 
     def bundle_config(self) -> dict:
         doc = super().bundle_config()
         doc["oidc"] = {"host": "localhost", "port": self.dex_port,
-                       "groups": {"admins": ["temporal-system:admin"], "default-readers": ["default:read"]},
+                       # payments-oncall: a directory group (alice's); the mapping holds for every connector.
+                       "groups": {"admins": ["temporal-system:admin"], "default-readers": ["default:read"],
+                                  "payments-oncall": ["default:read"]},
                        "users": [USER]}
+        if self.directory is not None:
+            bind_pw = self.workdir / "ldap-bind-password"
+            bind_pw.write_text(self.directory.service_password + "\n")
+            doc["oidc"]["connectors"] = [ldap_connector(self.directory, bind_pw)]
         issuer = f"https://localhost:{self.dex_port}/dex"
         doc["workload_identity"] = {
             "port": self.exchange_port, "token_lifetime": "5m", "default_bindings": False,
             "issuers": [{"name": "dex", "type": "oidc", "issuer": issuer, "audience": "temporal-cli",
                          "ca_file": str(self.bundle / "trust" / "ca.pem")}],
-            "bindings": [{"issuer": "dex", "subject": dex_subject("ana"), "permissions": ["default:read"]}],
+            "bindings": [{"issuer": "dex", "subject": dex_subject("temporal-bundle-ana"), "permissions": ["default:read"]},
+                         {"issuer": "dex", "subject": dex_subject("alice", "ldap"), "permissions": ["default:read"]}],
         }
         return doc
 
@@ -73,8 +94,20 @@ def _start_dex(cluster: LoginCluster) -> None:
 
 @pytest.fixture(scope="module")
 def lc(tmp_path_factory):
-    cluster = LoginCluster(tmp_path_factory.mktemp("terminal-login"), after_init=_start_dex)
+    """Dex with the bundle's own users only."""
+    yield from login_cluster(tmp_path_factory.mktemp("terminal-login"), ldap=False)
+
+
+@pytest.fixture(scope="module")
+def ldap_lc(tmp_path_factory):
+    """Dex federating a real directory (slapd) as well."""
+    yield from login_cluster(tmp_path_factory.mktemp("terminal-login-ldap"), ldap=True)
+
+
+def login_cluster(workdir: Path, ldap: bool):
+    cluster = LoginCluster(workdir, after_init=_start_dex)
     cluster.dex_port, cluster.exchange_port = free_port(), free_port()
+    cluster.directory = start_directory() if ldap else None
     try:
         cluster.start_registered()
         argv = [sys.executable, "-m", "bootstrap", "serve-exchange", "--config", str(cluster.config_path),
@@ -93,6 +126,8 @@ def lc(tmp_path_factory):
         if cluster.dex:
             cluster.dex.stop()
         cluster.stop()
+        if cluster.directory is not None:
+            cluster.directory.stop()
 
 
 @pytest.fixture
@@ -145,13 +180,15 @@ class Login:
         return self.process.returncode, "".join(self.head) + out, err
 
 
-def browser_login(cluster, login: Login, url: str | None = None) -> str:
-    return Browser(cluster.bundle / "trust" / "ca.pem").log_in(url or login.url, USER["email"], PASSWORD)
+def browser_login(cluster, login: Login, url: str | None = None, user: str = USER["email"],
+                  password: str = PASSWORD) -> str:
+    """Ana through the connector page's "Log in with Email"; alice straight to LDAP (--connector)."""
+    return Browser(cluster.bundle / "trust" / "ca.pem").log_in(url or login.url, user, password)
 
 
-def logged_in(cluster, home: Path, *extra: str) -> tuple[int, str, str]:
+def logged_in(cluster, home: Path, *extra: str, user: str = USER["email"], password: str = PASSWORD) -> tuple[int, str, str]:
     login = Login(cluster, home, *extra)
-    page = Browser(cluster.bundle / "trust" / "ca.pem").deliver(browser_login(cluster, login))
+    page = Browser(cluster.bundle / "trust" / "ca.pem").deliver(browser_login(cluster, login, user=user, password=password))
     assert page.status == 200, page.body
     return login.result()
 
@@ -247,13 +284,38 @@ def test_the_exchange_trades_the_idp_token_for_a_bundle_token(lc, home):
     code, out, err = logged_in(lc, home, "--exchange-url", f"https://localhost:{lc.exchange_port}/token")
     assert code == 0, err
     claims = jwt.decode(profile_token(home), options={"verify_signature": False})
-    assert claims["iss"] == "temporal-bundle" and claims["sub"] == f"dex:{dex_subject('ana')}"
+    assert claims["iss"] == "temporal-bundle"
     assert claims["permissions"] == ["default:read"]
     assert temporal(home, "workflow", "list", "-n", "default").returncode == 0
     assert temporal(home, "workflow", "list", "-n", "other").returncode != 0
     refreshed = run_bundle(home, "login", "--refresh")
     assert refreshed.returncode == 0, refreshed.stderr
     assert jwt.decode(profile_token(home), options={"verify_signature": False})["iss"] == "temporal-bundle"
+
+
+def test_an_ldap_user_logs_in_at_the_terminal_and_gets_only_what_the_bundle_grants(ldap_lc, home):
+    """alice is in the directory's payments-oncall and staff groups. Through Dex's LDAP connector
+    (`--connector ldap`, no connector page) she gets a profile; the frontend grants nothing for
+    her directory group names as they are, and the bundle token the exchange gives her (her group
+    mapped, and her Dex subject bound, to default:read) reads default only."""
+    exchange = f"https://localhost:{ldap_lc.exchange_port}/token"
+    code, out, err = logged_in(ldap_lc, home, "--connector", "ldap", user="alice", password="alice-pw-1")
+    assert code == 0, err
+    assert "logged in as alice@example.com" in out
+    claims = jwt.decode(profile_token(home), options={"verify_signature": False})
+    assert claims["iss"] == ldap_lc.dex.issuer and sorted(claims["groups"]) == ["payments-oncall", "staff"]
+    raw = temporal(home, "workflow", "list", "-n", "default")
+    assert raw.returncode != 0 and "Request unauthorized" in raw.stderr, raw
+
+    assert run_bundle(home, "logout").returncode == 0
+    code, out, err = logged_in(ldap_lc, home, "--connector", "ldap", "--exchange-url", exchange, user="alice",
+                               password="alice-pw-1")
+    assert code == 0, err
+    claims = jwt.decode(profile_token(home), options={"verify_signature": False})
+    assert claims["iss"] == "temporal-bundle" and claims["permissions"] == ["default:read"]
+    listed = temporal(home, "workflow", "list", "-n", "default")
+    assert listed.returncode == 0 and "login-visible" in listed.stdout, listed
+    assert temporal(home, "workflow", "list", "-n", "other").returncode != 0
 
 
 # --------------------------------------------------------------------------- bad input

@@ -20,9 +20,12 @@ class _Forms(html.parser.HTMLParser):
     def __init__(self):
         super().__init__()
         self.forms: list[dict] = []
+        self.links: list[str] = []
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
+        if tag == "a" and attrs.get("href"):
+            self.links.append(attrs["href"])
         if tag == "form":
             self.forms.append({"action": attrs.get("action", ""), "method": (attrs.get("method") or "get").lower(),
                                "fields": {}})
@@ -73,13 +76,21 @@ class Browser:
             page = self.fetch(page.location)
         raise HarnessError(f"too many redirects from {url}")
 
-    def log_in(self, authorization_url: str, login: str, password: str) -> str:
-        """Dex's password form, filled; the callback URL Dex redirects to (not yet fetched)."""
+    def log_in(self, authorization_url: str, login: str, password: str, connector: str = "local") -> str:
+        """Dex's password form, filled (on its page of connectors, the `connector` button clicked
+        first); the callback URL Dex redirects to (not yet fetched)."""
         page = self.until_callback(authorization_url)
         if page.location:
             return page.location  # Dex answered with a redirect (an error) before any form
         parser = _Forms()
         parser.feed(page.body)
+        choice = next((link for link in parser.links if f"/auth/{connector}" in link), None)
+        if not any("password" in f["fields"] for f in parser.forms) and choice:
+            page = self.until_callback(urllib.parse.urljoin(page.url, choice))
+            if page.location:
+                return page.location
+            parser = _Forms()
+            parser.feed(page.body)
         form = next((f for f in parser.forms if "password" in f["fields"]), None)
         if form is None:
             raise HarnessError(f"no password form at {page.url} (HTTP {page.status}): {page.body[:500]}")

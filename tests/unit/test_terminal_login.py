@@ -71,6 +71,9 @@ def test_authorization_url_carries_everything_and_keeps_the_endpoints_query():
                      "redirect_uri": "http://127.0.0.1:4242/callback", "scope": "openid groups", "state": "S",
                      "nonce": "N", "code_challenge": pkce.challenge, "code_challenge_method": "S256"}
     assert redirect_uri(4242) == "http://127.0.0.1:4242/callback"
+    ldap = authorization_url("https://dex/auth", client_id="c", redirect="r", scopes=("openid",), state="S", nonce="N",
+                             challenge="C", connector="ldap")
+    assert dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(ldap).query))["connector_id"] == "ldap"
 
 
 # --------------------------------------------------------------------------- the callback
