@@ -25,7 +25,9 @@ from bootstrap.core.pki import utcnow
 from bootstrap.core.tokens import SigningKey, mint_token
 from bootstrap.key_client import KeyServiceError, KeyServiceKeys
 from bootstrap.servers.codec import Policy, make_server
-from tests.support.codec import codec_config
+from tests.support.codec import codec_config, single_kek_bundle
+from tests.support.ports import free_port
+from tests.support.waits import wait_until
 
 CONFIG = codec_config("key-service", roles=("system", "worker", "client"))
 PLAIN = Payload(metadata={"encoding": b"json/plain"}, data=b'"card 4111"')
@@ -71,9 +73,9 @@ class Served:
 def served(request, tmp_path):
     config, out = tmp_path / "bundle.yaml", tmp_path / "out"
     config.write_text(CONFIG)
-    assert main(["init", "--config", str(config), "--out", str(out), "-q"]) == 0
-    if request.param == "per-namespace":
-        assert main(["migrate-codec-keys", "--config", str(config), "--out", str(out), "-q"]) == 0
+    assert main(["init", "--config", str(config), "--out", str(out), "-q"]) == 0  # per-namespace custody
+    if request.param == "single-kek":
+        single_kek_bundle(out)  # a bundle made before per-namespace custody, not migrated
     server = make_server("127.0.0.1", 0, keys_path=out / "codec-keys/keys.json", jwks_path=out / "jwks/jwks.json",
                          policy=Policy("temporal", "admin"), cert=out / "codec/server.pem", key=out / "codec/server.key")
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -205,3 +207,53 @@ def test_the_web_ui_path_needs_no_client_certificate(served):
     conn = http.client.HTTPSConnection("localhost", served.port, context=ctx, timeout=10)
     conn.request("GET", "/healthz")
     assert conn.getresponse().status == 200
+
+
+def serve_codec(tmp_path, extra: str = "") -> tuple[Served, "subprocess.Popen"]:
+    """`serve-codec` as compose runs it, on a bundle whose bundle.yaml ends with `extra`."""
+    import subprocess
+    import sys
+
+    config, out, port = tmp_path / "bundle.yaml", tmp_path / "out", free_port()
+    config.write_text(CONFIG + extra)
+    assert main(["init", "--config", str(config), "--out", str(out), "-q"]) == 0
+    process = subprocess.Popen([sys.executable, "-m", "bootstrap", "serve-codec", "--config", str(config), "--out", str(out),
+                                "--host", "127.0.0.1", "--port", str(port)], stderr=subprocess.DEVNULL)
+    served = Served.__new__(Served)
+    served.out, served.port = out, port
+
+    def healthy() -> bool:
+        try:
+            ctx = ssl.create_default_context(cafile=str(out / "trust/ca.pem"))
+            conn = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=2)
+            conn.request("GET", "/healthz")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+
+    wait_until(healthy, 30, "serve-codec health")
+    return served, process
+
+
+@pytest.mark.parametrize("setting,system_status", [("", 403), ("codec: {system_may_fetch_keys: false}\n", 403),
+                                                   ("codec: {system_may_fetch_keys: true}\n", 200)])
+def test_whether_temporal_system_may_fetch_keys_is_the_bundle_yaml_setting(tmp_path, setting, system_status):
+    served, process = serve_codec(tmp_path, setting)
+    try:
+        assert served.get("orders", served.token("temporal-system:admin"))[0] == system_status
+        assert served.get("orders", served.token("temporal-system:read"))[0] == 403, "read is never enough"
+        assert served.get("orders", served.token("orders:write"))[0] == 200
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.mark.parametrize("value", ['"yes"', "1", "[true]", '"false"'])  # (null means the default, as everywhere)
+def test_a_bad_system_may_fetch_keys_is_one_error_line_at_load(tmp_path, capsys, value):
+    config, out = tmp_path / "bundle.yaml", tmp_path / "out"
+    config.write_text(CONFIG + f"codec: {{system_may_fetch_keys: {value}}}\n")
+    capsys.readouterr()
+    assert main(["init", "--config", str(config), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0] == f"error: {config}: codec: system_may_fetch_keys must be true or false", err
+    assert not out.exists(), "nothing written"

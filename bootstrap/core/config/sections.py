@@ -122,6 +122,10 @@ class CodecConfig:
     decrypt_role: str = "admin"
     # Browser origins of the Web UI allowed by CORS. Empty: https://localhost:<ui_port>.
     ui_origins: tuple[str, ...] = ()
+    # Whether a temporal-system grant (write or admin) lets a token fetch any namespace's data keys
+    # from the key service. Off: reading or administering the cluster is not custody of every
+    # tenant's payloads; a worker needs write on its own namespace.
+    system_may_fetch_keys: bool = False
 
 
 @dataclass(frozen=True)
@@ -285,6 +289,7 @@ def parse_codec(sec: Section, net: NetworkConfig) -> CodecConfig:
         decrypt_role=sec.choice("decrypt_role", d.decrypt_role, CODEC_DECRYPT_ROLES),
         ui_origins=tuple(check_origin(o, f"{sec.where}: ui_origins") for o in sec.list("ui_origins"))
         or (f"https://localhost:{net.ui_port}",),
+        system_may_fetch_keys=sec.boolean("system_may_fetch_keys", d.system_may_fetch_keys),
     )
     sec.done()
     return codec
