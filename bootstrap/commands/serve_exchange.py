@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..core.config import load_config
 from ..errors import BundleError
+from ..ops.oidc import login_policy
 from ..ops.plan import load_exchange_key
 from ..store import Layout
 from .common import (add_config, add_listen, add_max_connections, add_out, check_max_connections, serve_until_interrupted,
@@ -37,19 +38,20 @@ def run(args) -> int:
 
     config = load_config(args.config)
     workload = config.workload_identity
-    if not workload.enabled:
-        raise BundleError(f"{config.source}: workload_identity is not enabled; nothing to serve")
+    if not workload.enabled and not config.oidc.login_exchange:
+        raise BundleError(f"{config.source}: neither workload_identity nor oidc.connectors is configured; nothing to serve")
     layout = Layout(Path(args.out).resolve())
     key = load_exchange_key(layout)
     if key is None:
         raise BundleError(f"{layout.exchange_signing_key} not found; run generate-certs first")
     check_max_connections(args.max_connections)
     cert, tls_key = layout.leaf("exchange", "server")
-    policy = ExchangePolicy(workload, tuple(ns.name for ns in config.namespaces), config.jwt.issuer, config.jwt.audience)
+    policy = ExchangePolicy(workload, tuple(ns.name for ns in config.namespaces), config.jwt.issuer, config.jwt.audience,
+                            login_policy(config, layout))
     port = args.port or workload.port
     server = start_service("the token exchange", args.host, port, lambda: make_server(
         args.host, port, policy=policy, key_file=layout.exchange_signing_key, cert=cert, tls_key=tls_key,
         limits=Limits(max_connections=args.max_connections)))
-    issuers = ", ".join(f"{i.name} ({i.issuer})" for i in workload.issuers)
+    issuers = ", ".join(f"{i.name} ({i.issuer})" for i in (*workload.issuers, *((policy.login.issuer,) if policy.login else ())))
     print(f"serving the token exchange at https://{args.host}:{port}/token (kid {key.kid}; issuers: {issuers})", flush=True)
     return serve_until_interrupted(server)

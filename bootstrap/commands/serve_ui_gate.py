@@ -49,6 +49,9 @@ def add_parser(sub, name):
            "and the OIDC provider's); https verified against the system CAs plus trust/ca.pem")
     option("--issuer", action="append", default=[], metavar="ISS",
            help="also accept tokens with this `iss` (repeatable; the OIDC provider's), besides jwt.issuer")
+    option("--exchange-url", metavar="URL",
+           help="the token exchange's /token: a person's Dex token is forwarded as the bundle token it gives "
+           "(their groups mapped through oidc.groups, sub naming them); without it tokens go on as they are")
     option("--cluster-info", type=Path, required=True, metavar="FILE",
            help="the GetClusterInfo answer written by register-namespaces --cluster-info")
     option("--max-concurrent-calls", type=int, default=256,
@@ -91,9 +94,13 @@ async def _serve(args, tls, upstream: str, config, issuers: tuple[str, ...], lay
 
     sources = key_sources(None, tuple(args.jwks_url), jwks_cafiles(config, layout))
     auth = Authenticator(sources, config.jwt.audience, issuers)
+    login = None
+    if args.exchange_url and config.oidc.login_exchange:
+        from ..servers.login_exchange import LoginExchange
+        login = LoginExchange(args.exchange_url, jwks_cafiles(config, layout), config.oidc.issuer, config.jwt.audience)
     try:
         gate = await start_gate(args.host, args.port, upstream, tls, auth, args.cluster_info, budget,
-                                config.oidc.permissions_claim)
+                                config.oidc.permissions_claim, login)
     except (OSError, RuntimeError) as exc:
         raise BundleError(f"cannot start the UI gate on {args.host}:{args.port}: {exc}") from None
     print(f"serving the UI gate on {args.host}:{gate.port} -> {upstream} (cluster info: {args.cluster_info}; "

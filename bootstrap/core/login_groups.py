@@ -23,6 +23,8 @@ namespace (or temporal-system) and a role Temporal's authorizer knows.
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from .claims import PERMISSIONS_CLAIM
@@ -119,3 +121,46 @@ def unmapped_reason(claims: dict, claim: str = PERMISSIONS_CLAIM, shown: int = 5
         return "you are in no group the directory reported; oidc.groups maps groups to Temporal permissions"
     named = ", ".join(repr(g[:80]) for g in groups[:shown]) + (f" and {len(groups) - shown} more" if len(groups) > shown else "")
     return f"none of your groups ({named}) is mapped to a Temporal permission in oidc.groups"
+
+
+def login_token(key, claims: dict, permissions: tuple[str, ...], *, issuer: str, audience: str, lifetime, now):
+    """The bundle token a verified login token is exchanged for: `sub` the user (login_principal),
+    the mapped permissions, `lifetime` at most and never past the login token's own exp (so the
+    bound on a removal from a group is the IdP token's lifetime). None if that token has expired."""
+    from datetime import timedelta
+
+    from .tokens import mint_token
+
+    left = claims["exp"] - int(now.timestamp())
+    if left <= 0:
+        return None
+    lifetime = min(lifetime, timedelta(seconds=left))
+    token = mint_token(key, role="login", permissions=permissions, issuer=issuer, audience=audience,
+                       lifetime=lifetime, subject=login_principal(claims), now=now)
+    return token
+
+
+class LoginMapping:
+    """oidc.groups applied to every verified token of the login issuer: the codec server (and the
+    key service beside it) reads the mapped permissions where it reads a role token's."""
+
+    def __init__(self, issuer: str, oidc, claim: str = PERMISSIONS_CLAIM):
+        self.issuer, self.oidc, self.claim = issuer, oidc, claim
+
+    def applies(self, claims: dict) -> bool:
+        return claims.get("iss") == self.issuer
+
+    def mapped(self, claims: dict) -> dict:
+        granted = list(login_permissions(claims, self.oidc, self.claim))
+        return {**claims, self.claim: granted, "permissions": granted, "login_groups": claims.get(self.claim)}
+
+
+@dataclass(frozen=True)
+class LoginPolicy:
+    """The token exchange's policy for people's tokens from the login issuer (Dex): verified like a
+    workload issuer's (discovery, JWKS, iss, aud = the UI's client id = jwt.audience, exp), their
+    groups mapped through oidc.groups. The UI gate exchanges them there."""
+
+    issuer: Any  # a core.config.workload.WorkloadIssuer of type oidc: Dex's issuer URL, jwt.audience, the bundle's CA
+    oidc: Any  # the OIDCConfig: groups, users, connectors
+    lifetime: timedelta = timedelta(minutes=5)

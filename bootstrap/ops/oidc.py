@@ -203,3 +203,23 @@ def _connector(connector: OIDCConnector) -> dict:
     for key, path in connector.secret_files:
         body[key] = read_secret(path, f"connector {connector.id}: {key}_file")
     return {"type": connector.type, "id": connector.id, "name": connector.name, "config": body}
+
+
+def login_mapping(config: BundleConfig):
+    """oidc.groups for the embedded Dex's tokens (the codec server, the gate); None without Dex."""
+    from ..core.login_groups import LoginMapping
+
+    return LoginMapping(config.oidc.issuer, config.oidc) if config.oidc.enabled else None
+
+
+def login_policy(config: BundleConfig, layout: Layout):
+    """The token exchange's policy for people's Dex tokens (servers/exchange.LoginPolicy): Dex's
+    issuer and keys (discovery, verified with the bundle's CA), jwt.audience, oidc.groups."""
+    from ..core.config.workload import WorkloadIssuer
+    from ..core.login_groups import LoginPolicy
+
+    if not config.oidc.login_exchange:
+        return None
+    issuer = WorkloadIssuer(name="dex", type="oidc", issuer=config.oidc.issuer, audience=config.jwt.audience,
+                            ca_file=str(layout.trust_bundle))
+    return LoginPolicy(issuer, config.oidc)

@@ -176,8 +176,11 @@ class Authenticator:
     the JWKS stops working here no later than there."""
 
     def __init__(self, jwks, audience: str, issuers: tuple[str, ...] = (), remember: float = 30.0,
-                 capacity: int = 1024):
+                 capacity: int = 1024, login=None):
         self.jwks, self.audience, self.issuers = jwks, audience, issuers
+        # A core.login_groups.LoginMapping: the login issuer's tokens carry the permissions
+        # oidc.groups maps their groups to, in place of the groups themselves.
+        self.login = login
         self.remember, self.capacity = remember, capacity
         self._verified: OrderedDict[str, tuple[dict, float]] = OrderedDict()
 
@@ -220,6 +223,7 @@ class Authenticator:
         except JWKSUnavailable as exc:
             raise Refusal(503, "token keys unavailable", clip(exc)) from None
         try:
-            return verify_token(token, key_set, audience=self.audience, issuers=self.issuers)
+            claims = verify_token(token, key_set, audience=self.audience, issuers=self.issuers)
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise Refusal(401, "invalid token", clip(exc)) from None
+        return self.login.mapped(claims) if self.login is not None and self.login.applies(claims) else claims

@@ -32,6 +32,7 @@ from aiohttp import web
 
 from ..errors import BundleError
 from ..core.tokens import SigningKey
+from ..core.login_groups import LoginPolicy, login_permissions, login_principal, login_token, unmapped_reason
 from ..core.watched import WatchedFile
 from ..core.workload_identity import (ACCESS_TOKEN_TYPE, GRANT_TYPE, ISSUED_TOKEN_TYPE, JWT_TOKEN_TYPE, Refused,
                                  WorkloadIdentityConfig, WorkloadIssuer, exchanged_token, permissions_for,
@@ -54,6 +55,7 @@ class ExchangePolicy:
     namespaces: tuple[str, ...]  # configured Temporal namespaces
     issuer: str  # jwt.issuer and jwt.audience of the tokens we hand out
     audience: str
+    login: LoginPolicy | None = None
 
 
 class OAuthError(Refusal):
@@ -157,7 +159,8 @@ class ReloadingKey:
 class Exchange:
     def __init__(self, policy: ExchangePolicy, key: ReloadingKey, limits: Limits):
         self.policy, self.signing, self.limits = policy, key, limits
-        self.keys = {i.issuer: IssuerKeys(i) for i in policy.workload.issuers}
+        issuers = (*policy.workload.issuers, *((policy.login.issuer,) if policy.login else ()))
+        self.keys = {i.issuer: IssuerKeys(i) for i in issuers}
         self.guard = None  # the listener's connection guard, once the service has one
         self._waiting, self.max_waiting = 0, max(1, limits.max_connections // 4)
 
@@ -236,6 +239,8 @@ class Exchange:
         if form.get("audience", self.policy.audience) != self.policy.audience:
             raise OAuthError(400, "invalid_target", f"this exchange issues tokens for audience {self.policy.audience!r} only")
         identity = await self._identity(subject, audit)
+        if self.policy.login is not None and identity.issuer is self.policy.login.issuer:
+            return self._login_grant(identity, audit)
         granted = permissions_for(self.policy.workload, identity, self.policy.namespaces)
         if not granted:
             raise OAuthError(400, "invalid_request", "no binding in workload_identity grants this identity anything")
@@ -249,9 +254,30 @@ class Exchange:
         return {"access_token": token.encoded, "issued_token_type": ISSUED_TOKEN_TYPE, "token_type": "Bearer",
                 "expires_in": token.claims["exp"] - token.claims["iat"]}
 
+    def _login_grant(self, identity, audit: dict) -> dict:
+        """A person's login token: the groups mapped through oidc.groups, `sub` the person."""
+        login = self.policy.login
+        audit["sub"] = clip(login_principal(identity.claims))
+        granted = login_permissions(identity.claims, login.oidc)
+        if not granted:
+            raise OAuthError(400, "invalid_request", unmapped_reason(identity.claims))
+        audit["permissions"] = list(granted)
+        token = login_token(self.key, identity.claims, granted, issuer=self.policy.issuer,
+                            audience=self.policy.audience, lifetime=login.lifetime, now=datetime.now(timezone.utc))
+        if token is None:
+            raise OAuthError(400, "invalid_request", "subject token rejected: expired")
+        return {"access_token": token.encoded, "issued_token_type": ISSUED_TOKEN_TYPE, "token_type": "Bearer",
+                "expires_in": token.claims["exp"] - token.claims["iat"]}
+
+    def _issuer_for(self, iss):
+        login = self.policy.login
+        if login is not None and iss == login.issuer.issuer:
+            return login.issuer
+        return self.policy.workload.issuer_for(iss)
+
     async def _identity(self, subject: str, audit: dict):
         iss, kid = _unverified_iss_and_kid(subject)
-        issuer = self.policy.workload.issuer_for(iss)
+        issuer = self._issuer_for(iss)
         audit["iss"] = clip(iss if isinstance(iss, str) else None)
         if issuer is None:
             raise OAuthError(400, "invalid_request", "subject_token is from an issuer this exchange does not trust")

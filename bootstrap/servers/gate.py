@@ -227,10 +227,17 @@ class Admission:
                 semaphore.release()
 
 
+def with_bearer(metadata, token: str) -> tuple:
+    return tuple((k, f"Bearer {token}") if k == "authorization" else (k, v) for k, v in metadata)
+
+
 class Gate:
     def __init__(self, channel: grpc.aio.Channel, auth: Authenticator, cluster_info: ClusterInfoFile,
-                 admission: Admission, claim: str = PERMISSIONS_CLAIM):
+                 admission: Admission, claim: str = PERMISSIONS_CLAIM, login=None):
         self.channel, self.auth, self.cluster_info, self.claim = channel, auth, cluster_info, claim
+        # servers.login_exchange.LoginExchange: a person's Dex token is forwarded as the bundle
+        # token the exchange gives for it (their groups mapped through oidc.groups); None: as is.
+        self.login = login
         self.admission, self.refusals = admission, ThrottledLog("gate-refused")
         self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
 
@@ -249,7 +256,9 @@ class Gate:
         try:
             metadata = forwarded_metadata(context.invocation_metadata())
             if method not in TOKENLESS_METHODS:
-                await self.authenticate(method, metadata, context)
+                metadata = await self.authenticate(method, metadata, context)
+            elif self.login is not None:  # the frontend answers these without a token, not with Dex's
+                metadata = self.login.without_login_token(metadata)
             async with self.admission.slot(caller, slot_wait(context)) as held:
                 if not held:
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the gate is busy: try again")
@@ -259,15 +268,22 @@ class Gate:
         finally:
             self.admission.leave(caller)
 
-    async def authenticate(self, method: str, metadata, context) -> None:
-        """Refuse, unread, a call the frontend would refuse for its token (with the frontend's words)."""
+    async def authenticate(self, method: str, metadata, context):
+        """Refuse, unread, a call the frontend would refuse for its token (with the frontend's words);
+        the metadata to forward, a login token exchanged for the person's bundle token."""
         try:
-            await self.auth.claims(bearer_of(metadata))
+            claims = await self.auth.claims(bearer_of(metadata))
+            if self.login is not None and self.login.applies(claims):
+                token = bearer_of(metadata).strip().partition(" ")[2].strip()
+                return with_bearer(metadata, await self.login.bundle_token(token))
         except Refusal as refusal:
             self.refusals.log(method=method.rsplit("/", 1)[1], reason=refusal.message, detail=refusal.detail)
             if refusal.status == 503:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, refusal.message)
+            if refusal.status == 403:  # logged in, but oidc.groups maps none of their groups: say so
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"Request unauthorized: {refusal.message}")
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "Request unauthorized.")
+        return metadata
 
     async def handle(self, method: str, request: bytes, metadata, context: grpc.aio.ServicerContext) -> bytes:
         try:
@@ -343,8 +359,8 @@ RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reco
 
 class RunningGate:
     def __init__(self, server: grpc.aio.Server, front: Front, channel: grpc.aio.Channel, auth: Authenticator,
-                 port: int, budget: GateBudget):
-        self.server, self.front, self.channel, self.auth = server, front, channel, auth
+                 port: int, budget: GateBudget, gate: "Gate"):
+        self.server, self.front, self.channel, self.auth, self.gate = server, front, channel, auth, gate
         self.port, self.budget = port, budget
 
     async def stop(self, grace: float = 1.0) -> None:
@@ -352,19 +368,21 @@ class RunningGate:
         await self.server.stop(grace)
         await self.channel.close()
         await self.auth.jwks.close()
+        if self.gate.login is not None:
+            await self.gate.login.close()
         self.front.upstream.unlink(missing_ok=True)
         self.front.upstream.parent.rmdir()
 
 
 async def start_gate(host: str, port: int, upstream: str, tls: GateTLS, auth: Authenticator,
-                     cluster_info: Path, budget: GateBudget, claim: str = PERMISSIONS_CLAIM) -> RunningGate:
+                     cluster_info: Path, budget: GateBudget, claim: str = PERMISSIONS_CLAIM, login=None) -> RunningGate:
     """A started gate (port 0: any free port, see .port). Fails (OSError, RuntimeError) if the TLS
     files are unusable or the port cannot be bound, ValueError if the budget holds too little."""
     budget.checked()
     channel = grpc.aio.secure_channel(upstream, tls.channel_credentials(), options=[
         ("grpc.ssl_target_name_override", tls.upstream_server_name), *UPSTREAM_MESSAGE_OPTIONS, *RECONNECT_OPTIONS])
     server = grpc.aio.server(options=budget.server_options())
-    gate = Gate(channel, auth, ClusterInfoFile(cluster_info), Admission(budget.calls, budget.slots), claim)
+    gate = Gate(channel, auth, ClusterInfoFile(cluster_info), Admission(budget.calls, budget.slots), claim, login)
     server.add_generic_rpc_handlers((_Routes(gate),))
     relayed = private_socket_path()
     if not server.add_secure_port(f"unix:{relayed}", tls.server_credentials()):
@@ -376,4 +394,4 @@ async def start_gate(host: str, port: int, upstream: str, tls: GateTLS, auth: Au
     except OSError:
         await server.stop(None)
         raise
-    return RunningGate(server, front, channel, auth, bound, budget)
+    return RunningGate(server, front, channel, auth, bound, budget, gate)

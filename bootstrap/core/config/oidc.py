@@ -88,6 +88,15 @@ class OIDCConfig:
         return self.enabled or self.external is not None
 
     @property
+    def login_exchange(self) -> bool:
+        """Dex federates an upstream directory (oidc.connectors): its tokens then carry groups
+        the bundle did not write, so the frontend stops trusting Dex's keys, and the UI gate
+        exchanges a person's Dex token at the token exchange for a bundle token holding what
+        oidc.groups maps their groups to. With only the bundle's own users, Dex's config already
+        holds their mapped permissions (applied at render) and Dex's keys stay a key source."""
+        return self.enabled and bool(self.connectors)
+
+    @property
     def login_issuer(self) -> str:
         return self.external.issuer if self.external else self.issuer
 

@@ -119,7 +119,7 @@ def plan_exchange_key(config: BundleConfig, layout: Layout, force: bool) -> tupl
     existing = load_exchange_key(layout)
     if existing is not None:
         return existing, [Skip(layout.exchange_signing_key)]
-    if not config.workload_identity.enabled:
+    if not config.workload_identity.enabled and not config.oidc.login_exchange:  # Dex logins are exchanged too
         return None, []
     key = SigningKey.generate(config.jwt.algorithm)
     return key, [Write(layout.exchange_signing_key, key.private_pem(), KEY_MODE, "created (token exchange signing key)")]

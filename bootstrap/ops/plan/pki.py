@@ -63,7 +63,7 @@ def leaf_specs(config: BundleConfig) -> list[LeafSpec]:
     if config.oidc.ui_login:
         # HTTPS for the Web UI itself (Secure session cookies), with Dex or an external issuer.
         specs.append(LeafSpec("ui", "server", config.oidc.ui_public_host, ui_sans(config), "server", "server"))
-    if config.workload_identity.enabled:
+    if config.workload_identity.enabled or config.oidc.login_exchange:  # the UI gate exchanges Dex logins there
         specs.append(LeafSpec("exchange", "server", config.workload_identity.host, exchange_sans(config), "server", "server"))
     if db.driver == "postgres":
         specs += [
