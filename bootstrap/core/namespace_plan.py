@@ -42,6 +42,11 @@ class Custody:
         if manifest is None:
             if self.single is None:
                 raise BundleError(f"{layout.codec_keys}: no key-encryption key for the single-KEK keys.json")
+            rings = sorted(p.name for p in layout.codec_keys.parent.glob("*.json") if p != layout.codec_keys)
+            if force and rings:  # --force would write a single-KEK keys.json beside them: they would open no more
+                raise BundleError(f"{layout.codec_keys} is not the manifest of the rings beside it ({', '.join(rings)}): "
+                                  "restore it from your backup, or finish a migration with migrate-codec-keys; "
+                                  "refusing --force")
             return plan_single_kek_keys(layout, force, now, namespaces, self.single, previous)
         return plan_rings(layout, self, force, now, namespaces, manifest, None)
 

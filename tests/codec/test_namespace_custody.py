@@ -295,3 +295,19 @@ def test_a_pre_v2_ring_migrates_to_a_ring_only_the_codec_server_holds(single, ca
     assert cli("export-role", "--config", config, "--out", out, "--role", "worker", "--dest", tmp_path / "w", "-q") == 0
     legacy_bytes = {(out / "codec-keys/_legacy.json").read_bytes(), (out / "codec-kek/_legacy.key").read_bytes()}
     assert not any(p.read_bytes() in legacy_bytes for p in (tmp_path / "w").iterdir())
+
+
+def test_a_lost_manifest_is_never_replaced_by_a_single_kek_keys_json(tmp_path, capsys):
+    """keys.json of a per-namespace bundle garbled: init refuses, with --force too, and writes
+    nothing; the rings and their KEKs stay as they were."""
+    made = make_bundle(tmp_path, CONFIG)
+    out = made.root
+    (out / "codec-keys/keys.json").write_text("{}")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for force in ([], ["--force"]):
+        capsys.readouterr()
+        assert cli("init", "--config", made.config_path, "--out", out, *force) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: "), err
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert "is not the manifest of the rings beside it (orders.json, payments.json)" in err[0], err
