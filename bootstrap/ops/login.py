@@ -561,8 +561,12 @@ def resolve(options: Options, config, bundle_dir: Path | None) -> tuple[Target, 
     )
     if not profile.address:
         raise BundleError("no frontend address: give --address host:port, or a bundle.yaml (--config)")
+    # With oidc.connectors the frontend does not trust Dex's keys (an upstream directory's groups are
+    # not the bundle's): a person's Dex token is good only at the token exchange, which maps them.
+    exchange_url = options.exchange_url or (
+        f"https://localhost:{config.workload_identity.port}/token" if config and config.oidc.login_exchange else "")
     target = Target(issuer=issuer, client_id=client_id, audience=audience, scopes=scopes,
-                    cafiles=tuple(str(Path(p).resolve()) for p in cafiles), exchange_url=options.exchange_url,
+                    cafiles=tuple(str(Path(p).resolve()) for p in cafiles), exchange_url=exchange_url,
                     connector=options.connector)
     return target, profile
 

@@ -216,6 +216,28 @@ def test_defaults_come_from_the_bundle(tmp_path, cli):
         resolve(Options(profile="p"), None, out)
 
 
+def test_with_upstream_connectors_the_dex_token_goes_to_the_exchange(tmp_path, cli):
+    """oidc.connectors: the frontend no longer trusts Dex's keys, so login exchanges by default."""
+    from bootstrap.core.config import load_config
+    from bootstrap.ops.login import Options, resolve
+
+    secret = tmp_path / "bind"
+    secret.write_text("pw\n")
+    connector = {"type": "github", "id": "github", "config": {"clientID": "x", "clientSecret_file": str(secret),
+                                                               "redirectURI": "https://auth.localhost:5556/dex/callback"}}
+    config_path = tmp_path / "bundle.yaml"
+    config_path.write_text(yaml.safe_dump({"namespaces": NAMESPACES, "oidc": {"connectors": [connector]}}))
+    assert cli("init", "--config", config_path, "--out", tmp_path / "out").code == 0
+    out = (tmp_path / "out").resolve()
+    target, _ = resolve(Options(profile="p"), load_config(config_path), out)
+    assert target.exchange_url == "https://localhost:8444/token"
+    given, _ = resolve(Options(profile="p", exchange_url="https://x.example/token"), load_config(config_path), out)
+    assert given.exchange_url == "https://x.example/token"
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump({"namespaces": NAMESPACES}))
+    assert resolve(Options(profile="p"), load_config(plain), out)[0].exchange_url == ""
+
+
 def test_a_company_idp_gets_its_own_scopes(tmp_path):
     from bootstrap.core.config import parse_config
     from bootstrap.ops.login import Options, resolve
