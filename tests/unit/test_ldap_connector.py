@@ -89,3 +89,24 @@ def test_an_unreadable_bind_password_file_writes_nothing(tmp_path, cli):
     result = cli("init", "--config", config, "--out", tmp_path / "out")
     assert result.code == 1 and result.err.count("error:") == 1 and "bindPW_file" in result.err
     assert not (tmp_path / "out" / "dex").exists()
+
+
+def test_with_a_directory_the_server_trusts_only_the_bundles_keys(tmp_path, cli):
+    from bootstrap.ops.render import render_all
+    from bootstrap.store import Layout
+
+    def key_sources(section):
+        config = parse_config({"namespaces": NAMESPACES, "oidc": section})
+        return yaml.safe_load(render_all(config)["temporal.yaml"])["global"]["authorization"]["jwtKeyProvider"]["keySourceURIs"]
+
+    # Dex's groups are the bundle's own: Dex stays a key source. With a directory they are not.
+    assert key_sources({}) == ["https://jwks:8443/jwks.json", "https://auth.localhost:5556/dex/keys"]
+    assert key_sources({"connectors": [ldap()]}) == ["https://jwks:8443/jwks.json"]
+    # ... and init makes the exchange's key (published in jwks.json) and certificate for the gate.
+    secret = tmp_path / "bind-password"
+    secret.write_text("pw\n")
+    config = tmp_path / "bundle.yaml"
+    config.write_text(yaml.safe_dump({"namespaces": NAMESPACES, "oidc": {"connectors": [ldap(bindPW_file=str(secret))]}}))
+    assert cli("init", "--config", config, "--out", tmp_path / "out").code == 0
+    layout = Layout((tmp_path / "out").resolve())
+    assert layout.exchange_signing_key.is_file() and layout.leaf("exchange", "server")[0].is_file()
