@@ -18,7 +18,10 @@ import signal
 import socket
 import subprocess
 import sys
+import ssl
 import time
+import urllib.error
+import urllib.request
 import uuid
 from datetime import timedelta
 
@@ -85,6 +88,12 @@ class Stack:
                              "--jwks-url", f"https://localhost:{self.dex_port}/dex/keys",
                              "--issuer", self.dex.issuer,
                              "--exchange-url", f"https://localhost:{self.exchange_port}/token"], self.gate_port)
+        # The codec server as compose runs it: both key sources, Dex's issuer; it maps in-process.
+        self.codec_port = free_port()
+        self._spawn("codec", ["serve-codec", "--host", "127.0.0.1", "--port", str(self.codec_port), "--quiet-audit",
+                              "--jwks-url", f"https://localhost:{self.cluster.jwks_port}/jwks.json",
+                              "--jwks-url", f"https://localhost:{self.dex_port}/dex/keys", "--issuer", self.dex.issuer],
+                    self.codec_port)
 
     def _config(self):
         return ["--config", str(self.cluster.config_path), "--out", str(self.cluster.bundle)]
@@ -262,3 +271,48 @@ def test_removal_from_the_ldap_group_takes_effect_within_the_dex_token_lifetime(
         run(check())
     finally:
         stack.directory.add_member("payments-oncall", "alice")
+
+
+def codec_status(stack, token: str, namespace: str) -> int:
+    ctx = ssl.create_default_context(cafile=str(stack.cluster.bundle / "trust" / "ca.pem"))
+    request = urllib.request.Request(f"https://localhost:{stack.codec_port}/decode", data=b'{"payloads": []}',
+                                     headers={"Content-Type": "application/json", "X-Namespace": namespace,
+                                              "Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, context=ctx, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_the_codec_server_applies_the_same_mapping(stack):
+    alice = stack.dex.login("alice", "alice-pw-1", "ldap")["access_token"]
+    mallory = stack.dex.login("mallory", "mallory-pw-5", "ldap")["access_token"]
+    assert codec_status(stack, alice, "payments") == 200   # payments:write through payments-oncall
+    assert codec_status(stack, alice, "default") == 403
+    assert codec_status(stack, mallory, "payments") == 403  # her group is called payments:admin: a name
+
+
+def test_one_exchange_per_login_token_not_per_call(stack):
+    log = stack.work / "exchange.log"
+
+    def issued() -> int:
+        return sum(1 for line in log.read_text().splitlines() if '"token-exchange"' in line and '"issued"' in line)
+
+    async def calls(token) -> list[float]:
+        client = await connect(stack, token)
+        took = []
+        for _ in range(30):
+            started = time.perf_counter()
+            await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace="payments"))
+            took.append(time.perf_counter() - started)
+        return took
+
+    for attempt in ("first login (keys fetched if not yet)", "second login (keys known)"):
+        token = stack.dex.login("alice", "alice-pw-1", "ldap")["access_token"]
+        before = issued()
+        took = run(calls(token))
+        assert issued() - before == 1
+        rest = sorted(took[1:])
+        print(f"\nthrough the gate, {attempt}: first call (with the exchange) {took[0] * 1000:.1f} ms, "
+              f"then p50 {rest[len(rest) // 2] * 1000:.1f} ms over {len(rest)} calls")
