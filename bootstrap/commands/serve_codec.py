@@ -9,7 +9,7 @@ from pathlib import Path
 from ..core.backend import codec_kek_for_serving
 from ..core.config import check_origin, load_config
 from ..errors import BundleError
-from ..ops.oidc import jwks_cafiles
+from ..ops.oidc import jwks_cafiles, login_mapping
 from ..store import Layout
 from .common import (add_config, add_listen, add_max_connections, add_out, check_max_connections, serve_until_interrupted,
                      start_service)
@@ -62,7 +62,8 @@ def run(args) -> int:
     layout = Layout(Path(args.out).resolve())
     origins = tuple(check_origin(o, "--ui-origin") for o in args.ui_origin) if args.ui_origin else config.codec.ui_origins
     issuers = tuple(dict.fromkeys([config.jwt.issuer, *args.issuer]))
-    policy = Policy(config.jwt.audience, config.codec.decrypt_role, origins, issuers, config.oidc.permissions_claim)
+    policy = Policy(config.jwt.audience, config.codec.decrypt_role, origins, issuers, config.oidc.permissions_claim,
+                    login_mapping(config))
     check_max_connections(args.max_connections)
     limits = replace(LIMITS, max_connections=args.max_connections or LIMITS.max_connections)
     port = args.port or config.codec.port

@@ -98,6 +98,7 @@ class Policy:
     ui_origins: tuple[str, ...] = ()
     issuers: tuple[str, ...] = ()
     claim: str = PERMISSIONS_CLAIM  # where tokens carry "<ns>:<role>" (the server's permissionsClaimName)
+    login: object = None  # core.login_groups.LoginMapping: Dex users' groups -> permissions (oidc.groups)
 
 
 @dataclass
@@ -303,7 +304,7 @@ def make_server(
     keys.current()
     jwks = key_sources(jwks_path, jwks_urls, jwks_cafile)
     tls = ReloadingTLS(cert, key) if cert and key else None
-    handlers = CodecHandlers(keys, Authenticator(jwks, policy.audience, policy.issuers), policy, limits, audit)
+    handlers = CodecHandlers(keys, Authenticator(jwks, policy.audience, policy.issuers, login=policy.login), policy, limits, audit)
     app = web.Application(middlewares=[cors_middleware(policy.ui_origins, handlers.preflight)],
                           client_max_size=limits.max_body)
     app.router.add_route("GET", "/healthz", handlers.health)
