@@ -10,6 +10,7 @@ Upstream connector secrets are read from the files bundle.yaml names, at render 
 
 from __future__ import annotations
 
+import base64
 import secrets
 from pathlib import Path
 
@@ -202,6 +203,10 @@ def _connector(connector: OIDCConnector) -> dict:
     body = dict(connector.config)
     for key, path in connector.secret_files:
         body[key] = read_secret(path, f"connector {connector.id}: {key}_file")
+        if connector.type == "ldap" and key == "rootCAData":
+            # Dex reads it as JSON bytes: base64 of the PEM. Dex's container mounts nothing but its
+            # config, so the directory's CA travels inside it.
+            body[key] = base64.b64encode((body[key] + "\n").encode()).decode()
     return {"type": connector.type, "id": connector.id, "name": connector.name, "config": body}
 
 

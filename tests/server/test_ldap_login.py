@@ -20,9 +20,12 @@ from tests.support.ports import free_port
 pytestmark = [pytest.mark.server, pytest.mark.timeout(300)]
 
 
-def ldap_connector(directory, ident: str, group_name_attr: str, bind_pw_file) -> dict:
+def ldap_connector(directory, ident: str, group_name_attr: str, bind_pw_file, ca_inline: bool = False) -> dict:
+    # rootCA: a path Dex reads; rootCAData_file: the PEM read at render and put into Dex's config
+    # (what compose needs: Dex's container mounts nothing else).
+    ca = {"rootCAData_file": str(directory.ca_pem)} if ca_inline else {"rootCA": str(directory.ca_pem)}
     return {"type": "ldap", "id": ident, "name": f"Directory ({ident})", "config": {
-        "host": directory.host, "rootCA": str(directory.ca_pem),
+        "host": directory.host, **ca,
         "bindDN": SERVICE_DN, "bindPW_file": str(bind_pw_file),
         "userSearch": {"baseDN": PEOPLE, "filter": "(objectClass=inetOrgPerson)", "username": "uid",
                        "idAttr": "uid", "emailAttr": "mail", "nameAttr": "cn"},
@@ -49,7 +52,7 @@ def dex(directory, tmp_path_factory):
         "oidc": {"port": port, "token_lifetime": "2m", "connectors": [
             ldap_connector(directory, "ldap", "cn", bind_pw),
             # The same directory, groups named by their DN ("cn=sre,ou=groups,...").
-            ldap_connector(directory, "ldap-dn", "DN", bind_pw)]},
+            ldap_connector(directory, "ldap-dn", "DN", bind_pw, ca_inline=True)]},
     }
     (work / "bundle.yaml").write_text(yaml.safe_dump(config))
     run_cli("init", "--config", str(work / "bundle.yaml"), "--out", str(work / "bundle"))

@@ -60,6 +60,9 @@ def test_a_complete_ldap_connector_is_taken():
     ({"usersearch": {}}, "unknown key 'usersearch'"),
     ({"userSearch": {"emailattr": "mail"}}, "userSearch: unknown key 'emailattr'"),
     ({"host": 636}, "host must be a string"),
+    ({"rootCAData": "LS0t"}, "rootCAData: give rootCAData_file"),
+    ({"rootCAData_file": "/ca.pem"}, "rootCA and rootCAData_file exclude each other"),
+    ({"bindDN_file": "/dn"}, "bindDN_file: Dex's LDAP connector reads files for bindPW and rootCAData only"),
 ])
 def test_ldap_connector_is_checked_at_load(config, message):
     with pytest.raises(BundleError, match=message.replace("(", r"\(").replace("[", r"\[").replace("]", r"\]")) as info:
@@ -110,3 +113,18 @@ def test_with_a_directory_the_server_trusts_only_the_bundles_keys(tmp_path, cli)
     assert cli("init", "--config", config, "--out", tmp_path / "out").code == 0
     layout = Layout((tmp_path / "out").resolve())
     assert layout.exchange_signing_key.is_file() and layout.leaf("exchange", "server")[0].is_file()
+
+
+def test_the_directory_ca_travels_inside_dex_config(tmp_path, cli):
+    import base64
+    from bootstrap.store import Layout
+
+    (tmp_path / "pw").write_text("pw\n")
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    connector = ldap(rootCA=None, rootCAData_file=str(tmp_path / "ca.pem"), bindPW_file=str(tmp_path / "pw"))
+    config = tmp_path / "bundle.yaml"
+    config.write_text(yaml.safe_dump({"namespaces": NAMESPACES, "oidc": {"connectors": [connector]}}))
+    assert cli("init", "--config", config, "--out", tmp_path / "out").code == 0
+    dex = yaml.safe_load(dex_config_path(Layout((tmp_path / "out").resolve())).read_text())
+    rendered = dex["connectors"][0]["config"]
+    assert base64.b64decode(rendered["rootCAData"]).decode() == (tmp_path / "ca.pem").read_text()

@@ -280,6 +280,13 @@ def check_ldap_connector(config: dict, files: dict, where: str) -> None:
         raise BundleError(f"{where}: insecureNoSSL sends every password in clear; use LDAPS or startTLS")
     if config.get("insecureSkipVerify"):
         raise BundleError(f"{where}: insecureSkipVerify accepts any certificate; give rootCA instead")
+    for key in files:
+        if key not in ("bindPW", "rootCAData"):
+            raise BundleError(f"{where}: {key}_file: Dex's LDAP connector reads files for bindPW and rootCAData only")
+    if "rootCAData" in config:
+        raise BundleError(f"{where}: rootCAData: give rootCAData_file: /path/to/ca.pem (read and encoded at render)")
+    if "rootCA" in config and "rootCAData" in files:
+        raise BundleError(f"{where}: rootCA and rootCAData_file exclude each other")
     if "bindDN" in config and "bindPW" not in files:
         raise BundleError(f"{where}: bindDN needs bindPW_file (the service account's password, read at render)")
     if "bindPW" in files and "bindDN" not in config:
