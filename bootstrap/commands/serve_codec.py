@@ -63,7 +63,7 @@ def run(args) -> int:
     origins = tuple(check_origin(o, "--ui-origin") for o in args.ui_origin) if args.ui_origin else config.codec.ui_origins
     issuers = tuple(dict.fromkeys([config.jwt.issuer, *args.issuer]))
     policy = Policy(config.jwt.audience, config.codec.decrypt_role, origins, issuers, config.oidc.permissions_claim,
-                    login_mapping(config))
+                    login_mapping(config), system_may_fetch_keys=config.codec.system_may_fetch_keys)
     check_max_connections(args.max_connections)
     limits = replace(LIMITS, max_connections=args.max_connections or LIMITS.max_connections)
     port = args.port or config.codec.port

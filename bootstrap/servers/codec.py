@@ -99,6 +99,7 @@ class Policy:
     issuers: tuple[str, ...] = ()
     claim: str = PERMISSIONS_CLAIM  # where tokens carry "<ns>:<role>" (the server's permissionsClaimName)
     login: object = None  # core.login_groups.LoginMapping: Dex users' groups -> permissions (oidc.groups)
+    system_may_fetch_keys: bool = False  # codec.system_may_fetch_keys: temporal-system grants fetch data keys
 
 
 @dataclass
