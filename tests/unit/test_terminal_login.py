@@ -174,6 +174,21 @@ def test_a_profile_we_did_not_write_is_never_replaced(existing):
         merge_profile(existing, PROFILE)
 
 
+@pytest.mark.parametrize("existing", [
+    '[profile.bundle]\naddress = "theirs:7233"\n',
+    '[ profile . "bundle" . tls ]\nserver_name = "theirs"\n',
+    'profile.bundle.address = "theirs:7233"\n',
+])
+def test_without_a_toml_reader_a_foreign_profile_is_still_refused(existing, monkeypatch):
+    """Python 3.10 has no tomllib: the table headers and dotted keys naming the profile refuse it."""
+    import bootstrap.core.cli_login as cli_login
+
+    monkeypatch.setattr(cli_login, "tomllib", None)
+    with pytest.raises(BundleError, match="not written by temporal-bundle login"):
+        merge_profile(existing, PROFILE)
+    assert "[profile.bundle]" in merge_profile('[profile.bundles]\naddress = "x:1"\n', PROFILE)
+
+
 def test_a_file_that_is_not_toml_is_refused():
     with pytest.raises(BundleError, match="not valid TOML"):
         merge_profile("[profile.default\naddress = 1\n", PROFILE)
