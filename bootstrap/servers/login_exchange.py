@@ -5,8 +5,9 @@ oidc.groups maps the person's groups to and `sub` naming the person.
 The gate holds no signing key: the exchange, which already signs workloads' tokens with a key used
 for nothing else, is the one place a login becomes permissions. An exchanged token is kept (by the
 Dex token it came from) until shortly before its exp, which is never past the Dex token's: one
-exchange per person per few minutes, not per call. Concurrent calls with the same Dex token share
-one exchange. Tokens are never logged.
+exchange per person per few minutes, not per call; a refusal (no mapped group) is kept 10 s, so a
+UI polling for such a person does not ask the exchange each time. Concurrent calls with the same
+Dex token share one exchange. Tokens are never logged.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 MAX_ANSWER = 64 * 1024
 MARGIN = 15.0  # seconds before its exp an exchanged token is exchanged again
+REFUSED_FOR = 10.0  # seconds a refusal (no mapped group) is answered without asking again
 
 
 class LoginExchange:
@@ -58,6 +60,8 @@ class LoginExchange:
         if kept is not None:
             if time.time() < kept[1] - MARGIN:
                 self._kept.move_to_end(token)
+                if isinstance(kept[0], Refusal):  # refused lately: the UI polls, the answer holds
+                    raise Refusal(kept[0].status, kept[0].message)
                 return kept[0]
             del self._kept[token]
         pending = self._pending.get(token)
@@ -85,13 +89,18 @@ class LoginExchange:
             doc = {}
         if status == 200 and isinstance(doc.get("access_token"), str) and isinstance(doc.get("expires_in"), int):
             exchanged = doc["access_token"]
-            self._kept[token] = (exchanged, time.time() + doc["expires_in"])
-            while len(self._kept) > self.capacity:
-                self._kept.popitem(last=False)
+            self._keep(token, exchanged, time.time() + doc["expires_in"])
             return exchanged
         if 400 <= status < 500 and isinstance(doc.get("error_description"), str):
-            raise Refusal(403, clip(doc["error_description"]))
+            refusal = Refusal(403, clip(doc["error_description"]))
+            self._keep(token, refusal, time.time() + MARGIN + REFUSED_FOR)
+            raise refusal
         raise Refusal(503, "the token exchange is unavailable", f"status {status}")
+
+    def _keep(self, token: str, answer, until: float) -> None:
+        self._kept[token] = (answer, until)
+        while len(self._kept) > self.capacity:
+            self._kept.popitem(last=False)
 
     def _tls(self) -> ssl.SSLContext:
         context = ssl.create_default_context()
