@@ -15,6 +15,8 @@
 #   HSM_PIN_FILE          keys.backend pkcs11: the host file holding the token's user PIN, mounted
 #                         read-only into the bootstrap, token refresher and codec server only
 #                         (default ./secrets/hsm-pin; `make up` creates one for the image's SoftHSM2)
+#   TYPE, TIME            `make backup-db TYPE=full|diff`; `make restore-pitr TIME='2026-12-06 10:40:00+00'|latest`
+#                         (CONFIRM=yes: replace a database that is not empty)
 #   VERSION               Temporal release for `make upgrade` (default: the one docker-compose.prod.yml
 #                         pins); TEMPORAL_SERVER_IMAGE / TEMPORAL_ADMINTOOLS_IMAGE, if set, must carry it
 
@@ -41,6 +43,7 @@ BUNDLE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | h
 ifneq ($(strip $(IMAGES_ENV)),)
 include $(IMAGES_ENV)
 export TEMPORAL_SERVER_IMAGE TEMPORAL_ADMINTOOLS_IMAGE POSTGRES_IMAGE TEMPORAL_UI_IMAGE DEX_IMAGE BUNDLE_IMAGE PROMETHEUS_IMAGE ALERTMANAGER_IMAGE GRAFANA_IMAGE
+export BUNDLE_POSTGRES_IMAGE
 endif
 # PROFILE=monitoring: also Prometheus, the expiry exporter and Grafana (compose profiles; COMPOSE_PROFILES works too).
 ifneq ($(strip $(PROFILE)),)
@@ -48,6 +51,9 @@ export COMPOSE_PROFILES := $(PROFILE)
 endif
 BUNDLE_IMAGE ?= temporal-bundle:$(BUNDLE_VERSION)
 export BUNDLE_IMAGE
+# PostgreSQL with pgbackrest (docker/postgres/Dockerfile, FROM POSTGRES_IMAGE): what compose runs.
+BUNDLE_POSTGRES_IMAGE ?= temporal-bundle-postgres:15-bookworm
+export BUNDLE_POSTGRES_IMAGE
 
 PKCS11_COMPOSE_FILE ?= docker-compose.pkcs11.yml
 HSM_PIN_FILE ?= ./secrets/hsm-pin
@@ -98,8 +104,9 @@ bundle.yaml:
 	@echo "created $@ from bundle.example.yaml: review it, then run make up again if you change it"
 
 .PHONY: images
-images: ## build our image (temporal-bundle) from a local wheelhouse
+images: ## build our images (temporal-bundle from a local wheelhouse; PostgreSQL with pgbackrest)
 	bash scripts/build-images.sh bundle
+	bash scripts/build-images.sh postgres
 
 .PHONY: standin-images
 standin-images: ## build stand-ins for every image, no registry needed (tests); see build/standin-images.env
@@ -143,6 +150,7 @@ up: compose-env-file ## bootstrap secrets, start everything, wait until healthy,
 .PHONY: compose-env-file
 compose-env-file: $(BUNDLE_CONFIG_FILE)
 	@docker image inspect "$(BUNDLE_IMAGE)" >/dev/null 2>&1 || bash scripts/build-images.sh bundle
+	@docker image inspect "$(BUNDLE_POSTGRES_IMAGE)" >/dev/null 2>&1 || bash scripts/build-images.sh postgres
 	@mkdir -p "$(dir $(BUNDLE_ENV_FILE))"
 	@docker run --rm --network none --read-only --cap-drop ALL --security-opt no-new-privileges:true \
 	  --user 10001:10001 --volume "$(abspath $(BUNDLE_CONFIG_FILE)):/etc/temporal-bundle/bundle.yaml:ro" \
@@ -320,6 +328,53 @@ restore: ## onto an empty engine (make clean, or a new host): BACKUP=path; files
 	done; \
 	echo "restore 5/5: make up"; \
 	$(MAKE) --no-print-directory up
+
+# Continuous archiving and point-in-time recovery (pgBackRest, docs/backup-and-upgrade.md). The
+# db-backup service takes the base backups by itself; backup-db takes one now (its lock on the
+# repository volume refuses a second one at once). restore-pitr checks everything before it stops
+# anything: the repository opens with this bundle's passphrase, TIME lies between the end of the
+# first backup and now (`temporal-bundle pitr`), the postgres-data volume is empty (or CONFIRM=yes).
+TYPE ?= diff
+TIME ?=
+PITR_RUN = docker run --rm -i --network none --read-only --cap-drop ALL --security-opt no-new-privileges:true
+PROJECT_VOLUME = $$($(COMPOSE) config 2>/dev/null | sed -n 's/^name: //p' | head -n1)_$(1)
+
+.PHONY: backup-db
+backup-db: $(BUNDLE_CONFIG_FILE) ## pgBackRest backup of the database now, TYPE=full|diff (db-backup takes them by itself)
+	@set -euo pipefail; \
+	if ! $(COMPOSE) ps --status running --services | grep -qx postgresql; then \
+	  echo "error: postgresql is not running (make up first): a backup needs the running database" >&2; exit 1; fi; \
+	$(COMPOSE) run --rm --no-deps -T db-backup backup "$(TYPE)"
+
+.PHONY: restore-pitr
+restore-pitr: $(BUNDLE_CONFIG_FILE) ## point-in-time recovery: TIME='YYYY-MM-DD HH:MM:SS+00'|latest onto an empty postgres-data (CONFIRM=yes replaces it)
+	@set -euo pipefail; \
+	if [ -z "$(TIME)" ]; then \
+	  echo "error: TIME is required: 'latest' or a time with its offset, e.g. TIME='2026-12-06 10:40:00+00'" >&2; exit 1; fi; \
+	confirm="$(if $(filter yes,$(CONFIRM)),--confirm,)"; \
+	echo "restore-pitr 1/4: check the repository (passphrase, backups), TIME and the restore target"; \
+	info="$$($(COMPOSE) run --rm --no-deps -T db-restore check $$confirm)"; \
+	args="$$(printf '%s\n' "$$info" | $(PITR_RUN) "$(BUNDLE_IMAGE)" temporal-bundle pitr --time "$(TIME)" --info -)"; \
+	mapfile -t restore_args <<<"$$args"; \
+	echo "restore-pitr 2/4: stop the services"; \
+	$(COMPOSE) stop; \
+	echo "restore-pitr 3/4: pgbackrest restore into postgres-data"; \
+	$(COMPOSE) run --rm --no-deps -T db-restore restore "$${restore_args[@]}" $$confirm; \
+	echo "restore-pitr 4/4: start postgresql (it replays the archived WAL, then promotes), then make up"; \
+	$(COMPOSE) up --detach --wait --wait-timeout $(UP_TIMEOUT) postgresql || { \
+	  echo "error: postgresql did not come up after the restore (docker compose logs postgresql; 'recovery ended before configured recovery target' means TIME is past the last archived transaction: make restore-pitr TIME=latest CONFIRM=yes)" >&2; exit 1; }; \
+	state=t; for _ in $$(seq 1 $(UP_TIMEOUT)); do \
+	  state="$$($(PG_EXEC) psql $(PG_SOCKET) --no-psqlrc -tAc 'SELECT pg_is_in_recovery()' 2>/dev/null || true)"; \
+	  [ "$$state" = f ] && break; sleep 1; done; \
+	if [ "$$state" != f ]; then echo "error: postgresql is still recovering after $(UP_TIMEOUT)s (raise UP_TIMEOUT; docker compose logs postgresql)" >&2; exit 1; fi; \
+	$(SUBMAKE) --no-print-directory up
+
+.PHONY: check-backup
+check-backup: $(BUNDLE_CONFIG_FILE) ## age of the last good database backup and WAL archiving (exit 0 ok, 1 warn, 2 crit, 3 unreadable)
+	@$(COMPOSE) exec -T db-backup bash /opt/db-backup/db-backup.sh status >/dev/null 2>&1 || true; \
+	$(PITR_RUN) --volume "$(call PROJECT_VOLUME,db-backup-metrics):/metrics:ro" \
+	  --volume "$(abspath $(BUNDLE_CONFIG_FILE)):/etc/temporal-bundle/bundle.yaml:ro" \
+	  "$(BUNDLE_IMAGE)" temporal-bundle check-backup --metrics /metrics/backup.prom --config /etc/temporal-bundle/bundle.yaml $(CHECK_BACKUP_ARGS)
 
 # `make upgrade`: the target release defaults to the one the compose file pins; the new images
 # are TEMPORAL_SERVER_IMAGE / TEMPORAL_ADMINTOOLS_IMAGE when set (a mirror, stand-ins), else the

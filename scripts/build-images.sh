@@ -13,6 +13,10 @@
 #                                      than the default (an upgrade test's old release), writes
 #                                      build/standin-images-<version>.env instead, so the two
 #                                      versions' variable files never overwrite each other.
+#   scripts/build-images.sh postgres   the bundle's PostgreSQL image (BUNDLE_POSTGRES_IMAGE): FROM
+#                                      ${POSTGRES_IMAGE:-postgres:15-bookworm} plus Debian's pgbackrest
+#                                      and jq (docker/postgres/Dockerfile); the stand-in postgres
+#                                      image already carries both and is used as it is
 #   scripts/build-images.sh base       only the Debian base image (debootstrap; network-bound)
 #   scripts/build-images.sh ui-server  only the cached ui-server and temporal CLI binaries
 # scripts/prebuild.sh runs base, ui-server and the Go builds side by side before standins.
@@ -50,6 +54,7 @@ dex_tag="${DEX_VERSION:-v2.45.1}-cgo"
 python_version="${PYTHON_VERSION:-3.11}"
 project_version="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n1)"
 bundle_image="${BUNDLE_IMAGE:-temporal-bundle:$project_version}"
+postgres_image="${BUNDLE_POSTGRES_IMAGE:-temporal-bundle-postgres:15-bookworm}"
 # STANDIN_PREFIX: another name space for the stand-ins (a cold-build measurement beside warm ones).
 standin="${STANDIN_PREFIX:-temporal-bundle-standin}"
 base_image="$standin/debian:bookworm"
@@ -198,6 +203,13 @@ build_bundle() {
   build_image "$bundle_image" docker/bundle/Dockerfile "$ctx" --build-arg "BASE_IMAGE=$from"
 }
 
+build_postgres() {
+  local ctx
+  ctx="$(fresh_context postgres-pgbackrest)"
+  build_image "$postgres_image" docker/postgres/Dockerfile "$ctx" \
+    --build-arg "POSTGRES_IMAGE=${POSTGRES_IMAGE:-postgres:15-bookworm}"
+}
+
 # ----------------------------------------------------------------------------- stand-ins
 temporal_cli_binary() {
   local out="$cache/temporal-cli-$cli_version/temporal"
@@ -309,6 +321,7 @@ build_standins() {
 TEMPORAL_SERVER_IMAGE=$standin/server:$temporal_version
 TEMPORAL_ADMINTOOLS_IMAGE=$standin/admin-tools:$temporal_version
 POSTGRES_IMAGE=$standin/postgres:15-bookworm
+BUNDLE_POSTGRES_IMAGE=$standin/postgres:15-bookworm
 TEMPORAL_UI_IMAGE=$standin/ui:$ui_version
 DEX_IMAGE=$standin/dex:$dex_tag
 PROMETHEUS_IMAGE=$standin/prometheus:debian-bookworm
@@ -324,13 +337,14 @@ started=$SECONDS
 case "$mode" in
   bundle) build_bundle "${BUNDLE_BASE_IMAGE:-python:$python_version-slim-bookworm}" ;;
   standins) build_standins ;;
+  postgres) build_postgres ;;
   base) build_base ;;
   ui-server) ui_server_binary >/dev/null; temporal_cli_binary >/dev/null ;;
-  *) log "usage: $0 [bundle|standins|base|ui-server]"; exit 2 ;;
+  *) log "usage: $0 [bundle|standins|postgres|base|ui-server]"; exit 2 ;;
 esac
 # Older builds of our images, now untagged, would pile up in the engine's storage; so would the
 # build contexts (copies of the binaries) here. The build logs stay in build/images/.
-if [[ "$mode" == bundle || "$mode" == standins ]]; then
+if [[ "$mode" == bundle || "$mode" == standins || "$mode" == postgres ]]; then
   docker image prune --force --filter "label=org.temporal-bundle.inputs" >/dev/null
   find "$work" -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
 fi

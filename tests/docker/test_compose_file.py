@@ -19,7 +19,7 @@ from tests.support.paths import REPO
 pytestmark = pytest.mark.docker
 
 COMPOSE_FILE = REPO / "docker-compose.prod.yml"
-IMAGE_VARIABLES = ("BUNDLE_IMAGE", "TEMPORAL_SERVER_IMAGE", "TEMPORAL_ADMINTOOLS_IMAGE", "POSTGRES_IMAGE", "TEMPORAL_UI_IMAGE",
+IMAGE_VARIABLES = ("BUNDLE_IMAGE", "TEMPORAL_SERVER_IMAGE", "TEMPORAL_ADMINTOOLS_IMAGE", "BUNDLE_POSTGRES_IMAGE", "TEMPORAL_UI_IMAGE",
                    "DEX_IMAGE", "PROMETHEUS_IMAGE", "ALERTMANAGER_IMAGE", "GRAFANA_IMAGE")
 
 
@@ -108,7 +108,10 @@ BUNDLE_MOUNTS = {
     # metrics/: it writes the tokens' expiry metrics there for the exporter (profile monitoring).
     "token-refresher": {"bundle-root", "bundle-signing", "bundle-tokens", "bundle-metrics"},
     "jwks": {"bundle-jwks", "bundle-trust"},
-    "postgresql": {"bundle-postgres", "bundle-trust"},
+    "postgresql": {"bundle-postgres", "bundle-trust", "bundle-pgbackrest"},
+    # pgBackRest's config (the repository passphrase) only: no CA, no certificate, no token.
+    "db-backup": {"bundle-pgbackrest"},
+    "db-restore": {"bundle-pgbackrest"},
     "temporal-schema": {"bundle-trust", "bundle-dbclient"},
     "temporal": {"bundle-config", "bundle-trust", "bundle-server", "bundle-dbclient", "bundle-tools"},
     # cluster-info/: it records GetClusterInfo there for the UI gate (its only writable mount).

@@ -32,7 +32,7 @@ IMAGE_VARS = ("TEMPORAL_SERVER_IMAGE", "TEMPORAL_ADMINTOOLS_IMAGE", "POSTGRES_IM
               "BUNDLE_IMAGE", "PROMETHEUS_IMAGE", "ALERTMANAGER_IMAGE")
 # The compose profile `monitoring`: the shared session stack runs with it (conftest.py).
 MONITORING = ("expiry-exporter", "prometheus", "alertmanager")
-LONG_RUNNING = ("token-refresher", "jwks", "postgresql", "temporal", "temporal-ui", "codec-server", "dex", *MONITORING)
+LONG_RUNNING = ("token-refresher", "jwks", "postgresql", "db-backup", "temporal", "temporal-ui", "codec-server", "dex", *MONITORING)
 ONE_SHOT = ("bootstrap", "temporal-schema", "temporal-register-namespaces")
 GRAFANA_ABSENT = "tests/docker/compose.grafana-absent.yml"
 TIMINGS: dict[str, float] = {}  # seconds per phase of the docker tier, printed at teardown
