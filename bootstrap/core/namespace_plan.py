@@ -165,7 +165,7 @@ def plan_rings(layout: Layout, custody: Custody, force: bool, now: datetime, nam
     new_manifest = Manifest(names, legacy)
     data = new_manifest.to_bytes()
     if read_optional(layout.codec_keys) == data:
-        tail: list[Action] = [Skip(layout.codec_keys, "already migrated, skipped" if old is None else "unchanged")]
+        tail: list[Action] = [Skip(layout.codec_keys) if old is None else Skip(layout.codec_keys, "unchanged")]
     else:
         reason = ("migrated: one ring and one key-encryption key per namespace; no key material here any more"
                   if old is not None else f"lists the rings of {', '.join(names)}")
