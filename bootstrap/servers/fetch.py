@@ -88,8 +88,9 @@ class JSONFetcher:
         return context
 
     def _headers(self) -> dict:
-        # identity: a compressed body would be inflated past the byte cap before it could be counted
-        headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
+        # identity: a compressed body would be inflated past the byte cap before it could be counted.
+        # jwk-set+json: kube-apiserver serves its JWKS as only that type and answers 406 otherwise.
+        headers = {"Accept": "application/json, application/jwk-set+json", "Accept-Encoding": "identity"}
         if self.token_file is not None:  # kube-apiserver's discovery wants the pod's own token
             headers["Authorization"] = f"Bearer {Path(self.token_file).read_text().strip()}"
         return headers

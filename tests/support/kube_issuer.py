@@ -32,6 +32,12 @@ from bootstrap.core.tokens import SigningKey
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 JWKS_PATH = "/openid/v1/jwks"
 AUDIENCE = "temporal-service"
+JWKS_TYPE = "application/jwk-set+json"
+
+
+def _accepts(accept: str, content_type: str) -> bool:
+    ranges = {part.split(";")[0].strip() for part in accept.split(",")}
+    return bool(ranges & {content_type, "application/*", "*/*"})
 
 
 @dataclass
@@ -98,8 +104,11 @@ class KubeIssuer:
     async def _jwks(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return web.json_response({"kind": "Status", "code": 401}, status=401)
+        if not _accepts(request.headers.get("Accept", "*/*"), JWKS_TYPE):
+            # kube-apiserver v1.37.2 (go-restful, Produces(application/jwk-set+json)) answers 406.
+            return web.json_response({"kind": "Status", "code": 406}, status=406)
         keys = [{k: v for k, v in key.public_jwk().items()} for key in self.keys]
-        return web.Response(body=json.dumps({"keys": keys}), content_type="application/jwk-set+json")
+        return web.Response(body=json.dumps({"keys": keys}), content_type=JWKS_TYPE)
 
     def service_account_token(self, namespace: str = "default", account: str = "worker", *, lifetime: int = 600,
                               audience: str = AUDIENCE, key: SigningKey | None = None, issuer: str | None = None,
