@@ -9,7 +9,7 @@ settings.register_profile("bundle", database=None, derandomize=True, deadline=No
 settings.load_profile("bundle")
 
 # Cheap tiers first, so a broken core fails within a minute instead of after the compose stack.
-TIER_ORDER = ("unit", "codec", "export", "hsm", "rotation", "server", "docker")
+TIER_ORDER = ("unit", "codec", "export", "hsm", "rotation", "server", "kube", "docker")
 
 
 def _tier(item) -> int:
@@ -27,4 +27,6 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.server)
         elif "/tests/docker/" in path:
             item.add_marker(pytest.mark.docker)
+        elif "/tests/kube/" in path:
+            item.add_marker(pytest.mark.kube)
     items.sort(key=_tier)  # stable: the order inside a tier (and a module) is kept

@@ -1,0 +1,94 @@
+"""Workload identity with tokens a real kube-apiserver issues (TokenRequest, bound to a pod object,
+signed by its service-account key), traded at the bundle's token exchange (`serve-exchange`, which
+reads the API server's own OIDC discovery and JWKS) and used at the real Temporal server."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+import pytest
+from temporalio.worker import Worker
+
+from bootstrap.client import connect_workload
+from tests.support.kube_cluster import SERVICE_ACCOUNT_ISSUER
+from tests.support.workflows import GreetingWorkflow, greet
+from tests.support.workload import exchange_url, post_exchange, start_greeting, workload_cluster
+
+AUDIENCE = "temporal-exchange"
+
+
+@dataclass
+class ApiServerIssuer:
+    """What the exchange is told of the cluster: the issuer its tokens carry, where discovery is
+    reached from here, the cluster CA, and the exchange's own service-account token (the API
+    server answers discovery only to an authenticated caller)."""
+
+    issuer: str
+    discovery_url: str
+    ca_file: Path
+    token_file: Path
+    audience: str = AUDIENCE
+
+
+@pytest.fixture(scope="module")
+def kube_wi(kube, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("kube-wi")
+    for namespace in ("orders-team", "elsewhere"):
+        kube.kubectl("create", "namespace", namespace)
+    kube.kubectl("create", "serviceaccount", "token-exchange", "-n", "default")
+    token_file = workdir / "exchange-sa.token"
+    token_file.write_text(kube.create_token("default", "token-exchange", SERVICE_ACCOUNT_ISSUER, duration="2h"))
+    issuer = ApiServerIssuer(SERVICE_ACCOUNT_ISSUER, f"{kube.server}/.well-known/openid-configuration",
+                             kube.ca_file, token_file)
+    # Temporal namespace `orders-team`: default_bindings grants `orders-team:write` to pods of the
+    # Kubernetes namespace of the same name.
+    yield from workload_cluster(workdir, issuer=issuer, namespaces=("orders-team",))
+
+
+def _pod(kube, namespace: str, account: str) -> str:
+    """A pod object of that service account (admitted, never run: there is no kubelet)."""
+    name = f"worker-{uuid.uuid4().hex[:6]}"
+    kube.kubectl("create", "serviceaccount", account, "-n", namespace, check=False)
+    kube.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+                "spec": {"serviceAccountName": account, "automountServiceAccountToken": False,
+                         "containers": [{"name": "worker", "image": "temporal-bundle-worker:test"}]}})
+    return name
+
+
+def test_a_pod_bound_token_from_the_api_server_runs_a_workflow_in_its_namespace(kube, kube_wi, tmp_path):
+    pod = _pod(kube, "orders-team", "orders-worker")
+    token = kube.create_token("orders-team", "orders-worker", AUDIENCE, pod=pod)
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["iss"] == SERVICE_ACCOUNT_ISSUER and claims["kubernetes.io"]["pod"]["name"] == pod
+    token_file = tmp_path / "token"
+    token_file.write_text(token)
+
+    async def scenario():
+        client, _ = await connect_workload(kube_wi.address, exchange_url=exchange_url(kube_wi), bundle_dir=kube_wi.bundle,
+                                           token_file=token_file, namespace="orders-team", server_name="localhost")
+        queue = f"kube-{uuid.uuid4().hex[:8]}"
+        async with Worker(client, task_queue=queue, workflows=[GreetingWorkflow], activities=[greet]):
+            return await start_greeting(client, queue), jwt.decode(client.api_key, options={"verify_signature": False})
+
+    result, exchanged = asyncio.run(scenario())
+    assert result == "hello, pod"
+    assert exchanged["groups"] == ["orders-team:write"]
+    assert exchanged["sub"] == "cluster:system:serviceaccount:orders-team:orders-worker"
+
+
+def test_tokens_the_api_server_issues_outside_the_binding_are_refused(kube, kube_wi):
+    refused = {
+        "another namespace's pod": kube.create_token("elsewhere", "orders-worker", AUDIENCE,
+                                                     pod=_pod(kube, "elsewhere", "orders-worker")),
+        "not bound to a pod": kube.create_token("orders-team", "orders-worker", AUDIENCE),
+        "the API server's audience": kube.create_token("orders-team", "orders-worker", SERVICE_ACCOUNT_ISSUER,
+                                                       pod=_pod(kube, "orders-team", "orders-worker")),
+    }
+    for case, token in refused.items():
+        status, doc = post_exchange(kube_wi, token)
+        assert (status, doc.get("error")) == (400, "invalid_request"), (case, doc)
+        assert "access_token" not in doc, case
