@@ -118,7 +118,7 @@ class FileKeks:
         """A new KEK for a namespace that has no ring yet, and the write that keeps it."""
         key = FileKek.generate_bytes()
         self._created[namespace] = FileKek(key)
-        return self._created[namespace], Write(self.path(namespace), key, KEY_MODE, "created: this namespace's own KEK")
+        return self._created[namespace], Write(self.path(namespace), key, KEY_MODE, "created")
 
     def single(self) -> FileKek | None:
         data = read_optional(self.directory / "kek.key")

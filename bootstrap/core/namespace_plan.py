@@ -164,11 +164,12 @@ def plan_rings(layout: Layout, custody: Custody, force: bool, now: datetime, nam
         rings += _plan_ring(layout, custody, force, now, ns, manifest, carried, keks)
     new_manifest = Manifest(names, legacy)
     data = new_manifest.to_bytes()
-    if read_optional(layout.codec_keys) == data:
+    existing = read_optional(layout.codec_keys)
+    if existing == data:
         tail: list[Action] = [Skip(layout.codec_keys) if old is None else Skip(layout.codec_keys, "unchanged")]
     else:
         reason = ("migrated: one ring and one key-encryption key per namespace; no key material here any more"
-                  if old is not None else f"lists the rings of {', '.join(names)}")
+                  if old is not None else "created" if existing is None else f"lists the rings of {', '.join(names)}")
         tail = [Write(layout.codec_keys, data, KEY_MODE, reason)]
     single = getattr(custody.keks, "directory", None)
     if single is not None and (single / "kek.key").exists():
@@ -186,7 +187,10 @@ def _plan_ring(layout, custody, force, now, ns, manifest, carried: Keyring | Non
         if force and ns != LEGACY:
             others = ring_ids(read_optional(path))
             return [Write(path, ring_bytes(ring.rotated(now, others), ns, kek), KEY_MODE, "rotated (--force): old keys kept for decoding")]
-        return moves or [Skip(path, "already migrated, skipped" if carried is not None else "already exists, skipped")]
+        if moves:
+            return moves
+        reason = "already migrated, skipped" if carried is not None else "already exists, skipped"
+        return [*(Skip(kek_file, reason) for kek_file in custody.keks.files(ns) if kek_file.exists()), Skip(path, reason)]
     if ns in manifest.all():
         raise BundleError(f"{path} is missing but {layout.codec_keys} lists it: restore it from your backup")
     kek = custody.keks.kek(ns)
