@@ -141,3 +141,19 @@ def exchanged_token(
     subject = f"{identity.issuer.name}:{identity.subject}"
     return mint_token(key, role="workload", permissions=permissions, issuer=issuer, audience=audience,
                       lifetime=lifetime, subject=subject, now=now)
+
+
+def token_review_request(token: str, audience: str) -> dict:
+    """A TokenReview (authentication.k8s.io/v1) asking the API server about a subject token."""
+    return {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "spec": {"token": token, "audiences": [audience]}}
+
+
+def review_accepts(doc: dict, subject: str) -> bool:
+    """The API server's answer says the token authenticates, as the subject it names (a token
+    whose pod or service account was deleted comes back authenticated: false)."""
+    status = doc.get("status") if doc.get("kind") == "TokenReview" else None
+    if not isinstance(status, dict) or status.get("authenticated") is not True:
+        return False
+    user = status.get("user")
+    return isinstance(user, dict) and user.get("username") == subject

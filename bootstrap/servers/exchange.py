@@ -36,7 +36,7 @@ from ..core.login_groups import LoginPolicy, login_permissions, login_principal,
 from ..core.watched import WatchedFile
 from ..core.workload_identity import (ACCESS_TOKEN_TYPE, GRANT_TYPE, ISSUED_TOKEN_TYPE, JWT_TOKEN_TYPE, Refused,
                                  WorkloadIdentityConfig, WorkloadIssuer, exchanged_token, permissions_for,
-                                 verify_subject)
+                                 review_accepts, token_review_request, verify_subject)
 from .auth import JWKSUnavailable, URLJWKS
 from .events import Refusal, clip, log_event
 from .fetch import FetchError, FetchLimits, JSONFetcher
@@ -293,7 +293,28 @@ class Exchange:
         except Refused as exc:
             raise OAuthError(400, "invalid_request", clip(str(exc))) from None
         audit.update(issuer=issuer.name, sub=clip(identity.subject), pod=clip(identity.pod) or None)
+        if issuer.reviews_tokens:
+            await self._review(issuer, subject, identity.subject)
         return identity
+
+    async def _review(self, issuer: WorkloadIssuer, subject: str, username: str) -> None:
+        """Ask the API server whether the token still stands: its signature and expiry are checked
+        here already, but a deleted pod's token stays valid for its lifetime otherwise. Waits for
+        the API like a wait for issuer keys (same quarter of the slots); fails closed."""
+        if self._waiting >= self.max_waiting:
+            raise OAuthError(503, "temporarily_unavailable", "too many requests wait for the cluster")
+        self._waiting += 1
+        try:
+            doc = await self.keys[issuer.issuer].fetcher.post(issuer.token_review_endpoint,
+                                                              token_review_request(subject, issuer.audience))
+        except FetchError as exc:
+            log_event("token-review-failed", issuer=issuer.name, error=clip(exc))
+            raise OAuthError(503, "temporarily_unavailable", "the cluster's TokenReview is unavailable") from None
+        finally:
+            self._waiting -= 1
+        if not review_accepts(doc, username):
+            raise OAuthError(400, "invalid_request",
+                             "the cluster no longer accepts this token (its pod or service account is gone)")
 
     async def close(self) -> None:
         for keys in self.keys.values():

@@ -40,7 +40,7 @@ class FetchLimits:
 
 
 class JSONFetcher:
-    """GET url -> a JSON object. One connection pool for the fetcher's life; `close()` it."""
+    """GET (or POST a JSON object to) url -> a JSON object. One connection pool for the fetcher's life; `close()` it."""
 
     def __init__(self, cafiles: Path | tuple[Path | None, ...] | None = (), token_file: Path | None = None,
                  limits: FetchLimits = FetchLimits(), system_cas: bool = True):
@@ -49,9 +49,16 @@ class JSONFetcher:
         self._session: aiohttp.ClientSession | None = None
 
     async def get(self, url: str) -> dict:
+        return await self._fetch(url, None)
+
+    async def post(self, url: str, doc: dict) -> dict:
+        """POST a JSON object, read the JSON object answered (an API call such as TokenReview)."""
+        return await self._fetch(url, json.dumps(doc).encode())
+
+    async def _fetch(self, url: str, payload: bytes | None) -> dict:
         try:
             async with asyncio.timeout(self.limits.total):
-                body = await self._body(url)
+                body = await self._body(url, payload)
         except TimeoutError as exc:  # aiohttp's idle timeout is a TimeoutError too
             idle = isinstance(exc, aiohttp.ServerTimeoutError)
             raise FetchTimeout(f"no byte for {self.limits.idle:g} s" if idle
@@ -60,11 +67,15 @@ class JSONFetcher:
             raise FetchError(_describe(exc)) from None
         return parse_object(body)
 
-    async def _body(self, url: str) -> bytes:
+    async def _body(self, url: str, payload: bytes | None) -> bytes:
         self._session = self._session or aiohttp.ClientSession(auto_decompress=False)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.limits.idle, sock_read=self.limits.idle)
-        async with self._session.get(url, ssl=self._tls(), headers=self._headers(), timeout=timeout) as response:
-            if response.status != 200:
+        headers = self._headers()
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        async with self._session.request("GET" if payload is None else "POST", url, data=payload, ssl=self._tls(),
+                                         headers=headers, timeout=timeout) as response:
+            if response.status not in (200, 201):
                 raise FetchError(f"HTTP {response.status}")
             if (response.content_length or 0) > self.limits.max_bytes:
                 raise FetchError(self._too_large())

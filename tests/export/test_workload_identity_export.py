@@ -68,6 +68,15 @@ def test_exchange_deployment_service_and_network_policy(wi_export):
     assert "token-exchange.temporal-prod.svc" in sans_of(cert)
 
 
+def test_the_exchange_may_review_tokens_and_nothing_more(wi_export):
+    _, dest = wi_export
+    docs = [d for d in yaml.safe_load_all((dest / "manifests/token-exchange.yaml").read_text()) if d]
+    bindings = [d for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")]
+    assert [(b["roleRef"]["name"], b["subjects"]) for b in bindings] == [
+        ("system:auth-delegator", [{"kind": "ServiceAccount", "name": "temporal-token-exchange", "namespace": "temporal-prod"}])]
+    assert not [d for d in docs if d["kind"] in ("Role", "ClusterRole")]
+
+
 def test_example_worker_pod_has_a_projected_token_and_no_token_secret(wi_export):
     _, dest = wi_export
     [pod] = [d for name, d in documents(dest) if d["kind"] == "Pod"]

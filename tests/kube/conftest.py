@@ -9,6 +9,16 @@ from tests.support.bundles import make_bundle
 from tests.support.exports import CONFIG, export
 from tests.support.kube_cluster import KubeCluster
 
+# The export tier's config with workload identity on, as a cluster would set it (in-cluster
+# paths); its own Kubernetes namespace, as it exports no token refresher.
+SA = "/var/run/secrets/kubernetes.io/serviceaccount"
+WI_CONFIG = CONFIG.replace("namespace: temporal-prod", "namespace: temporal-wi") + f"""\
+workload_identity:
+  issuers:
+    - {{name: cluster, issuer: "https://kubernetes.default.svc.cluster.local", audience: temporal-exchange,
+       ca_file: {SA}/ca.crt, auth_token_file: {SA}/token}}
+"""
+
 
 @pytest.fixture(scope="session")
 def kube(tmp_path_factory):
@@ -17,19 +27,24 @@ def kube(tmp_path_factory):
     cluster.stop()
 
 
-@pytest.fixture(scope="session")
-def kube_bundle(tmp_path_factory):
-    return make_bundle(tmp_path_factory.mktemp("kube-bundle"), CONFIG)
-
-
-@pytest.fixture(scope="session")
-def installed(kube, kube_bundle, tmp_path_factory):
-    """The export of kube_bundle applied to the real API server as docs/kubernetes.md says:
-    the namespace, then `kubectl apply -f DEST/secrets -f DEST/manifests`."""
+def _install(kube, tmp_path_factory, config: str):
+    """A bundle of that config, exported and applied to the real API server as docs/kubernetes.md
+    says: the namespace, then `kubectl apply -f DEST/secrets -f DEST/manifests`."""
+    bundle = make_bundle(tmp_path_factory.mktemp("kube-bundle"), config)
     dest = tmp_path_factory.mktemp("kube-export") / "out"
-    result = export(kube_bundle, dest)
+    result = export(bundle, dest)
     assert result.code == 0, result.err
-    namespace = kube_bundle.config.kubernetes.namespace
+    namespace = bundle.config.kubernetes.namespace
     kube.kubectl("create", "namespace", namespace)
     applied = kube.kubectl("apply", "-f", str(dest / "secrets"), "-f", str(dest / "manifests"), check=False)
-    return dest, namespace, applied
+    return bundle, dest, namespace, applied
+
+
+@pytest.fixture(scope="session")
+def installed(kube, tmp_path_factory):
+    return _install(kube, tmp_path_factory, CONFIG)
+
+
+@pytest.fixture(scope="session")
+def installed_wi(kube, tmp_path_factory):
+    return _install(kube, tmp_path_factory, WI_CONFIG)

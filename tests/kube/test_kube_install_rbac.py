@@ -28,13 +28,15 @@ def _documents(root) -> list[dict]:
     return docs
 
 
-def test_every_exported_object_is_admitted_by_the_api_server(kube, installed):
-    dest, namespace, applied = installed
+@pytest.mark.parametrize("which", ["installed", "installed_wi"])
+def test_every_exported_object_is_admitted_by_the_api_server(kube, which, request):
+    _, dest, namespace, applied = request.getfixturevalue(which)
     assert applied.returncode == 0, applied.stderr
     expected = {(d["kind"], d["metadata"]["name"]) for d in _documents(dest / "secrets") + _documents(dest / "manifests")}
     assert len(expected) > 20
     listed = json.loads(kube.kubectl("get", "secrets,configmaps,serviceaccounts,roles,rolebindings,deployments,"
-                                     "services,jobs,networkpolicies", "-n", namespace, "-o", "json").stdout)
+                                     "services,jobs,networkpolicies,clusterrolebindings", "-n", namespace,
+                                     "-o", "json").stdout)
     present = {(item["kind"], item["metadata"]["name"]) for item in listed["items"]}
     assert expected <= present, sorted(expected - present)
 
@@ -45,8 +47,8 @@ def _api_as(kube, namespace: str, account: str) -> ApiServer:
     return ApiServer(kube.server, namespace, token, ssl.create_default_context(cafile=str(kube.ca_file)))
 
 
-def test_the_token_refresher_may_patch_its_token_secrets_and_nothing_else(kube, kube_bundle, installed):
-    dest, namespace, _ = installed
+def test_the_token_refresher_may_patch_its_token_secrets_and_nothing_else(kube, installed):
+    kube_bundle, dest, namespace, _ = installed
     names = _names(kube_bundle)
     refresher = _api_as(kube, namespace, f"{kube_bundle.config.kubernetes.release}-token-refresher")
     role = f"{names['role']}-{kube_bundle.config.roles[0].name}"
@@ -63,8 +65,8 @@ def test_the_token_refresher_may_patch_its_token_secrets_and_nothing_else(kube, 
     assert _forbidden(kube, refresher.token, "get", "secrets", "-n", "default")
 
 
-def test_the_registration_job_may_get_and_patch_its_configmap_only(kube, kube_bundle, installed):
-    dest, namespace, _ = installed
+def test_the_registration_job_may_get_and_patch_its_configmap_only(kube, installed):
+    kube_bundle, dest, namespace, _ = installed
     names = _names(kube_bundle)
     registrar = _api_as(kube, namespace, f"{kube_bundle.config.kubernetes.release}-register-namespaces")
     registrar.patch_configmap(names["cluster_info"], {"cluster-info.json": "{}"})
@@ -83,3 +85,16 @@ def test_the_registration_job_may_get_and_patch_its_configmap_only(kube, kube_bu
 def _forbidden(kube, token: str, *args: str) -> bool:
     result = kube.kubectl(*args, as_token=token, check=False)
     return result.returncode != 0 and "forbidden" in result.stderr.lower()
+
+
+def test_the_token_exchange_may_review_tokens_and_nothing_else(kube, installed_wi):
+    bundle, _, namespace, _ = installed_wi
+    token = kube.create_token(namespace, f"{bundle.config.kubernetes.release}-token-exchange", SERVICE_ACCOUNT_ISSUER)
+    def can(verb: str, resource: str) -> str:  # the API server's own answer (SelfSubjectAccessReview)
+        return kube.kubectl("auth", "can-i", verb, resource, "-n", namespace, as_token=token, check=False).stdout.strip()
+
+    assert can("create", "tokenreviews.authentication.k8s.io") == "yes"
+    for verb, resource in (("get", "secrets"), ("list", "pods"), ("create", "serviceaccounts/token"),
+                           ("patch", "configmaps"), ("create", "pods")):
+        assert can(verb, resource) == "no", (verb, resource)
+    assert _forbidden(kube, token, "get", "secrets", "-n", namespace)

@@ -5,6 +5,7 @@ reads the API server's own OIDC discovery and JWKS) and used at the real Tempora
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from temporalio.worker import Worker
 
 from bootstrap.client import connect_workload
 from tests.support.kube_cluster import SERVICE_ACCOUNT_ISSUER
+from tests.support.waits import wait_until
 from tests.support.workflows import GreetingWorkflow, greet
 from tests.support.workload import exchange_url, post_exchange, start_greeting, workload_cluster
 
@@ -35,13 +37,17 @@ class ApiServerIssuer:
 
 
 @pytest.fixture(scope="module")
-def kube_wi(kube, tmp_path_factory):
+def kube_wi(kube, installed_wi, tmp_path_factory):
+    """The exchange runs here with the token of the exported exchange's service account, so the
+    API server grants it exactly what the export's RBAC says (TokenReview through
+    system:auth-delegator); its policy is a server-tier cluster's."""
     workdir = tmp_path_factory.mktemp("kube-wi")
     for namespace in ("orders-team", "elsewhere"):
         kube.kubectl("create", "namespace", namespace)
-    kube.kubectl("create", "serviceaccount", "token-exchange", "-n", "default")
+    bundle, _, namespace, _ = installed_wi
+    account = f"{bundle.config.kubernetes.release}-token-exchange"
     token_file = workdir / "exchange-sa.token"
-    token_file.write_text(kube.create_token("default", "token-exchange", SERVICE_ACCOUNT_ISSUER, duration="2h"))
+    token_file.write_text(kube.create_token(namespace, account, SERVICE_ACCOUNT_ISSUER, duration="2h"))
     issuer = ApiServerIssuer(SERVICE_ACCOUNT_ISSUER, f"{kube.server}/.well-known/openid-configuration",
                              kube.ca_file, token_file)
     # Temporal namespace `orders-team`: default_bindings grants `orders-team:write` to pods of the
@@ -92,3 +98,21 @@ def test_tokens_the_api_server_issues_outside_the_binding_are_refused(kube, kube
         status, doc = post_exchange(kube_wi, token)
         assert (status, doc.get("error")) == (400, "invalid_request"), (case, doc)
         assert "access_token" not in doc, case
+
+
+def test_a_deleted_pods_token_is_refused_at_the_next_exchange(kube, kube_wi):
+    """The token is still signed and unexpired; the API server's TokenReview says its pod is gone."""
+    pod = _pod(kube, "orders-team", "orders-worker")
+    token = kube.create_token("orders-team", "orders-worker", AUDIENCE, pod=pod)
+    assert post_exchange(kube_wi, token)[0] == 200
+    kube.kubectl("delete", "pod", pod, "-n", "orders-team")
+    deleted = time.monotonic()
+    # kube-apiserver v1.37.2 keeps a successful token authentication for 10 s (TokenSuccessCacheTTL).
+    status, doc = wait_until(lambda: _refused(post_exchange(kube_wi, token)), 30, "the exchange to refuse the token")
+    assert (status, doc.get("error")) == (400, "invalid_request"), doc
+    assert "no longer accepts" in doc["error_description"]
+    assert time.monotonic() - deleted <= 15
+
+
+def _refused(answer: tuple[int, dict]):
+    return answer if answer[0] != 200 else None

@@ -91,6 +91,26 @@ def test_exchange_refuses(wi, kwargs, fragment):
     assert "access_token" not in doc
 
 
+def test_a_deleted_pods_token_is_refused_once_the_cluster_says_so(wi):
+    """Signature and expiry still hold for a deleted pod's token: only the API server's TokenReview
+    knows, and the exchange asks it for every kubernetes token; with TokenReview down it refuses."""
+    token = wi.issuer.service_account_token(account="short-lived")
+    pod = jwt.decode(token, options={"verify_signature": False})["kubernetes.io"]["pod"]["name"]
+    assert post_exchange(wi, token)[0] == 200
+    wi.issuer.review_unavailable = True
+    try:
+        status, doc = post_exchange(wi, token)
+    finally:
+        wi.issuer.review_unavailable = False
+    assert (status, doc["error"]) == (503, "temporarily_unavailable"), doc
+    wi.issuer.deleted_pods.add(pod)
+    try:
+        status, doc = post_exchange(wi, token)
+    finally:
+        wi.issuer.deleted_pods.discard(pod)
+    assert (status, doc["error"]) == (400, "invalid_request") and "no longer accepts" in doc["error_description"], doc
+
+
 def test_exchange_protocol_errors(wi):
     good = wi.issuer.service_account_token()
     assert post_exchange(wi, good, grant_type="client_credentials")[1]["error"] == "unsupported_grant_type"

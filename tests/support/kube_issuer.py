@@ -27,6 +27,7 @@ from bootstrap.core.pki import CA, utcnow
 from bootstrap.servers.http import Limits
 from bootstrap.servers.service import Service
 from bootstrap.servers.tls import ReloadingTLS
+from bootstrap.core.config.workload import TOKEN_REVIEW_PATH
 from bootstrap.core.tokens import SigningKey
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
@@ -77,9 +78,12 @@ class KubeIssuer:
         if write:
             self.write_files()
         self.requests: list[str] = []
+        self.deleted_pods: set[str] = set()  # TokenReview answers authenticated: false for their tokens
+        self.review_unavailable = False
         app = web.Application()
         app.router.add_get(DISCOVERY_PATH, self._discovery)
         app.router.add_get(JWKS_PATH, self._jwks)
+        app.router.add_post(TOKEN_REVIEW_PATH, self._token_review)
         tls = ReloadingTLS(self.workdir / "apiserver.pem", self.workdir / "apiserver.key")
         self.service = Service(app, bind, self.port, tls, Limits(max_connections=64))
         self.thread = threading.Thread(target=self.service.serve_forever, daemon=True)
@@ -109,6 +113,23 @@ class KubeIssuer:
             return web.json_response({"kind": "Status", "code": 406}, status=406)
         keys = [{k: v for k, v in key.public_jwk().items()} for key in self.keys]
         return web.Response(body=json.dumps({"keys": keys}), content_type=JWKS_TYPE)
+
+    async def _token_review(self, request: web.Request) -> web.Response:
+        """kube-apiserver's TokenReview as far as the exchange uses it: the token's signature, expiry
+        and audience, and whether its pod still exists."""
+        if not self._authorized(request) or self.review_unavailable:
+            return web.json_response({"kind": "Status", "code": 503}, status=503)
+        spec = (await request.json())["spec"]
+        status: dict = {"authenticated": False}
+        try:
+            claims = jwt.decode(spec["token"], self.keys[0].private_key.public_key(), algorithms=["RS256"],
+                                audience=spec["audiences"][0], issuer=self.issuer)
+            if claims["kubernetes.io"].get("pod", {}).get("name") not in self.deleted_pods:
+                status = {"authenticated": True, "user": {"username": claims["sub"]}, "audiences": spec["audiences"]}
+        except jwt.PyJWTError:
+            pass
+        return web.json_response({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "status": status},
+                                 status=201)
 
     def service_account_token(self, namespace: str = "default", account: str = "worker", *, lifetime: int = 600,
                               audience: str = AUDIENCE, key: SigningKey | None = None, issuer: str | None = None,

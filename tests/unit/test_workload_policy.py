@@ -66,6 +66,39 @@ BAD_POLICIES = {
 }
 
 
+TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
+
+
+def issuer_with(**fields):
+    import yaml
+
+    entry = {"name": "cluster", "issuer": ISSUER, "audience": "temporal-service", **fields}
+    return parse_config(yaml.safe_load(NS) | {"workload_identity": {"issuers": [entry]}}).workload_identity.issuers[0]
+
+
+def test_token_review_is_on_wherever_the_exchange_has_a_credential_to_ask_with():
+    assert issuer_with(auth_token_file=TOKEN_FILE).reviews_tokens
+    assert issuer_with(auth_token_file=TOKEN_FILE).token_review_endpoint == ISSUER + REVIEWS
+    in_cluster = issuer_with(auth_token_file=TOKEN_FILE, discovery_url="https://10.0.0.1:6443/.well-known/openid-configuration")
+    assert in_cluster.token_review_endpoint == "https://10.0.0.1:6443" + REVIEWS
+    named = issuer_with(auth_token_file=TOKEN_FILE, token_review_url="https://api.example:6443" + REVIEWS)
+    assert named.token_review_endpoint == "https://api.example:6443" + REVIEWS
+    assert not issuer_with().reviews_tokens
+    assert not issuer_with(auth_token_file=TOKEN_FILE, token_review=False).reviews_tokens
+
+
+@pytest.mark.parametrize("fields,fragment", [
+    ({"token_review": True}, "token_review needs auth_token_file"),
+    ({"token_review": "yes", "auth_token_file": TOKEN_FILE}, "token_review must be true or false"),
+    ({"token_review": True, "type": "oidc", "auth_token_file": TOKEN_FILE}, "type: kubernetes only"),
+    ({"token_review_url": "http://api" + REVIEWS, "auth_token_file": TOKEN_FILE}, "token_review_url"),
+])
+def test_a_token_review_setting_that_cannot_work_is_refused(fields, fragment):
+    with pytest.raises(BundleError, match=fragment):
+        issuer_with(**fields)
+
+
 @pytest.mark.parametrize("extra,fragments", BAD_POLICIES.values(), ids=BAD_POLICIES.keys())
 def test_bad_policy_is_one_error_and_nothing_written(extra, fragments, tmp_path):
     text = NS + (WI + extra if extra is not None else WI.replace("audience: temporal-service", "audience: a, jwks: x"))

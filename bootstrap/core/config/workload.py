@@ -4,7 +4,9 @@ explained in core/workload_identity.py, which applies it)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import urllib.parse
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -17,6 +19,7 @@ ISSUER_TYPES = ("kubernetes", "oidc")
 NAMESPACE_PLACEHOLDER = "{namespace}"
 PATTERN = re.compile(r"^[A-Za-z0-9*?][A-Za-z0-9._:/@*?-]{0,252}$")
 MIN_LIFETIME, MAX_LIFETIME = timedelta(minutes=1), timedelta(hours=1)
+TOKEN_REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
 
 
 @dataclass(frozen=True)
@@ -30,10 +33,25 @@ class WorkloadIssuer:
     ca_file: str = ""  # roots for the discovery and JWKS fetches, besides the system's
     auth_token_file: str = ""  # bearer token for them (kube-apiserver asks for one by default)
     require_pod_binding: bool = True  # kubernetes: only tokens bound to a pod (TokenRequest, projected)
+    # kubernetes: ask the API server (TokenReview) whether the token still stands, so a deleted
+    # pod's or service account's token is refused before it expires.
+    token_review: bool = True  # default: on for kubernetes issuers with an auth_token_file
+    token_review_url: str = ""  # default: the discovery URL's origin + TOKEN_REVIEW_PATH
 
     @property
     def discovery(self) -> str:
         return self.discovery_url or self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+    @property
+    def reviews_tokens(self) -> bool:
+        return self.type == "kubernetes" and self.token_review
+
+    @property
+    def token_review_endpoint(self) -> str:
+        if self.token_review_url:
+            return self.token_review_url
+        parts = urllib.parse.urlsplit(self.discovery)
+        return f"{parts.scheme}://{parts.netloc}{TOKEN_REVIEW_PATH}"
 
 
 @dataclass(frozen=True)
@@ -106,8 +124,19 @@ def _parse_issuer(sec: Section) -> WorkloadIssuer:
         ca_file=sec.file_path("ca_file", required=False),
         auth_token_file=sec.file_path("auth_token_file", required=False),
         require_pod_binding=sec.get("require_pod_binding", True),
+        token_review=sec.get("token_review", None),
+        token_review_url=sec.https_url("token_review_url", required=False, ipv6_hosts=False),
     )
     sec.done()
+    if issuer.token_review is None:  # on wherever the exchange has a credential to ask with
+        issuer = dataclasses.replace(issuer, token_review=issuer.type == "kubernetes" and bool(issuer.auth_token_file))
+    if not isinstance(issuer.token_review, bool):
+        raise BundleError(f"{sec.where}: token_review must be true or false")
+    if issuer.token_review and issuer.type != "kubernetes":
+        raise BundleError(f"{sec.where}: token_review is a Kubernetes API (type: kubernetes only)")
+    if issuer.token_review and not issuer.auth_token_file:
+        raise BundleError(f"{sec.where}: token_review needs auth_token_file (the exchange's own service-account "
+                          "token, allowed to create tokenreviews), or token_review: false")
     if not issuer.audience:
         raise BundleError(f"{sec.where}: audience is required (the audience of the tokens the workloads present)")
     if not isinstance(issuer.require_pod_binding, bool):
