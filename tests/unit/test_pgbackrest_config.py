@@ -79,3 +79,21 @@ def test_bad_database_backup_settings_are_one_error(section, words):
     with pytest.raises(BundleError) as caught:
         parse_config({"database_backup": section})
     assert words in str(caught.value)
+
+
+def test_the_sealed_archive_carries_the_repository_passphrase(bundle_maker, cli, tmp_path, monkeypatch):
+    """`make backup`'s archive brings the passphrase back onto an empty engine, so the restored
+    bundle opens the pgBackRest repository again (its init renders the same pgbackrest.conf)."""
+    monkeypatch.delenv("BACKUP_PASSPHRASE_FILE", raising=False)
+    monkeypatch.setenv("BACKUP_PASSPHRASE", "correct horse battery staple")
+    bundle = bundle_maker()
+    dump = tmp_path / "temporal.dump"
+    dump.write_bytes(b"PGDMP" + bytes(100))
+    archive = tmp_path / "cluster.tbak"
+    assert bundle.run("backup", "create", "--archive", archive, "--dump", f"temporal={dump}").code == 0
+    target = tmp_path / "restored"
+    result = cli("backup", "restore", "--archive", archive, "--out", target, "--config-out", tmp_path / "bundle.yaml")
+    assert result.code == 0, result.err
+    secret = "private/pgbackrest/repo-cipher.pass"
+    assert (target / secret).read_bytes() == (bundle.root / secret).read_bytes()
+    assert mode(target / secret) == 0o600
