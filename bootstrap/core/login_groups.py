@@ -144,11 +144,16 @@ class LoginMapping:
     """oidc.groups applied to every verified token of the login issuer: the codec server (and the
     key service beside it) reads the mapped permissions where it reads a role token's."""
 
-    def __init__(self, issuer: str, oidc, claim: str = PERMISSIONS_CLAIM):
-        self.issuer, self.oidc, self.claim = issuer, oidc, claim
+    def __init__(self, issuer: str, oidc, claim: str = PERMISSIONS_CLAIM, exchanged: bool = False):
+        # exchanged: the frontend sees these people through the exchange's tokens (oidc.login_exchange)
+        self.issuer, self.oidc, self.claim, self.exchanged = issuer, oidc, claim, exchanged
 
     def applies(self, claims: dict) -> bool:
         return claims.get("iss") == self.issuer
+
+    def principal(self, claims: dict) -> str | None:
+        """The name history stamps for this person: the exchanged token's `sub`, or Dex's own."""
+        return login_principal(claims) if self.exchanged else claims.get("sub")
 
     def mapped(self, claims: dict) -> dict:
         granted = list(login_permissions(claims, self.oidc, self.claim))

@@ -214,7 +214,7 @@ def login_mapping(config: BundleConfig):
     """oidc.groups for the embedded Dex's tokens (the codec server, the gate); None without Dex."""
     from ..core.login_groups import LoginMapping
 
-    return LoginMapping(config.oidc.issuer, config.oidc) if config.oidc.enabled else None
+    return LoginMapping(config.oidc.issuer, config.oidc, exchanged=bool(config.oidc.login_exchange)) if config.oidc.enabled else None
 
 
 def login_policy(config: BundleConfig, layout: Layout):

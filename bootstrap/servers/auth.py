@@ -184,6 +184,13 @@ class Authenticator:
         self.remember, self.capacity = remember, capacity
         self._verified: OrderedDict[str, tuple[dict, float]] = OrderedDict()
 
+    def principal(self, claims: dict) -> str | None:
+        """Who the claims name, as Temporal's history will: a person of the login issuer as the
+        login mapping says (the exchanged token's user:<connector>:<user>), anyone else by `sub`."""
+        if self.login is not None and self.login.applies(claims):
+            return self.login.principal(claims)
+        return claims.get("sub")
+
     async def claims(self, authorization: str | None) -> dict:
         scheme, _, token = (authorization or "").strip().partition(" ")
         token = token.strip()

@@ -45,7 +45,7 @@ from ..core.codec import ENCODING, KEY_ID_HEADER, NAMESPACE_HEADER, CodecError, 
 from ..errors import BundleError
 from .auth import SYSTEM_NAMESPACE, Authenticator, JWKSUnavailable, grants, key_sources, role_for
 from .connections import CallerShare, caller_of
-from .events import Refusal, clip, log_event
+from .events import Refusal, audit, clip, log_event
 from .http import Budget, Limits, cors_headers, cors_middleware
 from .http import declared_length, read_body, refusal_reply, reply, stream_reply
 from .key_service import install as install_key_service
@@ -110,12 +110,12 @@ class _Audit:
     remote: str | None
     enabled: bool = True
     namespace: str | None = None
-    sub: str | None = None
+    principal: str | None = None
 
     def write(self, status: int, outcome: str, **counts) -> None:
         if self.enabled:
-            log_event("codec", action=self.action, namespace=clip(self.namespace), sub=clip(self.sub),
-                      remote=self.remote, status=status, outcome=outcome, **counts)
+            audit("codec", self.action, outcome, status, principal=self.principal, namespace=self.namespace,
+                  remote=self.remote, **counts)
 
 
 class CodecHandlers:
@@ -174,7 +174,7 @@ class CodecHandlers:
         if origin is not None and origin not in self.policy.ui_origins:
             raise Refusal(403, "origin not allowed")
         claims = await self.auth.claims(request.headers.get("Authorization"))
-        audit.sub = claims.get("sub")
+        audit.principal = self.auth.principal(claims)
         audit.namespace = namespace = self.namespace(request)
         if role_for(claims, namespace, self.policy.claim) == 0:
             raise Refusal(403, f"no role on namespace {namespace!r}")

@@ -30,3 +30,15 @@ def log_event(event: str, **fields) -> None:
     doc = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "event": event}
     doc.update({k: v for k, v in fields.items() if v is not None})
     print(json.dumps(doc, ensure_ascii=True, separators=(",", ":")), file=sys.stderr, flush=True)
+
+
+AUDIT_SCHEMA = 1
+
+
+def audit(service: str, action: str, outcome: str, status: int, *, principal, namespace=None, remote=None,
+          **detail) -> None:
+    """The one audit line every service writes (docs/audit.md): event "audit", schema, service,
+    action, outcome, status, principal (the name Temporal's history stamps for the same caller),
+    namespace, remote, then the service's own details. Never a token, key or payload."""
+    log_event("audit", schema=AUDIT_SCHEMA, service=service, action=action, outcome=outcome, status=status,
+              principal=clip(principal), namespace=clip(namespace), remote=remote, **detail)

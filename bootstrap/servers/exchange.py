@@ -38,7 +38,7 @@ from ..core.workload_identity import (ACCESS_TOKEN_TYPE, GRANT_TYPE, ISSUED_TOKE
                                  WorkloadIdentityConfig, WorkloadIssuer, exchanged_token, permissions_for,
                                  review_accepts, token_review_request, verify_subject)
 from .auth import JWKSUnavailable, URLJWKS
-from .events import Refusal, clip, log_event
+from .events import Refusal, audit, clip, log_event
 from .fetch import FetchError, FetchLimits, JSONFetcher
 from .http import Limits, declared_length, read_body
 from .service import ErrorReplies, Service
@@ -177,11 +177,16 @@ class Exchange:
             form = await self._form(request)
             doc = await self._grant(form, audit)
         except OAuthError as refusal:
-            log_event("token-exchange", status=refusal.status, outcome="refused", error=refusal.error,
-                      reason=clip(refusal.message), **audit)
+            self._audit("refused", refusal.status, audit, error=refusal.error, reason=clip(refusal.message))
             raise  # answered by the service's error middleware
-        log_event("token-exchange", status=200, outcome="issued", expires_in=doc["expires_in"], **audit)
+        self._audit("issued", 200, audit, expires_in=doc["expires_in"])
         return oauth_reply(200, doc)
+
+    @staticmethod
+    def _audit(outcome: str, status: int, fields: dict, **detail) -> None:
+        """principal: the `sub` of the token issued (or that would have been), which history stamps."""
+        fields = dict(fields)
+        audit("token-exchange", "exchange", outcome, status, principal=fields.pop("principal", None), **fields, **detail)
 
     async def _form(self, request: web.Request) -> dict[str, str]:
         if request.content_type != FORM_TYPE:
@@ -257,7 +262,7 @@ class Exchange:
     def _login_grant(self, identity, audit: dict) -> dict:
         """A person's login token: the groups mapped through oidc.groups, `sub` the person."""
         login = self.policy.login
-        audit["sub"] = clip(login_principal(identity.claims))
+        audit["principal"] = login_principal(identity.claims)
         granted = login_permissions(identity.claims, login.oidc)
         if not granted:
             raise OAuthError(400, "invalid_request", unmapped_reason(identity.claims))
@@ -292,7 +297,8 @@ class Exchange:
             identity = verify_subject(subject, issuer, key_set)
         except Refused as exc:
             raise OAuthError(400, "invalid_request", clip(str(exc))) from None
-        audit.update(issuer=issuer.name, sub=clip(identity.subject), pod=clip(identity.pod) or None)
+        audit.update(issuer=issuer.name, subject=clip(identity.subject), pod=clip(identity.pod) or None,
+                     principal=f"{issuer.name}:{identity.subject}")
         if issuer.reviews_tokens:
             await self._review(issuer, subject, identity.subject)
         return identity

@@ -39,7 +39,7 @@ from pathlib import Path
 import grpc
 
 from .auth import Authenticator
-from .events import Refusal, clip, log_event
+from .events import Refusal, audit, clip, log_event
 from .front import Front, PeerShares, private_socket_path
 from .gate_budget import BODY_SECONDS, PEER_CONNECTIONS, UPSTREAM_MESSAGE_OPTIONS, GateBudget
 from ..core.permissions import SYSTEM_NAMESPACE, grants, permissions_of, split_permission
@@ -304,13 +304,14 @@ class Gate:
         try:
             claims = await self.auth.claims(bearer_of(metadata))
         except Refusal as refusal:
-            log_event("gate-refused", method=method.rsplit("/", 1)[1], reason=refusal.message, detail=refusal.detail)
+            audit("ui-gate", method.rsplit("/", 1)[1], "refused", refusal.status, principal=None, reason=refusal.message,
+                  detail=refusal.detail)
             return None
         namespaces = readable_namespaces(claims, self.claim)
         if not namespaces:
             return None
-        log_event("gate-answered", method=method.rsplit("/", 1)[1], sub=clip(claims.get("sub")),
-                  namespaces=",".join(namespaces))
+        audit("ui-gate", method.rsplit("/", 1)[1], "answered", 200, principal=self.auth.principal(claims),
+              namespaces=",".join(namespaces))
         if method == GET_CLUSTER_INFO:
             return self.cluster_info.answer()
         return await self.namespaces_described(namespaces, metadata, context.time_remaining())

@@ -13,9 +13,9 @@ The checks, all before any key is touched, are the codec's own (servers/auth.py,
     a reader decrypts nothing it could not ask the codec server to show it. A temporal-system
     grant counts only when `system_may_fetch` is set (default off): reading or administering the
     cluster is not being a custodian of every tenant's payloads.
-Every request writes one JSON audit line (event "key-service": the outcome, status, namespace,
-the token's sub, the certificate's subject, the peer, the number of keys served); key bytes and
-tokens never reach a log. Replies carry Cache-Control: no-store.
+Every request writes one audit line (events.audit, service "key-service": the outcome, status,
+namespace, the token's principal, the certificate's subject, the peer, the number of keys served);
+key bytes and tokens never reach a log. Replies carry Cache-Control: no-store.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from aiohttp import web
 from ..core.permissions import ROLE_BITS, SYSTEM_NAMESPACE, permissions_of, split_permission
 from ..errors import BundleError
 from ..store import Layout
-from .events import Refusal, clip, log_event
+from .events import Refusal, audit, clip, log_event
 from .http import reply
 
 KEYS_ROUTE = "/v1/keys/{namespace}"
@@ -67,7 +67,7 @@ class KeyService:
 
     async def fetch(self, request: web.Request) -> web.StreamResponse:
         namespace = request.match_info.get("namespace", "")
-        line = {"namespace": clip(namespace), "remote": request.remote, "peer": clip(peer_subject(request))}
+        line = {"namespace": namespace, "remote": request.remote, "peer": clip(peer_subject(request))}
         try:
             ring = await self.admit(request, namespace, line)
         except Refusal as refusal:
@@ -82,7 +82,7 @@ class KeyService:
         if line["peer"] is None:
             raise Refusal(401, "a client certificate of the bundle's client CA is required (mutual TLS)")
         claims = await self.auth.claims(request.headers.get("Authorization"))
-        line["sub"] = clip(claims.get("sub"))
+        line["principal"] = self.auth.principal(claims)
         if not self.namespace_pattern.match(namespace):
             raise Refusal(400, "invalid namespace name")
         if not may_fetch(claims, namespace, self.claim, self.system_may_fetch):
@@ -99,7 +99,8 @@ class KeyService:
 
     def log(self, status: int, outcome: str, **fields) -> None:
         if self.audit:
-            log_event("key-service", status=status, outcome=outcome, **fields)
+            fields.setdefault("principal", None)
+            audit("key-service", "fetch", outcome, status, **fields)
 
 
 def install(app: web.Application, keys, auth, policy, tls, audit: bool = True) -> KeyService:

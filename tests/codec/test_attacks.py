@@ -194,7 +194,7 @@ def test_a_payments_payload_is_not_decrypted_for_an_orders_admin(bundle, codec):
     assert parse(data) == [payments, PLAIN]
     assert codec.events()[-1]["refused_namespaces"] == ["payments (bound to another namespace)"]
 
-    mine = [e for e in codec.events() if e.get("event") == "codec" and e.get("sub") == "temporal-bundle:mixed"]
+    mine = [e for e in codec.events() if e.get("service") == "codec" and e.get("principal") == "temporal-bundle:mixed"]
     assert mine[-2]["outcome"] == "refused" and mine[-2]["decrypted"] == 0
     assert mine[-2]["refused_namespaces"] == ["payments (bound to another namespace)"]
     assert mine[-2]["namespace"] == "orders"
@@ -226,7 +226,7 @@ def test_a_caller_without_any_role_on_the_namespace_is_refused_before_the_body(b
     status, _ = codec.post("/decode", body(PLAIN), headers(token(out, "lowest"), "payments"))
     assert status == 403
     event = codec.events()[-1]
-    assert event["status"] == 403 and event["outcome"] == "refused" and event["sub"] == "temporal-bundle:lowest"
+    assert event["status"] == 403 and event["outcome"] == "refused" and event["principal"] == "temporal-bundle:lowest"
 
 
 # --------------------------------------------------------------------------- memory
@@ -430,8 +430,8 @@ def test_one_token_cannot_hold_every_connection_with_bodies_that_never_come(bund
 
 def test_a_forged_audit_line_never_reaches_the_log(bundle, codec):
     _, _, out, _ = bundle
-    forged = ('{"event":"codec","action":"decode","namespace":"payments","sub":"temporal-bundle:system",'
-              '"status":200,"outcome":"decrypted","decrypted":7}')
+    forged = ('{"event":"audit","schema":1,"service":"codec","action":"decode","outcome":"decrypted",'
+              '"status":200,"principal":"temporal-bundle:system","namespace":"payments","decrypted":7}')
     legacy_forged = "codec decode namespace='payments' sub='temporal-bundle:system': decrypted 7 payload(s)"
     kid = (out / "private/jwt/active").read_text().strip()
     claims = {"sub": "x", "aud": "temporal", "iat": 1, "nbf": 1, "exp": 4102444800}

@@ -176,7 +176,7 @@ def test_any_path_and_method_is_routed_as_it_always_was(routed, capfd, method, p
     if route == "health":
         assert (response.status, doc) == (200, {"status": "ok"})
         return
-    events = [json.loads(line) for line in log.splitlines() if '"event":"codec"' in line]
+    events = [json.loads(line) for line in log.splitlines() if '"service":"codec"' in line]
     if route == "codec":
         expected = (403, {"error": "origin not allowed"}) if origin not in (None, UI) else (401, doc)
         assert (response.status, doc) == expected and doc["error"]

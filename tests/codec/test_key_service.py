@@ -89,7 +89,7 @@ def all_keys(out) -> KeySet:
 
 
 def audit_lines(capfd) -> list[dict]:
-    return [json.loads(line) for line in capfd.readouterr().err.splitlines() if '"key-service"' in line]
+    return [json.loads(line) for line in capfd.readouterr().err.splitlines() if '"service":"key-service"' in line]
 
 
 def test_a_writer_gets_its_own_namespace_ring_only(served, capfd):
@@ -116,7 +116,7 @@ def test_refusals_are_audited_without_key_bytes(served, capfd, permissions, name
     got, doc = served.get(namespace, served.token(*permissions))
     assert got == status and "keys" not in doc, doc
     [line] = audit_lines(capfd)
-    assert line["outcome"] == "refused" and line["status"] == status and line["sub"] == "temporal-bundle:t"
+    assert line["outcome"] == "refused" and line["status"] == status and line["principal"] == "temporal-bundle:t"
     keys = all_keys(served.out)
     text = json.dumps(line)
     for ring in keys.rings.values():

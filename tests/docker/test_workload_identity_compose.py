@@ -109,5 +109,5 @@ def test_compose_exchange_is_hardened_and_mounts_only_its_own_key(wi_stack):
     published = {k: v for k, v in info["NetworkSettings"]["Ports"].items() if v}
     assert all(b["HostIp"] == "127.0.0.1" for bindings in published.values() for b in bindings)
     audit = [json.loads(line[line.index("{"):]) for line in stack.logs("token-exchange").splitlines()
-             if '"event":"token-exchange"' in line]
+             if '"service":"token-exchange"' in line]
     assert audit and all("subject_token" not in json.dumps(a) and "access_token" not in json.dumps(a) for a in audit)

@@ -357,8 +357,8 @@ def test_serve_codec_command(sqlite_cluster, encrypted_run):
     audit = log.read_text()
     assert f"JWKS: https://localhost:{cluster.jwks_port}/jwks.json" in audit
     events = [json.loads(line) for line in audit.splitlines() if line.startswith("{")]
-    assert {"sub": "temporal-bundle:nsadmin", "outcome": "decrypted", "decrypted": 4} in [
-        {k: e.get(k) for k in ("sub", "outcome", "decrypted")} for e in events]
+    assert {"principal": "temporal-bundle:nsadmin", "outcome": "decrypted", "decrypted": 4} in [
+        {k: e.get(k) for k in ("principal", "outcome", "decrypted")} for e in events]
     assert any(e.get("status") == 401 and e.get("outcome") == "refused" for e in events)
     assert cluster.token("nsadmin") not in audit, "tokens must never be logged"
 

@@ -55,7 +55,7 @@ def test_any_path_and_method_is_routed_as_it_always_was(port, capfd, method, pat
     assert "Traceback" not in log and '"internal-error"' not in log, log
     assert (response.getheader("Cache-Control"), response.getheader("Pragma")) == ("no-store", "no-cache")
     doc = json.loads(data) if method != "HEAD" else None
-    events = [json.loads(line) for line in log.splitlines() if '"event":"token-exchange"' in line]
+    events = [json.loads(line) for line in log.splitlines() if '"service":"token-exchange"' in line]
     if route == "health":
         assert (response.status, doc) == (200, {"status": "ok", "kid": KEY.kid})
     elif route == "exchange":  # the form is read, then refused: the connection stays open
