@@ -35,7 +35,7 @@ class WorkloadIssuer:
     require_pod_binding: bool = True  # kubernetes: only tokens bound to a pod (TokenRequest, projected)
     # kubernetes: ask the API server (TokenReview) whether the token still stands, so a deleted
     # pod's or service account's token is refused before it expires.
-    token_review: bool = True  # default: on for kubernetes issuers with an auth_token_file
+    token_review: bool = False  # parsed: on by default for kubernetes issuers with an auth_token_file
     token_review_url: str = ""  # default: the discovery URL's origin + TOKEN_REVIEW_PATH
 
     @property
