@@ -275,7 +275,7 @@ def test_the_listener_serves_one_request_then_closes():
     import urllib.error
     import urllib.request
 
-    from bootstrap.ops.login import CallbackListener
+    from bootstrap.ops.login_callback import CallbackListener
 
     listener = CallbackListener("S1")
     url = redirect_uri(listener.port)
@@ -294,7 +294,7 @@ def test_the_listener_serves_one_request_then_closes():
 def test_a_port_in_use_is_one_error():
     import socket
 
-    from bootstrap.ops.login import CallbackListener
+    from bootstrap.ops.login_callback import CallbackListener
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -304,7 +304,7 @@ def test_a_port_in_use_is_one_error():
 
 
 def test_no_callback_in_time_is_one_error():
-    from bootstrap.ops.login import CallbackListener
+    from bootstrap.ops.login_callback import CallbackListener
 
     with pytest.raises(BundleError, match="no login callback reached http://127.0.0.1:.* within 0.3 s"):
         CallbackListener("S").wait(0.3)
@@ -325,7 +325,7 @@ def test_a_dot_localhost_issuer_is_reached_on_loopback_with_its_name_verified(tm
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    from bootstrap.ops.login import request_json, tls_context
+    from bootstrap.ops.login_issuer import request_json, tls_context
 
     def self_signed(name: str, stem: str):
         key = ec.generate_private_key(ec.SECP256R1())
