@@ -56,7 +56,7 @@ def plan_passphrase(layout: Layout) -> tuple[str, list[Action]]:
                               "restore it from the sealed archive")
         return value, [Skip(path)]
     value = secrets.token_urlsafe(48)
-    return value, [Write(path, (value + "\n").encode(), KEY_MODE, "created: the pgBackRest repository passphrase")]
+    return value, [Write(path, (value + "\n").encode(), KEY_MODE, "created")]
 
 
 def render_pgbackrest(config: BundleConfig, passphrase: str, templates: Path | None = None) -> dict[str, str]:

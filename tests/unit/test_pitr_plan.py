@@ -63,7 +63,7 @@ def test_a_time_before_the_first_backup_is_refused(pitr):
 
 
 def test_a_time_in_the_future_is_refused(pitr):
-    refused(pitr(pg(NOW + timedelta(minutes=5))), "in the future")
+    refused(pitr(pg(datetime.now(timezone.utc) + timedelta(minutes=5))), "in the future")
 
 
 @pytest.mark.parametrize("time", ["2026-12-06 10:40", "2026-12-06 10:40:00", "yesterday", "", "2026-13-40 10:00:00+00",
