@@ -25,8 +25,10 @@ def fast_cluster(request, tmp_path_factory):
             for name, value in env.items():  # init, rotate and the token refresher run as subprocesses
                 patch.setenv(name, value)
         # Short intervals so a whole rollover fits in a test: JWKS refetch and TLS reload every 2s,
-        # tokens live 15s (re-minted at 10s by the refresher).
-        cluster = LocalCluster(tmp_path_factory.mktemp("rotation"), namespaces=("default",), token_lifetime="15s",
+        # tokens live 30s (re-minted at 20s by the refresher, several times per test; at 15s a
+        # refresher starved for 5s on a loaded CI machine let tokens expire, which is not what
+        # this test is about).
+        cluster = LocalCluster(tmp_path_factory.mktemp("rotation"), namespaces=("default",), token_lifetime="30s",
                                jwks_refresh="2s", keys=keys)
         try:
             yield cluster.start_registered()

@@ -173,7 +173,7 @@ def test_a_stalled_refresh_fails_within_the_idle_timeout_and_the_last_good_keys_
                 assert await source.key_set("k1") == JWKS
                 started = time.monotonic()
                 assert await source.key_set("unknown") == JWKS  # the refetch stalls; the last good set answers
-                assert time.monotonic() - started < IDLE + 1.0
+                assert time.monotonic() - started < IDLE + 5.0  # well under the stall: the idle timeout ended it (slack for a loaded CI host)
                 assert source._failures == 1
                 assert await asyncio.wait_for(source.key_set("k1"), 0.1) == JWKS
             finally:
@@ -206,7 +206,7 @@ def test_a_stall_mid_body_fails_within_the_idle_timeout(tmp_path):
             started = time.monotonic()
             with pytest.raises(FetchError, match=f"no byte for {IDLE:g} s"):
                 await fetch(server)
-            assert time.monotonic() - started < IDLE + 1.0
+            assert time.monotonic() - started < IDLE + 5.0  # well under the stall: the idle timeout ended it (slack for a loaded CI host)
 
     asyncio.run(scenario())
 
