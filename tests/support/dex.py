@@ -11,7 +11,6 @@ import html
 import json
 import os
 import re
-import signal
 import ssl
 import subprocess
 import urllib.error
@@ -24,6 +23,7 @@ import yaml
 
 from tests.support.paths import REPO
 from tests.support.ports import free_port
+from tests.support.processes import stop_group
 from tests.support.waits import HarnessError, wait_until
 
 SCOPES = "openid email profile groups offline_access"
@@ -95,12 +95,7 @@ class Dex:
         return self.get_json("/.well-known/openid-configuration")["issuer"] == self.issuer
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+        stop_group(self.process)
 
     # ---- HTTP to Dex (its certificate is the bundle's; the issuer's host resolves to loopback here)
 

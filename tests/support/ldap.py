@@ -14,7 +14,6 @@ import base64
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import urllib.parse
@@ -23,6 +22,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from tests.support.ports import free_port_block
+from tests.support.processes import stop_group
 from tests.support.waits import HarnessError, wait_until
 
 SUFFIX = "dc=example,dc=com"
@@ -163,13 +163,7 @@ class Directory:
         return bool(self.search(PEOPLE, "(uid=alice)", "uid", via_tls=True))
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
+        stop_group(self.process)
 
     # ---- changes while running (as the directory's root, over the ldapi socket)
 
