@@ -157,6 +157,7 @@ def test_health_and_error_bodies_name_no_paths(served, tmp_path):
     _, out, url = served
     assert get(out, url + "/healthz") == (200, b'{"status": "ok"}\n')
     (out / "codec-keys/keys.json").write_text("{broken")
+    time.sleep(2 * KeyringFile.check_every)  # a key change is seen within check_every (0.1 s)
     status, data = get(out, url + "/healthz")
     assert status == 503 and json.loads(data)["status"] == "degraded"
     (out / "jwks/jwks.json").unlink()
