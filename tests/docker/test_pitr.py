@@ -24,6 +24,7 @@ from bootstrap.ops.render import render_all
 from tests.support.compose_stack import TIMINGS, ComposeStack, build_standin_images, run, unique_project
 from tests.support.paths import REPO
 from tests.support.pitr_stack import load_then_lose_postgres, present
+from tests.support.waits import wait_until
 
 pytestmark = [pytest.mark.own_stack, pytest.mark.docker, pytest.mark.timeout(1800)]
 
@@ -72,19 +73,8 @@ def check_backup(stack: ComposeStack) -> subprocess.CompletedProcess:
     return stack.make("check-backup", check=False, timeout=120)
 
 
-def wait_for(what: str, probe, timeout: float = 180, every: float = 3):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = probe()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
-
-
 def test_the_schedule_takes_the_first_full_backup_by_itself(pitr_stack):
-    result = wait_for("check-backup ok", lambda: (r := check_backup(pitr_stack)).returncode == 0 and r)
+    result = wait_until(lambda: (r := check_backup(pitr_stack)).returncode == 0 and r, 180, "check-backup ok", interval=3)
     assert "backup      ok" in result.stdout and "wal         ok" in result.stdout, result.stdout
     info = pitr_stack.compose("run", "--rm", "--no-deps", "-T", "db-restore", "info").stdout
     backups = json.loads(info)[0]["backup"]
