@@ -10,26 +10,17 @@ import pytest
 import yaml
 
 from tests.support.bundles import make_bundle
-from tests.support.exports import documents, export, secrets_of
+from tests.support.exports import WORKLOAD_IDENTITY, documents, export, secrets_of
 
-SA = "/var/run/secrets/kubernetes.io/serviceaccount"
-CONFIG = f"""\
-namespaces: [{{name: orders}}, {{name: payments}}]
-kubernetes: {{namespace: temporal-prod}}
+CONFIG = """\
+namespaces: [{name: orders}, {name: payments}]
+kubernetes: {namespace: temporal-prod}
 roles:
-  system: {{permissions: ["temporal-system:admin"]}}
-  worker: {{permissions: ["orders:write"]}}
-  client: {{permissions: ["orders:write"]}}
-  payments-worker: {{permissions: ["payments:write"]}}
-workload_identity:
-  issuers:
-    - name: cluster
-      issuer: https://kubernetes.default.svc.cluster.local
-      audience: temporal-service
-      jwks_uri: https://kubernetes.default.svc/openid/v1/jwks
-      ca_file: {SA}/ca.crt
-      auth_token_file: {SA}/token
-"""
+  system: {permissions: ["temporal-system:admin"]}
+  worker: {permissions: ["orders:write"]}
+  client: {permissions: ["orders:write"]}
+  payments-worker: {permissions: ["payments:write"]}
+""" + WORKLOAD_IDENTITY
 CODEC_SECRET = "temporal-bundle-codec"
 WORKLOAD_KINDS = ("Pod", "Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
 

@@ -11,21 +11,13 @@ import yaml
 from bootstrap.ops.plan import load_exchange_key, load_signing_keys
 from bootstrap.store import Layout
 from tests.support.bundles import make_bundle
-from tests.support.exports import KUBERNETES_VERSION, by_kind, documents, export, private_keys_in, public_bytes, secrets_of
+from tests.support.exports import (KUBERNETES_VERSION, WORKLOAD_IDENTITY, by_kind, documents, export, private_keys_in,
+                                   public_bytes, secrets_of)
 
-SA = "/var/run/secrets/kubernetes.io/serviceaccount"
-CONFIG = f"""\
-namespaces: [{{name: orders}}, {{name: billing}}]
-kubernetes: {{namespace: temporal-prod}}
-workload_identity:
-  issuers:
-    - name: cluster
-      issuer: https://kubernetes.default.svc.cluster.local
-      audience: temporal-service
-      jwks_uri: https://kubernetes.default.svc/openid/v1/jwks
-      ca_file: {SA}/ca.crt
-      auth_token_file: {SA}/token
-"""
+CONFIG = """\
+namespaces: [{name: orders}, {name: billing}]
+kubernetes: {namespace: temporal-prod}
+""" + WORKLOAD_IDENTITY
 
 
 @pytest.fixture(scope="module")

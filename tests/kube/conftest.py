@@ -6,18 +6,12 @@ from __future__ import annotations
 import pytest
 
 from tests.support.bundles import make_bundle
-from tests.support.exports import CONFIG, export
+from tests.support.exports import CONFIG, WORKLOAD_IDENTITY, export
 from tests.support.kube_cluster import KubeCluster
 
-# The export tier's config with workload identity on, as a cluster would set it (in-cluster
-# paths); its own Kubernetes namespace, as it exports no token refresher.
-SA = "/var/run/secrets/kubernetes.io/serviceaccount"
-WI_CONFIG = CONFIG.replace("namespace: temporal-prod", "namespace: temporal-wi") + f"""\
-workload_identity:
-  issuers:
-    - {{name: cluster, issuer: "https://kubernetes.default.svc.cluster.local", audience: temporal-exchange,
-       ca_file: {SA}/ca.crt, auth_token_file: {SA}/token}}
-"""
+# The export tier's config with workload identity on, in a Kubernetes namespace of its own (it
+# exports no token refresher).
+WI_CONFIG = CONFIG.replace("namespace: temporal-prod", "namespace: temporal-wi") + WORKLOAD_IDENTITY
 
 
 @pytest.fixture(scope="session")

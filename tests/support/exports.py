@@ -25,6 +25,19 @@ kubernetes:
 """
 
 
+# workload_identity as a cluster sets it: the in-cluster service-account paths of the exchange's pod.
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+WORKLOAD_IDENTITY = f"""\
+workload_identity:
+  issuers:
+    - name: cluster
+      issuer: https://kubernetes.default.svc.cluster.local
+      audience: temporal-service
+      jwks_uri: https://kubernetes.default.svc/openid/v1/jwks
+      ca_file: {SERVICE_ACCOUNT_DIR}/ca.crt
+      auth_token_file: {SERVICE_ACCOUNT_DIR}/token
+"""
+
 def export(bundle, dest: Path, *extra):
     return run_main("export-helm", "--config", bundle.config_path, "--out", bundle.root, "--dest", dest, *extra)
 
