@@ -210,11 +210,17 @@ class Exchange:
         """A request waiting for an issuer's keys holds its connection slot (it is inside the handler):
         at most a quarter of the slots may wait, the rest stay free for requests whose keys are known
         (a key set in hand answers without suspending, so only real waits count)."""
+        with self._waiting_slot(JWKSUnavailable(f"{self._waiting} requests already wait for issuer keys")):
+            return await self.keys[issuer.issuer].key_set(kid)
+
+    @contextlib.contextmanager
+    def _waiting_slot(self, when_full: Exception):
+        """One of the quarter of the slots that may wait on another server (issuer keys, TokenReview)."""
         if self._waiting >= self.max_waiting:
-            raise JWKSUnavailable(f"{self._waiting} requests already wait for issuer keys")
+            raise when_full
         self._waiting += 1
         try:
-            return await self.keys[issuer.issuer].key_set(kid)
+            yield
         finally:
             self._waiting -= 1
 
@@ -307,17 +313,13 @@ class Exchange:
         """Ask the API server whether the token still stands: its signature and expiry are checked
         here already, but a deleted pod's token stays valid for its lifetime otherwise. Waits for
         the API like a wait for issuer keys (same quarter of the slots); fails closed."""
-        if self._waiting >= self.max_waiting:
-            raise OAuthError(503, "temporarily_unavailable", "too many requests wait for the cluster")
-        self._waiting += 1
         try:
-            doc = await self.keys[issuer.issuer].fetcher.post(issuer.token_review_endpoint,
-                                                              token_review_request(subject, issuer.audience))
+            with self._waiting_slot(OAuthError(503, "temporarily_unavailable", "too many requests wait for the cluster")):
+                doc = await self.keys[issuer.issuer].fetcher.post(issuer.token_review_endpoint,
+                                                                  token_review_request(subject, issuer.audience))
         except FetchError as exc:
             log_event("token-review-failed", issuer=issuer.name, error=clip(exc))
             raise OAuthError(503, "temporarily_unavailable", "the cluster's TokenReview is unavailable") from None
-        finally:
-            self._waiting -= 1
         if not review_accepts(doc, username):
             raise OAuthError(400, "invalid_request",
                              "the cluster no longer accepts this token (its pod or service account is gone)")
