@@ -551,8 +551,12 @@ def test_the_jwks_server_under_slow_connections(jwks):
         conn.close()
         return time.monotonic() - started
 
-    fetches, threads = _probe_under_slow_clients(jwks, 4.0, fetch_once)
+    hold = 4.0
+    fetches, threads = _probe_under_slow_clients(jwks, hold, fetch_once)
     print(f"JWKS server, 1200 slow connections: slowest fetch {max(fetches) * 1000:.0f} ms, {threads} threads")
-    assert len(fetches) >= 4 and max(fetches) < 1.0, fetches
+    # A fetch starved by the slow clients would wait out their whole hold. Half of it is the bound:
+    # each fetch is a fresh TLS handshake made in this process, beside the 1200 clients' own loop,
+    # and on a loaded two-core CI host that alone once took 1.05 s.
+    assert len(fetches) >= 4 and max(fetches) < hold / 2, fetches
     assert threads < 16
     assert_within_memory(jwks)
