@@ -58,7 +58,7 @@ def secrets(config: BundleConfig, layout: Layout) -> list[Secret]:
     result += [_role_secret(read, f"{n['role']}-{role.name}", role.name, server_ca, with_token) for role in config.roles]
     if refresher_exported(config):
         result.append(_refresher_secret(read, layout, n["refresher"]))
-    if config.workload_identity.enabled:
+    if exchange_exported(config):
         result.append(_exchange_secret(read, n["exchange"], server_ca))
     return result + _oidc_secrets(config, read, n) + [_verify_secret(read, n["verify"])]
 
@@ -104,9 +104,15 @@ def refresher_exported(config: BundleConfig) -> bool:
     return config.kubernetes.token_minting == "in-cluster" and not config.workload_identity.enabled
 
 
+def exchange_exported(config: BundleConfig) -> bool:
+    """The token exchange runs in the cluster for workers' service-account tokens (workload
+    identity), for people's Dex logins (oidc.connectors: the gate exchanges them), or both."""
+    return config.workload_identity.enabled or config.oidc.login_exchange
+
+
 def _exchange_secret(read: BundleReader, name: str, ca: bytes) -> Secret:
     cert, key = read.leaf("exchange", "server")
-    return _bundle_secret(name, "token exchange (its TLS pair and the one signing key in the cluster)", {
+    return _bundle_secret(name, "token exchange (its TLS pair and its own signing key)", {
         "exchange/server.pem": cert, "exchange/server.key": key,
         "exchange/signing.key": read.file(read.layout.exchange_signing_key), "trust/ca.pem": ca,
     })

@@ -17,7 +17,7 @@ from ...store import CERT_MODE, KEY_MODE, Layout
 from ..oidc import issuer_ca_path
 from ..plan import codec_sans, recorded_shards
 from ..render import default_templates_dir, environment
-from .bundle_secrets import BundleReader, issuer_ca_exported, refresher_exported, secrets
+from .bundle_secrets import BundleReader, exchange_exported, issuer_ca_exported, refresher_exported, secrets
 from .values import CHART_VERSION, codec_url, context, ui_url
 from .verify_job import VERIFY_COMPONENT, verify_role_items, verify_routes
 
@@ -26,7 +26,7 @@ def check_exportable(config: BundleConfig, layout: Layout) -> None:
     if config.persistence.driver != "postgres":
         raise BundleError(f"{config.source}: export-helm needs persistence.driver postgres (the chart runs no SQLite)")
     hosts = [("network.jwks_host", config.network.jwks_host), ("codec.host", config.codec.host)]
-    if config.workload_identity.enabled:
+    if exchange_exported(config):
         hosts.append(("workload_identity.host", config.workload_identity.host))
     for key, host in hosts:
         if not K8S_NAME.match(host):
@@ -98,8 +98,9 @@ def render_export(config: BundleConfig, layout: Layout, templates_dir: Path | No
         outputs["manifests/oidc-issuer-ca.yaml"] = ("helm/oidc-issuer-ca.yaml.j2", CERT_MODE)
     if refresher_exported(config):
         outputs["manifests/token-refresher.yaml"] = ("helm/token-refresher.yaml.j2", CERT_MODE)
-    if config.workload_identity.enabled:
+    if exchange_exported(config):
         outputs["manifests/token-exchange.yaml"] = ("helm/token-exchange.yaml.j2", CERT_MODE)
+    if config.workload_identity.enabled:
         # Not under manifests/: an example for the application's namespace, never applied with ours.
         outputs["examples/workload-identity-worker.yaml"] = ("helm/workload-identity-worker.yaml.j2", CERT_MODE)
     rendered = {path: (_render(env, template, values), mode) for path, (template, mode) in outputs.items()}
