@@ -23,11 +23,13 @@ namespace (or temporal-system) and a role Temporal's authorizer knows.
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from .claims import PERMISSIONS_CLAIM
+from .permissions import SYSTEM_NAMESPACE
 
 LOCAL_CONNECTOR = "local"  # Dex's password database: the bundle's own users
 USER_ID_PREFIX = "temporal-bundle-"  # ops/oidc renders each bundle user's Dex userID so
@@ -121,6 +123,29 @@ def unmapped_reason(claims: dict, claim: str = PERMISSIONS_CLAIM, shown: int = 5
         return "you are in no group the directory reported; oidc.groups maps groups to Temporal permissions"
     named = ", ".join(repr(g[:80]) for g in groups[:shown]) + (f" and {len(groups) - shown} more" if len(groups) > shown else "")
     return f"none of your groups ({named}) is mapped to a Temporal permission in oidc.groups"
+
+
+def grafana_role_path(oidc) -> str:
+    """Grafana's role_attribute_path: JMESPath over a Dex ID token asked with the scope
+    `federated:id` (its `federated_claims` name the connector). Admin for cluster admins, Viewer
+    for everyone else. Cluster admins are the bundle's own users whose token groups hold
+    temporal-system:admin (Dex's config carries their mapped permissions), and the users of a
+    configured connector in a group oidc.groups maps to temporal-system:admin. A directory group
+    merely named `temporal-system:admin` makes nobody an admin; neither does a token without
+    federated claims."""
+    admin = f"{SYSTEM_NAMESPACE}:admin"
+    connector = "federated_claims.connector_id"
+    terms = [f"({connector} == '{LOCAL_CONNECTOR}' && contains(not_null(groups, `[]`), '{admin}'))"]
+    admin_groups = [name for name, permissions in oidc.groups if admin in permissions]
+    if oidc.connectors and admin_groups:
+        ids = _jmespath_literal([c.id for c in oidc.connectors])
+        terms.append(f"(contains({ids}, {connector}) && groups[?contains({_jmespath_literal(admin_groups)}, @)])")
+    return f"({' || '.join(terms)}) && 'Admin' || 'Viewer'"
+
+
+def _jmespath_literal(value) -> str:
+    """A JSON literal in JMESPath: the JSON text between backticks, each backtick in it escaped."""
+    return "`" + json.dumps(value).replace("`", "\\`") + "`"
 
 
 def login_token(key, claims: dict, permissions: tuple[str, ...], *, issuer: str, audience: str, lifetime, now):

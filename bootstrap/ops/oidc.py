@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ..core.config import BundleConfig, ExternalIssuer, OIDCConnector, OIDCUser
+from ..core.login_groups import grafana_role_path
 from ..errors import BundleError
 from .plan import FORCE_HINT
 from .render import header
@@ -58,6 +59,11 @@ GRAFANA_CLIENT_ID = "grafana"
 CLI_CLIENT_ID = "temporal-cli"
 
 
+def grafana_role_path_file(layout: Layout) -> Path:
+    """Grafana's role_attribute_path, read by grafana.ini as $__file{...}: it follows oidc.groups."""
+    return layout.root / "grafana" / "role-attribute-path"
+
+
 def dex_config_path(layout: Layout) -> Path:
     return layout.root / "dex" / "config.yaml"
 
@@ -83,7 +89,8 @@ def plan_oidc(config: BundleConfig, layout: Layout, force: bool) -> list[Action]
     actions, admin_hash = _plan_admin(layout, force)
     secret_action, secret = _plan_secret(client_secret_path(layout), force)
     grafana_action, grafana_secret = _plan_secret(grafana_secret_path(layout), force)
-    actions += [secret_action, grafana_action]
+    actions += [secret_action, grafana_action,
+                _copy(grafana_role_path_file(layout), grafana_role_path(config.oidc).encode(), CERT_MODE)]
     text = render_dex_config(config, layout, admin_hash, secret, grafana_secret)
     existing = read_optional(dex_config_path(layout))
     if existing == text:

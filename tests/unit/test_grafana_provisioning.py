@@ -13,14 +13,21 @@ import json
 import re
 from pathlib import Path
 
+from types import SimpleNamespace
+
 import jmespath
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bootstrap.core.config import load_config
-from bootstrap.ops.oidc import GRAFANA_CLIENT_ID, grafana_secret_path
+from bootstrap.core.config.oidc import GROUP_NAME
+from bootstrap.core.login_groups import grafana_role_path
+from bootstrap.ops.oidc import GRAFANA_CLIENT_ID, grafana_role_path_file, grafana_secret_path
 from bootstrap.ops.plan import leaf_specs
 from bootstrap.store import Layout
+from tests.support.bundles import make_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 GRAFANA = REPO / "docker" / "grafana"
@@ -161,13 +168,69 @@ def test_https_with_the_bundles_grafana_leaf():
     assert SERVICE["ports"] == ["${TEMPORAL_BIND_ADDRESS:-127.0.0.1}:${GRAFANA_PORT:-3000}:3000"]
 
 
+def local(groups) -> dict:
+    """The claims Dex puts in a bundle user's ID token (scope federated:id): mapped permissions."""
+    return {"federated_claims": {"connector_id": "local", "user_id": "temporal-bundle-x"}, "groups": groups}
+
+
+def from_directory(groups, connector: str = "corp") -> dict:
+    return {"federated_claims": {"connector_id": connector, "user_id": "alice"}, "groups": groups}
+
+
+DIRECTORY_CONFIG = """\
+namespaces: [{name: payments}]
+oidc:
+  groups:
+    admins: ["temporal-system:admin"]
+    "cn=sre,ou=groups,dc=corp,dc=example": ["temporal-system:admin", "payments:admin"]
+    payments-oncall: ["payments:write"]
+  connectors:
+    - {type: ldap, id: corp, name: Corp, config: {host: "ldap.corp.example:636", rootCA: /etc/ca.pem,
+       userSearch: {baseDN: "ou=people,dc=corp,dc=example", username: uid, idAttr: uid, emailAttr: mail, nameAttr: cn},
+       groupSearch: {baseDN: "ou=groups,dc=corp,dc=example", nameAttr: cn, userMatchers: [{userAttr: DN, groupAttr: member}]}}}
+"""
+
+
+def test_grafana_reads_the_role_mapping_the_bootstrap_renders_from_bundle_yaml(tmp_path):
+    oauth = ini()["auth.generic_oauth"]
+    assert oauth["role_attribute_strict"] == "true"
+    assert "federated:id" in oauth["scopes"].split()  # the token names the user's connector
+    assert oauth["role_attribute_path"] == f"$__file{{{grafana_role_path_file(Layout(Path('/bundle')))}}}"
+    bundle = make_bundle(tmp_path, DIRECTORY_CONFIG)
+    rendered = grafana_role_path_file(bundle.layout).read_text()
+    assert rendered == grafana_role_path(bundle.config.oidc) and "cn=sre" in rendered
+
+
 def test_cluster_admins_are_grafana_admins_and_everyone_else_views():
     """The role mapping evaluated as Grafana evaluates it (JMESPath over the token's claims), with
     the groups Dex puts in the token for the example's users."""
     config = load_config(REPO / "bundle.example.yaml")
-    path = ini()["auth.generic_oauth"]["role_attribute_path"]
-    assert ini()["auth.generic_oauth"]["role_attribute_strict"] == "true"
+    path = grafana_role_path(config.oidc)
     admin = list(config.oidc.permissions_of(config.oidc.admin))
-    assert jmespath.search(path, {"groups": admin}) == "Admin"
-    for groups in (["orders:read"], ["default:admin"], ["temporal-system:read"], []):
-        assert jmespath.search(path, {"groups": groups}) == "Viewer", groups
+    assert jmespath.search(path, local(admin)) == "Admin"
+    for groups in (["orders:read"], ["default:admin"], ["temporal-system:read"], [], None):
+        assert jmespath.search(path, local(groups)) == "Viewer", groups
+    assert jmespath.search(path, {"groups": admin}) == "Viewer"  # no federated claims: no admin
+
+
+def test_a_directory_makes_admins_only_through_oidc_groups(tmp_path):
+    (tmp_path / "bundle.yaml").write_text(DIRECTORY_CONFIG)
+    path = grafana_role_path(load_config(tmp_path / "bundle.yaml").oidc)
+    assert jmespath.search(path, from_directory(["staff", "admins"])) == "Admin"
+    assert jmespath.search(path, from_directory(["cn=sre,ou=groups,dc=corp,dc=example"])) == "Admin"
+    for groups in (["temporal-system:admin"], ["payments-oncall"], ["Admins"], ["cn=sre"], [], None):
+        assert jmespath.search(path, from_directory(groups)) == "Viewer", groups
+    assert jmespath.search(path, from_directory(["admins"], connector="github")) == "Viewer"
+    assert jmespath.search(path, local(["admins"])) == "Viewer"  # a bundle user's groups are permissions
+    assert jmespath.search(path, local(["temporal-system:admin"])) == "Admin"
+
+
+@settings(max_examples=150)
+@given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40).filter(GROUP_NAME.match),
+       st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40).filter(GROUP_NAME.match))
+def test_any_group_name_is_matched_exactly_in_the_rendered_jmespath(name, other):
+    """Quotes, backticks, backslashes, DNs: a mapped name is a literal, never JMESPath syntax."""
+    oidc = SimpleNamespace(groups=((name, ("temporal-system:admin",)),), connectors=(SimpleNamespace(id="corp"),))
+    path = grafana_role_path(oidc)
+    assert jmespath.search(path, from_directory([name])) == "Admin"
+    assert jmespath.search(path, from_directory([other])) == ("Admin" if other == name else "Viewer")
