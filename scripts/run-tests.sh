@@ -5,8 +5,9 @@
 #
 # Four pytest processes side by side, as the tiers mostly wait on servers and containers: the
 # docker modules on the one shared compose stack; the docker modules that start stacks of their
-# own (marker own_stack), then the rotation tier (crash recovery, ~4 min: that process finishes
-# first otherwise); the server tier (Temporal servers of its own); and every other tier. Port
+# own (marker own_stack); the server tier (Temporal servers of its own), then the rotation tier
+# (crash recovery, ~3 min: the server tier finishes a few minutes before the others); and every
+# other tier. Port
 # blocks are claimed with lock files (tests/support/ports.py), so the processes never collide. `TEST_PARALLEL=0`, or any argument (a test path,
 # -k ...), runs one process as pytest would. --durations: where the time goes, in every CI log.
 set -euo pipefail
@@ -35,8 +36,8 @@ one_after_the_other() {  # each pytest run in turn; the first failure's status
   return "$status"
 }
 beside "docker tier, shared stack" "${pytest[@]}" tests/docker -m "not own_stack"
-beside "docker tier, own stacks; then the rotation tier" one_after_the_other "tests/docker -m own_stack" tests/rotation
-beside "server tier" "${pytest[@]}" tests/server
+beside "docker tier, own stacks" "${pytest[@]}" tests/docker -m own_stack
+beside "server tier; then the rotation tier" one_after_the_other tests/server tests/rotation
 status=0
 "${pytest[@]}" tests --ignore=tests/docker --ignore=tests/rotation --ignore=tests/server || status=$?
 for i in "${!pids[@]}"; do
