@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 from ..errors import BundleError
 from ..ops.pgbackrest import STANZA
-from ..ops.pitr import parse_info, parse_target, plan_pitr
+from ..ops.pitr import parse_archive_end, parse_info, parse_target, plan_pitr
 
 HELP = "check a point-in-time recovery TIME against the pgBackRest repository; print the restore options"
 
@@ -34,7 +34,8 @@ def run(args) -> int:
         text = sys.stdin.read() if args.info == "-" else open(args.info, encoding="utf-8").read()
     except OSError as exc:
         raise BundleError(f"cannot read {args.info}: {exc.strerror or exc}") from None
-    plan = plan_pitr(parse_info(text, args.stanza), target, datetime.now(timezone.utc))
+    plan = plan_pitr(parse_info(text, args.stanza), target, datetime.now(timezone.utc),
+                     parse_archive_end(text, args.stanza))
     print(f"pitr: {plan.describe()}", file=sys.stderr)
     print("\n".join(plan.pgbackrest_args()))
     return 0

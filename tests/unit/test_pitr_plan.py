@@ -3,7 +3,9 @@ repository's `info --output=json` before `make restore-pitr` stops or writes any
 refusal is one `error:` line, exit 1 and nothing on stdout (so the Makefile's restore never runs);
 a good target prints pgbackrest restore's options.
 
-The info documents are shaped as pgBackRest 2.45 prints them (captured from a real repository)."""
+The info documents are shaped as pgBackRest 2.45 prints them (captured from a real repository),
+plus the end of the archived WAL that db-backup.sh `check` adds (bundle-archive-end: the newest
+segment holding a transaction and pg_waldump's time of its last commit)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,12 @@ import pytest
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 FULL_STOP = NOW - timedelta(days=2)
 DIFF_STOP = NOW - timedelta(hours=3)
+LAST_COMMIT = NOW - timedelta(seconds=20)
+SEGMENT = "0000000100000000000000A3"
+
+
+def waldump_time(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f UTC")
 
 
 def backup(label: str, kind: str, stop: datetime, error: bool = False) -> dict:
@@ -26,10 +34,16 @@ def backup(label: str, kind: str, stop: datetime, error: bool = False) -> dict:
             "timestamp": {"start": stop_s - 30, "stop": stop_s}, "type": kind}
 
 
-def info(backups: list[dict], code: int = 0, message: str = "ok", repo_message: str = "ok") -> str:
-    return json.dumps([{"archive": [], "backup": backups, "cipher": "aes-256-cbc", "db": [], "name": "temporal",
-                        "repo": [{"cipher": "aes-256-cbc", "key": 1, "status": {"code": code, "message": repo_message}}],
-                        "status": {"code": code, "lock": {"backup": {"held": False}}, "message": message}}])
+def info(backups: list[dict], code: int = 0, message: str = "ok", repo_message: str = "ok",
+         end: object = "default") -> str:
+    entry = {"archive": [], "backup": backups, "cipher": "aes-256-cbc", "db": [], "name": "temporal",
+             "repo": [{"cipher": "aes-256-cbc", "key": 1, "status": {"code": code, "message": repo_message}}],
+             "status": {"code": code, "lock": {"backup": {"held": False}}, "message": message}}
+    if end == "default":
+        end = {"segment": SEGMENT, "commit": waldump_time(LAST_COMMIT)}
+    if end is not None:
+        entry["bundle-archive-end"] = end
+    return json.dumps([entry])
 
 
 GOOD = info([backup("20261204-010000F", "full", FULL_STOP),
@@ -58,12 +72,48 @@ def refused(result, *words: str) -> None:
         assert word in lines[0], (word, lines[0])
 
 
+WINDOW = (f"from {FULL_STOP:%Y-%m-%d %H:%M:%S}.000000+00 (the end of the first backup, 20261204-010000F) "
+          f"to {LAST_COMMIT:%Y-%m-%d %H:%M:%S}.000000+00 (the last transaction in the archived WAL, segment {SEGMENT})")
+
+
 def test_a_time_before_the_first_backup_is_refused(pitr):
-    refused(pitr(pg(FULL_STOP - timedelta(seconds=1))), "before the end of the first backup", "20261204-010000F")
+    refused(pitr(pg(FULL_STOP - timedelta(seconds=1))), "before the end of the first backup", WINDOW)
 
 
 def test_a_time_in_the_future_is_refused(pitr):
-    refused(pitr(pg(datetime.now(timezone.utc) + timedelta(minutes=5))), "in the future")
+    refused(pitr(pg(datetime.now(timezone.utc) + timedelta(minutes=5))), "in the future", WINDOW)
+
+
+@pytest.mark.parametrize("after", [timedelta(0), timedelta(microseconds=1), timedelta(seconds=19)])
+def test_a_time_after_the_last_archived_transaction_is_refused_naming_the_window(pitr, after):
+    # Not in the future, but past what was archived: PostgreSQL would stop with "recovery ended
+    # before configured recovery target was reached" after the services were stopped.
+    refused(pitr((LAST_COMMIT + after).isoformat()), "after the last archived WAL", WINDOW, "TIME=latest")
+
+
+def test_a_time_just_before_the_last_archived_transaction_is_accepted(pitr):
+    target = LAST_COMMIT - timedelta(microseconds=1)
+    result = pitr(target.isoformat())
+    assert result.code == 0, result
+    assert result.out.splitlines()[-1] == f"--target={target:%Y-%m-%d %H:%M:%S.%f}+00"
+
+
+@pytest.mark.parametrize("end", [None, {"segment": SEGMENT, "commit": None}, {"segment": None, "commit": None}])
+def test_without_the_end_of_the_archive_only_latest_is_accepted(pitr, end):
+    text = info([backup("20261204-010000F", "full", FULL_STOP)], end=end)
+    refused(pitr(pg(NOW - timedelta(hours=1)), text), "cannot be checked against the end of the archived WAL",
+            "TIME=latest")
+    assert pitr("latest", text).code == 0
+
+
+@pytest.mark.parametrize("end", ["x", [], {"segment": SEGMENT}, {"segment": SEGMENT, "commit": 5},
+                                 {"segment": "../x", "commit": "2026-12-06 10:40:02.123456 UTC"},
+                                 {"segment": SEGMENT, "commit": "2026-12-06 10:40:02.123456 CET"},
+                                 {"segment": SEGMENT, "commit": "2026-13-06 10:40:02 UTC"},
+                                 {"segment": SEGMENT, "commit": "2026-12-06 10:40:02.123456+00"}])
+def test_a_malformed_end_of_the_archive_is_refused(pitr, end):
+    refused(pitr(pg(NOW - timedelta(hours=1)), info([backup("20261204-010000F", "full", FULL_STOP)], end=end)),
+            "malformed bundle-archive-end")
 
 
 @pytest.mark.parametrize("time", ["2026-12-06 10:40", "2026-12-06 10:40:00", "yesterday", "", "2026-13-40 10:00:00+00",
