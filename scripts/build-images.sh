@@ -7,9 +7,10 @@
 #                                      bookworm base from debootstrap (cached), stand-ins for
 #                                      temporalio/server, temporalio/admin-tools, postgres,
 #                                      temporalio/ui, dexidp/dex, prom/prometheus, prom/alertmanager
-#                                      and python, and our image FROM the python
-#                                      stand-in. Writes build/standin-images.env (VAR=image lines
-#                                      for docker-compose.prod.yml); for another TEMPORAL_VERSION
+#                                      and python, the tests' company directory (Debian's
+#                                      slapd), and our image FROM the python stand-in. Writes
+#                                      build/standin-images.env (VAR=image lines for
+#                                      docker-compose.prod.yml); for another TEMPORAL_VERSION
 #                                      than the default (an upgrade test's old release), writes
 #                                      build/standin-images-<version>.env instead, so the two
 #                                      versions' variable files never overwrite each other.
@@ -312,6 +313,10 @@ build_standins() {
   build_image "$standin/alertmanager:debian-bookworm" docker/standins/alertmanager.Dockerfile "$ctx" \
     --build-arg "BASE_IMAGE=$base_image"
 
+  ctx="$(fresh_context directory)"
+  build_image "$standin/directory:slapd-bookworm" docker/standins/directory.Dockerfile "$ctx" \
+    --build-arg "BASE_IMAGE=$base_image"
+
   build_bundle "$standin/python:$python_version-bookworm"
 
   mkdir -p build
@@ -326,6 +331,7 @@ TEMPORAL_UI_IMAGE=$standin/ui:$ui_version
 DEX_IMAGE=$standin/dex:$dex_tag
 PROMETHEUS_IMAGE=$standin/prometheus:debian-bookworm
 ALERTMANAGER_IMAGE=$standin/alertmanager:debian-bookworm
+DIRECTORY_IMAGE=$standin/directory:slapd-bookworm
 BUNDLE_IMAGE=$bundle_image
 EOF
   mv "$env_file.tmp" "$env_file"

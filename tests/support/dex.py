@@ -69,6 +69,14 @@ class Dex:
     def log(self) -> Path:
         return self.workdir / "dex.log"
 
+    @classmethod
+    def running_at(cls, bundle: Path, workdir: Path, port: int) -> "Dex":
+        """A Dex started elsewhere (a compose stack's container) from bundle/dex/config.yaml and
+        published on 127.0.0.1:port: its logins, as with a Dex started here."""
+        dex = cls(bundle, workdir, port)
+        dex.document = yaml.safe_load((bundle / "dex" / "config.yaml").read_text())
+        return dex
+
     def start(self) -> "Dex":
         rendered = yaml.safe_load((self.bundle / "dex" / "config.yaml").read_text())
         # Only what a test host must move: addresses (loopback, its own ports) and the state file.

@@ -112,6 +112,7 @@ class Directory:
     root_password: str = field(default_factory=lambda: base64.urlsafe_b64encode(os.urandom(18)).decode())
     # With '$' in it: Dex expands $NAME in connector configs unless DEX_EXPAND_ENV=false.
     service_password: str = field(default_factory=lambda: "s$$vc-$HOME-" + base64.urlsafe_b64encode(os.urandom(12)).decode())
+    tls_names: tuple[str, ...] = ()  # DNS names in its certificate beyond localhost (a container's)
     process: subprocess.Popen | None = None
 
     @property
@@ -133,27 +134,33 @@ class Directory:
     def person(self, uid: str) -> Person:
         return next(p for p in self.people if p.uid == uid)
 
-    def start(self) -> "Directory":
-        slapd = shutil.which("slapd") or ("/usr/sbin/slapd" if Path("/usr/sbin/slapd").is_file() else None)
-        if slapd is None or not shutil.which("ldapmodify"):
-            raise HarnessError("slapd / ldap-utils not installed (scripts/install-deps.sh installs Debian's slapd, ldap-utils)")
+    def prepare(self) -> "Directory":
+        """Its TLS pair, slapd.conf and data (loaded offline, as an operator's initial import would
+        be), under workdir: what slapd needs to start, here or in a container that mounts workdir
+        at the same path (slapd_args)."""
+        slapd = _slapd()
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "data").mkdir(mode=0o700, exist_ok=True)
         self.port = free_port_block(1)
         self._tls()
-        conf = self.workdir / "slapd.conf"
-        conf.write_text(self._config())
+        (self.workdir / "slapd.conf").write_text(self._config())
         seed = self.workdir / "seed.ldif"
         seed.write_text(self._seed())
-        # Offline load, as an operator's initial import would be; then the daemon.
-        result = subprocess.run([str(Path(slapd).with_name("slapadd")), "-f", str(conf), "-l", str(seed)],
-                                capture_output=True, text=True)
+        result = subprocess.run([str(Path(slapd).with_name("slapadd")), "-f", str(self.workdir / "slapd.conf"),
+                                 "-l", str(seed)], capture_output=True, text=True)
         if result.returncode != 0:
             raise HarnessError(f"slapadd failed: {result.stderr[-2000:]}")
-        # -d 256: stay in the foreground and log each operation (the search filters) to stderr.
-        self.process = subprocess.Popen(
-            [slapd, "-f", str(conf), "-h", f"ldaps://{self.host}/ {self.ldapi}", "-d", "256"],
-            stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"), start_new_session=True)
+        return self
+
+    def slapd_args(self, listen: str) -> list[str]:
+        """slapd's arguments: LDAPS on `listen` (a URL's host:port; empty: every address, port 636)
+        and the ldapi socket; -d 256: the foreground, each operation (the search filters) logged."""
+        return ["-f", str(self.workdir / "slapd.conf"), "-h", f"ldaps://{listen}/ {self.ldapi}", "-d", "256"]
+
+    def start(self) -> "Directory":
+        self.prepare()
+        self.process = subprocess.Popen([_slapd(), *self.slapd_args(self.host)], stdout=subprocess.DEVNULL,
+                                        stderr=open(self.log, "ab"), start_new_session=True)
         wait_until(self._answers, 20, f"slapd on {self.host}")
         return self
 
@@ -272,7 +279,8 @@ access to *
                 .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
                 .not_valid_before(now).not_valid_after(now + timedelta(days=2))
                 .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                            x509.DNSName("localhost")]), critical=False)
+                                                            *(x509.DNSName(n) for n in ("localhost", *self.tls_names))]),
+                               critical=False)
                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
                 .sign(ca_key, hashes.SHA256()))
         pem = serialization.Encoding.PEM
@@ -281,6 +289,13 @@ access to *
         (self.workdir / "server.key").write_bytes(key.private_bytes(
             pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
         os.chmod(self.workdir / "server.key", 0o600)
+
+
+def _slapd() -> str:
+    slapd = shutil.which("slapd") or ("/usr/sbin/slapd" if Path("/usr/sbin/slapd").is_file() else None)
+    if slapd is None or not shutil.which("ldapmodify"):
+        raise HarnessError("slapd / ldap-utils not installed (scripts/install-deps.sh installs Debian's slapd, ldap-utils)")
+    return slapd
 
 
 def start_directory(parent: Path | None = None) -> Directory:
