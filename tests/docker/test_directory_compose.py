@@ -22,6 +22,7 @@ from tests.support.compose_stack import ComposeStack, build_standin_images, uniq
 from tests.support.dex import Dex, LoginRefused, claims_of
 from tests.support.ldap import GROUPS, PEOPLE, SERVICE_DN, Directory
 from tests.support.ports import free_port
+from tests.support.waits import HarnessError, wait_until
 
 pytestmark = [pytest.mark.own_stack, pytest.mark.docker, pytest.mark.timeout(900)]
 
@@ -77,6 +78,8 @@ def directory_stack(tmp_path_factory):
     try:
         stack.make("compose-env-file")  # the published ports and Dex's host, as `make up` renders them
         stack.compose("up", "-d", "--wait", "--wait-timeout", "240", "dex", "token-exchange", DIRECTORY_HOST, timeout=400)
+        # slapd has no health check: it serves once its socket answers (the ldapi one, from here).
+        wait_until(lambda: _answers(directory), 60, "slapd in its container")
         bundle = workdir / "bundle-copy"
         for relative in ("dex/config.yaml", "trust/ca.pem"):
             (bundle / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -86,6 +89,13 @@ def directory_stack(tmp_path_factory):
     finally:
         log = stack.teardown("directory-compose.log")
         print("\n".join(log.read_text().splitlines()[-60:]))
+
+
+def _answers(directory: Directory) -> bool:
+    try:
+        return "uid: alice" in directory.search(PEOPLE, "(uid=alice)", "uid")
+    except HarnessError:
+        return False
 
 
 def exchanged(stack_fixture, id_token: str) -> str:
