@@ -18,7 +18,7 @@ import yaml
 from bootstrap.core.tokens import verify_token
 from bootstrap.servers.events import Refusal
 from bootstrap.servers.login_exchange import LoginExchange
-from tests.support.compose_stack import ComposeStack, build_standin_images, unique_project
+from tests.support.compose_stack import ComposeStack, build_standin_images, readable_by_containers, unique_project
 from tests.support.dex import Dex, LoginRefused, claims_of
 from tests.support.ldap import GROUPS, PEOPLE, SERVICE_DN, Directory
 from tests.support.ports import free_port
@@ -68,8 +68,7 @@ def directory_stack(tmp_path_factory):
     secrets.mkdir()
     (secrets / "ldap-ca.pem").write_bytes(directory.ca_pem.read_bytes())
     (secrets / "ldap-bind-password").write_text(directory.service_password)
-    for path in (secrets, *secrets.iterdir()):
-        path.chmod(0o755 if path.is_dir() else 0o644)  # the bootstrap reads them as its own user; test values
+    readable_by_containers(secrets)  # the bootstrap reads them as its own user
     exchange_port = free_port()
     stack = DirectoryStack(unique_project("tbdir"), workdir, images,
                            compose_files=("docker-compose.prod.yml", str(_override(workdir / "directory.yml", directory))),

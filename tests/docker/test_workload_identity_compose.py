@@ -19,7 +19,7 @@ from bootstrap.core.tokens import verify_token
 from bootstrap.core.workload_identity import GRANT_TYPE, JWT_TOKEN_TYPE
 from tests.support.kube_issuer import AUDIENCE, KubeIssuer
 
-from tests.support.compose_stack import ComposeStack, build_standin_images, unique_project
+from tests.support.compose_stack import ComposeStack, build_standin_images, readable_by_containers, unique_project
 from tests.support.paths import REPO
 from tests.support.ports import free_port
 
@@ -56,9 +56,7 @@ def wi_stack(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("wi-compose")
     issuer_dir = workdir / "issuer"
     issuer = KubeIssuer(issuer_dir, ISSUER_PORT, host=ISSUER_HOST).write_files()
-    issuer_dir.chmod(0o755)
-    for path in issuer_dir.iterdir():
-        path.chmod(0o644)  # the containers run as 10001; these are test keys
+    readable_by_containers(issuer_dir)  # the containers run as 10001
     exchange_port = free_port()
     stack = WorkloadStack(unique_project("tbwi"), workdir, images,
                           compose_files=("docker-compose.prod.yml", str(_override(workdir / "issuer.yml", issuer_dir))),

@@ -105,6 +105,14 @@ def grafana_files() -> tuple[str, ...]:
     return () if image_present(grafana_image()) else (GRAFANA_ABSENT,)
 
 
+def readable_by_containers(directory: Path) -> None:
+    """A test's files a container mounts, readable by whichever user the container runs as (test
+    keys and passwords, never a bundle's)."""
+    directory.chmod(0o755)
+    for path in directory.iterdir():
+        path.chmod(0o644)
+
+
 def unique_project(prefix: str) -> str:
     return f"{prefix}{os.getpid()}{secrets.token_hex(3)}"
 
