@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the Kubernetes control plane the kube test tier runs, from the Go module proxy, cached by
-# version: etcd, kube-apiserver and kubectl. (No kubelet, scheduler or controller manager yet: the
-# tier checks what the API server admits, RBAC and service-account tokens, not running pods.)
+# version: etcd, kube-apiserver, kubectl, and the node and controllers that run pods: kubelet,
+# kube-scheduler and kube-controller-manager (tests/support/kube_node.py; the container runtime is
+# Debian's containerd + runc, the CNI plugins Debian's containernetworking-plugins).
 #
 # k8s.io/kubernetes cannot be `go install`ed: its go.mod replaces its staging modules (k8s.io/api,
 # k8s.io/client-go, ...) with local paths. It builds as a dependency of a scratch module that pins
@@ -13,9 +14,13 @@ set -euo pipefail
 version="${1:-${KUBERNETES_VERSION:-v1.37.2}}"
 etcd_version="${ETCD_VERSION:-v3.7.3}"
 export GOTOOLCHAIN="${GOTOOLCHAIN:-go1.27.3}"
-cache="${TEMPORAL_BUNDLE_CACHE:-$HOME/.cache/temporal-bundle}/kube-$version-etcd-$etcd_version"
-binaries=(etcd kube-apiserver kubectl)
-if [[ -x "$cache/kubectl" ]]; then
+# "-node": the set with kubelet, scheduler and controller manager; a cache of the older set (named
+# without it) is never mistaken for this one.
+cache="${TEMPORAL_BUNDLE_CACHE:-$HOME/.cache/temporal-bundle}/kube-$version-etcd-$etcd_version-node"
+binaries=(etcd kube-apiserver kubectl kubelet kube-scheduler kube-controller-manager)
+complete=1
+for name in "${binaries[@]}"; do [[ -x "$cache/$name" ]] || complete=0; done
+if ((complete)); then
   echo "$cache"
   exit 0
 fi
@@ -59,6 +64,9 @@ package tools
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 )
 EOF
 go get "k8s.io/kubernetes@$version" "go.etcd.io/etcd/server/v3@$etcd_version" >&2
@@ -72,12 +80,18 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   stamp+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
 done
 flags=(-trimpath -ldflags "-s -w$stamp")
-CGO_ENABLED=0 go build "${flags[@]}" -o bin/etcd ./cmd/etcd >&2
-for name in kube-apiserver kubectl; do
-  CGO_ENABLED=0 go build "${flags[@]}" -o "bin/$name" "k8s.io/kubernetes/cmd/$name" >&2
+# One go build for every main package: shared packages compile once, in parallel (static, as the
+# release builds them).
+packages=(./cmd/etcd)
+for name in "${binaries[@]}"; do
+  [[ "$name" == etcd ]] || packages+=("k8s.io/kubernetes/cmd/$name")
 done
+CGO_ENABLED=0 go build "${flags[@]}" -o bin/ "${packages[@]}" >&2
 bin/kube-apiserver --version >&2
 rm -rf "$cache.tmp" && mkdir -p "$cache.tmp"
-for name in "${binaries[@]}"; do mv "bin/$name" "$cache.tmp/$name"; done
+for name in "${binaries[@]}"; do
+  [[ -x "bin/$name" ]] || { echo "error: the build made no $name" >&2; exit 1; }
+  mv "bin/$name" "$cache.tmp/$name"
+done
 rm -rf "$cache" && mv "$cache.tmp" "$cache"
 echo "$cache"

@@ -11,7 +11,9 @@ need_apt=()
 # softhsm2: a real PKCS#11 token for keys.backend pkcs11 (tests/hsm).
 # slapd, ldap-utils: a real OpenLDAP directory behind Dex's LDAP connector (tests/support/ldap.py
 # runs its own slapd from a generated config; the package's own instance is left unconfigured).
-for pkg in docker.io iptables debootstrap postgresql openssl curl chromium libnss3-tools gcc libc6-dev softhsm2 slapd ldap-utils; do
+# containernetworking-plugins: the CNI bridge/host-local plugins of the kube tier's node (its
+# containerd and runc are docker.io's dependencies; tests/support/kube_node.py).
+for pkg in docker.io iptables debootstrap postgresql openssl curl chromium libnss3-tools gcc libc6-dev softhsm2 slapd ldap-utils containernetworking-plugins; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
