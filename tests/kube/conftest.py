@@ -1,13 +1,18 @@
 """The kube tier: a real kube-apiserver on etcd (tests/support/kube_cluster.py), built from the Go
-module proxy. A missing build or an API server that does not come up is an error, never a skip."""
+module proxy, and for the modules that run pods a node (tests/support/kube_node.py: kubelet,
+containerd, scheduler, controller manager). A missing build, an API server that does not come up or
+a node that never gets Ready is an error, never a skip."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.support.bundles import make_bundle
+from tests.support.compose_stack import build_standin_images
 from tests.support.exports import CONFIG, WORKLOAD_IDENTITY, export
-from tests.support.kube_cluster import KubeCluster
+from tests.support.kube_cluster import SERVICE_ACCOUNT_ISSUER, ApiServerIssuer, KubeCluster
+from tests.support.kube_node import KubeNode
+from tests.support.workload import workload_cluster
 
 # The export tier's config with workload identity on, in a Kubernetes namespace of its own (it
 # exports no token refresher).
@@ -42,3 +47,38 @@ def installed(kube, tmp_path_factory):
 @pytest.fixture(scope="session")
 def installed_wi(kube, tmp_path_factory):
     return _install(kube, tmp_path_factory, WI_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def kube_wi(kube, installed_wi, tmp_path_factory):
+    """The exchange runs here with the token of the exported exchange's service account, so the
+    API server grants it exactly what the export's RBAC says (TokenReview through
+    system:auth-delegator); its policy is a server-tier cluster's."""
+    workdir = tmp_path_factory.mktemp("kube-wi")
+    for namespace in ("orders-team", "elsewhere"):
+        kube.kubectl("create", "namespace", namespace)
+    bundle, _, namespace, _ = installed_wi
+    account = f"{bundle.config.kubernetes.release}-token-exchange"
+    token_file = workdir / "exchange-sa.token"
+    token_file.write_text(kube.create_token(namespace, account, SERVICE_ACCOUNT_ISSUER, duration="2h"))
+    issuer = ApiServerIssuer(SERVICE_ACCOUNT_ISSUER, f"{kube.server}/.well-known/openid-configuration",
+                             kube.ca_file, token_file)
+    # Temporal namespace `orders-team`: default_bindings grants `orders-team:write` to pods of the
+    # Kubernetes namespace of the same name.
+    yield from workload_cluster(workdir, issuer=issuer, namespaces=("orders-team",))
+
+
+@pytest.fixture(scope="module")
+def kube_node(kube, tmp_path_factory):
+    """A node that runs pods of the bundle image (the local Docker engine's, imported into the
+    node's containerd), for one module: stopped with every container it ran when the module ends."""
+    images = build_standin_images()
+    node = KubeNode(kube, tmp_path_factory.mktemp("kube-node"), images=(images["BUNDLE_IMAGE"],))
+    node.bundle_image = images["BUNDLE_IMAGE"]
+    try:
+        node.start()
+    except BaseException:
+        node.stop()
+        raise
+    yield node
+    node.stop()

@@ -7,52 +7,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
 
 import jwt
-import pytest
 from temporalio.worker import Worker
 
 from bootstrap.client import connect_workload
-from tests.support.kube_cluster import SERVICE_ACCOUNT_ISSUER
+from tests.support.kube_cluster import EXCHANGE_AUDIENCE as AUDIENCE, SERVICE_ACCOUNT_ISSUER
 from tests.support.waits import wait_until
 from tests.support.workflows import GreetingWorkflow, greet
-from tests.support.workload import exchange_url, post_exchange, start_greeting, workload_cluster
-
-AUDIENCE = "temporal-exchange"
-
-
-@dataclass
-class ApiServerIssuer:
-    """What the exchange is told of the cluster: the issuer its tokens carry, where discovery is
-    reached from here, the cluster CA, and the exchange's own service-account token (the API
-    server answers discovery only to an authenticated caller)."""
-
-    issuer: str
-    discovery_url: str
-    ca_file: Path
-    token_file: Path
-    audience: str = AUDIENCE
-
-
-@pytest.fixture(scope="module")
-def kube_wi(kube, installed_wi, tmp_path_factory):
-    """The exchange runs here with the token of the exported exchange's service account, so the
-    API server grants it exactly what the export's RBAC says (TokenReview through
-    system:auth-delegator); its policy is a server-tier cluster's."""
-    workdir = tmp_path_factory.mktemp("kube-wi")
-    for namespace in ("orders-team", "elsewhere"):
-        kube.kubectl("create", "namespace", namespace)
-    bundle, _, namespace, _ = installed_wi
-    account = f"{bundle.config.kubernetes.release}-token-exchange"
-    token_file = workdir / "exchange-sa.token"
-    token_file.write_text(kube.create_token(namespace, account, SERVICE_ACCOUNT_ISSUER, duration="2h"))
-    issuer = ApiServerIssuer(SERVICE_ACCOUNT_ISSUER, f"{kube.server}/.well-known/openid-configuration",
-                             kube.ca_file, token_file)
-    # Temporal namespace `orders-team`: default_bindings grants `orders-team:write` to pods of the
-    # Kubernetes namespace of the same name.
-    yield from workload_cluster(workdir, issuer=issuer, namespaces=("orders-team",))
+from tests.support.workload import exchange_url, post_exchange, start_greeting
 
 
 def _pod(kube, namespace: str, account: str) -> str:

@@ -3,8 +3,9 @@ module proxy (scripts/build-kubernetes.sh), started on loopback and stopped by t
 
 What it is: the released kube-apiserver with RBAC (`--authorization-mode=Node,RBAC`), its real
 admission chain, its service-account issuer (TokenRequest, TokenReview, OIDC discovery) and a
-client-certificate admin. What it is not (yet): no kubelet or container runtime, so pods are
-objects that are admitted and bound to tokens but never run.
+client-certificate admin. Pods run only once a node joins it (tests/support/kube_node.py: kubelet,
+containerd, scheduler and controller manager); without one, pods are objects that are admitted and
+bound to tokens but never run.
 
 Everything lives under one work directory: the cluster CA, the API server's serving pair, the
 service-account signing key, etcd's data and an admin kubeconfig for the kubectl of the same build.
@@ -18,9 +19,11 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from bootstrap.core.pki import CA, generate_key, private_key_pem
 from cryptography.hazmat.primitives import serialization
 
+from tests.support.exports import WORKLOAD_IDENTITY
 from tests.support.paths import REPO
 from tests.support.ports import free_port
 from tests.support.waits import HarnessError, wait_until
@@ -28,6 +31,9 @@ from tests.support.waits import HarnessError, wait_until
 # The issuer a real cluster's tokens carry; discovery and the JWKS are served by this API server.
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
+# The audience the bundle's token exchange accepts from this cluster's service-account tokens: the
+# export's own (tests/support/exports.WORKLOAD_IDENTITY), which its example worker pod projects.
+EXCHANGE_AUDIENCE = yaml.safe_load(WORKLOAD_IDENTITY)["workload_identity"]["issuers"][0]["audience"]
 
 
 def kubernetes_bin_dir() -> Path:
@@ -37,10 +43,23 @@ def kubernetes_bin_dir() -> Path:
     if out.returncode != 0:
         raise HarnessError(f"building Kubernetes failed:\n{out.stderr[-3000:]}")
     path = Path(out.stdout.strip().splitlines()[-1])
-    for name in ("etcd", "kube-apiserver", "kubectl"):
+    for name in ("etcd", "kube-apiserver", "kubectl", "kubelet", "kube-scheduler", "kube-controller-manager"):
         if not (path / name).is_file():
             raise HarnessError(f"{path / name} missing after build")
     return path
+
+
+@dataclass
+class ApiServerIssuer:
+    """What the exchange is told of the cluster: the issuer its tokens carry, where discovery is
+    reached from here, the cluster CA, and the exchange's own service-account token (the API
+    server answers discovery only to an authenticated caller)."""
+
+    issuer: str
+    discovery_url: str
+    ca_file: Path
+    token_file: Path
+    audience: str = EXCHANGE_AUDIENCE
 
 
 @dataclass
@@ -117,10 +136,17 @@ class KubeCluster:
                                 common_name="kube-apiserver", usage="server")
         # The admin: a client certificate in system:masters, which RBAC lets do anything.
         admin = ca.issue_cert(common_name="kube-admin", organization="system:masters", usage="client")
+        # What the API server shows a kubelet (logs, exec); the kubelet asks the API server whether
+        # this user may (its webhook authorizer), and system:masters may.
+        kubelet_client = ca.issue_cert(common_name="kube-apiserver-kubelet-client", organization="system:masters",
+                                       usage="client")
+        self.ca = ca  # a node (tests/support/kube_node.py) has its certificates signed here
         signing = generate_key("rsa-2048")
         files = {
             "ca.pem": ca.cert_pem(), "apiserver.pem": serving.cert_pem(), "apiserver.key": serving.key_pem(),
-            "admin.pem": admin.cert_pem(), "admin.key": admin.key_pem(), "sa.key": private_key_pem(signing),
+            "admin.pem": admin.cert_pem(), "admin.key": admin.key_pem(),
+            "kubelet-client.pem": kubelet_client.cert_pem(), "kubelet-client.key": kubelet_client.key_pem(),
+            "sa.key": private_key_pem(signing),
             "sa.pub": signing.public_key().public_bytes(serialization.Encoding.PEM,
                                                         serialization.PublicFormat.SubjectPublicKeyInfo),
         }
@@ -168,6 +194,11 @@ class KubeCluster:
             # Else discovery would name the advertised address, which nothing here can reach.
             f"--service-account-jwks-uri={self.server}/openid/v1/jwks",
             f"--api-audiences={SERVICE_ACCOUNT_ISSUER}",
+            # To a kubelet (logs): over its address, its serving certificate checked against this CA.
+            f"--kubelet-client-certificate={w / 'kubelet-client.pem'}",
+            f"--kubelet-client-key={w / 'kubelet-client.key'}",
+            f"--kubelet-certificate-authority={self.ca_file}",
+            "--kubelet-preferred-address-types=InternalIP",
         ])
         wait_until(self._ready, timeout=90, what=f"kube-apiserver /readyz (logs in {w})")
 

@@ -1,0 +1,219 @@
+"""Pods that really run, on a node of the kube tier's cluster (tests/support/kube_node.py: kubelet
+v1.37.2 on containerd + runc + CNI bridge, kube-scheduler, kube-controller-manager): the node is
+Ready, a pod of the bundle image runs to completion and its logs come back through the API server,
+and the export's example workload-identity worker pod, whose projected token the KUBELET requests
+and writes, trades it at the bundle's exchange and runs a workflow from inside the pod; the same pod
+in a namespace no binding names is refused."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+import uuid
+
+import jwt
+import yaml
+
+from tests.support.kube_cluster import EXCHANGE_AUDIENCE, SERVICE_ACCOUNT_ISSUER
+from tests.support.kube_node import NODE_NAME, POD_SUBNET, TOLERATION
+from tests.support.waits import HarnessError, wait_until
+from tests.support.workload import exchange_url, post_exchange
+
+# What the worker container runs (a ConfigMap mounted at /scripts): the bundle's own
+# connect_workload() with the projected token, then a worker and one workflow in its namespace.
+# It prints the token's digest (never the token) and the exchanged token's subject and groups.
+POD_WORKER = '''\
+import asyncio, base64, hashlib, json, os, sys, uuid
+from datetime import timedelta
+
+from temporalio import activity, workflow
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+from bootstrap.client import connect_workload
+
+
+@activity.defn
+async def greet(name: str) -> str:
+    return f"hello, {name}"
+
+
+@workflow.defn
+class PodGreeting:
+    @workflow.run
+    async def run(self, name: str) -> str:
+        return await workflow.execute_activity(greet, name, start_to_close_timeout=timedelta(seconds=20))
+
+
+def claims(token):
+    part = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+async def main():
+    token_file = os.environ["TEMPORAL_TOKEN_FILE"]
+    with open(token_file, "rb") as f:
+        print("projected token sha256:", hashlib.sha256(f.read()).hexdigest(), flush=True)
+    try:
+        client, _ = await connect_workload(os.environ["TEMPORAL_ADDRESS"], exchange_url=os.environ["TEMPORAL_EXCHANGE_URL"],
+                                           bundle_dir=os.environ["BUNDLE_DIR"], token_file=token_file,
+                                           namespace=os.environ["TEMPORAL_NAMESPACE"], server_name="localhost")
+    except Exception as exc:
+        print("exchange refused:", type(exc).__name__, flush=True)
+        sys.exit(3)
+    exchanged = claims(client.api_key)
+    print("exchanged:", json.dumps({"sub": exchanged["sub"], "groups": exchanged.get("groups")}), flush=True)
+    queue = "pod-" + uuid.uuid4().hex[:8]
+    # Unsandboxed: the workflow is defined in this script's __main__, which the sandbox cannot re-import.
+    async with Worker(client, task_queue=queue, workflows=[PodGreeting], activities=[greet],
+                      workflow_runner=UnsandboxedWorkflowRunner()):
+        for attempt in range(40):  # a just-registered namespace reaches the frontend cache within ~10 s
+            try:
+                result = await client.execute_workflow(PodGreeting.run, os.environ["POD_NAME"], id="pod-" + str(uuid.uuid4()),
+                                                       task_queue=queue, execution_timeout=timedelta(seconds=60))
+                break
+            except Exception as exc:
+                if "not found" not in str(exc).lower() or attempt == 39:
+                    raise
+                await asyncio.sleep(0.5)
+    print("workflow result:", result, flush=True)
+
+
+asyncio.run(main())
+'''
+
+
+def _wait_for_default_account(kube, namespace: str) -> None:
+    """The controller manager's service-account controller creates it; pods are refused before."""
+    wait_until(lambda: kube.kubectl("get", "serviceaccount", "default", "-n", namespace, check=False).returncode == 0,
+               60, f"serviceaccount default in {namespace}")
+
+
+def _finished(kube, namespace: str, pod: str, timeout: float = 180) -> dict:
+    def phase():
+        doc = json.loads(kube.kubectl("get", "pod", pod, "-n", namespace, "-o", "json").stdout)
+        return doc if doc["status"].get("phase") in ("Succeeded", "Failed") else None
+    try:
+        return wait_until(phase, timeout, f"pod {namespace}/{pod} to finish")
+    except HarnessError:
+        events = kube.kubectl("get", "events", "-n", namespace, check=False).stdout
+        raise HarnessError(f"pod {namespace}/{pod} did not finish; events:\n{events}") from None
+
+
+def test_a_pod_of_the_bundle_image_runs_to_completion_on_the_ready_node(kube, kube_node):
+    node = json.loads(kube.kubectl("get", "node", NODE_NAME, "-o", "json").stdout)
+    conditions = {c["type"]: c["status"] for c in node["status"]["conditions"]}
+    assert conditions["Ready"] == "True", conditions
+    assert node["status"]["nodeInfo"]["kubeletVersion"] == "v1.37.2"
+    assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
+
+    namespace, pod = "node-smoke", f"smoke-{uuid.uuid4().hex[:6]}"
+    kube.kubectl("create", "namespace", namespace)
+    _wait_for_default_account(kube, namespace)
+    kube.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": namespace},
+                "spec": {"restartPolicy": "Never", "tolerations": [TOLERATION], "containers": [{
+                    "name": "bundle", "image": kube_node.bundle_image, "imagePullPolicy": "Never",
+                    "args": ["sh", "-c", "temporal-bundle --version && echo pod=$(hostname)"]}]}})
+    doc = _finished(kube, namespace, pod)
+    assert doc["status"]["phase"] == "Succeeded", doc["status"]
+    assert doc["spec"]["nodeName"] == NODE_NAME  # placed by the scheduler
+    assert ipaddress.ip_address(doc["status"]["podIP"]) in ipaddress.ip_network(POD_SUBNET)  # CNI bridge
+    # The logs through the API server, which fetches them from the kubelet (its client
+    # certificate, the kubelet's webhook authorization).
+    logs = kube.kubectl("logs", pod, "-n", namespace).stdout.splitlines()
+    assert re.fullmatch(r"temporal-bundle \S+", logs[0]), logs
+    assert logs[1:] == [f"pod={pod}"]
+
+
+def _example_worker(kube_wi, installed_wi) -> dict:
+    """The export's example workload-identity worker pod (examples/workload-identity-worker.yaml),
+    its identity volume and security context as exported; what it runs and where it connects
+    changed to this test's worker and the server-tier cluster on this machine's loopback (hence
+    hostNetwork: there is no kube-proxy, and the exchange and frontend listen on 127.0.0.1), and
+    the node's taint tolerated."""
+    _, dest, _, _ = installed_wi
+    docs = list(yaml.safe_load_all((dest / "examples" / "workload-identity-worker.yaml").read_text()))
+    pod = next(d for d in docs if d and d["kind"] == "Pod")
+    spec = pod["spec"]
+    container = spec["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    env["TEMPORAL_ADDRESS"] = {"name": "TEMPORAL_ADDRESS", "value": kube_wi.address}
+    env["TEMPORAL_EXCHANGE_URL"] = {"name": "TEMPORAL_EXCHANGE_URL", "value": exchange_url(kube_wi)}
+    env["POD_NAME"] = {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    container.update(command=["python3", "/scripts/pod_worker.py"], imagePullPolicy="Never", env=list(env.values()))
+    container["volumeMounts"].append({"name": "scripts", "mountPath": "/scripts", "readOnly": True})
+    spec["volumes"].append({"name": "scripts", "configMap": {"name": "pod-worker"}})
+    spec.update(restartPolicy="Never", hostNetwork=True, tolerations=[TOLERATION])
+    return pod
+
+
+def _run_worker(kube, kube_node, kube_wi, example: dict, namespace: str) -> tuple[str, dict, str]:
+    """The example worker pod, its service account, client-certificate Secret and script in that
+    Kubernetes namespace (also its Temporal namespace); the pod's name, final state, and the token
+    the kubelet wrote into its projected volume on this node (read while the pod runs: the kubelet
+    removes a finished pod's volumes)."""
+    pod = json.loads(json.dumps(example))
+    name = f"worker-{uuid.uuid4().hex[:6]}"
+    pod["metadata"].update(name=name, namespace=namespace)
+    container = pod["spec"]["containers"][0]
+    container["image"] = kube_node.bundle_image
+    for entry in container["env"]:
+        if entry["name"] == "TEMPORAL_NAMESPACE":
+            entry["value"] = namespace
+    account = pod["spec"]["serviceAccountName"]
+    secret = next(v["secret"] for v in pod["spec"]["volumes"] if "secret" in v)
+    files = {item["key"]: kube_wi.bundle / item["path"] for item in secret["items"]}
+    kube.kubectl("create", "serviceaccount", account, "-n", namespace, check=False)
+    kube.kubectl("create", "secret", "generic", secret["secretName"], "-n", namespace,
+                 *[f"--from-file={key}={path}" for key, path in files.items()], check=False)
+    kube.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "pod-worker", "namespace": namespace},
+                "data": {"pod_worker.py": POD_WORKER}})
+    kube.apply(pod)
+    uid = kube.kubectl("get", "pod", name, "-n", namespace, "-o", "jsonpath={.metadata.uid}").stdout
+    volume = next(v for v in pod["spec"]["volumes"] if "projected" in v)
+    token_file = kube_node.kubelet_volume_file(uid, volume["name"],
+                                               volume["projected"]["sources"][0]["serviceAccountToken"]["path"])
+    token = wait_until(lambda: token_file.is_file() and token_file.read_text(), 120,
+                       f"the kubelet to project {token_file}")
+    return name, _finished(kube, namespace, name), token
+
+
+def test_a_kubelet_projected_token_runs_a_workflow_from_inside_the_pod(kube, kube_node, kube_wi, installed_wi):
+    example = _example_worker(kube_wi, installed_wi)
+    volume = next(v for v in example["spec"]["volumes"] if "projected" in v)
+    source = volume["projected"]["sources"][0]["serviceAccountToken"]
+    assert source["audience"] == EXCHANGE_AUDIENCE  # the export projects what its exchange accepts
+
+    name, doc, token = _run_worker(kube, kube_node, kube_wi, example, "orders-team")
+    logs = kube.kubectl("logs", name, "-n", "orders-team").stdout
+    assert doc["status"]["phase"] == "Succeeded", (doc["status"], logs)
+    assert f"workflow result: hello, {name}" in logs.splitlines()
+    exchanged = json.loads(re.search(r"^exchanged: (.*)$", logs, re.M).group(1))
+    assert exchanged == {"sub": "cluster:system:serviceaccount:orders-team:temporal-worker",
+                         "groups": ["orders-team:write"]}
+
+    # The token is the one the kubelet wrote into the pod's projected volume on this node (the
+    # pod saw the same bytes), requested by the kubelet for this pod on this node.
+    assert re.search(r"^projected token sha256: (\w+)$", logs, re.M).group(1) == hashlib.sha256(token.encode()).hexdigest()
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["iss"] == SERVICE_ACCOUNT_ISSUER and claims["aud"] == [EXCHANGE_AUDIENCE]
+    assert claims["sub"] == "system:serviceaccount:orders-team:temporal-worker"
+    assert claims["kubernetes.io"]["pod"] == {"name": name, "uid": doc["metadata"]["uid"]}
+    assert claims["kubernetes.io"]["node"]["name"] == NODE_NAME
+    assert claims["exp"] - claims["iat"] == source["expirationSeconds"]
+
+    # Deleted, its pod's token no longer stands (the exchange asks the API server's TokenReview).
+    assert post_exchange(kube_wi, token)[0] == 200
+    kube.kubectl("delete", "pod", name, "-n", "orders-team")
+    status, answer = wait_until(lambda: (lambda a: a if a[0] != 200 else None)(post_exchange(kube_wi, token)),
+                                30, "the exchange to refuse the deleted pod's token")
+    assert (status, answer.get("error")) == (400, "invalid_request"), answer
+
+
+def test_the_same_worker_in_a_namespace_no_binding_names_is_refused(kube, kube_node, kube_wi, installed_wi):
+    name, doc, _ = _run_worker(kube, kube_node, kube_wi, _example_worker(kube_wi, installed_wi), "elsewhere")
+    logs = kube.kubectl("logs", name, "-n", "elsewhere").stdout
+    assert doc["status"]["phase"] == "Failed", (doc["status"], logs)
+    assert doc["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3, logs
+    assert "exchange refused:" in logs and "exchanged:" not in logs
