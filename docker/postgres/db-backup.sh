@@ -8,7 +8,8 @@
 #                                    is DB_BACKUP_DIFF_EVERY old; writes the metrics textfile
 #   db-backup.sh backup full|diff    one backup now (make backup-db)
 #   db-backup.sh info                the repository's `pgbackrest info --output=json` on stdout
-#   db-backup.sh check [--confirm]   info, and that the restore target (postgres-data) is empty
+#   db-backup.sh check [--confirm]   info, and that the restore target (postgres-data) is empty;
+#                                    the info gets the end of the archived WAL added (archive_end)
 #   db-backup.sh restore ARGS... [--confirm]
 #                                    restore into postgres-data with pgbackrest's --set/--type/
 #                                    --target (as `temporal-bundle pitr` printed them); promotes
@@ -43,6 +44,10 @@ printable() { LC_ALL=C tr -cd '\11\12\40-\176' <<<"$1"; }
 explain() {  # OUTPUT of a failed pgbackrest call -> one line
     local text first
     text="$(printable "$1")"
+    if grep -qiE 'no space left on device|ENOSPC' <<<"$text"; then
+        echo "the repository volume is full (no space left on device): free space on it or grow it (volume pgbackrest-repo); a backup cut short is never counted as one"
+        return
+    fi
     if grep -qE 'CryptoError|FormatError: key/value found outside of section|cipher header' <<<"$text"; then
         echo "the repository's passphrase does not match this bundle's (private/pgbackrest/repo-cipher.pass), or its info files are damaged: was the bundle restored from another cluster's archive?"
         return
@@ -84,6 +89,38 @@ info_json() {
         *) fail "pgbackrest info: $(explain "$(jq -r '[.[0].repo[]?.status.message] | join("; ")' <<<"$out")")" ;;
     esac
     printf '%s\n' "$out"
+}
+
+archive_end() {  # INFO_JSON -> {"segment": NAME, "commit": "YYYY-MM-DD HH:MM:SS.ffffff UTC"}, or null
+    # pgBackRest's info names the archived WAL by segment only: the newest segments (up to 8) are
+    # fetched one by one and pg_waldump gives the time of the last commit or abort record in them,
+    # the latest time a recovery can reach (bootstrap/ops/pitr.py checks TIME against it).
+    local id seg dir line="" found=""
+    id="$(jq -r '.[0].archive[-1].id // ""' <<<"$1")"
+    [[ -n "$id" ]] || { echo null; return; }
+    dir="$(mktemp -d)"
+    while read -r seg; do
+        pgbackrest --stanza="$STANZA" archive-get "$seg" "$dir/$seg" >/dev/null 2>&1 || continue
+        # pg_waldump stops with an error at the segment's unused tail: its exit code says nothing.
+        line="$( (TZ=UTC pg_waldump --rmgr=Transaction "$dir/$seg" 2>/dev/null || true) \
+            | sed -nE 's/.*desc: (COMMIT|ABORT) ([0-9]{4}-[0-9]{2}-[0-9]{2} [0-9:.]+ UTC).*/\2/p' | tail -n1)"
+        rm -f "$dir/$seg"
+        if [[ -n "$line" ]]; then found="$seg"; break; fi
+    done < <( (pgbackrest --stanza="$STANZA" repo-ls --recurse "archive/$STANZA/$id" 2>/dev/null || true) \
+                 | grep -oE '[0-9A-F]{24}-[0-9a-f]{40}' | cut -c1-24 | sort -ru | head -n 8)
+    rm -rf "$dir"
+    if [[ -n "$found" ]]; then
+        jq -cn --arg segment "$found" --arg commit "$line" '{segment: $segment, commit: $commit}'
+    else
+        echo null
+    fi
+}
+
+with_archive_end() {  # INFO_JSON -> the same with "bundle-archive-end" on the stanza's entry
+    local end
+    end="$(archive_end "$1")"
+    jq -c --argjson archive_end "$end" 'if length > 0 then .[0] += {"bundle-archive-end": $archive_end} else . end' <<<"$1" \
+        || fail "cannot add the end of the archived WAL to the repository's info"
 }
 
 stanza_create() {
@@ -248,7 +285,7 @@ case "${1:-}" in
     schedule) schedule ;;
     backup) backup "${2:-}" ;;
     info) info_json ;;
-    check) check_target "${2:-}"; info_json ;;
+    check) check_target "${2:-}"; info="$(info_json)"; with_archive_end "$info" ;;
     restore) shift; restore "$@" ;;
     status) status ;;
     *) fail "usage: db-backup.sh schedule | backup full|diff | info | check [--confirm] | restore ARGS... | status" ;;

@@ -6,7 +6,14 @@ the real server, the postgres volume is destroyed, `make restore-pitr TIME=lates
 the empty volume, and every workflow acknowledged before the last archive_timeout (10 s here) is
 back; then a restore to a time in the middle of the load keeps exactly the workflows acknowledged
 before it. The database is small: Temporal's two schemas and a few hundred workflows (its size is
-printed). Also promtool evaluates the backup alert rules against check-backup's judgement."""
+printed). Also promtool evaluates the backup alert rules against check-backup's judgement.
+
+Faults, on the same stack (each leaves it healthy for the next): the repository volume (a 1 GiB
+loop-mounted ext4, tests/support/pitr_stack.size_limited_volume) filled to the last block while
+the database keeps serving, and the database stopped in the middle of a backup. Each fails cleanly
+(one error line, check-backup says so, no backup counted, nothing stopped by a refused restore)
+and works again once the fault is gone; a TIME after the last archived transaction is refused
+before anything is stopped."""
 
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ from bootstrap.ops.backup_health import CODES, check
 from bootstrap.ops.render import render_all
 from tests.support.compose_stack import TIMINGS, ComposeStack, build_standin_images, run, unique_project
 from tests.support.paths import REPO
-from tests.support.pitr_stack import load_then_lose_postgres, present
+from tests.support.pitr_stack import load_then_lose_postgres, present, size_limited_volume
 from tests.support.waits import wait_until
 
 pytestmark = [pytest.mark.own_stack, pytest.mark.docker, pytest.mark.timeout(1800)]
@@ -31,20 +38,29 @@ pytestmark = [pytest.mark.own_stack, pytest.mark.docker, pytest.mark.timeout(180
 ARCHIVE_TIMEOUT = 10  # seconds: WAL_ARCHIVE_TIMEOUT of this stack, the recovery point it promises
 RATE = 4  # workflow starts per second
 PREFIX = "pitr"
+REPO_SIZE = "1G"  # the repository volume's file system, small enough to fill in a second
+REPO_MOUNT = "/var/lib/pgbackrest"  # where db-backup / db-restore mount it
 
 
 @pytest.fixture(scope="module")
 def pitr_stack(tmp_path_factory):
     images = build_standin_images()
     workdir = tmp_path_factory.mktemp("pitr-stack")
-    s = ComposeStack(unique_project("tbpitr"), workdir, images, extra_env={"WAL_ARCHIVE_TIMEOUT": str(ARCHIVE_TIMEOUT)})
-    try:
-        started = time.monotonic()
-        s.up()
-        TIMINGS["pitr_make_up_s"] = round(time.monotonic() - started, 1)
-        yield s
-    finally:
-        print(f"\ncompose logs: {s.teardown('pitr-compose.log')}\ntimings: {TIMINGS}")
+    with size_limited_volume(workdir, "pgbackrest-repo", REPO_SIZE, owner="999:999") as repo_override:
+        s = ComposeStack(unique_project("tbpitr"), workdir, images, extra_env={"WAL_ARCHIVE_TIMEOUT": str(ARCHIVE_TIMEOUT)},
+                         compose_files=("docker-compose.prod.yml", str(repo_override)))
+        try:
+            started = time.monotonic()
+            s.up()
+            TIMINGS["pitr_make_up_s"] = round(time.monotonic() - started, 1)
+            yield s
+        finally:
+            print(f"\ncompose logs: {s.teardown('pitr-compose.log')}\ntimings: {TIMINGS}")
+
+
+def stack_make_args(stack: ComposeStack) -> list[str]:
+    """make's COMPOSE for this stack's files (ComposeStack.make's choice), for a make run in the background."""
+    return ["COMPOSE=docker compose " + " ".join(f"-f {f}" for f in stack.all_compose_files)]
 
 
 def one_error_line(result: subprocess.CompletedProcess, *words: str) -> str:
@@ -71,6 +87,37 @@ def pg(stack: ComposeStack, sql: str) -> str:
 
 def check_backup(stack: ComposeStack) -> subprocess.CompletedProcess:
     return stack.make("check-backup", check=False, timeout=120)
+
+
+def wal_line(result: subprocess.CompletedProcess) -> str:
+    return next((line for line in result.stdout.splitlines() if line.startswith("wal ")), "")
+
+
+def backup_labels(stack: ComposeStack) -> list[str]:
+    """The backups the repository counts (pgbackrest info: a backup cut short is not among them)."""
+    info = json.loads(stack.compose("run", "--rm", "--no-deps", "-T", "db-restore", "info").stdout)
+    return [b["label"] for b in info[0].get("backup") or []]
+
+
+def repo_shell(stack: ComposeStack, script: str) -> str:
+    """A shell as postgres (999) with the repository volume mounted, as db-backup sees it."""
+    return stack.compose("run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", "db-restore", "-c", script).stdout
+
+
+def utc(moment: float) -> str:
+    return datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+
+
+def archiver(stack: ComposeStack) -> dict:
+    return json.loads(pg(stack, "SELECT row_to_json(a) FROM pg_stat_archiver a"))
+
+
+def server_answers(stack: ComposeStack) -> bool:
+    try:
+        present(stack, "pitr-probe", 1)  # a describe through the server: NotFound is an answer
+        return True
+    except Exception:  # noqa: BLE001 - still reconnecting to the database
+        return False
 
 
 def test_the_schedule_takes_the_first_full_backup_by_itself(pitr_stack):
@@ -132,7 +179,7 @@ def test_a_wrong_repository_passphrase_is_refused(pitr_stack):
 
 
 def test_two_backups_at_once_one_is_refused_by_the_lock(pitr_stack):
-    procs = [subprocess.Popen(["make", "--no-print-directory", "COMPOSE_FILE_PATH=docker-compose.prod.yml", "backup-db",
+    procs = [subprocess.Popen(["make", "--no-print-directory", *stack_make_args(pitr_stack), "backup-db",
                                "TYPE=full"], cwd=REPO, env=pitr_stack.env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [subprocess.CompletedProcess(p.args, p.wait(timeout=600), *p.communicate()) for p in procs]
@@ -140,6 +187,102 @@ def test_two_backups_at_once_one_is_refused_by_the_lock(pitr_stack):
     assert codes[0] == 0 and codes[1] != 0, [(r.returncode, r.stderr[-500:]) for r in results]
     refused = next(r for r in results if r.returncode != 0)
     one_error_line(refused, "another database backup or restore is running")
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def test_a_full_repository_fails_archiving_and_backups_cleanly_and_nothing_is_lost(pitr_stack):
+    stack = pitr_stack
+    labels = backup_labels(stack)
+    t0 = time.monotonic()
+    free = repo_shell(stack, f"avail=$(df --output=avail -B1 {REPO_MOUNT} | tail -n1); "
+                             f"[ \"$avail\" -gt 0 ] && fallocate -l \"$avail\" {REPO_MOUNT}/filler; "
+                             f"dd if=/dev/zero of={REPO_MOUNT}/filler-tail bs=4096 2>/dev/null; "
+                             f"df --output=avail -B1 {REPO_MOUNT} | tail -n1")
+    try:
+        assert int(free.strip()) == 0, free
+        failed = archiver(stack)["failed_count"]
+        # The database keeps serving: this write commits although its WAL cannot be archived.
+        pg(stack, "CREATE TABLE IF NOT EXISTS pitr_fault (note text); INSERT INTO pitr_fault VALUES ('while full')")
+        segment = pg(stack, "SELECT pg_walfile_name(pg_current_wal_lsn())")
+        pg(stack, "SELECT pg_switch_wal()")
+        wait_until(lambda: archiver(stack)["failed_count"] > failed, 60, "archive-push to fail on the full volume")
+        pg(stack, "INSERT INTO pitr_fault VALUES ('still serving')")
+
+        status = check_backup(stack)  # exit 1 from check-backup; make says 2 for any failure
+        assert status.returncode != 0 and "Error 1" in status.stderr, status.stdout + status.stderr
+        assert wal_line(status).startswith("wal         warning     WAL archiving is failing"), status.stdout
+
+        backup = stack.make("backup-db", "TYPE=diff", check=False, timeout=300)
+        print(f"\nrepository full, make backup-db: {one_error_line(backup, 'repository volume is full')}")
+        assert backup_labels(stack) == labels  # the backup cut short is not counted
+
+        # A time during the outage is past the last archived transaction: refused before anything stops.
+        before = running(stack)
+        time.sleep(1)
+        restore = stack.make("restore-pitr", f"TIME={utc(time.time() - 0.5)}", "CONFIRM=yes", check=False, timeout=300)
+        print(f"repository full, make restore-pitr TIME=now: "
+              f"{one_error_line(restore, 'after the last archived WAL', 'the end of the first backup', 'the last transaction')}")
+        assert running(stack) == before
+    finally:
+        repo_shell(stack, f"rm -f {REPO_MOUNT}/filler {REPO_MOUNT}/filler-tail")
+
+    # Space is back: the segment written while full is archived (nothing lost), check-backup is ok.
+    pg(stack, "INSERT INTO pitr_fault VALUES ('space back'); SELECT pg_switch_wal()")
+    wait_until(lambda: pg(stack, f"SELECT last_archived_wal >= '{segment}' FROM pg_stat_archiver") == "t", 120,
+               f"segment {segment} archived once space returned")
+    wait_until(lambda: check_backup(stack).returncode == 0, 120, "check-backup ok again", interval=3)
+    stack.make("backup-db", "TYPE=diff", timeout=300)
+    after = backup_labels(stack)
+    assert after[:-1] == labels and after[-1].endswith("D"), (labels, after)
+    TIMINGS["pitr_repo_full_test_s"] = round(time.monotonic() - t0, 1)
+
+
+def test_the_database_stopped_mid_backup_fails_it_cleanly_and_the_next_one_works(pitr_stack):
+    stack = pitr_stack
+    labels = backup_labels(stack)
+    t0 = time.monotonic()
+    backup = subprocess.Popen(["make", "--no-print-directory", *stack_make_args(stack), "backup-db", "TYPE=full"],
+                              cwd=REPO, env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # pgBackRest holds its session (pg_backup_start .. pg_backup_stop) for the whole backup:
+        # stop the database as soon as that session is there, i.e. in the middle of the backup.
+        stack.compose("exec", "-T", "postgresql", "sh", "-c",
+                      "for i in $(seq 1200); do psql --host=/var/run/postgresql --username=postgres --no-psqlrc -tAc "
+                      "\"SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgBackRest%backup%'\" "
+                      "| grep -qx 1 && exit 0; sleep 0.05; done; echo 'no pgBackRest backup session' >&2; exit 1",
+                      timeout=300)
+        stack.compose("stop", "postgresql", timeout=120)
+        stopped = time.time()
+    finally:
+        out, err = backup.communicate(timeout=600)
+    result = subprocess.CompletedProcess(backup.args, backup.returncode, out, err)
+    print(f"\ndatabase stopped mid-backup, make backup-db: {one_error_line(result, 'pgbackrest backup')}")
+    try:
+        assert backup_labels(stack) == labels  # the backup cut short is not counted
+        status = check_backup(stack)  # exit 3 from check-backup
+        assert status.returncode != 0 and "Error 3" in status.stderr, status.stdout + status.stderr
+        assert wal_line(status).startswith("wal         unreadable  no pg_stat_archiver figures: PostgreSQL did not answer"), \
+            status.stdout
+
+        # After the stop nothing more was archived: a time after it is refused before anything stops.
+        before = running(stack)
+        time.sleep(1)
+        restore = stack.make("restore-pitr", f"TIME={utc(stopped + 0.5)}", "CONFIRM=yes", check=False, timeout=300)
+        one_error_line(restore, "after the last archived WAL", "the end of the first backup")
+        assert running(stack) == before
+    finally:
+        stack.compose("start", "postgresql", timeout=300)
+    wait_until(lambda: pg(stack, "SELECT NOT pg_is_in_recovery()") == "t", 120, "postgresql back", interval=1)
+    kept = stack.compose("exec", "-T", "postgresql", "sh", "-c", "ls /var/lib/postgresql/data").stdout.split()
+    assert kept == ["pgdata"], kept  # the refused restore moved nothing aside
+    stack.make("backup-db", "TYPE=diff", timeout=300)
+    after = backup_labels(stack)
+    assert after[:-1] == labels and after[-1].endswith("D"), (labels, after)
+    wait_until(lambda: check_backup(stack).returncode == 0, 120, "check-backup ok again", interval=3)
+    wait_until(lambda: server_answers(stack), 180, "the Temporal server answers again", interval=3)
+    TIMINGS["pitr_db_stopped_test_s"] = round(time.monotonic() - t0, 1)
 
 
 # --------------------------------------------------------------------------- recovery under load

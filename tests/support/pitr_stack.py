@@ -1,13 +1,19 @@
 """Host side of the point-in-time recovery test and benchmark: a steady load of workflow starts
 through the real server (tests/support/pitr_load.py in the bundle image on the edge network), the
-loss of the postgres volume, and which acknowledged workflows a restore brought back."""
+loss of the postgres volume, which acknowledged workflows a restore brought back; and a repository
+volume of a fixed size (a loop-mounted ext4 file) that a test can fill to the last block."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
 
 from tests.support.compose_stack import ComposeStack, run
 from tests.support.paths import REPO
@@ -68,3 +74,26 @@ def load_then_lose_postgres(stack: ComposeStack, prefix: str, rate: float, befor
 def present(stack: ComposeStack, prefix: str, total: int) -> set[str]:
     out = stack.run_client("present", prefix, str(total), module="tests.support.pitr_load", timeout=900)
     return set(out["present"])
+
+
+@contextlib.contextmanager
+def size_limited_volume(workdir: Path, volume: str, size: str, owner: str) -> Iterator[Path]:
+    """A compose override that puts `volume` on an ext4 file system of `size` (a sparse file, loop
+    mounted on the host, no reserved blocks): filling it is a real ENOSPC for whoever writes there,
+    without touching the engine's own disk. Yields the override file; unmounts at the end."""
+    image, mount = workdir / f"{volume}.ext4", workdir / f"{volume}.mnt"
+    run(["truncate", "-s", size, str(image)])
+    run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)])
+    mount.mkdir()
+    run(["mount", "-o", "loop", str(image), str(mount)])
+    try:
+        run(["chown", owner, str(mount)])
+        mount.chmod(0o750)
+        override = workdir / f"{volume}.override.yml"
+        override.write_text(yaml.safe_dump({"volumes": {volume: {"driver_opts": {
+            "type": "none", "o": "bind", "device": str(mount)}}}}))
+        yield override
+    finally:
+        if run(["umount", str(mount)], check=False).returncode != 0:
+            run(["umount", "--lazy", str(mount)], check=False)
+        image.unlink(missing_ok=True)
