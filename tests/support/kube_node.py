@@ -99,6 +99,9 @@ class KubeNode:
         self._spawn("kube-scheduler", [
             str(b / "kube-scheduler"), f"--kubeconfig={admin}", "--leader-elect=false",
             "--bind-address=127.0.0.1", f"--secure-port={self.scheduler_port}"])
+        # A Node object left by an earlier node of the same name would show its stale Ready status
+        # and lack this node's taint: the kubelet registers afresh.
+        self.cluster.kubectl("delete", "node", NODE_NAME, "--ignore-not-found", check=False)
         self._start_kubelet()
         wait_until(self._node_ready, timeout=120, what=f"node {NODE_NAME} Ready (logs in {self.workdir})")
         return self
@@ -120,6 +123,7 @@ class KubeNode:
                 self._terminate(process, log)
             self.processes.clear()
             self._kill_shims()
+            self.cluster.kubectl("delete", "node", NODE_NAME, "--ignore-not-found", "--wait=false", check=False)
             self._unmount()
             subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False)
 
