@@ -37,7 +37,7 @@ from tests.support.paths import REPO
 
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "benchmarks" / "RESULTS.md"]
 # Options of other programs named in the docs: the temporal CLI, docker compose, Alertmanager.
-FOREIGN_FLAGS = {"--api-key", "--tls-server-name", "--profile", "--cluster.listen-address"}
+FOREIGN_FLAGS = {"--api-key", "--tls-server-name", "--profile", "--cluster.listen-address", "--no-hooks"}
 COMMAND_WORD = re.compile(r"^(serve|generate|mint|render|register|show)-[a-z-]+$")
 NOT_KEYS = re.compile(r"\.(json|ya?ml|pem|key|jwt|md|py|io|com|org)$")
 REPO_DIRS = ("tests/", "scripts/", "benchmarks/", "bootstrap/", "docker/", "templates/", "tools/", "docs/")
