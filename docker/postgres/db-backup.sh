@@ -133,7 +133,15 @@ backup() {  # full|diff
     take_lock
     stanza_create
     echo "db-backup: $type backup of stanza $STANZA started at $(date -u +%FT%TZ)"
-    pgbr backup --type="$type" --log-level-console=warn >/dev/null
+    local out
+    if ! out="$(pgbackrest --stanza="$STANZA" backup --type="$type" --log-level-console=warn 2>&1)"; then
+        # The database stopped mid-backup: pgBackRest's words depend on the moment (a closed
+        # connection, a NULL result, ...); whether PostgreSQL still answers does not.
+        if ! pg_isready --host="$SOCKET" --quiet; then
+            fail "pgbackrest backup: the database stopped during it (PostgreSQL does not answer on $SOCKET): not counted as a backup; run it again once PostgreSQL is up ($(explain "$out"))"
+        fi
+        fail "pgbackrest backup: $(explain "$out")"
+    fi
     local label
     label="$(info_json | jq -r '.[0].backup[-1].label // ""')"
     echo "db-backup: $type backup $label done at $(date -u +%FT%TZ)"

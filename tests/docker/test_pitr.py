@@ -258,7 +258,7 @@ def test_the_database_stopped_mid_backup_fails_it_cleanly_and_the_next_one_works
     finally:
         out, err = backup.communicate(timeout=600)
     result = subprocess.CompletedProcess(backup.args, backup.returncode, out, err)
-    print(f"\ndatabase stopped mid-backup, make backup-db: {one_error_line(result, 'pgbackrest backup')}")
+    print(f"\ndatabase stopped mid-backup, make backup-db: {one_error_line(result, 'pgbackrest backup', 'the database stopped during it')}")
     try:
         assert backup_labels(stack) == labels  # the backup cut short is not counted
         status = check_backup(stack)  # exit 3 from check-backup
