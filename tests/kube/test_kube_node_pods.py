@@ -195,7 +195,8 @@ def test_a_kubelet_projected_token_runs_a_workflow_from_inside_the_pod(kube, kub
 
     # The token is the one the kubelet wrote into the pod's projected volume on this node (the
     # pod saw the same bytes), requested by the kubelet for this pod on this node.
-    assert re.search(r"^projected token sha256: (\w+)$", logs, re.M).group(1) == hashlib.sha256(token.encode()).hexdigest()
+    seen = re.search(r"^projected token sha256: (\w+)$", logs, re.M).group(1)
+    assert seen == hashlib.sha256(token.encode()).hexdigest()
     claims = jwt.decode(token, options={"verify_signature": False})
     assert claims["iss"] == SERVICE_ACCOUNT_ISSUER and claims["aud"] == [EXCHANGE_AUDIENCE]
     assert claims["sub"] == "system:serviceaccount:orders-team:temporal-worker"

@@ -275,13 +275,14 @@ state = "{d / 'state'}"
         log.close()
 
     def _drain(self) -> None:
-        """Pods deleted through the API: the kubelet stops their containers and sandboxes (the
-        CNI DEL that removes each network namespace and veth happens only through it)."""
+        """This node's pods deleted through the API: the kubelet stops their containers and
+        sandboxes (the CNI DEL that removes each network namespace and veth happens only through
+        it)."""
         kubelet = [p for p, _ in self.processes if Path(p.args[0]).name == "kubelet"]
         if not kubelet or kubelet[0].poll() is not None or not self.socket.exists():
             return
-        self.cluster.kubectl("delete", "pods", "--all", "--all-namespaces", "--grace-period=0", "--force",
-                             "--wait=false", check=False)
+        self.cluster.kubectl("delete", "pods", "--all-namespaces", f"--field-selector=spec.nodeName={NODE_NAME}",
+                             "--grace-period=0", "--force", "--wait=false", check=False)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and self._running_tasks():
             time.sleep(1)
