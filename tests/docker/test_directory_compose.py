@@ -20,7 +20,7 @@ from bootstrap.servers.events import Refusal
 from bootstrap.servers.login_exchange import LoginExchange
 from tests.support.compose_stack import ComposeStack, build_standin_images, readable_by_containers, unique_project
 from tests.support.dex import Dex, LoginRefused, claims_of
-from tests.support.ldap import GROUPS, PEOPLE, SERVICE_DN, Directory
+from tests.support.ldap import PEOPLE, Directory, dex_connector
 from tests.support.ports import free_port
 from tests.support.waits import HarnessError, wait_until
 
@@ -34,15 +34,9 @@ class DirectoryStack(ComposeStack):
     def _test_config(self) -> dict:
         doc = super()._test_config()
         doc["oidc"]["groups"]["payments-oncall"] = ["orders:write"]
-        doc["oidc"]["connectors"] = [{"type": "ldap", "id": "ldap", "name": "Directory", "config": {
-            "host": f"{DIRECTORY_HOST}:636",
-            "rootCAData_file": f"{SECRETS_IN_CONTAINER}/ldap-ca.pem",
-            "bindDN": SERVICE_DN, "bindPW_file": f"{SECRETS_IN_CONTAINER}/ldap-bind-password",
-            "userSearch": {"baseDN": PEOPLE, "filter": "(objectClass=inetOrgPerson)", "username": "uid",
-                           "idAttr": "uid", "emailAttr": "mail", "nameAttr": "cn"},
-            "groupSearch": {"baseDN": GROUPS, "filter": "(objectClass=groupOfNames)",
-                            "userMatchers": [{"userAttr": "DN", "groupAttr": "member"}], "nameAttr": "cn"},
-        }}]
+        doc["oidc"]["connectors"] = [dex_connector(
+            "ldap", f"{DIRECTORY_HOST}:636", f"{SECRETS_IN_CONTAINER}/ldap-bind-password",
+            ca={"rootCAData_file": f"{SECRETS_IN_CONTAINER}/ldap-ca.pem"})]
         return doc
 
 

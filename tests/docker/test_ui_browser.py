@@ -15,18 +15,16 @@ import os
 import re
 import socket
 import ssl
-import subprocess
 import threading
 import uuid
 from pathlib import Path
 
 import pytest
 
+from tests.support.ui_server import CHROMIUM, CHROMIUM_ARGS, chromium_home
+
 pytestmark = pytest.mark.docker
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 TIMEOUT_MS = 30_000
 # How chromium reports a navigation Docker's interface changes aborted (or a redirect racing it).
 NETWORK_CHANGED = ("ERR_NETWORK_CHANGED", "chrome-error://", "did not land after login")
@@ -80,25 +78,12 @@ def _pem_body(pem: bytes) -> bytes:
     return b"".join(line for line in pem.splitlines() if line and not line.startswith(b"-----"))[:64]
 
 
-def trusting_home(home: Path, ca_pem: bytes) -> Path:
-    """A HOME whose NSS database (what chromium on Linux trusts) holds each CA of `ca_pem`."""
-    nssdb = home / ".pki" / "nssdb"
-    nssdb.mkdir(parents=True)
-    subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-N", "--empty-password"], check=True, capture_output=True)
-    for index, body in enumerate(re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", ca_pem, re.S)):
-        cert = home / f"ca-{index}.pem"
-        cert.write_bytes(body + b"\n")
-        subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-A", "-t", "C,,", "-n", f"temporal-bundle-ca-{index}",
-                        "-i", str(cert)], check=True, capture_output=True)
-    return home
-
-
 @pytest.fixture(scope="module")
 def browser(ui, tmp_path_factory):
     assert Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: apt-get install chromium (scripts/install-deps.sh)"
     from playwright.sync_api import sync_playwright
 
-    home = trusting_home(tmp_path_factory.mktemp("chromium-home"), ui.ca)
+    home = chromium_home(tmp_path_factory.mktemp("chromium-home"), ui.ca)
     # page.request (the tests' direct API calls) goes through Playwright's Node driver, not
     # chromium: it trusts the same CA through NODE_EXTRA_CA_CERTS, read when the driver starts.
     ca = home / "bundle-ca.pem"

@@ -27,17 +27,14 @@ import pytest
 
 from tests.support.cluster import LocalCluster
 from tests.support.dex import Dex, claims_of
-from tests.support.ldap import GROUPS, PEOPLE, SERVICE_DN, start_directory
+from tests.support.ldap import dex_connector, start_directory
 from tests.support.ports import free_port
 from tests.support.processes import stop_group
-from tests.support.ui_server import UIServer, chromium_home
+from tests.support.ui_server import CHROMIUM, CHROMIUM_ARGS, UIServer, chromium_home
 from tests.support.waits import wait_until
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 TOKEN_LIFETIME = 30  # oidc.token_lifetime: the Dex access token's life, and the bound on a removal
 TIMEOUT_MS = 30_000
 
@@ -63,15 +60,10 @@ class Stack:
         bind_pw = work / "ldap-bind-password"
         bind_pw.write_text(self.directory.service_password + "\n")
         self.dex_port = free_port()
-        connector = {"host": self.directory.host, "rootCA": str(self.directory.ca_pem), "bindDN": SERVICE_DN,
-                     "bindPW_file": str(bind_pw),
-                     "userSearch": {"baseDN": PEOPLE, "filter": "(objectClass=inetOrgPerson)", "username": "uid",
-                                    "idAttr": "uid", "emailAttr": "mail", "nameAttr": "cn"},
-                     "groupSearch": {"baseDN": GROUPS, "filter": "(objectClass=groupOfNames)",
-                                     "userMatchers": [{"userAttr": "DN", "groupAttr": "member"}], "nameAttr": "cn"}}
         oidc = {"host": "localhost", "port": self.dex_port, "token_lifetime": f"{TOKEN_LIFETIME}s",
                 "groups": {"admins": ["temporal-system:admin"], "payments-oncall": ["payments:write"]},
-                "connectors": [{"type": "ldap", "id": "ldap", "name": "Directory", "config": connector}]}
+                "connectors": [dex_connector("ldap", self.directory.host, bind_pw,
+                                             ca={"rootCA": str(self.directory.ca_pem)})]}
         self.cluster = BrowserCluster(work / "cluster", namespaces=("default", "payments"), oidc=oidc)
         self.cluster.ui_port = free_port()
         self.cluster.start_registered()

@@ -14,24 +14,10 @@ import yaml
 
 from tests.support.binaries import run_cli
 from tests.support.dex import Dex, LoginRefused, claims_of
-from tests.support.ldap import GROUPS, INJECTION_GROUP, PEOPLE, SERVICE_DN, SUFFIX, start_directory
+from tests.support.ldap import GROUPS, INJECTION_GROUP, SUFFIX, dex_connector, start_directory
 from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(300)]
-
-
-def ldap_connector(directory, ident: str, group_name_attr: str, bind_pw_file, ca_inline: bool = False) -> dict:
-    # rootCA: a path Dex reads; rootCAData_file: the PEM read at render and put into Dex's config
-    # (what compose needs: Dex's container mounts nothing else).
-    ca = {"rootCAData_file": str(directory.ca_pem)} if ca_inline else {"rootCA": str(directory.ca_pem)}
-    return {"type": "ldap", "id": ident, "name": f"Directory ({ident})", "config": {
-        "host": directory.host, **ca,
-        "bindDN": SERVICE_DN, "bindPW_file": str(bind_pw_file),
-        "userSearch": {"baseDN": PEOPLE, "filter": "(objectClass=inetOrgPerson)", "username": "uid",
-                       "idAttr": "uid", "emailAttr": "mail", "nameAttr": "cn"},
-        "groupSearch": {"baseDN": GROUPS, "filter": "(objectClass=groupOfNames)",
-                        "userMatchers": [{"userAttr": "DN", "groupAttr": "member"}], "nameAttr": group_name_attr},
-    }}
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +36,12 @@ def dex(directory, tmp_path_factory):
     config = {
         "namespaces": [{"name": "default"}, {"name": "payments"}],
         "oidc": {"port": port, "token_lifetime": "2m", "connectors": [
-            ldap_connector(directory, "ldap", "cn", bind_pw),
-            # The same directory, groups named by their DN ("cn=sre,ou=groups,...").
-            ldap_connector(directory, "ldap-dn", "DN", bind_pw, ca_inline=True)]},
+            dex_connector("ldap", directory.host, bind_pw, ca={"rootCA": str(directory.ca_pem)},
+                          name="Directory (ldap)"),
+            # The same directory, groups named by their DN ("cn=sre,ou=groups,..."), its CA put
+            # into Dex's config at render.
+            dex_connector("ldap-dn", directory.host, bind_pw, ca={"rootCAData_file": str(directory.ca_pem)},
+                          group_name_attr="DN", name="Directory (ldap-dn)")]},
     }
     (work / "bundle.yaml").write_text(yaml.safe_dump(config))
     run_cli("init", "--config", str(work / "bundle.yaml"), "--out", str(work / "bundle"))

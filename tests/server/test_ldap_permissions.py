@@ -40,7 +40,7 @@ from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
 from tests.support.cluster import LocalCluster
 from tests.support.dex import Dex, claims_of
-from tests.support.ldap import GROUPS, PEOPLE, SERVICE_DN, start_directory
+from tests.support.ldap import GROUPS, dex_connector, start_directory
 from tests.support.ports import free_port
 from tests.support.waits import wait_until
 
@@ -59,18 +59,13 @@ class Stack:
         bind_pw = work / "ldap-bind-password"
         bind_pw.write_text(self.directory.service_password + "\n")
         self.dex_port = free_port()
-        connector = {"host": self.directory.host, "rootCA": str(self.directory.ca_pem), "bindDN": SERVICE_DN,
-                     "bindPW_file": str(bind_pw),
-                     "userSearch": {"baseDN": PEOPLE, "filter": "(objectClass=inetOrgPerson)", "username": "uid",
-                                    "idAttr": "uid", "emailAttr": "mail", "nameAttr": "cn"},
-                     "groupSearch": {"baseDN": GROUPS, "filter": "(objectClass=groupOfNames)",
-                                     "userMatchers": [{"userAttr": "DN", "groupAttr": "member"}], "nameAttr": "cn"}}
-        by_dn = {**connector, "groupSearch": {**connector["groupSearch"], "nameAttr": "DN"}}
+        ca = {"rootCA": str(self.directory.ca_pem)}
         oidc = {"host": "localhost", "port": self.dex_port, "token_lifetime": f"{TOKEN_LIFETIME}s",
                 "groups": {"admins": ["temporal-system:admin"], "payments-oncall": ["payments:write"],
                            SRE_DN: ["temporal-system:read"]},
-                "connectors": [{"type": "ldap", "id": "ldap", "name": "Directory", "config": connector},
-                               {"type": "ldap", "id": "ldap-dn", "name": "Directory (DN)", "config": by_dn}]}
+                "connectors": [dex_connector("ldap", self.directory.host, bind_pw, ca=ca),
+                               dex_connector("ldap-dn", self.directory.host, bind_pw, ca=ca, group_name_attr="DN",
+                                             name="Directory (DN)")]}
         self.cluster = LocalCluster(work / "cluster", namespaces=("default", "payments"), oidc=oidc).start_registered()
         self.processes = []
         self.dex = Dex(self.cluster.bundle, work, self.dex_port).start()

@@ -26,7 +26,7 @@ from bootstrap.ops.login import session_path
 from tests.support.binaries import temporal_cli
 from tests.support.cluster import LocalCluster
 from tests.support.dex import Dex
-from tests.support.ldap import GROUPS, PEOPLE, SERVICE_DN, start_directory
+from tests.support.ldap import dex_connector, start_directory
 from tests.support.login_browser import Browser
 from tests.support.ports import free_port
 from tests.support.waits import wait_until
@@ -43,16 +43,6 @@ def dex_subject(user_id: str, connector: str = "local") -> str:
     user = user_id.encode()
     raw = b"\x0a" + bytes([len(user)]) + user + b"\x12" + bytes([len(connector)]) + connector.encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def ldap_connector(directory, bind_pw_file: Path) -> dict:
-    """Dex's LDAP connector for tests/support/ldap.py's directory (people by uid, groups by cn)."""
-    return {"type": "ldap", "id": "ldap", "name": "Directory", "config": {
-        "host": directory.host, "rootCA": str(directory.ca_pem), "bindDN": SERVICE_DN, "bindPW_file": str(bind_pw_file),
-        "userSearch": {"baseDN": PEOPLE, "filter": "(objectClass=inetOrgPerson)", "username": "uid",
-                       "idAttr": "uid", "emailAttr": "mail", "nameAttr": "cn"},
-        "groupSearch": {"baseDN": GROUPS, "filter": "(objectClass=groupOfNames)",
-                        "userMatchers": [{"userAttr": "DN", "groupAttr": "member"}], "nameAttr": "cn"}}}
 
 
 class LoginCluster(LocalCluster):
@@ -75,7 +65,8 @@ class LoginCluster(LocalCluster):
         if self.directory is not None:
             bind_pw = self.workdir / "ldap-bind-password"
             bind_pw.write_text(self.directory.service_password + "\n")
-            doc["oidc"]["connectors"] = [ldap_connector(self.directory, bind_pw)]
+            doc["oidc"]["connectors"] = [dex_connector("ldap", self.directory.host, bind_pw,
+                                                         ca={"rootCA": str(self.directory.ca_pem)})]
         issuer = f"https://localhost:{self.dex_port}/dex"
         doc["workload_identity"] = {
             "port": self.exchange_port, "token_lifetime": "5m", "default_bindings": False,

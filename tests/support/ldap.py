@@ -291,6 +291,22 @@ access to *
         os.chmod(self.workdir / "server.key", 0o600)
 
 
+def dex_connector(ident: str, host: str, bind_pw_file, *, ca: dict, group_name_attr: str = "cn",
+                  name: str = "Directory") -> dict:
+    """An `oidc.connectors` entry for this directory: Dex's LDAP connector over LDAPS to `host`, the
+    directory's CA as `ca` gives it ({"rootCA": a path Dex reads}, or {"rootCAData_file": a path
+    read at render, which compose needs: Dex's container mounts nothing else}), Dex's read-only
+    service account, people by uid, groups (groupOfNames, members by DN) named by `group_name_attr`
+    (cn, or DN)."""
+    return {"type": "ldap", "id": ident, "name": name, "config": {
+        "host": host, **ca, "bindDN": SERVICE_DN, "bindPW_file": str(bind_pw_file),
+        "userSearch": {"baseDN": PEOPLE, "filter": "(objectClass=inetOrgPerson)", "username": "uid",
+                       "idAttr": "uid", "emailAttr": "mail", "nameAttr": "cn"},
+        "groupSearch": {"baseDN": GROUPS, "filter": "(objectClass=groupOfNames)",
+                        "userMatchers": [{"userAttr": "DN", "groupAttr": "member"}], "nameAttr": group_name_attr},
+    }}
+
+
 def _slapd() -> str:
     slapd = shutil.which("slapd") or ("/usr/sbin/slapd" if Path("/usr/sbin/slapd").is_file() else None)
     if slapd is None or not shutil.which("ldapmodify"):

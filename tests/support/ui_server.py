@@ -22,6 +22,11 @@ from tests.support.paths import REPO
 from tests.support.processes import stop_group
 from tests.support.waits import HarnessError, wait_until
 
+# Debian's chromium, driven by Playwright (no browser download), headless in a CI sandbox.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
 UI_VERSION = "2.58.1"
 MODULE = f"github.com/temporalio/ui-server/v2@v{UI_VERSION}"
 
