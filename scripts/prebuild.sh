@@ -21,9 +21,10 @@ start_job() {  # NAME COMMAND...: run in the background, timing it into its log
   pids[$name]=$!
 }
 
-wait_jobs() {  # fails after all jobs ended if any failed, with the tail of its log
-  local failed=0 name
-  for name in "${!pids[@]}"; do
+wait_jobs() {  # [NAME...] (default: all): fails, after they all ended, if any failed; prints its log's tail
+  local failed=0 name names=("$@")
+  [[ ${#names[@]} -gt 0 ]] || names=("${!pids[@]}")
+  for name in "${names[@]}"; do
     if wait "${pids[$name]}"; then
       tail -n 1 "$logs/$name.log"
     else
@@ -31,8 +32,8 @@ wait_jobs() {  # fails after all jobs ended if any failed, with the tail of its 
       echo "error: prebuild job $name failed (log: $logs/$name.log)" >&2
       tail -n 20 "$logs/$name.log" >&2
     fi
+    unset "pids[$name]"
   done
-  pids=()
   return "$failed"
 }
 
@@ -50,10 +51,12 @@ start_job grpc-health-probe bash scripts/build-health-probe.sh
 start_job ui-server bash scripts/build-images.sh ui-server
 start_job base-image bash scripts/build-images.sh base
 start_job kubernetes bash scripts/build-kubernetes.sh
-wait_jobs
+# The stand-ins need every build but Kubernetes, the longest: they are built while it still runs.
+wait_jobs temporal "temporal-$old_release" dex grpc-health-probe ui-server base-image
 # One build-images.sh at a time: they share build/images/ for their contexts.
 start_job standins bash scripts/build-images.sh standins
-wait_jobs
+wait_jobs standins
 start_job "standins-$old_release" env TEMPORAL_VERSION="$old_release" bash scripts/build-images.sh standins
+wait_jobs "standins-$old_release"
 wait_jobs
 echo "prebuild: every build ready in $((SECONDS - started))s"
