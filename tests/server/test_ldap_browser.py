@@ -181,11 +181,15 @@ class Session:
         it ends). `patient`: a navigation that did not commit within 15 s (it happens on this
         loaded host right after a refusal sent the UI to its login page) is left to the caller's
         wait too."""
-        try:
-            self.page.goto(self.url + path, wait_until="commit", timeout=15_000 if patient else TIMEOUT_MS)
-        except Exception as exc:
-            if "interrupted by another navigation" not in str(exc) and not (patient and "Timeout" in str(exc)):
-                raise
+        for attempt in range(3):
+            try:
+                self.page.goto(self.url + path, wait_until="commit", timeout=15_000 if patient else TIMEOUT_MS)
+            except Exception as exc:
+                if "ERR_NETWORK_CHANGED" in str(exc) and attempt < 2:
+                    continue  # Docker added or removed an interface on this host: chromium gave up the navigation
+                if "interrupted by another navigation" not in str(exc) and not (patient and "Timeout" in str(exc)):
+                    raise
+            return
 
     def log_in(self, uid: str, password: str, attempts: int = 4) -> None:
         """Dex's page: the Directory connector, its password form; then the UI's landing page,
