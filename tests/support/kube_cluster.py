@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from tests.support.exports import WORKLOAD_IDENTITY
 from tests.support.paths import REPO
 from tests.support.ports import free_port
+from tests.support.processes import terminate
 from tests.support.waits import HarnessError, wait_until
 
 # The issuer a real cluster's tokens carry; discovery and the JWKS are served by this API server.
@@ -92,12 +93,7 @@ class KubeCluster:
 
     def stop(self) -> None:
         for process, log in reversed(self.processes):
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            terminate(process)
             log.close()
         self.processes.clear()
 

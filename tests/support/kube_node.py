@@ -37,6 +37,7 @@ from pathlib import Path
 
 from tests.support.kube_cluster import KubeCluster
 from tests.support.ports import free_port
+from tests.support.processes import terminate
 from tests.support.waits import HarnessError, wait_until
 
 NODE_NAME = "kube-tier-node"
@@ -265,13 +266,7 @@ state = "{d / 'state'}"
 
     @staticmethod
     def _terminate(process: subprocess.Popen, log) -> None:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        terminate(process)
         log.close()
 
     def _drain(self) -> None:
