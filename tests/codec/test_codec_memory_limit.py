@@ -176,6 +176,13 @@ def under_attack(codec: Codec, attack) -> tuple[object, list[float], int]:
     return result, latencies, codec.cgroup.peak
 
 
+def assert_not_starved(latencies: list[float], hold: float) -> None:
+    """A legitimate decode starved by connections held `hold` seconds would wait out the hold. Half
+    of it leaves room for the attackers' TLS handshakes, made in this test's own interpreter (one
+    CI run saw a decode take 1.18 s beside 2000 of them)."""
+    assert latencies and max(latencies) < hold / 2, latencies
+
+
 def concurrently(count: int, send) -> list:
     """send(index) for each index at once, in threads; their results in order."""
     results = [None] * count
@@ -324,23 +331,24 @@ async def _waiting_requests(codec: Codec, count: int, head: int, hold: float) ->
 
 
 def test_every_connection_waiting_with_a_full_head_and_a_stalled_body(codec):
+    hold = 6.0
     alive, latencies, peak = under_attack(
-        codec, lambda: asyncio.run(_waiting_requests(codec, MAX_CONNECTIONS - 8, MAX_HEAD - 1024, 6.0)))
+        codec, lambda: asyncio.run(_waiting_requests(codec, MAX_CONNECTIONS - 8, MAX_HEAD - 1024, hold)))
     print(f"{MAX_CONNECTIONS - 8} waiting requests with {MAX_HEAD - 1024} byte heads: peak {peak / 2**20:.0f} MiB, "
           f"slowest legitimate decode {max(latencies) * 1000:.0f} ms")
     assert codec.cgroup.oom_kills == 0 and codec.process.poll() is None
-    assert latencies and max(latencies) < 1.0, latencies
+    assert_not_starved(latencies, hold)
 
 
 def test_heads_beyond_the_limit_are_cut_off(codec):
     """1 MB of headers on half the connections (a full house would make the legitimate client's
     connection the oldest idle one, which the guard evicts by design)."""
-    count = MAX_CONNECTIONS // 2
+    count, hold = MAX_CONNECTIONS // 2, 4.0
     alive, latencies, peak = under_attack(
-        codec, lambda: asyncio.run(_waiting_requests(codec, count, 1024 * 1024, 4.0)))
+        codec, lambda: asyncio.run(_waiting_requests(codec, count, 1024 * 1024, hold)))
     print(f"{count} connections sending 1 MB heads: {alive} left open, peak {peak / 2**20:.0f} MiB")
     assert alive == 0 and codec.cgroup.oom_kills == 0
-    assert latencies and max(latencies) < 1.0, latencies
+    assert_not_starved(latencies, hold)
 
 
 def test_pipelined_requests_are_cut_off(codec):
@@ -357,10 +365,10 @@ def test_pipelined_requests_are_cut_off(codec):
 
 
 def test_two_thousand_idle_tls_connections_and_a_maximal_batch(codec):
-    body = _big_payload()
+    body, hold = _big_payload(), 6.0
 
     def attack():
-        idle = threading.Thread(target=lambda: asyncio.run(_idle_tls_connections(codec, 2000, 6.0)))
+        idle = threading.Thread(target=lambda: asyncio.run(_idle_tls_connections(codec, 2000, hold)))
         idle.start()
         time.sleep(3.0)  # most of them open
         status = codec.post("/decode", body, codec.headers("lowest"))
@@ -371,7 +379,7 @@ def test_two_thousand_idle_tls_connections_and_a_maximal_batch(codec):
     print(f"2000 idle TLS connections + one {len(body) / 2**20:.1f} MiB batch: {status}, "
           f"peak {peak / 2**20:.0f} MiB, slowest legitimate decode {max(latencies) * 1000:.0f} ms")
     assert status == 200 and codec.cgroup.oom_kills == 0
-    assert latencies and max(latencies) < 1.0, latencies
+    assert_not_starved(latencies, hold)
 
 
 # --------------------------------------------------------------------------- smaller findings
