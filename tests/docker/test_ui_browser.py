@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ui_pages import terminate_on_the_workflow_page, visible
 from tests.support.ui_server import CHROMIUM, CHROMIUM_ARGS, chromium_home
 
 pytestmark = pytest.mark.docker
@@ -235,20 +236,6 @@ def _goto(page, url: str) -> None:
     retried(go, also=("Timeout",))
 
 
-def _visible(locator, seconds: float = 10):
-    """The UI renders some controls twice (menus, modals); the one on screen, once it is."""
-    import time
-
-    deadline = time.monotonic() + seconds
-    while True:
-        for item in locator.all():
-            if item.is_visible():
-                return item
-        if time.monotonic() > deadline:  # "Timeout": retried() may run the step again
-            raise AssertionError(f"Timeout: nothing visible for {locator}")
-        time.sleep(0.2)
-
-
 def _reader_logged_in(page, ui) -> list[tuple[int, str, str]]:
     """The reader logged in and landed; the UI's API calls since the landing login."""
     calls = _api_calls(page, ui)
@@ -286,13 +273,8 @@ def test_reader_in_the_ui_is_held_to_default_read(page, ui):
     assert status == 200 and ui.workflow_id in html
     assert ui.secret_input not in html, "the reader's UI showed the decrypted input"
 
-    page.get_by_role("button", name="More Actions").click()
-    _visible(page.get_by_test_id("terminate-button")).click()
-    _visible(page.locator("#workflow-termination-reason")).fill("a reader tries")
-    with page.expect_response(lambda r: r.url.startswith(
-            f"{ui.url}/api/v1/namespaces/default/workflows/{ui.workflow_id}/terminate")) as terminated:
-        _visible(page.get_by_test_id("confirm-modal-button")).click()
-    assert terminated.value.status == 403
+    assert terminate_on_the_workflow_page(
+        page, f"{ui.url}/api/v1/namespaces/default/workflows/{ui.workflow_id}/terminate", "a reader tries") == 403
     described = page.request.get(f"{ui.url}/api/v1/namespaces/default/workflows/{ui.workflow_id}",
                                  headers={"Authorization": page.bearer["value"]})
     assert described.json()["workflowExecutionInfo"]["status"] == "WORKFLOW_EXECUTION_STATUS_RUNNING"
@@ -353,7 +335,7 @@ def test_logout_button_ends_the_session(page, ui):
         _goto(page, f"{ui.url}/namespaces/default/workflows")
         page.get_by_test_id("user-menu-trigger").click()
         with page.expect_response(lambda r: r.url.startswith(ui.url + "/auth/logout")) as logout:
-            _visible(page.get_by_role("menuitem", name="Log out")).click()
+            visible(page.get_by_role("menuitem", name="Log out")).click()
         return logout.value
 
     logout = retried(log_out, attempts=3, also=("Timeout",))

@@ -30,6 +30,7 @@ from tests.support.dex import Dex, claims_of
 from tests.support.ldap import dex_connector, start_directory
 from tests.support.ports import free_port
 from tests.support.processes import stop_group
+from tests.support.ui_pages import terminate_on_the_workflow_page, visible
 from tests.support.ui_server import CHROMIUM, CHROMIUM_ARGS, UIServer, chromium_home
 from tests.support.waits import wait_until
 
@@ -237,17 +238,6 @@ def session(browser, stack):
     session.close()
 
 
-def visible(locator, seconds: float = 10):
-    """The UI renders some controls twice (menus, modals): the one on screen, once it is."""
-    deadline = time.monotonic() + seconds
-    while True:
-        for item in locator.all():
-            if item.is_visible():
-                return item
-        assert time.monotonic() < deadline, f"nothing visible for {locator}"
-        time.sleep(0.2)
-
-
 def shown_after_reload(session, path: str, text: str) -> None:
     """`text` on the page at `path`, the page loaded once more if it is not there within 15 s: with
     TOKEN_LIFETIME this short the UI's token can expire while a page loads, and the page on which
@@ -262,14 +252,9 @@ def shown_after_reload(session, path: str, text: str) -> None:
 
 
 def terminate(session, namespace: str, workflow_id: str) -> int:
-    """The UI's Terminate on the workflow's page (More Actions): the status of the call it made."""
-    session.page.get_by_role("button", name="More Actions").click()
-    visible(session.page.get_by_test_id("terminate-button")).click()
-    visible(session.page.locator("#workflow-termination-reason")).fill("ended from the UI by its on-call")
-    with session.page.expect_response(lambda r: r.url.startswith(
-            f"{session.url}/api/v1/namespaces/{namespace}/workflows/{workflow_id}/terminate")) as terminated:
-        visible(session.page.get_by_test_id("confirm-modal-button")).click()
-    return terminated.value.status
+    return terminate_on_the_workflow_page(
+        session.page, f"{session.url}/api/v1/namespaces/{namespace}/workflows/{workflow_id}/terminate",
+        "ended from the UI by its on-call")
 
 
 def token_claims(bearer: str) -> dict:
