@@ -3,12 +3,15 @@ pipe them: pg_dump --format=custom | base64 framing | bootstrap (seal, streamed 
 and bootstrap (authenticate, then stream) | pg_restore. Compared with plain `pg_dump -Fc` to a
 file and plain `pg_restore` from it, on the same host.
 
-    python benchmarks/bench_backup_stream.py [--gib 1.5] [--rounds 2] [--keep]
+    python benchmarks/bench_backup_stream.py [--gib 1.5] [--rounds 2] [--keep] [--history [--payload-kib 1024]]
 
 Starts a throw-away cluster (Debian's PostgreSQL, initdb in a temp dir, unix socket only, fsync
 off), fills database `temporal` with --gib of rows shaped like Temporal history: 8 KiB bytea
 each, mostly incompressible (payloads are encrypted by the codec) with a compressible JSON-ish
-column beside. Prints per round: plain pg_dump time, bundle backup time and its ratio, the
+column beside. With --history the database is real Temporal history instead: the real
+temporal-server (mTLS + JWT, tests/support/cluster.py) on that PostgreSQL, workflows started
+through its frontend with random (incompressible) inputs of --payload-kib until database
+`temporal` holds --gib; the server is stopped before the rounds. Prints per round: plain pg_dump time, bundle backup time and its ratio, the
 bootstrap's peak RSS (VmHWM) and CPU time, archive and dump sizes; verify time; restore time
 of both paths (into an emptied database). Runs as root (the server runs as user postgres).
 """
@@ -16,6 +19,7 @@ of both paths (into an emptied database). Runs as root (the server runs as user 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import glob
 import os
 import shutil
@@ -28,7 +32,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter  # noqa: E402
+
+from bootstrap.client import connect  # noqa: E402
 from tests.support.bundles import make_bundle  # noqa: E402
+from tests.support.cluster import LocalCluster  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tests.support.waits import wait_until  # noqa: E402
 
@@ -44,7 +52,17 @@ class Cluster:
     def __init__(self, work: Path):
         self.bin = Path(sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))[-1]).parent
         self.work, self.port, self.process = work, free_port(), None
-        self.conn = f"--host={work} --port={self.port} --username=postgres"
+
+    @property
+    def conn(self) -> str:
+        return f"--host={self.work} --port={self.port} --username=postgres"
+
+    @classmethod
+    def of(cls, server) -> "Cluster":
+        """The running PostgreSQL of a LocalCluster (tests/support/postgres.py), over its unix socket."""
+        cluster = cls(server.workdir)
+        cluster.port = server.port
+        return cluster
 
     def start(self) -> "Cluster":
         self.work.mkdir(parents=True, exist_ok=True)
@@ -92,7 +110,32 @@ def fill(cluster: Cluster, gib: float) -> None:
             f"'{{\"eventType\":\"WorkflowTaskCompleted\",\"attempt\":' || (g % 5) || '}}' "
             f"FROM generate_series({start}, {min(start + batch, rows) - 1}) g", db="temporal")
         print(f"  filled {min(start + batch, rows)}/{rows} rows", file=sys.stderr, flush=True)
-    cluster.psql("VACUUM ANALYZE", db="temporal")
+
+
+def database_bytes(cluster: Cluster) -> int:
+    return int(cluster.psql("SELECT pg_database_size('temporal')").stdout.strip())
+
+
+def fill_through_temporal(temporal: LocalCluster, gib: float, payload_kib: int, concurrency: int = 8) -> int:
+    """Workflows started through the real frontend until database `temporal` holds `gib`; how many.
+    No worker runs them: each start writes its input into history (WorkflowExecutionStarted)."""
+    database = Cluster.of(temporal.postgres)
+
+    async def run() -> int:
+        quiet = Runtime(telemetry=TelemetryConfig(logging=LoggingConfig(filter=TelemetryFilter("ERROR", "ERROR"))))
+        client = await connect(temporal.address, bundle_dir=temporal.bundle, role="client", server_name="localhost",
+                               runtime=quiet)  # not one warning per start about payloads over 512 KiB
+        started, began = 0, time.monotonic()
+        while database_bytes(database) < gib * 2**30:
+            await asyncio.gather(*(client.start_workflow(
+                "HistoryBench", os.urandom(payload_kib * 1024), id=f"history-{started + i}", task_queue="history-bench")
+                for i in range(concurrency * 4)))
+            started += concurrency * 4
+            if started % (concurrency * 64) == 0:
+                print(f"  {started} workflows, {database_bytes(database) / 2**30:.2f} GiB, "
+                      f"{time.monotonic() - began:.0f} s", file=sys.stderr, flush=True)
+        return started
+    return asyncio.run(run())
 
 
 def timed(command: str, env: dict | None = None) -> tuple[float, str]:
@@ -144,15 +187,27 @@ def main() -> int:
     parser.add_argument("--gib", type=float, default=1.5, help="table data to generate (GiB)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="leave the work directory")
+    parser.add_argument("--history", action="store_true", help="real Temporal history, through the server")
+    parser.add_argument("--payload-kib", type=int, default=1024, help="with --history: each workflow's input")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-backup-"))
     work.chmod(0o755)
-    cluster = Cluster(work / "pg").start()
+    temporal = cluster = None
     try:
         bundle = make_bundle(work / "bundle")
-        fill(cluster, args.gib)
-        size = cluster.psql("SELECT pg_database_size('temporal')").stdout.strip()
-        print(f"database temporal: {int(size) / 2**30:.2f} GiB on disk; cores: {os.cpu_count()}; "
+        if args.history:
+            temporal = LocalCluster(work / "temporal", driver="postgres", namespaces=("default",)).start_registered()
+            began = time.monotonic()
+            count = fill_through_temporal(temporal, args.gib, args.payload_kib)
+            print(f"history: {count} workflows of {args.payload_kib} KiB inputs started through the frontend "
+                  f"in {time.monotonic() - began:.0f} s")
+            temporal.stop_server()
+            cluster = Cluster.of(temporal.postgres)
+        else:
+            cluster = Cluster(work / "pg").start()
+            fill(cluster, args.gib)
+        cluster.psql("VACUUM ANALYZE", db="temporal")
+        print(f"database temporal: {database_bytes(cluster) / 2**30:.2f} GiB on disk; cores: {os.cpu_count()}; "
               f"load average: {os.getloadavg()[0]:.1f}")
         for index in range(args.rounds):
             r = round_(cluster, bundle, work, index)
@@ -162,11 +217,13 @@ def main() -> int:
                   f"{r['verify_rss_mib']} MiB | pg_restore {r['plain_restore_s']:.1f} s, backup dump | pg_restore "
                   f"{r['restore_s']:.1f} s, bootstrap {r['restore_rss_mib']} MiB, CPU {r['restore_cpu_s']:.1f} s", flush=True)
     finally:
-        cluster.stop()
+        if temporal:
+            temporal.stop()
+        elif cluster:
+            cluster.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

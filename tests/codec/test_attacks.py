@@ -368,9 +368,11 @@ def _probe_under_slow_clients(server, seconds: float, probe_once) -> tuple[list[
 
 def test_a_thousand_slow_connections(bundle, codec):
     _, _, out, _ = bundle
-    latencies, threads = _probe_under_slow_clients(codec, 6.0, lambda: timed_decode(codec, out))
+    hold = 6.0
+    latencies, threads = _probe_under_slow_clients(codec, hold, lambda: timed_decode(codec, out))
     print(f"1200 slow connections: {len(latencies)} legitimate decodes, slowest {max(latencies) * 1000:.0f} ms")
-    assert len(latencies) >= 5 and max(latencies) < 1.0, latencies
+    # As for the JWKS server below: a starved decode would wait out the hold.
+    assert len(latencies) >= 5 and max(latencies) < hold / 2, latencies
     assert threads < 16, f"{threads} threads: one per connection?"
     assert_within_memory(codec)
 

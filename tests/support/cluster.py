@@ -222,6 +222,13 @@ class LocalCluster:
         return ""
 
     def stop(self) -> None:
+        self.stop_server()
+        if self.postgres:
+            self.postgres.stop()
+            shutil.rmtree(self.postgres.workdir, ignore_errors=True)
+
+    def stop_server(self) -> None:
+        """temporal-server and the JWKS server; PostgreSQL, if any, runs on (a benchmark reads it)."""
         for process in reversed(self.processes):
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
@@ -231,6 +238,3 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
         self.processes.clear()
-        if self.postgres:
-            self.postgres.stop()
-            shutil.rmtree(self.postgres.workdir, ignore_errors=True)
