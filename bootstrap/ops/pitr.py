@@ -145,9 +145,16 @@ def parse_info(text: str, stanza: str) -> list[BackupSet]:
 
 
 def window_text(first: BackupSet, end: ArchiveEnd | None) -> str:
+    since = f"{pg_time(first.stop)} (the end of the first backup, {first.label})"
+    if end is not None and end.commit <= first.stop:
+        # Right after the first backup: nothing committed since is archived yet. A window "from"
+        # that end "to" an earlier commit would read backwards.
+        return (f"the repository can restore no time yet: its archived WAL holds no transaction after {since} "
+                f"(the last one: {pg_time(end.commit)}, segment {end.segment}); a time becomes restorable once "
+                "the WAL written after it is archived (within archive_timeout)")
     last = (f"{pg_time(end.commit)} (the last transaction in the archived WAL, segment {end.segment})"
             if end is not None else "an unknown end (no transaction found in the newest archived WAL segments)")
-    return f"the repository can restore from {pg_time(first.stop)} (the end of the first backup, {first.label}) to {last}"
+    return f"the repository can restore from {since} to {last}"
 
 
 def plan_pitr(backups: list[BackupSet], target: datetime | None, now: datetime,

@@ -98,6 +98,19 @@ def test_a_time_just_before_the_last_archived_transaction_is_accepted(pitr):
     assert result.out.splitlines()[-1] == f"--target={target:%Y-%m-%d %H:%M:%S.%f}+00"
 
 
+@pytest.mark.parametrize("last_commit", [FULL_STOP - timedelta(minutes=1), FULL_STOP])
+def test_right_after_the_first_backup_no_time_is_restorable_and_the_window_does_not_read_backwards(pitr, last_commit):
+    text = info([backup("20261204-010000F", "full", FULL_STOP)],
+                end={"segment": SEGMENT, "commit": waldump_time(last_commit)})
+    for time in (FULL_STOP, FULL_STOP + timedelta(hours=1)):
+        result = pitr(pg(time), text)
+        refused(result, "after the last archived WAL", "can restore no time yet",
+                f"no transaction after {pg(FULL_STOP)[:-3]}.000000+00 (the end of the first backup, 20261204-010000F)",
+                "TIME=latest")
+        assert "restore from" not in result.err, result.err  # no window "from" a time "to" an earlier one
+    assert pitr("latest", text).code == 0
+
+
 @pytest.mark.parametrize("end", [None, {"segment": SEGMENT, "commit": None}, {"segment": None, "commit": None}])
 def test_without_the_end_of_the_archive_only_latest_is_accepted(pitr, end):
     text = info([backup("20261204-010000F", "full", FULL_STOP)], end=end)
