@@ -31,7 +31,7 @@ rows:
               passphrase, a damaged or missing repository)
   wal         pg_stat_archiver: warning while archiving fails, critical once it has failed for
               wal_failing_for (5m) since the last success; unreadable if PostgreSQL did not answer
-  last_run    the last scheduled backup: warning if it failed
+  last_run    the last backup run (scheduled or make backup-db): warning if it failed
 
 exit codes (the highest applicable wins: 3 > 2 > 1 > 0):
   0  ok   1  warning   2  critical

@@ -98,8 +98,9 @@ def check(text: str, now: datetime, thresholds: DatabaseBackupConfig) -> Report:
     run_status = values.get("db_backup_last_run_status")
     if run_status is not None:
         status = OK if run_status == 0 else WARNING
-        items.append(Item("last_run", status, "the last scheduled backup succeeded" if run_status == 0 else
-                          f"the last scheduled backup failed (exit {int(run_status)}); see docker compose logs db-backup"))
+        items.append(Item("last_run", status, "the last backup run succeeded" if run_status == 0 else
+                          f"the last backup run failed (exit {int(run_status)}); its error line: docker compose logs "
+                          f"db-backup (scheduled) or the output of make backup-db"))
     return Report(tuple(items))
 
 

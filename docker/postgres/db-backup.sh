@@ -6,7 +6,8 @@
 #                                    a full backup when the last full one is DB_BACKUP_FULL_EVERY
 #                                    old, else a differential one when the last backup of any type
 #                                    is DB_BACKUP_DIFF_EVERY old; writes the metrics textfile
-#   db-backup.sh backup full|diff    one backup now (make backup-db)
+#   db-backup.sh backup full|diff    one backup now (make backup-db); its result is reported as the
+#                                    schedule's are (last_run)
 #   db-backup.sh info                the repository's `pgbackrest info --output=json` on stdout
 #   db-backup.sh check [--confirm]   info, and that the restore target (postgres-data) is empty;
 #                                    the info gets the end of the archived WAL added (archive_end)
@@ -24,6 +25,9 @@ export PGBACKREST_CONFIG="${PGBACKREST_CONFIG:-/bundle/pgbackrest/pgbackrest.con
 SCHEDULE_ENV="${DB_BACKUP_ENV:-/bundle/pgbackrest/db-backup.env}"
 LOCK_FILE="${DB_BACKUP_LOCK:-/var/lib/pgbackrest/lock/db-backup.flock}"
 METRICS_FILE="${DB_BACKUP_METRICS:-/var/lib/db-backup-metrics/backup.prom}"
+# "EXIT_CODE END_EPOCH TYPE" of the last backup that ran, scheduled or `make backup-db` (a container
+# of its own: the file on the shared volume, not the schedule's memory, is what the report reads).
+LAST_RUN_FILE="${METRICS_FILE%/*}/last-run"
 DATA_ROOT="${DB_BACKUP_DATA_ROOT:-/var/lib/postgresql/data}"
 PGDATA="${PGDATA:-$DATA_ROOT/pgdata}"
 POLL="${DB_BACKUP_POLL:-60}"
@@ -127,10 +131,31 @@ stanza_create() {
     pgbr stanza-create >/dev/null
 }
 
-backup() {  # full|diff
-    local type="$1"
+backup() {  # full|diff: one backup under the lock, its result recorded for the report
+    local type="$1" rc=0
     [[ "$type" == full || "$type" == diff ]] || fail "backup type must be full or diff, got '$type'"
     take_lock
+    (backup_locked "$type") || rc=$?
+    record_run "$rc" "$type"
+    status 2>/dev/null || true
+    return "$rc"
+}
+
+record_run() {  # EXIT_CODE TYPE
+    local tmp="$LAST_RUN_FILE.tmp.$$"
+    printf '%s %s %s\n' "$1" "$(date +%s)" "$2" >"$tmp" && chmod 0644 "$tmp" && mv -f "$tmp" "$LAST_RUN_FILE" \
+        || echo "error: cannot record the backup's result in $LAST_RUN_FILE" >&2
+}
+
+last_run() {  # -> "EXIT_CODE END_EPOCH", or nothing when no backup has run yet
+    local rc at
+    [[ -r "$LAST_RUN_FILE" ]] && read -r rc at _ <"$LAST_RUN_FILE" || return 0
+    [[ "$rc" =~ ^[0-9]{1,3}$ && "$at" =~ ^[0-9]{1,12}$ ]] && echo "$rc $at"
+    return 0
+}
+
+backup_locked() {  # full|diff
+    local type="$1"
     stanza_create
     echo "db-backup: $type backup of stanza $STANZA started at $(date -u +%FT%TZ)"
     local out
@@ -156,13 +181,11 @@ archiver_json() {  # pg_stat_archiver as JSON (epoch seconds), {} when PostgreSQ
         FROM pg_stat_archiver" 2>/dev/null || echo '{}'
 }
 
-LAST_RUN_STATUS=""
-LAST_RUN_AT=""
-
 write_metrics() {  # INFO_JSON ARCHIVER_JSON
-    local tmp="$METRICS_FILE.tmp.$$"
+    local tmp="$METRICS_FILE.tmp.$$" run_status="" run_at=""
+    read -r run_status run_at <<<"$(last_run)" || true
     jq -rn --argjson info "$1" --argjson arch "$2" --arg now "$(date +%s)" \
-        --arg run_status "$LAST_RUN_STATUS" --arg run_at "$LAST_RUN_AT" '
+        --arg run_status "$run_status" --arg run_at "$run_at" '
         def backups: ($info[0].backup // []) | map(select((.error // false) | not));
         def last(t): [backups[] | select(t == null or .type == t) | .timestamp.stop] | max // 0;
         "# HELP temporal_bundle_db_backup_last_good_timestamp_seconds End of the newest good pgBackRest backup (0: none).",
@@ -178,10 +201,10 @@ write_metrics() {  # INFO_JSON ARCHIVER_JSON
         "# TYPE temporal_bundle_db_backup_repo_status gauge",
         "temporal_bundle_db_backup_repo_status \($info[0].status.code // 99)",
         (if $run_status != "" then
-          "# HELP temporal_bundle_db_backup_last_run_status Exit code of the last scheduled backup (0 ok).",
+          "# HELP temporal_bundle_db_backup_last_run_status Exit code of the last backup run, scheduled or make backup-db (0 ok).",
           "# TYPE temporal_bundle_db_backup_last_run_status gauge",
           "temporal_bundle_db_backup_last_run_status \($run_status)",
-          "# HELP temporal_bundle_db_backup_last_run_timestamp_seconds When the last scheduled backup ended.",
+          "# HELP temporal_bundle_db_backup_last_run_timestamp_seconds When the last backup run ended.",
           "# TYPE temporal_bundle_db_backup_last_run_timestamp_seconds gauge",
           "temporal_bundle_db_backup_last_run_timestamp_seconds \($run_at)"
          else empty end),
@@ -235,7 +258,7 @@ schedule() {
         # A backup runs in the background, so the report below stays fresh however long it takes.
         if [[ -n "$running" ]] && ! kill -0 "$running" 2>/dev/null; then
             rc=0; wait "$running" || rc=$?
-            running=""; LAST_RUN_STATUS=$rc; LAST_RUN_AT="$(date +%s)"
+            running=""
             [[ "$rc" == 0 ]] || next_try=$(( $(date +%s) + RETRY ))
         fi
         if [[ "$created" == 1 && -z "$running" ]] && info="$( (info_json) 2>/tmp/db-backup.err)"; then

@@ -89,8 +89,13 @@ def check_backup(stack: ComposeStack) -> subprocess.CompletedProcess:
     return stack.make("check-backup", check=False, timeout=120)
 
 
+def row(result: subprocess.CompletedProcess, name: str) -> str:
+    """check-backup's row `name` (wal, last_run, ...)."""
+    return next((line for line in result.stdout.splitlines() if line.startswith(f"{name} ")), "")
+
+
 def wal_line(result: subprocess.CompletedProcess) -> str:
-    return next((line for line in result.stdout.splitlines() if line.startswith("wal ")), "")
+    return row(result, "wal")
 
 
 def backup_labels(stack: ComposeStack) -> list[str]:
@@ -217,6 +222,8 @@ def test_a_full_repository_fails_archiving_and_backups_cleanly_and_nothing_is_lo
         backup = stack.make("backup-db", "TYPE=diff", check=False, timeout=300)
         print(f"\nrepository full, make backup-db: {one_error_line(backup, 'repository volume is full')}")
         assert backup_labels(stack) == labels  # the backup cut short is not counted
+        # The manual run's failure is in the report as the schedule's would be.
+        assert row(check_backup(stack), "last_run").startswith("last_run    warning     the last backup run failed (exit 1)")
 
         # A time during the outage is past the last archived transaction: refused before anything stops.
         before = running(stack)
@@ -232,10 +239,11 @@ def test_a_full_repository_fails_archiving_and_backups_cleanly_and_nothing_is_lo
     pg(stack, "INSERT INTO pitr_fault VALUES ('space back'); SELECT pg_switch_wal()")
     wait_until(lambda: pg(stack, f"SELECT last_archived_wal >= '{segment}' FROM pg_stat_archiver") == "t", 120,
                f"segment {segment} archived once space returned")
-    wait_until(lambda: check_backup(stack).returncode == 0, 120, "check-backup ok again", interval=3)
     stack.make("backup-db", "TYPE=diff", timeout=300)
     after = backup_labels(stack)
     assert after[:-1] == labels and after[-1].endswith("D"), (labels, after)
+    ok = wait_until(lambda: (r := check_backup(stack)).returncode == 0 and r, 120, "check-backup ok again", interval=3)
+    assert row(ok, "last_run").startswith("last_run    ok"), ok.stdout
     TIMINGS["pitr_repo_full_test_s"] = round(time.monotonic() - t0, 1)
 
 
@@ -329,12 +337,16 @@ def test_recovery_to_the_last_archived_wal_and_to_a_time_under_load(pitr_stack):
 # --------------------------------------------------------------------------- the alert rules
 
 
-def report(now: int, backup_age: int, archived_age: int, failed_age: int | None) -> dict[str, float]:
-    return {"temporal_bundle_db_backup_report_timestamp_seconds": now - 10,
-            "temporal_bundle_db_backup_repo_status": 0,
-            "temporal_bundle_db_backup_last_good_timestamp_seconds": 0 if backup_age < 0 else now - backup_age,
-            "temporal_bundle_wal_last_archived_timestamp_seconds": now - archived_age,
-            "temporal_bundle_wal_last_failed_timestamp_seconds": 0 if failed_age is None else now - failed_age}
+def report(now: int, backup_age: int, archived_age: int, failed_age: int | None,
+           run_status: int | None = None) -> dict[str, float]:
+    values = {"temporal_bundle_db_backup_report_timestamp_seconds": now - 10,
+              "temporal_bundle_db_backup_repo_status": 0,
+              "temporal_bundle_db_backup_last_good_timestamp_seconds": 0 if backup_age < 0 else now - backup_age,
+              "temporal_bundle_wal_last_archived_timestamp_seconds": now - archived_age,
+              "temporal_bundle_wal_last_failed_timestamp_seconds": 0 if failed_age is None else now - failed_age}
+    if run_status is not None:
+        values["temporal_bundle_db_backup_last_run_status"] = run_status
+    return values
 
 
 def test_backup_rules_fire_exactly_where_check_backup_says_so(pitr_stack, tmp_path):
@@ -343,9 +355,10 @@ def test_backup_rules_fire_exactly_where_check_backup_says_so(pitr_stack, tmp_pa
     eval_at = 3334 * 60  # seconds after promtool's epoch (on its 1m evaluation grid): time() there
     hour = 3600
     cases = [(3 * hour, 30, None), (int(25.5 * hour), 30, None), (int(26.5 * hour), 30, None), (-1, 30, None),
-             (hour, 200, 10), (hour, 301, 10), (hour, 400, 5), (hour, 30, 100)]
+             (hour, 200, 10), (hour, 301, 10), (hour, 400, 5), (hour, 30, 100), (hour, 30, None, 0),
+             (hour, 30, None, 1), (int(25.5 * hour), 30, None, 50)]
     series, expected = [], {"BundleDatabaseBackupLate": [], "BundleDatabaseBackupMissing": [],
-                            "BundleWalArchivingFailing": []}
+                            "BundleWalArchivingFailing": [], "BundleDatabaseBackupRunFailed": []}
     for index, case in enumerate(cases):
         values = report(eval_at, *case)
         labels = {"job": "bundle-db-backup", "instance": f"case{index}"}
@@ -361,6 +374,8 @@ def test_backup_rules_fire_exactly_where_check_backup_says_so(pitr_stack, tmp_pa
             expected[rule].append({"exp_labels": {**labels, "severity": items["backup"]}})
         if items["wal"] == "critical":
             expected["BundleWalArchivingFailing"].append({"exp_labels": {**labels, "severity": "critical"}})
+        if items.get("last_run") == "warning":
+            expected["BundleDatabaseBackupRunFailed"].append({"exp_labels": {**labels, "severity": "warning"}})
     assert all(expected.values()), expected
     (tmp_path / "rules.yml").write_text(rules_text)
     (tmp_path / "test.yml").write_text(yaml.safe_dump({
