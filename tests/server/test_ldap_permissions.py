@@ -13,9 +13,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import ssl
@@ -38,11 +35,11 @@ from temporalio.api.workflowservice.v1 import (
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
+from tests.support.bundle_services import BundleServices
 from tests.support.cluster import LocalCluster
 from tests.support.dex import Dex, claims_of
 from tests.support.ldap import GROUPS, dex_connector, start_directory
 from tests.support.ports import free_port
-from tests.support.waits import wait_until
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(900)]
 
@@ -67,17 +64,17 @@ class Stack:
                                dex_connector("ldap-dn", self.directory.host, bind_pw, ca=ca, group_name_attr="DN",
                                              name="Directory (DN)")]}
         self.cluster = LocalCluster(work / "cluster", namespaces=("default", "payments"), oidc=oidc).start_registered()
-        self.processes = []
+        self.services = BundleServices(work, self.cluster.config_path, self.cluster.bundle)
         self.dex = Dex(self.cluster.bundle, work, self.dex_port).start()
         self.exchange_port = free_port()
-        self._spawn("exchange", ["serve-exchange", "--host", "127.0.0.1", "--port", str(self.exchange_port)],
-                    self.exchange_port)
+        self.services.start("exchange", ["serve-exchange", "--host", "127.0.0.1", "--port", str(self.exchange_port)],
+                            self.exchange_port)
         self.info = work / "cluster-info.json"
-        subprocess.run([sys.executable, "-m", "bootstrap", "register-namespaces", *self._config(),
+        subprocess.run([sys.executable, "-m", "bootstrap", "register-namespaces", *self.services.config_args,
                         "--address", self.cluster.address, "--cluster-info", str(self.info)],
                        check=True, capture_output=True, text=True, timeout=120)
         self.gate_port = free_port()
-        self._spawn("gate", ["serve-ui-gate", "--host", "127.0.0.1", "--port", str(self.gate_port),
+        self.services.start("gate", ["serve-ui-gate", "--host", "127.0.0.1", "--port", str(self.gate_port),
                              "--upstream", self.cluster.address, "--cluster-info", str(self.info),
                              "--jwks-url", f"https://localhost:{self.cluster.jwks_port}/jwks.json",
                              "--jwks-url", f"https://localhost:{self.dex_port}/dex/keys",
@@ -85,32 +82,13 @@ class Stack:
                              "--exchange-url", f"https://localhost:{self.exchange_port}/token"], self.gate_port)
         # The codec server as compose runs it: both key sources, Dex's issuer; it maps in-process.
         self.codec_port = free_port()
-        self._spawn("codec", ["serve-codec", "--host", "127.0.0.1", "--port", str(self.codec_port), "--quiet-audit",
+        self.services.start("codec", ["serve-codec", "--host", "127.0.0.1", "--port", str(self.codec_port), "--quiet-audit",
                               "--jwks-url", f"https://localhost:{self.cluster.jwks_port}/jwks.json",
                               "--jwks-url", f"https://localhost:{self.dex_port}/dex/keys", "--issuer", self.dex.issuer],
                     self.codec_port)
 
-    def _config(self):
-        return ["--config", str(self.cluster.config_path), "--out", str(self.cluster.bundle)]
-
-    def _spawn(self, name, argv, port):
-        log = self.work / f"{name}.log"
-        process = subprocess.Popen([sys.executable, "-m", "bootstrap", *argv, *self._config()],
-                                   stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
-        self.processes.append(process)
-
-        def listening():
-            assert process.poll() is None, log.read_text()[-2000:]
-            with socket.socket() as s:
-                return s.connect_ex(("127.0.0.1", port)) == 0
-
-        wait_until(listening, 30, name)
-
     def stop(self):
-        for process in self.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(10)
+        self.services.stop()
         self.dex.stop()
         self.cluster.stop()
         self.directory.stop()
