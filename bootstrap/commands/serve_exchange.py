@@ -39,7 +39,8 @@ def run(args) -> int:
     config = load_config(args.config)
     workload = config.workload_identity
     if not workload.enabled and not config.oidc.login_exchange:
-        raise BundleError(f"{config.source}: neither workload_identity nor oidc.connectors is configured; nothing to serve")
+        raise BundleError(f"{config.source}: neither workload_identity nor oidc.connectors (nor oidc.groups with oidc.external) "
+                          "is configured; nothing to serve")
     layout = Layout(Path(args.out).resolve())
     key = load_exchange_key(layout)
     if key is None:

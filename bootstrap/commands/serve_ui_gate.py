@@ -97,7 +97,8 @@ async def _serve(args, tls, upstream: str, config, issuers: tuple[str, ...], lay
     login = None
     if args.exchange_url and config.oidc.login_exchange:
         from ..servers.login_exchange import LoginExchange
-        login = LoginExchange(args.exchange_url, jwks_cafiles(config, layout), config.oidc.issuer, config.jwt.audience)
+        login = LoginExchange(args.exchange_url, jwks_cafiles(config, layout), config.oidc.login_issuer,
+                              config.jwt.audience)
     try:
         gate = await start_gate(args.host, args.port, upstream, tls, auth, args.cluster_info, budget,
                                 config.oidc.permissions_claim, login)

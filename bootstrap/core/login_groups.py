@@ -89,10 +89,11 @@ def _varint(raw: bytes, i: int) -> tuple[int | None, int]:
     return None, i
 
 
-def login_principal(claims: dict) -> str:
+def login_principal(claims: dict, oidc=None) -> str:
     """The name the exchanged token carries as `sub` (what history's principal shows):
-    user:<connector>:<user id>, e.g. user:ldap:alice, user:local:admin."""
-    found = dex_subject(claims.get("sub"))
+    user:<connector>:<user id> for Dex, e.g. user:ldap:alice, user:local:admin; user:<sub> for an
+    external IdP (`oidc`: the OIDCConfig, whose `external` says which)."""
+    found = None if oidc is not None and oidc.external is not None else dex_subject(claims.get("sub"))
     if found is None:
         return f"{PRINCIPAL_PREFIX}:{claims.get('sub')}"
     user_id, connector = found
@@ -101,8 +102,11 @@ def login_principal(claims: dict) -> str:
     return f"{PRINCIPAL_PREFIX}:{connector}:{user_id}"
 
 
-def login_permissions(claims: dict, oidc, claim: str = PERMISSIONS_CLAIM) -> tuple[str, ...]:
-    """What a verified Dex token grants under `oidc` (the OIDCConfig): see the module's doc."""
+def login_permissions(claims: dict, oidc) -> tuple[str, ...]:
+    """What a verified login token grants under `oidc` (the OIDCConfig): see the module's doc. An
+    external IdP's token: its groups claim through the table, as an upstream connector's."""
+    if oidc.external is not None:
+        return mapped_permissions(claims.get(oidc.login_groups_claim), oidc.groups)
     found = dex_subject(claims.get("sub"))
     if found is None:
         return ()
@@ -113,7 +117,7 @@ def login_permissions(claims: dict, oidc, claim: str = PERMISSIONS_CLAIM) -> tup
         return oidc.permissions_of(user) if user is not None else ()
     if connector not in {c.id for c in oidc.connectors}:
         return ()  # a connector this bundle does not configure (a Dex config out of date)
-    return mapped_permissions(claims.get(claim), oidc.groups)
+    return mapped_permissions(claims.get(oidc.login_groups_claim), oidc.groups)
 
 
 def unmapped_reason(claims: dict, claim: str = PERMISSIONS_CLAIM, shown: int = 5) -> str:
@@ -148,7 +152,8 @@ def _jmespath_literal(value) -> str:
     return "`" + json.dumps(value).replace("`", "\\`") + "`"
 
 
-def login_token(key, claims: dict, permissions: tuple[str, ...], *, issuer: str, audience: str, lifetime, now):
+def login_token(key, claims: dict, permissions: tuple[str, ...], *, issuer: str, audience: str, lifetime, now,
+                subject: str | None = None):
     """The bundle token a verified login token is exchanged for: `sub` the user (login_principal),
     the mapped permissions, `lifetime` at most and never past the login token's own exp (so the
     bound on a removal from a group is the IdP token's lifetime). None if that token has expired."""
@@ -161,7 +166,7 @@ def login_token(key, claims: dict, permissions: tuple[str, ...], *, issuer: str,
         return None
     lifetime = min(lifetime, timedelta(seconds=left))
     token = mint_token(key, role="login", permissions=permissions, issuer=issuer, audience=audience,
-                       lifetime=lifetime, subject=login_principal(claims), now=now)
+                       lifetime=lifetime, subject=subject or login_principal(claims), now=now)
     return token
 
 
@@ -178,11 +183,12 @@ class LoginMapping:
 
     def principal(self, claims: dict) -> str | None:
         """The name history stamps for this person: the exchanged token's `sub`, or Dex's own."""
-        return login_principal(claims) if self.exchanged else claims.get("sub")
+        return login_principal(claims, self.oidc) if self.exchanged else claims.get("sub")
 
     def mapped(self, claims: dict) -> dict:
-        granted = list(login_permissions(claims, self.oidc, self.claim))
-        return {**claims, self.claim: granted, "permissions": granted, "login_groups": claims.get(self.claim)}
+        granted = list(login_permissions(claims, self.oidc))
+        return {**claims, self.claim: granted, "permissions": granted,
+                "login_groups": claims.get(self.oidc.login_groups_claim)}
 
 
 @dataclass(frozen=True)

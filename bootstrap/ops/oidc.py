@@ -218,20 +218,32 @@ def _connector(connector: OIDCConnector) -> dict:
 
 
 def login_mapping(config: BundleConfig):
-    """oidc.groups for the embedded Dex's tokens (the codec server, the gate); None without Dex."""
+    """oidc.groups for the login issuer's tokens (the codec server): the embedded Dex's, or an
+    external IdP's when oidc.groups maps its groups; None otherwise (no Dex, or an IdP that writes
+    permissions itself)."""
     from ..core.login_groups import LoginMapping
 
-    return LoginMapping(config.oidc.issuer, config.oidc, exchanged=bool(config.oidc.login_exchange)) if config.oidc.enabled else None
+    oidc = config.oidc
+    if not oidc.enabled and not (oidc.external is not None and oidc.login_exchange):
+        return None
+    return LoginMapping(oidc.login_issuer, oidc, exchanged=bool(oidc.login_exchange))
 
 
 def login_policy(config: BundleConfig, layout: Layout):
-    """The token exchange's policy for people's Dex tokens (servers/exchange.LoginPolicy): Dex's
-    issuer and keys (discovery, verified with the bundle's CA), jwt.audience, oidc.groups."""
+    """The token exchange's policy for people's login tokens (servers/exchange.LoginPolicy): Dex's
+    issuer and keys (discovery, verified with the bundle's CA), or an external IdP's (its jwks_uri,
+    verified with the system's roots and its own CA file); jwt.audience; oidc.groups."""
     from ..core.config.workload import WorkloadIssuer
     from ..core.login_groups import LoginPolicy
 
-    if not config.oidc.login_exchange:
+    oidc = config.oidc
+    if not oidc.login_exchange:
         return None
-    issuer = WorkloadIssuer(name="dex", type="oidc", issuer=config.oidc.issuer, audience=config.jwt.audience,
-                            ca_file=str(layout.trust_bundle))
-    return LoginPolicy(issuer, config.oidc)
+    if oidc.external is not None:
+        issuer = WorkloadIssuer(name="login", type="oidc", issuer=oidc.external.issuer, audience=config.jwt.audience,
+                                jwks_uri=oidc.external.jwks_uri,
+                                ca_file=str(issuer_ca_path(layout)) if oidc.external.ca_file else "")
+    else:
+        issuer = WorkloadIssuer(name="dex", type="oidc", issuer=oidc.issuer, audience=config.jwt.audience,
+                                ca_file=str(layout.trust_bundle))
+    return LoginPolicy(issuer, oidc)

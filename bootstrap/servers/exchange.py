@@ -268,13 +268,13 @@ class Exchange:
     def _login_grant(self, identity, audit: dict) -> dict:
         """A person's login token: the groups mapped through oidc.groups, `sub` the person."""
         login = self.policy.login
-        audit["principal"] = login_principal(identity.claims)
+        audit["principal"] = login_principal(identity.claims, login.oidc)
         granted = login_permissions(identity.claims, login.oidc)
         if not granted:
-            raise OAuthError(400, "invalid_request", unmapped_reason(identity.claims))
+            raise OAuthError(400, "invalid_request", unmapped_reason(identity.claims, login.oidc.login_groups_claim))
         audit["permissions"] = list(granted)
-        token = login_token(self.key, identity.claims, granted, issuer=self.policy.issuer,
-                            audience=self.policy.audience, lifetime=login.lifetime, now=datetime.now(timezone.utc))
+        token = login_token(self.key, identity.claims, granted, issuer=self.policy.issuer, audience=self.policy.audience,
+                            lifetime=login.lifetime, now=datetime.now(timezone.utc), subject=audit["principal"])
         if token is None:
             raise OAuthError(400, "invalid_request", "subject token rejected: expired")
         return {"access_token": token.encoded, "issued_token_type": ISSUED_TOKEN_TYPE, "token_type": "Bearer",

@@ -141,9 +141,8 @@ def test_the_check_finds_a_leaked_secret(exported, tmp_path):
 # --------------------------------------------------------------------------- external issuer
 
 
-@pytest.fixture(scope="module")
-def external_bundle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("external-export")
+def make_external_bundle(root, oidc_extra: str = ""):
+    """A bundle logging people in at a company IdP with a private CA; `oidc_extra`: more of oidc:."""
     (root / "ui-secret").write_text("company-idp-secret-0123456789\n")
     (root / "idp-ca.pem").write_bytes(CA.create("company IdP CA").cert_pem())
     config = f"""\
@@ -151,7 +150,7 @@ namespaces: [{{name: default}}]
 persistence: {{num_history_shards: 8}}
 codec: {{ui_origins: ["https://temporal.example.com"], sans: [codec.example.com]}}
 oidc:
-  enabled: false
+  enabled: false{oidc_extra}
   external:
     issuer: https://login.example.com/realms/acme
     jwks_uri: https://login.example.com/realms/acme/protocol/openid-connect/certs
@@ -167,6 +166,11 @@ kubernetes:
   codec_url: https://codec.example.com
 """
     return make_bundle(root / "bundle", config)
+
+
+@pytest.fixture(scope="module")
+def external_bundle(tmp_path_factory):
+    return make_external_bundle(tmp_path_factory.mktemp("external-export"))
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +222,29 @@ def test_external_export_is_valid_and_leaks_nothing(external_export, tmp_path):
     result = configcheck(config, tmp_path / "temporal.yaml")
     assert result.returncode == 0, result.stderr
 
+
+
+def test_an_external_idp_with_a_group_table_is_exchanged_in_the_cluster(tmp_path):
+    """oidc.groups next to external: the frontend trusts the bundle's keys only; the gate trades
+    people's IdP tokens at the exchange, whose Secret carries the IdP's private CA (it fetches
+    the IdP's keys with it)."""
+    bundle = make_external_bundle(tmp_path, "\n  groups: {default-team: ['default:write']}")
+    dest = tmp_path / "out"
+    result = export(bundle, dest)
+    assert result.code == 0, result.err
+    authorization = yaml.safe_load((dest / "values.yaml").read_text())["server"]["config"]["authorization"]
+    assert authorization["jwtKeyProvider"]["keySourceURIs"] == [bundle.config.jwks_url]
+    assert authorization["permissionsClaimName"] == "groups"
+    gate = manifest(dest, "manifests/ui-gate.yaml", "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert gate[gate.index("--exchange-url") + 1] == "https://token-exchange:8444/token"
+    exchange = [n for n in secrets_of(dest) if n.endswith("token-exchange")]
+    assert len(exchange) == 1, sorted(secrets_of(dest))
+    assert secrets_of(dest)[exchange[0]]["trust-oidc-issuer-ca.pem"] == (tmp_path / "idp-ca.pem").read_bytes()
+    pod = manifest(dest, "manifests/token-exchange.yaml", "Deployment")["spec"]["template"]["spec"]
+    items = {i["path"] for v in pod["volumes"] if "secret" in v for i in v["secret"].get("items", [])}
+    assert "trust/oidc-issuer/ca.pem" in items  # where serve-exchange looks for it (ops/oidc.login_policy)
+    for _, doc in documents(dest):
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 def test_switching_from_dex_to_an_external_issuer_removes_dex(own_bundle, external_bundle, tmp_path):
     dest = tmp_path / "out"

@@ -95,3 +95,38 @@ def test_a_bad_mapping_is_refused_at_load_in_one_line(groups, message):
     with pytest.raises(BundleError, match=message) as info:
         oidc({**GROUPS, **groups})
     assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- an external IdP
+
+IDP = {"issuer": "https://login.example.com/realms/acme",
+       "jwks_uri": "https://login.example.com/realms/acme/protocol/openid-connect/certs",
+       "client_id": "temporal-ui", "client_secret_file": "/run/secrets/ui", "groups_claim": "roles"}
+
+
+def external_oidc(**groups):
+    section = {"enabled": False, "external": IDP, **({"groups": groups["groups"]} if "groups" in groups else {})}
+    return parse_config({"namespaces": NAMESPACES, "oidc": section}).oidc
+
+
+def test_an_external_idps_groups_map_through_the_same_table():
+    mapped = external_oidc(groups=GROUPS)
+    assert mapped.login_exchange and mapped.permissions_claim == "groups" and mapped.login_groups_claim == "roles"
+    claims = {"iss": IDP["issuer"], "sub": "00u1a2b3c4", "roles": ["payments-oncall", SRE_DN, "unmapped"]}
+    assert login_permissions(claims, mapped) == ("payments:write", "temporal-system:read")
+    assert login_principal(claims, mapped) == "user:00u1a2b3c4"
+    # A group named like a permission is a name; the groups are read from groups_claim only.
+    assert login_permissions({**claims, "roles": ["payments:admin"]}, mapped) == ()
+    assert login_permissions({"iss": IDP["issuer"], "groups": ["payments-oncall"]}, mapped) == ()
+    assert "none of your groups ('payments:admin')" in unmapped_reason({"roles": ["payments:admin"]}, "roles")
+
+
+def test_without_a_table_an_external_idp_writes_permissions_itself_as_before():
+    direct = external_oidc()
+    assert not direct.login_exchange and direct.groups == ()
+    assert direct.permissions_claim == "roles" == direct.login_groups_claim
+
+
+def test_an_external_idps_table_is_checked_like_dexs():
+    with pytest.raises(BundleError, match="names namespace 'billing', which is not configured"):
+        external_oidc(groups={"payments-oncall": ["billing:write"]})

@@ -240,6 +240,24 @@ def test_external_init_writes_no_dex_and_copies_the_secret_and_ca(tmp_path, cli)
     assert client_secret_path(layout).read_text() == "rotated-secret\n"
 
 
+
+def test_an_external_idp_with_a_group_table_reaches_the_frontend_only_exchanged(tmp_path, cli):
+    """oidc.groups next to external: the IdP's groups are names, mapped at the token exchange;
+    the frontend trusts the bundle's keys only and reads the bundle's claim."""
+    from bootstrap.core.tokens import decode_unverified
+    secret, ca = _external_files(tmp_path)
+    section = {**external(client_secret_file=str(secret), ca_file=str(ca), groups_claim="roles"),
+               "groups": {"orders-team": ["orders:write"]}}
+    _, out, _ = _init(tmp_path, cli, section)
+    server = yaml.safe_load((out / "config" / "temporal.yaml").read_text())["global"]["authorization"]
+    assert EXTERNAL["jwks_uri"] not in server["jwtKeyProvider"]["keySourceURIs"]
+    assert len(server["jwtKeyProvider"]["keySourceURIs"]) == 1
+    assert server["permissionsClaimName"] == "groups" and server["audience"] == "temporal-ui"
+    _, claims = decode_unverified((out / "tokens" / "worker.jwt").read_text().strip())
+    assert claims["groups"] == claims["permissions"] and "roles" not in claims
+    layout = _layout(out)
+    assert layout.leaf("exchange", "server")[0].exists() and layout.exchange_signing_key.exists()
+
 def test_external_issuer_has_no_admin_password(tmp_path, cli):
     secret, _ = _external_files(tmp_path)
     config, out, _ = _init(tmp_path, cli, external(client_secret_file=str(secret)))

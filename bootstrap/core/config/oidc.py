@@ -71,7 +71,8 @@ class OIDCConfig:
     ui_public_host: str = "localhost"  # where the browser opens the UI: https://<this>:<ui_port>
     token_lifetime: timedelta = timedelta(hours=1)
     admin: OIDCUser = OIDCUser("admin", "admin@example.com", ("admins",))
-    # group -> permissions, for the bundle's users and every connector's groups (core/login_groups)
+    # group -> permissions, for the bundle's users, every connector's groups and, when given next
+    # to `external`, the company IdP's groups (core/login_groups)
     groups: tuple[tuple[str, tuple[str, ...]], ...] = (("admins", ("temporal-system:admin",)),)
     users: tuple[OIDCUser, ...] = ()
     connectors: tuple[OIDCConnector, ...] = ()
@@ -89,12 +90,14 @@ class OIDCConfig:
 
     @property
     def login_exchange(self) -> bool:
-        """Dex federates an upstream directory (oidc.connectors): its tokens then carry groups
-        the bundle did not write, so the frontend stops trusting Dex's keys, and the UI gate
-        exchanges a person's Dex token at the token exchange for a bundle token holding what
-        oidc.groups maps their groups to. With only the bundle's own users, Dex's config already
-        holds their mapped permissions (applied at render) and Dex's keys stay a key source."""
-        return self.enabled and bool(self.connectors)
+        """People's tokens carry groups the bundle did not write: Dex federating an upstream
+        directory (oidc.connectors), or an external IdP with oidc.groups mapping its groups. The
+        frontend then stops trusting the login issuer's keys, and the UI gate exchanges a person's
+        token at the token exchange for a bundle token holding what oidc.groups maps their groups
+        to. With only the bundle's own users, Dex's config already holds their mapped permissions
+        (applied at render) and Dex's keys stay a key source; an external IdP without oidc.groups
+        writes permissions in its groups claim itself."""
+        return (self.enabled and bool(self.connectors)) or (self.external is not None and bool(self.groups))
 
     @property
     def login_issuer(self) -> str:
@@ -102,6 +105,13 @@ class OIDCConfig:
 
     @property
     def permissions_claim(self) -> str:
+        """The claim the frontend reads permissions from: an external IdP's groups claim when it
+        writes permissions there itself, else the bundle's."""
+        return self.external.groups_claim if self.external and not self.login_exchange else PERMISSIONS_CLAIM
+
+    @property
+    def login_groups_claim(self) -> str:
+        """The claim the login issuer's tokens carry a person's groups in."""
         return self.external.groups_claim if self.external else PERMISSIONS_CLAIM
 
     def permissions_of(self, user: OIDCUser) -> tuple[str, ...]:
@@ -120,7 +130,10 @@ def parse_oidc(sec: Section, namespaces: set[str], net: NetworkConfig) -> OIDCCo
     if external is not None and enabled:
         raise BundleError(f"{sec.where}: external needs enabled: false (the embedded Dex and an external issuer "
                           "exclude each other)")
-    groups = _parse_oidc_groups(sec.section("groups"), namespaces) if "groups" in sec.data else d.groups
+    if "groups" in sec.data:
+        groups = _parse_oidc_groups(sec.section("groups"), namespaces)
+    else:  # the default maps Dex's admin user's group; an external IdP's groups are mapped only when asked
+        groups = () if external is not None else d.groups
     oidc = OIDCConfig(
         enabled=enabled,
         host=sec.host("host", d.host),
@@ -143,7 +156,8 @@ def parse_oidc(sec: Section, namespaces: set[str], net: NetworkConfig) -> OIDCCo
 
 
 # Keys that configure the embedded Dex: meaningless (so refused) next to an external issuer.
-DEX_ONLY_KEYS = ("host", "port", "token_lifetime", "admin", "groups", "users", "connectors", "sans")
+# (`groups` is not one: next to `external` it maps the IdP's groups.)
+DEX_ONLY_KEYS = ("host", "port", "token_lifetime", "admin", "users", "connectors", "sans")
 # Registered JWT claims: never a permissions claim.
 REGISTERED_CLAIMS = ("iss", "sub", "aud", "exp", "nbf", "iat", "jti", "azp", "nonce")
 CLAIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,127}$")

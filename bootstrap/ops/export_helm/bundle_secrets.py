@@ -59,7 +59,8 @@ def secrets(config: BundleConfig, layout: Layout) -> list[Secret]:
     if refresher_exported(config):
         result.append(_refresher_secret(read, layout, n["refresher"]))
     if exchange_exported(config):
-        result.append(_exchange_secret(read, n["exchange"], server_ca))
+        result.append(_exchange_secret(read, n["exchange"], server_ca,
+                                       login_issuer_ca=config.oidc.login_exchange and issuer_ca_exported(config)))
     return result + _oidc_secrets(config, read, n) + [_verify_secret(read, n["verify"])]
 
 
@@ -106,15 +107,18 @@ def refresher_exported(config: BundleConfig) -> bool:
 
 def exchange_exported(config: BundleConfig) -> bool:
     """The token exchange runs in the cluster for workers' service-account tokens (workload
-    identity), for people's Dex logins (oidc.connectors: the gate exchanges them), or both."""
+    identity), for people's logins (oidc.connectors, or oidc.groups with oidc.external: the gate
+    exchanges them), or both."""
     return config.workload_identity.enabled or config.oidc.login_exchange
 
 
-def _exchange_secret(read: BundleReader, name: str, ca: bytes) -> Secret:
+def _exchange_secret(read: BundleReader, name: str, ca: bytes, login_issuer_ca: bool) -> Secret:
+    """login_issuer_ca: an external IdP's private CA, for fetching its keys (people's logins)."""
     cert, key = read.leaf("exchange", "server")
     return _bundle_secret(name, "token exchange (its TLS pair and its own signing key)", {
         "exchange/server.pem": cert, "exchange/server.key": key,
         "exchange/signing.key": read.file(read.layout.exchange_signing_key), "trust/ca.pem": ca,
+        **(_issuer_ca(read) if login_issuer_ca else {}),
     })
 
 
