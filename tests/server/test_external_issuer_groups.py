@@ -10,16 +10,10 @@ frontend; the codec server agrees."""
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import json
-import ssl
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 import uuid
-from datetime import timedelta
 
 import pytest
 import yaml
@@ -30,11 +24,11 @@ from temporalio.api.workflowservice.v1 import (
     ListNamespacesRequest,
     StartWorkflowExecutionRequest,
 )
-from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode, TLSConfig
+from temporalio.service import RPCStatusCode
 
 from tests.support.bundle_services import BundleServices
 from tests.support.cluster import LocalCluster
+from tests.support.login_gate import codec_status, connect, namespaces, refusal, run
 from tests.support.oidc_issuer import CompanyIssuer
 from tests.support.ports import free_port
 
@@ -90,38 +84,6 @@ def stack(tmp_path_factory):
     stack = Stack(tmp_path_factory.mktemp("external-groups"))
     yield stack
     stack.stop()
-
-
-async def connect(stack, token: str, direct: bool = False) -> Client:
-    bundle = stack.cluster.bundle
-    cert, name, address = ("ui/client", "ui-gate", f"127.0.0.1:{stack.gate_port}")
-    if direct:  # straight to the frontend, with a client certificate of the client domain
-        cert, name, address = ("clients/client", "localhost", stack.cluster.address)
-    tls = TLSConfig(server_root_ca_cert=(bundle / "trust/ca.pem").read_bytes(),
-                    client_cert=(bundle / f"{cert}.pem").read_bytes(),
-                    client_private_key=(bundle / f"{cert}.key").read_bytes(), domain=name)
-    return await Client.connect(address, namespace="payments", api_key=token, tls=tls,
-                                connect_timeout=timedelta(seconds=10))
-
-
-def run(coro):
-    try:
-        return asyncio.run(coro)
-    finally:
-        gc.collect()  # the gate holds one address to 8 connections: close this test's
-
-
-async def refusal(call) -> tuple[RPCStatusCode | None, str]:
-    try:
-        await call
-    except RPCError as exc:
-        return exc.status, exc.message
-    return None, ""
-
-
-async def namespaces(client) -> list[str]:
-    answer = await client.workflow_service.list_namespaces(ListNamespacesRequest(page_size=100))
-    return sorted(n.namespace_info.name for n in answer.namespaces)
 
 
 def test_the_frontend_trusts_the_bundles_keys_and_claim_only(stack):
@@ -180,18 +142,6 @@ def test_the_idp_token_opens_nothing_at_the_frontend_itself(stack):
                 await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace="payments"))
 
     run(check())
-
-
-def codec_status(stack, token: str, namespace: str) -> int:
-    ctx = ssl.create_default_context(cafile=str(stack.cluster.bundle / "trust" / "ca.pem"))
-    request = urllib.request.Request(f"https://localhost:{stack.codec_port}/decode", data=b'{"payloads": []}',
-                                     headers={"Content-Type": "application/json", "X-Namespace": namespace,
-                                              "Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(request, context=ctx, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
 
 
 def test_the_codec_server_applies_the_same_mapping(stack):
