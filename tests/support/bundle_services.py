@@ -3,13 +3,12 @@ test, each with its log in the work directory, waited for until it listens."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.processes import stop_group
 from tests.support.waits import wait_until
 
 
@@ -35,6 +34,4 @@ class BundleServices:
 
     def stop(self) -> None:
         for process in self.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(10)
+            stop_group(process)
