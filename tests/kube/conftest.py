@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.bundles import make_bundle
+from tests.support.codec import in_process_codec_server
 from tests.support.compose_stack import build_standin_images
 from tests.support.exports import CONFIG, WORKLOAD_IDENTITY, export
 from tests.support.kube_cluster import SERVICE_ACCOUNT_ISSUER, ApiServerIssuer, KubeCluster
@@ -64,8 +65,17 @@ def kube_wi(kube, installed_wi, tmp_path_factory):
     issuer = ApiServerIssuer(SERVICE_ACCOUNT_ISSUER, f"{kube.server}/.well-known/openid-configuration",
                              kube.ca_file, token_file)
     # Temporal namespace `orders-team`: default_bindings grants `orders-team:write` to pods of the
-    # Kubernetes namespace of the same name.
-    yield from workload_cluster(workdir, issuer=issuer, namespaces=("orders-team",))
+    # Kubernetes namespace of the same name; `payments-team` is the namespace its workers must not
+    # get keys of.
+    yield from workload_cluster(workdir, issuer=issuer, namespaces=("orders-team", "payments-team"))
+
+
+@pytest.fixture(scope="session")
+def kube_key_service(kube_wi):
+    """The codec server with its key service for kube_wi's bundle (its certificate, rings, KEKs and
+    JWKS, which publishes the exchange's key): the URL a worker pod fetches rings from."""
+    with in_process_codec_server(kube_wi) as url:
+        yield f"{url}/v1/keys"
 
 
 @pytest.fixture(scope="module")

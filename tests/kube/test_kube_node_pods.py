@@ -2,11 +2,14 @@
 v1.37.2 on containerd + runc + CNI bridge, kube-scheduler, kube-controller-manager): the node is
 Ready, a pod of the bundle image runs to completion and its logs come back through the API server,
 and the export's example workload-identity worker pod, whose projected token the KUBELET requests
-and writes, trades it at the bundle's exchange and runs a workflow from inside the pod; the same pod
-in a namespace no binding names is refused."""
+and writes, trades it at the bundle's exchange, fetches its namespace's data keys from the key
+service with the exchanged token (the pod mounts no ring and no KEK) and runs a workflow from inside
+the pod whose history the server holds encrypted; the same pod in a namespace no binding names is
+refused."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import json
@@ -16,14 +19,18 @@ import uuid
 import jwt
 import yaml
 
+from bootstrap.core.codec import ENCODING, decrypt
+from tests.support.codec import bundle_keys
 from tests.support.kube_cluster import EXCHANGE_AUDIENCE, SERVICE_ACCOUNT_ISSUER
 from tests.support.kube_node import NODE_NAME, POD_SUBNET, TOLERATION
 from tests.support.waits import HarnessError, wait_until
-from tests.support.workload import exchange_url, post_exchange
+from tests.support.workload import exchange_url, post_exchange, raw_client
 
 # What the worker container runs (a ConfigMap mounted at /scripts): the bundle's own
-# connect_workload() with the projected token, then a worker and one workflow in its namespace.
-# It prints the token's digest (never the token) and the exchanged token's subject and groups.
+# connect_workload() with the projected token and the data converter of KeyServiceKeys.for_workload
+# (as the example pod's comment says), then a worker and one workflow in its namespace. It prints
+# the token's digest (never the token), the exchanged token's subject and groups, what the key
+# service answers for another namespace's ring, and the workflow's id.
 POD_WORKER = '''\
 import asyncio, base64, hashlib, json, os, sys, uuid
 from datetime import timedelta
@@ -31,7 +38,9 @@ from datetime import timedelta
 from temporalio import activity, workflow
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from bootstrap.client import connect_workload
+from bootstrap.client import WorkloadIdentity, connect_workload
+from bootstrap.core.codec import data_converter
+from bootstrap.key_client import KeyServiceError, KeyServiceKeys
 
 
 @activity.defn
@@ -55,28 +64,41 @@ async def main():
     token_file = os.environ["TEMPORAL_TOKEN_FILE"]
     with open(token_file, "rb") as f:
         print("projected token sha256:", hashlib.sha256(f.read()).hexdigest(), flush=True)
+    bundle, namespace = os.environ["BUNDLE_DIR"], os.environ["TEMPORAL_NAMESPACE"]
+    identity = WorkloadIdentity(os.environ["TEMPORAL_EXCHANGE_URL"], token_file=token_file,
+                                ca_file=os.path.join(bundle, "trust", "ca.pem"))
+    keys = KeyServiceKeys.for_workload(os.environ["TEMPORAL_KEY_SERVICE_URL"], bundle_dir=bundle, identity=identity,
+                                       server_name=os.environ["TEMPORAL_KEY_SERVICE_SERVER_NAME"])
     try:
+        converter = data_converter(keys, namespace=namespace)  # fetches the ring now
         client, _ = await connect_workload(os.environ["TEMPORAL_ADDRESS"], exchange_url=os.environ["TEMPORAL_EXCHANGE_URL"],
-                                           bundle_dir=os.environ["BUNDLE_DIR"], token_file=token_file,
-                                           namespace=os.environ["TEMPORAL_NAMESPACE"], server_name="localhost")
+                                           bundle_dir=bundle, token_file=token_file, namespace=namespace,
+                                           server_name="localhost", data_converter=converter)
     except Exception as exc:
         print("exchange refused:", type(exc).__name__, flush=True)
         sys.exit(3)
     exchanged = claims(client.api_key)
     print("exchanged:", json.dumps({"sub": exchanged["sub"], "groups": exchanged.get("groups")}), flush=True)
+    try:
+        keys.ring(os.environ["OTHER_NAMESPACE"])
+        print("other ring: given", flush=True)
+    except KeyServiceError as exc:
+        print("other ring:", exc, flush=True)
     queue = "pod-" + uuid.uuid4().hex[:8]
     # Unsandboxed: the workflow is defined in this script's __main__, which the sandbox cannot re-import.
     async with Worker(client, task_queue=queue, workflows=[PodGreeting], activities=[greet],
                       workflow_runner=UnsandboxedWorkflowRunner()):
         for attempt in range(40):  # a just-registered namespace reaches the frontend cache within ~10 s
             try:
-                result = await client.execute_workflow(PodGreeting.run, os.environ["POD_NAME"], id="pod-" + str(uuid.uuid4()),
+                workflow_id = "pod-" + str(uuid.uuid4())
+                result = await client.execute_workflow(PodGreeting.run, "card 4111 " + os.environ["POD_NAME"], id=workflow_id,
                                                        task_queue=queue, execution_timeout=timedelta(seconds=60))
                 break
             except Exception as exc:
                 if "not found" not in str(exc).lower() or attempt == 39:
                     raise
                 await asyncio.sleep(0.5)
+    print("workflow id:", workflow_id, flush=True)
     print("workflow result:", result, flush=True)
 
 
@@ -126,12 +148,12 @@ def test_a_pod_of_the_bundle_image_runs_to_completion_on_the_ready_node(kube, ku
     assert logs[1:] == [f"pod={pod}"]
 
 
-def _example_worker(kube_wi, installed_wi) -> dict:
+def _example_worker(kube_wi, installed_wi, key_service: str) -> dict:
     """The export's example workload-identity worker pod (examples/workload-identity-worker.yaml),
     its identity volume and security context as exported; what it runs and where it connects
-    changed to this test's worker and the server-tier cluster on this machine's loopback (hence
-    hostNetwork: there is no kube-proxy, and the exchange and frontend listen on 127.0.0.1), and
-    the node's taint tolerated."""
+    changed to this test's worker and the server-tier cluster, exchange and key service on this
+    machine's loopback (hence hostNetwork: there is no kube-proxy, and they listen on 127.0.0.1),
+    and the node's taint tolerated."""
     _, dest, _, _ = installed_wi
     docs = list(yaml.safe_load_all((dest / "examples" / "workload-identity-worker.yaml").read_text()))
     pod = next(d for d in docs if d and d["kind"] == "Pod")
@@ -140,6 +162,10 @@ def _example_worker(kube_wi, installed_wi) -> dict:
     env = {e["name"]: e for e in container["env"]}
     env["TEMPORAL_ADDRESS"] = {"name": "TEMPORAL_ADDRESS", "value": kube_wi.address}
     env["TEMPORAL_EXCHANGE_URL"] = {"name": "TEMPORAL_EXCHANGE_URL", "value": exchange_url(kube_wi)}
+    assert {"TEMPORAL_KEY_SERVICE_URL", "TEMPORAL_KEY_SERVICE_SERVER_NAME"} <= env.keys()  # as exported
+    env["TEMPORAL_KEY_SERVICE_URL"] = {"name": "TEMPORAL_KEY_SERVICE_URL", "value": key_service}
+    env["TEMPORAL_KEY_SERVICE_SERVER_NAME"] = {"name": "TEMPORAL_KEY_SERVICE_SERVER_NAME", "value": "localhost"}
+    env["OTHER_NAMESPACE"] = {"name": "OTHER_NAMESPACE", "value": "payments-team"}
     env["POD_NAME"] = {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
     container.update(command=["python3", "/scripts/pod_worker.py"], imagePullPolicy="Never", env=list(env.values()))
     container["volumeMounts"].append({"name": "scripts", "mountPath": "/scripts", "readOnly": True})
@@ -179,19 +205,24 @@ def _run_worker(kube, kube_node, kube_wi, example: dict, namespace: str) -> tupl
     return name, _finished(kube, namespace, name), token
 
 
-def test_a_kubelet_projected_token_runs_a_workflow_from_inside_the_pod(kube, kube_node, kube_wi, installed_wi):
-    example = _example_worker(kube_wi, installed_wi)
+def test_a_kubelet_projected_token_runs_a_workflow_from_inside_the_pod(kube, kube_node, kube_wi, installed_wi,
+                                                                     kube_key_service):
+    example = _example_worker(kube_wi, installed_wi, kube_key_service)
     volume = next(v for v in example["spec"]["volumes"] if "projected" in v)
     source = volume["projected"]["sources"][0]["serviceAccountToken"]
     assert source["audience"] == EXCHANGE_AUDIENCE  # the export projects what its exchange accepts
+    _assert_mounts_no_key_material(example, kube_wi.bundle)
 
     name, doc, token = _run_worker(kube, kube_node, kube_wi, example, "orders-team")
     logs = kube.kubectl("logs", name, "-n", "orders-team").stdout
     assert doc["status"]["phase"] == "Succeeded", (doc["status"], logs)
-    assert f"workflow result: hello, {name}" in logs.splitlines()
+    assert f"workflow result: hello, card 4111 {name}" in logs.splitlines()
     exchanged = json.loads(re.search(r"^exchanged: (.*)$", logs, re.M).group(1))
     assert exchanged == {"sub": "cluster:system:serviceaccount:orders-team:temporal-worker",
                          "groups": ["orders-team:write"]}
+    other = re.search(r"^other ring: (.*)$", logs, re.M).group(1)
+    assert "refused the data keys of namespace 'payments-team' (403" in other, other
+    _assert_stored_encrypted(kube_wi, re.search(r"^workflow id: (\S+)$", logs, re.M).group(1), f"card 4111 {name}")
 
     # The token is the one the kubelet wrote into the pod's projected volume on this node (the
     # pod saw the same bytes), requested by the kubelet for this pod on this node.
@@ -212,8 +243,34 @@ def test_a_kubelet_projected_token_runs_a_workflow_from_inside_the_pod(kube, kub
     assert (status, answer.get("error")) == (400, "invalid_request"), answer
 
 
-def test_the_same_worker_in_a_namespace_no_binding_names_is_refused(kube, kube_node, kube_wi, installed_wi):
-    name, doc, _ = _run_worker(kube, kube_node, kube_wi, _example_worker(kube_wi, installed_wi), "elsewhere")
+def _assert_mounts_no_key_material(example: dict, bundle) -> None:
+    """The pod's volumes are its projected token and the role Secret's CA, certificate and key:
+    no item is a ring or a KEK of the bundle."""
+    kinds = sorted(next(iter(k for k in v if k != "name")) for v in example["spec"]["volumes"])
+    assert kinds == ["configMap", "projected", "secret"], kinds  # the configMap is this test's script
+    secret = next(v["secret"] for v in example["spec"]["volumes"] if "secret" in v)
+    mounted = {(bundle / item["path"]).read_bytes() for item in secret["items"]}
+    custody = {p.read_bytes() for d in ("codec-keys", "codec-kek") for p in (bundle / d).iterdir()}
+    assert custody and not mounted & custody
+
+
+def _assert_stored_encrypted(cluster, workflow_id: str, secret: str) -> None:
+    """The workflow's input as the server stores it (read with a temporal-system:admin token,
+    without the codec): ciphertext the namespace's ring opens."""
+    async def stored():
+        client = await raw_client(cluster, cluster.token("system"), namespace="orders-team")
+        history = await client.get_workflow_handle(workflow_id).fetch_history()
+        return list(history.events[0].workflow_execution_started_event_attributes.input.payloads)
+
+    [payload] = asyncio.run(stored())
+    assert payload.metadata["encoding"] == ENCODING and b"4111" not in payload.data
+    assert secret.encode() in decrypt(payload, bundle_keys(cluster.bundle)).data
+
+
+def test_the_same_worker_in_a_namespace_no_binding_names_is_refused(kube, kube_node, kube_wi, installed_wi,
+                                                                    kube_key_service):
+    name, doc, _ = _run_worker(kube, kube_node, kube_wi, _example_worker(kube_wi, installed_wi, kube_key_service),
+                               "elsewhere")
     logs = kube.kubectl("logs", name, "-n", "elsewhere").stdout
     assert doc["status"]["phase"] == "Failed", (doc["status"], logs)
     assert doc["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3, logs
