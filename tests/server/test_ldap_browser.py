@@ -2,11 +2,13 @@
 real Web UI (the ui-server 2.58.1 build, tests/support/ui_server.py, configured as compose
 configures temporal-ui), which logs people in through Dex's LDAP connector (Debian's slapd) and
 reaches temporal-server through the UI gate over mTLS; the gate trades each person's Dex token at
-the token exchange for a bundle token holding what oidc.groups maps their directory groups to.
+the token exchange for a bundle token holding what oidc.groups maps their directory groups to. The
+UI's codec endpoint is the bundle's codec server, which the browser calls with the person's Dex
+token and which maps their groups the same way.
 
 alice is in `payments-oncall` (mapped to payments:write): she sees exactly `payments` in the UI's
-namespace list, sees a workflow there with its input and terminates it (write), and `default`
-shows her nothing (every call refused). Her session outlives the Dex access token (a short
+namespace list, sees a workflow there with its input (stored encrypted, decrypted for her by the
+codec server) and terminates it (write), and `default` shows her nothing (every call refused). Her session outlives the Dex access token (a short
 oidc.token_lifetime) because the UI refreshes it at Dex; removed from the group in LDAP she loses
 `payments` in the browser within that lifetime (measured); the UI's Log out ends the session.
 chromium trusts the bundle's CA through an NSS database of its own; no certificate error is
@@ -14,6 +16,7 @@ ignored. A missing chromium or ui-server is a failure, never a skip."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -21,11 +24,16 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from temporalio.client import Client
 
+from bootstrap.client import RoleCredentials
+from bootstrap.core.codec import data_converter
 from tests.support.cluster import LocalCluster
+from tests.support.codec import bundle_keys
 from tests.support.dex import Dex, claims_of
 from tests.support.ldap import dex_connector, start_directory
 from tests.support.ports import free_port
@@ -42,18 +50,21 @@ TIMEOUT_MS = 30_000
 
 class BrowserCluster(LocalCluster):
     """The cluster with the Web UI on a port of its own: Dex's redirect URI and the codec's
-    allowed origin are rendered from network.ui_port."""
+    allowed origin are rendered from network.ui_port. The codec server decrypts for `write` on a
+    namespace (the default is `admin`): the on-call reads the payloads of the namespace they act in."""
 
     ui_port: int = 0
 
     def bundle_config(self) -> dict:
         doc = super().bundle_config()
         doc["network"]["ui_port"] = self.ui_port
+        doc["codec"] = {"decrypt_role": "write"}
         return doc
 
 
 class Stack:
-    """slapd, the cluster, Dex with the LDAP connector, the exchange, the gate, the Web UI."""
+    """slapd, the cluster, Dex with the LDAP connector, the exchange, the gate, the codec server,
+    the Web UI."""
 
     def __init__(self, work: Path):
         self.work, self.processes = work, []
@@ -83,8 +94,15 @@ class Stack:
                              "--jwks-url", f"https://localhost:{self.dex_port}/dex/keys",
                              "--issuer", self.dex.issuer,
                              "--exchange-url", f"https://localhost:{self.exchange_port}/token"], self.gate_port)
+        # The codec server as compose runs it: both key sources, Dex's issuer; it maps in-process.
+        self.codec_port = free_port()
+        self._spawn("codec", ["serve-codec", "--host", "127.0.0.1", "--port", str(self.codec_port),
+                              "--jwks-url", f"https://localhost:{self.cluster.jwks_port}/jwks.json",
+                              "--jwks-url", f"https://localhost:{self.dex_port}/dex/keys", "--issuer", self.dex.issuer],
+                    self.codec_port)
         self.ui = UIServer(self.cluster.bundle, work, self.cluster.ui_port, f"127.0.0.1:{self.gate_port}",
-                           self.dex.issuer, self.dex.client_id, self.dex.client_secret).start()
+                           self.dex.issuer, self.dex.client_id, self.dex.client_secret,
+                           codec_endpoint=f"https://localhost:{self.codec_port}").start()
 
     def _config(self) -> list[str]:
         return ["--config", str(self.cluster.config_path), "--out", str(self.cluster.bundle)]
@@ -108,6 +126,32 @@ class Stack:
                                   "--workflow-id", workflow_id, "--type", "Charge", "--task-queue", "payments",
                                   "--input", json.dumps(payload)], capture_output=True, text=True, timeout=60)
         assert started.returncode == 0, started.stderr
+
+    def start_encrypted_workflow(self, namespace: str, workflow_id: str, payload: dict) -> None:
+        """The same, its input encrypted with the namespace's ring as a worker's data converter
+        does: the server holds ciphertext, and only the codec server can show it in the UI."""
+        async def start():
+            credentials = RoleCredentials.load(self.cluster.bundle, "worker", with_token=False)
+            converter = data_converter(bundle_keys(self.cluster.bundle), namespace=namespace)
+            client = await Client.connect(self.cluster.address, namespace=namespace, api_key=self.cluster.token("system"),
+                                          tls=credentials.tls_config("localhost"), data_converter=converter)
+            await client.start_workflow("Charge", payload, id=workflow_id, task_queue="payments")
+
+        with ThreadPoolExecutor(1) as thread:  # Playwright's sync API runs an event loop in this one
+            thread.submit(asyncio.run, start()).result()
+
+    def stored_history(self, namespace: str, workflow_id: str) -> str:
+        """The workflow's history as the server holds it (the CLI, no codec)."""
+        shown = subprocess.run([*self.cluster.cli_base("system"), "workflow", "show", "--namespace", namespace,
+                                "--workflow-id", workflow_id, "--output", "json"], capture_output=True, text=True,
+                               timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        return shown.stdout
+
+    def codec_audit(self) -> list[dict]:
+        lines = (self.work / "codec.log").read_text().splitlines()
+        return [doc for doc in map(json.loads, (line for line in lines if line.startswith("{")))
+                if doc.get("event") == "audit"]
 
     def workflow_status(self, namespace: str, workflow_id: str) -> str:
         shown = subprocess.run([*self.cluster.cli_base("system"), "workflow", "describe", "--namespace", namespace,
@@ -279,11 +323,15 @@ def test_an_oncall_user_sees_exactly_the_mapped_namespace_in_the_ui(session, sta
 def test_the_oncall_user_reads_and_terminates_in_payments_and_sees_nothing_of_default(session, stack):
     mine, other = f"charge-{uuid.uuid4().hex[:8]}", f"ledger-{uuid.uuid4().hex[:8]}"
     invoice, secret = f"inv-{uuid.uuid4().hex[:10]}", f"default-only-{uuid.uuid4().hex[:10]}"
-    stack.start_workflow("payments", mine, {"invoice": invoice})
+    stack.start_encrypted_workflow("payments", mine, {"invoice": invoice})
     stack.start_workflow("default", other, {"ledger": secret})
+    assert invoice not in stack.stored_history("payments", mine)  # the server holds ciphertext
     session.log_in("alice", "alice-pw-1")
 
     shown_after_reload(session, f"/namespaces/payments/workflows/{mine}", invoice)  # read: the workflow, its input
+    # ... decrypted for her by the codec server, which the browser called with her Dex token.
+    decodes = [doc for doc in stack.codec_audit() if doc["action"] == "decode" and doc["namespace"] == "payments"]
+    assert any(doc["outcome"] == "decrypted" and "alice" in doc["principal"] for doc in decodes), decodes
     status = terminate(session, "payments", mine)
     if status == 401:  # the UI's token expired on the way (TOKEN_LIFETIME is short): it refreshed it
         shown_after_reload(session, f"/namespaces/payments/workflows/{mine}", invoice)
