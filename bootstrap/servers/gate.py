@@ -271,10 +271,13 @@ class Gate:
     async def authenticate(self, method: str, metadata, context):
         """Refuse, unread, a call the frontend would refuse for its token (with the frontend's words);
         the metadata to forward, a login token exchanged for the person's bundle token."""
+        authorization = bearer_of(metadata)
         try:
-            claims = await self.auth.claims(bearer_of(metadata))
+            claims = await self.auth.claims(authorization)
             if self.login is not None and self.login.applies(claims):
-                token = bearer_of(metadata).strip().partition(" ")[2].strip()
+                if self.login.ending(authorization):
+                    raise Refusal(401, "login token ending")
+                token = authorization.strip().partition(" ")[2].strip()
                 return with_bearer(metadata, await self.login.bundle_token(token))
         except Refusal as refusal:
             self.refusals.log(method=method.rsplit("/", 1)[1], reason=refusal.message, detail=refusal.detail)
@@ -282,6 +285,11 @@ class Gate:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, refusal.message)
             if refusal.status == 403:  # logged in, but oidc.groups maps none of their groups: say so
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"Request unauthorized: {refusal.message}")
+            if self.login is not None and self.login.ending(authorization):
+                # The UI server answers UNAUTHENTICATED with 401, on which the UI refreshes the
+                # person's token; PERMISSION_DENIED would show them "no permission" instead.
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "Request unauthenticated: the login token has "
+                                    "expired or is about to: refresh it")
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "Request unauthorized.")
         return metadata
 

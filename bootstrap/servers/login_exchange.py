@@ -26,6 +26,9 @@ JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 MAX_ANSWER = 64 * 1024
 MARGIN = 15.0  # seconds before its exp an exchanged token is exchanged again
 REFUSED_FOR = 10.0  # seconds a refusal (no mapped group) is answered without asking again
+# A login token with less than this left is not exchanged: the call would reach the exchange or the
+# frontend after it expired and come back as "no permission"; the caller is told to refresh instead.
+LAST_INSTANT = 5.0
 
 
 class LoginExchange:
@@ -43,16 +46,24 @@ class LoginExchange:
     def without_login_token(self, metadata) -> tuple:
         """The metadata of a call the frontend answers without a token (the health check,
         GetSystemInfo), less a Dex token it no longer verifies (it would refuse the call for it)."""
+        return tuple((k, v) for k, v in metadata if not (k == "authorization" and self._login_claims(v) is not None))
+
+    def ending(self, authorization) -> bool:
+        """Whether the header holds a login token that has expired or expires within LAST_INSTANT
+        (its claims unverified: the answer only picks which refusal a caller gets)."""
+        claims = self._login_claims(authorization)
+        exp = claims.get("exp") if claims is not None else None
+        return isinstance(exp, (int, float)) and exp - time.time() < LAST_INSTANT
+
+    def _login_claims(self, authorization) -> dict | None:
         import jwt
 
-        def is_login(value) -> bool:
-            try:
-                token = str(value).strip().partition(" ")[2].strip()
-                return jwt.decode(token, options={"verify_signature": False}).get("iss") == self.login_issuer
-            except jwt.PyJWTError:
-                return False
-
-        return tuple((k, v) for k, v in metadata if not (k == "authorization" and is_login(v)))
+        try:
+            token = str(authorization).strip().partition(" ")[2].strip()
+            claims = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            return None
+        return claims if claims.get("iss") == self.login_issuer else None
 
     async def bundle_token(self, token: str) -> str:
         """The exchanged token, or Refusal(403, the exchange's reason) / Refusal(503)."""

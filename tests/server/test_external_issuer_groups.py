@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import uuid
+from datetime import timedelta
 
 import pytest
 import yaml
@@ -26,8 +27,10 @@ from temporalio.api.workflowservice.v1 import (
 )
 from temporalio.service import RPCStatusCode
 
+from bootstrap.core.pki import utcnow
 from tests.support.bundle_services import BundleServices
 from tests.support.cluster import LocalCluster
+from tests.support.forged_tokens import token as role_token
 from tests.support.login_gate import codec_status, connect, namespaces, refusal, run
 from tests.support.oidc_issuer import CompanyIssuer
 from tests.support.ports import free_port
@@ -149,3 +152,27 @@ def test_the_codec_server_applies_the_same_mapping(stack):
     assert codec_status(stack, oncall, "payments") == 200  # payments:write through payments-oncall
     assert codec_status(stack, oncall, "default") == 403
     assert codec_status(stack, named, "payments") == 403  # a group called payments:admin: a name
+
+
+@pytest.mark.parametrize("lifetime", [3, -5], ids=["3s-left", "expired"])
+def test_a_login_token_at_its_end_is_told_to_refresh_not_that_it_lacks_permission(stack, lifetime):
+    """The UI server turns UNAUTHENTICATED into 401, on which the UI refreshes the person's token;
+    PERMISSION_DENIED would show them "no permission". A token with seconds left would reach the
+    exchange or the frontend expired, so the gate does not exchange it."""
+    ending = stack.idp.user_token(["payments-oncall"], audience=CLIENT_ID, claim=CLAIM, lifetime=lifetime)
+    expired_role_token = role_token(stack.cluster, ["payments:write"], audience=CLIENT_ID,
+                               now=utcnow() - timedelta(hours=2))
+
+    async def check():
+        status, message = await refusal(describe(await connect(stack, ending)))
+        assert status == RPCStatusCode.UNAUTHENTICATED and "refresh" in message, (status, message)
+        # A role token is not a login: an expired one keeps the frontend's own answer (it refuses
+        # even the client's first, tokenless call when a token is sent).
+        with pytest.raises(RuntimeError, match=r"code: PermissionDenied, message: \"Request unauthorized\.\""):
+            await connect(stack, expired_role_token)
+
+    run(check())
+
+
+def describe(client):
+    return client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace="payments"))
