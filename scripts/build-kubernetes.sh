@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build the Kubernetes control plane the kube test tier runs, from the Go module proxy, cached by
 # version: etcd, kube-apiserver, kubectl, and the node and controllers that run pods: kubelet,
-# kube-scheduler and kube-controller-manager (tests/support/kube_node.py; the container runtime is
-# Debian's containerd + runc, the CNI plugins Debian's containernetworking-plugins).
+# kube-proxy (Service routing), kube-scheduler and kube-controller-manager
+# (tests/support/kube_node.py; the container runtime is Debian's containerd + runc, the CNI plugins
+# Debian's containernetworking-plugins, the cluster DNS CoreDNS: scripts/build-coredns.sh).
 #
 # k8s.io/kubernetes cannot be `go install`ed: its go.mod replaces its staging modules (k8s.io/api,
 # k8s.io/client-go, ...) with local paths. It builds as a dependency of a scratch module that pins
@@ -14,10 +15,10 @@ set -euo pipefail
 version="${1:-${KUBERNETES_VERSION:-v1.37.2}}"
 etcd_version="${ETCD_VERSION:-v3.7.3}"
 export GOTOOLCHAIN="${GOTOOLCHAIN:-go1.27.3}"
-# "-node": the set with kubelet, scheduler and controller manager; a cache of the older set (named
-# without it) is never mistaken for this one.
-cache="${TEMPORAL_BUNDLE_CACHE:-$HOME/.cache/temporal-bundle}/kube-$version-etcd-$etcd_version-node"
-binaries=(etcd kube-apiserver kubectl kubelet kube-scheduler kube-controller-manager)
+# "-node-proxy": the set with kubelet, kube-proxy, scheduler and controller manager; a cache of an
+# older set (named without it) is never mistaken for this one.
+cache="${TEMPORAL_BUNDLE_CACHE:-$HOME/.cache/temporal-bundle}/kube-$version-etcd-$etcd_version-node-proxy"
+binaries=(etcd kube-apiserver kubectl kubelet kube-proxy kube-scheduler kube-controller-manager)
 complete=1
 for name in "${binaries[@]}"; do [[ -x "$cache/$name" ]] || complete=0; done
 if ((complete)); then
@@ -65,6 +66,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kubectl"
 	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 )

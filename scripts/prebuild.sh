@@ -2,7 +2,7 @@
 # Every build the tests need, side by side instead of one after another, each cached by version
 # (a warm run only checks the caches): the Go builds of temporal-server (the pinned release and
 # the upgrade test's previous one), Dex, ui-server, configcheck, grpc-health-probe and the
-# Kubernetes cluster (control plane and node) of the kube tier; the Debian base image; then the
+# Kubernetes cluster (control plane and node) and CoreDNS of the kube tier; the Debian base image; then the
 # stand-in images of both releases, which need all of those but Kubernetes.
 # Each job logs to build/prebuild/<job>.log; the figures printed are wall seconds per job.
 # Env: UPGRADE_FROM_RELEASE (1.31.2), TEMPORAL_BUNDLE_CACHE, STANDIN_PREFIX, GOTOOLCHAIN.
@@ -51,6 +51,7 @@ start_job grpc-health-probe bash scripts/build-health-probe.sh
 start_job ui-server bash scripts/build-images.sh ui-server
 start_job base-image bash scripts/build-images.sh base
 start_job kubernetes bash scripts/build-kubernetes.sh
+start_job coredns bash scripts/build-coredns.sh
 # The stand-ins need every build but Kubernetes, the longest: they are built while it still runs.
 wait_jobs temporal "temporal-$old_release" dex grpc-health-probe ui-server base-image
 # One build-images.sh at a time: they share build/images/ for their contexts.

@@ -275,3 +275,78 @@ def test_the_same_worker_in_a_namespace_no_binding_names_is_refused(kube, kube_n
     assert doc["status"]["phase"] == "Failed", (doc["status"], logs)
     assert doc["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3, logs
     assert "exchange refused:" in logs and "exchanged:" not in logs
+
+
+# What the pod of the next test runs: the exchange as the example pod names it (its Service's
+# namespaced name, resolved by the cluster DNS, routed by kube-proxy), with the projected token.
+POD_EXCHANGE = '''\
+import base64, json, os, socket
+from urllib.parse import urlsplit
+
+from bootstrap.client import WorkloadIdentity
+
+url = os.environ["TEMPORAL_EXCHANGE_URL"]
+print("resolved:", socket.gethostbyname(urlsplit(url).hostname), flush=True)
+token = WorkloadIdentity(url, token_file=os.environ["TEMPORAL_TOKEN_FILE"], ca_file="/trust/ca.pem").exchange().token
+part = token.split(".")[1]
+claims = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+print("exchanged:", json.dumps({"sub": claims["sub"], "groups": claims.get("groups")}), flush=True)
+'''
+
+
+def _run_in_cluster(kube, kube_node, installed_wi, deployment: str) -> None:
+    """The export's Deployment on this node: its image the local bundle image, one replica, the
+    node's taint tolerated; everything else (Secret, config, service account, probes) as exported."""
+    _, _, namespace, _ = installed_wi
+    container = json.loads(kube.kubectl("get", "deployment", deployment, "-n", namespace, "-o", "json").stdout)[
+        "spec"]["template"]["spec"]["containers"][0]["name"]
+    patch = {"spec": {"replicas": 1, "template": {"spec": {"tolerations": [TOLERATION], "containers": [
+        {"name": container, "image": kube_node.bundle_image, "imagePullPolicy": "Never"}]}}}}
+    kube.kubectl("patch", "deployment", deployment, "-n", namespace, "--type=strategic", "-p", json.dumps(patch))
+    rollout = kube.kubectl("rollout", "status", f"deployment/{deployment}", "-n", namespace, "--timeout=180s",
+                           check=False)
+    if rollout.returncode != 0:
+        pods = kube.kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False).stdout
+        logs = kube.kubectl("logs", f"deployment/{deployment}", "-n", namespace, "--tail=40", check=False)
+        raise HarnessError(f"{deployment} not ready: {rollout.stderr}\n{pods}\n{logs.stdout}{logs.stderr}")
+
+
+def test_the_exported_exchange_runs_in_the_cluster_and_a_pod_reaches_it_by_its_service_name(
+        kube, kube_node, installed_wi):
+    bundle, dest, namespace, _ = installed_wi
+    exchange = bundle.config.workload_identity.host
+    _run_in_cluster(kube, kube_node, installed_wi, exchange)
+    example = next(d for d in yaml.safe_load_all((dest / "examples" / "workload-identity-worker.yaml").read_text())
+                   if d and d["kind"] == "Pod")
+    url = next(e["value"] for e in example["spec"]["containers"][0]["env"] if e["name"] == "TEMPORAL_EXCHANGE_URL")
+    assert url.startswith(f"https://{exchange}.{namespace}.svc:")  # as exported, unchanged
+
+    # A pod of Kubernetes namespace `default`, which default_bindings binds to Temporal's `default`.
+    name = f"exchange-client-{uuid.uuid4().hex[:6]}"
+    kube.kubectl("create", "serviceaccount", "temporal-worker", "-n", "default", check=False)
+    kube.kubectl("create", "configmap", "bundle-trust", "-n", "default", f"--from-file=ca.pem={bundle.root / 'trust/ca.pem'}",
+                 check=False)
+    kube.kubectl("create", "configmap", "pod-exchange", "-n", "default", "--from-literal=pod_exchange.py=" + POD_EXCHANGE,
+                 check=False)
+    projected = next(v for v in example["spec"]["volumes"] if "projected" in v)
+    token_path = projected["projected"]["sources"][0]["serviceAccountToken"]["path"]
+    mount = next(m["mountPath"] for m in example["spec"]["containers"][0]["volumeMounts"] if m["name"] == projected["name"])
+    kube.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"}, "spec": {
+        "serviceAccountName": "temporal-worker", "automountServiceAccountToken": False, "restartPolicy": "Never",
+        "tolerations": [TOLERATION], "securityContext": example["spec"]["securityContext"],
+        "containers": [{"name": "client", "image": kube_node.bundle_image, "imagePullPolicy": "Never",
+                        "command": ["python3", "/scripts/pod_exchange.py"],
+                        "env": [{"name": "TEMPORAL_EXCHANGE_URL", "value": url},
+                                {"name": "TEMPORAL_TOKEN_FILE", "value": f"{mount}/{token_path}"}],
+                        "volumeMounts": [{"name": projected["name"], "mountPath": mount, "readOnly": True},
+                                         {"name": "trust", "mountPath": "/trust", "readOnly": True},
+                                         {"name": "scripts", "mountPath": "/scripts", "readOnly": True}]}],
+        "volumes": [projected, {"name": "trust", "configMap": {"name": "bundle-trust"}},
+                    {"name": "scripts", "configMap": {"name": "pod-exchange"}}]}})
+    doc = _finished(kube, "default", name)
+    logs = kube.kubectl("logs", name, "-n", "default").stdout
+    assert doc["status"]["phase"] == "Succeeded", (doc["status"], logs)
+    service_ip = kube.kubectl("get", "service", exchange, "-n", namespace, "-o", "jsonpath={.spec.clusterIP}").stdout
+    assert f"resolved: {service_ip}" in logs.splitlines(), logs  # the cluster DNS's answer: the Service
+    exchanged = json.loads(re.search(r"^exchanged: (.*)$", logs, re.M).group(1))
+    assert exchanged == {"sub": "cluster:system:serviceaccount:default:temporal-worker", "groups": ["default:write"]}

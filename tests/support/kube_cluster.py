@@ -1,5 +1,7 @@
 """A real Kubernetes control plane for the kube tier: etcd and kube-apiserver built from the Go
-module proxy (scripts/build-kubernetes.sh), started on loopback and stopped by the tests.
+module proxy (scripts/build-kubernetes.sh), started and stopped by the tests. The API server listens
+on every address of this machine: pods reach it through the `kubernetes` Service, whose endpoint is
+this machine's address on its default route (kube-proxy routes the Service there).
 
 What it is: the released kube-apiserver with RBAC (`--authorization-mode=Node,RBAC`), its real
 admission chain, its service-account issuer (TokenRequest, TokenReview, OIDC discovery) and a
@@ -15,6 +17,7 @@ etcd listens on a loopback port without TLS: only the API server talks to it, on
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +40,20 @@ SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
 EXCHANGE_AUDIENCE = yaml.safe_load(WORKLOAD_IDENTITY)["workload_identity"]["issuers"][0]["audience"]
 
 
+def node_ip() -> str:
+    """This machine's address on its default route (kubelet and the API server's advertised address
+    refuse a loopback one). Nothing is sent: connecting a UDP socket only picks the route."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("198.51.100.1", 9))
+        except OSError as exc:
+            raise HarnessError(f"no IPv4 route for a node address: {exc}") from exc
+        address = s.getsockname()[0]
+    if address.startswith("127."):
+        raise HarnessError("only a loopback address: kubelet needs another node IP")
+    return address
+
+
 def kubernetes_bin_dir() -> Path:
     """The cached build; builds it (minutes, once) when missing. A failed build is an error."""
     out = subprocess.run(["bash", str(REPO / "scripts" / "build-kubernetes.sh")],
@@ -44,7 +61,8 @@ def kubernetes_bin_dir() -> Path:
     if out.returncode != 0:
         raise HarnessError(f"building Kubernetes failed:\n{out.stderr[-3000:]}")
     path = Path(out.stdout.strip().splitlines()[-1])
-    for name in ("etcd", "kube-apiserver", "kubectl", "kubelet", "kube-scheduler", "kube-controller-manager"):
+    for name in ("etcd", "kube-apiserver", "kubectl", "kubelet", "kube-proxy", "kube-scheduler",
+                 "kube-controller-manager"):
         if not (path / name).is_file():
             raise HarnessError(f"{path / name} missing after build")
     return path
@@ -176,10 +194,8 @@ class KubeCluster:
         self._spawn("kube-apiserver", [
             str(self.bin_dir / "kube-apiserver"),
             f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-            "--bind-address=127.0.0.1", f"--secure-port={self.api_port}",
-            # The `kubernetes` Service's endpoint; loopback is refused there, this range's first
-            # address is only ever written into that object.
-            "--advertise-address=10.96.0.1",
+            # Every address: pods reach it at the advertised one, the `kubernetes` Service's endpoint.
+            "--bind-address=0.0.0.0", f"--secure-port={self.api_port}", f"--advertise-address={node_ip()}",
             f"--tls-cert-file={w / 'apiserver.pem'}", f"--tls-private-key-file={w / 'apiserver.key'}",
             f"--client-ca-file={self.ca_file}",
             "--authorization-mode=Node,RBAC",

@@ -15,12 +15,17 @@ What runs, all on this machine, started and stopped by the tests:
 - kube-scheduler and kube-controller-manager (with the service-account signing key and the
   cluster CA: the service-account controller creates each namespace's `default` account, the
   root-CA publisher the `kube-root-ca.crt` ConfigMap every pod's API-access volume needs).
+- kube-proxy (iptables mode, every Service's traffic masqueraded so a pod reaching a Service
+  backed by a pod on the same bridge gets its answers back) and CoreDNS (scripts/build-coredns.sh)
+  with its `kubernetes` plugin, on this machine's address, port 53: the kubelet's clusterDNS, so
+  pods resolve `<service>.<namespace>.svc` and reach the API server at `kubernetes.default.svc`.
+  Stopping the node runs `kube-proxy --cleanup`, which removes its iptables chains again.
 
 There is no registry: images are the local Docker engine's, `docker save`d and imported into this
 containerd (`ctr -n k8s.io images import`), and pods must say `imagePullPolicy: Never`. The node is
 registered with a taint (TAINT) that only the tests' own pods tolerate (TOLERATION). The sandbox
 ("pause") image is made from the bundle image with `sleep infinity` as its entrypoint. Not here:
-kube-proxy (no Service routing), cluster DNS, NetworkPolicy enforcement.
+NetworkPolicy enforcement (the CNI bridge plugin implements none).
 """
 
 from __future__ import annotations
@@ -29,14 +34,15 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.kube_cluster import KubeCluster
+from tests.support.kube_cluster import KubeCluster, node_ip
 from tests.support.ports import free_port
+from tests.support.paths import REPO
 from tests.support.processes import terminate
 from tests.support.waits import HarnessError, wait_until
 
@@ -47,20 +53,16 @@ BRIDGE = "kubetier0"
 POD_SUBNET = "10.244.0.0/24"
 TAINT = {"key": "kube-tier/test-pods", "value": "only", "effect": "NoSchedule"}
 TOLERATION = {"key": TAINT["key"], "operator": "Equal", "value": TAINT["value"], "effect": TAINT["effect"]}
+CLUSTER_DOMAIN = "cluster.local"
 
 
-def node_ip() -> str:
-    """This machine's address on its default route (kubelet refuses a loopback node IP). Nothing
-    is sent: connecting a UDP socket only picks the route."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("198.51.100.1", 9))
-        except OSError as exc:
-            raise HarnessError(f"no IPv4 route for a node address: {exc}") from exc
-        address = s.getsockname()[0]
-    if address.startswith("127."):
-        raise HarnessError("only a loopback address: kubelet needs another node IP")
-    return address
+def coredns_binary() -> Path:
+    """The cached CoreDNS build; built when missing (minutes, once). A failed build is an error."""
+    out = subprocess.run(["bash", str(REPO / "scripts" / "build-coredns.sh")], capture_output=True, text=True,
+                         check=False)
+    if out.returncode != 0:
+        raise HarnessError(f"building CoreDNS failed:\n{out.stderr[-3000:]}")
+    return Path(out.stdout.strip().splitlines()[-1])
 
 
 @dataclass
@@ -74,6 +76,7 @@ class KubeNode:
         self.ip = node_ip()
         self.kubelet_port, self.healthz_port = free_port(), free_port()
         self.scheduler_port, self.controller_port = free_port(), free_port()
+        self.proxy_healthz_port, self.proxy_metrics_port, self.dns_ready_port = free_port(), free_port(), free_port()
 
     @property
     def socket(self) -> Path:
@@ -103,8 +106,10 @@ class KubeNode:
         # A Node object left by an earlier node of the same name would show its stale Ready status
         # and lack this node's taint: the kubelet registers afresh.
         self.cluster.kubectl("delete", "node", NODE_NAME, "--ignore-not-found", check=False)
+        self._start_dns()
         self._start_kubelet()
         wait_until(self._node_ready, timeout=120, what=f"node {NODE_NAME} Ready (logs in {self.workdir})")
+        self._start_proxy()
         return self
 
     def stop(self) -> None:
@@ -123,6 +128,9 @@ class KubeNode:
                     self._remove_containers()
                 self._terminate(process, log)
             self.processes.clear()
+            # Its iptables chains outlive it: removed here, so the host's rules are as before.
+            subprocess.run([str(self.cluster.bin_dir / "kube-proxy"), "--cleanup"], capture_output=True,
+                           check=False, timeout=60)
             self._kill_shims()
             self.cluster.kubectl("delete", "node", NODE_NAME, "--ignore-not-found", "--wait=false", check=False)
             self._unmount()
@@ -236,6 +244,7 @@ state = "{d / 'state'}"
                              "imagefs.available": "0%"},
             "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
             "podLogsDir": str(w / "pod-logs"), "maxPods": 30,
+            "clusterDNS": [self.ip], "clusterDomain": CLUSTER_DOMAIN,
             # Only pods that ask for it: the export's Deployments (applied by other kube tests)
             # would otherwise be placed here and pull images no registry serves.
             "registerWithTaints": [TAINT],
@@ -245,6 +254,48 @@ state = "{d / 'state'}"
             str(self.cluster.bin_dir / "kubelet"), f"--config={w / 'kubelet.yaml'}",
             f"--kubeconfig={w / 'kubelet.kubeconfig'}", f"--root-dir={w / 'kubelet'}",
             f"--hostname-override={NODE_NAME}", f"--node-ip={self.ip}", "--v=1"])
+
+    def _start_dns(self) -> None:
+        corefile = self.workdir / "Corefile"
+        corefile.write_text(f""".:53 {{
+    bind {self.ip}
+    errors
+    ready 127.0.0.1:{self.dns_ready_port}
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        kubeconfig {self.cluster.kubeconfig} admin
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }}
+    cache 5
+}}
+""")
+        self._spawn("coredns", [str(coredns_binary()), "-conf", str(corefile)])
+        wait_until(lambda: self._alive() and self._http_ok(f"http://127.0.0.1:{self.dns_ready_port}/ready"), 60,
+                   f"CoreDNS ready (log in {self.workdir})")
+
+    def _start_proxy(self) -> None:
+        config = {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+            "clientConnection": {"kubeconfig": str(self.cluster.kubeconfig)},
+            "hostnameOverride": NODE_NAME, "clusterCIDR": POD_SUBNET, "mode": "iptables",
+            "iptables": {"masqueradeAll": True, "localhostNodePorts": False},
+            "healthzBindAddress": f"127.0.0.1:{self.proxy_healthz_port}",
+            "metricsBindAddress": f"127.0.0.1:{self.proxy_metrics_port}",
+            # 0: leave the host's conntrack sysctls as they are (a CI sandbox may not let them change).
+            "conntrack": {"maxPerCore": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+        }
+        (self.workdir / "kube-proxy.yaml").write_text(json.dumps(config))
+        self._spawn("kube-proxy", [str(self.cluster.bin_dir / "kube-proxy"), f"--config={self.workdir / 'kube-proxy.yaml'}"])
+        wait_until(lambda: self._alive() and self._http_ok(f"http://127.0.0.1:{self.proxy_healthz_port}/healthz"), 60,
+                   f"kube-proxy healthy (log in {self.workdir})")
+
+    @staticmethod
+    def _http_ok(url: str) -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
 
     # -- state -----------------------------------------------------------------------------------
 
