@@ -10,6 +10,7 @@ refused."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import ipaddress
 import json
@@ -18,6 +19,7 @@ import uuid
 
 import jwt
 import yaml
+from temporalio.api.common.v1 import Payload
 
 from bootstrap.core.codec import ENCODING, decrypt
 from tests.support.codec import bundle_keys
@@ -277,20 +279,36 @@ def test_the_same_worker_in_a_namespace_no_binding_names_is_refused(kube, kube_n
     assert "exchange refused:" in logs and "exchanged:" not in logs
 
 
-# What the pod of the next test runs: the exchange as the example pod names it (its Service's
-# namespaced name, resolved by the cluster DNS, routed by kube-proxy), with the projected token.
-POD_EXCHANGE = '''\
-import base64, json, os, socket
+# What the export's example worker pod runs in the next test, with nothing changed in what it is
+# exported with: the exchange and the key service at the URLs it names (Services' namespaced
+# names, resolved by the cluster DNS, routed by kube-proxy), the projected token, the role Secret.
+# It prints what the names resolved to, the exchanged token's subject and groups, one payload
+# encrypted with the ring it fetched (ciphertext) and what the key service says to another ring.
+POD_KEYS = '''\
+import asyncio, base64, json, os, socket
 from urllib.parse import urlsplit
 
 from bootstrap.client import WorkloadIdentity
+from bootstrap.core.codec import data_converter
+from bootstrap.key_client import KeyServiceError, KeyServiceKeys
 
-url = os.environ["TEMPORAL_EXCHANGE_URL"]
-print("resolved:", socket.gethostbyname(urlsplit(url).hostname), flush=True)
-token = WorkloadIdentity(url, token_file=os.environ["TEMPORAL_TOKEN_FILE"], ca_file="/trust/ca.pem").exchange().token
-part = token.split(".")[1]
+for variable in ("TEMPORAL_EXCHANGE_URL", "TEMPORAL_KEY_SERVICE_URL"):
+    print("resolved:", variable, socket.gethostbyname(urlsplit(os.environ[variable]).hostname), flush=True)
+identity = WorkloadIdentity(os.environ["TEMPORAL_EXCHANGE_URL"], token_file=os.environ["TEMPORAL_TOKEN_FILE"],
+                            ca_file="/bundle/trust/ca.pem")
+part = identity.exchange().token.split(".")[1]
 claims = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
 print("exchanged:", json.dumps({"sub": claims["sub"], "groups": claims.get("groups")}), flush=True)
+keys = KeyServiceKeys.for_workload(os.environ["TEMPORAL_KEY_SERVICE_URL"], bundle_dir="/bundle", identity=identity,
+                                   server_name=os.environ["TEMPORAL_KEY_SERVICE_SERVER_NAME"])
+namespace = os.environ["TEMPORAL_NAMESPACE"]
+[payload] = asyncio.run(data_converter(keys, namespace=namespace).encode(["card 4111 " + os.environ["HOSTNAME"]]))
+print("encrypted:", base64.b64encode(payload.SerializeToString()).decode(), flush=True)
+try:
+    keys.ring(os.environ["OTHER_NAMESPACE"])
+    print("other ring: given", flush=True)
+except KeyServiceError as exc:
+    print("other ring:", exc, flush=True)
 '''
 
 
@@ -311,42 +329,58 @@ def _run_in_cluster(kube, kube_node, installed_wi, deployment: str) -> None:
         raise HarnessError(f"{deployment} not ready: {rollout.stderr}\n{pods}\n{logs.stdout}{logs.stderr}")
 
 
-def test_the_exported_exchange_runs_in_the_cluster_and_a_pod_reaches_it_by_its_service_name(
-        kube, kube_node, installed_wi):
-    bundle, dest, namespace, _ = installed_wi
-    exchange = bundle.config.workload_identity.host
-    _run_in_cluster(kube, kube_node, installed_wi, exchange)
-    example = next(d for d in yaml.safe_load_all((dest / "examples" / "workload-identity-worker.yaml").read_text())
-                   if d and d["kind"] == "Pod")
-    url = next(e["value"] for e in example["spec"]["containers"][0]["env"] if e["name"] == "TEMPORAL_EXCHANGE_URL")
-    assert url.startswith(f"https://{exchange}.{namespace}.svc:")  # as exported, unchanged
+def _exported_worker_in(kube, kube_node, installed_wi, namespace: str) -> tuple[dict, dict]:
+    """The export's example worker pod, in that Kubernetes namespace (bound by default_bindings to
+    the Temporal namespace of its name), with its role Secret copied there as its comment says;
+    only the image, the command (POD_KEYS), the node's toleration and restartPolicy changed."""
+    bundle, dest, _, _ = installed_wi
+    exported = next(d for d in yaml.safe_load_all((dest / "examples" / "workload-identity-worker.yaml").read_text())
+                    if d and d["kind"] == "Pod")
+    pod = json.loads(json.dumps(exported))
+    pod["metadata"].update(name=f"worker-{uuid.uuid4().hex[:6]}", namespace=namespace)
+    spec, container = pod["spec"], pod["spec"]["containers"][0]
+    container.update(image=kube_node.bundle_image, imagePullPolicy="Never", command=["python3", "/scripts/pod_keys.py"])
+    for entry in container["env"]:
+        if entry["name"] == "TEMPORAL_NAMESPACE":
+            entry["value"] = namespace
+    container["env"].append({"name": "OTHER_NAMESPACE", "value": "other"})
+    container["volumeMounts"].append({"name": "scripts", "mountPath": "/scripts", "readOnly": True})
+    spec["volumes"].append({"name": "scripts", "configMap": {"name": "pod-keys"}})
+    spec.update(restartPolicy="Never", tolerations=[TOLERATION])
+    secret = next(v["secret"] for v in spec["volumes"] if "secret" in v)
+    kube.kubectl("create", "serviceaccount", spec["serviceAccountName"], "-n", namespace, check=False)
+    kube.kubectl("create", "secret", "generic", secret["secretName"], "-n", namespace,
+                 *[f"--from-file={item['key']}={bundle.root / item['path']}" for item in secret["items"]], check=False)
+    kube.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "pod-keys", "namespace": namespace},
+                "data": {"pod_keys.py": POD_KEYS}})
+    kube.apply(pod)
+    return exported, _finished(kube, namespace, pod["metadata"]["name"])
 
-    # A pod of Kubernetes namespace `default`, which default_bindings binds to Temporal's `default`.
-    name = f"exchange-client-{uuid.uuid4().hex[:6]}"
-    kube.kubectl("create", "serviceaccount", "temporal-worker", "-n", "default", check=False)
-    kube.kubectl("create", "configmap", "bundle-trust", "-n", "default", f"--from-file=ca.pem={bundle.root / 'trust/ca.pem'}",
-                 check=False)
-    kube.kubectl("create", "configmap", "pod-exchange", "-n", "default", "--from-literal=pod_exchange.py=" + POD_EXCHANGE,
-                 check=False)
-    projected = next(v for v in example["spec"]["volumes"] if "projected" in v)
-    token_path = projected["projected"]["sources"][0]["serviceAccountToken"]["path"]
-    mount = next(m["mountPath"] for m in example["spec"]["containers"][0]["volumeMounts"] if m["name"] == projected["name"])
-    kube.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"}, "spec": {
-        "serviceAccountName": "temporal-worker", "automountServiceAccountToken": False, "restartPolicy": "Never",
-        "tolerations": [TOLERATION], "securityContext": example["spec"]["securityContext"],
-        "containers": [{"name": "client", "image": kube_node.bundle_image, "imagePullPolicy": "Never",
-                        "command": ["python3", "/scripts/pod_exchange.py"],
-                        "env": [{"name": "TEMPORAL_EXCHANGE_URL", "value": url},
-                                {"name": "TEMPORAL_TOKEN_FILE", "value": f"{mount}/{token_path}"}],
-                        "volumeMounts": [{"name": projected["name"], "mountPath": mount, "readOnly": True},
-                                         {"name": "trust", "mountPath": "/trust", "readOnly": True},
-                                         {"name": "scripts", "mountPath": "/scripts", "readOnly": True}]}],
-        "volumes": [projected, {"name": "trust", "configMap": {"name": "bundle-trust"}},
-                    {"name": "scripts", "configMap": {"name": "pod-exchange"}}]}})
-    doc = _finished(kube, "default", name)
+
+def test_the_exported_worker_pod_gets_its_keys_from_the_exported_exchange_and_codec_server_in_the_cluster(
+        kube, kube_node, installed_wi):
+    """The JWKS server, the codec server (with its key service) and the token exchange run as the
+    export's Deployments; the exchange reads the API server's JWKS at kubernetes.default.svc and
+    asks it TokenReview from inside; the worker pod reaches them by their Services' names."""
+    bundle, _, namespace, _ = installed_wi
+    for deployment in (bundle.config.network.jwks_host, bundle.config.codec.host, bundle.config.workload_identity.host):
+        _run_in_cluster(kube, kube_node, installed_wi, deployment)
+
+    exported, doc = _exported_worker_in(kube, kube_node, installed_wi, "default")
+    name = doc["metadata"]["name"]
     logs = kube.kubectl("logs", name, "-n", "default").stdout
     assert doc["status"]["phase"] == "Succeeded", (doc["status"], logs)
-    service_ip = kube.kubectl("get", "service", exchange, "-n", namespace, "-o", "jsonpath={.spec.clusterIP}").stdout
-    assert f"resolved: {service_ip}" in logs.splitlines(), logs  # the cluster DNS's answer: the Service
+    env = {e["name"]: e.get("value") for e in exported["spec"]["containers"][0]["env"]}
+    for variable, service in (("TEMPORAL_EXCHANGE_URL", bundle.config.workload_identity.host),
+                              ("TEMPORAL_KEY_SERVICE_URL", bundle.config.codec.host)):
+        assert env[variable].startswith(f"https://{service}.{namespace}.svc:")  # as exported, unchanged
+        ip = kube.kubectl("get", "service", service, "-n", namespace, "-o", "jsonpath={.spec.clusterIP}").stdout
+        assert f"resolved: {variable} {ip}" in logs.splitlines(), logs  # the cluster DNS's answer: the Service
     exchanged = json.loads(re.search(r"^exchanged: (.*)$", logs, re.M).group(1))
     assert exchanged == {"sub": "cluster:system:serviceaccount:default:temporal-worker", "groups": ["default:write"]}
+    other = re.search(r"^other ring: (.*)$", logs, re.M).group(1)
+    assert "refused the data keys of namespace 'other' (403" in other, other
+    # The ring it fetched is `default`'s: the bundle's own keys open what the pod encrypted.
+    payload = Payload.FromString(base64.b64decode(re.search(r"^encrypted: (\S+)$", logs, re.M).group(1)))
+    assert payload.metadata["encoding"] == ENCODING and b"4111" not in payload.data
+    assert decrypt(payload, bundle_keys(bundle.root)).data == json.dumps(f"card 4111 {name}").encode()
