@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Every build the tests need, side by side instead of one after another, each cached by version
 # (a warm run only checks the caches): the Go builds of temporal-server (the pinned release and
-# the upgrade test's previous one), Dex, ui-server, configcheck, grpc-health-probe and the
-# Kubernetes cluster (control plane and node) and CoreDNS of the kube tier; the Debian base image; then the
-# stand-in images of both releases, which need all of those but Kubernetes.
+# the upgrade test's previous one), Dex, ui-server, configcheck, grpc-health-probe, the Kubernetes
+# cluster (control plane and node) and CoreDNS of the kube tier; the Debian base image; then the
+# stand-in images of both releases, which need all of those but Kubernetes and CoreDNS.
 # Each job logs to build/prebuild/<job>.log; the figures printed are wall seconds per job.
 # Env: UPGRADE_FROM_RELEASE (1.31.2), TEMPORAL_BUNDLE_CACHE, STANDIN_PREFIX, GOTOOLCHAIN.
 set -euo pipefail
