@@ -25,8 +25,9 @@ from bootstrap.core.codec import ENCODING, decrypt
 from tests.support.codec import bundle_keys
 from tests.support.kube_cluster import EXCHANGE_AUDIENCE, SERVICE_ACCOUNT_ISSUER
 from tests.support.kube_node import NODE_NAME, POD_SUBNET, TOLERATION
+from tests.support.kube_pods import example_worker, finished, run_worker, wait_for_default_account
 from tests.support.waits import HarnessError, wait_until
-from tests.support.workload import exchange_url, post_exchange, raw_client
+from tests.support.workload import post_exchange, raw_client
 
 # What the worker container runs (a ConfigMap mounted at /scripts): the bundle's own
 # connect_workload() with the projected token and the data converter of KeyServiceKeys.for_workload
@@ -108,23 +109,6 @@ asyncio.run(main())
 '''
 
 
-def _wait_for_default_account(kube, namespace: str) -> None:
-    """The controller manager's service-account controller creates it; pods are refused before."""
-    wait_until(lambda: kube.kubectl("get", "serviceaccount", "default", "-n", namespace, check=False).returncode == 0,
-               60, f"serviceaccount default in {namespace}")
-
-
-def _finished(kube, namespace: str, pod: str, timeout: float = 180) -> dict:
-    def phase():
-        doc = json.loads(kube.kubectl("get", "pod", pod, "-n", namespace, "-o", "json").stdout)
-        return doc if doc["status"].get("phase") in ("Succeeded", "Failed") else None
-    try:
-        return wait_until(phase, timeout, f"pod {namespace}/{pod} to finish")
-    except HarnessError:
-        events = kube.kubectl("get", "events", "-n", namespace, check=False).stdout
-        raise HarnessError(f"pod {namespace}/{pod} did not finish; events:\n{events}") from None
-
-
 def test_a_pod_of_the_bundle_image_runs_to_completion_on_the_ready_node(kube, kube_node):
     node = json.loads(kube.kubectl("get", "node", NODE_NAME, "-o", "json").stdout)
     conditions = {c["type"]: c["status"] for c in node["status"]["conditions"]}
@@ -134,12 +118,12 @@ def test_a_pod_of_the_bundle_image_runs_to_completion_on_the_ready_node(kube, ku
 
     namespace, pod = "node-smoke", f"smoke-{uuid.uuid4().hex[:6]}"
     kube.kubectl("create", "namespace", namespace)
-    _wait_for_default_account(kube, namespace)
+    wait_for_default_account(kube, namespace)
     kube.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": namespace},
                 "spec": {"restartPolicy": "Never", "tolerations": [TOLERATION], "containers": [{
                     "name": "bundle", "image": kube_node.bundle_image, "imagePullPolicy": "Never",
                     "args": ["sh", "-c", "temporal-bundle --version && echo pod=$(hostname)"]}]}})
-    doc = _finished(kube, namespace, pod)
+    doc = finished(kube, namespace, pod)
     assert doc["status"]["phase"] == "Succeeded", doc["status"]
     assert doc["spec"]["nodeName"] == NODE_NAME  # placed by the scheduler
     assert ipaddress.ip_address(doc["status"]["podIP"]) in ipaddress.ip_network(POD_SUBNET)  # CNI bridge
@@ -150,72 +134,15 @@ def test_a_pod_of_the_bundle_image_runs_to_completion_on_the_ready_node(kube, ku
     assert logs[1:] == [f"pod={pod}"]
 
 
-def _example_worker(kube_wi, installed_wi, key_service: str) -> dict:
-    """The export's example workload-identity worker pod (examples/workload-identity-worker.yaml),
-    its identity volume and security context as exported; what it runs and where it connects
-    changed to this test's worker and the server-tier cluster, exchange and key service on this
-    machine's loopback (hence hostNetwork: there is no kube-proxy, and they listen on 127.0.0.1),
-    and the node's taint tolerated."""
-    _, dest, _, _ = installed_wi
-    docs = list(yaml.safe_load_all((dest / "examples" / "workload-identity-worker.yaml").read_text()))
-    pod = next(d for d in docs if d and d["kind"] == "Pod")
-    spec = pod["spec"]
-    container = spec["containers"][0]
-    env = {e["name"]: e for e in container["env"]}
-    env["TEMPORAL_ADDRESS"] = {"name": "TEMPORAL_ADDRESS", "value": kube_wi.address}
-    env["TEMPORAL_EXCHANGE_URL"] = {"name": "TEMPORAL_EXCHANGE_URL", "value": exchange_url(kube_wi)}
-    assert {"TEMPORAL_KEY_SERVICE_URL", "TEMPORAL_KEY_SERVICE_SERVER_NAME"} <= env.keys()  # as exported
-    env["TEMPORAL_KEY_SERVICE_URL"] = {"name": "TEMPORAL_KEY_SERVICE_URL", "value": key_service}
-    env["TEMPORAL_KEY_SERVICE_SERVER_NAME"] = {"name": "TEMPORAL_KEY_SERVICE_SERVER_NAME", "value": "localhost"}
-    env["OTHER_NAMESPACE"] = {"name": "OTHER_NAMESPACE", "value": "payments-team"}
-    env["POD_NAME"] = {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
-    container.update(command=["python3", "/scripts/pod_worker.py"], imagePullPolicy="Never", env=list(env.values()))
-    container["volumeMounts"].append({"name": "scripts", "mountPath": "/scripts", "readOnly": True})
-    spec["volumes"].append({"name": "scripts", "configMap": {"name": "pod-worker"}})
-    spec.update(restartPolicy="Never", hostNetwork=True, tolerations=[TOLERATION])
-    return pod
-
-
-def _run_worker(kube, kube_node, kube_wi, example: dict, namespace: str) -> tuple[str, dict, str]:
-    """The example worker pod, its service account, client-certificate Secret and script in that
-    Kubernetes namespace (also its Temporal namespace); the pod's name, final state, and the token
-    the kubelet wrote into its projected volume on this node (read while the pod runs: the kubelet
-    removes a finished pod's volumes)."""
-    pod = json.loads(json.dumps(example))
-    name = f"worker-{uuid.uuid4().hex[:6]}"
-    pod["metadata"].update(name=name, namespace=namespace)
-    container = pod["spec"]["containers"][0]
-    container["image"] = kube_node.bundle_image
-    for entry in container["env"]:
-        if entry["name"] == "TEMPORAL_NAMESPACE":
-            entry["value"] = namespace
-    account = pod["spec"]["serviceAccountName"]
-    secret = next(v["secret"] for v in pod["spec"]["volumes"] if "secret" in v)
-    files = {item["key"]: kube_wi.bundle / item["path"] for item in secret["items"]}
-    kube.kubectl("create", "serviceaccount", account, "-n", namespace, check=False)
-    kube.kubectl("create", "secret", "generic", secret["secretName"], "-n", namespace,
-                 *[f"--from-file={key}={path}" for key, path in files.items()], check=False)
-    kube.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "pod-worker", "namespace": namespace},
-                "data": {"pod_worker.py": POD_WORKER}})
-    kube.apply(pod)
-    uid = kube.kubectl("get", "pod", name, "-n", namespace, "-o", "jsonpath={.metadata.uid}").stdout
-    volume = next(v for v in pod["spec"]["volumes"] if "projected" in v)
-    token_file = kube_node.kubelet_volume_file(uid, volume["name"],
-                                               volume["projected"]["sources"][0]["serviceAccountToken"]["path"])
-    token = wait_until(lambda: token_file.is_file() and token_file.read_text(), 120,
-                       f"the kubelet to project {token_file}")
-    return name, _finished(kube, namespace, name), token
-
-
 def test_a_kubelet_projected_token_runs_a_workflow_from_inside_the_pod(kube, kube_node, kube_wi, installed_wi,
                                                                      kube_key_service):
-    example = _example_worker(kube_wi, installed_wi, kube_key_service)
+    example = example_worker(kube_wi, installed_wi, kube_key_service)
     volume = next(v for v in example["spec"]["volumes"] if "projected" in v)
     source = volume["projected"]["sources"][0]["serviceAccountToken"]
     assert source["audience"] == EXCHANGE_AUDIENCE  # the export projects what its exchange accepts
     _assert_mounts_no_key_material(example, kube_wi.bundle)
 
-    name, doc, token = _run_worker(kube, kube_node, kube_wi, example, "orders-team")
+    name, doc, token = run_worker(kube, kube_node, kube_wi, example, "orders-team", POD_WORKER)
     logs = kube.kubectl("logs", name, "-n", "orders-team").stdout
     assert doc["status"]["phase"] == "Succeeded", (doc["status"], logs)
     assert f"workflow result: hello, card 4111 {name}" in logs.splitlines()
@@ -271,8 +198,8 @@ def _assert_stored_encrypted(cluster, workflow_id: str, secret: str) -> None:
 
 def test_the_same_worker_in_a_namespace_no_binding_names_is_refused(kube, kube_node, kube_wi, installed_wi,
                                                                     kube_key_service):
-    name, doc, _ = _run_worker(kube, kube_node, kube_wi, _example_worker(kube_wi, installed_wi, kube_key_service),
-                               "elsewhere")
+    name, doc, _ = run_worker(kube, kube_node, kube_wi, example_worker(kube_wi, installed_wi, kube_key_service),
+                              "elsewhere", POD_WORKER)
     logs = kube.kubectl("logs", name, "-n", "elsewhere").stdout
     assert doc["status"]["phase"] == "Failed", (doc["status"], logs)
     assert doc["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3, logs
@@ -354,7 +281,7 @@ def _exported_worker_in(kube, kube_node, installed_wi, namespace: str) -> tuple[
     kube.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "pod-keys", "namespace": namespace},
                 "data": {"pod_keys.py": POD_KEYS}})
     kube.apply(pod)
-    return exported, _finished(kube, namespace, pod["metadata"]["name"])
+    return exported, finished(kube, namespace, pod["metadata"]["name"])
 
 
 def test_the_exported_worker_pod_gets_its_keys_from_the_exported_exchange_and_codec_server_in_the_cluster(

@@ -1,0 +1,89 @@
+"""The kube tier's pods (tests/support/kube_node.py runs them): waiting for one to finish, and the
+export's example workload-identity worker pod as the tests run it against the cluster on this
+machine's loopback."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import yaml
+
+from tests.support.kube_node import TOLERATION
+from tests.support.waits import HarnessError, wait_until
+from tests.support.workload import exchange_url
+
+
+def wait_for_default_account(kube, namespace: str) -> None:
+    """The controller manager's service-account controller creates it; pods are refused before."""
+    wait_until(lambda: kube.kubectl("get", "serviceaccount", "default", "-n", namespace, check=False).returncode == 0,
+               60, f"serviceaccount default in {namespace}")
+
+
+def finished(kube, namespace: str, pod: str, timeout: float = 180) -> dict:
+    def phase():
+        doc = json.loads(kube.kubectl("get", "pod", pod, "-n", namespace, "-o", "json").stdout)
+        return doc if doc["status"].get("phase") in ("Succeeded", "Failed") else None
+    try:
+        return wait_until(phase, timeout, f"pod {namespace}/{pod} to finish")
+    except HarnessError:
+        events = kube.kubectl("get", "events", "-n", namespace, check=False).stdout
+        raise HarnessError(f"pod {namespace}/{pod} did not finish; events:\n{events}") from None
+
+
+def example_worker(kube_wi, installed_wi, key_service: str) -> dict:
+    """The export's example workload-identity worker pod (examples/workload-identity-worker.yaml),
+    its identity volume and security context as exported; what it runs and where it connects
+    changed to the test's worker and the server-tier cluster, exchange and key service on this
+    machine's loopback (hence hostNetwork: they listen on the host's 127.0.0.1, outside the
+    cluster), and the node's taint tolerated."""
+    _, dest, _, _ = installed_wi
+    docs = list(yaml.safe_load_all((dest / "examples" / "workload-identity-worker.yaml").read_text()))
+    pod = next(d for d in docs if d and d["kind"] == "Pod")
+    spec = pod["spec"]
+    container = spec["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    env["TEMPORAL_ADDRESS"] = {"name": "TEMPORAL_ADDRESS", "value": kube_wi.address}
+    env["TEMPORAL_EXCHANGE_URL"] = {"name": "TEMPORAL_EXCHANGE_URL", "value": exchange_url(kube_wi)}
+    assert {"TEMPORAL_KEY_SERVICE_URL", "TEMPORAL_KEY_SERVICE_SERVER_NAME"} <= env.keys()  # as exported
+    env["TEMPORAL_KEY_SERVICE_URL"] = {"name": "TEMPORAL_KEY_SERVICE_URL", "value": key_service}
+    env["TEMPORAL_KEY_SERVICE_SERVER_NAME"] = {"name": "TEMPORAL_KEY_SERVICE_SERVER_NAME", "value": "localhost"}
+    env["OTHER_NAMESPACE"] = {"name": "OTHER_NAMESPACE", "value": "payments-team"}
+    env["POD_NAME"] = {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    container.update(command=["python3", "/scripts/pod_worker.py"], imagePullPolicy="Never", env=list(env.values()))
+    container["volumeMounts"].append({"name": "scripts", "mountPath": "/scripts", "readOnly": True})
+    spec["volumes"].append({"name": "scripts", "configMap": {"name": "pod-worker"}})
+    spec.update(restartPolicy="Never", hostNetwork=True, tolerations=[TOLERATION])
+    return pod
+
+
+def run_worker(kube, kube_node, kube_wi, example: dict, namespace: str, script: str,
+               timeout: float = 180) -> tuple[str, dict, str]:
+    """The example worker pod, its service account, client-certificate Secret and script in that
+    Kubernetes namespace (also its Temporal namespace); the pod's name, final state, and the token
+    the kubelet wrote into its projected volume on this node (read while the pod runs: the kubelet
+    removes a finished pod's volumes)."""
+    pod = json.loads(json.dumps(example))
+    name = f"worker-{uuid.uuid4().hex[:6]}"
+    pod["metadata"].update(name=name, namespace=namespace)
+    container = pod["spec"]["containers"][0]
+    container["image"] = kube_node.bundle_image
+    for entry in container["env"]:
+        if entry["name"] == "TEMPORAL_NAMESPACE":
+            entry["value"] = namespace
+    account = pod["spec"]["serviceAccountName"]
+    secret = next(v["secret"] for v in pod["spec"]["volumes"] if "secret" in v)
+    files = {item["key"]: kube_wi.bundle / item["path"] for item in secret["items"]}
+    kube.kubectl("create", "serviceaccount", account, "-n", namespace, check=False)
+    kube.kubectl("create", "secret", "generic", secret["secretName"], "-n", namespace,
+                 *[f"--from-file={key}={path}" for key, path in files.items()], check=False)
+    kube.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "pod-worker", "namespace": namespace},
+                "data": {"pod_worker.py": script}})
+    kube.apply(pod)
+    uid = kube.kubectl("get", "pod", name, "-n", namespace, "-o", "jsonpath={.metadata.uid}").stdout
+    volume = next(v for v in pod["spec"]["volumes"] if "projected" in v)
+    token_file = kube_node.kubelet_volume_file(uid, volume["name"],
+                                               volume["projected"]["sources"][0]["serviceAccountToken"]["path"])
+    token = wait_until(lambda: token_file.is_file() and token_file.read_text(), 120,
+                       f"the kubelet to project {token_file}")
+    return name, finished(kube, namespace, name, timeout), token
