@@ -3,11 +3,12 @@
 # then runs every tier against real infrastructure. A tier whose server or engine cannot be found
 # fails; nothing is skipped for lack of infrastructure.
 #
-# Four pytest processes side by side, as the tiers mostly wait on servers and containers: the
+# Five pytest processes side by side, as the tiers mostly wait on servers and containers: the
 # docker modules on the one shared compose stack; the docker modules that start stacks of their
 # own (marker own_stack); the server tier (Temporal servers of its own), then the rotation tier
-# (crash recovery, ~3 min: the server tier finishes a few minutes before the others); and every
-# other tier. Port
+# (crash recovery, ~3 min: the server tier finishes a few minutes before the others); the kube
+# tier (~14 min, most of it waiting for the kubelet to rotate a 10-minute token; one node at a
+# time, as a node owns its bridge and kube-proxy's iptables chains); and every other tier. Port
 # blocks are claimed with lock files (tests/support/ports.py), so the processes never collide. `TEST_PARALLEL=0`, or any argument (a test path,
 # -k ...), runs one process as pytest would. --durations: where the time goes, in every CI log.
 set -euo pipefail
@@ -42,8 +43,9 @@ beside "docker tier, own stacks" "${pytest[@]}" tests/docker -m own_stack
 # after them, on a quiet host.
 browser_after=tests/server/test_ldap_browser.py
 beside "server tier; then the rotation tier" one_after_the_other "tests/server --ignore=$browser_after" tests/rotation
+beside "kube tier" "${pytest[@]}" tests/kube
 status=0
-"${pytest[@]}" tests --ignore=tests/docker --ignore=tests/rotation --ignore=tests/server || status=$?
+"${pytest[@]}" tests --ignore=tests/docker --ignore=tests/rotation --ignore=tests/server --ignore=tests/kube || status=$?
 for i in "${!pids[@]}"; do
   echo "---------------------------------------------------------------- ${names[$i]}"
   tail -n +1 -f --pid="${pids[$i]}" "$logs/$i.log"

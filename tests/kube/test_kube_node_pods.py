@@ -25,7 +25,7 @@ from bootstrap.core.codec import ENCODING, decrypt
 from tests.support.codec import bundle_keys
 from tests.support.kube_cluster import EXCHANGE_AUDIENCE, SERVICE_ACCOUNT_ISSUER
 from tests.support.kube_node import NODE_NAME, POD_SUBNET, TOLERATION
-from tests.support.kube_pods import example_worker, finished, run_worker, wait_for_default_account
+from tests.support.kube_pods import POD_PRELUDE, example_worker, finished, run_worker, wait_for_default_account
 from tests.support.waits import HarnessError, wait_until
 from tests.support.workload import post_exchange, raw_client
 
@@ -34,35 +34,7 @@ from tests.support.workload import post_exchange, raw_client
 # (as the example pod's comment says), then a worker and one workflow in its namespace. It prints
 # the token's digest (never the token), the exchanged token's subject and groups, what the key
 # service answers for another namespace's ring, and the workflow's id.
-POD_WORKER = '''\
-import asyncio, base64, hashlib, json, os, sys, uuid
-from datetime import timedelta
-
-from temporalio import activity, workflow
-from temporalio.worker import UnsandboxedWorkflowRunner, Worker
-
-from bootstrap.client import WorkloadIdentity, connect_workload
-from bootstrap.core.codec import data_converter
-from bootstrap.key_client import KeyServiceError, KeyServiceKeys
-
-
-@activity.defn
-async def greet(name: str) -> str:
-    return f"hello, {name}"
-
-
-@workflow.defn
-class PodGreeting:
-    @workflow.run
-    async def run(self, name: str) -> str:
-        return await workflow.execute_activity(greet, name, start_to_close_timeout=timedelta(seconds=20))
-
-
-def claims(token):
-    part = token.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
-
-
+POD_WORKER = POD_PRELUDE + '''\
 async def main():
     token_file = os.environ["TEMPORAL_TOKEN_FILE"]
     with open(token_file, "rb") as f:

@@ -14,6 +14,41 @@ from tests.support.waits import HarnessError, wait_until
 from tests.support.workload import exchange_url
 
 
+# The start of every worker script the kube tier's pods run (a ConfigMap mounted at /scripts; the
+# pod has the bundle image, not the tests): imports, a workflow with one activity, and reading a
+# token's claims without checking it (for printing its subject, groups, iat and exp, never itself).
+POD_PRELUDE = '''\
+import asyncio, base64, hashlib, json, os, sys, time, uuid
+from datetime import timedelta
+
+from temporalio import activity, workflow
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+from bootstrap.client import WorkloadIdentity, connect_workload
+from bootstrap.core.codec import data_converter
+from bootstrap.key_client import KeyServiceError, KeyServiceKeys
+
+
+@activity.defn
+async def greet(name: str) -> str:
+    return f"hello, {name}"
+
+
+@workflow.defn
+class PodGreeting:
+    @workflow.run
+    async def run(self, name: str) -> str:
+        return await workflow.execute_activity(greet, name, start_to_close_timeout=timedelta(seconds=20))
+
+
+def claims(token):
+    part = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+'''
+
+
 def wait_for_default_account(kube, namespace: str) -> None:
     """The controller manager's service-account controller creates it; pods are refused before."""
     wait_until(lambda: kube.kubectl("get", "serviceaccount", "default", "-n", namespace, check=False).returncode == 0,
