@@ -7,10 +7,13 @@ import time
 
 import jwt
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bootstrap.servers.login_exchange import LAST_INSTANT, LoginExchange
 
 ISSUER = "https://localhost:5556/dex"
+B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
 def bearer(**claims) -> str:
@@ -38,3 +41,11 @@ def test_a_login_token_is_at_its_end_within_the_last_instant(login, left, ending
 ])
 def test_anything_else_is_not(login, authorization):
     assert login.ending(authorization) is False
+
+
+@given(authorization=st.one_of(st.none(), st.text(), st.binary(), st.builds(lambda t: "Bearer " + t, st.text()),
+                               st.builds(lambda p: "Bearer e30." + p + ".c2ln", st.text(alphabet=B64URL))))
+def test_any_header_is_an_answer_never_an_error(authorization):
+    login = LoginExchange("https://localhost:8444/token", (), ISSUER, "temporal")
+    assert login.ending(authorization) in (True, False)
+    assert login.without_login_token((("authorization", authorization), ("x-other", "kept")))[-1] == ("x-other", "kept")
