@@ -14,14 +14,18 @@ from tests.support.paths import REPO
 from tests.support.waits import HarnessError
 
 
+def built_by(script: str, what: str) -> Path:
+    """The path scripts/<script> prints last: its cached build, made when missing (minutes, once).
+    A failed build is an error, never a skip."""
+    out = subprocess.run(["bash", str(REPO / "scripts" / script)], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise HarnessError(f"building {what} failed:\n{out.stderr[-3000:]}")
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
 def temporal_bin_dir() -> Path:
     """The cached server build; builds it (minutes, once) when missing."""
-    out = subprocess.run(
-        ["bash", str(REPO / "scripts" / "build-temporal.sh")], capture_output=True, text=True, check=False
-    )
-    if out.returncode != 0:
-        raise HarnessError(f"building temporal-server failed:\n{out.stderr[-3000:]}")
-    path = Path(out.stdout.strip().splitlines()[-1])
+    path = built_by("build-temporal.sh", "temporal-server")
     for name in ("temporal-server", "temporal-sql-tool"):
         if not (path / name).is_file():
             raise HarnessError(f"{path / name} missing after build")

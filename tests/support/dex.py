@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.support.paths import REPO
+from tests.support.binaries import built_by
 from tests.support.ports import free_port
 from tests.support.processes import stop_group
 from tests.support.waits import HarnessError, wait_until
@@ -31,10 +31,7 @@ SCOPES = "openid email profile groups offline_access"
 
 def dex_binary() -> Path:
     """The cached Dex build; builds it (minutes, once) when missing."""
-    out = subprocess.run(["bash", str(REPO / "scripts" / "build-dex.sh")], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise HarnessError(f"building dex failed:\n{out.stderr[-3000:]}")
-    return Path(out.stdout.strip().splitlines()[-1])
+    return built_by("build-dex.sh", "dex")
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):

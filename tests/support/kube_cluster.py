@@ -27,7 +27,7 @@ from bootstrap.core.pki import CA, generate_key, private_key_pem
 from cryptography.hazmat.primitives import serialization
 
 from tests.support.exports import WORKLOAD_IDENTITY
-from tests.support.paths import REPO
+from tests.support.binaries import built_by
 from tests.support.ports import free_port
 from tests.support.processes import terminate
 from tests.support.waits import HarnessError, wait_until
@@ -56,11 +56,7 @@ def node_ip() -> str:
 
 def kubernetes_bin_dir() -> Path:
     """The cached build; builds it (minutes, once) when missing. A failed build is an error."""
-    out = subprocess.run(["bash", str(REPO / "scripts" / "build-kubernetes.sh")],
-                         capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise HarnessError(f"building Kubernetes failed:\n{out.stderr[-3000:]}")
-    path = Path(out.stdout.strip().splitlines()[-1])
+    path = built_by("build-kubernetes.sh", "Kubernetes")
     for name in ("etcd", "kube-apiserver", "kubectl", "kubelet", "kube-proxy", "kube-scheduler",
                  "kube-controller-manager"):
         if not (path / name).is_file():

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from tests.support.kube_cluster import KubeCluster, node_ip
 from tests.support.ports import free_port
-from tests.support.paths import REPO
+from tests.support.binaries import built_by
 from tests.support.processes import terminate
 from tests.support.waits import HarnessError, wait_until
 
@@ -54,15 +54,6 @@ POD_SUBNET = "10.244.0.0/24"
 TAINT = {"key": "kube-tier/test-pods", "value": "only", "effect": "NoSchedule"}
 TOLERATION = {"key": TAINT["key"], "operator": "Equal", "value": TAINT["value"], "effect": TAINT["effect"]}
 CLUSTER_DOMAIN = "cluster.local"
-
-
-def coredns_binary() -> Path:
-    """The cached CoreDNS build; built when missing (minutes, once). A failed build is an error."""
-    out = subprocess.run(["bash", str(REPO / "scripts" / "build-coredns.sh")], capture_output=True, text=True,
-                         check=False)
-    if out.returncode != 0:
-        raise HarnessError(f"building CoreDNS failed:\n{out.stderr[-3000:]}")
-    return Path(out.stdout.strip().splitlines()[-1])
 
 
 @dataclass
@@ -269,7 +260,7 @@ state = "{d / 'state'}"
     cache 5
 }}
 """)
-        self._spawn("coredns", [str(coredns_binary()), "-conf", str(corefile)])
+        self._spawn("coredns", [str(built_by("build-coredns.sh", "CoreDNS")), "-conf", str(corefile)])
         wait_until(lambda: self._alive() and self._http_ok(f"http://127.0.0.1:{self.dns_ready_port}/ready"), 60,
                    f"CoreDNS ready (log in {self.workdir})")
 
