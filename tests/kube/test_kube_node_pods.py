@@ -183,21 +183,16 @@ def test_the_same_worker_in_a_namespace_no_binding_names_is_refused(kube, kube_n
 # names, resolved by the cluster DNS, routed by kube-proxy), the projected token, the role Secret.
 # It prints what the names resolved to, the exchanged token's subject and groups, one payload
 # encrypted with the ring it fetched (ciphertext) and what the key service says to another ring.
-POD_KEYS = '''\
-import asyncio, base64, json, os, socket
+POD_KEYS = POD_PRELUDE + '''\
+import socket
 from urllib.parse import urlsplit
-
-from bootstrap.client import WorkloadIdentity
-from bootstrap.core.codec import data_converter
-from bootstrap.key_client import KeyServiceError, KeyServiceKeys
 
 for variable in ("TEMPORAL_EXCHANGE_URL", "TEMPORAL_KEY_SERVICE_URL"):
     print("resolved:", variable, socket.gethostbyname(urlsplit(os.environ[variable]).hostname), flush=True)
 identity = WorkloadIdentity(os.environ["TEMPORAL_EXCHANGE_URL"], token_file=os.environ["TEMPORAL_TOKEN_FILE"],
                             ca_file="/bundle/trust/ca.pem")
-part = identity.exchange().token.split(".")[1]
-claims = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
-print("exchanged:", json.dumps({"sub": claims["sub"], "groups": claims.get("groups")}), flush=True)
+exchanged = claims(identity.exchange().token)
+print("exchanged:", json.dumps({"sub": exchanged["sub"], "groups": exchanged.get("groups")}), flush=True)
 keys = KeyServiceKeys.for_workload(os.environ["TEMPORAL_KEY_SERVICE_URL"], bundle_dir="/bundle", identity=identity,
                                    server_name=os.environ["TEMPORAL_KEY_SERVICE_SERVER_NAME"])
 namespace = os.environ["TEMPORAL_NAMESPACE"]
