@@ -13,7 +13,6 @@ the gate). Events the server makes for itself (a schedule starting a workflow) s
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import subprocess
 import sys
@@ -136,13 +135,7 @@ def actor(request, cluster, issuer):
 
 def history(cluster, workflow_id: str, run_id: str) -> list[tuple[str, tuple[str, str] | None]]:
     """(event type, (principal type, name) or None) per event, as `temporal workflow show` prints them."""
-    result = subprocess.run(
-        [*cluster.cli_base("system"), "workflow", "show", "--namespace", "default", "--workflow-id", workflow_id,
-         "--run-id", run_id, "--output", "json"],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    events = json.loads(result.stdout)["events"]
+    events = cluster.history_events("default", workflow_id, run_id)
     return [(_event_type(e["eventType"]), _principal(e.get("principal"))) for e in events]
 
 

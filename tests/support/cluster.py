@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import ssl
+import json
 import subprocess
 import sys
 import tempfile
@@ -192,6 +193,15 @@ class LocalCluster:
 
     def token(self, role: str) -> str:
         return (self.bundle / "tokens" / f"{role}.jwt").read_text().strip()
+
+    def history_events(self, namespace: str, workflow_id: str, run_id: str | None = None) -> list[dict]:
+        """The workflow's history events as `temporal workflow show --output json` prints them, read
+        with the system role and no codec: payloads as the server stores them."""
+        argv = [*self.cli_base("system"), "workflow", "show", "--namespace", namespace, "--workflow-id", workflow_id,
+                "--output", "json", *(["--run-id", run_id] if run_id else [])]
+        shown = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        return json.loads(shown.stdout)["events"]
 
     def healthy(self) -> bool:
         if any(p.poll() is not None for p in self.processes):
