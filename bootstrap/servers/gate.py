@@ -275,7 +275,7 @@ class Gate:
         try:
             claims = await self.auth.claims(authorization)
             if self.login is not None and self.login.applies(claims):
-                if self.login.ending(authorization):
+                if self.login.ending(claims):  # verified
                     raise Refusal(401, "login token ending")
                 token = authorization.strip().partition(" ")[2].strip()
                 return with_bearer(metadata, await self.login.bundle_token(token))
@@ -285,7 +285,7 @@ class Gate:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, refusal.message)
             if refusal.status == 403:  # logged in, but oidc.groups maps none of their groups: say so
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"Request unauthorized: {refusal.message}")
-            if self.login is not None and self.login.ending(authorization):
+            if self.login is not None and self.login.ending(self.login.login_claims(authorization)):
                 # The UI server answers UNAUTHENTICATED with 401, on which the UI refreshes the
                 # person's token; PERMISSION_DENIED would show them "no permission" instead.
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "Request unauthenticated: the login token has "

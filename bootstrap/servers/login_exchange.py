@@ -46,16 +46,17 @@ class LoginExchange:
     def without_login_token(self, metadata) -> tuple:
         """The metadata of a call the frontend answers without a token (the health check,
         GetSystemInfo), less a Dex token it no longer verifies (it would refuse the call for it)."""
-        return tuple((k, v) for k, v in metadata if not (k == "authorization" and self._login_claims(v) is not None))
+        return tuple((k, v) for k, v in metadata if not (k == "authorization" and self.login_claims(v) is not None))
 
-    def ending(self, authorization) -> bool:
-        """Whether the header holds a login token that has expired or expires within LAST_INSTANT
-        (its claims unverified: the answer only picks which refusal a caller gets)."""
-        claims = self._login_claims(authorization)
+    @staticmethod
+    def ending(claims: dict | None) -> bool:
+        """Whether these claims of a login token say it has expired or expires within LAST_INSTANT."""
         exp = claims.get("exp") if claims is not None else None
         return isinstance(exp, (int, float)) and exp - time.time() < LAST_INSTANT
 
-    def _login_claims(self, authorization) -> dict | None:
+    def login_claims(self, authorization) -> dict | None:
+        """The claims of the login token in an authorization header, unverified (they only pick
+        which refusal a caller gets, or which metadata is dropped); None for anything else."""
         import jwt
 
         try:

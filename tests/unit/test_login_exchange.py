@@ -28,7 +28,7 @@ def login():
 @pytest.mark.parametrize("left, ending", [(-60, True), (0, True), (LAST_INSTANT - 1, True), (LAST_INSTANT + 5, False),
                                           (3600, False)])
 def test_a_login_token_is_at_its_end_within_the_last_instant(login, left, ending):
-    assert login.ending(bearer(exp=int(time.time()) + left)) is ending
+    assert login.ending(login.login_claims(bearer(exp=int(time.time()) + left))) is ending
 
 
 @pytest.mark.parametrize("authorization", [
@@ -40,12 +40,12 @@ def test_a_login_token_is_at_its_end_within_the_last_instant(login, left, ending
     None,
 ])
 def test_anything_else_is_not(login, authorization):
-    assert login.ending(authorization) is False
+    assert login.ending(login.login_claims(authorization)) is False
 
 
 @given(authorization=st.one_of(st.none(), st.text(), st.binary(), st.builds(lambda t: "Bearer " + t, st.text()),
                                st.builds(lambda p: "Bearer e30." + p + ".c2ln", st.text(alphabet=B64URL))))
 def test_any_header_is_an_answer_never_an_error(authorization):
     login = LoginExchange("https://localhost:8444/token", (), ISSUER, "temporal")
-    assert login.ending(authorization) in (True, False)
+    assert login.ending(login.login_claims(authorization)) in (True, False)
     assert login.without_login_token((("authorization", authorization), ("x-other", "kept")))[-1] == ("x-other", "kept")
