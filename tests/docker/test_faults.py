@@ -71,7 +71,11 @@ def test_service_fault_under_load(running_stack, index):
     name, inject = service_faults(refresh, codec)[index]
     recovery, max_failed = bound_of(name)
     outcome = under_fault(running_stack, name, inject)
-    check(outcome, recovery, max_failed)
+    try:
+        check(outcome, recovery, max_failed)
+    except AssertionError:
+        print("\nthe server's last log lines:\n" + "\n".join(running_stack.logs("temporal").splitlines()[-60:]))
+        raise
     if name.startswith("JWKS"):
         # Tokens signed with the published key, minted before the refresher stopped, keep working
         # while the JWKS and the refresher are down. (Calls may still time out on a starved

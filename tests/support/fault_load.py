@@ -11,7 +11,8 @@ stdout is a JSON summary (ids started, completed, late, every call's time and ou
 
     python3 -m tests.support.fault_load finish QUEUE ID...
 
-A fresh worker on QUEUE for the ids that were late: those still not complete are lost.
+A fresh worker on QUEUE for the ids that were late, each signalled again (its signal may have
+failed for good while the server recovered): those still not complete are lost.
 
 Payloads are encrypted here with the namespace's data keys (codec-keys/, codec-kek/ mounted
 read-only), as the bundle's workers do: the codec server only decodes for the Web UI and the CLI,
@@ -160,14 +161,30 @@ async def main(lanes: int) -> dict:
     }
 
 
+async def signalled(client, workflow_id: str, deadline: float) -> None:
+    """The signal again, as an application whose signal call failed retries it: a late id may be
+    one whose every signal attempt timed out while the server recovered, and it waits for one. A
+    workflow the server no longer has stays unsignalled, and so lost."""
+    handle = client.get_workflow_handle(workflow_id)
+    while time.time() < deadline:
+        try:
+            await handle.signal(SignalledWorkflow.proceed, rpc_timeout=CALL_TIMEOUT)
+            return
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline, like the load's calls
+            if _status(exc) == "NOT_FOUND":  # completed already, or gone: completed() tells which
+                return
+            await asyncio.sleep(1)
+
+
 async def finish(queue: str, ids: list[str]) -> dict:
-    """A fresh worker on the load's queue (as an application restarting its worker would), then
-    every id's result: what is still not complete now is lost."""
+    """A fresh worker on the load's queue (as an application restarting its worker would), each
+    id signalled again, then every id's result: what is still not complete now is lost."""
     client = await connect(ADDRESS, bundle_dir=BUNDLE, role="worker", server_name=SERVER_NAME,
                            data_converter=converter())
     async with Worker(client, task_queue=queue, workflows=[SignalledWorkflow], activities=[greet],
                       workflow_runner=UnsandboxedWorkflowRunner()):
         deadline = time.time() + 180
+        await asyncio.gather(*(signalled(client, i, deadline) for i in ids))
         done = await asyncio.gather(*(completed(client, i, deadline) for i in ids))
     return {"finished": [i for i, ok in zip(ids, done) if ok], "lost": [i for i, ok in zip(ids, done) if not ok]}
 
