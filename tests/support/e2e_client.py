@@ -110,8 +110,24 @@ async def schedule(action: str, schedule_id: str) -> dict:
             action=ScheduleActionStartWorkflow(GreetingWorkflow.run, "schedule", id=f"{schedule_id}-run", task_queue="dr-schedule"),
             spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(hours=1))]),
         ))
-    described = await client.get_schedule_handle(schedule_id).describe()
+    described = await described_schedule(client, schedule_id)
     return {"ok": described.id == schedule_id, "id": described.id, "paused": described.schedule.state.paused}
+
+
+NOT_YET = {"DEADLINE_EXCEEDED", "UNAVAILABLE", "CANCELLED", "FAILED_PRECONDITION"}  # a refusal is not retried
+
+
+async def described_schedule(client: Client, schedule_id: str, attempts: int = 30):
+    """DescribeSchedule queries the schedule's own workflow, which Temporal's worker service runs:
+    on a busy host its first workflow task can come later than the query's deadline, and a client
+    asks again, as the CLI's user would."""
+    for attempt in range(attempts):
+        try:
+            return await client.get_schedule_handle(schedule_id).describe()
+        except RPCError as exc:
+            if exc.status.name not in NOT_YET or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(2)
 
 
 async def namespaces() -> dict:
