@@ -32,6 +32,7 @@ async def client():
 
 async def start(prefix: str, rate: float) -> None:
     starter = await client()
+    print(json.dumps({"ready": time.time()}), flush=True)
     interval, n, next_at = 1 / rate, 0, time.monotonic()
     while True:
         n += 1

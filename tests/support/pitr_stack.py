@@ -49,6 +49,7 @@ def load_then_lose_postgres(stack: ComposeStack, prefix: str, rate: float, befor
     loader = subprocess.Popen(load_argv(stack, name, "start", prefix, str(rate)), stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, text=True)
     try:
+        wait_ready(loader)
         started = time.time()
         time.sleep(before_middle)
         middle = time.time()
@@ -69,6 +70,19 @@ def load_then_lose_postgres(stack: ComposeStack, prefix: str, rate: float, befor
     stack.compose("rm", "--force", "postgresql", "db-backup", timeout=120)
     run(["docker", "volume", "rm", stack.volume("postgres-data")])
     return Load(acks, started, middle, loss)
+
+
+def wait_ready(loader: subprocess.Popen, timeout: float = 120) -> None:
+    """The load's clock starts once its client is connected: on a busy host the container's start
+    and the connection take seconds that would otherwise count as a load that fell short."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = loader.stdout.readline()
+        if not line:
+            raise AssertionError("the pitr load ended before it was ready")
+        if '"ready"' in line:
+            return
+    raise AssertionError(f"the pitr load was not ready within {timeout:.0f} s")
 
 
 def present(stack: ComposeStack, prefix: str, total: int) -> set[str]:
