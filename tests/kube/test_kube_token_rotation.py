@@ -1,8 +1,9 @@
-"""The kubelet's own rotation of a worker pod's projected service-account token, under load: the
-export's example worker pod (tests/support/kube_pods.py) runs workflows without pause, with its
-payloads encrypted through the key service, for longer than its first token lives. The kubelet
-requests a new token at 80 % of the lifetime and rewrites the file; the worker's exchange refresher
-and its key-service client read the file again for each exchange. No call may fail.
+"""The kubelet's own rotation of a worker pod's projected service-account token, under a steady
+load: the export's example worker pod (tests/support/kube_pods.py) runs a workflow every
+PAUSE_SECONDS, its payloads encrypted through the key service, for longer than its first token
+lives. The kubelet requests a new token at 80 % of the lifetime (less up to 10 s of jitter) and
+rewrites the file; the worker's exchange refresher and its key-service client read the file again
+for each exchange. No call may fail.
 
 600 s is the shortest lifetime the API server lets a projected token have, so this module runs
 for about 12 minutes, mostly waiting: scripts/run-tests.sh runs the kube tier in a pytest process
@@ -23,10 +24,14 @@ TOKEN_SECONDS = 600  # the API server's minimum expirationSeconds for a projecte
 # Past the first token's exp: by then the kubelet has rotated it (requested at 480 s, written at
 # its next sync of the pod's volumes) and every exchange since has used the new one.
 RUN_SECONDS = TOKEN_SECONDS + 60
+# A steady trickle, not a flood: what is under test is the token's rotation on every call, and this
+# module runs beside the docker tiers on two cores, where a saturating load starved their stacks.
+PAUSE_SECONDS = 2
+KUBELET_MAX_JITTER = 10
 
 # What the worker container runs: its data converter on the key service (KeyServiceKeys.for_workload)
 # and the client of connect_workload() with the refresher running; then workflows one after the
-# other until RUN_SECONDS have passed. It prints each projected token it sees (digest, iat, exp,
+# other, PAUSE_SECONDS apart, until RUN_SECONDS have passed. It prints each projected token it sees (digest, iat, exp,
 # never the token), each failed call, and a summary.
 POD_ROTATION = POD_PRELUDE + '''\
 async def main():
@@ -81,7 +86,7 @@ async def main():
             calls += 1
             exchanged.add(client.api_key)
             note_token()
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(float(os.environ["PAUSE_SECONDS"]))
     refreshing.cancel()
     print("summary:", json.dumps({"calls": calls, "failed": failures, "exchanged_tokens": len(exchanged),
                                   "exchanges": refresher.exchanges, "exchange_failures": refresher.failures,
@@ -99,6 +104,7 @@ def test_the_kubelets_rotation_of_the_projected_token_fails_no_call(kube, kube_n
     volume = next(v for v in example["spec"]["volumes"] if "projected" in v)
     volume["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"] = TOKEN_SECONDS
     example["spec"]["containers"][0]["env"].append({"name": "RUN_SECONDS", "value": str(RUN_SECONDS)})
+    example["spec"]["containers"][0]["env"].append({"name": "PAUSE_SECONDS", "value": str(PAUSE_SECONDS)})
 
     name, doc, _ = run_worker(kube, kube_node, kube_wi, example, "orders-team", POD_ROTATION,
                               timeout=RUN_SECONDS + 300)
@@ -108,14 +114,16 @@ def test_the_kubelets_rotation_of_the_projected_token_fails_no_call(kube, kube_n
     print(f"\nkubelet rotation: {summary}")
     assert re.findall(r"^failed: .*$", logs, re.M) == []
     assert summary["failed"] == 0 and summary["exchange_failures"] == 0, summary
-    assert summary["seconds"] >= RUN_SECONDS and summary["calls"] >= RUN_SECONDS // 4, summary
+    assert summary["seconds"] >= RUN_SECONDS and summary["calls"] >= RUN_SECONDS // (2 * PAUSE_SECONDS), summary
 
     # The kubelet wrote a second token before the first expired, and the run went on past that expiry.
     tokens = [json.loads(t) for t in re.findall(r"^projected token: (.*)$", logs, re.M)]
     assert len(tokens) >= 2, tokens
     first, second = tokens[0], tokens[1]
     assert first["exp"] - first["iat"] == TOKEN_SECONDS and second["exp"] - second["iat"] == TOKEN_SECONDS
-    assert first["iat"] + 0.8 * TOKEN_SECONDS <= second["iat"] < first["exp"], tokens
+    # kubelet v1.37.2 (pkg/kubelet/token/token_manager.go) refreshes within 20 % of the lifetime of
+    # the expiry, less a random jitter of up to 10 s.
+    assert first["iat"] + 0.8 * TOKEN_SECONDS - KUBELET_MAX_JITTER <= second["iat"] < first["exp"], tokens
     assert second["seen_at"] < TOKEN_SECONDS - 10, tokens  # in the file before the first one ran out
     # New exchanges happened after the rotation, for the frontend and for the key service.
     assert summary["exchanged_tokens"] >= 3 and summary["key_service_exchanges"] >= 2, summary
