@@ -22,6 +22,7 @@ import yaml
 from temporalio.api.common.v1 import Payload
 
 from bootstrap.core.codec import ENCODING, decrypt
+from bootstrap.core.tokens import verify_token
 from tests.support.codec import bundle_keys
 from tests.support.kube_cluster import EXCHANGE_AUDIENCE, SERVICE_ACCOUNT_ISSUER
 from tests.support.kube_node import NODE_NAME, POD_SUBNET, TOLERATION
@@ -206,10 +207,10 @@ except KeyServiceError as exc:
 '''
 
 
-def _run_in_cluster(kube, kube_node, installed_wi, deployment: str) -> None:
+def _run_in_cluster(kube, kube_node, installed_export, deployment: str) -> None:
     """The export's Deployment on this node: its image the local bundle image, one replica, the
     node's taint tolerated; everything else (Secret, config, service account, probes) as exported."""
-    _, _, namespace, _ = installed_wi
+    _, _, namespace, _ = installed_export
     container = json.loads(kube.kubectl("get", "deployment", deployment, "-n", namespace, "-o", "json").stdout)[
         "spec"]["template"]["spec"]["containers"][0]["name"]
     patch = {"spec": {"replicas": 1, "template": {"spec": {"tolerations": [TOLERATION], "containers": [
@@ -278,3 +279,42 @@ def test_the_exported_worker_pod_gets_its_keys_from_the_exported_exchange_and_co
     payload = Payload.FromString(base64.b64decode(re.search(r"^encrypted: (\S+)$", logs, re.M).group(1)))
     assert payload.metadata["encoding"] == ENCODING and b"4111" not in payload.data
     assert decrypt(payload, bundle_keys(bundle.root)).data == json.dumps(f"card 4111 {name}").encode()
+
+
+def _secrets(kube, namespace: str) -> dict[str, dict[str, str]]:
+    items = json.loads(kube.kubectl("get", "secrets", "-n", namespace, "-o", "json").stdout)["items"]
+    return {item["metadata"]["name"]: item.get("data", {}) for item in items}
+
+
+def test_the_exported_token_refresher_patches_fresh_tokens_into_exactly_its_secrets_from_inside_the_cluster(
+        kube, kube_node, installed):
+    """The token refresher as exported (its signing-key Secret, its service account's own token,
+    the API server at kubernetes.default.svc): it mints every role's token into its empty work
+    directory and patches each into that role's Secret; of all the namespace's Secrets only those
+    its Role names change, and in them only the token; each new token verifies against the
+    bundle's published keys with the role's permissions."""
+    bundle, _, namespace, _ = installed
+    release = bundle.config.kubernetes.release
+    allowed = set(json.loads(kube.kubectl("get", "role", f"{release}-token-refresher", "-n", namespace, "-o", "json")
+                             .stdout)["rules"][0]["resourceNames"])
+    before = _secrets(kube, namespace)
+    _run_in_cluster(kube, kube_node, installed, f"{release}-token-refresher")
+
+    def patched_all():
+        logs = kube.kubectl("logs", f"deployment/{release}-token-refresher", "-n", namespace, check=False).stdout
+        return set(re.findall(r"^updated Secret (\S+)$", logs, re.M)) == allowed and logs
+    logs = wait_until(patched_all, timeout=120, what="the refresher's update of every Secret its Role names", interval=2)
+    assert "error" not in logs.lower() and "403" not in logs, logs
+
+    after = _secrets(kube, namespace)
+    assert after.keys() == before.keys()
+    changed = {name for name in after if after[name] != before[name]}
+    assert changed == allowed, (changed, allowed)
+    jwks = json.loads((bundle.root / "jwks" / "jwks.json").read_text())
+    for role in bundle.config.roles:
+        secret = next(name for name in allowed if name.endswith(f"-role-{role.name}"))
+        key = f"{role.name}.jwt"
+        assert {k for k in after[secret] if after[secret][k] != before[secret].get(k)} == {key}, secret
+        claims = verify_token(base64.b64decode(after[secret][key]).decode().strip(), jwks,
+                              audience=bundle.config.jwt.audience)
+        assert sorted(claims["permissions"]) == sorted(role.permissions), (role.name, claims)
