@@ -45,7 +45,13 @@ browser_after=tests/server/test_ldap_browser.py
 beside "server tier; then the rotation tier" one_after_the_other "tests/server --ignore=$browser_after" tests/rotation
 beside "kube tier" "${pytest[@]}" tests/kube
 status=0
-"${pytest[@]}" tests --ignore=tests/docker --ignore=tests/rotation --ignore=tests/server --ignore=tests/kube || status=$?
+"${pytest[@]}" tests --ignore=tests/docker --ignore=tests/rotation --ignore=tests/server --ignore=tests/kube \
+  --ignore=tests/unit || status=$?
+# The unit tier is CPU-bound (fuzzing, keys, archives) and times nothing: at a lower priority it
+# takes the CPU the stacks leave idle, so the fault matrix and the restores measure the stack, not
+# the two cores it shares (a measured run was 90 % busy, and recovery bounds were missed by
+# seconds). The codec tier bounds latencies under attack and keeps the normal priority.
+nice -n 10 "${pytest[@]}" tests/unit || status=$((status ? status : $?))
 for i in "${!pids[@]}"; do
   echo "---------------------------------------------------------------- ${names[$i]}"
   tail -n +1 -f --pid="${pids[$i]}" "$logs/$i.log"
