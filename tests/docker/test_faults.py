@@ -128,7 +128,7 @@ def test_full_bundle_volume_fails_rotate_and_tokens_cleanly(running_stack):
     outcome = under_fault(running_stack, "bundle full (a copy on a full tmpfs): rotate + mint-tokens refused", inject)
     print(f"\nfull bundle: {seen}")
     # The stack's own files are untouched, so nothing is refused and nothing lost; on a loaded
-    # machine a call may still miss its 5 s deadline (CANCELLED), which says nothing about the fault.
+    # machine a call may still miss its 10 s deadline (CANCELLED), which says nothing about the fault.
     check(outcome, 30)
     assert outcome.refused == 0, f"calls refused while rotate and mint-tokens failed on the full copy: {outcome.errors}"
     assert all("Timeout expired" in e or "DEADLINE" in e for e in outcome.errors), \
