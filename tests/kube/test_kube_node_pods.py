@@ -51,8 +51,8 @@ async def main():
                                            bundle_dir=bundle, token_file=token_file, namespace=namespace,
                                            server_name="localhost", data_converter=converter)
     except Exception as exc:
-        print("exchange refused:", type(exc).__name__, flush=True)
-        sys.exit(3)
+        print("exchange refused:", type(exc).__name__, str(exc)[:300], flush=True)
+        os._exit(3)  # not sys.exit: the SDK's threads may hold stdout while the interpreter shuts down
     exchanged = claims(client.api_key)
     print("exchanged:", json.dumps({"sub": exchanged["sub"], "groups": exchanged.get("groups")}), flush=True)
     try:
@@ -117,6 +117,7 @@ def test_a_kubelet_projected_token_runs_a_workflow_from_inside_the_pod(kube, kub
 
     name, doc, token = run_worker(kube, kube_node, kube_wi, example, "orders-team", POD_WORKER)
     logs = kube.kubectl("logs", name, "-n", "orders-team").stdout
+    print(f"the pod's log:\n{logs[-3000:]}")  # shown when the test fails, whole
     assert doc["status"]["phase"] == "Succeeded", (doc["status"], logs)
     assert f"workflow result: hello, card 4111 {name}" in logs.splitlines()
     exchanged = json.loads(re.search(r"^exchanged: (.*)$", logs, re.M).group(1))
@@ -264,6 +265,7 @@ def test_the_exported_worker_pod_gets_its_keys_from_the_exported_exchange_and_co
     exported, doc = _exported_worker_in(kube, kube_node, installed_wi, "default")
     name = doc["metadata"]["name"]
     logs = kube.kubectl("logs", name, "-n", "default").stdout
+    print(f"the pod's log:\n{logs[-3000:]}")  # shown when the test fails, whole
     assert doc["status"]["phase"] == "Succeeded", (doc["status"], logs)
     env = {e["name"]: e.get("value") for e in exported["spec"]["containers"][0]["env"]}
     for variable, service in (("TEMPORAL_EXCHANGE_URL", bundle.config.workload_identity.host),
