@@ -6,8 +6,8 @@ rewrites the file; the worker's exchange refresher and its key-service client re
 for each exchange. No call may fail.
 
 600 s is the shortest lifetime the API server lets a projected token have, so this module runs
-for about 12 minutes, mostly waiting: scripts/run-tests.sh runs the kube tier in a pytest process
-of its own, beside the other tiers."""
+for about 12 minutes, mostly waiting: scripts/run-tests.sh runs the kube tier after the server
+and rotation tiers, in their lane."""
 
 from __future__ import annotations
 
@@ -24,15 +24,15 @@ TOKEN_SECONDS = 600  # the API server's minimum expirationSeconds for a projecte
 # Past the first token's exp: by then the kubelet has rotated it (requested at 480 s, written at
 # its next sync of the pod's volumes) and every exchange since has used the new one.
 RUN_SECONDS = TOKEN_SECONDS + 60
-# A steady trickle, not a flood: what is under test is the token's rotation on every call, and this
-# module runs beside the docker tiers on two cores, where a saturating load starved their stacks.
+# A steady trickle, not a flood: what is under test is the token's rotation on every call, and the
+# module shares two cores with the docker tiers, whose stacks a saturating load starved.
 PAUSE_SECONDS = 2
 KUBELET_MAX_JITTER = 10
 
 # What the worker container runs: its data converter on the key service (KeyServiceKeys.for_workload)
 # and the client of connect_workload() with the refresher running; then workflows one after the
-# other, PAUSE_SECONDS apart, until RUN_SECONDS have passed. It prints each projected token it sees (digest, iat, exp,
-# never the token), each failed call, and a summary.
+# other, PAUSE_SECONDS apart, until RUN_SECONDS have passed. It prints each projected token it
+# sees (digest, iat, exp, never the token), each failed call, and a summary.
 POD_ROTATION = POD_PRELUDE + '''\
 async def main():
     started = time.monotonic()
