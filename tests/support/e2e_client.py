@@ -40,7 +40,7 @@ from temporalio.service import RPCError, TLSConfig
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from bootstrap.client import RoleCredentials, connect
-from tests.support.workflows import GreetingWorkflow, greet
+from tests.support.workflows import GreetingWorkflow, greet, retry_while
 
 BUNDLE = "/bundle"
 ADDRESS = os.environ.get("E2E_ADDRESS", "temporal:7233")
@@ -117,17 +117,12 @@ async def schedule(action: str, schedule_id: str) -> dict:
 NOT_YET = {"DEADLINE_EXCEEDED", "UNAVAILABLE", "CANCELLED", "FAILED_PRECONDITION"}  # a refusal is not retried
 
 
-async def described_schedule(client: Client, schedule_id: str, attempts: int = 30):
+async def described_schedule(client: Client, schedule_id: str):
     """DescribeSchedule queries the schedule's own workflow, which Temporal's worker service runs:
     on a busy host its first workflow task can come later than the query's deadline, and a client
-    asks again, as the CLI's user would."""
-    for attempt in range(attempts):
-        try:
-            return await client.get_schedule_handle(schedule_id).describe()
-        except RPCError as exc:
-            if exc.status.name not in NOT_YET or attempt == attempts - 1:
-                raise
-            await asyncio.sleep(2)
+    asks again (for up to a minute), as the CLI's user would."""
+    return await retry_while(client.get_schedule_handle(schedule_id).describe,
+                             lambda exc: isinstance(exc, RPCError) and exc.status.name in NOT_YET, 30, 2)
 
 
 async def namespaces() -> dict:

@@ -5,7 +5,6 @@ share: the exchange's form, a raw client with a given token, a greeting workflow
 
 from __future__ import annotations
 
-import asyncio
 import json
 import ssl
 import sys
@@ -26,7 +25,7 @@ from tests.support.cluster import LocalCluster
 from tests.support.kube_issuer import AUDIENCE, KubeIssuer
 from tests.support.ports import free_port
 from tests.support.waits import wait_until
-from tests.support.workflows import GreetingWorkflow
+from tests.support.workflows import GreetingWorkflow, retry_while
 
 
 class WorkloadCluster(LocalCluster):
@@ -114,14 +113,11 @@ async def describe(client: Client, namespace: str) -> None:
 
 
 async def start_greeting(client: Client, queue: str) -> str:
-    for attempt in range(40):  # a just-registered namespace reaches the frontend cache within ~10s
-        try:
-            return await client.execute_workflow(GreetingWorkflow.run, "pod", id=f"wi-{uuid.uuid4()}", task_queue=queue,
-                                                 execution_timeout=timedelta(seconds=30))
-        except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND or attempt == 39:
-                raise
-            await asyncio.sleep(0.5)
+    # A just-registered namespace reaches the frontend cache within ~10 s.
+    return await retry_while(
+        lambda: client.execute_workflow(GreetingWorkflow.run, "pod", id=f"wi-{uuid.uuid4()}", task_queue=queue,
+                                        execution_timeout=timedelta(seconds=30)),
+        lambda exc: isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND, 40, 0.5)
 
 
 def denied(exc: BaseException) -> bool:
