@@ -34,9 +34,8 @@ def test_every_exported_object_is_admitted_by_the_api_server(kube, which, reques
     assert applied.returncode == 0, applied.stderr
     expected = {(d["kind"], d["metadata"]["name"]) for d in _documents(dest / "secrets") + _documents(dest / "manifests")}
     assert len(expected) > 20
-    listed = json.loads(kube.kubectl("get", "secrets,configmaps,serviceaccounts,roles,rolebindings,deployments,"
-                                     "services,jobs,networkpolicies,clusterrolebindings", "-n", namespace,
-                                     "-o", "json").stdout)
+    listed = kube.get("secrets,configmaps,serviceaccounts,roles,rolebindings,deployments,services,jobs,"
+                      "networkpolicies,clusterrolebindings", "-n", namespace)
     present = {(item["kind"], item["metadata"]["name"]) for item in listed["items"]}
     assert expected <= present, sorted(expected - present)
 
@@ -54,7 +53,7 @@ def test_the_token_refresher_may_patch_its_token_secrets_and_nothing_else(kube, 
     role = f"{names['role']}-{kube_bundle.config.roles[0].name}"
     refresher.patch_secret(role, {f"{kube_bundle.config.roles[0].name}.jwt": b"re-minted"})
     refresher.patch_secret(names["admintools"], {"token": b"re-minted"})
-    stored = json.loads(kube.kubectl("get", "secret", role, "-n", namespace, "-o", "json").stdout)
+    stored = kube.get("secret", role, "-n", namespace)
     assert "cmUtbWludGVk" in stored["data"].values()  # base64 of "re-minted"
     for other in (names["frontend_tls"], names["jwks"], names["codec"]):
         with pytest.raises(BundleError, match="403"):

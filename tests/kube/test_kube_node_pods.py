@@ -83,7 +83,7 @@ asyncio.run(main())
 
 
 def test_a_pod_of_the_bundle_image_runs_to_completion_on_the_ready_node(kube, kube_node):
-    node = json.loads(kube.kubectl("get", "node", NODE_NAME, "-o", "json").stdout)
+    node = kube.get("node", NODE_NAME)
     conditions = {c["type"]: c["status"] for c in node["status"]["conditions"]}
     assert conditions["Ready"] == "True", conditions
     assert node["status"]["nodeInfo"]["kubeletVersion"] == "v1.37.2"
@@ -212,8 +212,7 @@ def _run_in_cluster(kube, kube_node, installed_export, deployment: str) -> None:
     """The export's Deployment on this node: its image the local bundle image, one replica, the
     node's taint tolerated; everything else (Secret, config, service account, probes) as exported."""
     _, _, namespace, _ = installed_export
-    container = json.loads(kube.kubectl("get", "deployment", deployment, "-n", namespace, "-o", "json").stdout)[
-        "spec"]["template"]["spec"]["containers"][0]["name"]
+    container = kube.get("deployment", deployment, "-n", namespace)["spec"]["template"]["spec"]["containers"][0]["name"]
     patch = {"spec": {"replicas": 1, "template": {"spec": {"tolerations": [TOLERATION], "containers": [
         {"name": container, "image": kube_node.bundle_image, "imagePullPolicy": "Never"}]}}}}
     kube.kubectl("patch", "deployment", deployment, "-n", namespace, "--type=strategic", "-p", json.dumps(patch))
@@ -284,7 +283,7 @@ def test_the_exported_worker_pod_gets_its_keys_from_the_exported_exchange_and_co
 
 
 def _secrets(kube, namespace: str) -> dict[str, dict[str, str]]:
-    items = json.loads(kube.kubectl("get", "secrets", "-n", namespace, "-o", "json").stdout)["items"]
+    items = kube.get("secrets", "-n", namespace)["items"]
     return {item["metadata"]["name"]: item.get("data", {}) for item in items}
 
 
@@ -297,8 +296,7 @@ def test_the_exported_token_refresher_patches_fresh_tokens_into_exactly_its_secr
     bundle's published keys with the role's permissions."""
     bundle, _, namespace, _ = installed
     release = bundle.config.kubernetes.release
-    allowed = set(json.loads(kube.kubectl("get", "role", f"{release}-token-refresher", "-n", namespace, "-o", "json")
-                             .stdout)["rules"][0]["resourceNames"])
+    allowed = set(kube.get("role", f"{release}-token-refresher", "-n", namespace)["rules"][0]["resourceNames"])
     before = _secrets(kube, namespace)
     _run_in_cluster(kube, kube_node, installed, f"{release}-token-refresher")
 

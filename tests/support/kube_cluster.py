@@ -126,6 +126,10 @@ class KubeCluster:
             raise HarnessError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         return result
 
+    def get(self, *args: str) -> dict:
+        """`kubectl get ARGS -o json`, as the admin: the object (or the list) as the API server holds it."""
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
     def create_token(self, namespace: str, account: str, audience: str, *, pod: str | None = None,
                      duration: str = "10m") -> str:
         """A TokenRequest token, as the kubelet projects one; bound to a pod object when named."""

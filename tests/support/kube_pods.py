@@ -57,7 +57,7 @@ def wait_for_default_account(kube, namespace: str) -> None:
 
 def finished(kube, namespace: str, pod: str, timeout: float = 180) -> dict:
     def phase():
-        doc = json.loads(kube.kubectl("get", "pod", pod, "-n", namespace, "-o", "json").stdout)
+        doc = kube.get("pod", pod, "-n", namespace)
         return doc if doc["status"].get("phase") in ("Succeeded", "Failed") else None
     try:
         return wait_until(phase, timeout, f"pod {namespace}/{pod} to finish")
