@@ -8,11 +8,11 @@ differ from production. Nothing here skips: if a binary is missing the caller ge
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import ssl
-import json
 import subprocess
 import sys
 import tempfile
