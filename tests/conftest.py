@@ -20,6 +20,15 @@ def _tier(item) -> int:
     return len(TIER_ORDER)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report kept on the test (`item.rep_call`), for fixtures that print what a
+    failed test saw (a browser's page, its API calls)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         path = str(item.fspath)

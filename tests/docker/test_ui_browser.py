@@ -105,11 +105,13 @@ def browser(ui, tmp_path_factory):
 
 
 @pytest.fixture
-def page(browser, ui):
+def page(browser, ui, request):
     context = browser.new_context()
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     page.bearer = {}
+    page.api_calls = []
+    page.failed_requests = []
 
     def keep(response):
         try:
@@ -122,10 +124,30 @@ def page(browser, ui):
         if auth and request.url.startswith(ui.url + "/api/"):
             page.bearer["value"] = auth
 
+    def api_call(response):
+        if response.url.startswith(ui.url + "/api/"):
+            page.api_calls.append(f"{response.status} {response.request.method} {response.url.removeprefix(ui.url)}")
+
     page.on("response", keep)
     page.on("request", bearer)
+    page.on("response", api_call)
+    page.on("requestfailed", lambda r: page.failed_requests.append(f"{r.failure} {r.url[:120]}"))
     yield page
+    if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
+        print(what_the_page_showed(page))
     context.close()
+
+
+def what_the_page_showed(page) -> str:
+    """A failed test's page: where it was, the UI's API calls and their statuses, its text."""
+    try:
+        text = page.inner_text("body", timeout=5000)
+    except Exception as exc:  # a page that never rendered
+        text = f"(no text: {str(exc).splitlines()[0]})"
+    calls = "\n".join(page.api_calls[-40:]) or "(none)"
+    failed = "\n".join(page.failed_requests[-20:]) or "(none)"
+    return (f"\npage at failure: {page.url}\nits last API calls:\n{calls}\nrequests that failed:\n{failed}"
+            f"\nits text:\n{text[:2000]}")
 
 
 def retried(action, attempts: int = 4, also: tuple[str, ...] = ()):
@@ -202,9 +224,14 @@ def api(page, ui, method: str, path: str) -> int:
 
 def test_admin_logs_in_through_dex_sees_namespaces_and_the_decrypted_input(page, ui):
     logged_in(page, ui, "admin@example.com", ui.password)
-    page.goto(ui.url + "/namespaces")
-    for namespace in ("default", "orders"):
-        page.get_by_role("link", name=namespace).first.wait_for()
+
+    def namespaces_listed():
+        page.goto(ui.url + "/namespaces")
+        for namespace in ("default", "orders"):
+            page.get_by_role("link", name=namespace).first.wait_for()
+
+    # A page whose script load Docker's interface changes cut off never renders the list.
+    retried(namespaces_listed, attempts=3, also=("Timeout",))
     html, status = workflow_page(page, ui)
     assert status == 200
     assert ui.secret_input in html, "the admin's UI did not show the decrypted input"
