@@ -78,13 +78,13 @@ def kube_key_service(kube_wi):
         yield f"{url}/v1/keys"
 
 
-@pytest.fixture(scope="module")
-def kube_node(kube, tmp_path_factory):
-    """A node that runs pods of the bundle image (the local Docker engine's, imported into the
-    node's containerd), for one module: stopped with every container it ran when the module ends."""
+def _node(kube, tmp_path_factory, *image_vars: str):
+    """A node that runs pods of those images (the local Docker engine's stand-ins and the bundle
+    image, imported into the node's containerd), stopped with every container it ran."""
     images = build_standin_images()
-    node = KubeNode(kube, tmp_path_factory.mktemp("kube-node"), images=(images["BUNDLE_IMAGE"],))
+    node = KubeNode(kube, tmp_path_factory.mktemp("kube-node"), images=tuple(images[v] for v in image_vars))
     node.bundle_image = images["BUNDLE_IMAGE"]
+    node.image = images
     try:
         node.start()
     except BaseException:
@@ -92,3 +92,16 @@ def kube_node(kube, tmp_path_factory):
         raise
     yield node
     node.stop()
+
+
+@pytest.fixture(scope="module")
+def kube_node(kube, tmp_path_factory):
+    """A node for one module that runs pods of the bundle image."""
+    yield from _node(kube, tmp_path_factory, "BUNDLE_IMAGE")
+
+
+@pytest.fixture(scope="module")
+def temporal_node(kube, tmp_path_factory):
+    """A node for one module that also runs Temporal's server and admin-tools, PostgreSQL and Dex."""
+    yield from _node(kube, tmp_path_factory, "BUNDLE_IMAGE", "TEMPORAL_SERVER_IMAGE", "TEMPORAL_ADMINTOOLS_IMAGE",
+                     "POSTGRES_IMAGE", "DEX_IMAGE")

@@ -26,8 +26,9 @@ from bootstrap.core.tokens import verify_token
 from tests.support.codec import bundle_keys
 from tests.support.kube_cluster import EXCHANGE_AUDIENCE, SERVICE_ACCOUNT_ISSUER
 from tests.support.kube_node import NODE_NAME, POD_SUBNET, TOLERATION
-from tests.support.kube_pods import POD_PRELUDE, example_worker, finished, run_worker, wait_for_default_account
-from tests.support.waits import HarnessError, wait_until
+from tests.support.kube_pods import (POD_PRELUDE, example_worker, finished, run_exported_deployment, run_worker,
+                                     wait_for_default_account)
+from tests.support.waits import wait_until
 from tests.support.workload import post_exchange, raw_client
 
 # What the worker container runs (a ConfigMap mounted at /scripts): the bundle's own
@@ -208,22 +209,6 @@ except KeyServiceError as exc:
 '''
 
 
-def _run_in_cluster(kube, kube_node, installed_export, deployment: str) -> None:
-    """The export's Deployment on this node: its image the local bundle image, one replica, the
-    node's taint tolerated; everything else (Secret, config, service account, probes) as exported."""
-    _, _, namespace, _ = installed_export
-    container = kube.get("deployment", deployment, "-n", namespace)["spec"]["template"]["spec"]["containers"][0]["name"]
-    patch = {"spec": {"replicas": 1, "template": {"spec": {"tolerations": [TOLERATION], "containers": [
-        {"name": container, "image": kube_node.bundle_image, "imagePullPolicy": "Never"}]}}}}
-    kube.kubectl("patch", "deployment", deployment, "-n", namespace, "--type=strategic", "-p", json.dumps(patch))
-    rollout = kube.kubectl("rollout", "status", f"deployment/{deployment}", "-n", namespace, "--timeout=180s",
-                           check=False)
-    if rollout.returncode != 0:
-        pods = kube.kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False).stdout
-        logs = kube.kubectl("logs", f"deployment/{deployment}", "-n", namespace, "--tail=40", check=False)
-        raise HarnessError(f"{deployment} not ready: {rollout.stderr}\n{pods}\n{logs.stdout}{logs.stderr}")
-
-
 def _exported_worker_in(kube, kube_node, installed_wi, namespace: str) -> tuple[dict, dict]:
     """The export's example worker pod, in that Kubernetes namespace (bound by default_bindings to
     the Temporal namespace of its name), with its role Secret copied there as its comment says;
@@ -259,7 +244,7 @@ def test_the_exported_worker_pod_gets_its_keys_from_the_exported_exchange_and_co
     asks it TokenReview from inside; the worker pod reaches them by their Services' names."""
     bundle, _, namespace, _ = installed_wi
     for deployment in (bundle.config.network.jwks_host, bundle.config.codec.host, bundle.config.workload_identity.host):
-        _run_in_cluster(kube, kube_node, installed_wi, deployment)
+        run_exported_deployment(kube, namespace, deployment, kube_node.bundle_image)
 
     exported, doc = _exported_worker_in(kube, kube_node, installed_wi, "default")
     name = doc["metadata"]["name"]
@@ -298,7 +283,7 @@ def test_the_exported_token_refresher_patches_fresh_tokens_into_exactly_its_secr
     release = bundle.config.kubernetes.release
     allowed = set(kube.get("role", f"{release}-token-refresher", "-n", namespace)["rules"][0]["resourceNames"])
     before = _secrets(kube, namespace)
-    _run_in_cluster(kube, kube_node, installed, f"{release}-token-refresher")
+    run_exported_deployment(kube, namespace, f"{release}-token-refresher", kube_node.bundle_image)
 
     def patched_all():
         logs = kube.kubectl("logs", f"deployment/{release}-token-refresher", "-n", namespace, check=False).stdout

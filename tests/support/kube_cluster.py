@@ -112,7 +112,7 @@ class KubeCluster:
         self.processes.clear()
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None,
-                as_token: str | None = None) -> subprocess.CompletedProcess:
+                as_token: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
         """kubectl of the same build; as the admin (client certificate), or with a bearer token
         and nothing else (`as_token`), as a pod of that service account would call."""
         if as_token is None:
@@ -121,7 +121,7 @@ class KubeCluster:
             auth = ["--kubeconfig", "/dev/null", "--server", self.server,
                     "--certificate-authority", str(self.ca_file), "--token", as_token]
         result = subprocess.run([str(self.bin_dir / "kubectl"), *auth, *args], input=input,
-                                capture_output=True, text=True, timeout=120)
+                                capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise HarnessError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         return result

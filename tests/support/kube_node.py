@@ -4,7 +4,8 @@ What runs, all on this machine, started and stopped by the tests:
 - containerd (Debian's 1.6, its CRI plugin) as an instance of its own: its own root, state, socket
   and config under the work directory, so the Docker engine's containerd is never touched; runc
   is Debian's, the network the CNI `bridge` + `host-local` plugins of Debian's
-  containernetworking-plugins (/usr/lib/cni). kubelet v1.37.2 still runs on a CRI without the
+  containernetworking-plugins (/usr/lib/cni), with its `firewall` plugin admitting the pods'
+  traffic past the FORWARD policy Docker sets to DROP (its chains removed when the node stops). kubelet v1.37.2 still runs on a CRI without the
   RuntimeConfig call (1.6 has none): it then takes the cgroup driver from its own config, which is
   cgroupfs here as in containerd's runc options. On a cgroup v1 host kubelet v1.37 refuses to start
   unless `failCgroupV1: false` (set below).
@@ -77,7 +78,7 @@ class KubeNode:
         for tool in ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "docker"):
             if not shutil.which(tool):
                 raise HarnessError(f"{tool} not found (scripts/install-deps.sh installs it)")
-        for plugin in ("bridge", "host-local", "loopback"):
+        for plugin in ("bridge", "host-local", "loopback", "firewall"):
             if not (CNI_BIN_DIR / plugin).is_file():
                 raise HarnessError(f"CNI plugin {CNI_BIN_DIR / plugin} missing (Debian: containernetworking-plugins)")
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -122,6 +123,7 @@ class KubeNode:
             # Its iptables chains outlive it: removed here, so the host's rules are as before.
             subprocess.run([str(self.cluster.bin_dir / "kube-proxy"), "--cleanup"], capture_output=True,
                            check=False, timeout=60)
+            _remove_firewall_chains()
             self._kill_shims()
             self.cluster.kubectl("delete", "node", NODE_NAME, "--ignore-not-found", "--wait=false", check=False)
             self._unmount()
@@ -167,7 +169,12 @@ class KubeNode:
             "plugins": [{"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": False,
                          "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_SUBNET}]],
                                   "routes": [{"dst": "0.0.0.0/0"}],
-                                  "dataDir": str(self.workdir / "cni" / "ipam")}}],
+                                  "dataDir": str(self.workdir / "cni" / "ipam")}},
+                        # The host's FORWARD policy is Docker's DROP, and the bridge's traffic
+                        # passes it (br_netfilter): without this, a pod reaches another pod only
+                        # through a Service (kube-proxy accepts what it marked), and Temporal's
+                        # services, which dial each other's pod IPs, never form their ring.
+                        {"type": "firewall", "backend": "iptables"}],
         }))
         (d / "root").mkdir(parents=True, exist_ok=True)
         cri = 'plugins."io.containerd.grpc.v1.cri"'
@@ -367,3 +374,11 @@ state = "{d / 'state'}"
             points = [line.split()[4] for line in f]
         for point in sorted((p for p in points if p.startswith(root)), key=len, reverse=True):
             subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+
+
+def _remove_firewall_chains() -> None:
+    """The CNI firewall plugin's chains (its per-pod rules go with each pod; the chains and their
+    jump from FORWARD stay): removed, so the host's FORWARD chain is as before."""
+    for args in (["-D", "FORWARD", "-m", "comment", "--comment", "CNI firewall plugin rules", "-j", "CNI-FORWARD"],
+                 ["-F", "CNI-FORWARD"], ["-X", "CNI-FORWARD"], ["-F", "CNI-ADMIN"], ["-X", "CNI-ADMIN"]):
+        subprocess.run(["iptables", *args], capture_output=True, check=False, timeout=30)

@@ -66,6 +66,26 @@ def finished(kube, namespace: str, pod: str, timeout: float = 180) -> dict:
         raise HarnessError(f"pod {namespace}/{pod} did not finish; events:\n{events}") from None
 
 
+def run_exported_deployment(kube, namespace: str, deployment: str, image: str) -> None:
+    """An exported Deployment on the node: its image a local one, one replica, the node's taint
+    tolerated; everything else (Secrets, config, service account, probes) as exported."""
+    container = kube.get("deployment", deployment, "-n", namespace)["spec"]["template"]["spec"]["containers"][0]["name"]
+    patch = {"spec": {"replicas": 1, "template": {"spec": {"tolerations": [TOLERATION], "containers": [
+        {"name": container, "image": image, "imagePullPolicy": "Never"}]}}}}
+    kube.kubectl("patch", "deployment", deployment, "-n", namespace, "--type=strategic", "-p", json.dumps(patch))
+    rolled_out(kube, namespace, deployment)
+
+
+def rolled_out(kube, namespace: str, deployment: str, timeout: int = 180) -> None:
+    """Every replica of the Deployment ready; else its pods and its last log lines, in the error."""
+    rollout = kube.kubectl("rollout", "status", f"deployment/{deployment}", "-n", namespace, f"--timeout={timeout}s",
+                           check=False)
+    if rollout.returncode != 0:
+        pods = kube.kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False).stdout
+        logs = kube.kubectl("logs", f"deployment/{deployment}", "-n", namespace, "--tail=40", check=False)
+        raise HarnessError(f"{deployment} not ready: {rollout.stderr}\n{pods}\n{logs.stdout}{logs.stderr}")
+
+
 def example_worker(kube_wi, installed_wi, key_service: str) -> dict:
     """The export's example workload-identity worker pod (examples/workload-identity-worker.yaml),
     its identity volume and security context as exported; what it runs and where it connects

@@ -1,0 +1,181 @@
+"""Temporal itself in the kube tier's cluster (tests/support/kube_temporal.py): PostgreSQL with
+TLS and certificate auth, the schema, the five server services from the exported values' server
+config and Secrets, the export's JWKS server and Dex as exported; then the export's registration
+Job registers the namespaces through the frontend's Service and records the cluster info in its
+one ConfigMap, and a worker pod with nothing but its role's exported Secret runs a workflow
+through the frontend's Service and is refused what its role does not grant."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+
+import pytest
+import yaml
+
+from bootstrap.ops.export_helm.names import names
+from tests.support.bundles import make_bundle
+from tests.support.chart import SERVER_SERVICES
+from tests.support.exports import export
+from tests.support.kube_node import TOLERATION
+from tests.support.kube_pods import POD_PRELUDE, finished, rolled_out, run_exported_deployment
+from tests.support.kube_temporal import RELEASE, postgres, schema_job, server
+from tests.support.waits import HarnessError
+
+NAMESPACE = "temporal-run"
+# One replica each (two cores), and Dex's issuer under a name the pods resolve: the frontend takes
+# Dex's keys as a key source and swaps in fetched keys only when every source answers.
+CONFIG = f"""\
+namespaces: [{{name: default}}, {{name: other}}]
+persistence: {{num_history_shards: 4}}
+oidc: {{host: dex.{NAMESPACE}.svc}}
+kubernetes:
+  namespace: {NAMESPACE}
+"""
+
+# The worker pod's script: the bundle's own connect() with the role Secret's files, a workflow in
+# `default` through the frontend's Service, then a call its role does not grant.
+POD_ROLE_WORKER = POD_PRELUDE + '''\
+from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
+from temporalio.service import RPCError
+
+from bootstrap.client import connect
+
+
+async def main():
+    address = os.environ["TEMPORAL_ADDRESS"]
+    client = await connect(address, bundle_dir="/bundle", role="worker", namespace="default", server_name="temporal")
+    queue = "pod-" + uuid.uuid4().hex[:8]
+    async with Worker(client, task_queue=queue, workflows=[PodGreeting], activities=[greet],
+                      workflow_runner=UnsandboxedWorkflowRunner()):
+        result = await client.execute_workflow(PodGreeting.run, os.environ["HOSTNAME"], id="pod-" + uuid.uuid4().hex,
+                                               task_queue=queue, execution_timeout=timedelta(seconds=60))
+    print("workflow result:", result, flush=True)
+    try:
+        await client.workflow_service.register_namespace(RegisterNamespaceRequest(namespace="worker-made"))
+        print("register namespace: allowed", flush=True)
+    except RPCError as exc:
+        print("register namespace:", exc.status.name, flush=True)
+
+
+asyncio.run(main())
+'''
+
+
+def _manifests(dest) -> list[dict]:
+    docs = []
+    for path in sorted((dest / "manifests").glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def _job_on_the_node(job: dict, image: str) -> dict:
+    """An exported Job with only its image a local one and the node's taint tolerated (a Job's pod
+    template cannot be patched once created, so it is applied changed)."""
+    job = json.loads(json.dumps(job))
+    spec = job["spec"]["template"]["spec"]
+    spec["tolerations"] = [TOLERATION]
+    for container in spec["containers"]:
+        container.update(image=image, imagePullPolicy="Never")
+    return job
+
+
+def _completed(kube, job: str, timeout: int = 300) -> str:
+    """The Job's log once it completed; its pods and log in the error when it did not."""
+    waited = kube.kubectl("wait", "--for=condition=complete", f"job/{job}", "-n", NAMESPACE, f"--timeout={timeout}s",
+                          check=False, timeout=timeout + 30)
+    logs = kube.kubectl("logs", f"job/{job}", "-n", NAMESPACE, "--tail=60", check=False)
+    if waited.returncode != 0:
+        pods = kube.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide", check=False).stdout
+        raise HarnessError(f"job {job} did not complete: {waited.stderr}\n{pods}\n{logs.stdout}{logs.stderr}")
+    return logs.stdout
+
+
+def _server_logs(kube) -> str:
+    """The server services' last warnings and errors (each line cut at 300 characters)."""
+    shown = []
+    for service in SERVER_SERVICES:
+        logs = kube.kubectl("logs", f"deployment/{RELEASE}-{service}", "-n", NAMESPACE, "--tail=400", check=False).stdout
+        lines = [line[:300] for line in logs.splitlines() if '"level":"warn"' in line or '"level":"error"' in line]
+        shown.append(f"--- {service}, last warnings and errors:\n" + "\n".join(lines[-15:]))
+    return "\n".join(shown)
+
+
+class Installed:
+    def __init__(self, bundle, dest, register_log: str):
+        self.bundle, self.dest, self.register_log = bundle, dest, register_log
+
+
+@pytest.fixture(scope="module")
+def temporal(kube, temporal_node, tmp_path_factory):
+    """The export applied (its Jobs held back), PostgreSQL and the schema, JWKS and Dex as exported,
+    the five server services, then the registration Job."""
+    bundle = make_bundle(tmp_path_factory.mktemp("kube-temporal-bundle"), CONFIG)
+    dest = tmp_path_factory.mktemp("kube-temporal-export") / "out"
+    result = export(bundle, dest)
+    assert result.code == 0, result.err
+    images, exported = temporal_node.image, names(bundle.config)
+    assert bundle.config.kubernetes.release == RELEASE
+    kube.kubectl("create", "namespace", NAMESPACE)
+    kube.kubectl("apply", "-f", str(dest / "secrets"))
+    manifests = _manifests(dest)
+    kube.apply(yaml.safe_dump_all([d for d in manifests if d["kind"] != "Job"]))
+
+    kube.apply(yaml.safe_dump_all(postgres(NAMESPACE, images["POSTGRES_IMAGE"], exported["postgres"])))
+    rolled_out(kube, NAMESPACE, "postgresql")
+    kube.apply(yaml.safe_dump_all(schema_job(NAMESPACE, images["TEMPORAL_ADMINTOOLS_IMAGE"], exported["database"])))
+    print(_completed(kube, "temporal-schema"))
+    run_exported_deployment(kube, NAMESPACE, bundle.config.network.jwks_host, images["BUNDLE_IMAGE"])
+    run_exported_deployment(kube, NAMESPACE, "dex", images["DEX_IMAGE"])
+
+    values = yaml.safe_load((dest / "values.yaml").read_text())
+    kube.apply(yaml.safe_dump_all(server(values, NAMESPACE, images["TEMPORAL_SERVER_IMAGE"])))
+    for service in SERVER_SERVICES:
+        rolled_out(kube, NAMESPACE, f"{RELEASE}-{service}", timeout=240)
+
+    register = next(d for d in manifests if d["kind"] == "Job" and "register" in d["metadata"]["name"])
+    kube.apply(_job_on_the_node(register, images["BUNDLE_IMAGE"]))
+    return Installed(bundle, dest, _completed(kube, register["metadata"]["name"], timeout=420))
+
+
+def test_the_registration_job_registers_the_namespaces_and_records_the_cluster_info_in_its_configmap(kube, temporal):
+    print(temporal.register_log)
+    for namespace in ("default", "other"):
+        assert re.search(rf"\b{namespace}\b", temporal.register_log), temporal.register_log
+    recorded = kube.get("configmap", names(temporal.bundle.config)["cluster_info"], "-n", NAMESPACE)["data"]
+    info = json.loads(next(iter(recorded.values())))
+    assert info["clusterName"] == temporal.bundle.config.cluster_name, info
+
+
+def test_a_worker_pod_with_its_role_secret_runs_a_workflow_through_the_frontend_service(kube, temporal_node, temporal):
+    """The role Secret as exported, laid out as RoleCredentials reads a bundle (trust/, clients/,
+    tokens/), the frontend at its Service's namespaced name: the workflow runs end to end on the
+    cluster's history, matching and worker services, and registering a namespace (system only) is
+    refused by the frontend's authorizer."""
+    secret = f"{names(temporal.bundle.config)['role']}-worker"
+    layout = {"ca.pem": "trust/ca.pem", "worker.pem": "clients/worker.pem", "worker.key": "clients/worker.key",
+              "worker.jwt": "tokens/worker.jwt"}
+    name = f"role-worker-{uuid.uuid4().hex[:6]}"
+    kube.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "pod-role-worker", "namespace": NAMESPACE},
+                "data": {"pod_role_worker.py": POD_ROLE_WORKER}})
+    kube.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NAMESPACE}, "spec": {
+        "restartPolicy": "Never", "tolerations": [TOLERATION],
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001},
+        "containers": [{
+            "name": "worker", "image": temporal_node.bundle_image, "imagePullPolicy": "Never",
+            "command": ["python3", "/scripts/pod_role_worker.py"],
+            "env": [{"name": "TEMPORAL_ADDRESS", "value": f"{RELEASE}-frontend.{NAMESPACE}.svc:7233"}],
+            "volumeMounts": [{"name": "role", "mountPath": "/bundle", "readOnly": True},
+                             {"name": "scripts", "mountPath": "/scripts", "readOnly": True}]}],
+        "volumes": [{"name": "role", "secret": {"secretName": secret, "defaultMode": 0o440,
+                                                "items": [{"key": k, "path": p} for k, p in layout.items()]}},
+                    {"name": "scripts", "configMap": {"name": "pod-role-worker"}}]}})
+    doc = finished(kube, NAMESPACE, name)
+    logs = kube.kubectl("logs", name, "-n", NAMESPACE).stdout
+    print(f"the pod's log:\n{logs[-3000:]}")
+    if doc["status"]["phase"] != "Succeeded":
+        print(_server_logs(kube))
+    assert doc["status"]["phase"] == "Succeeded", (doc["status"], logs)
+    assert f"workflow result: hello, {name}" in logs.splitlines()
+    assert "register namespace: PERMISSION_DENIED" in logs.splitlines()
