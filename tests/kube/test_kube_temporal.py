@@ -21,7 +21,7 @@ from tests.support.exports import export
 from tests.support.kube_node import TOLERATION
 from tests.support.kube_pods import POD_PRELUDE, finished, rolled_out, run_exported_deployment
 from tests.support.kube_temporal import RELEASE, postgres, schema_job, server
-from tests.support.waits import HarnessError
+from tests.support.waits import HarnessError, wait_until
 
 NAMESPACE = "temporal-run"
 # One replica each (two cores), and Dex's issuer under a name the pods resolve: the frontend takes
@@ -60,6 +60,8 @@ async def main():
 
 
 asyncio.run(main())
+sys.stdout.flush()
+os._exit(0)  # not the interpreter's shutdown, which the SDK's threads can crash after all went well
 '''
 
 
@@ -79,6 +81,15 @@ def _job_on_the_node(job: dict, image: str) -> dict:
     for container in spec["containers"]:
         container.update(image=image, imagePullPolicy="Never")
     return job
+
+
+def _finished(kube, job: str, timeout: float = 600) -> tuple[dict, str]:
+    """The Job's status once it succeeded or failed, and its log."""
+    def done():
+        status = kube.get("job", job, "-n", NAMESPACE).get("status", {})
+        return status if status.get("succeeded") or status.get("failed") else None
+    status = wait_until(done, timeout, f"job {job} to finish", interval=2)
+    return status, kube.kubectl("logs", f"job/{job}", "-n", NAMESPACE, check=False, timeout=60).stdout
 
 
 def _completed(kube, job: str, timeout: int = 300) -> str:
@@ -136,7 +147,13 @@ def temporal(kube, temporal_node, tmp_path_factory):
 
     register = next(d for d in manifests if d["kind"] == "Job" and "register" in d["metadata"]["name"])
     kube.apply(_job_on_the_node(register, images["BUNDLE_IMAGE"]))
-    return Installed(bundle, dest, _completed(kube, register["metadata"]["name"], timeout=420))
+    installed = Installed(bundle, dest, _completed(kube, register["metadata"]["name"], timeout=420))
+    # What the verify Job dials besides the server: the codec server, and the UI gate, which reads
+    # the cluster info the registration Job recorded.
+    for deployment in (bundle.config.codec.host, "ui-gate"):
+        run_exported_deployment(kube, NAMESPACE, deployment, images["BUNDLE_IMAGE"])
+    installed.manifests = manifests
+    return installed
 
 
 def test_the_registration_job_registers_the_namespaces_and_records_the_cluster_info_in_its_configmap(kube, temporal):
@@ -179,3 +196,37 @@ def test_a_worker_pod_with_its_role_secret_runs_a_workflow_through_the_frontend_
     assert doc["status"]["phase"] == "Succeeded", (doc["status"], logs)
     assert f"workflow result: hello, {name}" in logs.splitlines()
     assert "register namespace: PERMISSION_DENIED" in logs.splitlines()
+
+
+def test_the_exported_verify_job_runs_inside_the_cluster_and_names_exactly_what_the_network_leaves_open(
+        kube, temporal_node, temporal):
+    """The export's verify Job, changed only in image, toleration and `--json`, from inside the cluster:
+    every listener it reaches as the model says (the frontend's gRPC and HTTP API, the codec
+    server, Dex) admits and refuses exactly as the security model says, and the token attacks are
+    denied at the frontend. This network plugin enforces no NetworkPolicy, so the Job fails, and
+    the pairs it names are only the ones the policies would have made unreachable. Of those, every
+    Temporal service (history, matching, internal-frontend, each membership port) still refused
+    every credential the Job holds (internode mutual TLS); only the JWKS server (public keys) and
+    the UI gate (it forwards a call with the caller's own token) admit a client-domain certificate,
+    and rely on the NetworkPolicy alone to keep other pods out."""
+    job = _job_on_the_node(next(d for d in temporal.manifests
+                                if d["kind"] == "Job" and d["metadata"]["name"].endswith("-verify")), temporal_node.bundle_image)
+    job["spec"]["template"]["spec"]["containers"][0]["args"].append("--json")  # its report, for reading here
+    kube.apply(job)
+    status, logs = _finished(kube, job["metadata"]["name"])
+    report = json.loads(logs[logs.index("{"):])
+    rows = report["rows"]
+    wrong = [r for r in rows if not r["ok"]]
+    print(f"the verify Job in the cluster: {report['pairs']} pairs, {report['wrong']} wrong on listeners "
+          f"{sorted({r['listener'] for r in wrong})}; not tried: {[s['listener'] for s in report['skipped']]}")
+    assert status.get("failed") and not status.get("succeeded"), status
+    assert {r["expected"] for r in wrong} == {"unreachable"}, wrong
+    admitted = {r["listener"] for r in wrong if r["got"].startswith("admitted")}
+    assert admitted <= {"JWKS", "UI gate (gRPC)"}, [r for r in wrong if r["got"].startswith("admitted")]
+    reached = {r["listener"] for r in rows if r["expected"] != "unreachable"}
+    assert reached == {"frontend gRPC", "frontend gRPC, namespace default", "frontend HTTP API", "codec server",
+                       "Dex (OIDC issuer)"}, reached
+    open_ = {r["listener"] for r in wrong}
+    assert {"history", "matching", "internal-frontend", "frontend membership", "JWKS", "UI gate (gRPC)"} <= open_, open_
+    tokens = {r["credential"].removeprefix("token: "): r["got"] for r in rows if r["credential"].startswith("token: ")}
+    assert tokens.pop("valid") == "accepted" and tokens and all(g.startswith("denied") for g in tokens.values()), tokens
