@@ -4,13 +4,13 @@
 # fails; nothing is skipped for lack of infrastructure.
 #
 # Four pytest processes side by side, as the tiers mostly wait on servers and containers: the
-# docker modules on the one shared compose stack; the docker modules that start stacks of their
-# own (marker own_stack); the server tier (Temporal servers of its own), then the rotation tier
-# (crash recovery, ~3 min), then the kube tier (~14 min, most of it waiting for the kubelet to
-# rotate a 10-minute token; one node at a time, as a node owns its bridge and kube-proxy's iptables
-# chains); and every other tier. The kube tier ran as a fifth process once: the two cores were 90 %
-# busy and the fault matrix, the restores and a pod's exchange timed out in turn, a different one
-# each run. Port blocks are claimed with lock files (tests/support/ports.py), so the processes never
+# docker modules on the one shared compose stack, then the rotation tier (crash recovery, ~3 min);
+# the docker modules that start stacks of their own (marker own_stack); the server tier (Temporal
+# servers of its own), then the kube tier (~17 min, most of it waiting for the kubelet to rotate a
+# 10-minute token; one node at a time, as a node owns its bridge and its iptables chains); and every
+# other tier. The two longest chains, server and kube, share a lane with nothing else. The kube
+# tier ran as a fifth process once: the two cores were 90 % busy and the fault matrix, the restores
+# and a pod's exchange timed out in turn, a different one each run. Port blocks are claimed with lock files (tests/support/ports.py), so the processes never
 # collide. `TEST_PARALLEL=0`, or any argument (a test path, -k ...), runs one process as pytest
 # would. --durations: where the time goes, in every CI log.
 set -euo pipefail
@@ -38,14 +38,19 @@ one_after_the_other() {  # each pytest run in turn; the first failure's status
   done
   return "$status"
 }
-beside "docker tier, shared stack" "${pytest[@]}" tests/docker -m "not own_stack"
+shared_stack_then_rotation() {  # the first failure's status
+  local status=0
+  "${pytest[@]}" tests/docker -m "not own_stack" || status=$?
+  "${pytest[@]}" tests/rotation || status=$((status ? status : $?))
+  return "$status"
+}
+beside "docker tier, shared stack; then the rotation tier" shared_stack_then_rotation
 beside "docker tier, own stacks" "${pytest[@]}" tests/docker -m own_stack
 # Chromium aborts a navigation whenever Docker adds or removes an interface on this host
 # (ERR_NETWORK_CHANGED), which the docker tiers do all along: the server tier's browser test runs
 # after them, on a quiet host.
 browser_after=tests/server/test_ldap_browser.py
-beside "server tier; then the rotation and kube tiers" \
-  one_after_the_other "tests/server --ignore=$browser_after" tests/rotation tests/kube
+beside "server tier; then the kube tier" one_after_the_other "tests/server --ignore=$browser_after" tests/kube
 status=0
 "${pytest[@]}" tests --ignore=tests/docker --ignore=tests/rotation --ignore=tests/server --ignore=tests/kube \
   --ignore=tests/unit || status=$?
