@@ -7,16 +7,23 @@ through the frontend's Service and is refused what its role does not grant."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import secrets
 import uuid
 
+import bcrypt
 import pytest
 import yaml
+from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, GetClusterInfoRequest, ListNamespacesRequest
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
 from bootstrap.ops.export_helm.names import names
 from tests.support.bundles import make_bundle
 from tests.support.chart import SERVER_SERVICES
+from tests.support.dex import Dex
 from tests.support.exports import export
 from tests.support.kube_node import TOLERATION
 from tests.support.kube_pods import POD_PRELUDE, finished, rolled_out, run_exported_deployment
@@ -24,12 +31,18 @@ from tests.support.kube_temporal import RELEASE, postgres, schema_job, server
 from tests.support.waits import HarnessError, wait_until
 
 NAMESPACE = "temporal-run"
+# A person who may read `default` and nothing else, a user of the bundle's Dex.
+READER_PASSWORD = secrets.token_urlsafe(12)
+READER_HASH = bcrypt.hashpw(READER_PASSWORD.encode(), bcrypt.gensalt(10)).decode()
 # One replica each (two cores), and Dex's issuer under a name the pods resolve: the frontend takes
 # Dex's keys as a key source and swaps in fetched keys only when every source answers.
 CONFIG = f"""\
 namespaces: [{{name: default}}, {{name: other}}]
 persistence: {{num_history_shards: 4}}
-oidc: {{host: dex.{NAMESPACE}.svc}}
+oidc:
+  host: dex.{NAMESPACE}.svc
+  groups: {{admins: ["temporal-system:admin"], default-readers: ["default:read"]}}
+  users: [{{username: reader, email: reader@example.com, groups: [default-readers], password_hash: "{READER_HASH}"}}]
 kubernetes:
   namespace: {NAMESPACE}
 """
@@ -230,3 +243,49 @@ def test_the_exported_verify_job_runs_inside_the_cluster_and_names_exactly_what_
     assert {"history", "matching", "internal-frontend", "frontend membership", "JWKS", "UI gate (gRPC)"} <= open_, open_
     tokens = {r["credential"].removeprefix("token: "): r["got"] for r in rows if r["credential"].startswith("token: ")}
     assert tokens.pop("valid") == "accepted" and tokens and all(g.startswith("denied") for g in tokens.values()), tokens
+
+
+def _cluster_ip(kube, service: str) -> str:
+    return kube.kubectl("get", "service", service, "-n", NAMESPACE, "-o", "jsonpath={.spec.clusterIP}").stdout
+
+
+async def _as_reader(bundle, address: str, server_name: str, token: str) -> dict:
+    """What a caller with the Web UI's client certificate and the reader's Dex token is answered."""
+    tls = TLSConfig(server_root_ca_cert=(bundle / "trust/ca.pem").read_bytes(),
+                    client_cert=(bundle / "ui/client.pem").read_bytes(),
+                    client_private_key=(bundle / "ui/client.key").read_bytes(), domain=server_name)
+    client = await Client.connect(address, namespace="default", api_key=token, tls=tls)
+    service, answers = client.workflow_service, {}
+
+    async def answer(name, call):
+        try:
+            answers[name] = await call
+        except RPCError as exc:
+            answers[name] = exc.status
+    await answer("list", service.list_namespaces(ListNamespacesRequest()))
+    await answer("cluster", service.get_cluster_info(GetClusterInfoRequest()))
+    for namespace in ("default", "other"):
+        await answer(namespace, service.describe_namespace(DescribeNamespaceRequest(namespace=namespace)))
+    return answers
+
+
+def test_the_ui_gate_answers_a_namespace_only_user_with_their_namespace_alone(kube, temporal, tmp_path):
+    """The reader logs in at the cluster's Dex (the authorization-code flow, from this machine to
+    Dex's Service) and calls as the Web UI would, with its client certificate: through the
+    exported UI gate, which reads the cluster info the registration Job recorded and asks the
+    frontend's Service with the reader's token, the namespace list holds `default` alone and the
+    cluster info is answered; `other` is refused. Straight at the frontend the same two cluster
+    reads are refused (the gate is what answers them)."""
+    bundle = temporal.bundle.root
+    dex = Dex.running_at(bundle, tmp_path, 5556, host=_cluster_ip(kube, "dex"))
+    token = dex.login("reader@example.com", READER_PASSWORD, "local")["access_token"]
+
+    gate = asyncio.run(_as_reader(bundle, f"{_cluster_ip(kube, 'ui-gate')}:7233", "ui-gate", token))
+    assert [n.namespace_info.name for n in gate["list"].namespaces] == ["default"], gate["list"]
+    assert gate["cluster"].cluster_name == temporal.bundle.config.cluster_name
+    assert gate["default"].namespace_info.name == "default"
+    assert gate["other"] == RPCStatusCode.PERMISSION_DENIED, gate["other"]
+
+    frontend = asyncio.run(_as_reader(bundle, f"{_cluster_ip(kube, f'{RELEASE}-frontend')}:7233", "temporal", token))
+    assert frontend["list"] == frontend["cluster"] == RPCStatusCode.PERMISSION_DENIED, frontend
+    assert frontend["default"].namespace_info.name == "default" and frontend["other"] == RPCStatusCode.PERMISSION_DENIED

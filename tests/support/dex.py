@@ -45,6 +45,7 @@ class Dex:
     workdir: Path
     port: int
     process: subprocess.Popen | None = None
+    host: str = "127.0.0.1"  # where this machine reaches it (loopback, or a Service's cluster IP)
 
     @property
     def issuer(self) -> str:
@@ -67,10 +68,10 @@ class Dex:
         return self.workdir / "dex.log"
 
     @classmethod
-    def running_at(cls, bundle: Path, workdir: Path, port: int) -> "Dex":
-        """A Dex started elsewhere (a compose stack's container) from bundle/dex/config.yaml and
-        published on 127.0.0.1:port: its logins, as with a Dex started here."""
-        dex = cls(bundle, workdir, port)
+    def running_at(cls, bundle: Path, workdir: Path, port: int, host: str = "127.0.0.1") -> "Dex":
+        """A Dex started elsewhere (a compose stack's container, a cluster's Deployment) from
+        bundle/dex/config.yaml and reached at host:port: its logins, as with a Dex started here."""
+        dex = cls(bundle, workdir, port, host=host)
         dex.document = yaml.safe_load((bundle / "dex" / "config.yaml").read_text())
         return dex
 
@@ -105,7 +106,7 @@ class Dex:
     # ---- HTTP to Dex (its certificate is the bundle's; the issuer's host resolves to loopback here)
 
     def url(self, path: str) -> str:
-        return f"https://127.0.0.1:{self.port}{urllib.parse.urlsplit(self.issuer).path}{path}"
+        return f"https://{self.host}:{self.port}{urllib.parse.urlsplit(self.issuer).path}{path}"
 
     def _open(self, request: urllib.request.Request):
         ctx = ssl.create_default_context(cafile=str(self.bundle / "trust" / "ca.pem"))
@@ -123,7 +124,7 @@ class Dex:
     def _follow(self, url: str, data: bytes | None = None):
         """One request; (status, Location or None, body)."""
         if url.startswith("/"):
-            url = f"https://127.0.0.1:{self.port}{url}"
+            url = f"https://{self.host}:{self.port}{url}"
         headers = {"Content-Type": "application/x-www-form-urlencoded"} if data is not None else {}
         with self._open(urllib.request.Request(url, data=data, headers=headers)) as response:
             return response.status, response.headers.get("Location"), response.read().decode(errors="replace")
