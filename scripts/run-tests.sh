@@ -6,9 +6,9 @@
 # Four pytest processes side by side, as the tiers mostly wait on servers and containers: the
 # docker modules on the one shared compose stack, then the rotation tier (crash recovery, ~3 min);
 # the docker modules that start stacks of their own (marker own_stack); the server tier (Temporal
-# servers of its own), then the kube tier (~17 min, most of it waiting for the kubelet to rotate a
-# 10-minute token; one node at a time, as a node owns its bridge and its iptables chains); and every
-# other tier. The two longest chains, server and kube, share a lane with nothing else. The kube
+# servers of its own), then the kube tier (~13 min: its rotation pod waits 11 min for the kubelet to
+# rotate a 10-minute token while the other kube modules run on the same node; one node at a time,
+# as a node owns its bridge and its iptables chains); and every other tier. The two longest chains, server and kube, share a lane with nothing else. The kube
 # tier ran as a fifth process once: the two cores were 90 % busy and the fault matrix, the restores
 # and a pod's exchange timed out in turn, a different one each run. Port blocks are claimed with lock files (tests/support/ports.py), so the processes never
 # collide. `TEST_PARALLEL=0`, or any argument (a test path, -k ...), runs one process as pytest

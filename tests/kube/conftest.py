@@ -13,8 +13,10 @@ from tests.support.compose_stack import build_standin_images
 from tests.support.exports import CONFIG, WORKLOAD_IDENTITY, export
 from tests.support.kube_cluster import SERVICE_ACCOUNT_ISSUER, ApiServerIssuer, KubeCluster
 from tests.support.kube_node import KubeNode
+from tests.support.kube_rotation import start_rotation_pod
 from tests.support.workload import workload_cluster
 
+ROTATION_MODULE = "test_kube_token_rotation.py"
 # The export tier's config with workload identity on, in a Kubernetes namespace of its own (it
 # exports no token refresher).
 WI_CONFIG = CONFIG.replace("namespace: temporal-prod", "namespace: temporal-wi") + WORKLOAD_IDENTITY
@@ -78,11 +80,15 @@ def kube_key_service(kube_wi):
         yield f"{url}/v1/keys"
 
 
-def _node(kube, tmp_path_factory, *image_vars: str):
-    """A node that runs pods of those images (the local Docker engine's stand-ins and the bundle
-    image, imported into the node's containerd), stopped with every container it ran."""
+@pytest.fixture(scope="session")
+def kube_node(kube, tmp_path_factory):
+    """The tier's one node (a node owns its bridge and its iptables chains): it runs pods of the
+    bundle image and of Temporal's server and admin-tools, PostgreSQL and Dex (the local Docker
+    engine's stand-ins, imported into the node's containerd), and is stopped with every container
+    it ran when the tier ends. Each module works in Kubernetes namespaces of its own."""
     images = build_standin_images()
-    node = KubeNode(kube, tmp_path_factory.mktemp("kube-node"), images=tuple(images[v] for v in image_vars))
+    wanted = ("BUNDLE_IMAGE", "TEMPORAL_SERVER_IMAGE", "TEMPORAL_ADMINTOOLS_IMAGE", "POSTGRES_IMAGE", "DEX_IMAGE")
+    node = KubeNode(kube, tmp_path_factory.mktemp("kube-node"), images=tuple(images[v] for v in wanted))
     node.bundle_image = images["BUNDLE_IMAGE"]
     node.image = images
     try:
@@ -94,14 +100,13 @@ def _node(kube, tmp_path_factory, *image_vars: str):
     node.stop()
 
 
-@pytest.fixture(scope="module")
-def kube_node(kube, tmp_path_factory):
-    """A node for one module that runs pods of the bundle image."""
-    yield from _node(kube, tmp_path_factory, "BUNDLE_IMAGE")
-
-
-@pytest.fixture(scope="module")
-def temporal_node(kube, tmp_path_factory):
-    """A node for one module that also runs Temporal's server and admin-tools, PostgreSQL and Dex."""
-    yield from _node(kube, tmp_path_factory, "BUNDLE_IMAGE", "TEMPORAL_SERVER_IMAGE", "TEMPORAL_ADMINTOOLS_IMAGE",
-                     "POSTGRES_IMAGE", "DEX_IMAGE")
+@pytest.fixture(scope="session", autouse=True)
+def rotation_pod(request):
+    """The kubelet-rotation pod (tests/support/kube_rotation.py) starts with the tier, so its 11
+    minutes of waiting for the kubelet run beside the other kube modules on the same node; its
+    test reads the outcome. None when test_kube_token_rotation.py is not collected."""
+    if not any(item.path.name == ROTATION_MODULE for item in request.session.items):
+        return None
+    fixture = request.getfixturevalue
+    return start_rotation_pod(fixture("kube"), fixture("kube_node"), fixture("kube_wi"), fixture("installed_wi"),
+                              fixture("kube_key_service"))

@@ -132,14 +132,14 @@ class Installed:
 
 
 @pytest.fixture(scope="module")
-def temporal(kube, temporal_node, tmp_path_factory):
+def temporal(kube, kube_node, tmp_path_factory):
     """The export applied (its Jobs held back), PostgreSQL and the schema, JWKS and Dex as exported,
     the five server services, then the registration Job."""
     bundle = make_bundle(tmp_path_factory.mktemp("kube-temporal-bundle"), CONFIG)
     dest = tmp_path_factory.mktemp("kube-temporal-export") / "out"
     result = export(bundle, dest)
     assert result.code == 0, result.err
-    images, exported = temporal_node.image, names(bundle.config)
+    images, exported = kube_node.image, names(bundle.config)
     assert bundle.config.kubernetes.release == RELEASE
     kube.kubectl("create", "namespace", NAMESPACE)
     kube.kubectl("apply", "-f", str(dest / "secrets"))
@@ -178,7 +178,7 @@ def test_the_registration_job_registers_the_namespaces_and_records_the_cluster_i
     assert info["clusterName"] == temporal.bundle.config.cluster_name, info
 
 
-def test_a_worker_pod_with_its_role_secret_runs_a_workflow_through_the_frontend_service(kube, temporal_node, temporal):
+def test_a_worker_pod_with_its_role_secret_runs_a_workflow_through_the_frontend_service(kube, kube_node, temporal):
     """The role Secret as exported, laid out as RoleCredentials reads a bundle (trust/, clients/,
     tokens/), the frontend at its Service's namespaced name: the workflow runs end to end on the
     cluster's history, matching and worker services, and registering a namespace (system only) is
@@ -193,7 +193,7 @@ def test_a_worker_pod_with_its_role_secret_runs_a_workflow_through_the_frontend_
         "restartPolicy": "Never", "tolerations": [TOLERATION],
         "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001},
         "containers": [{
-            "name": "worker", "image": temporal_node.bundle_image, "imagePullPolicy": "Never",
+            "name": "worker", "image": kube_node.bundle_image, "imagePullPolicy": "Never",
             "command": ["python3", "/scripts/pod_role_worker.py"],
             "env": [{"name": "TEMPORAL_ADDRESS", "value": f"{RELEASE}-frontend.{NAMESPACE}.svc:7233"}],
             "volumeMounts": [{"name": "role", "mountPath": "/bundle", "readOnly": True},
@@ -212,7 +212,7 @@ def test_a_worker_pod_with_its_role_secret_runs_a_workflow_through_the_frontend_
 
 
 def test_the_exported_verify_job_runs_inside_the_cluster_and_names_exactly_what_the_network_leaves_open(
-        kube, temporal_node, temporal):
+        kube, kube_node, temporal):
     """The export's verify Job, changed only in image, toleration and `--json`, from inside the cluster:
     every listener it reaches as the model says (the frontend's gRPC and HTTP API, the codec
     server, Dex) admits and refuses exactly as the security model says, and the token attacks are
@@ -223,7 +223,7 @@ def test_the_exported_verify_job_runs_inside_the_cluster_and_names_exactly_what_
     the UI gate (it forwards a call with the caller's own token) admit a client-domain certificate,
     and rely on the NetworkPolicy alone to keep other pods out."""
     job = _job_on_the_node(next(d for d in temporal.manifests
-                                if d["kind"] == "Job" and d["metadata"]["name"].endswith("-verify")), temporal_node.bundle_image)
+                                if d["kind"] == "Job" and d["metadata"]["name"].endswith("-verify")), kube_node.bundle_image)
     job["spec"]["template"]["spec"]["containers"][0]["args"].append("--json")  # its report, for reading here
     kube.apply(job)
     status, logs = _finished(kube, job["metadata"]["name"])

@@ -112,12 +112,11 @@ def example_worker(kube_wi, installed_wi, key_service: str) -> dict:
     return pod
 
 
-def run_worker(kube, kube_node, kube_wi, example: dict, namespace: str, script: str,
-               timeout: float = 180) -> tuple[str, dict, str]:
-    """The example worker pod, its service account, client-certificate Secret and script in that
-    Kubernetes namespace (also its Temporal namespace); the pod's name, final state, and the token
-    the kubelet wrote into its projected volume on this node (read while the pod runs: the kubelet
-    removes a finished pod's volumes)."""
+def start_worker(kube, kube_node, kube_wi, example: dict, namespace: str, script: str,
+                 script_name: str = "pod-worker") -> str:
+    """The example worker pod started, with its service account, client-certificate Secret and
+    script (a ConfigMap of that name) in that Kubernetes namespace (also its Temporal namespace);
+    the pod's name."""
     pod = json.loads(json.dumps(example))
     name = f"worker-{uuid.uuid4().hex[:6]}"
     pod["metadata"].update(name=name, namespace=namespace)
@@ -126,17 +125,29 @@ def run_worker(kube, kube_node, kube_wi, example: dict, namespace: str, script: 
     for entry in container["env"]:
         if entry["name"] == "TEMPORAL_NAMESPACE":
             entry["value"] = namespace
+    for volume in pod["spec"]["volumes"]:
+        if "configMap" in volume:
+            volume["configMap"]["name"] = script_name
     account = pod["spec"]["serviceAccountName"]
     secret = next(v["secret"] for v in pod["spec"]["volumes"] if "secret" in v)
     files = {item["key"]: kube_wi.bundle / item["path"] for item in secret["items"]}
     kube.kubectl("create", "serviceaccount", account, "-n", namespace, check=False)
     kube.kubectl("create", "secret", "generic", secret["secretName"], "-n", namespace,
                  *[f"--from-file={key}={path}" for key, path in files.items()], check=False)
-    kube.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "pod-worker", "namespace": namespace},
+    kube.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": script_name, "namespace": namespace},
                 "data": {"pod_worker.py": script}})
     kube.apply(pod)
+    return name
+
+
+def run_worker(kube, kube_node, kube_wi, example: dict, namespace: str, script: str,
+               timeout: float = 180) -> tuple[str, dict, str]:
+    """The example worker pod run to its end (start_worker); its name, final state, and the token
+    the kubelet wrote into its projected volume on this node (read while the pod runs: the kubelet
+    removes a finished pod's volumes)."""
+    name = start_worker(kube, kube_node, kube_wi, example, namespace, script)
     uid = kube.kubectl("get", "pod", name, "-n", namespace, "-o", "jsonpath={.metadata.uid}").stdout
-    volume = next(v for v in pod["spec"]["volumes"] if "projected" in v)
+    volume = next(v for v in example["spec"]["volumes"] if "projected" in v)
     token_file = kube_node.kubelet_volume_file(uid, volume["name"],
                                                volume["projected"]["sources"][0]["serviceAccountToken"]["path"])
     token = wait_until(lambda: token_file.is_file() and token_file.read_text(), 120,
