@@ -2,7 +2,8 @@
 TLS and certificate auth, the schema, the five server services from the exported values' server
 config and Secrets, the export's JWKS server, Dex, codec server and UI gate as exported. On it:
 the export's registration Job registers the namespaces through the frontend's Service and
-records the cluster info in its one ConfigMap; a worker pod with nothing but its role's exported
+records the cluster info in its one ConfigMap; every replica of each server service joins its
+ring; a worker pod with nothing but its role's exported
 Secret runs a workflow through the frontend's Service and is refused what its role does not
 grant; the export's verify Job runs from inside; the UI gate answers a namespace-only user."""
 
@@ -27,15 +28,18 @@ from tests.support.dex import Dex
 from tests.support.exports import export
 from tests.support.kube_node import TOLERATION
 from tests.support.kube_pods import POD_PRELUDE, finished, rolled_out, run_exported_deployment
-from tests.support.kube_temporal import RELEASE, postgres, schema_job, server
+from tests.support.kube_temporal import RELEASE, chart_labels, postgres, schema_job, server
+from tests.support.membership import rings
 from tests.support.waits import HarnessError, wait_until
 
 NAMESPACE = "temporal-run"
 # A person who may read `default` and nothing else, a user of the bundle's Dex.
 READER_PASSWORD = secrets.token_urlsafe(12)
 READER_HASH = bcrypt.hashpw(READER_PASSWORD.encode(), bcrypt.gensalt(10)).decode()
-# One replica each (two cores), and Dex's issuer under a name the pods resolve: the frontend takes
-# Dex's keys as a key source and swaps in fetched keys only when every source answers.
+# Two replicas of each request-serving service (one system worker: two cores), and Dex's issuer
+# under a name the pods resolve: the frontend takes Dex's keys as a key source and swaps in fetched
+# keys only when every source answers.
+REPLICAS = {"frontend": 2, "internal-frontend": 2, "history": 2, "matching": 2, "worker": 1}
 CONFIG = f"""\
 namespaces: [{{name: default}}, {{name: other}}]
 persistence: {{num_history_shards: 4}}
@@ -45,6 +49,7 @@ oidc:
   users: [{{username: reader, email: reader@example.com, groups: [default-readers], password_hash: "{READER_HASH}"}}]
 kubernetes:
   namespace: {NAMESPACE}
+  replicas: {json.dumps(REPLICAS)}
 """
 
 # The worker pod's script: the bundle's own connect() with the role Secret's files, a workflow in
@@ -208,6 +213,34 @@ def test_a_worker_pod_with_its_role_secret_runs_a_workflow_through_the_frontend_
     assert doc["status"]["phase"] == "Succeeded", (doc["status"], logs)
     assert f"workflow result: hello, {name}" in logs.splitlines()
     assert "register namespace: PERMISSION_DENIED" in logs.splitlines()
+
+
+def _pod_ips(kube, service: str) -> list[str]:
+    selector = ",".join(f"{k}={v}" for k, v in chart_labels(service).items())
+    pods = kube.get("pods", "-n", NAMESPACE, "-l", selector)["items"]
+    return sorted(p["status"]["podIP"] for p in pods if p["status"].get("podIP") and p["status"]["phase"] == "Running")
+
+
+def test_every_replica_of_each_server_service_joins_its_ring_over_internode_tls(kube, temporal):
+    """Two replicas of each request-serving service, as kubernetes.replicas exports them: each
+    frontend pod, asked straight at its own IP with the system role (the admin API's
+    DescribeCluster), sees every pod of every service in that service's ring, by pod IP. The
+    pods found each other through the membership table and gossip over the membership port,
+    which takes internode mutual TLS only: a ring short of a replica means those pods could
+    not talk."""
+    expected = {service: _pod_ips(kube, service) for service in SERVER_SERVICES}
+    assert {s: len(ips) for s, ips in expected.items()} == REPLICAS, expected
+    frontends, seen = expected["frontend"], {}
+
+    def rings_complete() -> bool:
+        for ip in frontends:
+            seen[ip] = {role: sorted(member.rsplit(":", 1)[0] for member in members)
+                        for role, members in rings(f"{ip}:7233", temporal.bundle.root, "temporal").items()}
+            assert seen[ip] == expected, f"frontend {ip} sees {seen[ip]}, the pods are {expected}"
+        return True
+
+    wait_until(rings_complete, 120, "each frontend to see every replica in its ring", interval=3)
+    print(f"rings seen by each frontend pod: {seen}")
 
 
 def test_the_exported_verify_job_runs_inside_the_cluster_and_names_exactly_what_the_network_leaves_open(

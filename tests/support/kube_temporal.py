@@ -40,9 +40,9 @@ def _pod_spec(containers: list, volumes: list, user: int, **extra) -> dict:
             **extra}
 
 
-def _deployment(name: str, namespace: str, labels: dict, spec: dict) -> dict:
+def _deployment(name: str, namespace: str, labels: dict, spec: dict, replicas: int = 1) -> dict:
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(name, namespace, labels),
-            "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
                      "template": {"metadata": {"labels": labels}, "spec": spec}}}
 
 
@@ -117,7 +117,8 @@ def schema_job(namespace: str, image: str, database_secret: str, host: str = "po
 
 
 def server(values: dict, namespace: str, image: str) -> list[dict]:
-    """The five server services as chart 1.6.0 runs them, one replica each: the configmap's config
+    """The five server services as chart 1.6.0 runs them, as many replicas as the values ask
+    (server.<service>.replicaCount, from kubernetes.replicas): the configmap's config
     (chart.server_config, the pod's IP as its broadcast address) and dynamic config, the values'
     additionalVolumes / additionalVolumeMounts / additionalEnv in every server pod, the chart's
     Services (`<fullname>-frontend`, `-internal-frontend`, `-<service>-headless`)."""
@@ -147,7 +148,8 @@ def server(values: dict, namespace: str, image: str) -> list[dict]:
             container["readinessProbe"] = {"tcpSocket": {"port": ports["port"]}, "periodSeconds": 2}
         volumes = [{"name": "config", "configMap": {"name": f"{RELEASE}-config"}},
                    *server_values.get("additionalVolumes", [])]
-        objects.append(_deployment(f"{RELEASE}-{service}", namespace, labels, _pod_spec([container], volumes, 1000)))
+        objects.append(_deployment(f"{RELEASE}-{service}", namespace, labels, _pod_spec([container], volumes, 1000),
+                                   server_values[service]["replicaCount"]))
         listens = {"grpc-rpc": ports["port"], "grpc-membership": ports["membershipPort"]}
         if service == "worker":
             listens.pop("grpc-rpc")
