@@ -3,7 +3,7 @@ TLS and certificate auth, the schema, the five server services from the exported
 config and Secrets, the export's JWKS server, Dex, codec server and UI gate as exported. On it:
 the export's registration Job registers the namespaces through the frontend's Service and
 records the cluster info in its one ConfigMap; every replica of each server service joins its
-ring; a worker pod with nothing but its role's exported
+ring, and a history replica lost mid-workflow hands its shards over; a worker pod with nothing but its role's exported
 Secret runs a workflow through the frontend's Service and is refused what its role does not
 grant; the export's verify Job runs from inside; the UI gate answers a namespace-only user."""
 
@@ -21,6 +21,7 @@ from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, GetClust
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
+from bootstrap.client import connect
 from bootstrap.ops.export_helm.names import names
 from tests.support.bundles import make_bundle
 from tests.support.chart import SERVER_SERVICES
@@ -30,6 +31,8 @@ from tests.support.kube_node import TOLERATION
 from tests.support.kube_pods import POD_PRELUDE, finished, rolled_out, run_exported_deployment
 from tests.support.kube_temporal import RELEASE, chart_labels, postgres, schema_job, server
 from tests.support.membership import rings
+from tests.support.upgrade_client import SleepWorkflow
+from tests.support.upgrade_client import worker as sleep_worker
 from tests.support.waits import HarnessError, wait_until
 
 NAMESPACE = "temporal-run"
@@ -102,23 +105,23 @@ def _job_on_the_node(job: dict, image: str) -> dict:
 
 
 def _finished(kube, job: str, timeout: float = 600) -> tuple[dict, str]:
-    """The Job's status once it succeeded or failed, and its log."""
+    """The Job's status once it completed or failed for good (a failed pod it retries is not the
+    end), and its log."""
     def done():
         status = kube.get("job", job, "-n", NAMESPACE).get("status", {})
-        return status if status.get("succeeded") or status.get("failed") else None
+        ended = any(c["type"] in ("Complete", "Failed") and c["status"] == "True" for c in status.get("conditions", []))
+        return status if ended else None
     status = wait_until(done, timeout, f"job {job} to finish", interval=2)
     return status, kube.kubectl("logs", f"job/{job}", "-n", NAMESPACE, check=False, timeout=60).stdout
 
 
 def _completed(kube, job: str, timeout: int = 300) -> str:
-    """The Job's log once it completed; its pods and log in the error when it did not."""
-    waited = kube.kubectl("wait", "--for=condition=complete", f"job/{job}", "-n", NAMESPACE, f"--timeout={timeout}s",
-                          check=False, timeout=timeout + 30)
-    logs = kube.kubectl("logs", f"job/{job}", "-n", NAMESPACE, "--tail=60", check=False)
-    if waited.returncode != 0:
+    """The Job's log once it succeeded; its pods and log in the error when it failed."""
+    status, logs = _finished(kube, job, timeout)
+    if not status.get("succeeded"):
         pods = kube.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide", check=False).stdout
-        raise HarnessError(f"job {job} did not complete: {waited.stderr}\n{pods}\n{logs.stdout}{logs.stderr}")
-    return logs.stdout
+        raise HarnessError(f"job {job} did not complete: {status}\n{pods}\n{logs[-6000:]}")
+    return logs
 
 
 def _server_logs(kube) -> str:
@@ -221,6 +224,24 @@ def _pod_ips(kube, service: str) -> list[str]:
     return sorted(p["status"]["podIP"] for p in pods if p["status"].get("podIP") and p["status"]["phase"] == "Running")
 
 
+def _rings_whole(kube, temporal) -> dict:
+    """Once each frontend pod sees exactly every running pod of every service in that service's
+    ring (by pod IP): what each one saw."""
+    expected = {service: _pod_ips(kube, service) for service in SERVER_SERVICES}
+    assert {s: len(ips) for s, ips in expected.items()} == REPLICAS, expected
+    seen = {}
+
+    def whole() -> bool:
+        for ip in expected["frontend"]:
+            seen[ip] = {role: sorted(member.rsplit(":", 1)[0] for member in members)
+                        for role, members in rings(f"{ip}:7233", temporal.bundle.root, "temporal").items()}
+            assert seen[ip] == expected, f"frontend {ip} sees {seen[ip]}, the pods are {expected}"
+        return True
+
+    wait_until(whole, 120, "each frontend to see every replica in its ring", interval=3)
+    return seen
+
+
 def test_every_replica_of_each_server_service_joins_its_ring_over_internode_tls(kube, temporal):
     """Two replicas of each request-serving service, as kubernetes.replicas exports them: each
     frontend pod, asked straight at its own IP with the system role (the admin API's
@@ -228,19 +249,34 @@ def test_every_replica_of_each_server_service_joins_its_ring_over_internode_tls(
     pods found each other through the membership table and gossip over the membership port,
     which takes internode mutual TLS only: a ring short of a replica means those pods could
     not talk."""
-    expected = {service: _pod_ips(kube, service) for service in SERVER_SERVICES}
-    assert {s: len(ips) for s, ips in expected.items()} == REPLICAS, expected
-    frontends, seen = expected["frontend"], {}
+    print(f"rings seen by each frontend pod: {_rings_whole(kube, temporal)}")
 
-    def rings_complete() -> bool:
-        for ip in frontends:
-            seen[ip] = {role: sorted(member.rsplit(":", 1)[0] for member in members)
-                        for role, members in rings(f"{ip}:7233", temporal.bundle.root, "temporal").items()}
-            assert seen[ip] == expected, f"frontend {ip} sees {seen[ip]}, the pods are {expected}"
-        return True
 
-    wait_until(rings_complete, 120, "each frontend to see every replica in its ring", interval=3)
-    print(f"rings seen by each frontend pod: {seen}")
+def test_a_history_replica_lost_mid_workflow_hands_over_its_shards_and_its_successor_joins_the_ring(kube, temporal):
+    """16 workflows wait on 15 s timers, spread over the 4 history shards (all on one replica's
+    two shards: a chance of 1 in 65536); one history pod is deleted while they wait. Every one
+    completes: the other replica takes over the lost pod's shards, timers and all. The pod the
+    Deployment starts in its place joins the ring, and each frontend again sees the whole cluster."""
+    history = f"{RELEASE}-history"
+    lost = kube.get("pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=history")["items"][0]["metadata"]["name"]
+    address = f"{_cluster_ip(kube, f'{RELEASE}-frontend')}:7233"
+
+    async def sleepers_through_the_loss() -> list[str]:
+        client = await connect(address, bundle_dir=temporal.bundle.root, role="worker", server_name="temporal")
+        queue = f"replica-loss-{uuid.uuid4().hex[:8]}"
+        async with sleep_worker(client, queue):
+            handles = [await client.start_workflow(SleepWorkflow.run, 15, id=f"{queue}-{n}", task_queue=queue)
+                       for n in range(16)]
+            kube.kubectl("delete", "pod", lost, "-n", NAMESPACE, "--wait=false")
+            return await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 240)
+
+    results = asyncio.run(sleepers_through_the_loss())
+    assert results == ["slept 15s"] * 16, results
+    rolled_out(kube, NAMESPACE, history, timeout=240)
+    pods = [p["metadata"]["name"] for p in kube.get("pods", "-n", NAMESPACE, "-l",
+                                                     "app.kubernetes.io/component=history")["items"]]
+    assert lost not in pods, pods
+    print(f"after losing {lost}: rings seen by each frontend pod: {_rings_whole(kube, temporal)}")
 
 
 def test_the_exported_verify_job_runs_inside_the_cluster_and_names_exactly_what_the_network_leaves_open(
@@ -321,3 +357,4 @@ def test_the_ui_gate_answers_a_namespace_only_user_with_their_namespace_alone(ku
     frontend = asyncio.run(_as_reader(bundle, f"{_cluster_ip(kube, f'{RELEASE}-frontend')}:7233", "temporal", token))
     assert frontend["list"] == frontend["cluster"] == RPCStatusCode.PERMISSION_DENIED, frontend
     assert frontend["default"].namespace_info.name == "default" and frontend["other"] == RPCStatusCode.PERMISSION_DENIED
+
