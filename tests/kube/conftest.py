@@ -83,11 +83,12 @@ def kube_key_service(kube_wi):
 @pytest.fixture(scope="session")
 def kube_node(kube, tmp_path_factory):
     """The tier's one node (a node owns its bridge and its iptables chains): it runs pods of the
-    bundle image and of Temporal's server and admin-tools, PostgreSQL and Dex (the local Docker
+    bundle image and of Temporal's server, admin-tools and Web UI, PostgreSQL and Dex (the local Docker
     engine's stand-ins, imported into the node's containerd), and is stopped with every container
     it ran when the tier ends. Each module works in Kubernetes namespaces of its own."""
     images = build_standin_images()
-    wanted = ("BUNDLE_IMAGE", "TEMPORAL_SERVER_IMAGE", "TEMPORAL_ADMINTOOLS_IMAGE", "POSTGRES_IMAGE", "DEX_IMAGE")
+    wanted = ("BUNDLE_IMAGE", "TEMPORAL_SERVER_IMAGE", "TEMPORAL_ADMINTOOLS_IMAGE", "POSTGRES_IMAGE", "DEX_IMAGE",
+              "TEMPORAL_UI_IMAGE")
     node = KubeNode(kube, tmp_path_factory.mktemp("kube-node"), images=tuple(images[v] for v in wanted))
     node.bundle_image = images["BUNDLE_IMAGE"]
     node.image = images

@@ -5,13 +5,16 @@ the export's registration Job registers the namespaces through the frontend's Se
 records the cluster info in its one ConfigMap; every replica of each server service joins its
 ring, and a history replica lost mid-workflow hands its shards over; a worker pod with nothing but its role's exported
 Secret runs a workflow through the frontend's Service and is refused what its role does not
-grant; the export's verify Job runs from inside; the UI gate answers a namespace-only user."""
+grant; the export's verify Job runs from inside; the UI gate answers a namespace-only user, and so
+does the Web UI's own pod from the chart's web values."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import secrets
+import urllib.error
+import urllib.request
 import uuid
 
 import bcrypt
@@ -29,7 +32,7 @@ from tests.support.dex import Dex
 from tests.support.exports import export
 from tests.support.kube_node import TOLERATION
 from tests.support.kube_pods import POD_PRELUDE, finished, rolled_out, run_exported_deployment
-from tests.support.kube_temporal import RELEASE, chart_labels, postgres, schema_job, server
+from tests.support.kube_temporal import RELEASE, chart_labels, postgres, schema_job, server, web
 from tests.support.membership import rings
 from tests.support.upgrade_client import SleepWorkflow
 from tests.support.upgrade_client import worker as sleep_worker
@@ -135,8 +138,8 @@ def _server_logs(kube) -> str:
 
 
 class Installed:
-    def __init__(self, bundle, manifests: list[dict], register_log: str):
-        self.bundle, self.manifests, self.register_log = bundle, manifests, register_log
+    def __init__(self, bundle, manifests: list[dict], values: dict, register_log: str):
+        self.bundle, self.manifests, self.values, self.register_log = bundle, manifests, values, register_log
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +171,7 @@ def temporal(kube, kube_node, tmp_path_factory):
 
     register = next(d for d in manifests if d["kind"] == "Job" and "register" in d["metadata"]["name"])
     kube.apply(_job_on_the_node(register, images["BUNDLE_IMAGE"]))
-    installed = Installed(bundle, manifests, _completed(kube, register["metadata"]["name"], timeout=420))
+    installed = Installed(bundle, manifests, values, _completed(kube, register["metadata"]["name"], timeout=420))
     # What the verify Job dials besides the server: the codec server, and the UI gate, which reads
     # the cluster info the registration Job recorded.
     for deployment in (bundle.config.codec.host, "ui-gate"):
@@ -358,3 +361,39 @@ def test_the_ui_gate_answers_a_namespace_only_user_with_their_namespace_alone(ku
     assert frontend["list"] == frontend["cluster"] == RPCStatusCode.PERMISSION_DENIED, frontend
     assert frontend["default"].namespace_info.name == "default" and frontend["other"] == RPCStatusCode.PERMISSION_DENIED
 
+
+def _ui_api(base: str, path: str, tokens: dict | None) -> tuple[int, dict]:
+    """A Web UI API call as the UI's pages make it once logged in (the tokens in the headers its
+    auth middleware reads): the status and the JSON answer."""
+    headers = {"Authorization": f"Bearer {tokens['access_token']}", "Authorization-Extras": tokens["id_token"]} if tokens else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(base + path, headers=headers), timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, {}
+
+
+def test_the_web_ui_pod_from_the_exported_values_serves_a_namespace_only_user_through_the_gate(
+        kube, kube_node, temporal, tmp_path):
+    """The chart's web Deployment from the exported values (only image and toleration changed):
+    the UI server starts with login at the cluster's Dex and the UI gate as its upstream over
+    mutual TLS, and turns Ready. The reader's Dex tokens, sent to its API as its pages send them,
+    list `default` alone and get the cluster info (both answered by the gate); a call without a
+    token is refused by the UI server itself. No browser: the browser tests run on compose and
+    the server tier."""
+    kube.apply(yaml.safe_dump_all(web(temporal.values, NAMESPACE, kube_node.image["TEMPORAL_UI_IMAGE"])))
+    rolled_out(kube, NAMESPACE, f"{RELEASE}-web", timeout=240)
+    dex = Dex.running_at(temporal.bundle.root, tmp_path, 5556, host=_cluster_ip(kube, "dex"))
+    tokens = dex.login("reader@example.com", READER_PASSWORD, "local")
+    base = f"http://{_cluster_ip(kube, f'{RELEASE}-web')}:8080"
+
+    def listed_by_the_ui():  # the UI server dials the gate on its first call
+        status, answer = _ui_api(base, "/api/v1/namespaces", tokens)
+        assert status == 200, (status, answer)
+        return answer
+
+    listed = wait_until(listed_by_the_ui, 60, "the Web UI to list the reader's namespaces", interval=2)
+    assert [n["namespaceInfo"]["name"] for n in listed.get("namespaces", [])] == ["default"], listed
+    status, info = _ui_api(base, "/api/v1/cluster-info", tokens)
+    assert status == 200 and info.get("clusterName") == temporal.bundle.config.cluster_name, (status, info)
+    assert _ui_api(base, "/api/v1/namespaces", None)[0] == 401

@@ -141,7 +141,7 @@ def server_mounts(values: dict) -> dict[str, tuple[str, frozenset[str] | None]]:
 
 def web_deployment(values: dict, release: str = "temporal", namespace: str = "temporal") -> dict:
     """The Deployment templates/web-deployment.yaml (1.6.0) renders from the web values we set: env
-    is TEMPORAL_ADDRESS then additionalEnv as is, volumes and mounts the additional ones, the pod
+    is TEMPORAL_ADDRESS (web.temporalAddress, else the frontend's Service) then additionalEnv as is, volumes and mounts the additional ones, the pod
     securityContext web.securityContext. Labels and probes as the chart writes them."""
     web = values["web"]
     labels = {"app.kubernetes.io/name": "temporal", "app.kubernetes.io/instance": release,
@@ -149,7 +149,8 @@ def web_deployment(values: dict, release: str = "temporal", namespace: str = "te
     container = {
         "name": "temporal-web", "image": f"{web['image']['repository']}:{web['image']['tag']}",
         "imagePullPolicy": "IfNotPresent",
-        "env": [{"name": "TEMPORAL_ADDRESS", "value": f"{release}-frontend.{namespace}.svc:7233"}, *web.get("additionalEnv", [])],
+        "env": [{"name": "TEMPORAL_ADDRESS", "value": web.get("temporalAddress") or f"{release}-frontend.{namespace}.svc:7233"},
+                *web.get("additionalEnv", [])],
         "livenessProbe": {"initialDelaySeconds": 10, "tcpSocket": {"port": "http"}},
         "readinessProbe": {"initialDelaySeconds": 10, "httpGet": {"path": "/healthz", "port": "http"}},
         "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],

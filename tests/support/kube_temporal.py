@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.support.chart import SERVER_SERVICES, server_config
+from tests.support.chart import SERVER_SERVICES, server_config, web_deployment
 from tests.support.kube_node import TOLERATION
 
 REPO = Path(__file__).resolve().parents[2]
@@ -158,3 +158,15 @@ def server(values: dict, namespace: str, image: str) -> list[dict]:
             objects.append(_service(f"{RELEASE}-{service}", namespace, labels,
                                     {"grpc-rpc": ports["port"], "http": ports["httpPort"]}))
     return objects
+
+
+def web(values: dict, namespace: str, image: str) -> list[dict]:
+    """The Web UI as chart 1.6.0 runs it from the exported values (its web-deployment.yaml, through
+    chart.web_deployment, and web-service.yaml's `<fullname>-web` on 8080), only the image a local
+    one and the node's taint tolerated."""
+    deployment = web_deployment(values, RELEASE, namespace)
+    spec = deployment["spec"]["template"]["spec"]
+    spec["tolerations"] = [TOLERATION]
+    spec["containers"][0].update(image=image, imagePullPolicy="Never")
+    labels = deployment["metadata"]["labels"]
+    return [deployment, _service(f"{RELEASE}-web", namespace, labels, {"http": 8080})]
