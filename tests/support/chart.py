@@ -141,8 +141,9 @@ def server_mounts(values: dict) -> dict[str, tuple[str, frozenset[str] | None]]:
 
 def web_deployment(values: dict, release: str = "temporal", namespace: str = "temporal") -> dict:
     """The Deployment templates/web-deployment.yaml (1.6.0) renders from the web values we set: env
-    is TEMPORAL_ADDRESS (web.temporalAddress, else the frontend's Service) then additionalEnv as is, volumes and mounts the additional ones, the pod
-    securityContext web.securityContext. Labels and probes as the chart writes them."""
+    is TEMPORAL_ADDRESS (web.temporalAddress, else the frontend's Service) then additionalEnv as
+    is, volumes and mounts the additional ones, the pod securityContext web.securityContext.
+    Labels and probes as the chart writes them."""
     web = values["web"]
     labels = {"app.kubernetes.io/name": "temporal", "app.kubernetes.io/instance": release,
               "app.kubernetes.io/component": "web"}

@@ -1,7 +1,7 @@
 """The server's own view of its cluster: the admin API's DescribeCluster, asked through the frontend
 with the system role, read down to each service's ring.
 
-The SDK does not carry the server's internal admin protos, so the three messages read here are
+The SDK does not carry the server's internal admin protos, so the four messages read here are
 declared from server v1.32.2's own .proto files (proto/internal/temporal/server/api/
 adminservice/v1/request_response.proto: DescribeClusterResponse.membership_info = 3; cluster/v1/
 message.proto: MembershipInfo.rings = 3, RingInfo.role = 1 and members = 3, HostInfo.identity = 1).
