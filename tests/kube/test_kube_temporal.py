@@ -16,6 +16,7 @@ import secrets
 import urllib.error
 import urllib.request
 import uuid
+import warnings
 
 import bcrypt
 import pytest
@@ -115,7 +116,16 @@ def _finished(kube, job: str, timeout: float = 600) -> tuple[dict, str]:
         ended = any(c["type"] in ("Complete", "Failed") and c["status"] == "True" for c in status.get("conditions", []))
         return status if ended else None
     status = wait_until(done, timeout, f"job {job} to finish", interval=2)
-    return status, kube.kubectl("logs", f"job/{job}", "-n", NAMESPACE, check=False, timeout=60).stdout
+    return status, _job_log(kube, job)
+
+
+def _job_log(kube, job: str) -> str:
+    """The Job's log: with restartPolicy OnFailure a failed attempt restarts the container in the
+    same pod, so the attempt before the last one (if any) comes first, marked."""
+    def log(*previous: str) -> str:
+        return kube.kubectl("logs", f"job/{job}", "-n", NAMESPACE, *previous, check=False, timeout=60).stdout
+    before = log("--previous")
+    return (f"--- the attempt before the last one:\n{before}--- the last attempt:\n" if before else "") + log()
 
 
 def _completed(kube, job: str, timeout: int = 300) -> str:
@@ -180,9 +190,15 @@ def temporal(kube, kube_node, tmp_path_factory):
 
 
 def test_the_registration_job_registers_the_namespaces_and_records_the_cluster_info_in_its_configmap(kube, temporal):
+    """Its outcomes print once every namespace is usable: an attempt that failed after registering
+    (the Job restarts it, as its restartPolicy says) leaves the next one to find them existing."""
     print(temporal.register_log)
+    earlier, _, last = temporal.register_log.rpartition("--- the last attempt:\n")
+    if earlier:  # the one-line error the earlier attempt ended with, in the CI log's warnings
+        warnings.warn(f"the registration Job ran again; the attempt before ended: {earlier.strip().splitlines()[-1]}")
     for namespace in ("default", "other"):
-        assert f"namespace {namespace}: registered" in temporal.register_log, temporal.register_log
+        outcomes = [f"namespace {namespace}: registered"] + ([f"namespace {namespace}: exists"] if earlier else [])
+        assert any(outcome in last for outcome in outcomes), temporal.register_log
     recorded = kube.get("configmap", names(temporal.bundle.config)["cluster_info"], "-n", NAMESPACE)["data"]
     info = json.loads(next(iter(recorded.values())))
     assert info["clusterName"] == temporal.bundle.config.cluster_name, info
