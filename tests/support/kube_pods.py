@@ -78,8 +78,9 @@ def run_exported_deployment(kube, namespace: str, deployment: str, image: str) -
 
 def rolled_out(kube, namespace: str, deployment: str, timeout: int = 180) -> None:
     """Every replica of the Deployment ready; else its pods and its last log lines, in the error."""
+    # kubectl's own bound first: the subprocess's (120 s unless told) must not cut a longer wait short.
     rollout = kube.kubectl("rollout", "status", f"deployment/{deployment}", "-n", namespace, f"--timeout={timeout}s",
-                           check=False)
+                           check=False, timeout=timeout + 30)
     if rollout.returncode != 0:
         pods = kube.kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False).stdout
         logs = kube.kubectl("logs", f"deployment/{deployment}", "-n", namespace, "--tail=40", check=False)
