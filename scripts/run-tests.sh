@@ -50,10 +50,7 @@ beside "docker tier, own stacks" "${pytest[@]}" tests/docker -m own_stack
 # (ERR_NETWORK_CHANGED), which the docker tiers do all along: the server tier's browser test runs
 # after them, on a quiet host.
 browser_after=tests/server/test_ldap_browser.py
-# The server and kube tiers' lane is the longest (about 19 + 14 min); one server module runs in the
-# foreground lane instead, after the unit tier, when only the kube tier's waiting pod is beside it.
-moved=tests/server/test_rotation_under_load.py
-beside "server tier; then the kube tier" one_after_the_other "tests/server --ignore=$browser_after --ignore=$moved" tests/kube
+beside "server tier; then the kube tier" one_after_the_other "tests/server --ignore=$browser_after" tests/kube
 status=0
 "${pytest[@]}" tests --ignore=tests/docker --ignore=tests/rotation --ignore=tests/server --ignore=tests/kube \
   --ignore=tests/unit || status=$?
@@ -64,7 +61,6 @@ status=0
 timed=tests/unit/test_key_services_memory_limit.py
 "${pytest[@]}" "$timed" || status=$((status ? status : $?))
 nice -n 10 "${pytest[@]}" tests/unit --deselect "$timed" || status=$((status ? status : $?))
-"${pytest[@]}" "$moved" || status=$((status ? status : $?))
 for i in "${!pids[@]}"; do
   echo "---------------------------------------------------------------- ${names[$i]}"
   tail -n +1 -f --pid="${pids[$i]}" "$logs/$i.log"
