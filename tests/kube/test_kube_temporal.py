@@ -5,8 +5,8 @@ the export's registration Job registers the namespaces through the frontend's Se
 records the cluster info in its one ConfigMap; every replica of each server service joins its
 ring, and a history replica lost mid-workflow hands its shards over; a worker pod with nothing
 but its role's exported Secret runs a workflow through the frontend's Service and is refused what
-its role does not grant; the export's verify Job runs from inside; the UI gate answers a namespace-only user, and so
-does the Web UI's own pod from the chart's web values."""
+its role does not grant; the export's verify Job runs from inside; the UI gate answers a
+namespace-only user, and so does the Web UI's own pod from the chart's web values."""
 
 from __future__ import annotations
 
@@ -237,9 +237,14 @@ def test_a_worker_pod_with_its_role_secret_runs_a_workflow_through_the_frontend_
     assert "register namespace: PERMISSION_DENIED" in logs.splitlines()
 
 
-def _pod_ips(kube, service: str) -> list[str]:
+def _pods(kube, service: str) -> list[dict]:
+    """The service's pods, by the chart's labels."""
     selector = ",".join(f"{k}={v}" for k, v in chart_labels(service).items())
-    pods = kube.get("pods", "-n", NAMESPACE, "-l", selector)["items"]
+    return kube.get("pods", "-n", NAMESPACE, "-l", selector)["items"]
+
+
+def _pod_ips(kube, service: str) -> list[str]:
+    pods = _pods(kube, service)
     return sorted(p["status"]["podIP"] for p in pods if p["status"].get("podIP") and p["status"]["phase"] == "Running"
                   and not p["metadata"].get("deletionTimestamp"))
 
@@ -277,7 +282,7 @@ def test_a_history_replica_lost_mid_workflow_hands_over_its_shards_and_its_succe
     two shards: a chance of 1 in 65536); one history pod is deleted while they wait. Every one
     completes: the other replica takes over the lost pod's shards, timers and all. The pod the
     Deployment starts in its place joins the ring, and each frontend again sees the whole cluster."""
-    lost = kube.get("pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=history")["items"][0]["metadata"]["name"]
+    lost = _pods(kube, "history")[0]["metadata"]["name"]
     address = f"{_cluster_ip(kube, f'{RELEASE}-frontend')}:7233"
 
     async def sleepers_through_the_loss() -> list[str]:
