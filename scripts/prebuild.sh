@@ -2,8 +2,8 @@
 # Every build the tests need, side by side instead of one after another, each cached by version
 # (a warm run only checks the caches): the Go builds of temporal-server (the pinned release and
 # the upgrade test's previous one), Dex, ui-server, configcheck, grpc-health-probe, the Kubernetes
-# cluster (control plane and node) and CoreDNS of the kube tier; the Debian base image; then the
-# stand-in images of both releases, which need all of those but Kubernetes and CoreDNS.
+# cluster (control plane and node), CoreDNS and kube-network-policies of the kube tier; the Debian
+# base image; then the stand-in images of both releases, which need all of those but the kube tier's.
 # Each job logs to build/prebuild/<job>.log; the figures printed are wall seconds per job.
 # Env: UPGRADE_FROM_RELEASE (1.31.2), TEMPORAL_BUNDLE_CACHE, STANDIN_PREFIX, GOTOOLCHAIN.
 set -euo pipefail
@@ -52,7 +52,8 @@ start_job ui-server bash scripts/build-images.sh ui-server
 start_job base-image bash scripts/build-images.sh base
 start_job kubernetes bash scripts/build-kubernetes.sh
 start_job coredns bash scripts/build-coredns.sh
-# The stand-ins need every build but Kubernetes, the longest: they are built while it still runs.
+start_job kube-network-policies bash scripts/build-kube-network-policies.sh
+# The stand-ins need every build but the kube tier's (Kubernetes the longest): they are built while it still runs.
 wait_jobs temporal "temporal-$old_release" dex grpc-health-probe ui-server base-image
 # One build-images.sh at a time: they share build/images/ for their contexts.
 start_job standins bash scripts/build-images.sh standins
