@@ -5,7 +5,7 @@ and the export's example workload-identity worker pod, whose projected token the
 and writes, trades it at the bundle's exchange, fetches its namespace's data keys from the key
 service with the exchanged token (the pod mounts no ring and no KEK) and runs a workflow from inside
 the pod whose history the server holds encrypted; the same pod in a namespace no binding names is
-refused."""
+refused; and a NetworkPolicy closes a pod to all but the pods it names while it exists."""
 
 from __future__ import annotations
 
@@ -106,6 +106,60 @@ def test_a_pod_of_the_bundle_image_runs_to_completion_on_the_ready_node(kube, ku
     logs = kube.kubectl("logs", pod, "-n", namespace).stdout.splitlines()
     assert re.fullmatch(r"temporal-bundle \S+", logs[0]), logs
     assert logs[1:] == [f"pod={pod}"]
+
+
+def _probe_from(kube, kube_node, namespace: str, label: str, address: str) -> str:
+    """What a fresh pod labelled app=<label> gets when it opens a TCP connection to address:
+    "reached" or "unreachable: <why>" (its one log line)."""
+    pod = f"probe-{label}-{uuid.uuid4().hex[:6]}"
+    host, port = address.split(":")
+    kube.apply({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod, "namespace": namespace, "labels": {"app": label}},
+                "spec": {"restartPolicy": "Never", "tolerations": [TOLERATION], "containers": [{
+                    "name": "probe", "image": kube_node.bundle_image, "imagePullPolicy": "Never",
+                    "command": ["python3", "-c", PROBE, host, port]}]}})
+    finished(kube, namespace, pod, timeout=60)
+    return kube.kubectl("logs", pod, "-n", namespace).stdout.strip()
+
+
+PROBE = """import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()
+    print("reached")
+except OSError as exc:
+    print("unreachable:", type(exc).__name__)
+"""
+
+
+def test_the_node_enforces_a_network_policy_from_the_moment_it_exists_until_it_is_deleted(kube, kube_node):
+    """The node's enforcer (tests/support/kube_netpol.py) against a policy of this test's own: a
+    pod that listens is reached by any pod before; once a NetworkPolicy admits only pods labelled
+    `allowed` to it, another pod's connection is dropped while an allowed pod still gets through;
+    deleted, the policy closes nothing. The export's policies are proven on the same enforcer by
+    the verify Job (test_kube_temporal.py)."""
+    namespace = "netpol-check"
+    kube.kubectl("create", "namespace", namespace)
+    wait_for_default_account(kube, namespace)
+    kube.apply({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "listener", "namespace": namespace, "labels": {"app": "listener"}},
+                "spec": {"tolerations": [TOLERATION], "containers": [{
+                    "name": "listener", "image": kube_node.bundle_image, "imagePullPolicy": "Never",
+                    "command": ["python3", "-m", "http.server", "8080"]}]}})
+    kube.kubectl("wait", "--for=condition=Ready", "pod/listener", "-n", namespace, "--timeout=60s", timeout=90)
+    address = f"{kube.get('pod', 'listener', '-n', namespace)['status']['podIP']}:8080"
+    policy = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+              "metadata": {"name": "listener-allowed-only", "namespace": namespace},
+              "spec": {"podSelector": {"matchLabels": {"app": "listener"}}, "policyTypes": ["Ingress"],
+                       "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "allowed"}}}],
+                                    "ports": [{"port": 8080, "protocol": "TCP"}]}]}}
+
+    before = _probe_from(kube, kube_node, namespace, "other", address)
+    kube.apply(policy)  # the enforcer learns it by a watch event: milliseconds, before a probe pod starts
+    other, allowed = (_probe_from(kube, kube_node, namespace, label, address) for label in ("other", "allowed"))
+    kube.kubectl("delete", "networkpolicy", "listener-allowed-only", "-n", namespace)
+    after = _probe_from(kube, kube_node, namespace, "other", address)
+    print(f"before the policy: {before}; with it: other {other}, allowed {allowed}; deleted: {after}")
+    assert (before, other, allowed, after) == ("reached", "unreachable: TimeoutError", "reached", "reached")
 
 
 def test_a_kubelet_projected_token_runs_a_workflow_from_inside_the_pod(kube, kube_node, kube_wi, installed_wi,

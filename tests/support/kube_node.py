@@ -25,8 +25,9 @@ What runs, all on this machine, started and stopped by the tests:
 There is no registry: images are the local Docker engine's, `docker save`d and imported into this
 containerd (`ctr -n k8s.io images import`), and pods must say `imagePullPolicy: Never`. The node is
 registered with a taint (TAINT) that only the tests' own pods tolerate (TOLERATION). The sandbox
-("pause") image is made from the bundle image with `sleep infinity` as its entrypoint. Not here:
-NetworkPolicy enforcement (the CNI bridge plugin implements none).
+("pause") image is made from the bundle image with `sleep infinity` as its entrypoint.
+NetworkPolicies are enforced by kube-network-policies (tests/support/kube_netpol.py), which the
+node runs as a DaemonSet once kube-proxy is up; the bridge plugin itself implements none.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support import kube_netpol
 from tests.support.kube_cluster import KubeCluster, node_ip
 from tests.support.ports import free_port
 from tests.support.binaries import built_by
@@ -69,6 +71,7 @@ class KubeNode:
         self.kubelet_port, self.healthz_port = free_port(), free_port()
         self.scheduler_port, self.controller_port = free_port(), free_port()
         self.proxy_healthz_port, self.proxy_metrics_port, self.dns_ready_port = free_port(), free_port(), free_port()
+        self.netpol_metrics_port = free_port()
 
     @property
     def socket(self) -> Path:
@@ -102,12 +105,14 @@ class KubeNode:
         self._start_kubelet()
         wait_until(self._node_ready, timeout=120, what=f"node {NODE_NAME} Ready (logs in {self.workdir})")
         self._start_proxy()
+        self._start_network_policies()
         return self
 
     def stop(self) -> None:
         """Every pod's sandbox torn down by the kubelet (network namespaces and veths with it),
         then whatever containerd still holds removed, then the processes, mounts and bridge."""
         by_name = {Path(process.args[0]).name: (process, log) for process, log in self.processes}
+        kube_netpol.undivert()
         try:
             # No controller recreates a pod and no scheduler places one while the node empties.
             for name in ("kube-controller-manager", "kube-scheduler"):
@@ -214,7 +219,8 @@ state = "{d / 'state'}"
             raise HarnessError(f"docker build of {PAUSE_IMAGE} failed: {build.stderr.decode(errors='replace')}")
         # One archive: layers the images share are written once.
         archive = self.workdir / "images.tar"
-        save = subprocess.run(["docker", "save", "-o", str(archive), PAUSE_IMAGE, *self.images],
+        save = subprocess.run(["docker", "save", "-o", str(archive), PAUSE_IMAGE, kube_netpol.build_image(),
+                               *self.images],
                               capture_output=True, timeout=600)
         if save.returncode != 0:
             raise HarnessError(f"docker save failed: {save.stderr.decode(errors='replace')}")
@@ -286,6 +292,16 @@ state = "{d / 'state'}"
         self._spawn("kube-proxy", [str(self.cluster.bin_dir / "kube-proxy"), f"--config={self.workdir / 'kube-proxy.yaml'}"])
         wait_until(lambda: self._alive() and self._http_ok(f"http://127.0.0.1:{self.proxy_healthz_port}/healthz"), 60,
                    f"kube-proxy healthy (log in {self.workdir})")
+
+    def _start_network_policies(self) -> None:
+        """The enforcer's DaemonSet, then, once it listens on its queue, the hand-off to it
+        (tests/support/kube_netpol.py): from here on every new pod connection is decided by policy."""
+        for manifest in kube_netpol.manifests(NODE_NAME, self.netpol_metrics_port, TOLERATION):
+            self.cluster.apply(manifest)
+        wait_until(lambda: self._alive() and kube_netpol.queue_bound(), 180,
+                   f"kube-network-policies listening on nfqueue {kube_netpol.QUEUE} "
+                   f"(kubectl -n {kube_netpol.NAMESPACE} logs ds/{kube_netpol.NAME})")
+        kube_netpol.divert(POD_SUBNET)
 
     @staticmethod
     def _http_ok(url: str) -> bool:
