@@ -5,8 +5,9 @@ the export's registration Job registers the namespaces through the frontend's Se
 records the cluster info in its one ConfigMap; every replica of each server service joins its
 ring, and a history replica lost mid-workflow hands its shards over; a worker pod with nothing
 but its role's exported Secret runs a workflow through the frontend's Service and is refused what
-its role does not grant; the export's verify Job passes from inside, the NetworkPolicies enforced; the UI gate answers a
-namespace-only user, and so does the Web UI's own pod from the chart's web values."""
+its role does not grant; the export's verify Job passes from inside, the NetworkPolicies
+enforced, and in a pod wearing a server's labels is refused by internode mTLS; the UI gate
+answers a namespace-only user, and so does the Web UI's own pod from the chart's web values."""
 
 from __future__ import annotations
 
@@ -328,6 +329,35 @@ def test_the_exported_verify_job_passes_inside_the_cluster_with_its_network_poli
                        "Dex (OIDC issuer)"}, reached
     tokens = {r["credential"].removeprefix("token: "): r["got"] for r in rows if r["credential"].startswith("token: ")}
     assert tokens.pop("valid") == "accepted" and tokens and all(g.startswith("denied") for g in tokens.values()), tokens
+
+
+def test_a_pod_wearing_a_temporal_server_label_passes_the_policies_and_is_refused_by_internode_mtls(
+        kube, kube_node, temporal):
+    """An attacker who may create pods in the namespace can give one the labels the policies
+    admit (here history's). The same verify Job in such a pod: no policy drops its connections any
+    more but the UI gate's (Web UI pods only), and every Temporal listener refuses every
+    credential it holds (internode mutual TLS); only the JWKS server, which serves public keys,
+    admits it. (Its labels also put it behind history's headless Service, so its history pairs
+    dial itself: connection refused, not a drop.) The frontend answers as before."""
+    exported = next(d for d in temporal.manifests if d["kind"] == "Job" and d["metadata"]["name"].endswith("-verify"))
+    job = _job_on_the_node(exported, kube_node.bundle_image)
+    job["metadata"]["name"] += "-as-history"
+    job["spec"]["template"].setdefault("metadata", {}).setdefault("labels", {}).update(chart_labels("history"))
+    job["spec"]["template"]["spec"]["containers"][0]["args"].append("--json")
+    kube.apply(job)
+    status, logs = _finished(kube, job["metadata"]["name"])
+    rows = json.loads(logs[logs.index("{"):])["rows"]
+    closed = [r for r in rows if r["expected"] == "unreachable"]
+    print("a pod labelled as history:", sorted({(r["listener"], r["got"].split(" (")[0][:40]) for r in closed}))
+    assert status.get("failed") and not status.get("succeeded"), status
+    dropped = {r["listener"] for r in closed if r["got"] == "unreachable: connect timed out"}
+    assert dropped == {"UI gate (gRPC)"}, dropped
+    admitted = {r["listener"] for r in closed if r["got"].startswith("admitted")}
+    assert admitted == {"JWKS"}, admitted
+    reached = [r for r in closed if r["listener"] != "JWKS" and not r["got"].startswith("unreachable")]
+    assert {r["listener"] for r in reached} >= {"matching", "internal-frontend", "frontend membership",
+                                                 "matching membership", "worker membership"}, reached
+    assert all(r["got"].startswith("refused") for r in reached), reached
 
 
 def _cluster_ip(kube, service: str) -> str:
