@@ -2,8 +2,9 @@
 
 The enforcer is kube-network-policies v0.8.0 (sigs.k8s.io/kube-network-policies, Kubernetes SIG
 Network's implementation; scripts/build-kube-network-policies.sh), run the way its release's
-install.yaml runs it: a host-network DaemonSet pod in kube-system with NET_ADMIN whose service account
-may list and watch pods, namespaces and NetworkPolicies, nothing else (the real API server's RBAC).
+install.yaml runs it: a host-network DaemonSet pod in kube-system with NET_ADMIN, whose service
+account may list and watch pods, namespaces and NetworkPolicies, nothing else (the real API
+server's RBAC).
 
 It decides each new connection in user space: netfilter hands it the connection's first packet on an
 nfqueue, and it answers accept or drop from the policies that select the source pod (egress) and the
