@@ -5,7 +5,8 @@ and the export's example workload-identity worker pod, whose projected token the
 and writes, trades it at the bundle's exchange, fetches its namespace's data keys from the key
 service with the exchanged token (the pod mounts no ring and no KEK) and runs a workflow from inside
 the pod whose history the server holds encrypted; the same pod in a namespace no binding names is
-refused; and a NetworkPolicy closes a pod to all but the pods it names while it exists."""
+refused; and a NetworkPolicy closes a pod to all but the pods it names while it exists, and with
+the enforcer down new pod connections are dropped."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from temporalio.api.common.v1 import Payload
 
 from bootstrap.core.codec import ENCODING, decrypt
 from bootstrap.core.tokens import verify_token
+from tests.support import kube_netpol
 from tests.support.codec import bundle_keys
 from tests.support.kube_cluster import EXCHANGE_AUDIENCE, SERVICE_ACCOUNT_ISSUER
 from tests.support.kube_node import NODE_NAME, POD_SUBNET, TOLERATION
@@ -131,13 +133,8 @@ except OSError as exc:
 """
 
 
-def test_the_node_enforces_a_network_policy_from_the_moment_it_exists_until_it_is_deleted(kube, kube_node):
-    """The node's enforcer (tests/support/kube_netpol.py) against a policy of this test's own: a
-    pod that listens is reached by any pod before; once a NetworkPolicy admits only pods labelled
-    `allowed` to it, another pod's connection is dropped while an allowed pod still gets through;
-    deleted, the policy closes nothing. The export's policies are proven on the same enforcer by
-    the verify Job (test_kube_temporal.py)."""
-    namespace = "netpol-check"
+def _listener(kube, kube_node, namespace: str) -> str:
+    """A pod labelled app=listener that accepts TCP on 8080, in a namespace of its own: its address."""
     kube.kubectl("create", "namespace", namespace)
     wait_for_default_account(kube, namespace)
     kube.apply({"apiVersion": "v1", "kind": "Pod",
@@ -146,7 +143,17 @@ def test_the_node_enforces_a_network_policy_from_the_moment_it_exists_until_it_i
                     "name": "listener", "image": kube_node.bundle_image, "imagePullPolicy": "Never",
                     "command": ["python3", "-m", "http.server", "8080"]}]}})
     kube.kubectl("wait", "--for=condition=Ready", "pod/listener", "-n", namespace, "--timeout=60s", timeout=90)
-    address = f"{kube.get('pod', 'listener', '-n', namespace)['status']['podIP']}:8080"
+    return f"{kube.get('pod', 'listener', '-n', namespace)['status']['podIP']}:8080"
+
+
+def test_the_node_enforces_a_network_policy_from_the_moment_it_exists_until_it_is_deleted(kube, kube_node):
+    """The node's enforcer (tests/support/kube_netpol.py) against a policy of this test's own: a
+    pod that listens is reached by any pod before; once a NetworkPolicy admits only pods labelled
+    `allowed` to it, another pod's connection is dropped while an allowed pod still gets through;
+    deleted, the policy closes nothing. The export's policies are proven on the same enforcer by
+    the verify Job (test_kube_temporal.py)."""
+    namespace = "netpol-check"
+    address = _listener(kube, kube_node, namespace)
     policy = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
               "metadata": {"name": "listener-allowed-only", "namespace": namespace},
               "spec": {"podSelector": {"matchLabels": {"app": "listener"}}, "policyTypes": ["Ingress"],
@@ -160,6 +167,22 @@ def test_the_node_enforces_a_network_policy_from_the_moment_it_exists_until_it_i
     after = _probe_from(kube, kube_node, namespace, "other", address)
     print(f"before the policy: {before}; with it: other {other}, allowed {allowed}; deleted: {after}")
     assert (before, other, allowed, after) == ("reached", "unreachable: TimeoutError", "reached", "reached")
+
+
+def test_with_the_enforcer_gone_a_new_pod_connection_is_dropped_not_let_through(kube, kube_node):
+    """Fail closed: the hand-off to the enforcer has no bypass. With its DaemonSet deleted (its pod
+    gone, nothing listening on the queue), a pod no policy selects is not reached by a new
+    connection; with the enforcer back, it is."""
+    address = _listener(kube, kube_node, "netpol-down")
+    kube.kubectl("delete", "daemonset", kube_netpol.NAME, "-n", kube_netpol.NAMESPACE, timeout=120)
+    try:
+        wait_until(lambda: not kube_netpol.queue_bound(), 90, "the enforcer's pod to stop reading its queue")
+        down = _probe_from(kube, kube_node, "netpol-down", "other", address)
+    finally:
+        kube_node.start_network_policies()
+    back = _probe_from(kube, kube_node, "netpol-down", "other", address)
+    print(f"enforcer gone: {down}; back: {back}")
+    assert (down, back) == ("unreachable: TimeoutError", "reached")
 
 
 def test_a_kubelet_projected_token_runs_a_workflow_from_inside_the_pod(kube, kube_node, kube_wi, installed_wi,

@@ -105,7 +105,7 @@ class KubeNode:
         self._start_kubelet()
         wait_until(self._node_ready, timeout=120, what=f"node {NODE_NAME} Ready (logs in {self.workdir})")
         self._start_proxy()
-        self._start_network_policies()
+        self.start_network_policies()
         return self
 
     def stop(self) -> None:
@@ -293,9 +293,10 @@ state = "{d / 'state'}"
         wait_until(lambda: self._alive() and self._http_ok(f"http://127.0.0.1:{self.proxy_healthz_port}/healthz"), 60,
                    f"kube-proxy healthy (log in {self.workdir})")
 
-    def _start_network_policies(self) -> None:
-        """The enforcer's DaemonSet, then, once it listens on its queue, the hand-off to it
-        (tests/support/kube_netpol.py): from here on every new pod connection is decided by policy."""
+    def start_network_policies(self) -> None:
+        """The enforcer's DaemonSet (again, after a test took it away), then, once it listens on its
+        queue, the hand-off to it (tests/support/kube_netpol.py): from here on every new pod
+        connection is decided by policy."""
         for manifest in kube_netpol.manifests(NODE_NAME, self.netpol_metrics_port, TOLERATION):
             self.cluster.apply(manifest)
         wait_until(lambda: self._alive() and kube_netpol.queue_bound(), 180,
