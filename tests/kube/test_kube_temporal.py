@@ -302,6 +302,21 @@ def test_a_history_replica_lost_mid_workflow_hands_over_its_shards_and_its_succe
     print(f"after losing {lost}: rings seen by each frontend pod: {_rings_whole(kube, temporal)}")
 
 
+def _verify_job(kube, kube_node, temporal, as_component: str | None = None) -> tuple[dict, dict]:
+    """The export's verify Job run on the node with `--json` (its report, read here), changed only
+    in image and toleration, or also wearing a server component's chart labels (a Job of its own
+    name): its status once finished, and its report."""
+    exported = next(d for d in temporal.manifests if d["kind"] == "Job" and d["metadata"]["name"].endswith("-verify"))
+    job = _job_on_the_node(exported, kube_node.bundle_image)
+    job["spec"]["template"]["spec"]["containers"][0]["args"].append("--json")
+    if as_component:
+        job["metadata"]["name"] += f"-as-{as_component}"
+        job["spec"]["template"].setdefault("metadata", {}).setdefault("labels", {}).update(chart_labels(as_component))
+    kube.apply(job)
+    status, logs = _finished(kube, job["metadata"]["name"])
+    return status, json.loads(logs[logs.index("{"):])
+
+
 def test_the_exported_verify_job_passes_inside_the_cluster_with_its_network_policies_enforced(
         kube, kube_node, temporal):
     """The export's verify Job, changed only in image, toleration and `--json`, from inside the
@@ -311,12 +326,7 @@ def test_the_exported_verify_job_passes_inside_the_cluster_with_its_network_poli
     matching, internal-frontend, each membership port, JWKS, the UI gate) is unreachable from the
     Job's pod, as kube-network-policies on the node enforces them. Temporal's own pods still reach
     each other there (the ring and workflow tests of this module), and the Web UI's pod the gate."""
-    job = _job_on_the_node(next(d for d in temporal.manifests
-                                if d["kind"] == "Job" and d["metadata"]["name"].endswith("-verify")), kube_node.bundle_image)
-    job["spec"]["template"]["spec"]["containers"][0]["args"].append("--json")  # its report, for reading here
-    kube.apply(job)
-    status, logs = _finished(kube, job["metadata"]["name"])
-    report = json.loads(logs[logs.index("{"):])
+    status, report = _verify_job(kube, kube_node, temporal)
     rows = report["rows"]
     closed = {r["listener"] for r in rows if r["expected"] == "unreachable"}
     print(f"the verify Job in the cluster: {report['pairs']} pairs, {report['wrong']} wrong; unreachable as "
@@ -339,14 +349,8 @@ def test_a_pod_wearing_a_temporal_server_label_passes_the_policies_and_is_refuse
     credential it holds (internode mutual TLS); only the JWKS server, which serves public keys,
     admits it. (Its labels also put it behind history's headless Service, so its history pairs
     dial itself: connection refused, not a drop.) The frontend answers as before."""
-    exported = next(d for d in temporal.manifests if d["kind"] == "Job" and d["metadata"]["name"].endswith("-verify"))
-    job = _job_on_the_node(exported, kube_node.bundle_image)
-    job["metadata"]["name"] += "-as-history"
-    job["spec"]["template"].setdefault("metadata", {}).setdefault("labels", {}).update(chart_labels("history"))
-    job["spec"]["template"]["spec"]["containers"][0]["args"].append("--json")
-    kube.apply(job)
-    status, logs = _finished(kube, job["metadata"]["name"])
-    rows = json.loads(logs[logs.index("{"):])["rows"]
+    status, report = _verify_job(kube, kube_node, temporal, as_component="history")
+    rows = report["rows"]
     closed = [r for r in rows if r["expected"] == "unreachable"]
     print("a pod labelled as history:", sorted({(r["listener"], r["got"].split(" (")[0][:40]) for r in closed}))
     assert status.get("failed") and not status.get("succeeded"), status
