@@ -12,11 +12,17 @@ call. Two tokens:
   gate do the same work and the difference is the gate's hop;
 - `default:read` (a namespace user), through the gate only: the frontend refuses GetClusterInfo
   and the gate answers it itself (the path namespace-only users take).
-The frontend's visibility rate limit (10 calls/s per namespace by default) is raised for this
-cluster, so the figures are the gate's and the server's, not the limiter's.
-For each case prints calls/s, p50 and p99 per call (all four methods together), and the CPU
-seconds per 1000 calls of the gate and of the server process (from /proc/<pid>/stat). The callers
-run in this process, on the same cores as the server and the gate.
+The frontend's rate limits (10 visibility calls/s per namespace, 2400 calls/s in all by default) are
+raised for this cluster, so the figures are the hop's and the server's, not the limiters'.
+
+A third path is the floor of any gate, when nginx is installed (Debian's nginx-light): nginx as a
+hop that checks nothing, in the gate's place and with the gate's certificates (mTLS in, mTLS out,
+HTTP/2 both sides, upstream connections kept), `grpc_pass` and nothing else. No gate can cost less
+than a hop that does no work: if this one misses the gate's goal, the goal needs no hop at all.
+For each case prints calls/s, p50 and p99 per call (all four methods together), each as a ratio
+to direct in the same run, and the CPU seconds per 1000 calls of the hop (the gate, or nginx with
+its workers) and of the server process (from /proc/<pid>/stat). The callers run in this process,
+on the same cores as the server and the hop.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import argparse
 import asyncio
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -45,6 +52,7 @@ from temporalio.api.workflowservice.v1 import (  # noqa: E402
 )
 
 from bootstrap.client import connect  # noqa: E402
+from bootstrap.store import Layout  # noqa: E402
 from tests.support.cluster import LocalCluster  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tests.support.waits import wait_until  # noqa: E402
@@ -62,20 +70,25 @@ TICK = os.sysconf("SC_CLK_TCK")
 CALLERS_PER_CHANNEL = 8
 
 
-# The frontend allows 10 visibility calls/s per namespace by default (frontend.namespaceRPS.visibility):
-# the list and count of this mix would measure that limiter, not the gate. Raised for this cluster only.
-UNLIMITED_VISIBILITY = "frontend.namespaceRPS.visibility:\n  - value: 100000\n"
+# The frontend allows 10 visibility calls/s per namespace by default (frontend.namespaceRPS.visibility),
+# and 2400 calls/s per frontend and per namespace (frontend.rps, frontend.namespaceRPS): a fast path
+# would measure those limiters, not the hop. Raised for this cluster only.
+UNLIMITED_RATES = "".join(f"{key}:\n  - value: 100000\n" for key in (
+    "frontend.namespaceRPS.visibility", "frontend.rps", "frontend.namespaceRPS"))
 
 
-def unlimited_visibility(cluster: LocalCluster) -> None:
+def unlimited_rates(cluster: LocalCluster) -> None:
     with open(cluster.bundle / "config" / "dynamic_config.yaml", "a") as fh:
-        fh.write(UNLIMITED_VISIBILITY)
+        fh.write(UNLIMITED_RATES)
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its waited-for children."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:15]) / TICK
+def cpu_seconds(*pids: int) -> float:
+    """utime + stime of processes and their waited-for children."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += sum(int(v) for v in fields[11:15])
+    return total / TICK
 
 
 def start_gate(cluster: LocalCluster) -> tuple[subprocess.Popen, str]:
@@ -98,6 +111,69 @@ def start_gate(cluster: LocalCluster) -> tuple[subprocess.Popen, str]:
 
     wait_until(listening, 30, "the UI gate")
     return process, f"127.0.0.1:{port}"
+
+
+NOOP_HOP_CONF = """\
+daemon off;
+worker_processes {workers};
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {workdir}/nginx-body;
+  upstream frontend {{ server {upstream}; keepalive 32; }}
+  server {{
+    listen 127.0.0.1:{port} ssl http2;
+    ssl_certificate {server_cert};
+    ssl_certificate_key {server_key};
+    ssl_client_certificate {client_ca};
+    ssl_verify_client on;
+    location / {{
+      grpc_pass grpcs://frontend;
+      grpc_ssl_certificate {client_cert};
+      grpc_ssl_certificate_key {client_key};
+      grpc_ssl_trusted_certificate {upstream_ca};
+      grpc_ssl_verify on;
+      grpc_ssl_name localhost;
+      grpc_ssl_server_name on;
+      grpc_ssl_session_reuse on;
+    }}
+  }}
+}}
+"""
+
+
+def start_noop_hop(cluster: LocalCluster, workers: str) -> tuple[subprocess.Popen, str] | None:
+    """nginx forwarding every call untouched, with the gate's certificates; None without nginx."""
+    nginx = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+    if nginx is None:
+        return None
+    layout, port, workdir = Layout(cluster.bundle), free_port(), cluster.workdir / f"noop-hop-{workers}"
+    workdir.mkdir()
+    server_cert, server_key = layout.leaf("ui-gate", "server")
+    client_cert, client_key = layout.leaf("ui-gate", "client")
+    conf = workdir / "nginx.conf"
+    conf.write_text(NOOP_HOP_CONF.format(
+        workers=workers, workdir=workdir, upstream=cluster.address, port=port, server_cert=server_cert,
+        server_key=server_key, client_ca=layout.trust_files("client")[0], client_cert=client_cert,
+        client_key=client_key, upstream_ca=layout.trust_bundle))
+    process = subprocess.Popen([nginx, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "nginx-error.log")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def listening() -> bool:
+        assert process.poll() is None, (workdir / "nginx-error.log").read_text()[-2000:]
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(listening, 30, "nginx")
+    return process, f"127.0.0.1:{port}"
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and its children (nginx's workers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *map(int, children)]
 
 
 def channel(cluster: LocalCluster, address: str, server_name: str) -> grpc.aio.Channel:
@@ -155,25 +231,25 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-async def measure(cluster, gate_pid: int, address: str, server_name: str, token: str, concurrency: int,
+async def measure(cluster, hop_pids: list[int], address: str, server_name: str, token: str, concurrency: int,
                   seconds: float) -> dict:
     # The gate allows 16 streams per connection (gate_budget.STREAMS_PER_CONNECTION); Go's gRPC
     # client (the UI server) queues at that bound, Python's is refused: 8 callers per channel.
     chans = [channel(cluster, address, server_name) for _ in range(-(-concurrency // CALLERS_PER_CHANNEL))]
     for chan in chans:
         await chan.channel_ready()
-    gate_cpu, server_cpu = cpu_seconds(gate_pid), cpu_seconds(cluster.server_process.pid)
+    gate_cpu, server_cpu = cpu_seconds(*hop_pids), cpu_seconds(cluster.server_process.pid)
     started = time.monotonic()
     latencies, errors = await run_case(chans, token, concurrency, seconds)
     elapsed = time.monotonic() - started - 1.0  # the warm-up second is in the CPU figures only
-    gate_cpu, server_cpu = cpu_seconds(gate_pid) - gate_cpu, cpu_seconds(cluster.server_process.pid) - server_cpu
+    gate_cpu, server_cpu = cpu_seconds(*hop_pids) - gate_cpu, cpu_seconds(cluster.server_process.pid) - server_cpu
     for chan in chans:
         await chan.close()
     if errors:
         raise RuntimeError(f"{len(errors)} calls failed (first: {errors[0]}): the mix must succeed on this path")
     per_k = 1000 / len(latencies)
     return {"calls/s": len(latencies) / elapsed, "p50 ms": percentile(latencies, 50) * 1000,
-            "p99 ms": percentile(latencies, 99) * 1000, "gate CPU-s/1k": gate_cpu * per_k,
+            "p99 ms": percentile(latencies, 99) * 1000, "hop CPU-s/1k": gate_cpu * per_k if hop_pids else None,
             "server CPU-s/1k": server_cpu * per_k, "calls": len(latencies)}
 
 
@@ -182,30 +258,46 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--driver", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--nginx-workers", nargs="*", default=["1", "auto"],
+                        help="worker_processes of each no-op hop case (the gate is one process)")
     args = parser.parse_args()
     cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="bench-gate-")), driver=args.driver, extra_roles=ROLES,
-                           after_init=unlimited_visibility)
+                           after_init=unlimited_rates)
     cluster.start_registered()
-    gate = None
+    started: list[subprocess.Popen] = []
     try:
         asyncio.run(seed(cluster))
         gate, gate_address = start_gate(cluster)
+        started.append(gate)
         operator, user = cluster.token("uiop"), cluster.token("uiuser")
-        cases = [("direct", cluster.address, "localhost", operator), ("gate", gate_address, "ui-gate", operator),
-                 ("gate, namespace user", gate_address, "ui-gate", user)]
+        cases = [("direct", [], cluster.address, "localhost", operator),
+                 ("gate", [gate.pid], gate_address, "ui-gate", operator),
+                 ("gate, namespace user", [gate.pid], gate_address, "ui-gate", user)]
+        for workers in args.nginx_workers:
+            hop = start_noop_hop(cluster, workers)
+            if hop is None:
+                print("# no nginx on this host: the no-op hop (the floor of any gate) is left out")
+                break
+            started.append(hop[0])
+            cases.append((f"no-op hop, nginx w={workers}", process_tree(hop[0].pid), hop[1], "ui-gate", operator))
         print(f"# {platform.node()} {os.cpu_count()} CPUs, {args.driver}, {args.seconds:g} s per case, "
               f"mix: {', '.join(name for name, _ in MIX)}")
-        print(f"{'path':<22} {'c':>3} {'calls/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'gate CPU-s/1k':>13} "
-              f"{'server CPU-s/1k':>15}")
+        print(f"{'path':<26} {'c':>3} {'calls/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'x calls/s':>9} {'x p50':>6} "
+              f"{'x p99':>6} {'hop CPU-s/1k':>12} {'server CPU-s/1k':>15}")
         for concurrency in args.concurrency:
-            for name, address, server_name, token in cases:
-                row = asyncio.run(measure(cluster, gate.pid, address, server_name, token, concurrency, args.seconds))
-                print(f"{name:<22} {concurrency:>3} {row['calls/s']:>8.0f} {row['p50 ms']:>7.2f} {row['p99 ms']:>7.2f} "
-                      f"{row['gate CPU-s/1k']:>13.2f} {row['server CPU-s/1k']:>15.2f}", flush=True)
+            direct = None
+            for name, hop_pids, address, server_name, token in cases:
+                row = asyncio.run(measure(cluster, hop_pids, address, server_name, token, concurrency, args.seconds))
+                direct = direct or row
+                hop_cpu = "-" if row["hop CPU-s/1k"] is None else f"{row['hop CPU-s/1k']:.2f}"
+                print(f"{name:<26} {concurrency:>3} {row['calls/s']:>8.0f} {row['p50 ms']:>7.2f} {row['p99 ms']:>7.2f} "
+                      f"{row['calls/s'] / direct['calls/s']:>9.2f} {row['p50 ms'] / direct['p50 ms']:>6.2f} "
+                      f"{row['p99 ms'] / direct['p99 ms']:>6.2f} {hop_cpu:>12} {row['server CPU-s/1k']:>15.2f}",
+                      flush=True)
     finally:
-        if gate:
-            gate.terminate()
-            gate.wait(10)
+        for process in started:
+            process.terminate()
+            process.wait(10)
         cluster.stop()
     return 0
 
