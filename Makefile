@@ -287,7 +287,7 @@ export-helm: $(BUNDLE_CONFIG_FILE) ## values.yaml for the Temporal Helm chart, S
 	$(COMPOSE) run --rm --no-deps --volume "$(abspath $(HELM_DEST)):/export" bootstrap sh -ec '\
 	  temporal-bundle export-helm --dest /export; \
 	  chown -R $(shell id -u):$(shell id -g) /export'
-	@echo "next: kubectl apply -f $(HELM_DEST)/secrets -f $(HELM_DEST)/manifests; helm install with $(HELM_DEST)/values.yaml (docs/kubernetes.md)"
+	@echo "next: kubectl apply -f $(HELM_DEST)/namespace.yaml, then -f $(HELM_DEST)/secrets -f $(HELM_DEST)/manifests; helm install with $(HELM_DEST)/values.yaml (docs/kubernetes.md)"
 
 .PHONY: backup
 backup: $(BUNDLE_CONFIG_FILE) ## encrypted archive of every CA and key, codec keys, bundle.yaml and both databases (BACKUP=path)

@@ -91,7 +91,7 @@ def main() -> int:
             print(f"error: export-helm: {result.err.strip()}")
             return 1
         namespace = bundle.config.kubernetes.namespace
-        kube.kubectl("create", "namespace", namespace)
+        kube.kubectl("apply", "-f", str(dest / "namespace.yaml"))
         kube.kubectl("apply", "-f", str(dest / "secrets"), "-f", str(dest / "manifests"))
         chart = yaml.safe_load((args.chart / "Chart.yaml").read_text())
         common = [str(args.chart), "-n", namespace, "-f", str(dest / "values.yaml"), "--kubeconfig", str(kube.kubeconfig)]

@@ -24,7 +24,18 @@ def test_every_manifest_and_secret_passes_strict_validation(exported):
     assert {"Secret", "Deployment", "Service", "Job", "NetworkPolicy", "ConfigMap"} <= kinds
     for name, doc in docs:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)  # raises on any error
-        assert doc["metadata"]["namespace"] == "temporal-prod", name
+        if doc["kind"] == "Namespace":
+            assert doc["metadata"]["name"] == "temporal-prod", name
+        else:
+            assert doc["metadata"]["namespace"] == "temporal-prod", name
+
+
+def test_the_namespace_enforces_pod_security_baseline_and_warns_restricted(exported):
+    namespaces = [doc for _, doc in documents(exported) if doc["kind"] == "Namespace"]
+    assert [(n["metadata"]["name"], n["metadata"]["labels"]) for n in namespaces] == [("temporal-prod", {
+        "pod-security.kubernetes.io/enforce": "baseline", "pod-security.kubernetes.io/warn": "restricted",
+        "pod-security.kubernetes.io/audit": "restricted"})]
+    assert (exported / "namespace.yaml").exists() and not list(exported.glob("manifests/namespace*"))
 
 
 def test_the_kubernetes_validate_command_passes_every_file(exported):

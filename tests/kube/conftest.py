@@ -31,13 +31,13 @@ def kube(tmp_path_factory):
 
 def _install(kube, tmp_path_factory, config: str):
     """A bundle of that config, exported and applied to the real API server as docs/kubernetes.md
-    says: the namespace, then `kubectl apply -f DEST/secrets -f DEST/manifests`."""
+    says: `kubectl apply -f DEST/namespace.yaml`, then `kubectl apply -f DEST/secrets -f DEST/manifests`."""
     bundle = make_bundle(tmp_path_factory.mktemp("kube-bundle"), config)
     dest = tmp_path_factory.mktemp("kube-export") / "out"
     result = export(bundle, dest)
     assert result.code == 0, result.err
     namespace = bundle.config.kubernetes.namespace
-    kube.kubectl("create", "namespace", namespace)
+    kube.kubectl("apply", "-f", str(dest / "namespace.yaml"))
     applied = kube.kubectl("apply", "-f", str(dest / "secrets"), "-f", str(dest / "manifests"), check=False)
     return bundle, dest, namespace, applied
 

@@ -1,7 +1,8 @@
 """The export on a real kube-apiserver: every Secret and manifest is admitted as docs/kubernetes.md
 applies them, and the two service accounts that call the API are held by the real RBAC
 authorizer to exactly their objects, with TokenRequest tokens of those service accounts (what the
-kubelet would project into their pods)."""
+kubelet would project into their pods). The namespace's Pod Security labels are enforced by the
+API server's own admission: no pod there steps out of its container."""
 
 from __future__ import annotations
 
@@ -38,6 +39,88 @@ def test_every_exported_object_is_admitted_by_the_api_server(kube, which, reques
                       "networkpolicies,clusterrolebindings", "-n", namespace)
     present = {(item["kind"], item["metadata"]["name"]) for item in listed["items"]}
     assert expected <= present, sorted(expected - present)
+    # Every workload of ours meets `restricted`, which namespace.yaml warns about (see below).
+    assert "PodSecurity" not in applied.stderr, applied.stderr
+
+
+# The probes' own account: the API server looks a pod's account up before Pod Security runs, and
+# without kube-controller-manager (this module runs without a node) no namespace has `default`.
+PROBE_ACCOUNT = "pod-security-probe"
+
+
+def _pod(name: str, **spec) -> dict:
+    container = {"name": "probe", "image": "probe:local", "command": ["sleep", "3600"]}
+    container.update(spec.pop("container", {}))
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"serviceAccountName": PROBE_ACCOUNT, "automountServiceAccountToken": False,
+                     "containers": [container], **spec}}
+
+
+# What a person who may create pods in the release's namespace could use to step out of the
+# container: NetworkPolicies do not hold a host-network pod, and a host path reads every Secret
+# the kubelet mounted on the node (other namespaces' too). (`privileged` is not among them: this
+# API server refuses it in every namespace, --allow-privileged=false, so it cannot tell the label's part.)
+ESCAPES = {
+    "host-network": _pod("host-network", hostNetwork=True),
+    "host-pid": _pod("host-pid", hostPID=True),
+    "host-path": _pod("host-path", volumes=[{"name": "kubelet", "hostPath": {"path": "/var/lib/kubelet/pods"}}],
+                      container={"volumeMounts": [{"name": "kubelet", "mountPath": "/pods"}]}),
+    "host-ipc": _pod("host-ipc", hostIPC=True),
+    "host-port": _pod("host-port", container={"ports": [{"containerPort": 7233, "hostPort": 7233}]}),
+    "sys-admin": _pod("sys-admin", container={"securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}),
+}
+
+
+def _dry_run(kube, namespace: str, doc: dict):
+    """The API server's whole admission of the object (Pod Security included), nothing stored."""
+    kube.kubectl("create", "serviceaccount", PROBE_ACCOUNT, "-n", namespace, check=False)  # once
+    return kube.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(doc), check=False)
+
+
+def test_the_release_namespace_refuses_every_pod_that_steps_out_of_its_container(kube, installed):
+    _, _, namespace, _ = installed
+    for name, pod in ESCAPES.items():
+        answer = _dry_run(kube, namespace, pod)
+        assert answer.returncode != 0 and 'violates PodSecurity "baseline:latest"' in answer.stderr, (name, answer)
+    # The same API server admits a plain pod there (warning that it is not `restricted`), and
+    # admits the escapes where no label asks for Pod Security: the refusals are the namespace's.
+    plain = _dry_run(kube, namespace, _pod("plain"))
+    assert plain.returncode == 0 and 'would violate PodSecurity "restricted:latest"' in plain.stderr, plain
+    kube.kubectl("create", "namespace", "unlabelled")
+    try:
+        assert _dry_run(kube, "unlabelled", ESCAPES["host-network"]).returncode == 0
+    finally:
+        kube.kubectl("delete", "namespace", "unlabelled", "--wait=false")
+
+
+def test_a_workload_weakened_below_restricted_draws_the_warning(kube, installed):
+    """The check above can fail: one of our Deployments without its seccomp profile is warned about."""
+    _, dest, namespace, _ = installed
+    deployment = next(d for d in _documents(dest / "manifests") if d["kind"] == "Deployment")
+    del deployment["spec"]["template"]["spec"]["securityContext"]["seccompProfile"]
+    answer = _dry_run(kube, namespace, deployment)
+    assert answer.returncode == 0 and 'would violate PodSecurity "restricted:latest"' in answer.stderr, answer
+    assert "seccompProfile" in answer.stderr
+
+
+def test_the_exported_worker_example_is_admitted_where_restricted_is_enforced(kube, installed_wi):
+    _, dest, _, _ = installed_wi
+    kube.kubectl("create", "namespace", "restricted-team")
+    kube.kubectl("label", "namespace", "restricted-team", "pod-security.kubernetes.io/enforce=restricted")
+    try:
+        examples = _documents(dest / "examples")
+        assert "Pod" in {doc["kind"] for doc in examples}
+        for doc in examples:
+            doc["metadata"]["namespace"] = "restricted-team"
+            if doc["kind"] == "ServiceAccount":  # stored: the pod's admission looks its account up
+                kube.apply(doc)
+                continue
+            answer = _dry_run(kube, "restricted-team", doc)
+            assert answer.returncode == 0 and "PodSecurity" not in answer.stderr, (doc["kind"], answer)
+        refused = _dry_run(kube, "restricted-team", _pod("plain"))
+        assert refused.returncode != 0 and 'violates PodSecurity "restricted:latest"' in refused.stderr, refused
+    finally:
+        kube.kubectl("delete", "namespace", "restricted-team", "--wait=false")
 
 
 def _api_as(kube, namespace: str, account: str) -> ApiServer:

@@ -163,7 +163,7 @@ def temporal(kube, kube_node, tmp_path_factory):
     assert result.code == 0, result.err
     images, exported = kube_node.image, names(bundle.config)
     assert bundle.config.kubernetes.release == RELEASE
-    kube.kubectl("create", "namespace", NAMESPACE)
+    kube.kubectl("apply", "-f", str(dest / "namespace.yaml"))  # every pod below runs under its Pod Security
     kube.kubectl("apply", "-f", str(dest / "secrets"))
     manifests = _manifests(dest)
     kube.apply(yaml.safe_dump_all([d for d in manifests if d["kind"] != "Job"]))

@@ -90,7 +90,8 @@ def render_export(config: BundleConfig, layout: Layout, templates_dir: Path | No
     values = context(config, all_secrets, templates_dir)
     if issuer_ca_exported(config):
         values["issuer_ca_pem"] = BundleReader(layout).file(issuer_ca_path(layout)).decode()
-    outputs = {"values.yaml": ("helm/values.yaml.j2", CERT_MODE)}
+    # namespace.yaml is applied first (Pod Security on before any pod), so not under manifests/.
+    outputs = {"values.yaml": ("helm/values.yaml.j2", CERT_MODE), "namespace.yaml": ("helm/namespace.yaml.j2", CERT_MODE)}
     outputs.update({path: (template, CERT_MODE) for path, template in MANIFESTS.items()})
     if config.oidc.enabled:
         outputs["manifests/dex.yaml"] = ("helm/dex.yaml.j2", CERT_MODE)
