@@ -9,8 +9,9 @@ admitted and what the chart did with the bundle's TLS; exit 0 when every check h
 Checks: the install succeeds (without the chart's pre-install hooks, which helm would wait for
 until a kubelet ran them: they get a server-side dry run instead); the server ConfigMap's global.tls has certFile, keyFile and
 requireClientAuth for frontend and internode; every file the server config names lies under a
-mount of a Secret that exists, in every server Deployment. No kubelet runs here: pods are
-admitted, not started.
+mount of a Secret that exists, in every server Deployment; each of the chart's pods is admitted by
+the namespace's Pod Security (namespace.yaml), with the `restricted` warnings it draws printed.
+No kubelet runs here: pods are admitted, not started.
 """
 
 from __future__ import annotations
@@ -76,6 +77,26 @@ def check(kube: KubeCluster, namespace: str) -> list[str]:
     return problems
 
 
+def pod_security(kube: KubeCluster, namespace: str, hooks: str) -> list[str]:
+    """Each of the chart's pods (from its Deployments and its hook Jobs) asked for as a Pod in the
+    namespace, on a server-side dry run: Pod Security's `enforce` level must admit it. Prints
+    the `restricted` warnings it draws (no kubelet runs here, so no pod is made any other way)."""
+    kube.kubectl("create", "serviceaccount", "default", "-n", namespace, check=False)  # no controller-manager
+    deployments = kube.get("deployments", "-n", namespace, "-l", "app.kubernetes.io/managed-by=Helm")["items"]
+    jobs = [d for d in yaml.safe_load_all(hooks) if d and d.get("kind") == "Job"]
+    problems = []
+    for workload in deployments + jobs:
+        name = workload["metadata"]["name"]
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{name}-pod-security"},
+               "spec": workload["spec"]["template"]["spec"]}
+        answer = kube.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(pod), check=False)
+        warned = [line.split("would violate", 1)[1].strip() for line in answer.stderr.splitlines() if "would violate" in line]
+        print(f"pod security, {workload['kind']} {name}: exit {answer.returncode}; warned: {warned or 'nothing'}")
+        if answer.returncode != 0:
+            problems.append(f"{workload['kind']} {name}: its pod is refused: {answer.stderr.strip()}")
+    return problems
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chart", required=True, type=Path)
@@ -116,7 +137,7 @@ def main() -> int:
         for name in listing:
             kinds[name.split("/")[0]] = kinds.get(name.split("/")[0], 0) + 1
         print("admitted: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
-        problems = check(kube, namespace)
+        problems = check(kube, namespace) + pod_security(kube, namespace, hooks.stdout)
         for problem in problems:
             print(f"problem: {problem}")
         print("ok: every check holds" if not problems else f"{len(problems)} problems")

@@ -16,6 +16,7 @@ from bootstrap.errors import BundleError
 from bootstrap.ops.export_helm.names import names as export_names
 from bootstrap.ops.kube_secrets import ApiServer
 from tests.support.kube_cluster import SERVICE_ACCOUNT_ISSUER
+from tests.support.kube_temporal import RESTRICTED_CONTAINER, restricted_pod_security
 
 
 def _names(kube_bundle) -> dict:
@@ -39,35 +40,43 @@ def test_every_exported_object_is_admitted_by_the_api_server(kube, which, reques
                       "networkpolicies,clusterrolebindings", "-n", namespace)
     present = {(item["kind"], item["metadata"]["name"]) for item in listed["items"]}
     assert expected <= present, sorted(expected - present)
-    # Every workload of ours meets `restricted`, which namespace.yaml warns about (see below).
+    # Every workload of ours meets `restricted`, which namespace.yaml enforces (see below).
     assert "PodSecurity" not in applied.stderr, applied.stderr
 
 
 # The probes' own account: the API server looks a pod's account up before Pod Security runs, and
 # without kube-controller-manager (this module runs without a node) no namespace has `default`.
 PROBE_ACCOUNT = "pod-security-probe"
+RESTRICTED_POD = restricted_pod_security(10001)
 
 
-def _pod(name: str, **spec) -> dict:
-    container = {"name": "probe", "image": "probe:local", "command": ["sleep", "3600"]}
-    container.update(spec.pop("container", {}))
+def _pod(name: str, container: dict | None = None, **spec) -> dict:
+    """A pod `restricted` admits, but for what container and spec change."""
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
             "spec": {"serviceAccountName": PROBE_ACCOUNT, "automountServiceAccountToken": False,
-                     "containers": [container], **spec}}
+                     "securityContext": RESTRICTED_POD,
+                     "containers": [{"name": "probe", "image": "probe:local", "command": ["sleep", "3600"],
+                                     "securityContext": RESTRICTED_CONTAINER, **(container or {})}], **spec}}
 
 
 # What a person who may create pods in the release's namespace could use to step out of the
-# container: NetworkPolicies do not hold a host-network pod, and a host path reads every Secret
-# the kubelet mounted on the node (other namespaces' too). (`privileged` is not among them: this
-# API server refuses it in every namespace, --allow-privileged=false, so it cannot tell the label's part.)
+# container, each with the words of the check that must refuse it: NetworkPolicies do not hold a
+# host-network pod, a host path reads every Secret the kubelet mounted on the node (other
+# namespaces' too), and root or SYS_ADMIN make a container breakout that much closer.
+# (`privileged` is not among them: this API server refuses it in every namespace,
+# --allow-privileged=false, so it cannot tell the label's part.)
 ESCAPES = {
-    "host-network": _pod("host-network", hostNetwork=True),
-    "host-pid": _pod("host-pid", hostPID=True),
-    "host-path": _pod("host-path", volumes=[{"name": "kubelet", "hostPath": {"path": "/var/lib/kubelet/pods"}}],
-                      container={"volumeMounts": [{"name": "kubelet", "mountPath": "/pods"}]}),
-    "host-ipc": _pod("host-ipc", hostIPC=True),
-    "host-port": _pod("host-port", container={"ports": [{"containerPort": 7233, "hostPort": 7233}]}),
-    "sys-admin": _pod("sys-admin", container={"securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}),
+    "host-network": (_pod("host-network", hostNetwork=True), "hostNetwork=true"),
+    "host-pid": (_pod("host-pid", hostPID=True), "hostPID=true"),
+    "host-ipc": (_pod("host-ipc", hostIPC=True), "hostIPC=true"),
+    "host-path": (_pod("host-path", volumes=[{"name": "kubelet", "hostPath": {"path": "/var/lib/kubelet/pods"}}],
+                       container={"volumeMounts": [{"name": "kubelet", "mountPath": "/pods"}]}), "hostPath"),
+    "host-port": (_pod("host-port", container={"ports": [{"containerPort": 7233, "hostPort": 7233}]}), "hostPort"),
+    "sys-admin": (_pod("sys-admin", container={"securityContext": {
+        **RESTRICTED_CONTAINER, "capabilities": {"drop": ["ALL"], "add": ["SYS_ADMIN"]}}}), "SYS_ADMIN"),
+    "root": (_pod("root", securityContext={**RESTRICTED_POD, "runAsNonRoot": False, "runAsUser": 0}), "runAsUser=0"),
+    "privilege-escalation": (_pod("privilege-escalation", container={"securityContext": {
+        **RESTRICTED_CONTAINER, "allowPrivilegeEscalation": True}}), "allowPrivilegeEscalation"),
 }
 
 
@@ -79,16 +88,18 @@ def _dry_run(kube, namespace: str, doc: dict):
 
 def test_the_release_namespace_refuses_every_pod_that_steps_out_of_its_container(kube, installed):
     _, _, namespace, _ = installed
-    for name, pod in ESCAPES.items():
+    for name, (pod, check) in ESCAPES.items():
         answer = _dry_run(kube, namespace, pod)
-        assert answer.returncode != 0 and 'violates PodSecurity "baseline:latest"' in answer.stderr, (name, answer)
-    # The same API server admits a plain pod there (warning that it is not `restricted`), and
-    # admits the escapes where no label asks for Pod Security: the refusals are the namespace's.
+        assert answer.returncode != 0 and 'violates PodSecurity "restricted:latest"' in answer.stderr, (name, answer)
+        assert check in answer.stderr, (name, answer.stderr)
+    # The same API server admits the probe without its escape there, with no warning, and admits
+    # the escapes where no label asks for Pod Security: the refusals are the namespace's.
     plain = _dry_run(kube, namespace, _pod("plain"))
-    assert plain.returncode == 0 and 'would violate PodSecurity "restricted:latest"' in plain.stderr, plain
+    assert plain.returncode == 0 and "PodSecurity" not in plain.stderr, plain
     kube.kubectl("create", "namespace", "unlabelled")
     try:
-        assert _dry_run(kube, "unlabelled", ESCAPES["host-network"]).returncode == 0
+        for name in ("host-network", "host-path", "root"):
+            assert _dry_run(kube, "unlabelled", ESCAPES[name][0]).returncode == 0, name
     finally:
         kube.kubectl("delete", "namespace", "unlabelled", "--wait=false")
 
@@ -117,7 +128,7 @@ def test_the_exported_worker_example_is_admitted_where_restricted_is_enforced(ku
                 continue
             answer = _dry_run(kube, "restricted-team", doc)
             assert answer.returncode == 0 and "PodSecurity" not in answer.stderr, (doc["kind"], answer)
-        refused = _dry_run(kube, "restricted-team", _pod("plain"))
+        refused = _dry_run(kube, "restricted-team", ESCAPES["root"][0])
         assert refused.returncode != 0 and 'violates PodSecurity "restricted:latest"' in refused.stderr, refused
     finally:
         kube.kubectl("delete", "namespace", "restricted-team", "--wait=false")

@@ -34,7 +34,16 @@ from tests.support.dex import Dex
 from tests.support.exports import export
 from tests.support.kube_node import TOLERATION
 from tests.support.kube_pods import POD_PRELUDE, finished, rolled_out, run_exported_deployment
-from tests.support.kube_temporal import RELEASE, chart_labels, postgres, schema_job, server, web
+from tests.support.kube_temporal import (
+    RELEASE,
+    RESTRICTED_CONTAINER,
+    chart_labels,
+    postgres,
+    restricted_pod_security,
+    schema_job,
+    server,
+    web,
+)
 from tests.support.membership import rings
 from tests.support.upgrade_client import SleepWorkflow
 from tests.support.upgrade_client import worker as sleep_worker
@@ -218,9 +227,10 @@ def test_a_worker_pod_with_its_role_secret_runs_a_workflow_through_the_frontend_
                 "data": {"pod_role_worker.py": POD_ROLE_WORKER}})
     kube.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NAMESPACE}, "spec": {
         "restartPolicy": "Never", "tolerations": [TOLERATION],
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001},
+        "securityContext": restricted_pod_security(10001),
         "containers": [{
             "name": "worker", "image": kube_node.bundle_image, "imagePullPolicy": "Never",
+            "securityContext": RESTRICTED_CONTAINER,
             "command": ["python3", "/scripts/pod_role_worker.py"],
             "env": [{"name": "TEMPORAL_ADDRESS", "value": f"{RELEASE}-frontend.{NAMESPACE}.svc:7233"}],
             "volumeMounts": [{"name": "role", "mountPath": "/bundle", "readOnly": True},

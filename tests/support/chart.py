@@ -31,19 +31,26 @@ KEY_PATHS = {
     "server.frontend.service.httpPort", "server.internal-frontend.service.httpPort", "server.internal-frontend.enabled",
     "admintools.image.repository", "admintools.image.tag",
     "admintools.temporalAddress",  # values.yaml (commented) and admintools-deployment.yaml
-    "admintools.securityContext.runAsNonRoot", "admintools.securityContext.runAsUser",
-    "admintools.securityContext.runAsGroup", "admintools.securityContext.fsGroup",
     "admintools.additionalVolumes", "admintools.additionalVolumeMounts", "admintools.additionalEnv",
     "web.replicaCount", "web.image.repository", "web.image.tag",
     "web.temporalAddress",  # values.yaml (commented) and web-deployment.yaml: TEMPORAL_ADDRESS
     # Chart 1.6.0 has no web.tls (it came later): the client certificate goes in through these.
     "web.additionalVolumes", "web.additionalVolumeMounts", "web.additionalEnv",
-    "web.securityContext.runAsNonRoot", "web.securityContext.runAsUser", "web.securityContext.runAsGroup",
-    "web.securityContext.fsGroup",
 }
+# The pod securityContext (server.securityContext in server-deployment.yaml, admintools', web's and
+# schema's in their templates, schema's in server-job.yaml) and each container's
+# (server.<service>.containerSecurityContext, admintools/web/schema.containerSecurityContext), all
+# rendered with toYaml as they are.
+POD_SECURITY = ("runAsNonRoot", "runAsUser", "runAsGroup", "fsGroup", "seccompProfile.type")
+CONTAINER_SECURITY = ("allowPrivilegeEscalation", "capabilities.drop")
+KEY_PATHS |= {f"{owner}.securityContext.{key}" for owner in ("server", "admintools", "web", "schema")
+              for key in POD_SECURITY}
+KEY_PATHS |= {f"{owner}.containerSecurityContext.{key}" for owner in ("admintools", "web", "schema")
+              for key in CONTAINER_SECURITY}
 # server-deployment.yaml reads server.<service>.replicaCount (default server.replicaCount).
 KEY_PATHS |= {f"server.{svc}.{key}" for svc in SERVER_SERVICES
-              for key in ("replicaCount", "service.port", "service.membershipPort")}
+              for key in ("replicaCount", "service.port", "service.membershipPort",
+                          *(f"containerSecurityContext.{c}" for c in CONTAINER_SECURITY))}
 # Subtrees the chart passes to the server config (or dynamic config) as they are: their keys are
 # the server's own, checked by configcheck on the composed config instead.
 PASSTHROUGH = (
@@ -142,7 +149,8 @@ def server_mounts(values: dict) -> dict[str, tuple[str, frozenset[str] | None]]:
 def web_deployment(values: dict, release: str = "temporal", namespace: str = "temporal") -> dict:
     """The Deployment templates/web-deployment.yaml (1.6.0) renders from the web values we set: env
     is TEMPORAL_ADDRESS (web.temporalAddress, else the frontend's Service) then additionalEnv as
-    is, volumes and mounts the additional ones, the pod securityContext web.securityContext.
+    is, volumes and mounts the additional ones, the pod securityContext web.securityContext, the
+    container's web.containerSecurityContext.
     Labels and probes as the chart writes them."""
     web = values["web"]
     labels = {"app.kubernetes.io/name": "temporal", "app.kubernetes.io/instance": release,
@@ -159,6 +167,8 @@ def web_deployment(values: dict, release: str = "temporal", namespace: str = "te
     }
     if web.get("additionalVolumeMounts"):
         container["volumeMounts"] = web["additionalVolumeMounts"]
+    if web.get("containerSecurityContext"):
+        container["securityContext"] = web["containerSecurityContext"]
     spec = {"containers": [container]}
     if web.get("additionalVolumes"):
         spec["volumes"] = web["additionalVolumes"]

@@ -34,10 +34,23 @@ def _meta(name: str, namespace: str, labels: dict | None = None) -> dict:
     return {"name": name, "namespace": namespace, **({"labels": labels} if labels else {})}
 
 
-def _pod_spec(containers: list, volumes: list, user: int, **extra) -> dict:
+# What Pod Security `restricted` asks of a container, which the export's namespace.yaml enforces.
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def restricted_pod_security(user: int) -> dict:
+    return {"runAsUser": user, "runAsGroup": user, "fsGroup": user, "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _pod_spec(containers: list, volumes: list, user: int, pod_security: dict | None = None,
+              container_security: dict | None = None, **extra) -> dict:
+    """A pod as `restricted` admits it: each container's securityContext container_security (or
+    RESTRICTED_CONTAINER), the pod's pod_security (or restricted_pod_security(user))."""
+    for container in containers:
+        container["securityContext"] = container_security or RESTRICTED_CONTAINER
     return {"tolerations": [TOLERATION], "containers": containers, "volumes": volumes,
-            "securityContext": {"runAsUser": user, "runAsGroup": user, "fsGroup": user, "runAsNonRoot": True},
-            **extra}
+            "securityContext": pod_security or restricted_pod_security(user), **extra}
 
 
 def _deployment(name: str, namespace: str, labels: dict, spec: dict, replicas: int = 1) -> dict:
@@ -120,7 +133,7 @@ def server(values: dict, namespace: str, image: str) -> list[dict]:
     """The five server services as chart 1.6.0 runs them, as many replicas as the values ask
     (server.<service>.replicaCount, from kubernetes.replicas): the configmap's config
     (chart.server_config, the pod's IP as its broadcast address) and dynamic config, the values'
-    additionalVolumes / additionalVolumeMounts / additionalEnv in every server pod, the chart's
+    additionalVolumes / additionalVolumeMounts / additionalEnv and security contexts in every server pod, the chart's
     Services (`<fullname>-frontend`, `-internal-frontend`, `-<service>-headless`)."""
     config = server_config(values, pod_ip=POD_IP)
     config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(f"{RELEASE}-config", namespace),
@@ -148,8 +161,10 @@ def server(values: dict, namespace: str, image: str) -> list[dict]:
             container["readinessProbe"] = {"tcpSocket": {"port": ports["port"]}, "periodSeconds": 2}
         volumes = [{"name": "config", "configMap": {"name": f"{RELEASE}-config"}},
                    *server_values.get("additionalVolumes", [])]
-        objects.append(_deployment(f"{RELEASE}-{service}", namespace, labels, _pod_spec([container], volumes, 1000),
-                                   server_values[service]["replicaCount"]))
+        # The chart's server.securityContext and server.<service>.containerSecurityContext, as they are.
+        spec = _pod_spec([container], volumes, 1000, pod_security=server_values["securityContext"],
+                         container_security=server_values[service]["containerSecurityContext"])
+        objects.append(_deployment(f"{RELEASE}-{service}", namespace, labels, spec, server_values[service]["replicaCount"]))
         listens = {"grpc-rpc": ports["port"], "grpc-membership": ports["membershipPort"]}
         if service == "worker":
             listens.pop("grpc-rpc")
