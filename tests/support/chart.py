@@ -4,7 +4,7 @@ tagged `temporal-1.6.0` (server 1.31.2), never of its main branch.
 Read from temporalio/helm-charts at that tag (tag object 61e98a8c, commit 9f4d328c; its
 charts/temporal/Chart.yaml says version 1.6.0, appVersion 1.31.2) with
 `git show temporal-1.6.0:charts/temporal/<file>`: values.yaml for the key paths, and
-templates/server-configmap.yaml, server-deployment.yaml, admintools-deployment.yaml,
+templates/server-configmap.yaml, server-deployment.yaml, server-job.yaml, admintools-deployment.yaml,
 web-deployment.yaml and _helpers.tpl for what they do with them. Facts, not a copy of the chart.
 
 That release has no server.tls.* and no web.tls (they came later, with PR #954 on main): the
@@ -37,8 +37,8 @@ KEY_PATHS = {
     # Chart 1.6.0 has no web.tls (it came later): the client certificate goes in through these.
     "web.additionalVolumes", "web.additionalVolumeMounts", "web.additionalEnv",
 }
-# The pod securityContext (server.securityContext in server-deployment.yaml, admintools', web's and
-# schema's in their templates, schema's in server-job.yaml) and each container's
+# The pod securityContext (server.securityContext in server-deployment.yaml, admintools' and web's
+# in their Deployments, schema's in server-job.yaml) and each container's
 # (server.<service>.containerSecurityContext, admintools/web/schema.containerSecurityContext), all
 # rendered with toYaml as they are.
 POD_SECURITY = ("runAsNonRoot", "runAsUser", "runAsGroup", "fsGroup", "seccompProfile.type")
