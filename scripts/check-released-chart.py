@@ -10,7 +10,8 @@ Checks: the install succeeds (without the chart's pre-install hooks, which helm 
 until a kubelet ran them: they get a server-side dry run instead); the server ConfigMap's global.tls has certFile, keyFile and
 requireClientAuth for frontend and internode; every file the server config names lies under a
 mount of a Secret that exists, in every server Deployment; each of the chart's pods is admitted by
-the namespace's Pod Security (namespace.yaml), with the `restricted` warnings it draws printed.
+the namespace's Pod Security (namespace.yaml), with the `restricted` warnings it draws printed,
+and holds no service-account token (namespace.yaml turns it off for the `default` account).
 No kubelet runs here: pods are admitted, not started.
 """
 
@@ -80,7 +81,8 @@ def check(kube: KubeCluster, namespace: str) -> list[str]:
 def pod_security(kube: KubeCluster, namespace: str, hooks: str) -> list[str]:
     """Each of the chart's pods (from its Deployments and its hook Jobs) asked for as a Pod in the
     namespace, on a server-side dry run: Pod Security's `enforce` level must admit it. Prints
-    the `restricted` warnings it draws (no kubelet runs here, so no pod is made any other way)."""
+    the `restricted` warnings it draws, and whether the admitted pod holds an API token (no
+    kubelet runs here, so no pod is made any other way)."""
     kube.kubectl("create", "serviceaccount", "default", "-n", namespace, check=False)  # no controller-manager
     deployments = kube.get("deployments", "-n", namespace, "-l", "app.kubernetes.io/managed-by=Helm")["items"]
     jobs = [d for d in yaml.safe_load_all(hooks) if d and d.get("kind") == "Job"]
@@ -89,11 +91,18 @@ def pod_security(kube: KubeCluster, namespace: str, hooks: str) -> list[str]:
         name = workload["metadata"]["name"]
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{name}-pod-security"},
                "spec": workload["spec"]["template"]["spec"]}
-        answer = kube.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(pod), check=False)
+        answer = kube.kubectl("apply", "--dry-run=server", "-n", namespace, "-o", "json", "-f", "-",
+                              input=json.dumps(pod), check=False)
         warned = [line.split("would violate", 1)[1].strip() for line in answer.stderr.splitlines() if "would violate" in line]
-        print(f"pod security, {workload['kind']} {name}: exit {answer.returncode}; warned: {warned or 'nothing'}")
+        admitted = json.loads(answer.stdout) if answer.returncode == 0 else {}
+        token = any("serviceAccountToken" in source for volume in admitted.get("spec", {}).get("volumes", [])
+                    for source in volume.get("projected", {}).get("sources", []))
+        print(f"pod security, {workload['kind']} {name}: exit {answer.returncode}; warned: {warned or 'nothing'}; "
+              f"API token mounted: {token}")
         if answer.returncode != 0:
             problems.append(f"{workload['kind']} {name}: its pod is refused: {answer.stderr.strip()}")
+        if token:
+            problems.append(f"{workload['kind']} {name}: its pod mounts a service-account token it never uses")
     return problems
 
 

@@ -66,6 +66,13 @@ def test_workloads_are_non_root_read_only_with_requests_and_probes(exported):
                 assert "readinessProbe" in container and "livenessProbe" in container, name
 
 
+def test_every_pod_of_the_chart_runs_as_an_account_that_mounts_no_api_token(exported, values):
+    assert values["serviceAccount"] == {"create": False, "name": "temporal-bundle-chart-pods"}
+    accounts = [(path, doc["automountServiceAccountToken"]) for path, doc in documents(exported)
+                if doc["kind"] == "ServiceAccount" and doc["metadata"]["name"] == values["serviceAccount"]["name"]]
+    assert accounts == [("manifests/chart-service-account.yaml", False)]
+
+
 def test_every_pod_of_the_chart_gets_what_pod_security_restricted_asks(values):
     """namespace.yaml enforces `restricted`: each pod and container context the chart takes is set
     (the released chart's pods admitted with them: scripts/check-released-chart.py, by hand)."""

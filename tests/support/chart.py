@@ -22,6 +22,8 @@ SERVER_SERVICES = ("frontend", "internal-frontend", "history", "matching", "work
 
 # Leaf key paths our values may set. Lists are leaves (the chart renders them with toYaml).
 KEY_PATHS = {
+    # _helpers.tpl's temporal.serviceAccountName: with create false, serviceAccountName of every pod.
+    "serviceAccount.create", "serviceAccount.name",
     "server.image.repository", "server.image.tag",
     "server.additionalVolumes", "server.additionalVolumeMounts", "server.additionalEnv",
     "server.config.logLevel", "server.config.namespaces.create",
@@ -146,6 +148,12 @@ def server_mounts(values: dict) -> dict[str, tuple[str, frozenset[str] | None]]:
     return mounts
 
 
+def service_account(values: dict) -> str:
+    """What every pod of the chart runs as: _helpers.tpl's temporal.serviceAccountName, for our
+    serviceAccount.create false (the name given, else `default`)."""
+    return values.get("serviceAccount", {}).get("name") or "default"
+
+
 def web_deployment(values: dict, release: str = "temporal", namespace: str = "temporal") -> dict:
     """The Deployment templates/web-deployment.yaml (1.6.0) renders from the web values we set: env
     is TEMPORAL_ADDRESS (web.temporalAddress, else the frontend's Service) then additionalEnv as
@@ -169,7 +177,7 @@ def web_deployment(values: dict, release: str = "temporal", namespace: str = "te
         container["volumeMounts"] = web["additionalVolumeMounts"]
     if web.get("containerSecurityContext"):
         container["securityContext"] = web["containerSecurityContext"]
-    spec = {"containers": [container]}
+    spec = {"serviceAccountName": service_account(values), "containers": [container]}
     if web.get("additionalVolumes"):
         spec["volumes"] = web["additionalVolumes"]
     if web.get("securityContext"):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.support.chart import SERVER_SERVICES, server_config, web_deployment
+from tests.support.chart import SERVER_SERVICES, server_config, service_account, web_deployment
 from tests.support.kube_node import TOLERATION
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,7 +133,7 @@ def server(values: dict, namespace: str, image: str) -> list[dict]:
     """The five server services as chart 1.6.0 runs them, as many replicas as the values ask
     (server.<service>.replicaCount, from kubernetes.replicas): the configmap's config
     (chart.server_config, the pod's IP as its broadcast address) and dynamic config, the values'
-    additionalVolumes / additionalVolumeMounts / additionalEnv and security contexts in every server pod, the chart's
+    additionalVolumes / additionalVolumeMounts / additionalEnv, security contexts and service account in every server pod, the chart's
     Services (`<fullname>-frontend`, `-internal-frontend`, `-<service>-headless`)."""
     config = server_config(values, pod_ip=POD_IP)
     config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(f"{RELEASE}-config", namespace),
@@ -163,7 +163,8 @@ def server(values: dict, namespace: str, image: str) -> list[dict]:
                    *server_values.get("additionalVolumes", [])]
         # The chart's server.securityContext and server.<service>.containerSecurityContext, as they are.
         spec = _pod_spec([container], volumes, 1000, pod_security=server_values["securityContext"],
-                         container_security=server_values[service]["containerSecurityContext"])
+                         container_security=server_values[service]["containerSecurityContext"],
+                         serviceAccountName=service_account(values))
         objects.append(_deployment(f"{RELEASE}-{service}", namespace, labels, spec, server_values[service]["replicaCount"]))
         listens = {"grpc-rpc": ports["port"], "grpc-membership": ports["membershipPort"]}
         if service == "worker":

@@ -74,6 +74,7 @@ def composed_server_tls(values_yaml: bytes) -> dict:
 
 MANIFESTS = {
     "manifests/bundle-config.yaml": "helm/bundle-config.yaml.j2",
+    "manifests/chart-service-account.yaml": "helm/chart-service-account.yaml.j2",
     "manifests/jwks.yaml": "helm/jwks.yaml.j2",
     "manifests/codec-server.yaml": "helm/codec-server.yaml.j2",
     "manifests/register-namespaces-job.yaml": "helm/register-namespaces-job.yaml.j2",

@@ -32,6 +32,7 @@ def names(config: BundleConfig) -> dict[str, str]:
         "ui_gate": f"{prefix}-ui-gate",
         "cluster_info": f"{prefix}-cluster-info",
         "verify": f"{prefix}-verify",
+        "chart_account": f"{prefix}-chart-pods",
     }
 
 
