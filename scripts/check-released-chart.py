@@ -11,7 +11,7 @@ until a kubelet ran them: they get a server-side dry run instead); the server Co
 requireClientAuth for frontend and internode; every file the server config names lies under a
 mount of a Secret that exists, in every server Deployment; each of the chart's pods is admitted by
 the namespace's Pod Security (namespace.yaml), with the `restricted` warnings it draws printed,
-and holds no service-account token (namespace.yaml turns it off for the `default` account).
+and holds no service-account token (its account, manifests/chart-service-account.yaml, mounts none).
 No kubelet runs here: pods are admitted, not started.
 """
 
@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.support.bundles import make_bundle  # noqa: E402
 from tests.support.exports import CONFIG, export  # noqa: E402
 from tests.support.kube_cluster import KubeCluster  # noqa: E402
+from tests.support.kube_temporal import holds_an_api_token  # noqa: E402
 
 RELEASE = "temporal"
 
@@ -83,7 +84,6 @@ def pod_security(kube: KubeCluster, namespace: str, hooks: str) -> list[str]:
     namespace, on a server-side dry run: Pod Security's `enforce` level must admit it. Prints
     the `restricted` warnings it draws, and whether the admitted pod holds an API token (no
     kubelet runs here, so no pod is made any other way)."""
-    kube.kubectl("create", "serviceaccount", "default", "-n", namespace, check=False)  # no controller-manager
     deployments = kube.get("deployments", "-n", namespace, "-l", "app.kubernetes.io/managed-by=Helm")["items"]
     jobs = [d for d in yaml.safe_load_all(hooks) if d and d.get("kind") == "Job"]
     problems = []
@@ -94,9 +94,7 @@ def pod_security(kube: KubeCluster, namespace: str, hooks: str) -> list[str]:
         answer = kube.kubectl("apply", "--dry-run=server", "-n", namespace, "-o", "json", "-f", "-",
                               input=json.dumps(pod), check=False)
         warned = [line.split("would violate", 1)[1].strip() for line in answer.stderr.splitlines() if "would violate" in line]
-        admitted = json.loads(answer.stdout) if answer.returncode == 0 else {}
-        token = any("serviceAccountToken" in source for volume in admitted.get("spec", {}).get("volumes", [])
-                    for source in volume.get("projected", {}).get("sources", []))
+        token = answer.returncode == 0 and holds_an_api_token(json.loads(answer.stdout))
         print(f"pod security, {workload['kind']} {name}: exit {answer.returncode}; warned: {warned or 'nothing'}; "
               f"API token mounted: {token}")
         if answer.returncode != 0:

@@ -38,6 +38,7 @@ from tests.support.kube_temporal import (
     RELEASE,
     RESTRICTED_CONTAINER,
     chart_labels,
+    holds_an_api_token,
     postgres,
     restricted_pod_security,
     schema_job,
@@ -199,12 +200,6 @@ def temporal(kube, kube_node, tmp_path_factory):
     return installed
 
 
-def _holds_an_api_token(pod: dict) -> bool:
-    """Whether the API server gave the pod a service-account token volume (kube-api-access-*)."""
-    return any("serviceAccountToken" in source for volume in pod["spec"].get("volumes", [])
-               for source in volume.get("projected", {}).get("sources", []))
-
-
 def test_the_server_and_web_pods_hold_no_api_token_and_the_registration_job_does(kube, temporal):
     """Every pod of the chart runs as the exported account that mounts no token (values.yaml's
     serviceAccount.name): none of the server or Web UI pods holds a token for the API server. The
@@ -216,9 +211,9 @@ def test_the_server_and_web_pods_hold_no_api_token_and_the_registration_job_does
     components = {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in chart}
     assert {"frontend", "internal-frontend", "history", "matching", "worker"} <= components, components
     assert {p["spec"]["serviceAccountName"] for p in chart} == {account}
-    assert [p["metadata"]["name"] for p in chart if _holds_an_api_token(p)] == []
+    assert [p["metadata"]["name"] for p in chart if holds_an_api_token(p)] == []
     registration = [p for p in pods if p["metadata"].get("labels", {}).get("job-name", "").endswith("register-namespaces")]
-    assert registration and all(_holds_an_api_token(p) for p in registration), [p["metadata"]["name"] for p in registration]
+    assert registration and all(holds_an_api_token(p) for p in registration), [p["metadata"]["name"] for p in registration]
 
 
 def test_the_registration_job_registers_the_namespaces_and_records_the_cluster_info_in_its_configmap(kube, temporal):

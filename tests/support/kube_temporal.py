@@ -43,6 +43,12 @@ def restricted_pod_security(user: int) -> dict:
             "seccompProfile": {"type": "RuntimeDefault"}}
 
 
+def holds_an_api_token(pod: dict) -> bool:
+    """Whether the API server gave the pod a service-account token volume (kube-api-access-*)."""
+    return any("serviceAccountToken" in source for volume in pod["spec"].get("volumes", [])
+               for source in volume.get("projected", {}).get("sources", []))
+
+
 def _pod_spec(containers: list, volumes: list, user: int, pod_security: dict | None = None,
               container_security: dict | None = None, **extra) -> dict:
     """A pod as `restricted` admits it: each container's securityContext container_security (or
