@@ -12,6 +12,7 @@ import yaml
 
 from bootstrap.core import pki
 from bootstrap.core.tls_guard import tls_problems
+from bootstrap.ops.export_helm import chart_service
 from bootstrap.ops.render import render_all
 from tests.support import chart
 from tests.support.bundles import make_bundle, run_main, snapshot
@@ -341,6 +342,11 @@ def test_reexport_after_cert_rotation_changes_only_the_certificate_secrets(own_b
     ("kubernetes: {replicas: {history: 0}}\n", "replicas: history must be an integer 1..100"),
     ("kubernetes: {replicas: {historyy: 2}}\n", "unknown key 'historyy'"),
     ("kubernetes: {namespace: temporal, storage: fast}\n", "unknown key 'storage'"),
+    ("kubernetes: {namespace: default}\n", "namespace 'default' is shared with other workloads"),
+    ("kubernetes: {namespace: kube-system}\n", "namespace 'kube-system' is shared with other workloads"),
+    ("kubernetes: {namespace: kube-temporal}\n", "namespace 'kube-temporal' is shared with other workloads"),
+    (f"kubernetes: {{release: {'r' * 28}}}\n", "is 28 characters; chart 1.6.0 cuts the names it makes from a release over 27"),
+    (f"kubernetes: {{release: temporal-{'r' * 28}}}\n", "is 37 characters; chart 1.6.0 cuts the names it makes from a release over 36"),
 ])
 def test_bad_kubernetes_section_is_one_error_and_nothing_written(own_bundle, tmp_path, section, fragment):
     text = own_bundle.config_path.read_text().split("kubernetes:")[0] + section
@@ -348,6 +354,25 @@ def test_bad_kubernetes_section_is_one_error_and_nothing_written(own_bundle, tmp
     dest = tmp_path / "out"
     export(own_bundle, dest).assert_one_error(fragment)
     assert not dest.exists()
+
+
+# The limit is exact: one character more and the chart cuts internal-frontend-headless.
+@pytest.mark.parametrize("release", ["r" * 27, "temporal-" + "r" * 27])
+def test_the_longest_release_exported_names_the_charts_services_as_the_chart_does(own_bundle, tmp_path, release):
+    text = own_bundle.config_path.read_text().split("kubernetes:")[0] + f"kubernetes: {{release: {release}}}\n"
+    own_bundle.config_path.write_text(text)
+    dest = tmp_path / "out"
+    assert export(own_bundle, dest).code == 0
+    components = [c + suffix for c in chart.SERVER_SERVICES for suffix in ("", "-headless")]
+    assert all(chart_service(release, c) == chart.component_name(release, c) for c in components)
+    assert chart_service(release + "r", "internal-frontend", True) != chart.component_name(release + "r", "internal-frontend-headless")
+    exported = " ".join(path.read_text() for path in dest.rglob("*.yaml"))
+    assert f"{chart.component_name(release, 'frontend')}:7233" in exported
+    assert f"{chart.component_name(release, 'internal-frontend-headless')}:" in exported  # the verify Job's route
+    # Ours fit too: a Service's or a Job's name is a DNS label (63), any other a subdomain (253).
+    for _, doc in documents(dest):
+        limit = 63 if doc["kind"] in ("Service", "Job") else 253
+        assert len(doc["metadata"]["name"]) <= limit, doc["metadata"]["name"]
 
 
 def test_shards_that_differ_from_the_database_are_refused(own_bundle, tmp_path):

@@ -148,6 +148,16 @@ def server_mounts(values: dict) -> dict[str, tuple[str, frozenset[str] | None]]:
     return mounts
 
 
+def component_name(release: str, component: str) -> str:
+    """_helpers.tpl's temporal.componentname, which names the chart's Services and Deployments:
+    temporal.fullname (the release, with `-temporal` unless it holds the chart's name; cut at 63)
+    cut to `62 - len(component)` characters, one trailing dash dropped (Go's trimSuffix), then
+    `-<component>`. (Checked against `helm template` of the chart with releases of 4, 30 and 41
+    characters.)"""
+    full = (release if "temporal" in release else f"{release}-temporal")[:63].removesuffix("-")
+    return f"{full[: 62 - len(component)].removesuffix('-')}-{component}"
+
+
 def service_account(values: dict) -> str:
     """What every pod of the chart runs as: _helpers.tpl's temporal.serviceAccountName, for our
     serviceAccount.create false (the name given, else `default`)."""

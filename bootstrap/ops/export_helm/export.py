@@ -18,6 +18,7 @@ from ..oidc import issuer_ca_path
 from ..plan import codec_sans, recorded_shards
 from ..render import default_templates_dir, environment
 from .bundle_secrets import BundleReader, exchange_exported, issuer_ca_exported, refresher_exported, secrets
+from .names import longest_release
 from .values import CHART_VERSION, codec_url, context, ui_url
 from .verify_job import VERIFY_COMPONENT, verify_role_items, verify_routes
 
@@ -31,6 +32,8 @@ def check_exportable(config: BundleConfig, layout: Layout) -> None:
     for key, host in hosts:
         if not K8S_NAME.match(host):
             raise BundleError(f"{config.source}: {key} {host!r} must be a short name: it becomes a Kubernetes Service name")
+    _check_namespace(config)
+    _check_release(config)
     _check_shards(config, layout)
     if config.oidc.ui_login:
         _check_browser_urls(config)
@@ -46,6 +49,27 @@ def _check_browser_urls(config: BundleConfig) -> None:
     host = urlsplit(codec_url(config)).hostname
     if host not in codec_sans(config):
         raise BundleError(f"{where}: codec_url host {host!r} is not in the codec server's certificate; add it to codec.sans")
+
+
+def _check_namespace(config: BundleConfig) -> None:
+    """The release's namespace must be its own: namespace.yaml enforces Pod Security `restricted`
+    on every pod in it, which would refuse other workloads' pods (and Kubernetes' own in kube-*, a
+    prefix Kubernetes reserves)."""
+    name = config.kubernetes.namespace
+    if name == "default" or name.startswith("kube-"):
+        raise BundleError(f"{config.source}: kubernetes.namespace {name!r} is shared with other workloads; the "
+                          "release needs a namespace of its own (namespace.yaml enforces Pod Security `restricted` "
+                          "on every pod in it)")
+
+
+def _check_release(config: BundleConfig) -> None:
+    release = config.kubernetes.release
+    if len(release) > longest_release(release):
+        raise BundleError(
+            f"{config.source}: kubernetes.release {release!r} is {len(release)} characters; chart {CHART_VERSION} "
+            f"cuts the names it makes from a release over {longest_release(release)}, and then its own references "
+            "and ours miss its Services: choose a shorter release"
+        )
 
 
 def _check_shards(config: BundleConfig, layout: Layout) -> None:

@@ -13,6 +13,7 @@ def names(config: BundleConfig) -> dict[str, str]:
     return {
         "prefix": prefix,
         "fullname": fullname(config.kubernetes.release),
+        "frontend": chart_service(config.kubernetes.release, "frontend"),
         "frontend_tls": f"{prefix}-frontend-tls",
         "internode_tls": f"{prefix}-internode-tls",
         "database": f"{prefix}-database-client",
@@ -46,6 +47,18 @@ def chart_service(release: str, component: str, headless: bool = False) -> str:
 def fullname(release: str) -> str:
     # The chart's temporal.fullname: the release name alone when it contains the chart name.
     return release if "temporal" in release else f"{release}-temporal"
+
+
+# Chart 1.6.0's temporal.componentname cuts the full name so that `<fullname>-<component>` fits a
+# DNS label (63), while some of its own references (the ingress's backend, its namespace Job's
+# address) and ours keep the whole name: past this length they name Services that do not exist.
+LONGEST_FULLNAME = 63 - len(chart_service("", "internal-frontend", headless=True)) + len(fullname(""))
+
+
+def longest_release(release: str) -> int:
+    """The longest release of this one's kind (with the chart's name in it, or without) whose
+    names the chart keeps whole."""
+    return LONGEST_FULLNAME - len(fullname(release)) + len(release)
 
 
 def bundle_labels(release: str, component: str) -> dict[str, str]:

@@ -15,7 +15,7 @@ from ...errors import BundleError
 from ..kube_secrets import token_patches
 from ..render import render_all
 from .bundle_secrets import Secret, bundle_items, issuer_ca_exported
-from .names import SERVER_SERVICES, fullname, names
+from .names import SERVER_SERVICES, chart_service, names
 
 # The chart version whose values.yaml and templates these values were written against.
 CHART_VERSION = "1.6.0"
@@ -89,7 +89,7 @@ def context(config: BundleConfig, all_secrets: list[Secret], templates_dir: Path
         "token_minting": k8s.token_minting,
         "workload": config.workload_identity,
         "example_namespace": next((ns.name for ns in config.namespaces if K8S_NAME.match(ns.name)), "my-team"),
-        "frontend_address": f"{fullname(k8s.release)}-frontend.{k8s.namespace}.svc:{net.frontend_port}",
+        "frontend_address": f"{chart_service(k8s.release, 'frontend')}.{k8s.namespace}.svc:{net.frontend_port}",
         "ui_gate": {"host": UI_GATE_HOST, "port": UI_GATE_PORT, "address": f"{UI_GATE_HOST}.{k8s.namespace}.svc:{UI_GATE_PORT}"},
         "cluster_info_key": CLUSTER_INFO_KEY,
         "role_secrets": [s for s in all_secrets if s.name.startswith(n["role"] + "-")],
