@@ -3,6 +3,8 @@ hold only what their consumer needs, deterministic output, and bad input refused
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import yaml
 
 from bootstrap.core import pki
 from bootstrap.core.tls_guard import tls_problems
+from bootstrap.commands.export_helm import GENERATED
 from bootstrap.ops.export_helm import chart_service
 from bootstrap.ops.render import render_all
 from tests.support import chart
@@ -315,6 +318,33 @@ def test_export_is_deterministic(bundle, exported, tmp_path):
     result = export(bundle, again)
     assert result.code == 0 and "wrote" not in result.out
     assert snapshot(again) == before
+
+
+def test_every_exported_file_says_it_was_generated(exported):
+    # How a re-export tells its own stale files from the operator's.
+    assert all(path.read_bytes().startswith(GENERATED) for path in exported.rglob("*.yaml"))
+
+
+def test_reexport_removes_its_own_stale_files_and_leaves_the_operators_alone(bundle, exported, tmp_path):
+    dest = tmp_path / "dest"
+    shutil.copytree(exported, dest)
+    stale = dest / "secrets" / "temporal-bundle-role-retired.yaml"  # a role since removed
+    stale.write_bytes((dest / "values.yaml").read_bytes())
+    planted = {dest / "manifests/postgres.yaml": b"apiVersion: v1\nkind: Service\nmetadata: {name: postgresql}\n",
+               dest / "secrets/other-app.yaml": b"# not ours\n", dest / "examples/empty.yaml": b""}
+    for path, data in planted.items():
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+    (dest / "manifests/kustomize.yaml").mkdir()
+    os.mkfifo(dest / "examples/pipe.yaml")  # opening it would wait for a writer
+    result = export(bundle, dest)
+    assert result.code == 0, result.err
+    assert "removed secrets/temporal-bundle-role-retired.yaml: no longer exported" in result.out
+    assert not stale.exists()
+    assert all(path.read_bytes() == data for path, data in planted.items())
+    assert (dest / "manifests/kustomize.yaml").is_dir() and (dest / "examples/pipe.yaml").is_fifo()
+    left_alone = [line for line in result.out.splitlines() if line.endswith("not written by export-helm, left alone")]
+    assert len(left_alone) == len(planted) + 2, result.out
 
 
 def test_secret_files_are_private(exported):
