@@ -12,7 +12,6 @@ def names(config: BundleConfig) -> dict[str, str]:
     prefix = f"{config.kubernetes.release}-bundle"
     return {
         "prefix": prefix,
-        "fullname": fullname(config.kubernetes.release),
         "frontend": chart_service(config.kubernetes.release, "frontend"),
         "frontend_tls": f"{prefix}-frontend-tls",
         "internode_tls": f"{prefix}-internode-tls",
