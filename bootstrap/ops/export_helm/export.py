@@ -64,10 +64,11 @@ def _check_namespace(config: BundleConfig) -> None:
 
 def _check_release(config: BundleConfig) -> None:
     release = config.kubernetes.release
-    if len(release) > longest_release(release):
+    longest = longest_release(release)
+    if len(release) > longest:
         raise BundleError(
             f"{config.source}: kubernetes.release {release!r} is {len(release)} characters; chart {CHART_VERSION} "
-            f"cuts the names it makes from a release over {longest_release(release)}, and then its own references "
+            f"cuts the names it makes from a release over {longest}, and then its own references "
             "and ours miss its Services: choose a shorter release"
         )
 
